@@ -1,0 +1,42 @@
+// Platform layer: the one switch between the GPU (nvcc) and the CPU emulator (g++).
+//
+// Every kernel header includes this first. Under nvcc (`__CUDACC__`) it is a no-op apart from
+// a few macros; under a host compiler it pulls in the emulator shim, which provides
+// `threadIdx`, `blockIdx`, `blockDim`, `gridDim`, `__syncthreads`, `dim3`, the CUDA vector
+// types and empty `__device__`/`__global__` qualifiers, so a `.cu` file compiles unchanged.
+//
+// Rules a kernel follows to stay host-runnable (docs/EMULATOR rules, mirrored in README):
+//  1. Shared memory only through `sa::dynamic_smem()` (no static `__shared__` arrays).
+//  2. Warp-level cooperation (shuffles, mma, ldmatrix, __syncwarp) only through `sa::arch`.
+//  3. No inline PTX outside `kernels/include/sparse_attn/arch/`.
+//  4. No reliance on implicit warp lock-step; every exchange between threads is either a
+//     `sa::arch` collective or separated by `__syncthreads()`.
+//  5. Reads of `cp.async`-filled shared memory go through `ldmatrix` or `sa::arch::lds`, so
+//     the emulator can check they happen after the matching wait and barrier.
+//  6. Each kernel entry point is declared with `SA_KERNEL` and takes exactly one params struct.
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define SA_GPU 1
+#define SA_HOST_DEVICE __host__ __device__ __forceinline__
+#define SA_DEVICE __device__ __forceinline__
+#define SA_RESTRICT __restrict__
+#else
+#define SA_EMULATED 1
+#include "sparse_attn/emu/shim.h"
+#define SA_HOST_DEVICE inline
+#define SA_DEVICE inline
+#define SA_RESTRICT __restrict__
+#endif
+
+// Call-site capture for the emulator's reports. On the GPU the parameter does not exist; on
+// the host every arch function takes a defaulted `Site` that records where it was called.
+#if defined(SA_EMULATED)
+#define SA_SITE_PARAM , ::sa::emu::Site site = ::sa::emu::Site::current()
+#define SA_SITE_ONLY ::sa::emu::Site site = ::sa::emu::Site::current()
+#else
+#define SA_SITE_PARAM
+#define SA_SITE_ONLY
+#endif

@@ -1,0 +1,35 @@
+// Kernel entry points and dynamic shared memory, identical in source for nvcc and the emulator.
+//
+//   SA_KERNEL(sa_attn_fwd_f16_hd64, SaAttnFwdParams, 128) { attn_fwd<f16, 64>(params); }
+//
+// declares, under nvcc, `extern "C" __global__ void sa_attn_fwd_f16_hd64(const SaAttnFwdParams
+// params)`; on the host, `extern "C" void sa_attn_fwd_f16_hd64(const void* params)`, which the
+// emulator's executor calls once per emulated thread. Both take the params struct by value,
+// so one launch description (grid, block, smem, params) drives both backends.
+#pragma once
+
+#include "sparse_attn/arch/platform.cuh"
+
+#if defined(SA_GPU)
+#define SA_KERNEL(name, Params, max_threads) \
+  extern "C" __global__ void __launch_bounds__(max_threads) name(const Params params)
+#else
+#define SA_KERNEL(name, Params, max_threads)                                   \
+  static void name##_body(const Params params);                                \
+  extern "C" void name(const void* p) { name##_body(*static_cast<const Params*>(p)); } \
+  static void name##_body(const Params params)
+#endif
+
+namespace sa {
+
+// Base of the block's dynamic shared memory, 16-byte aligned.
+SA_DEVICE char* dynamic_smem() {
+#if defined(SA_GPU)
+  extern __shared__ __align__(16) char sa_dynamic_smem[];
+  return sa_dynamic_smem;
+#else
+  return ::sa::emu::dynamic_smem();
+#endif
+}
+
+}  // namespace sa

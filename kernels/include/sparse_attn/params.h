@@ -1,0 +1,61 @@
+/* Parameter structs shared by the kernels and Rust: one struct per kernel family, passed by
+ * value. Plain C (stdint only) so bindgen mirrors it; `src/ffi/params.rs` is generated from
+ * this file by scripts/gen-bindings.sh and both sides assert sizes and offsets.
+ *
+ * Conventions: element strides (not bytes); pointers are device pointers on the GPU and
+ * guarded host pointers under the emulator. */
+#ifndef SPARSE_ATTN_PARAMS_H
+#define SPARSE_ATTN_PARAMS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Forward attention over a batch: out = softmax(mask(scale * q k^T)) v, plus the row LSE. */
+typedef struct SaAttnFwdParams {
+  /* q: [batch, q_len, num_heads, head_dim]; k, v: [batch, kv_len, num_kv_heads, head_dim];
+   * out like q. With varlen (cu_seqlens_q != NULL) the batch dimension is packed away:
+   * q is [total_q, num_heads, head_dim] and sequence b owns rows
+   * cu_seqlens_q[b] .. cu_seqlens_q[b + 1] (likewise k/v with cu_seqlens_k). */
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  /* lse: [batch, num_heads, q_len] f32 (natural log); varlen: [num_heads, total_q]. */
+  float* lse;
+
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+  int64_t o_batch_stride, o_row_stride, o_head_stride;
+  /* lse element (b, h, i) lives at b * lse_batch_stride + h * lse_head_stride + row, where
+   * row = i (uniform) or cu_seqlens_q[b] + i (varlen, lse_batch_stride then unused). */
+  int64_t lse_batch_stride, lse_head_stride;
+
+  /* NULL for uniform batches; else int32 [batch + 1] prefix sums of the lengths. */
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+
+  int32_t batch;
+  int32_t num_heads;
+  int32_t num_kv_heads; /* num_heads % num_kv_heads == 0 */
+  int32_t head_dim;     /* must equal the instantiation's HEAD_DIM */
+  int32_t q_len;        /* uniform length, or the maximum over the batch with varlen */
+  int32_t kv_len;       /* likewise */
+
+  float scale;   /* s = scale * q.k */
+  float softcap; /* > 0: s = softcap * tanh(s / softcap) before masking; 0 = off */
+  int32_t causal; /* 1: key j allowed only if j <= p (bottom-right aligned position p) */
+  int32_t _pad0;
+
+  /* Work accounting (nullable): each block adds the number of kv tiles it processed. */
+  unsigned long long* tiles_visited;
+} SaAttnFwdParams;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPARSE_ATTN_PARAMS_H */
