@@ -1,1 +1,29 @@
-//! sparse-attn
+//! # sparse-attn
+//!
+//! Block-sparse flash attention for Rust inference engines: hand-written CUDA C++ tensor-core
+//! kernels (`kernels/`), safe launchers over cudarc, and a CPU emulator that runs the very same
+//! kernel source so everything is tested without a GPU.
+//!
+//! Layers, from raw to safe:
+//! - [`ffi`]: the C params structs shared with the kernels (bindgen-generated).
+//! - [`kernels`]: the registry of compiled instantiations and the [`kernels::Launch`]
+//!   description both backends execute.
+//! - [`emu`] (CPU emulator) and [`backend`] (CUDA via cudarc, cuBLAS dense reference).
+//! - [`attention`]: validated plans ([`AttnPlan`]) and the safe forward API.
+//! - [`reference`]: the f64 CPU oracle used by the tests.
+
+pub mod attention;
+pub mod emu;
+pub mod error;
+pub mod ffi;
+pub mod kernels;
+pub mod reference;
+pub mod shape;
+
+pub use attention::{AttnPlan, Element, EmuRun};
+pub use error::{Error, Result};
+pub use shape::{AttnOptions, AttnProblem, DType, HeadDim, SeqLens};
+
+/// Re-exported so engines built on cudarc 0.19 (candle, mistral.rs) pass their own
+/// `CudaStream` / `CudaSlice` values straight in.
+pub use cudarc;

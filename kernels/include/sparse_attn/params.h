@@ -13,6 +13,15 @@
 extern "C" {
 #endif
 
+/* Tile configuration of the forward kernels, shared by kernel_traits.cuh and the Rust planner:
+ * a block of SA_FWD_THREADS threads (4 warps, 16 query rows each) owns SA_FWD_BLOCK_M query
+ * rows of one head and streams kv tiles of SA_FWD_BLOCK_N keys. */
+enum {
+  SA_FWD_BLOCK_M = 64,
+  SA_FWD_BLOCK_N = 64,
+  SA_FWD_THREADS = 128
+};
+
 /* Forward attention over a batch: out = softmax(mask(scale * q k^T)) v, plus the row LSE. */
 typedef struct SaAttnFwdParams {
   /* q: [batch, q_len, num_heads, head_dim]; k, v: [batch, kv_len, num_kv_heads, head_dim];

@@ -31,6 +31,13 @@
 #define SA_RESTRICT __restrict__
 #endif
 
+// Loop unrolling hint: nvcc's `#pragma unroll`; the host compiler gets a plain loop.
+#if defined(SA_GPU)
+#define SA_UNROLL _Pragma("unroll")
+#else
+#define SA_UNROLL
+#endif
+
 // Call-site capture for the emulator's reports. On the GPU the parameter does not exist; on
 // the host every arch function takes a defaulted `Site` that records where it was called.
 #if defined(SA_EMULATED)

@@ -1,0 +1,194 @@
+// Forward attention, FlashAttention-2 style, as named phases. One block = BLOCK_M query rows
+// of one (batch, head); K/V tiles are double-buffered through shared memory with cp.async;
+// S = Q.K^T and O += P.V run on tensor cores with P kept in registers; the online softmax
+// lives in registers (online_softmax.cuh); the tile walk is an iteration policy
+// (block_iter.cuh), so sparsity never forks this mainloop.
+#pragma once
+
+#include "sparse_attn/arch.cuh"
+#include "sparse_attn/block_iter.cuh"
+#include "sparse_attn/kernel_traits.cuh"
+#include "sparse_attn/mask.cuh"
+#include "sparse_attn/online_softmax.cuh"
+#include "sparse_attn/params.h"
+#include "sparse_attn/tile_io.cuh"
+#include "sparse_attn/tile_mma.cuh"
+
+namespace sa {
+
+// Where one (batch, head) lives in the q/k/v/out/lse tensors, uniform or varlen.
+template <typename T>
+struct SeqSlice {
+  int q_len, kv_len;
+  const T* q;    // [q_len, D] rows, pitch q_row_stride
+  const T* k;    // [kv_len, D]
+  const T* v;    // [kv_len, D]
+  T* out;        // [q_len, D]
+  float* lse;    // [q_len], contiguous
+
+  SA_DEVICE static SeqSlice make(const SaAttnFwdParams& p, int b, int h) {
+    const int hk = h / (p.num_heads / p.num_kv_heads);
+    int64_t q_off, k_off, lse_off;
+    SeqSlice s;
+    if (p.cu_seqlens_q != nullptr) {
+      const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
+      s.q_len = p.cu_seqlens_q[b + 1] - q0;
+      s.kv_len = p.cu_seqlens_k[b + 1] - k0;
+      q_off = q0 * p.q_row_stride;
+      k_off = k0 * p.k_row_stride;
+      lse_off = h * p.lse_head_stride + q0;
+      s.k = static_cast<const T*>(p.k) + k_off + hk * p.k_head_stride;
+      s.v = static_cast<const T*>(p.v) + int64_t(k0) * p.v_row_stride + hk * p.v_head_stride;
+      s.out = static_cast<T*>(p.out) + int64_t(q0) * p.o_row_stride + h * p.o_head_stride;
+    } else {
+      s.q_len = p.q_len;
+      s.kv_len = p.kv_len;
+      q_off = b * p.q_batch_stride;
+      k_off = b * p.k_batch_stride;
+      lse_off = b * p.lse_batch_stride + h * p.lse_head_stride;
+      s.k = static_cast<const T*>(p.k) + k_off + hk * p.k_head_stride;
+      s.v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+      s.out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+    }
+    s.q = static_cast<const T*>(p.q) + q_off + h * p.q_head_stride;
+    s.lse = p.lse + lse_off;
+    return s;
+  }
+};
+
+// Scales raw Q.K^T accumulators into log2 units, with optional tanh softcap (PATTERNS.md:
+// s = c * tanh(s / c), applied before masking).
+template <int NT>
+SA_DEVICE void scale_scores(float (&s)[NT][4], float scale, float softcap) {
+  if (softcap > 0.f) {
+    const float pre = scale / softcap, post = softcap * kLog2e;
+    SA_UNROLL
+    for (int nt = 0; nt < NT; ++nt) {
+      SA_UNROLL
+      for (int i = 0; i < 4; ++i) s[nt][i] = tanhf(s[nt][i] * pre) * post;
+    }
+  } else {
+    const float f = scale * kLog2e;
+    SA_UNROLL
+    for (int nt = 0; nt < NT; ++nt) {
+      SA_UNROLL
+      for (int i = 0; i < 4; ++i) s[nt][i] *= f;
+    }
+  }
+}
+
+// Rescales this warp's output rows by the online-softmax correction factors.
+template <int NT>
+SA_DEVICE void rescale_o(float (&o)[NT][4], const float (&alpha)[SoftmaxState::kRows]) {
+  SA_UNROLL
+  for (int nt = 0; nt < NT; ++nt) {
+    o[nt][0] *= alpha[0];
+    o[nt][1] *= alpha[0];
+    o[nt][2] *= alpha[1];
+    o[nt][3] *= alpha[1];
+  }
+}
+
+// Normalises and stores this warp's output rows (rows >= q_len are dropped) and their LSE.
+template <typename T, int D>
+SA_DEVICE void write_o_lse(const SeqSlice<T>& seq, int64_t o_row_stride, int row0,
+                           float (&o)[D / 8][4], SoftmaxState& state, int lane) {
+  float inv_l[SoftmaxState::kRows], lse[SoftmaxState::kRows];
+  state.finalize(inv_l, lse);
+  const int g = lane >> 2, t = lane & 3;
+  SA_UNROLL
+  for (int r = 0; r < SoftmaxState::kRows; ++r) {
+    const int row = row0 + g + 8 * r;
+    if (row >= seq.q_len) continue;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + row * o_row_stride + 2 * t);
+    SA_UNROLL
+    for (int nt = 0; nt < D / 8; ++nt) {
+      dst[nt * 4] = arch::pack2<T>(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]);
+    }
+    if (t == 0) seq.lse[row] = lse[r];
+  }
+}
+
+template <typename T, int D, bool kSwapA2A4Canary = false>
+SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
+  using Tr = FwdTraits<T, D>;
+  const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+  const SeqSlice<T> seq = SeqSlice<T>::make(params, b, h);
+  if (m_block * Tr::kBlockM >= seq.q_len) return;  // whole block: uniform exit, no barrier yet
+
+  char* smem = dynamic_smem();
+  char* sQ = smem + Tr::kQOffset;
+  char* sK = smem + Tr::kKOffset;
+  char* sV = smem + Tr::kVOffset;
+
+  const RangeTiles tiles = RangeTiles::make(m_block, Tr::kBlockM, Tr::kBlockN, seq.q_len,
+                                            seq.kv_len, params.causal != 0);
+  const CausalMask mask{seq.q_len, seq.kv_len, params.causal != 0};
+  const int n_tiles = tiles.count();
+
+  // Phase: produce Q and the first K/V tile (one cp.async group).
+  const int q_row0 = m_block * Tr::kBlockM;
+  load_tile_async<Tr::kBlockM, D, Tr::kThreads>(sQ, seq.q + q_row0 * params.q_row_stride,
+                                               params.q_row_stride, seq.q_len - q_row0, tid);
+  auto produce_kv = [&](int i) {
+    const int n = tiles.tile(i), buf = i & 1, key0 = n * Tr::kBlockN;
+    load_tile_async<Tr::kBlockN, D, Tr::kThreads>(
+        sK + buf * Tr::kKvTileBytes, seq.k + key0 * params.k_row_stride, params.k_row_stride,
+        seq.kv_len - key0, tid);
+    load_tile_async<Tr::kBlockN, D, Tr::kThreads>(
+        sV + buf * Tr::kKvTileBytes, seq.v + key0 * params.v_row_stride, params.v_row_stride,
+        seq.kv_len - key0, tid);
+  };
+  if (n_tiles > 0) produce_kv(0);
+  arch::cp_async_commit();
+
+  float o[Tr::kOTiles][4];  // [16, D] output accumulator of this warp
+  SA_UNROLL
+  for (int nt = 0; nt < Tr::kOTiles; ++nt) {
+    SA_UNROLL
+    for (int i = 0; i < 4; ++i) o[nt][i] = 0.f;
+  }
+  SoftmaxState state;
+  state.init();
+  uint32_t qf[Tr::kKSteps][4];  // Q A-fragments, loaded once
+  const int warp_row0 = q_row0 + warp * 16;
+
+  for (int i = 0; i < n_tiles; ++i) {
+    // Phase: prefetch tile i + 1 into the other buffer (freed by the barrier that ended
+    // iteration i - 1), then wait for tile i (and Q) only: one group stays in flight.
+    if (i + 1 < n_tiles) produce_kv(i + 1);
+    arch::cp_async_commit();
+    arch::cp_async_wait<1>();
+    __syncthreads();
+    if (i == 0) load_q_frags<D>(qf, sQ, warp, lane);
+
+    const int buf = i & 1;
+    // Phase: S = Q . K^T  [16, BLOCK_N] per warp, in log2 units, masked on partial tiles.
+    float s[Tr::kSTiles][4];
+    qk_gemm<T, D, Tr::kBlockN>(s, qf, sK + buf * Tr::kKvTileBytes, lane);
+    scale_scores(s, params.scale, params.softcap);
+    if (tiles.partial(i)) mask.apply(s, warp_row0, tiles.tile(i) * Tr::kBlockN, lane);
+
+    // Phase: online softmax; S becomes P in place.
+    float alpha[SoftmaxState::kRows];
+    state.update(s, alpha);
+    rescale_o(o, alpha);
+
+    // Phase: O += P . V with P reused from registers.
+    uint32_t pf[Tr::kPvKSteps][4];
+    p_to_a_frags<T, Tr::kBlockN, kSwapA2A4Canary>(pf, s);
+    pv_gemm<T, D, Tr::kBlockN>(o, pf, sV + buf * Tr::kKvTileBytes, lane);
+    __syncthreads();  // every warp is done with buffer `buf` before it is refilled
+  }
+  arch::cp_async_wait<0>();  // nothing may be in flight at exit (only empty groups remain)
+
+  // Phase: epilogue.
+  write_o_lse<T, D>(seq, params.o_row_stride, warp_row0, o, state, lane);
+  if (tid == 0 && params.tiles_visited != nullptr) {
+    arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(n_tiles));
+  }
+}
+
+}  // namespace sa

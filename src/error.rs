@@ -1,0 +1,42 @@
+//! The crate's one error type. Every public entry point validates its input at the boundary
+//! and returns one of these instead of panicking or launching a kernel on bad data.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in sparse-attn.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A tensor, length or head count does not fit the problem description.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// A valid request the kernels do not implement (for example head_dim 96).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// An attention pattern whose parameters are invalid or do not fit the shapes.
+    #[error("invalid pattern: {0}")]
+    Pattern(String),
+    /// The CPU emulator reported a kernel fault (out-of-bounds access, barrier divergence, ...).
+    #[error("emulator: {0}")]
+    Emulator(#[from] crate::emu::EmuError),
+    /// No usable CUDA driver or device.
+    #[error("no CUDA device: {0}")]
+    NoDevice(String),
+    /// The crate was built without nvcc, so there are no GPU kernels to load.
+    #[error("GPU kernels not built: {0}")]
+    KernelsNotBuilt(String),
+    /// An error from the CUDA driver API.
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// An error from cuBLAS (dense reference path).
+    #[error("cuBLAS: {0}")]
+    Cublas(#[from] cudarc::cublas::result::CublasError),
+    /// Malformed input file (safetensors, JSON) for the CLI.
+    #[error("input format: {0}")]
+    Format(String),
+    /// File system errors.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,109 @@
+//! The kernel registry and the launch description shared by both backends.
+//!
+//! Every compiled instantiation appears once in [`KERNELS`]: its entry-point name (the
+//! `extern "C"` symbol in the fatbin and in the emulator library, which are built from the same
+//! `.cu` file), the fatbin module it lives in, and its host entry for the emulator. A
+//! [`Launch`] (kernel, grid, block, dynamic shared memory, params) is executed unchanged by the
+//! CUDA backend or by the emulator, so a kernel cannot be runnable in one and not the other.
+
+use crate::emu::KernelFn;
+use crate::ffi;
+use crate::shape::{DType, HeadDim};
+
+/// Which `kernels/*.cu` file (and so which embedded fatbin) a kernel lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Module {
+    /// `kernels/attention_fwd.cu`
+    AttnFwd,
+}
+
+impl Module {
+    /// File stem of the `.cu` source and of its fatbin.
+    pub fn stem(self) -> &'static str {
+        match self {
+            Module::AttnFwd => "attention_fwd",
+        }
+    }
+}
+
+/// One compiled kernel instantiation.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelDesc {
+    /// Unmangled entry-point name (same on GPU and emulator).
+    pub name: &'static str,
+    pub module: Module,
+    /// Host entry for the emulator.
+    pub emu_entry: KernelFn,
+}
+
+/// The launch description: what to run, with which geometry and parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch<P: Copy> {
+    pub kernel: &'static KernelDesc,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub dynamic_smem_bytes: u32,
+    pub params: P,
+}
+
+mod entries {
+    extern "C" {
+        pub fn sa_attn_fwd_f16_hd64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd128(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd128(p: *const std::ffi::c_void);
+    }
+}
+
+macro_rules! kernel {
+    ($name:ident, $module:expr) => {
+        KernelDesc {
+            name: stringify!($name),
+            module: $module,
+            emu_entry: entries::$name,
+        }
+    };
+}
+
+/// Every kernel instantiation: dtype x head_dim for the forward pass.
+pub static KERNELS: [KernelDesc; 4] = [
+    kernel!(sa_attn_fwd_f16_hd64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd128, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd128, Module::AttnFwd),
+];
+
+/// The forward kernel for a dtype and head dimension. Exhaustive: `HeadDim` only holds
+/// supported values.
+pub fn attn_fwd(dtype: DType, head_dim: HeadDim) -> &'static KernelDesc {
+    let i = match (dtype, head_dim.get()) {
+        (DType::F16, 64) => 0,
+        (DType::F16, 128) => 1,
+        (DType::BF16, 64) => 2,
+        (DType::BF16, 128) => 3,
+        (_, d) => unreachable!("HeadDim admits only supported values, got {d}"),
+    };
+    &KERNELS[i]
+}
+
+/// Tile configuration of the forward kernel (mirrors `kernels/include/sparse_attn/params.h`
+/// and `kernel_traits.cuh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FwdTiles {
+    pub block_m: u32,
+    pub block_n: u32,
+    pub threads: u32,
+    /// Dynamic shared memory: Q tile plus double-buffered K and V tiles, 16-bit elements.
+    pub smem_bytes: u32,
+}
+
+/// Pure function choosing the forward tiles for a head dimension.
+pub fn fwd_tiles(head_dim: HeadDim) -> FwdTiles {
+    let (bm, bn) = (ffi::SA_FWD_BLOCK_M, ffi::SA_FWD_BLOCK_N);
+    FwdTiles {
+        block_m: bm,
+        block_n: bn,
+        threads: ffi::SA_FWD_THREADS,
+        smem_bytes: (bm + 4 * bn) * head_dim.get() * 2,
+    }
+}

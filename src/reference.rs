@@ -1,0 +1,100 @@
+//! The f64 CPU reference: exact attention over any mask predicate. The oracle of every
+//! emulator test; slow on purpose (no tiling, no approximations).
+
+use crate::shape::{AttnProblem, SeqLens};
+
+/// Inputs to the reference, widened to f32 (exactly representable from f16/bf16).
+pub struct RefInputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub scale: f32,
+    /// 0 = off.
+    pub softcap: f32,
+}
+
+/// Reference output: `out` laid out like q, `lse` like the kernel's
+/// (`[batch, num_heads, q_len]`, varlen `[num_heads, total_q]`).
+pub struct RefOutput {
+    pub out: Vec<f64>,
+    pub lse: Vec<f64>,
+}
+
+/// Bottom-right aligned absolute position of query row `i` (PATTERNS.md "Positions").
+pub fn query_position(i: usize, q_len: usize, kv_len: usize) -> i64 {
+    i as i64 + kv_len as i64 - q_len as i64
+}
+
+/// The causal predicate: key `j` visible from query row `i` iff `j <= p`.
+pub fn causal_allowed(i: usize, j: usize, q_len: usize, kv_len: usize) -> bool {
+    (j as i64) <= query_position(i, q_len, kv_len)
+}
+
+/// Exact attention. `allowed(b, h, i, j)` says whether query row `i` of sequence `b`, head `h`
+/// may attend to key `j` (indices local to the sequence).
+pub fn attention<F>(problem: &AttnProblem, x: &RefInputs<'_>, allowed: F) -> RefOutput
+where
+    F: Fn(usize, usize, usize, usize) -> bool + Sync,
+{
+    let d = problem.head_dim.get() as usize;
+    let (h_q, h_kv) = (problem.num_heads, problem.num_kv_heads);
+    let group = problem.group_size();
+    let (total_q, _) = problem.seqs.totals();
+    let varlen = matches!(problem.seqs, SeqLens::Varlen { .. });
+    let mut out = vec![0.0f64; problem.q_elems()];
+    let mut lse = vec![0.0f64; problem.lse_elems()];
+    let mut scores = Vec::new();
+    for b in 0..problem.seqs.batch() {
+        let (q_len, kv_len) = problem.seqs.lens(b);
+        let (q0, k0) = problem.seqs.offsets(b);
+        for h in 0..h_q {
+            let hk = h / group;
+            for i in 0..q_len {
+                let qrow = &x.q[((q0 + i) * h_q + h) * d..][..d];
+                scores.clear();
+                for j in 0..kv_len {
+                    if !allowed(b, h, i, j) {
+                        continue;
+                    }
+                    let krow = &x.k[((k0 + j) * h_kv + hk) * d..][..d];
+                    let dot: f64 = qrow
+                        .iter()
+                        .zip(krow)
+                        .map(|(&a, &c)| a as f64 * c as f64)
+                        .sum();
+                    let mut s = x.scale as f64 * dot;
+                    if x.softcap > 0.0 {
+                        let c = x.softcap as f64;
+                        s = c * (s / c).tanh();
+                    }
+                    scores.push((j, s));
+                }
+                let lse_idx = if varlen {
+                    h * total_q + q0 + i
+                } else {
+                    (b * h_q + h) * q_len + i
+                };
+                let orow = &mut out[((q0 + i) * h_q + h) * d..][..d];
+                if scores.is_empty() {
+                    lse[lse_idx] = f64::NEG_INFINITY;
+                    continue;
+                }
+                let m = scores.iter().fold(f64::NEG_INFINITY, |m, &(_, s)| m.max(s));
+                let mut l = 0.0;
+                for &(j, s) in &scores {
+                    let p = (s - m).exp();
+                    l += p;
+                    let vrow = &x.v[((k0 + j) * h_kv + hk) * d..][..d];
+                    for (o, &vv) in orow.iter_mut().zip(vrow) {
+                        *o += p * vv as f64;
+                    }
+                }
+                for o in orow.iter_mut() {
+                    *o /= l;
+                }
+                lse[lse_idx] = m + l.ln();
+            }
+        }
+    }
+    RefOutput { out, lse }
+}

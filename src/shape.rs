@@ -1,0 +1,264 @@
+//! Typed problem descriptions: element types, head dimensions, batch layouts. Everything a
+//! launcher needs to know is validated here, once, before any memory is touched.
+
+use crate::error::{Error, Result};
+
+/// Element type of q, k, v and out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+/// A head dimension the kernels are instantiated for (64 or 128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HeadDim(u32);
+
+impl HeadDim {
+    /// Head dimensions with a compiled kernel.
+    pub const SUPPORTED: [u32; 2] = [64, 128];
+
+    pub fn new(d: u32) -> Result<Self> {
+        if Self::SUPPORTED.contains(&d) {
+            Ok(HeadDim(d))
+        } else {
+            Err(Error::Unsupported(format!(
+                "head_dim {d} (supported: {:?})",
+                Self::SUPPORTED
+            )))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Sequence lengths of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeqLens {
+    /// Every sequence has the same lengths; tensors are `[batch, len, heads, head_dim]`.
+    Uniform {
+        batch: usize,
+        q_len: usize,
+        kv_len: usize,
+    },
+    /// Sequences of different lengths packed back to back (FlashAttention's `cu_seqlens`):
+    /// q is `[total_q, heads, head_dim]`, sequence `b` owns rows `cu_q[b]..cu_q[b+1]`.
+    Varlen { cu_q: Vec<i32>, cu_k: Vec<i32> },
+}
+
+impl SeqLens {
+    /// Varlen layout from per-sequence (q_len, kv_len) pairs.
+    pub fn varlen_from_lens(lens: &[(usize, usize)]) -> Result<Self> {
+        let mut cu_q = vec![0i32];
+        let mut cu_k = vec![0i32];
+        for &(q, k) in lens {
+            let nq = *cu_q.last().unwrap() as i64 + q as i64;
+            let nk = *cu_k.last().unwrap() as i64 + k as i64;
+            if nq > i32::MAX as i64 || nk > i32::MAX as i64 {
+                return Err(Error::Shape("total sequence length exceeds i32".into()));
+            }
+            cu_q.push(nq as i32);
+            cu_k.push(nk as i32);
+        }
+        let s = SeqLens::Varlen { cu_q, cu_k };
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn batch(&self) -> usize {
+        match self {
+            SeqLens::Uniform { batch, .. } => *batch,
+            SeqLens::Varlen { cu_q, .. } => cu_q.len().saturating_sub(1),
+        }
+    }
+
+    /// (q_len, kv_len) of sequence `b`.
+    pub fn lens(&self, b: usize) -> (usize, usize) {
+        match self {
+            SeqLens::Uniform { q_len, kv_len, .. } => (*q_len, *kv_len),
+            SeqLens::Varlen { cu_q, cu_k } => (
+                (cu_q[b + 1] - cu_q[b]) as usize,
+                (cu_k[b + 1] - cu_k[b]) as usize,
+            ),
+        }
+    }
+
+    /// Row offset of sequence `b`'s first query / key in the packed (or padded) tensors.
+    pub fn offsets(&self, b: usize) -> (usize, usize) {
+        match self {
+            SeqLens::Uniform { q_len, kv_len, .. } => (b * q_len, b * kv_len),
+            SeqLens::Varlen { cu_q, cu_k } => (cu_q[b] as usize, cu_k[b] as usize),
+        }
+    }
+
+    /// Total query rows and key rows over the batch.
+    pub fn totals(&self) -> (usize, usize) {
+        match self {
+            SeqLens::Uniform {
+                batch,
+                q_len,
+                kv_len,
+            } => (batch * q_len, batch * kv_len),
+            SeqLens::Varlen { cu_q, cu_k } => (
+                *cu_q.last().unwrap_or(&0) as usize,
+                *cu_k.last().unwrap_or(&0) as usize,
+            ),
+        }
+    }
+
+    /// Longest (q_len, kv_len) over the batch.
+    pub fn max_lens(&self) -> (usize, usize) {
+        (0..self.batch()).fold((0, 0), |(mq, mk), b| {
+            let (q, k) = self.lens(b);
+            (mq.max(q), mk.max(k))
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SeqLens::Uniform {
+                batch,
+                q_len,
+                kv_len,
+            } => {
+                if *batch == 0 {
+                    return Err(Error::Shape("batch must be at least 1".into()));
+                }
+                let max = i32::MAX as usize;
+                if *q_len > max || *kv_len > max || batch * q_len.max(kv_len) > max {
+                    return Err(Error::Shape("sequence lengths exceed i32".into()));
+                }
+            }
+            SeqLens::Varlen { cu_q, cu_k } => {
+                if cu_q.len() < 2 || cu_q.len() != cu_k.len() {
+                    return Err(Error::Shape(format!(
+                        "cu_seqlens_q and cu_seqlens_k need batch + 1 >= 2 entries each (got {} and {})",
+                        cu_q.len(),
+                        cu_k.len()
+                    )));
+                }
+                for (name, cu) in [("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)] {
+                    if cu[0] != 0 {
+                        return Err(Error::Shape(format!("{name}[0] must be 0")));
+                    }
+                    if let Some(i) = cu.windows(2).position(|w| w[1] < w[0]) {
+                        return Err(Error::Shape(format!(
+                            "{name} must be non-decreasing ({name}[{}] = {} > {name}[{}] = {})",
+                            i,
+                            cu[i],
+                            i + 1,
+                            cu[i + 1]
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One attention problem: shapes, heads and element type. Construct with [`AttnProblem::new`],
+/// which validates everything a kernel relies on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttnProblem {
+    pub seqs: SeqLens,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: HeadDim,
+    pub dtype: DType,
+}
+
+impl AttnProblem {
+    pub fn new(
+        seqs: SeqLens,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: u32,
+        dtype: DType,
+    ) -> Result<Self> {
+        seqs.validate()?;
+        let head_dim = HeadDim::new(head_dim)?;
+        if num_heads == 0 || num_kv_heads == 0 {
+            return Err(Error::Shape("num_heads and num_kv_heads must be positive".into()));
+        }
+        if num_heads % num_kv_heads != 0 {
+            return Err(Error::Shape(format!(
+                "num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
+            )));
+        }
+        if num_heads > 65535 || seqs.batch() > 65535 {
+            return Err(Error::Shape(
+                "num_heads and batch must be at most 65535 (grid limits)".into(),
+            ));
+        }
+        Ok(AttnProblem {
+            seqs,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            dtype,
+        })
+    }
+
+    /// Element counts of q, k (= v) and out, and of lse.
+    pub fn q_elems(&self) -> usize {
+        self.seqs.totals().0 * self.num_heads * self.head_dim.get() as usize
+    }
+    pub fn kv_elems(&self) -> usize {
+        self.seqs.totals().1 * self.num_kv_heads * self.head_dim.get() as usize
+    }
+    pub fn lse_elems(&self) -> usize {
+        self.seqs.totals().0 * self.num_heads
+    }
+
+    /// Query heads per kv head.
+    pub fn group_size(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+}
+
+/// Options of one forward call. `scale` defaults to `1/sqrt(head_dim)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AttnOptions {
+    pub causal: bool,
+    pub scale: Option<f32>,
+    /// Tanh soft-capping of the scores: `s = c * tanh(s / c)`; `None` or 0 disables it.
+    pub softcap: Option<f32>,
+}
+
+impl AttnOptions {
+    pub fn causal() -> Self {
+        AttnOptions {
+            causal: true,
+            ..Default::default()
+        }
+    }
+
+    /// The effective scale and softcap, validated.
+    pub fn resolve(&self, head_dim: HeadDim) -> Result<(f32, f32)> {
+        let scale = self
+            .scale
+            .unwrap_or(1.0 / (head_dim.get() as f32).sqrt());
+        if !scale.is_finite() {
+            return Err(Error::Shape(format!("scale must be finite (got {scale})")));
+        }
+        let softcap = self.softcap.unwrap_or(0.0);
+        if !softcap.is_finite() || softcap < 0.0 {
+            return Err(Error::Shape(format!(
+                "softcap must be finite and >= 0 (got {softcap})"
+            )));
+        }
+        Ok((scale, softcap))
+    }
+}
