@@ -15,6 +15,8 @@ use crate::shape::{DType, HeadDim};
 pub enum Module {
     /// `kernels/attention_fwd.cu`
     AttnFwd,
+    /// A test-only kernel file `kernels/tests/<stem>.cu` (emulator self-tests, canaries).
+    Test(&'static str),
 }
 
 impl Module {
@@ -22,6 +24,7 @@ impl Module {
     pub fn stem(self) -> &'static str {
         match self {
             Module::AttnFwd => "attention_fwd",
+            Module::Test(stem) => stem,
         }
     }
 }
