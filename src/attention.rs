@@ -221,7 +221,7 @@ impl AttnPlan {
         let launch = self.launch(&addrs);
         // SAFETY: every pointer in the params refers to a live guarded buffer sized exactly as
         // the validated problem requires; the kernel matches the params type.
-        unsafe { emu::launch_desc(&launch, &run.config())? };
+        unsafe { emu::launch_desc(&launch, &run.options())? };
         if let Some(slot) = run.tiles_visited {
             slot.set(counter.to_vec()[0]);
         }
@@ -238,4 +238,14 @@ pub struct EmuRun<'a> {
     pub workers: u32,
     /// Receives the number of kv tiles the kernel visited.
     pub tiles_visited: Option<&'a std::cell::Cell<u64>>,
+}
+
+impl EmuRun<'_> {
+    fn options(&self) -> emu::EmuOptions {
+        emu::EmuOptions {
+            schedule: self.schedule,
+            eager_cp_async: self.eager_cp_async,
+            workers: self.workers,
+        }
+    }
 }
