@@ -265,3 +265,145 @@ fn work_accounting_matches_the_ideal_tile_count() {
     let causal = check::<f16>(&Case::uniform(256, 256, 64, true), seed, &EmuRun::default());
     assert_eq!(causal, (heads * (1 + 2 + 3 + 4)) as u64);
 }
+
+extern "C" {
+    fn sa_test_attn_fwd_canary_f16_hd64(p: *const std::ffi::c_void);
+}
+
+static CANARY: sparse_attn::kernels::KernelDesc = sparse_attn::kernels::KernelDesc {
+    name: "sa_test_attn_fwd_canary_f16_hd64",
+    module: sparse_attn::kernels::Module::Test("attention_canary"),
+    emu_entry: sa_test_attn_fwd_canary_f16_hd64,
+};
+
+#[test]
+fn a2_a4_fragment_swap_canary_fails_end_to_end() {
+    use sparse_attn::attention::TensorAddrs;
+    use sparse_attn::emu::{self, GuardedBuffer};
+    let seed = base_seed();
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 1,
+            q_len: 64,
+            kv_len: 64,
+        },
+        1,
+        1,
+        64,
+        DType::F16,
+    )
+    .unwrap();
+    let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
+    let mut rng = Rng::new(seed);
+    let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (qb, kb, vb) = (
+        GuardedBuffer::from_slice(&q, "q").unwrap(),
+        GuardedBuffer::from_slice(&k, "k").unwrap(),
+        GuardedBuffer::from_slice(&v, "v").unwrap(),
+    );
+    let ob = GuardedBuffer::<f16>::zeroed(problem.q_elems(), "out").unwrap();
+    let lb = GuardedBuffer::<f32>::zeroed(problem.lse_elems(), "lse").unwrap();
+    let mut launch = plan.launch(&TensorAddrs {
+        q: qb.as_ptr() as u64,
+        k: kb.as_ptr() as u64,
+        v: vb.as_ptr() as u64,
+        out: ob.as_ptr() as u64,
+        lse: lb.as_ptr() as u64,
+        cu_q: 0,
+        cu_k: 0,
+        tiles_visited: 0,
+    });
+    launch.kernel = &CANARY;
+    // SAFETY: same params type and buffers as the production f16/hd64 kernel.
+    unsafe { emu::launch_desc(&launch, &Default::default()) }.unwrap();
+    let want = reference_for(&plan, &q, &k, &v, |_, _, _, _| true);
+    let err = common::rel_error(&ob.to_vec(), &want.out);
+    assert!(
+        err > 4e-3,
+        "the a2/a4-swapped kernel passed the tolerance (error {err:.3e}): the emulator's \
+         fragment layouts would not catch a layout bug"
+    );
+    // The production kernel on the same data passes.
+    let (out, _) = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
+    assert!(common::rel_error(&out, &want.out) <= 4e-3);
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    use sparse_attn::Error;
+    let seqs = SeqLens::Uniform {
+        batch: 1,
+        q_len: 8,
+        kv_len: 8,
+    };
+    assert!(matches!(
+        AttnProblem::new(seqs.clone(), 8, 3, 64, DType::F16),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        AttnProblem::new(seqs.clone(), 8, 0, 64, DType::F16),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        AttnProblem::new(seqs.clone(), 8, 8, 96, DType::F16),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        AttnProblem::new(
+            SeqLens::Uniform {
+                batch: 0,
+                q_len: 8,
+                kv_len: 8
+            },
+            8,
+            8,
+            64,
+            DType::F16
+        ),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        AttnProblem::new(
+            SeqLens::Varlen {
+                cu_q: vec![0, 5, 3],
+                cu_k: vec![0, 5, 9]
+            },
+            8,
+            8,
+            64,
+            DType::F16
+        ),
+        Err(Error::Shape(_))
+    ));
+    let problem = AttnProblem::new(seqs, 2, 1, 64, DType::F16).unwrap();
+    let bad_scale = AttnOptions {
+        scale: Some(f32::NAN),
+        ..Default::default()
+    };
+    assert!(matches!(AttnPlan::new(&problem, &bad_scale), Err(Error::Shape(_))));
+    let bad_cap = AttnOptions {
+        softcap: Some(-1.0),
+        ..Default::default()
+    };
+    assert!(matches!(AttnPlan::new(&problem, &bad_cap), Err(Error::Shape(_))));
+    let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
+    let q = vec![f16::ZERO; problem.q_elems()];
+    let kv = vec![f16::ZERO; problem.kv_elems()];
+    // Wrong lengths and wrong dtype are rejected before any launch.
+    assert!(matches!(
+        plan.run_emulated(&q[1..], &kv, &kv, &EmuRun::default()),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        plan.run_emulated(&q, &kv, &kv[..3], &EmuRun::default()),
+        Err(Error::Shape(_))
+    ));
+    let qb = vec![bf16::ZERO; problem.q_elems()];
+    let kvb = vec![bf16::ZERO; problem.kv_elems()];
+    assert!(matches!(
+        plan.run_emulated(&qb, &kvb, &kvb, &EmuRun::default()),
+        Err(Error::Shape(_))
+    ));
+}
