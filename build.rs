@@ -3,10 +3,16 @@
 //! 1. Host (emulator): every `kernels/*.cu`, `kernels/tests/*.cu` and `kernels/emu/*.cpp` with
 //!    the system C++ compiler (through `cc`) into one static library, so Rust can run any
 //!    kernel on the CPU.
-//! 2. GPU: every `kernels/*.cu` and `kernels/tests/*.cu` with nvcc into a fatbin that the
-//!    crate embeds (see the CUDA section below).
+//! 2. GPU: every `kernels/*.cu` and `kernels/tests/*.cu` with nvcc into a fatbin per file
+//!    (SASS for sm_80 and sm_90 plus compute_90 PTX; `SPARSE_ATTN_CUDA_ARCHS` overrides),
+//!    embedded through the generated `OUT_DIR/fatbins.rs`. ptxas's resource report goes to
+//!    `OUT_DIR/ptxas-report.txt`. Without nvcc the crate still builds (no fatbins; the CUDA
+//!    backend returns `Error::KernelsNotBuilt`) unless `SPARSE_ATTN_REQUIRE_CUDA=1`.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 fn sources(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -50,8 +56,336 @@ fn build_emulator(root: &Path) {
     println!("cargo:rustc-link-lib=dylib=stdc++");
 }
 
+// ---- GPU stage -------------------------------------------------------------------------------
+
+/// Environment variables the build reads (each one re-runs the build script when it changes).
+const ENV_VARS: [&str; 5] = [
+    "NVCC",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "SPARSE_ATTN_CUDA_ARCHS",
+    "SPARSE_ATTN_REQUIRE_CUDA",
+];
+
+/// Where scripts/install-cuda.sh puts the pinned PyPI nvcc, relative to the crate root.
+const LOCAL_NVCC: &str = ".toolchain/cuda/nvidia/cu13/bin/nvcc";
+
+/// Default targets: SASS for Ampere (sm_80) and Hopper (sm_90), PTX for the newest of them.
+const DEFAULT_ARCHS: &str = "80;90";
+
+/// A located, working nvcc.
+struct Nvcc {
+    path: PathBuf,
+    /// The `release X.Y, VX.Y.Z` line of `nvcc --version`.
+    version: String,
+}
+
+fn search_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Finds nvcc: `$NVCC` (exclusively, when set), `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, `PATH`,
+/// `/usr/local/cuda/bin`, then the project-local toolchain. Returns why not when absent.
+fn find_nvcc(root: &Path) -> Result<Nvcc, String> {
+    let path = if let Some(v) = std::env::var_os("NVCC").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(&v);
+        let found = if p.components().count() > 1 {
+            Some(p).filter(|p| p.is_file())
+        } else {
+            search_path(&v.to_string_lossy())
+        };
+        found.ok_or_else(|| format!("NVCC={} is not an existing file", v.to_string_lossy()))?
+    } else {
+        let mut candidates: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"]
+            .iter()
+            .filter_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
+            .map(|d| PathBuf::from(d).join("bin").join("nvcc"))
+            .collect();
+        candidates.extend(search_path("nvcc"));
+        candidates.push(PathBuf::from("/usr/local/cuda/bin/nvcc"));
+        candidates.push(root.join(LOCAL_NVCC));
+        candidates
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                format!(
+                    "nvcc not found (looked at $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, PATH, \
+                 /usr/local/cuda/bin and {LOCAL_NVCC}; run scripts/install-cuda.sh)"
+                )
+            })?
+    };
+    let out = Command::new(&path)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{} --version could not run: {e}", path.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} --version failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .lines()
+        .find(|l| l.contains("release"))
+        .unwrap_or("unknown version")
+        .trim()
+        .to_string();
+    Ok(Nvcc { path, version })
+}
+
+/// `-gencode` arguments from `SPARSE_ATTN_CUDA_ARCHS` ("80;90", "80,90a", ...): SASS for
+/// every listed architecture plus PTX for the newest, so later GPUs can JIT it.
+fn gencode_args() -> Result<(Vec<String>, String), String> {
+    let spec = std::env::var("SPARSE_ATTN_CUDA_ARCHS")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_ARCHS.to_string());
+    let mut args = Vec::new();
+    let mut targets = Vec::new();
+    let mut newest = 0u32;
+    for entry in spec.split([';', ',', ' ']).filter(|s| !s.is_empty()) {
+        let entry = entry.trim_start_matches("sm_");
+        let digits: String = entry.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let suffix = &entry[digits.len()..];
+        let num: u32 = digits.parse().map_err(|_| {
+            format!("SPARSE_ATTN_CUDA_ARCHS: `{entry}` is not an architecture like 80 or 90a")
+        })?;
+        if !matches!(suffix, "" | "a" | "f") {
+            return Err(format!(
+                "SPARSE_ATTN_CUDA_ARCHS: `{entry}` has an unknown suffix `{suffix}`"
+            ));
+        }
+        // cp.async, ldmatrix and bf16 mma.sync need sm_80.
+        if num < 80 {
+            return Err(format!(
+                "SPARSE_ATTN_CUDA_ARCHS: sm_{entry} is older than sm_80, which the kernels need"
+            ));
+        }
+        args.push("-gencode".to_string());
+        args.push(format!("arch=compute_{entry},code=sm_{entry}"));
+        targets.push(format!("sm_{entry}"));
+        newest = newest.max(num);
+    }
+    if newest == 0 {
+        return Err(format!(
+            "SPARSE_ATTN_CUDA_ARCHS=`{spec}` names no architecture"
+        ));
+    }
+    args.push("-gencode".to_string());
+    args.push(format!("arch=compute_{newest},code=compute_{newest}"));
+    targets.push(format!("compute_{newest} (PTX)"));
+    Ok((args, targets.join(", ")))
+}
+
+/// One `.cu` file's nvcc result.
+struct Compiled {
+    stem: String,
+    source: PathBuf,
+    fatbin: PathBuf,
+    /// ptxas `-v` lines (registers, shared memory, spills per kernel and target).
+    report: String,
+}
+
+fn compile_one(
+    nvcc: &Path,
+    root: &Path,
+    gencode: &[String],
+    src: &Path,
+    out_dir: &Path,
+) -> Result<Compiled, String> {
+    let stem = src
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| format!("{}: file name is not UTF-8", src.display()))?
+        .to_string();
+    let fatbin = out_dir.join(format!("{stem}.fatbin"));
+    let mut cmd = Command::new(nvcc);
+    cmd.args(["-std=c++17", "-O3", "--fatbin"])
+        .arg("-I")
+        .arg(root.join("kernels").join("include"))
+        .args(gencode)
+        // Register spills are build errors: a kernel that spills is a kernel to fix.
+        .args(["-Xptxas", "-v", "-Xptxas", "--warn-on-spills"])
+        .args(["-Xptxas", "--warning-as-error", "-Werror", "all-warnings"])
+        .arg("-o")
+        .arg(&fatbin)
+        .arg(src);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", nvcc.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "nvcc failed on {} ({}):\n{cmd:?}\n{stdout}{stderr}",
+            src.display(),
+            out.status
+        ));
+    }
+    let report = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(Compiled {
+        stem,
+        source: src.strip_prefix(root).unwrap_or(src).to_path_buf(),
+        fatbin,
+        report,
+    })
+}
+
+/// Compiles every kernel file in parallel (one nvcc process per file, at most `NUM_JOBS` at a
+/// time). All failures are collected and reported together.
+fn compile_all(
+    nvcc: &Nvcc,
+    root: &Path,
+    gencode: &[String],
+    files: &[PathBuf],
+    out_dir: &Path,
+) -> Result<Vec<Compiled>, String> {
+    let jobs = std::env::var("NUM_JOBS")
+        .ok()
+        .and_then(|j| j.parse::<usize>().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(2)
+        .clamp(1, files.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Result<Compiled, String>)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(src) = files.get(i) else { break };
+                let r = compile_one(&nvcc.path, root, gencode, src, out_dir);
+                results.lock().unwrap().push((i, r));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for (_, r) in results {
+        match r {
+            Ok(c) => ok.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(ok)
+    } else {
+        Err(errors.join("\n\n"))
+    }
+}
+
+/// Writes `OUT_DIR/fatbins.rs`, which `src/backend/mod.rs` includes.
+fn write_generated(out_dir: &Path, built: Result<(&Nvcc, &str, &[Compiled]), &str>) {
+    let mut s = String::from("// @generated by build.rs: the embedded GPU kernels.\n\n");
+    match built {
+        Ok((nvcc, targets, compiled)) => {
+            let report_path = out_dir.join("ptxas-report.txt");
+            let mut report = format!(
+                "# ptxas resource report ({}; targets {targets})\n",
+                nvcc.version
+            );
+            for c in compiled {
+                report.push_str(&format!("\n## {}\n{}", c.source.display(), c.report));
+            }
+            std::fs::write(&report_path, report).expect("write ptxas-report.txt");
+            s.push_str("pub const CUDA_BUILT: bool = true;\n");
+            s.push_str("pub const CUDA_SKIP_REASON: &str = \"\";\n");
+            s.push_str(&format!(
+                "pub const NVCC_VERSION: &str = {:?};\n",
+                nvcc.version
+            ));
+            s.push_str(&format!("pub const CUDA_TARGETS: &str = {targets:?};\n"));
+            s.push_str(&format!(
+                "pub const PTXAS_REPORT: &str = include_str!({:?});\n",
+                report_path.display().to_string()
+            ));
+            s.push_str("pub static FATBINS: &[(&str, &[u8])] = &[\n");
+            for c in compiled {
+                s.push_str(&format!(
+                    "    ({:?}, include_bytes!({:?})),\n",
+                    c.stem,
+                    c.fatbin.display().to_string()
+                ));
+            }
+            s.push_str("];\n");
+        }
+        Err(reason) => {
+            let _ = std::fs::remove_file(out_dir.join("ptxas-report.txt"));
+            s.push_str("pub const CUDA_BUILT: bool = false;\n");
+            s.push_str(&format!("pub const CUDA_SKIP_REASON: &str = {reason:?};\n"));
+            s.push_str("pub const NVCC_VERSION: &str = \"\";\n");
+            s.push_str("pub const CUDA_TARGETS: &str = \"\";\n");
+            s.push_str("pub const PTXAS_REPORT: &str = \"\";\n");
+            s.push_str("pub static FATBINS: &[(&str, &[u8])] = &[];\n");
+        }
+    }
+    std::fs::write(out_dir.join("fatbins.rs"), s).expect("write fatbins.rs");
+}
+
+fn build_cuda(root: &Path, out_dir: &Path) {
+    let require = std::env::var("SPARSE_ATTN_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+    let kernels = root.join("kernels");
+    let files: Vec<PathBuf> = sources(&kernels, "cu")
+        .into_iter()
+        .chain(sources(&kernels.join("tests"), "cu"))
+        .collect();
+    let mut stems = std::collections::HashMap::new();
+    for f in &files {
+        if let Some(prev) = stems.insert(f.file_stem().map(|s| s.to_owned()), f) {
+            panic!(
+                "{} and {} share a file stem; fatbins are named by stem",
+                prev.display(),
+                f.display()
+            );
+        }
+    }
+    // A malformed architecture list is a mistake, not a missing tool: always an error.
+    let (gencode, targets) = gencode_args().unwrap_or_else(|e| panic!("{e}"));
+    let nvcc = match find_nvcc(root) {
+        Ok(n) => n,
+        Err(why) => {
+            if require {
+                panic!("SPARSE_ATTN_REQUIRE_CUDA=1 but {why}");
+            }
+            println!(
+                "cargo:warning=sparse-attn: GPU kernels not built: {why}. The CPU emulator \
+                 works; the CUDA backend will return Error::KernelsNotBuilt."
+            );
+            write_generated(out_dir, Err(&why));
+            return;
+        }
+    };
+    match compile_all(&nvcc, root, &gencode, &files, out_dir) {
+        Ok(compiled) => write_generated(out_dir, Ok((&nvcc, &targets, &compiled))),
+        // nvcc exists, so a failed compile is a bug in the kernels: always a build error.
+        Err(e) => {
+            eprintln!("{e}");
+            panic!(
+                "nvcc ({}) failed to compile the kernels:\n{e}",
+                nvcc.version
+            );
+        }
+    }
+}
+
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed=kernels");
+    for var in ENV_VARS {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
     build_emulator(&root);
+    build_cuda(&root, &out_dir);
 }
