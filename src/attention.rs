@@ -160,7 +160,7 @@ impl AttnPlan {
         }
     }
 
-    fn check_lens<T: Element>(&self, q: usize, k: usize, v: usize) -> Result<()> {
+    pub(crate) fn check_lens<T: Element>(&self, q: usize, k: usize, v: usize) -> Result<()> {
         let p = &self.problem;
         if T::DTYPE != p.dtype {
             return Err(Error::Shape(format!(

@@ -15,6 +15,8 @@ use crate::shape::{DType, HeadDim};
 pub enum Module {
     /// `kernels/attention_fwd.cu`
     AttnFwd,
+    /// `kernels/ref_softmax.cu` (the softmax of the dense cuBLAS oracle)
+    RefSoftmax,
     /// A test-only kernel file `kernels/tests/<stem>.cu` (emulator self-tests, canaries).
     Test(&'static str),
 }
@@ -24,6 +26,7 @@ impl Module {
     pub fn stem(self) -> &'static str {
         match self {
             Module::AttnFwd => "attention_fwd",
+            Module::RefSoftmax => "ref_softmax",
             Module::Test(stem) => stem,
         }
     }

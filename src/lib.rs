@@ -13,6 +13,7 @@
 //! - [`reference`]: the f64 CPU oracle used by the tests.
 
 pub mod attention;
+pub mod backend;
 pub mod emu;
 pub mod error;
 pub mod ffi;

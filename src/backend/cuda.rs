@@ -1,0 +1,389 @@
+//! The CUDA backend: a device context ([`Gpu`]) that loads the embedded fatbins lazily and
+//! launches a [`Launch`] description, and the safe [`AttnPlan::run_cuda`] on top of it.
+//!
+//! Layers (as in cudarc): [`Gpu::launch`] is the one `unsafe` entry (raw params with device
+//! pointers); [`AttnPlan::run_cuda`] validates every length and the element type, takes the
+//! device pointers from cudarc buffers and keeps their guards alive across the launch, so
+//! stream ordering protects the memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::attention::{AttnPlan, Element, TensorAddrs};
+use crate::error::{Error, Result};
+use crate::kernels::{KernelDesc, Launch};
+use crate::shape::SeqLens;
+
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_MAX_DYNAMIC_SMEM: u32 = 48 * 1024;
+
+/// Whether the CUDA driver library can be loaded. cudarc panics on first use without it, so
+/// this is checked before anything touches the driver.
+pub fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    // SAFETY: only tries to dlopen libcuda and closes it again.
+    *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
+}
+
+/// Number of CUDA devices; [`Error::NoDevice`] without a driver.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(Error::NoDevice(
+            "the CUDA driver library (libcuda) is not installed".into(),
+        ));
+    }
+    let n = CudaContext::device_count()
+        .map_err(|e| Error::NoDevice(format!("the CUDA driver found no usable device ({e:?})")))?;
+    Ok(n.max(0) as usize)
+}
+
+#[derive(Default)]
+struct Cache {
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    /// Loaded functions with the dynamic shared memory limit set on them so far.
+    functions: HashMap<&'static str, (CudaFunction, u32)>,
+}
+
+/// A CUDA device context and the stream this crate's work is queued on.
+///
+/// Fatbin modules are loaded on first use and cached per module (and functions per kernel);
+/// clones and [`Gpu::with_stream`] share the cache.
+#[derive(Clone)]
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    cache: Arc<Mutex<Cache>>,
+    compute_capability: (i32, i32),
+    max_dynamic_smem: u32,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("ordinal", &self.ctx.ordinal())
+            .field("compute_capability", &self.compute_capability)
+            .field("max_dynamic_smem", &self.max_dynamic_smem)
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal` (its primary context and default stream).
+    ///
+    /// [`Error::NoDevice`] when there is no driver or no such device; [`Error::Unsupported`]
+    /// when the device is older than sm_80.
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        let n = device_count()?;
+        if n == 0 {
+            return Err(Error::NoDevice("no CUDA device present".into()));
+        }
+        if ordinal >= n {
+            return Err(Error::NoDevice(format!(
+                "device {ordinal} requested but only {n} present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| {
+            Error::NoDevice(format!(
+                "could not create a context on device {ordinal}: {e:?}"
+            ))
+        })?;
+        Gpu::from_stream(ctx.default_stream())
+    }
+
+    /// Uses an engine's existing stream (for example candle's or mistral.rs's), so this
+    /// crate's kernels are ordered with the engine's work.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Gpu> {
+        let ctx = stream.context().clone();
+        let compute_capability = ctx.compute_capability()?;
+        if compute_capability.0 < 8 {
+            return Err(Error::Unsupported(format!(
+                "compute capability {}.{}: the kernels need sm_80 or newer",
+                compute_capability.0, compute_capability.1
+            )));
+        }
+        let optin = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            cache: Arc::default(),
+            compute_capability,
+            max_dynamic_smem: optin.max(0) as u32,
+        })
+    }
+
+    /// The same device and module cache with another stream of the same context.
+    pub fn with_stream(&self, stream: Arc<CudaStream>) -> Result<Gpu> {
+        if stream.context() != &self.ctx {
+            return Err(Error::Unsupported(
+                "the stream belongs to another CUDA context".into(),
+            ));
+        }
+        Ok(Gpu {
+            stream,
+            ..self.clone()
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+    /// The device name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> Result<String> {
+        Ok(self.ctx.name()?)
+    }
+
+    fn module(&self, cache: &mut Cache, stem: &'static str) -> Result<Arc<CudaModule>> {
+        if let Some(m) = cache.modules.get(stem) {
+            return Ok(m.clone());
+        }
+        let build = super::cuda_build();
+        let bytes = super::fatbin(stem).ok_or_else(|| {
+            Error::KernelsNotBuilt(if build.built {
+                format!("no fatbin for kernels/{stem}.cu in this build")
+            } else {
+                build.skip_reason.to_string()
+            })
+        })?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_binary(bytes.to_vec()))
+            .map_err(|e| self.load_error(e, stem))?;
+        cache.modules.insert(stem, module.clone());
+        Ok(module)
+    }
+
+    fn load_error(&self, e: DriverError, stem: &str) -> Error {
+        let (major, minor) = self.compute_capability;
+        let targets = super::cuda_build().targets;
+        match e.0 {
+            CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU => Error::Unsupported(format!(
+                "kernels/{stem}.cu has no code for sm_{major}{minor} (built for {targets}); \
+                 rebuild with SPARSE_ATTN_CUDA_ARCHS including {major}{minor}"
+            )),
+            CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => Error::Unsupported(format!(
+                "the driver is too old to JIT the PTX of kernels/{stem}.cu for sm_{major}{minor} \
+                 (built for {targets}); update the driver or add SASS for this GPU"
+            )),
+            _ => Error::Driver(e),
+        }
+    }
+
+    /// The kernel's function, with the dynamic shared memory limit raised to `smem` if needed.
+    fn function(&self, k: &'static KernelDesc, smem: u32) -> Result<CudaFunction> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if !cache.functions.contains_key(k.name) {
+            let module = self.module(&mut cache, k.module.stem())?;
+            let f = module.load_function(k.name)?;
+            cache
+                .functions
+                .insert(k.name, (f, DEFAULT_MAX_DYNAMIC_SMEM));
+        }
+        let (f, limit) = cache.functions.get_mut(k.name).expect("inserted above");
+        if smem > *limit {
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+            *limit = smem;
+        }
+        Ok(f.clone())
+    }
+
+    /// Checks a launch's geometry against the hardware limits, so a bad description is an
+    /// error rather than a failed or silently skipped launch.
+    fn check_geometry<P: Copy>(&self, l: &Launch<P>) -> Result<()> {
+        let threads = l.block.iter().map(|&b| b as u64).product::<u64>();
+        if threads == 0 || threads > 1024 {
+            return Err(Error::Unsupported(format!(
+                "{}: block {:?} has {threads} threads (1..=1024)",
+                l.kernel.name, l.block
+            )));
+        }
+        let [gx, gy, gz] = l.grid;
+        if gx == 0
+            || gx > i32::MAX as u32
+            || !(1..=65535).contains(&gy)
+            || !(1..=65535).contains(&gz)
+        {
+            return Err(Error::Unsupported(format!(
+                "{}: grid {:?} exceeds the limits (x < 2^31, y and z <= 65535, all >= 1)",
+                l.kernel.name, l.grid
+            )));
+        }
+        if l.dynamic_smem_bytes > self.max_dynamic_smem.max(DEFAULT_MAX_DYNAMIC_SMEM) {
+            return Err(Error::Unsupported(format!(
+                "{}: needs {} bytes of shared memory, the device allows {}",
+                l.kernel.name, l.dynamic_smem_bytes, self.max_dynamic_smem
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues `l` on this Gpu's stream (asynchronously; errors of the kernel itself surface at
+    /// the next synchronisation).
+    ///
+    /// # Safety
+    /// - `P` must be exactly the params struct the kernel `l.kernel` takes (same `#[repr(C)]`
+    ///   layout), and the launch geometry must be the one the kernel was written for.
+    /// - Every device pointer in `l.params` must be null where the kernel allows it, or point
+    ///   into memory of this Gpu's context that is large enough for every access the kernel
+    ///   makes with these params and geometry.
+    /// - That memory must stay allocated until the kernel has finished (stream order), and no
+    ///   work on another stream may access it concurrently unless ordered by events (cudarc's
+    ///   `device_ptr` guards do this for `CudaSlice`s).
+    pub unsafe fn launch<P: DeviceRepr + Copy>(&self, l: &Launch<P>) -> Result<()> {
+        self.check_geometry(l)?;
+        let f = self.function(l.kernel, l.dynamic_smem_bytes)?;
+        let cfg = LaunchConfig {
+            grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
+            block_dim: (l.block[0], l.block[1], l.block[2]),
+            shared_mem_bytes: l.dynamic_smem_bytes,
+        };
+        let mut builder = self.stream.launch_builder(&f);
+        builder.arg(&l.params);
+        builder.launch(cfg)?;
+        Ok(())
+    }
+
+    /// Waits for all work queued on this Gpu's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+}
+
+/// Checks that a buffer lives on `gpu`'s context and has the expected length.
+fn check_buffer<T>(gpu: &Gpu, name: &str, buf: &CudaSlice<T>, want: usize) -> Result<()> {
+    if buf.context() != gpu.context() {
+        return Err(Error::Unsupported(format!(
+            "{name} lives on CUDA device {} but the Gpu is device {}",
+            buf.ordinal(),
+            gpu.context().ordinal()
+        )));
+    }
+    if buf.len() != want {
+        return Err(Error::Shape(format!(
+            "{name} has {} elements, the problem needs {want}",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+impl AttnPlan {
+    /// Runs the forward pass on the GPU, queued on `gpu`'s stream. `q`, `k`, `v` and `out`
+    /// are laid out as in [`AttnPlan::run_emulated`]; `lse` is `[batch, num_heads, q_len]`
+    /// (varlen: `[num_heads, total_q]`). Every length and the element type are checked
+    /// before anything is launched. Returns once the work is queued (cudarc orders later
+    /// reads of `out` and `lse` after it).
+    pub fn run_cuda<T: Element + DeviceRepr>(
+        &self,
+        gpu: &Gpu,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        v: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.check_lens::<T>(q.len(), k.len(), v.len())?;
+        let p = self.problem();
+        check_buffer(gpu, "q", q, p.q_elems())?;
+        check_buffer(gpu, "k", k, p.kv_elems())?;
+        check_buffer(gpu, "v", v, p.kv_elems())?;
+        check_buffer(gpu, "out", out, p.q_elems())?;
+        check_buffer(gpu, "lse", lse, p.lse_elems())?;
+        if p.q_elems() == 0 {
+            return Ok(());
+        }
+        let stream = gpu.stream();
+        let cu = match &p.seqs {
+            SeqLens::Varlen { cu_q, cu_k } => {
+                Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
+            }
+            SeqLens::Uniform { .. } => None,
+        };
+        // The guards record the kernel's reads and writes on the buffers' events when dropped,
+        // at the end of this function, after the launch is queued.
+        let (q_ptr, _q_guard) = q.device_ptr(stream);
+        let (k_ptr, _k_guard) = k.device_ptr(stream);
+        let (v_ptr, _v_guard) = v.device_ptr(stream);
+        let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
+        let (lse_ptr, _lse_guard) = lse.device_ptr_mut(stream);
+        let cu_ptrs = cu
+            .as_ref()
+            .map(|(cq, ck)| (cq.device_ptr(stream), ck.device_ptr(stream)));
+        let (cu_q, cu_k) = cu_ptrs
+            .as_ref()
+            .map_or((0, 0), |((cq, _), (ck, _))| (*cq, *ck));
+        let launch = self.launch(&TensorAddrs {
+            q: q_ptr,
+            k: k_ptr,
+            v: v_ptr,
+            out: out_ptr,
+            lse: lse_ptr,
+            cu_q,
+            cu_k,
+            tiles_visited: 0,
+        });
+        // SAFETY: the launch comes from this plan (kernel and params agree); q, k, v, out and
+        // lse were checked to be on this context with exactly the lengths the validated
+        // problem needs; cu_seqlens were uploaded from the validated problem; all guards live
+        // until after the launch is queued and cudarc's events order the buffers' other uses.
+        unsafe { gpu.launch(&launch) }
+    }
+
+    /// [`AttnPlan::run_cuda`] from and to host memory: uploads q, k, v, runs, and returns
+    /// `(out, lse)` after synchronising.
+    pub fn run_cuda_host<T: Element + DeviceRepr + ValidAsZeroBits>(
+        &self,
+        gpu: &Gpu,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+    ) -> Result<(Vec<T>, Vec<f32>)> {
+        self.check_lens::<T>(q.len(), k.len(), v.len())?;
+        let p = self.problem();
+        if p.q_elems() == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if p.kv_elems() == 0 {
+            // No sequence has a key (and cudarc cannot allocate zero bytes): every row is
+            // empty, so out = 0 and lse = -inf by definition.
+            return Ok(empty_kv_result(self));
+        }
+        let stream = gpu.stream();
+        let qd = stream.clone_htod(q)?;
+        let kd = stream.clone_htod(k)?;
+        let vd = stream.clone_htod(v)?;
+        let mut out = stream.alloc_zeros::<T>(p.q_elems())?;
+        let mut lse = stream.alloc_zeros::<f32>(p.lse_elems())?;
+        self.run_cuda(gpu, &qd, &kd, &vd, &mut out, &mut lse)?;
+        let out_h = stream.clone_dtoh(&out)?;
+        let lse_h = stream.clone_dtoh(&lse)?;
+        stream.synchronize()?;
+        Ok((out_h, lse_h))
+    }
+}
+
+/// The result when no sequence has a key: every row is empty (out = 0, lse = -inf).
+fn empty_kv_result<T: Element>(plan: &AttnPlan) -> (Vec<T>, Vec<f32>) {
+    let p = plan.problem();
+    (
+        vec![T::from_f32(0.0); p.q_elems()],
+        vec![f32::NEG_INFINITY; p.lse_elems()],
+    )
+}

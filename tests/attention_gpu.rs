@@ -1,0 +1,322 @@
+//! The forward kernel on a GPU against the dense cuBLAS oracle (and, for small cases, the f64
+//! reference). Without a GPU (or without nvcc-built kernels) every test prints why it is
+//! skipped and passes, unless `SPARSE_ATTN_REQUIRE_GPU=1`, which turns absence into failure.
+
+mod common;
+
+use common::{assert_matches, base_seed, random_tensor, reference_for, Rng};
+use half::{bf16, f16};
+use sparse_attn::backend::cublas::dense_reference;
+use sparse_attn::backend::{self, Gpu};
+use sparse_attn::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+use sparse_attn::reference::causal_allowed;
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, Error, SeqLens};
+
+/// The GPU to test on, or `None` (after saying why) when the tests must be skipped.
+fn gpu(test: &str) -> Option<Gpu> {
+    let require = std::env::var("SPARSE_ATTN_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    let build = backend::cuda_build();
+    let why = if !build.built {
+        format!("the GPU kernels were not built ({})", build.skip_reason)
+    } else {
+        match Gpu::new(0) {
+            Ok(g) => return Some(g),
+            Err(e) => e.to_string(),
+        }
+    };
+    if require {
+        panic!("{test}: SPARSE_ATTN_REQUIRE_GPU=1 but {why}");
+    }
+    eprintln!("{test}: skipped, no GPU: {why}");
+    None
+}
+
+/// Kernel vs oracle, relative to the largest reference value. Both round P to the element
+/// type before P·V, at different points, and the kernel rounds its output.
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 4e-3,
+        DType::BF16 => 1.5e-2,
+    }
+}
+
+struct Case {
+    seqs: SeqLens,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: u32,
+    causal: bool,
+    softcap: Option<f32>,
+    /// Also compare with the f64 reference (small problems only: it is O(n^2 d) on one core).
+    with_f64: bool,
+}
+
+impl Case {
+    fn uniform(batch: usize, q_len: usize, kv_len: usize, head_dim: u32, causal: bool) -> Case {
+        Case {
+            seqs: SeqLens::Uniform {
+                batch,
+                q_len,
+                kv_len,
+            },
+            heads: 4,
+            kv_heads: 2,
+            head_dim,
+            causal,
+            softcap: None,
+            with_f64: q_len * kv_len <= 512 * 512,
+        }
+    }
+}
+
+fn check<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, case: &Case, seed: u64) {
+    let what = format!(
+        "{} {:?} heads {}/{} d{} causal={} softcap={:?} seed={seed}",
+        T::DTYPE.name(),
+        case.seqs,
+        case.heads,
+        case.kv_heads,
+        case.head_dim,
+        case.causal,
+        case.softcap
+    );
+    let problem = AttnProblem::new(
+        case.seqs.clone(),
+        case.heads,
+        case.kv_heads,
+        case.head_dim,
+        T::DTYPE,
+    )
+    .unwrap();
+    let opts = AttnOptions {
+        causal: case.causal,
+        scale: None,
+        softcap: case.softcap,
+    };
+    let plan = AttnPlan::new(&problem, &opts).unwrap();
+    let mut rng = Rng::new(seed);
+    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+
+    let (out, lse) = plan.run_cuda_host(gpu, &q, &k, &v).unwrap();
+    let (dense_out, dense_lse) = dense_reference(gpu, &problem, &opts, None, &q, &k, &v).unwrap();
+
+    assert!(
+        out.iter().all(|x| !x.to_f32().is_nan()),
+        "{what}: NaN in out"
+    );
+    let want: Vec<f64> = dense_out.iter().map(|&x| x as f64).collect();
+    let err = common::rel_error(&out, &want);
+    assert!(err <= tol(T::DTYPE), "{what}: error vs cuBLAS {err:.3e}");
+    for (idx, (&got, &w)) in lse.iter().zip(&dense_lse).enumerate() {
+        if w == f32::NEG_INFINITY {
+            assert_eq!(got, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
+        } else {
+            let e = (got - w).abs() / w.abs().max(1.0);
+            assert!(e <= 1e-3, "{what}: lse[{idx}] = {got}, cuBLAS path {w}");
+        }
+    }
+    if case.with_f64 {
+        let seqs = problem.seqs.clone();
+        let reference = reference_for(&plan, &q, &k, &v, |b, _, i, j| {
+            let (ql, kl) = seqs.lens(b);
+            !case.causal || causal_allowed(i, j, ql, kl)
+        });
+        assert_matches(&what, &problem, &out, &lse, &reference, tol(T::DTYPE));
+        // The oracle itself against f64 (its output is f32, so tighter).
+        let oracle_err = reference
+            .out
+            .iter()
+            .zip(&dense_out)
+            .fold(0.0f64, |m, (&r, &d)| m.max((r - d as f64).abs()));
+        let max_ref = reference.out.iter().fold(0.0f64, |m, r| m.max(r.abs()));
+        assert!(
+            oracle_err <= tol(T::DTYPE) * max_ref.max(1e-6),
+            "{what}: cuBLAS oracle vs f64: {oracle_err:.3e}"
+        );
+    }
+}
+
+fn sweep<T: Element + DeviceRepr + ValidAsZeroBits>(test: &str, head_dim: u32) {
+    let Some(gpu) = gpu(test) else { return };
+    let seed = base_seed();
+    let mut n = 0;
+    for causal in [false, true] {
+        for (batch, q_len, kv_len) in [
+            (1, 1, 1),
+            (2, 64, 64),
+            (1, 100, 77),
+            (1, 77, 300),
+            (3, 128, 512),
+            (1, 1, 1000),
+            (2, 1024, 1024),
+        ] {
+            check::<T>(
+                &gpu,
+                &Case::uniform(batch, q_len, kv_len, head_dim, causal),
+                seed + n,
+            );
+            n += 1;
+        }
+    }
+}
+
+#[test]
+fn f16_hd64_against_cublas() {
+    sweep::<f16>("f16_hd64_against_cublas", 64);
+}
+
+#[test]
+fn f16_hd128_against_cublas() {
+    sweep::<f16>("f16_hd128_against_cublas", 128);
+}
+
+#[test]
+fn bf16_hd64_against_cublas() {
+    sweep::<bf16>("bf16_hd64_against_cublas", 64);
+}
+
+#[test]
+fn bf16_hd128_against_cublas() {
+    sweep::<bf16>("bf16_hd128_against_cublas", 128);
+}
+
+#[test]
+fn gqa_mqa_and_softcap() {
+    let Some(gpu) = gpu("gqa_mqa_and_softcap") else {
+        return;
+    };
+    let seed = base_seed();
+    for (i, &(heads, kv_heads)) in [(8, 2), (8, 1), (6, 6)].iter().enumerate() {
+        for causal in [false, true] {
+            let case = Case {
+                heads,
+                kv_heads,
+                softcap: (i == 1).then_some(5.0),
+                ..Case::uniform(2, 96, 160, 64, causal)
+            };
+            check::<f16>(&gpu, &case, seed + i as u64);
+            check::<bf16>(
+                &gpu,
+                &Case {
+                    head_dim: 128,
+                    ..case
+                },
+                seed + 10 + i as u64,
+            );
+        }
+    }
+}
+
+#[test]
+fn varlen_batch_of_unequal_lengths() {
+    let Some(gpu) = gpu("varlen_batch_of_unequal_lengths") else {
+        return;
+    };
+    let seed = base_seed();
+    // Includes a sequence with more queries than keys (empty causal rows) and one with none.
+    let seqs =
+        SeqLens::varlen_from_lens(&[(17, 17), (64, 200), (130, 130), (40, 10), (0, 5), (1, 333)])
+            .unwrap();
+    for causal in [false, true] {
+        for head_dim in [64, 128] {
+            let case = Case {
+                seqs: seqs.clone(),
+                heads: 4,
+                kv_heads: 2,
+                head_dim,
+                causal,
+                softcap: None,
+                with_f64: true,
+            };
+            check::<f16>(&gpu, &case, seed);
+            check::<bf16>(&gpu, &case, seed + 1);
+        }
+    }
+}
+
+#[test]
+fn run_cuda_rejects_bad_buffers_before_launching() {
+    let Some(gpu) = gpu("run_cuda_rejects_bad_buffers_before_launching") else {
+        return;
+    };
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 1,
+            q_len: 8,
+            kv_len: 8,
+        },
+        2,
+        1,
+        64,
+        DType::F16,
+    )
+    .unwrap();
+    let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
+    let s = gpu.stream();
+    let q = s.alloc_zeros::<f16>(problem.q_elems()).unwrap();
+    let kv = s.alloc_zeros::<f16>(problem.kv_elems()).unwrap();
+    let short = s.alloc_zeros::<f16>(problem.kv_elems() - 1).unwrap();
+    let mut out = s.alloc_zeros::<f16>(problem.q_elems()).unwrap();
+    let mut lse = s.alloc_zeros::<f32>(problem.lse_elems()).unwrap();
+    let mut short_lse = s.alloc_zeros::<f32>(problem.lse_elems() - 1).unwrap();
+    assert!(matches!(
+        plan.run_cuda(&gpu, &q, &kv, &short, &mut out, &mut lse),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        plan.run_cuda(&gpu, &q, &kv, &kv, &mut out, &mut short_lse),
+        Err(Error::Shape(_))
+    ));
+    let qb = s.alloc_zeros::<bf16>(problem.q_elems()).unwrap();
+    let kvb = s.alloc_zeros::<bf16>(problem.kv_elems()).unwrap();
+    let mut outb = s.alloc_zeros::<bf16>(problem.q_elems()).unwrap();
+    assert!(matches!(
+        plan.run_cuda(&gpu, &qb, &kvb, &kvb, &mut outb, &mut lse),
+        Err(Error::Shape(_))
+    ));
+    plan.run_cuda(&gpu, &q, &kv, &kv, &mut out, &mut lse)
+        .unwrap();
+    gpu.synchronize().unwrap();
+}
+
+#[test]
+fn engine_stream_is_used_as_given() {
+    let Some(gpu) = gpu("engine_stream_is_used_as_given") else {
+        return;
+    };
+    // An engine hands us its own stream; results must be identical to the default stream's.
+    let stream = gpu.context().new_stream().unwrap();
+    let engine = Gpu::from_stream(stream).unwrap();
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 2,
+            q_len: 200,
+            kv_len: 200,
+        },
+        4,
+        4,
+        128,
+        DType::BF16,
+    )
+    .unwrap();
+    let plan = AttnPlan::new(&problem, &AttnOptions::causal()).unwrap();
+    let mut rng = Rng::new(base_seed());
+    let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let a = plan.run_cuda_host(&gpu, &q, &k, &v).unwrap();
+    let b = plan.run_cuda_host(&engine, &q, &k, &v).unwrap();
+    assert!(a.0 == b.0 && a.1 == b.1, "results differ between streams");
+}
+
+#[test]
+fn missing_gpu_is_an_error_not_a_panic() {
+    // Runs everywhere: without a driver or device this must be Err(NoDevice), never a panic.
+    match Gpu::new(0) {
+        Ok(_) | Err(Error::NoDevice(_)) | Err(Error::Unsupported(_)) => {}
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    assert!(matches!(Gpu::new(4096), Err(Error::NoDevice(_))));
+}
