@@ -1,0 +1,203 @@
+//! Forward attention on the GPU: the sparse-attn kernel against the dense cuBLAS path
+//! (S = QKᵀ GEMM, softmax kernel, PV GEMM), dense and causal, f16 and bf16, head_dim 64 and
+//! 128, sequence lengths 512..16384 with batch · heads fixed at 16.
+//!
+//!   cargo bench --bench attention                 # everything
+//!   cargo bench --bench attention -- causal/f16   # a subset (criterion filter)
+//!
+//! Times come from CUDA events around the launches (`iter_custom`); allocation, module
+//! loading and a warm-up launch happen outside the timed loop. Throughput is reported as
+//! effective FLOP/s, `4 · batch · heads · head_dim · (allowed query-key pairs)`, the same
+//! count for both paths (the dense path computes the masked half of a causal problem anyway).
+//! Without a GPU the binary says so and exits successfully (`cargo test --all-targets` runs
+//! it); outside `cargo bench` only the two shortest lengths run, once, as a smoke test.
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use half::{bf16, f16};
+use sparse_attn::backend::cublas::DenseReference;
+use sparse_attn::backend::{self, Gpu};
+use sparse_attn::cudarc::driver::sys::CUevent_flags;
+use sparse_attn::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, SeqLens};
+
+const BATCH: usize = 2;
+const HEADS: usize = 8;
+const SEQ_LENS: [usize; 6] = [512, 1024, 2048, 4096, 8192, 16384];
+
+/// Useful FLOPs of one forward pass: two GEMMs of 2 FLOPs per multiply-add over the allowed
+/// query-key pairs.
+fn flops(seq: usize, head_dim: usize, causal: bool) -> u64 {
+    let pairs = if causal {
+        seq * (seq + 1) / 2
+    } else {
+        seq * seq
+    };
+    4 * (BATCH * HEADS * head_dim * pairs) as u64
+}
+
+/// Mean time per call of `f` over `iters` calls, measured with CUDA events on `gpu`'s stream.
+fn time_gpu(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
+    let stream = gpu.stream();
+    let start = stream
+        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .expect("record start event");
+    for _ in 0..iters {
+        f();
+    }
+    let end = stream
+        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .expect("record end event");
+    end.synchronize().expect("synchronize");
+    let ms = start.elapsed_ms(&end).expect("event time") as f64;
+    Duration::from_secs_f64(ms / 1e3)
+}
+
+struct Buffers<T> {
+    q: CudaSlice<T>,
+    k: CudaSlice<T>,
+    v: CudaSlice<T>,
+    out: CudaSlice<T>,
+    out_f32: CudaSlice<f32>,
+    lse: CudaSlice<f32>,
+}
+
+fn buffers<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, p: &AttnProblem) -> Buffers<T> {
+    let s = gpu.stream();
+    // Small pseudo-random values: the time does not depend on them, but NaN-free data keeps
+    // the kernels on their normal paths.
+    let fill = |n: usize, salt: usize| -> CudaSlice<T> {
+        let host: Vec<T> = (0..n)
+            .map(|i| T::from_f32((((i * 7919 + salt) % 2003) as f32 / 2003.0 - 0.5) * 2.0))
+            .collect();
+        s.clone_htod(&host).expect("upload")
+    };
+    Buffers {
+        q: fill(p.q_elems(), 1),
+        k: fill(p.kv_elems(), 2),
+        v: fill(p.kv_elems(), 3),
+        out: s.alloc_zeros(p.q_elems()).expect("alloc"),
+        out_f32: s.alloc_zeros(p.q_elems()).expect("alloc"),
+        lse: s.alloc_zeros(p.lse_elems()).expect("alloc"),
+    }
+}
+
+fn bench_config<T: Element + DeviceRepr + ValidAsZeroBits>(
+    c: &mut Criterion,
+    gpu: &Gpu,
+    head_dim: u32,
+    causal: bool,
+    seq_lens: &[usize],
+) {
+    let mask = if causal { "causal" } else { "dense" };
+    let mut group = c.benchmark_group(format!("{mask}/{}/hd{head_dim}", T::DTYPE.name()));
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    for &seq in seq_lens {
+        let problem = AttnProblem::new(
+            SeqLens::Uniform {
+                batch: BATCH,
+                q_len: seq,
+                kv_len: seq,
+            },
+            HEADS,
+            HEADS,
+            head_dim,
+            T::DTYPE,
+        )
+        .expect("problem");
+        let opts = AttnOptions {
+            causal,
+            ..Default::default()
+        };
+        let plan = AttnPlan::new(&problem, &opts).expect("plan");
+        let mut dense = DenseReference::<T>::new(gpu, &problem, &opts).expect("cuBLAS path");
+        let mut b = buffers::<T>(gpu, &problem);
+        // Warm-up outside any timing: loads the modules, sets attributes, creates handles.
+        plan.run_cuda(gpu, &b.q, &b.k, &b.v, &mut b.out, &mut b.lse)
+            .expect("sparse-attn");
+        dense
+            .run(&b.q, &b.k, &b.v, None, &mut b.out_f32, &mut b.lse)
+            .expect("cuBLAS path");
+        gpu.synchronize().expect("synchronize");
+
+        let fl = flops(seq, head_dim as usize, causal);
+        let ours = time_gpu(gpu, 10, || {
+            plan.run_cuda(gpu, &b.q, &b.k, &b.v, &mut b.out, &mut b.lse)
+                .expect("sparse-attn")
+        }) / 10;
+        let theirs = time_gpu(gpu, 3, || {
+            dense
+                .run(&b.q, &b.k, &b.v, None, &mut b.out_f32, &mut b.lse)
+                .expect("cuBLAS path")
+        }) / 3;
+        let tflops = |d: Duration| fl as f64 / d.as_secs_f64() / 1e12;
+        println!(
+            "{mask:<6} {:<4} hd{head_dim:<3} seq {seq:>5}: sparse-attn {:>8.3} ms ({:>6.1} TFLOP/s)   \
+             cuBLAS dense {:>8.3} ms ({:>6.1} TFLOP/s)",
+            T::DTYPE.name(),
+            ours.as_secs_f64() * 1e3,
+            tflops(ours),
+            theirs.as_secs_f64() * 1e3,
+            tflops(theirs)
+        );
+
+        group.throughput(Throughput::Elements(fl));
+        group.bench_function(BenchmarkId::new("sparse-attn", seq), |bench| {
+            bench.iter_custom(|iters| {
+                time_gpu(gpu, iters, || {
+                    plan.run_cuda(gpu, &b.q, &b.k, &b.v, &mut b.out, &mut b.lse)
+                        .expect("sparse-attn")
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("cublas-dense", seq), |bench| {
+            bench.iter_custom(|iters| {
+                time_gpu(gpu, iters, || {
+                    dense
+                        .run(&b.q, &b.k, &b.v, None, &mut b.out_f32, &mut b.lse)
+                        .expect("cuBLAS path")
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn main() {
+    let build = backend::cuda_build();
+    if !build.built {
+        println!(
+            "benches/attention: skipped, the GPU kernels were not built ({})",
+            build.skip_reason
+        );
+        return;
+    }
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("benches/attention: skipped, no GPU: {e}");
+            return;
+        }
+    };
+    // `cargo bench` passes --bench; anything else (cargo test) is a quick smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let seq_lens: &[usize] = if full { &SEQ_LENS } else { &SEQ_LENS[..2] };
+    println!(
+        "benches/attention on {} (sm_{}{}), batch {BATCH} x heads {HEADS}; throughput counts \
+         useful FLOPs (\"elem/s\" below = FLOP/s)",
+        gpu.name().unwrap_or_default(),
+        gpu.compute_capability().0,
+        gpu.compute_capability().1
+    );
+    let mut c = Criterion::default().configure_from_args();
+    for causal in [false, true] {
+        for head_dim in [64, 128] {
+            bench_config::<f16>(&mut c, &gpu, head_dim, causal, seq_lens);
+            bench_config::<bf16>(&mut c, &gpu, head_dim, causal, seq_lens);
+        }
+    }
+    c.final_summary();
+}

@@ -1,0 +1,492 @@
+//! `sparse-attn`: the command line of the crate.
+//!
+//! - `run`: attention over q/k/v from a safetensors file with a pattern file, exactly per
+//!   PATTERNS.md "CLI file formats".
+//! - `demo`: random inputs, dense and causal attention on a backend, checked against the f64
+//!   reference (works on any machine through the CPU emulator).
+//! - `kernels`: the ptxas resource report build.rs captured.
+//!
+//! Bad input exits with status 1 and one line on stderr naming the problem; `--output` is
+//! only ever replaced by a complete file (written next to it, then renamed).
+
+mod io;
+mod pattern;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use half::{bf16, f16};
+use sparse_attn::backend::{self, Gpu};
+use sparse_attn::reference::{self, RefInputs};
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, EmuRun, Error, SeqLens};
+
+use io::{OutTensor, Staged, Storage};
+use pattern::ResolveError;
+
+#[derive(Parser)]
+#[command(
+    name = "sparse-attn",
+    version,
+    about = "Block-sparse flash attention: run patterns on safetensors files, demo, kernel report"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attention over q, k, v from a safetensors file with a pattern file (see PATTERNS.md).
+    Run(RunArgs),
+    /// Random q, k, v; dense and causal attention checked against the f64 reference.
+    Demo(DemoArgs),
+    /// Registers, shared memory and spills of every compiled GPU kernel (ptxas report).
+    Kernels(KernelsArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// CUDA when a GPU and the compiled kernels are available, else the emulator.
+    Auto,
+    /// The GPU (fails if there is none or the kernels were not built).
+    Cuda,
+    /// The CPU emulator running the same kernel source.
+    Emulator,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DTypeArg {
+    F16,
+    Bf16,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A pattern or head pattern set (JSON).
+    #[arg(long, value_name = "P.json")]
+    pattern: PathBuf,
+    /// q, k, v: [batch, len, heads, head_dim], F16 or BF16.
+    #[arg(long, value_name = "IN.safetensors")]
+    input: PathBuf,
+    /// Receives `out` (dtype of q) and `lse` (F32, [batch, num_heads, q_len]).
+    #[arg(long, value_name = "OUT.safetensors")]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Score scale (default 1/sqrt(head_dim)).
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    scale: Option<f32>,
+    /// Tanh soft-capping of the scores, s = C * tanh(s / C) (default off).
+    #[arg(long, value_name = "C", allow_negative_numbers = true)]
+    softcap: Option<f32>,
+    /// Also write the token mask that was applied: `mask`, U8 [num_heads, q_len, kv_len].
+    #[arg(long, value_name = "FILE")]
+    mask_out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Query length (and key length unless --kv-len is given).
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Key/value length (default: --seq-len).
+    #[arg(long)]
+    kv_len: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 2)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 64)]
+    head_dim: u32,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F16)]
+    dtype: DTypeArg,
+    /// Seed of the random inputs (default: from the clock; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Largest accepted error, relative to the largest reference value.
+    #[arg(long, default_value_t = 1e-2)]
+    tolerance: f64,
+}
+
+#[derive(Args)]
+struct KernelsArgs {
+    /// Print ptxas's output as captured, instead of the table.
+    #[arg(long)]
+    raw: bool,
+}
+
+/// Everything the CLI reports as a failure; each displays as one line.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Lib(#[from] Error),
+    /// A problem with a named input file.
+    #[error("{}: {msg}", file.display())]
+    Input { file: PathBuf, msg: String },
+    /// Valid input that needs a feature a later version implements.
+    #[error("not yet supported: {0}")]
+    NotYetSupported(String),
+    /// The demo's result is outside the tolerance.
+    #[error("{0}")]
+    Check(String),
+}
+
+fn input_err(file: &Path, msg: impl std::fmt::Display) -> CliError {
+    CliError::Input {
+        file: file.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+/// Where the work runs.
+enum Backend {
+    Cuda(Gpu),
+    Emulator,
+}
+
+impl Backend {
+    fn select(arg: BackendArg) -> Result<Backend, CliError> {
+        match arg {
+            BackendArg::Emulator => Ok(Backend::Emulator),
+            BackendArg::Cuda => {
+                let build = backend::cuda_build();
+                if !build.built {
+                    return Err(Error::KernelsNotBuilt(build.skip_reason.to_string()).into());
+                }
+                Ok(Backend::Cuda(Gpu::new(0)?))
+            }
+            BackendArg::Auto => {
+                if backend::cuda_build().built {
+                    if let Ok(gpu) = Gpu::new(0) {
+                        return Ok(Backend::Cuda(gpu));
+                    }
+                }
+                Ok(Backend::Emulator)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Backend::Cuda(g) => format!("cuda ({})", g.name().unwrap_or_else(|_| "GPU".into())),
+            Backend::Emulator => "emulator".into(),
+        }
+    }
+
+    fn run<T: Storage>(
+        &self,
+        plan: &AttnPlan,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+    ) -> Result<(Vec<T>, Vec<f32>), Error> {
+        match self {
+            Backend::Cuda(gpu) => plan.run_cuda_host(gpu, q, k, v),
+            Backend::Emulator => plan.run_emulated(q, k, v, &EmuRun::default()),
+        }
+    }
+}
+
+/// The token mask of a dense or causal pattern: U8 `[num_heads, q_len, kv_len]`.
+fn token_mask(num_heads: usize, q_len: usize, kv_len: usize, causal: bool) -> Vec<u8> {
+    let mut m = Vec::with_capacity(num_heads * q_len * kv_len);
+    for _ in 0..num_heads {
+        for i in 0..q_len {
+            for j in 0..kv_len {
+                let allowed = !causal || reference::causal_allowed(i, j, q_len, kv_len);
+                m.push(allowed as u8);
+            }
+        }
+    }
+    m
+}
+
+fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(&a.pattern)
+        .map_err(|e| input_err(&a.pattern, format!("cannot read ({e})")))?;
+    let pattern = pattern::parse(&text).map_err(|e| input_err(&a.pattern, e))?;
+    let bytes =
+        std::fs::read(&a.input).map_err(|e| input_err(&a.input, format!("cannot read ({e})")))?;
+    let inputs = io::read_inputs(&bytes).map_err(|e| input_err(&a.input, e))?;
+    let [batch, q_len, num_heads, head_dim] = inputs.q_shape;
+    let [_, kv_len, num_kv_heads, _] = inputs.kv_shape;
+    let head_dim = u32::try_from(head_dim)
+        .map_err(|_| input_err(&a.input, format!("head_dim {head_dim} is not supported")))?;
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch,
+            q_len,
+            kv_len,
+        },
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        inputs.dtype,
+    )
+    .map_err(|e| input_err(&a.input, e))?;
+    let resolved = pattern::resolve(&pattern, num_heads).map_err(|e| match e {
+        ResolveError::Fit(msg) => input_err(&a.pattern, format!("does not fit the input: {msg}")),
+        ResolveError::NotYetSupported(what) => CliError::NotYetSupported(what),
+    })?;
+    let opts = AttnOptions {
+        causal: resolved.causal,
+        scale: a.scale,
+        softcap: a.softcap,
+    };
+    let plan = AttnPlan::new(&problem, &opts)?;
+    let backend = Backend::select(a.backend)?;
+    let start = Instant::now();
+    let (out, lse) = match inputs.dtype {
+        DType::F16 => run_to_tensors::<f16>(&backend, &plan, &inputs)?,
+        DType::BF16 => run_to_tensors::<bf16>(&backend, &plan, &inputs)?,
+    };
+    let elapsed = start.elapsed();
+    let lse_t = OutTensor::from_f32("lse", vec![batch, num_heads, q_len], &lse);
+    let staged_out = Staged::write(&a.output, &[out, lse_t]).map_err(CliError::Check)?;
+    let staged_mask = match &a.mask_out {
+        Some(path) => {
+            let mask = token_mask(num_heads, q_len, kv_len, resolved.causal);
+            let t = OutTensor::from_u8("mask", vec![num_heads, q_len, kv_len], mask);
+            Some(Staged::write(path, &[t]).map_err(CliError::Check)?)
+        }
+        None => None,
+    };
+    staged_out.commit().map_err(CliError::Check)?;
+    if let Some(s) = staged_mask {
+        s.commit().map_err(CliError::Check)?;
+    }
+    println!(
+        "sparse-attn: {} attention, {} [{batch}, {q_len}, {num_heads}, {head_dim}] x kv [{batch}, \
+         {kv_len}, {num_kv_heads}, {head_dim}] on {} in {:.3} s -> {}",
+        if resolved.causal { "causal" } else { "dense" },
+        inputs.dtype.name(),
+        backend.describe(),
+        elapsed.as_secs_f64(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+fn run_to_tensors<T: Storage>(
+    backend: &Backend,
+    plan: &AttnPlan,
+    inputs: &io::Inputs,
+) -> Result<(OutTensor, Vec<f32>), CliError> {
+    let q = io::Inputs::typed::<T>(&inputs.q);
+    let k = io::Inputs::typed::<T>(&inputs.k);
+    let v = io::Inputs::typed::<T>(&inputs.v);
+    let (out, lse) = backend.run(plan, &q, &k, &v)?;
+    Ok((
+        OutTensor::from_elems("out", inputs.q_shape.to_vec(), &out),
+        lse,
+    ))
+}
+
+/// SplitMix64: a tiny seedable generator for the demo's inputs.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// Max |got - want| / max |want| (the absolute error when the reference is all zero).
+fn rel_error(got: &[f32], want: &[f64]) -> f64 {
+    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    let max_err = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+    if max_ref > 0.0 {
+        max_err / max_ref
+    } else {
+        max_err
+    }
+}
+
+/// Max LSE error relative to max(|lse|, 1); matching infinities count as exact.
+fn lse_error(got: &[f32], want: &[f64]) -> f64 {
+    got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| {
+        let e = if g as f64 == w {
+            0.0
+        } else {
+            (g as f64 - w).abs() / w.abs().max(1.0)
+        };
+        m.max(if e.is_nan() { f64::INFINITY } else { e })
+    })
+}
+
+fn cmd_demo(a: &DemoArgs) -> Result<(), CliError> {
+    match a.dtype {
+        DTypeArg::F16 => demo_typed::<f16>(a),
+        DTypeArg::Bf16 => demo_typed::<bf16>(a),
+    }
+}
+
+fn demo_typed<T: Storage>(a: &DemoArgs) -> Result<(), CliError> {
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let kv_len = a.kv_len.unwrap_or(a.seq_len);
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: a.batch,
+            q_len: a.seq_len,
+            kv_len,
+        },
+        a.heads,
+        a.kv_heads,
+        a.head_dim,
+        T::DTYPE,
+    )?;
+    let backend = Backend::select(a.backend)?;
+    println!(
+        "sparse-attn demo: {} on {}, batch {}, q_len {}, kv_len {kv_len}, heads {} (kv heads {}), \
+         head_dim {}; seed {seed} (rerun with --seed {seed})",
+        T::DTYPE.name(),
+        backend.describe(),
+        a.batch,
+        a.seq_len,
+        a.heads,
+        a.kv_heads,
+        a.head_dim
+    );
+    let mut rng = SplitMix64(seed);
+    let mut random = |n: usize| -> Vec<T> { (0..n).map(|_| T::from_f32(rng.unit())).collect() };
+    let q = random(problem.q_elems());
+    let k = random(problem.kv_elems());
+    let v = random(problem.kv_elems());
+    let wide = |x: &[T]| x.iter().map(|e| e.to_f32()).collect::<Vec<f32>>();
+    let (qf, kf, vf) = (wide(&q), wide(&k), wide(&v));
+
+    let mut worst = 0.0f64;
+    for causal in [false, true] {
+        let opts = AttnOptions {
+            causal,
+            ..Default::default()
+        };
+        let plan = AttnPlan::new(&problem, &opts)?;
+        let start = Instant::now();
+        let (out, lse) = backend.run(&plan, &q, &k, &v)?;
+        let elapsed = start.elapsed();
+        let want = reference::attention(
+            &problem,
+            &RefInputs {
+                q: &qf,
+                k: &kf,
+                v: &vf,
+                scale: plan.scale(),
+                softcap: plan.softcap(),
+            },
+            |_, _, i, j| !causal || reference::causal_allowed(i, j, a.seq_len, kv_len),
+        );
+        let out_err = rel_error(&wide(&out), &want.out);
+        let lse_err = lse_error(&lse, &want.lse);
+        worst = worst.max(out_err).max(lse_err);
+        println!(
+            "  {:<6}  max error: out {out_err:.2e} (relative to max |out|), lse {lse_err:.2e}   \
+             time {:.1} ms",
+            if causal { "causal" } else { "dense" },
+            elapsed.as_secs_f64() * 1e3
+        );
+    }
+    if worst > a.tolerance {
+        return Err(CliError::Check(format!(
+            "max error {worst:.2e} exceeds the tolerance {:.1e} (seed {seed})",
+            a.tolerance
+        )));
+    }
+    println!("OK: within tolerance {:.1e}", a.tolerance);
+    Ok(())
+}
+
+fn cmd_kernels(a: &KernelsArgs) -> Result<(), CliError> {
+    let build = backend::cuda_build();
+    let Some(report) = backend::ptxas_report() else {
+        println!(
+            "The CUDA build was skipped, so there are no GPU kernels: {}",
+            build.skip_reason
+        );
+        println!("Install nvcc (bash scripts/install-cuda.sh) and rebuild to get them.");
+        return Ok(());
+    };
+    if a.raw {
+        print!("{report}");
+        return Ok(());
+    }
+    println!("{}; targets {}", build.nvcc_version, build.targets);
+    let kernels = backend::parse_ptxas_report(report);
+    let width = kernels
+        .iter()
+        .map(|k| k.kernel.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "{:<width$}  {:<6}  {:>4}  {:>11}  {:>11}  {:>12}  {:>11}  source",
+        "kernel", "arch", "regs", "static smem", "stack frame", "spill stores", "spill loads"
+    );
+    for k in &kernels {
+        println!(
+            "{:<width$}  {:<6}  {:>4}  {:>11}  {:>11}  {:>12}  {:>11}  {}",
+            k.kernel,
+            k.arch,
+            k.registers,
+            k.static_smem_bytes,
+            k.stack_frame_bytes,
+            k.spill_store_bytes,
+            k.spill_load_bytes,
+            k.source
+        );
+    }
+    let tiles: Vec<String> = sparse_attn::HeadDim::SUPPORTED
+        .iter()
+        .filter_map(|&d| sparse_attn::HeadDim::new(d).ok())
+        .map(|d| {
+            format!(
+                "head_dim {}: {} bytes",
+                d.get(),
+                sparse_attn::kernels::fwd_tiles(d).smem_bytes
+            )
+        })
+        .collect();
+    println!(
+        "Dynamic shared memory of the forward kernels (set at launch): {}",
+        tiles.join(", ")
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Demo(a) => cmd_demo(a),
+        Command::Kernels(a) => cmd_kernels(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
