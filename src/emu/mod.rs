@@ -1,38 +1,113 @@
 //! The CPU emulator backend: runs the kernels' own CUDA C++ source on the host.
 //!
-//! `kernels/emu/` (C++) executes a launch with one fiber per CUDA thread, exact tensor-core
-//! fragment layouts, adversarial `cp.async` and guard-paged buffers; this module is its safe
-//! Rust face: guarded buffers ([`GuardedBuffer`]), the launch configuration and errors.
+//! The same `.cu` file is compiled twice: by nvcc for the GPU, and by the host C++ compiler
+//! against a small shim (`kernels/include/sparse_attn/emu/`) whose runtime lives in
+//! `kernels/emu/`. This module is the Rust face of that runtime: guarded buffers
+//! ([`GuardedBuffer`]), the launch configuration ([`LaunchConfig`], [`Schedule`]), one launch
+//! entry point ([`launch`]) and typed errors ([`EmuError`]).
+//!
+//! # How a launch runs
+//!
+//! - **Fibers.** Every CUDA thread is a user-space fiber with its own guard-paged 64 KiB stack;
+//!   `threadIdx` and friends read the running fiber's state. Blocks are spread over worker OS
+//!   threads ([`LaunchConfig::workers`]); a block runs entirely on one worker.
+//! - **Scheduling.** Fibers switch only at synchronisation points (`__syncthreads`,
+//!   `__syncwarp`, shuffles, mma, ldmatrix, `cp.async.wait_group`, thread exit), in the order
+//!   [`Schedule`] selects: forward, reverse or a seeded random permutation redrawn at every
+//!   scheduling round. A correct kernel is bit-identical under every order; a kernel that
+//!   relies on implicit warp lock-step is not.
+//! - **Rendezvous.** Warp collectives are keyed by (operation, call site, mask): the last lane
+//!   to arrive computes for all, with the exact per-lane fragment layouts of PTX (mma
+//!   m16n8k16/m16n8k8, ldmatrix x1/x2/x4 with and without `.trans`, `shfl.sync` with
+//!   segments). Lanes outside their mask, mismatched collectives and lanes missing from an mma
+//!   are reported. `__syncthreads` is keyed by call site; divergent barriers and deadlocks are
+//!   reported with every blocked call site instead of hanging.
+//! - **Adversarial cp.async.** A copy poisons its destination (all-ones bytes: NaN in f16,
+//!   bf16 and f32) at issue and lands only when its group is retired by `cp_async_wait<N>`,
+//!   which retires the *oldest* groups until at most N remain. Copies pending at thread exit,
+//!   overlapping in-flight destinations and `.cg` copies other than 16 bytes are reported.
+//!   [`LaunchConfig::eager_cp_async`] copies at issue instead, to diff the two.
+//! - **Shadow memory.** Checked shared-memory reads (ldmatrix rows and `sa::arch::lds`) report
+//!   bytes whose cp.async has not landed, bytes that landed in another thread's wait with no
+//!   `__syncthreads` since, and a cp.async that overwrites bytes another warp read since the
+//!   last barrier (a prefetch racing with the reads of the previous tile).
+//! - **Guard pages.** [`GuardedBuffer`]s end flush against an inaccessible page, dynamic shared
+//!   memory (poisoned with 0xFF, never zero) too, and so does every fiber stack: a stray access
+//!   is reported with kernel, block, thread, address and the buffer it overran.
+//!
+//! # Rules for host-runnable kernels
+//!
+//! These are listed in `kernels/include/sparse_attn/arch/platform.cuh`:
+//! 1. shared memory only through `sa::dynamic_smem()` (no static `__shared__` arrays);
+//! 2. warp-level cooperation (shuffles, mma, ldmatrix, `__syncwarp`) only through `sa::arch`;
+//! 3. no inline PTX outside `kernels/include/sparse_attn/arch/`;
+//! 4. no reliance on implicit warp lock-step: every exchange between threads is a `sa::arch`
+//!    collective or separated by `__syncthreads()`;
+//! 5. reads of cp.async-filled shared memory go through `ldmatrix` or `sa::arch::lds`, so the
+//!    emulator can check them against the wait and the barrier;
+//! 6. each entry point is declared with `SA_KERNEL` and takes exactly one params struct.
+//!
+//! Global memory a kernel touches should come from [`GuardedBuffer`]: only those buffers are
+//! bounds-checked, and a cp.async source must lie inside one.
 
 use std::ffi::{c_void, CString};
+use std::fmt;
 use std::marker::PhantomData;
 
 use thiserror::Error;
 
+#[doc(hidden)]
+pub mod selftest;
+
 /// A kernel's host entry, as `SA_KERNEL` declares it.
 pub type KernelFn = unsafe extern "C" fn(params: *const c_void);
 
-mod sys {
+/// Raw mirrors of `kernels/include/sparse_attn/emu/api.h` (hand-written; layouts asserted
+/// here and by `static_assert`s in `kernels/emu/executor.cpp`).
+pub mod sys {
     use std::ffi::{c_char, c_void};
 
+    /// `sa_emu_launch_config`.
     #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
     pub struct LaunchConfig {
         pub grid: [u32; 3],
         pub block: [u32; 3],
         pub dynamic_smem_bytes: u32,
+        /// `sa_emu_schedule`: 0 forward, 1 reverse, 2 random.
         pub schedule: u32,
         pub seed: u64,
         pub eager_cp_async: u32,
         pub workers: u32,
     }
 
+    /// Length of [`Report::message`].
+    pub const MESSAGE_LEN: usize = 2048;
+
+    /// `sa_emu_report`.
     #[repr(C)]
     pub struct Report {
+        /// `sa_emu_error_code`.
         pub code: i32,
         pub block: [u32; 3],
         pub thread: [u32; 3],
-        pub message: [c_char; 2048],
+        pub message: [c_char; MESSAGE_LEN],
     }
+
+    /// `sa_emu_error_code` values.
+    pub const OK: i32 = 0;
+    pub const ERR_CONFIG: i32 = 1;
+    pub const ERR_OUT_OF_BOUNDS: i32 = 2;
+    pub const ERR_BARRIER: i32 = 3;
+    pub const ERR_WARP: i32 = 4;
+    pub const ERR_CP_ASYNC: i32 = 5;
+    pub const ERR_MISALIGNED: i32 = 6;
+    pub const ERR_TRAP: i32 = 7;
+    pub const ERR_INTERNAL: i32 = 8;
+
+    const _: () = assert!(std::mem::size_of::<LaunchConfig>() == 48);
+    const _: () = assert!(std::mem::align_of::<LaunchConfig>() == 8);
+    const _: () = assert!(std::mem::size_of::<Report>() == 2076);
 
     extern "C" {
         pub fn sa_emu_launch(
@@ -52,10 +127,13 @@ mod sys {
 /// results under every order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Schedule {
+    /// Ascending linear thread id (warp 0 lane 0 first).
     #[default]
     Forward,
+    /// Descending linear thread id.
     Reverse,
-    /// Seeded shuffle of warps and lanes at every scheduling step.
+    /// A seeded shuffle of warps and lanes, redrawn at every scheduling round (mixed with the
+    /// block index, so a block's order does not depend on which worker runs it).
     Random(u64),
 }
 
@@ -72,39 +150,160 @@ pub struct LaunchConfig {
     pub workers: u32,
 }
 
-/// A fault the emulator detected in a kernel.
+impl LaunchConfig {
+    /// A launch with the default options: forward schedule, adversarial cp.async, all cores.
+    pub fn new(grid: [u32; 3], block: [u32; 3], dynamic_smem_bytes: u32) -> Self {
+        LaunchConfig {
+            grid,
+            block,
+            dynamic_smem_bytes,
+            schedule: Schedule::Forward,
+            eager_cp_async: false,
+            workers: 0,
+        }
+    }
+
+    fn raw(&self) -> sys::LaunchConfig {
+        let (schedule, seed) = match self.schedule {
+            Schedule::Forward => (0, 0),
+            Schedule::Reverse => (1, 0),
+            Schedule::Random(s) => (2, s),
+        };
+        sys::LaunchConfig {
+            grid: self.grid,
+            block: self.block,
+            dynamic_smem_bytes: self.dynamic_smem_bytes,
+            schedule,
+            seed,
+            eager_cp_async: u32::from(self.eager_cp_async),
+            workers: self.workers,
+        }
+    }
+}
+
+/// Where and what: the emulator's report of one failed launch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// What went wrong, with kernel, block, thread and call sites (may span several lines).
+    pub message: String,
+    /// `blockIdx` of the failing thread (zeros when no thread is involved).
+    pub block: [u32; 3],
+    /// `threadIdx` of the failing thread.
+    pub thread: [u32; 3],
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A fault the emulator detected in a launch: one variant per `sa_emu_error_code`.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum EmuError {
+    /// Invalid launch configuration (zero or oversized geometry, too much shared memory...).
     #[error("invalid launch configuration: {0}")]
-    Config(String),
+    Config(Fault),
+    /// A global or shared memory access outside its buffer (guard page or bounds check).
     #[error("out-of-bounds access: {0}")]
-    OutOfBounds(String),
+    OutOfBounds(Fault),
+    /// Divergent `__syncthreads` or a deadlock.
     #[error("barrier divergence or deadlock: {0}")]
-    Barrier(String),
+    Barrier(Fault),
+    /// A warp collective with a missing, exited or mismatched lane, or a bad mask.
     #[error("warp collective misuse: {0}")]
-    Warp(String),
+    Warp(Fault),
+    /// cp.async misuse: read before the wait, missing barrier, overlap, bad size...
     #[error("cp.async misuse: {0}")]
-    CpAsync(String),
+    CpAsync(Fault),
+    /// A misaligned ldmatrix row or cp.async address.
     #[error("misaligned address: {0}")]
-    Misaligned(String),
+    Misaligned(Fault),
+    /// A kernel-side assertion (`sa::emu::trap`) or an arithmetic exception.
     #[error("kernel trap: {0}")]
-    Trap(String),
+    Trap(Fault),
+    /// The emulator itself failed (out of memory, fiber stack overflow, ...).
     #[error("emulator internal error: {0}")]
-    Internal(String),
+    Internal(Fault),
+    /// `sa_emu_alloc` could not map a guarded buffer of this many bytes.
     #[error("guarded allocation of {0} bytes failed")]
     Alloc(usize),
 }
 
-/// Host memory laid out like device memory for the emulator: flush against a guard page, so
-/// a kernel's out-of-bounds access is caught and reported instead of corrupting memory.
+impl EmuError {
+    fn from_report(report: &sys::Report) -> Self {
+        let bytes: Vec<u8> = report
+            .message
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        let fault = Fault {
+            message: String::from_utf8_lossy(&bytes).into_owned(),
+            block: report.block,
+            thread: report.thread,
+        };
+        match report.code {
+            sys::ERR_CONFIG => EmuError::Config(fault),
+            sys::ERR_OUT_OF_BOUNDS => EmuError::OutOfBounds(fault),
+            sys::ERR_BARRIER => EmuError::Barrier(fault),
+            sys::ERR_WARP => EmuError::Warp(fault),
+            sys::ERR_CP_ASYNC => EmuError::CpAsync(fault),
+            sys::ERR_MISALIGNED => EmuError::Misaligned(fault),
+            sys::ERR_TRAP => EmuError::Trap(fault),
+            _ => EmuError::Internal(fault),
+        }
+    }
+
+    /// The emulator's report, unless this is an allocation failure.
+    pub fn fault(&self) -> Option<&Fault> {
+        match self {
+            EmuError::Config(f)
+            | EmuError::OutOfBounds(f)
+            | EmuError::Barrier(f)
+            | EmuError::Warp(f)
+            | EmuError::CpAsync(f)
+            | EmuError::Misaligned(f)
+            | EmuError::Trap(f)
+            | EmuError::Internal(f) => Some(f),
+            EmuError::Alloc(_) => None,
+        }
+    }
+
+    /// The report's message ("" for allocation failures).
+    pub fn message(&self) -> &str {
+        self.fault().map_or("", |f| f.message.as_str())
+    }
+
+    /// `blockIdx` of the failing thread.
+    pub fn block(&self) -> [u32; 3] {
+        self.fault().map_or([0; 3], |f| f.block)
+    }
+
+    /// `threadIdx` of the failing thread.
+    pub fn thread(&self) -> [u32; 3] {
+        self.fault().map_or([0; 3], |f| f.thread)
+    }
+}
+
+/// Host memory laid out like device memory for the emulator: flush against a guard page (and
+/// behind another), registered under a label, so a kernel's out-of-bounds access is caught and
+/// reported, naming the buffer, instead of corrupting memory.
+///
+/// The start is aligned to the largest power of two dividing the byte length (so the end can
+/// touch the guard page exactly): a buffer of 16-byte rows is 16-byte aligned.
+///
+/// `T` must be plain data for which every bit pattern is valid (integers, floats, `half`
+/// types, `#[repr(C)]` structs of those): kernels write arbitrary bits into the buffer.
 pub struct GuardedBuffer<T: Copy> {
     ptr: *mut T,
     len: usize,
     _marker: PhantomData<T>,
 }
 
-// SAFETY: the buffer exclusively owns its allocation; T is plain data.
+// SAFETY: the buffer exclusively owns its mapping; T is plain data.
 unsafe impl<T: Copy + Send> Send for GuardedBuffer<T> {}
+// SAFETY: shared access only reads.
 unsafe impl<T: Copy + Sync> Sync for GuardedBuffer<T> {}
 
 impl<T: Copy> GuardedBuffer<T> {
@@ -114,7 +313,7 @@ impl<T: Copy> GuardedBuffer<T> {
             .checked_mul(std::mem::size_of::<T>())
             .ok_or(EmuError::Alloc(usize::MAX))?;
         let label = CString::new(label.replace('\0', " ")).unwrap_or_default();
-        // SAFETY: plain C call; a null return is handled.
+        // SAFETY: plain C call with a valid NUL-terminated label; a null return is handled.
         let ptr = unsafe { sys::sa_emu_alloc(bytes, label.as_ptr()) } as *mut T;
         if ptr.is_null() {
             return Err(EmuError::Alloc(bytes));
@@ -126,6 +325,7 @@ impl<T: Copy> GuardedBuffer<T> {
         })
     }
 
+    /// A buffer holding a copy of `data`; `label` names it in fault reports.
     pub fn from_slice(data: &[T], label: &str) -> Result<Self, EmuError> {
         let mut b = Self::zeroed(data.len(), label)?;
         b.as_mut_slice().copy_from_slice(data);
@@ -138,6 +338,11 @@ impl<T: Copy> GuardedBuffer<T> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.len * std::mem::size_of::<T>()
+    }
+    /// The address kernels receive (in a params struct).
     pub fn as_ptr(&self) -> *const T {
         self.ptr
     }
@@ -145,7 +350,8 @@ impl<T: Copy> GuardedBuffer<T> {
         self.ptr
     }
     pub fn as_slice(&self) -> &[T] {
-        // SAFETY: ptr is valid for len elements (zero-initialised at allocation).
+        // SAFETY: ptr is valid for len elements (zero-initialised at allocation, then written
+        // only with plain data) and lives as long as self.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
     pub fn as_mut_slice(&mut self) -> &mut [T] {
@@ -157,78 +363,64 @@ impl<T: Copy> GuardedBuffer<T> {
     }
 }
 
+impl<T: Copy> fmt::Debug for GuardedBuffer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedBuffer")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
 impl<T: Copy> Drop for GuardedBuffer<T> {
     fn drop(&mut self) {
-        // SAFETY: ptr came from sa_emu_alloc and is freed once.
+        // SAFETY: ptr came from sa_emu_alloc and is freed exactly once.
         unsafe { sys::sa_emu_free(self.ptr as *mut c_void) }
     }
 }
 
-/// Runs `kernel` on the CPU with `params` passed by value to every emulated thread.
+/// Runs `kernel` on the CPU with `params` passed by value to every emulated thread; returns
+/// once every block has finished, or with the first fault the emulator detected.
+///
+/// Launches are independent: several may run at once from different threads.
 ///
 /// # Safety
-/// - `P` must be exactly the params struct `kernel` takes (`#[repr(C)]`, same layout).
+/// - `kernel` must be an `SA_KERNEL` entry point whose params struct is exactly `P`
+///   (`#[repr(C)]`, same size, field order and types).
 /// - Every pointer inside `params` must be null where the kernel allows it, or point into
 ///   live memory (normally [`GuardedBuffer`]s) large enough for every access the kernel makes
-///   for this geometry; the emulator reports accesses that hit a guard page, but cannot
-///   protect arbitrary host memory.
+///   with this geometry, and stay valid until this call returns. The emulator catches accesses
+///   that hit a guard page, but an access that lands in unrelated host memory is undetectable.
+/// - No other code may access that memory while the launch runs (kernels write it from the
+///   emulator's worker threads).
 pub unsafe fn launch<P: Copy>(
     kernel: KernelFn,
     name: &str,
     cfg: &LaunchConfig,
     params: &P,
 ) -> Result<(), EmuError> {
-    let (schedule, seed) = match cfg.schedule {
-        Schedule::Forward => (0, 0),
-        Schedule::Reverse => (1, 0),
-        Schedule::Random(s) => (2, s),
-    };
-    let c = sys::LaunchConfig {
-        grid: cfg.grid,
-        block: cfg.block,
-        dynamic_smem_bytes: cfg.dynamic_smem_bytes,
-        schedule,
-        seed,
-        eager_cp_async: cfg.eager_cp_async as u32,
-        workers: cfg.workers,
-    };
-    let cname = CString::new(name).unwrap_or_default();
+    let raw = cfg.raw();
+    let cname = CString::new(name.replace('\0', " ")).unwrap_or_default();
     let mut report = sys::Report {
         code: 0,
         block: [0; 3],
         thread: [0; 3],
-        message: [0; 2048],
+        message: [0; sys::MESSAGE_LEN],
     };
+    // SAFETY: every pointer is valid for the call; the params contract is the caller's.
     let code = sys::sa_emu_launch(
         kernel,
         cname.as_ptr(),
-        &c,
+        &raw,
         params as *const P as *const c_void,
         std::mem::size_of::<P>(),
         &mut report,
     );
-    if code == 0 {
-        return Ok(());
+    if code == sys::OK {
+        Ok(())
+    } else {
+        Err(EmuError::from_report(&report))
     }
-    let msg = {
-        let bytes: Vec<u8> = report
-            .message
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    Err(match code {
-        1 => EmuError::Config(msg),
-        2 => EmuError::OutOfBounds(msg),
-        3 => EmuError::Barrier(msg),
-        4 => EmuError::Warp(msg),
-        5 => EmuError::CpAsync(msg),
-        6 => EmuError::Misaligned(msg),
-        7 => EmuError::Trap(msg),
-        _ => EmuError::Internal(msg),
-    })
 }
 
 /// Runs a [`crate::kernels::Launch`] description on the emulator.
@@ -257,5 +449,3 @@ pub struct EmuOptions {
     pub eager_cp_async: bool,
     pub workers: u32,
 }
-
-
