@@ -369,13 +369,10 @@ fn build_cuda(root: &Path, out_dir: &Path) {
     match compile_all(&nvcc, root, &gencode, &files, out_dir) {
         Ok(compiled) => write_generated(out_dir, Ok((&nvcc, &targets, &compiled))),
         // nvcc exists, so a failed compile is a bug in the kernels: always a build error.
-        Err(e) => {
-            eprintln!("{e}");
-            panic!(
-                "nvcc ({}) failed to compile the kernels:\n{e}",
-                nvcc.version
-            );
-        }
+        Err(e) => panic!(
+            "nvcc ({}) failed to compile the kernels:\n{e}",
+            nvcc.version
+        ),
     }
 }
 
