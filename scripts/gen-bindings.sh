@@ -51,9 +51,9 @@ for name in "${headers[@]}"; do
   layout="kernels/include/sparse_attn/${name}_layout.h"
   guard="SPARSE_ATTN_$(echo "$name" | tr '[:lower:]' '[:upper:]')_LAYOUT_H"
 
-  # C enums become u32 consts (`--default-enum-style consts`, typed as a c_uint alias); only our own types
-  # and constants are emitted (not stdint's). The layout asserts bindgen emits are
-  # compile-time checks on the Rust side.
+  # C enums become u32 consts (`--default-enum-style consts`, typed as a c_uint alias); only
+  # our own types and constants are emitted (not stdint's). The layout asserts bindgen emits
+  # are compile-time checks on the Rust side.
   "$bindgen" "$header" \
     --formatter none \
     --use-core \
