@@ -190,7 +190,9 @@ impl AttnProblem {
         seqs.validate()?;
         let head_dim = HeadDim::new(head_dim)?;
         if num_heads == 0 || num_kv_heads == 0 {
-            return Err(Error::Shape("num_heads and num_kv_heads must be positive".into()));
+            return Err(Error::Shape(
+                "num_heads and num_kv_heads must be positive".into(),
+            ));
         }
         if num_heads % num_kv_heads != 0 {
             return Err(Error::Shape(format!(
@@ -247,9 +249,7 @@ impl AttnOptions {
 
     /// The effective scale and softcap, validated.
     pub fn resolve(&self, head_dim: HeadDim) -> Result<(f32, f32)> {
-        let scale = self
-            .scale
-            .unwrap_or(1.0 / (head_dim.get() as f32).sqrt());
+        let scale = self.scale.unwrap_or(1.0 / (head_dim.get() as f32).sqrt());
         if !scale.is_finite() {
             return Err(Error::Shape(format!("scale must be finite (got {scale})")));
         }

@@ -92,7 +92,11 @@ fn sweep<T: Element>(head_dim: u32) {
         for kv_len in [q_len, q_len + 77] {
             for causal in [false, true] {
                 let case = Case::uniform(q_len, kv_len, head_dim, causal);
-                check::<T>(&case, seed ^ (n as u64 * 1000 + kv_len as u64), &EmuRun::default());
+                check::<T>(
+                    &case,
+                    seed ^ (n as u64 * 1000 + kv_len as u64),
+                    &EmuRun::default(),
+                );
             }
         }
     }
@@ -244,11 +248,17 @@ fn every_schedule_gives_identical_bits() {
     for run in &runs {
         let got = plan.run_emulated(&q, &k, &v, run).unwrap();
         assert!(
-            got.0.iter().zip(&base.0).all(|(a, b)| a.to_bits() == b.to_bits()),
+            got.0
+                .iter()
+                .zip(&base.0)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "out differs under {run:?}"
         );
         assert!(
-            got.1.iter().zip(&base.1).all(|(a, b)| a.to_bits() == b.to_bits()),
+            got.1
+                .iter()
+                .zip(&base.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "lse differs under {run:?}"
         );
     }
@@ -260,7 +270,11 @@ fn work_accounting_matches_the_ideal_tile_count() {
     // visits m + 1 tiles (block-aligned lengths, so nothing beyond the ideal).
     let seed = base_seed();
     let heads = 2usize;
-    let dense = check::<f16>(&Case::uniform(256, 320, 64, false), seed, &EmuRun::default());
+    let dense = check::<f16>(
+        &Case::uniform(256, 320, 64, false),
+        seed,
+        &EmuRun::default(),
+    );
     assert_eq!(dense, (heads * 4 * 5) as u64);
     let causal = check::<f16>(&Case::uniform(256, 256, 64, true), seed, &EmuRun::default());
     assert_eq!(causal, (heads * (1 + 2 + 3 + 4)) as u64);
@@ -382,12 +396,18 @@ fn bad_inputs_are_typed_errors() {
         scale: Some(f32::NAN),
         ..Default::default()
     };
-    assert!(matches!(AttnPlan::new(&problem, &bad_scale), Err(Error::Shape(_))));
+    assert!(matches!(
+        AttnPlan::new(&problem, &bad_scale),
+        Err(Error::Shape(_))
+    ));
     let bad_cap = AttnOptions {
         softcap: Some(-1.0),
         ..Default::default()
     };
-    assert!(matches!(AttnPlan::new(&problem, &bad_cap), Err(Error::Shape(_))));
+    assert!(matches!(
+        AttnPlan::new(&problem, &bad_cap),
+        Err(Error::Shape(_))
+    ));
     let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
     let q = vec![f16::ZERO; problem.q_elems()];
     let kv = vec![f16::ZERO; problem.kv_elems()];

@@ -11,6 +11,7 @@
 #include "sparse_attn/mask.cuh"
 #include "sparse_attn/online_softmax.cuh"
 #include "sparse_attn/params.h"
+#include "sparse_attn/params_layout.h"  // layout asserted against the Rust mirror
 #include "sparse_attn/tile_io.cuh"
 #include "sparse_attn/tile_mma.cuh"
 
