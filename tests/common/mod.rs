@@ -41,7 +41,9 @@ pub fn base_seed() -> u64 {
 }
 
 pub fn random_tensor<T: Element>(rng: &mut Rng, n: usize, amplitude: f32) -> Vec<T> {
-    (0..n).map(|_| T::from_f32(rng.unit() * amplitude)).collect()
+    (0..n)
+        .map(|_| T::from_f32(rng.unit() * amplitude))
+        .collect()
 }
 
 pub fn widen<T: Element>(x: &[T]) -> Vec<f32> {
@@ -50,7 +52,13 @@ pub fn widen<T: Element>(x: &[T]) -> Vec<f32> {
 
 /// Reference output for a plan's problem and options under a mask predicate
 /// `allowed(b, h, i, j)`.
-pub fn reference_for<T: Element, F>(plan: &AttnPlan, q: &[T], k: &[T], v: &[T], allowed: F) -> RefOutput
+pub fn reference_for<T: Element, F>(
+    plan: &AttnPlan,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    allowed: F,
+) -> RefOutput
 where
     F: Fn(usize, usize, usize, usize) -> bool + Sync,
 {
@@ -94,7 +102,10 @@ pub fn assert_matches<T: Element>(
 ) {
     assert_eq!(out.len(), want.out.len(), "{what}: out length");
     assert_eq!(lse.len(), want.lse.len(), "{what}: lse length");
-    assert!(out.iter().all(|x| !x.to_f32().is_nan()), "{what}: NaN in out");
+    assert!(
+        out.iter().all(|x| !x.to_f32().is_nan()),
+        "{what}: NaN in out"
+    );
     let err = rel_error(out, &want.out);
     assert!(err <= tol, "{what}: relative error {err:.3e} > {tol:.1e}");
     let d = problem.head_dim.get() as usize;
@@ -115,7 +126,11 @@ pub fn assert_matches<T: Element>(
         let (q0, _) = problem.seqs.offsets(b);
         for h in 0..hq {
             for i in 0..q_len {
-                let li = if varlen { h * total_q + q0 + i } else { (b * hq + h) * q_len + i };
+                let li = if varlen {
+                    h * total_q + q0 + i
+                } else {
+                    (b * hq + h) * q_len + i
+                };
                 if want.lse[li] == f64::NEG_INFINITY {
                     let row = &out[((q0 + i) * hq + h) * d..][..d];
                     assert!(
