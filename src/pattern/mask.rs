@@ -1,0 +1,216 @@
+//! The token predicate a kernel evaluates on *partial* tiles, as plain `#[repr(C)]` data.
+//!
+//! One [`MaskProgram`] per row set (see [`super::BlockSparseMeta`]) names a slice of
+//! [`MaskComponent`]s; a key is allowed when it exists (`0 <= j < kv_len`), passes causality
+//! if the program is causal (`j <= p`), and some component admits it. Components that need
+//! tables (global tokens, block-mask bits, BigBird's random blocks) point into one shared
+//! `int32` array, [`MaskTables::data`]. Every field is `int32`; positions and differences of
+//! positions fit because [`super::SparseShape::validate`] bounds `q_len + kv_len` by `2^31 - 1`.
+//!
+//! These structs are meant to be mirrored field for field in `kernels/include/sparse_attn/params.h`
+//! (C layout: 4-byte fields, no padding; `MaskProgram` is 16 bytes, `MaskComponent` 64).
+//! [`MaskTables::allowed`] is the host twin of the device predicate, written the way a kernel
+//! would evaluate it from the flat arrays, and is tested against the pattern predicate.
+
+/// Component kinds of [`MaskComponent::kind`].
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskKind {
+    /// Every key.
+    Dense = 0,
+    /// `-window_left <= j - p <= window_right`.
+    Window = 1,
+    /// `j < sink_count`.
+    Sinks = 2,
+    /// `j` or `p` in the sorted token list `data[data_offset .. data_offset + data_len]`.
+    Global = 3,
+    /// `(p - j) mod dilation_stride == 0` (mathematical mod).
+    Dilated = 4,
+    /// Bit `J % 32` of word `data[data_offset + P * ceil(mask_cols / 32) + J / 32]`, with
+    /// `P = floor(p / block_q)` in `0..mask_rows` and `J = floor(j / block_k)` in `0..mask_cols`.
+    BlockMask = 5,
+    /// BigBird with `block_q == block_k == B`: `|P - J| <= bigbird_window_half`, or
+    /// `P < bigbird_global_blocks`, or `J < bigbird_global_blocks`, or `J` in the random blocks
+    /// of `P` (a CSR table at `data_offset`: `rand_q_blocks + 1` row offsets, then the blocks;
+    /// row `P - rand_first_q_block`).
+    BigBird = 6,
+}
+
+impl MaskKind {
+    /// The kind of a raw tag, `None` for an unknown one.
+    pub fn from_i32(v: i32) -> Option<Self> {
+        Some(match v {
+            0 => MaskKind::Dense,
+            1 => MaskKind::Window,
+            2 => MaskKind::Sinks,
+            3 => MaskKind::Global,
+            4 => MaskKind::Dilated,
+            5 => MaskKind::BlockMask,
+            6 => MaskKind::BigBird,
+            _ => return None,
+        })
+    }
+}
+
+/// One pattern component as kernel data. Fields a kind does not use are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaskComponent {
+    /// A [`MaskKind`] tag.
+    pub kind: i32,
+    /// Window: keys this far before the query are allowed.
+    pub window_left: i32,
+    /// Window: keys this far after the query are allowed (0 under causality).
+    pub window_right: i32,
+    /// Sinks: the first `sink_count` keys.
+    pub sink_count: i32,
+    /// Dilated: the stride (>= 1).
+    pub dilation_stride: i32,
+    /// Block mask: query positions per mask row; BigBird: the block size.
+    pub block_q: i32,
+    /// Block mask: keys per mask column; BigBird: the block size.
+    pub block_k: i32,
+    /// Block mask: mask rows (query blocks).
+    pub mask_rows: i32,
+    /// Block mask: mask columns (key blocks).
+    pub mask_cols: i32,
+    /// BigBird: `window_blocks / 2`.
+    pub bigbird_window_half: i32,
+    /// BigBird: global blocks (leading query and key blocks).
+    pub bigbird_global_blocks: i32,
+    /// BigBird: query block of the random table's first row.
+    pub rand_first_q_block: i32,
+    /// BigBird: rows of the random table (query blocks of the shape).
+    pub rand_q_blocks: i32,
+    /// Start of this component's table in [`MaskTables::data`].
+    pub data_offset: i32,
+    /// Length of that table (Global: the token count).
+    pub data_len: i32,
+    /// Keeps the struct at 64 bytes; always 0.
+    pub _reserved: i32,
+}
+
+/// The predicate of one row set: `components[first_component ..][.. num_components]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaskProgram {
+    /// 1: keys after the query position (`j > p`) are excluded.
+    pub causal: i32,
+    /// Index of the first component in [`MaskTables::components`].
+    pub first_component: i32,
+    /// Number of components (the union of which is allowed); at least 1.
+    pub num_components: i32,
+    /// Keeps the struct at 16 bytes; always 0.
+    pub _reserved: i32,
+}
+
+/// Programs, components and their tables for every row set of a [`super::BlockSparseMeta`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaskTables {
+    pub(crate) programs: Vec<MaskProgram>,
+    pub(crate) components: Vec<MaskComponent>,
+    pub(crate) data: Vec<i32>,
+}
+
+impl MaskTables {
+    /// One program per row set, indexed by the set.
+    pub fn programs(&self) -> &[MaskProgram] {
+        &self.programs
+    }
+
+    /// All components, program by program.
+    pub fn components(&self) -> &[MaskComponent] {
+        &self.components
+    }
+
+    /// Shared tables (global tokens, block-mask bits, BigBird random blocks).
+    pub fn data(&self) -> &[i32] {
+        &self.data
+    }
+
+    /// The predicate of row set `set` for query position `p` and key `j` of a sequence of
+    /// `kv_len` keys, evaluated from the flat arrays exactly as a kernel would. `false` for a
+    /// set that does not exist.
+    pub fn allowed(&self, set: usize, p: i64, j: i64, kv_len: usize) -> bool {
+        let Some(prog) = self.programs.get(set) else {
+            return false;
+        };
+        if j < 0 || j >= kv_len as i64 || (prog.causal != 0 && j > p) {
+            return false;
+        }
+        let first = prog.first_component as usize;
+        self.components[first..first + prog.num_components as usize]
+            .iter()
+            .any(|c| self.admits(c, p, j))
+    }
+
+    fn table(&self, c: &MaskComponent) -> &[i32] {
+        &self.data[c.data_offset as usize..][..c.data_len as usize]
+    }
+
+    fn admits(&self, c: &MaskComponent, p: i64, j: i64) -> bool {
+        let Some(kind) = MaskKind::from_i32(c.kind) else {
+            return false;
+        };
+        match kind {
+            MaskKind::Dense => true,
+            MaskKind::Window => {
+                let d = j - p;
+                -(c.window_left as i64) <= d && d <= c.window_right as i64
+            }
+            MaskKind::Sinks => j < c.sink_count as i64,
+            MaskKind::Global => {
+                let t = self.table(c);
+                t.binary_search(&(j as i32)).is_ok()
+                    || (p >= 0 && t.binary_search(&(p as i32)).is_ok())
+            }
+            MaskKind::Dilated => (p - j).rem_euclid(c.dilation_stride as i64) == 0,
+            MaskKind::BlockMask => {
+                let qb = p.div_euclid(c.block_q as i64);
+                let kb = j / c.block_k as i64;
+                if qb < 0 || qb >= c.mask_rows as i64 || kb >= c.mask_cols as i64 {
+                    return false;
+                }
+                let words = (c.mask_cols as i64 + 31) / 32;
+                let word = self.table(c)[(qb * words + kb / 32) as usize] as u32;
+                (word >> (kb % 32)) & 1 == 1
+            }
+            MaskKind::BigBird => {
+                let b = c.block_q as i64;
+                let (qb, kb) = (p.div_euclid(b), j / b);
+                let g = c.bigbird_global_blocks as i64;
+                if (qb - kb).abs() <= c.bigbird_window_half as i64 || qb < g || kb < g {
+                    return true;
+                }
+                let row = qb - c.rand_first_q_block as i64;
+                if row < 0 || row >= c.rand_q_blocks as i64 {
+                    return false;
+                }
+                let t = self.table(c);
+                let base = c.rand_q_blocks as usize + 1;
+                let (s, e) = (t[row as usize] as usize, t[row as usize + 1] as usize);
+                t[base + s..base + e].iter().any(|&x| x as i64 == kb)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_layout_sizes() {
+        assert_eq!(std::mem::size_of::<MaskComponent>(), 64);
+        assert_eq!(std::mem::align_of::<MaskComponent>(), 4);
+        assert_eq!(std::mem::size_of::<MaskProgram>(), 16);
+    }
+
+    #[test]
+    fn kind_tags_round_trip() {
+        for k in 0..7 {
+            assert_eq!(MaskKind::from_i32(k).map(|k| k as i32), Some(k));
+        }
+        assert_eq!(MaskKind::from_i32(7), None);
+    }
+}
