@@ -1,0 +1,207 @@
+//! Property tests of the pattern compiler against the token-level predicate (STYLE.md,
+//! principle 14: the compiler against a rendered dense mask).
+//!
+//! For random patterns (every component, unions, causal or not, per-head sets) and random
+//! shapes (q_len and kv_len 1..300 either way round, tiles 16/32/64/128):
+//! (a) the metadata renders to exactly the predicate's token mask;
+//! (b) every full tile is really full; (c) every partial tile has an allowed and a disallowed
+//! existing token; unlisted tiles have no allowed token;
+//! (d) CSR lists are ascending, disjoint and in range;
+//! (e) the kernel-side mask tables agree with the predicate on every token;
+//! and JSON round-trips every pattern.
+
+use proptest::prelude::*;
+use sparse_attn::pattern::{
+    render_from_meta, render_token_mask, BigBird, BlockMask, BlockSparseMeta, Component,
+    HeadPatterns, Pattern, SparseShape,
+};
+
+const TILES: [usize; 4] = [16, 32, 64, 128];
+
+fn component(kv_len: usize) -> impl Strategy<Value = Component> {
+    let kv = kv_len as i64;
+    prop_oneof![
+        Just(Component::dense()),
+        (0i64..90, 0i64..90).prop_map(|(l, r)| Component::window(l, r).unwrap()),
+        (0i64..400, 0i64..400).prop_map(|(l, r)| Component::window(l, r).unwrap()),
+        (1i64..130).prop_map(|w| Component::window_size(w).unwrap()),
+        (1i64..70).prop_map(|s| Component::sinks(s).unwrap()),
+        prop::collection::vec(0..kv, 1..6).prop_map(|t| Component::global(t).unwrap()),
+        prop_oneof![1i64..13, 14i64..200].prop_map(|k| Component::dilated(k).unwrap()),
+        (
+            prop_oneof![1i64..9, Just(16i64), Just(32), Just(64), 9i64..100],
+            prop_oneof![1i64..9, Just(16i64), Just(32), Just(64), 9i64..100],
+            (1usize..10, 1usize..10).prop_flat_map(|(r, c)| {
+                prop::collection::vec(prop::collection::vec(0u8..=1, c), r)
+            }),
+        )
+            .prop_map(|(bq, bk, mask)| Component::BlockMask(BlockMask::new(bq, bk, mask).unwrap())),
+        (
+            prop_oneof![1i64..9, Just(16i64), Just(32), Just(64), 9i64..80],
+            0i64..6,
+            0i64..3,
+            0i64..5,
+            any::<u64>(),
+        )
+            .prop_map(|(b, w, g, r, seed)| Component::BigBird(
+                BigBird::new(b, w, g, r, seed).unwrap()
+            )),
+    ]
+}
+
+fn pattern(kv_len: usize) -> impl Strategy<Value = Pattern> {
+    (
+        any::<bool>(),
+        prop::collection::vec(component(kv_len), 0..4),
+    )
+        .prop_map(|(causal, components)| Pattern::new(causal, components))
+}
+
+fn head_set(num_heads: usize, kv_len: usize) -> impl Strategy<Value = HeadPatterns> {
+    prop_oneof![
+        pattern(kv_len).prop_map(HeadPatterns::All),
+        // Few distinct patterns spread over the heads, so some heads share rows.
+        (
+            prop::collection::vec(pattern(kv_len), 1..3),
+            prop::collection::vec(0usize..2, num_heads)
+        )
+            .prop_map(|(pats, pick)| HeadPatterns::PerHead(
+                pick.iter().map(|&i| pats[i % pats.len()].clone()).collect()
+            )),
+    ]
+}
+
+fn case() -> impl Strategy<Value = (HeadPatterns, SparseShape)> {
+    (
+        1usize..4,
+        1usize..300,
+        1usize..300,
+        prop::sample::select(TILES.to_vec()),
+        prop::sample::select(TILES.to_vec()),
+    )
+        .prop_flat_map(|(num_heads, q_len, kv_len, block_m, block_n)| {
+            let shape = SparseShape {
+                num_heads,
+                q_len,
+                kv_len,
+                block_m,
+                block_n,
+            };
+            (head_set(num_heads, kv_len), Just(shape))
+        })
+}
+
+/// (d): ascending, disjoint, in range, framed by the row pointers.
+fn check_csr(meta: &BlockSparseMeta) -> Result<(), TestCaseError> {
+    meta.check()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let nkt = meta.num_kv_tiles() as i32;
+    for h in 0..meta.shape().num_heads {
+        for m in 0..meta.num_q_tiles() {
+            let (f, p) = (meta.full(h, m), meta.partial(h, m));
+            for list in [f, p] {
+                prop_assert!(
+                    list.windows(2).all(|w| w[0] < w[1]),
+                    "not ascending: {list:?}"
+                );
+                prop_assert!(
+                    list.iter().all(|&t| (0..nkt).contains(&t)),
+                    "out of range: {list:?}"
+                );
+            }
+            prop_assert!(
+                f.iter().all(|t| !p.contains(t)),
+                "full {f:?} and partial {p:?} overlap"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// (b), (c) and unlisted tiles, from the truth mask.
+fn check_tiles(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCaseError> {
+    let s = *meta.shape();
+    for h in 0..s.num_heads {
+        for m in 0..meta.num_q_tiles() {
+            let rows = m * s.block_m..((m + 1) * s.block_m).min(s.q_len);
+            for n in 0..meta.num_kv_tiles() {
+                let keys = n * s.block_n..((n + 1) * s.block_n).min(s.kv_len);
+                let (mut allowed, mut denied) = (0usize, 0usize);
+                for i in rows.clone() {
+                    for j in keys.clone() {
+                        if truth[(h * s.q_len + i) * s.kv_len + j] == 1 {
+                            allowed += 1;
+                        } else {
+                            denied += 1;
+                        }
+                    }
+                }
+                let t = n as i32;
+                let (full, partial) = (
+                    meta.full(h, m).contains(&t),
+                    meta.partial(h, m).contains(&t),
+                );
+                let what =
+                    format!("head {h} q tile {m} kv tile {n}: {allowed} allowed, {denied} denied");
+                if full {
+                    prop_assert_eq!(denied, 0, "full tile with a denied token: {}", what);
+                } else if partial {
+                    prop_assert!(allowed > 0 && denied > 0, "bad partial tile: {}", what);
+                } else {
+                    prop_assert_eq!(allowed, 0, "unlisted tile with allowed tokens: {}", what);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// (e): the kernel-side predicate equals the pattern predicate token by token.
+fn check_mask_tables(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCaseError> {
+    let s = *meta.shape();
+    let shift = s.kv_len as i64 - s.q_len as i64;
+    for h in 0..s.num_heads {
+        let set = meta.head_set()[h] as usize;
+        for i in 0..s.q_len {
+            for j in 0..s.kv_len {
+                let got = meta
+                    .mask()
+                    .allowed(set, i as i64 + shift, j as i64, s.kv_len);
+                let want = truth[(h * s.q_len + i) * s.kv_len + j] == 1;
+                prop_assert_eq!(
+                    got,
+                    want,
+                    "mask tables differ at head {} row {} key {}",
+                    h,
+                    i,
+                    j
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+    #[test]
+    fn metadata_matches_the_predicate((set, shape) in case()) {
+        let meta = BlockSparseMeta::compile(&set, shape)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let truth = render_token_mask(&set, shape.num_heads, shape.q_len, shape.kv_len)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_csr(&meta)?;
+        check_tiles(&meta, &truth)?;
+        let rendered = render_from_meta(&meta).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(rendered == truth, "(a) render_from_meta differs from the predicate");
+        check_mask_tables(&meta, &truth)?;
+    }
+
+    #[test]
+    fn json_round_trips((set, _shape) in case()) {
+        let back = HeadPatterns::from_json(&set.to_json())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(back, set);
+    }
+}
