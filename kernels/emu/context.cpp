@@ -24,6 +24,8 @@ extern "C" void sa_emu_ctx_trampoline();
 //   [sp+56] return address
 // System V x86-64: rbx, rbp, r12-r15, the MXCSR control bits and the x87 control word are
 // callee-saved; everything else is caller-saved, so the compiler has already spilled it.
+// ldmxcsr and fldcw stall the FP pipeline, and fibers practically never change either
+// register, so they are reloaded only when the incoming context's value differs.
 asm(R"(
     .text
     .p2align 4
@@ -41,10 +43,18 @@ sa_emu_ctx_switch:
     subq $8, %rsp
     stmxcsr (%rsp)
     fnstcw 4(%rsp)
+    movl (%rsp), %eax
+    movzwl 4(%rsp), %edx
     movq %rsp, (%rdi)
     movq %rsi, %rsp
+    cmpl (%rsp), %eax
+    je 1f
     ldmxcsr (%rsp)
+1:
+    cmpw 4(%rsp), %dx
+    je 2f
     fldcw 4(%rsp)
+2:
     addq $8, %rsp
     popq %r15
     popq %r14

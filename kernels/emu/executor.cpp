@@ -48,10 +48,6 @@ void Msg::add_id_list(const unsigned* ids, size_t n) {
   }
 }
 
-bool same_site(const Site& a, const Site& b) {
-  return a.line == b.line && (a.file == b.file || strcmp(a.file, b.file) == 0);
-}
-
 // ---- the running fiber ----------------------------------------------------------------------------
 
 // Plain pointers with constant initialisation: safe to read from the signal handler.

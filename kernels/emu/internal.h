@@ -69,6 +69,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <atomic>
 #include <mutex>
@@ -115,7 +116,10 @@ class Msg {
   size_t len_ = 0;
 };
 
-bool same_site(const Site& a, const Site& b);
+// Call sites compare by line, then file name (the same literal is usually the same pointer).
+inline bool same_site(const Site& a, const Site& b) {
+  return a.line == b.line && (a.file == b.file || strcmp(a.file, b.file) == 0);
+}
 
 // ---- execution contexts (context.cpp) --------------------------------------------------------
 

@@ -87,42 +87,71 @@ void compute_shfl(Worker* w, unsigned warp, const Collective& c) {
   }
 }
 
-float widen(uint16_t bits, bool bf16) {
-  return bf16 ? arch::bits_float(static_cast<uint32_t>(bits) << 16)
-              : arch::f16_bits_to_f32(bits);
+template <bool kBf16>
+float widen(uint16_t bits) {
+  return kBf16 ? arch::bits_float(static_cast<uint32_t>(bits) << 16)
+               : arch::f16_bits_to_f32(bits);
 }
 
 uint16_t half_of(uint32_t reg, unsigned i) {
   return static_cast<uint16_t>((i & 1u) != 0 ? reg >> 16 : reg & 0xffffu);
 }
 
-// D = A.B + C with the exact per-lane fragment layouts of PTX mma.m16n8k16 / m16n8k8
-// (EMULATOR.md §1), accumulating the products over k in f32 and adding C last.
+// Gathers A (16 x K), B (K x 8) and C (16 x 8) from the 32 lanes' fragments, with the exact
+// per-lane layouts of PTX mma.m16n8k16 / m16n8k8 (EMULATOR.md §1).
+template <bool kBf16, int K>
+void gather_mma(Worker* w, unsigned warp, float (&A)[16][16], float (&B)[16][8],
+                float (&C)[16][8]) {
+  for (unsigned lane = 0; lane < kWarpSize; ++lane) {
+    const Arrival& a = lane_fiber(w, warp, lane).arrival;
+    const unsigned g = lane >> 2, t = lane & 3;
+    for (unsigned i = 0; i < K / 2; ++i) {
+      const unsigned row = g + 8 * ((i >> 1) & 1), col = 2 * t + (i & 1) + 8 * (i >> 2);
+      A[row][col] = widen<kBf16>(half_of(a.a[i >> 1], i));
+    }
+    for (unsigned i = 0; i < K / 4; ++i) {
+      const unsigned k = 2 * t + (i & 1) + 8 * (i >> 1);
+      B[k][g] = widen<kBf16>(half_of(a.bfrag[i >> 1], i));
+    }
+    for (unsigned i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1)] = a.cfrag[i];
+  }
+}
+
+// D = A.B + C: products accumulated over k in f32, C added last, then scattered back to the
+// lanes' D fragments. All inputs are gathered before any output is written: d may alias c.
 void compute_mma(Worker* w, unsigned warp, const Collective& c) {
   const bool bf16 = (c.sub & kMmaBf16) != 0;
   const int K = (c.sub & kMmaK8) != 0 ? 8 : 16;
   float A[16][16], B[16][8], C[16][8];
-  for (unsigned lane = 0; lane < kWarpSize; ++lane) {
-    const Arrival& a = lane_fiber(w, warp, lane).arrival;
-    const unsigned g = lane >> 2, t = lane & 3;
-    for (unsigned i = 0; i < static_cast<unsigned>(K / 2); ++i) {
-      const unsigned row = g + 8 * ((i >> 1) & 1), col = 2 * t + (i & 1) + 8 * (i >> 2);
-      A[row][col] = widen(half_of(a.a[i >> 1], i), bf16);
-    }
-    for (unsigned i = 0; i < static_cast<unsigned>(K / 4); ++i) {
-      const unsigned k = 2 * t + (i & 1) + 8 * (i >> 1);
-      B[k][g] = widen(half_of(a.bfrag[i >> 1], i), bf16);
-    }
-    for (unsigned i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1)] = a.cfrag[i];
+  if (bf16) {
+    if (K == 16) gather_mma<true, 16>(w, warp, A, B, C);
+    else gather_mma<true, 8>(w, warp, A, B, C);
+  } else {
+    if (K == 16) gather_mma<false, 16>(w, warp, A, B, C);
+    else gather_mma<false, 8>(w, warp, A, B, C);
   }
-  // All inputs are gathered before any output is written: d may alias c.
+  // Each D[m][n] sums its products in ascending k, then adds C; the two 4-wide vectors only
+  // compute the eight n of a row at once (lane-wise, so the result is the scalar one).
+  typedef float F4 __attribute__((vector_size(16)));
   float D[16][8];
   for (int m = 0; m < 16; ++m) {
-    for (int n = 0; n < 8; ++n) {
-      float acc = 0.0f;
-      for (int k = 0; k < K; ++k) acc += A[m][k] * B[k][n];
-      D[m][n] = acc + C[m][n];
+    F4 acc0 = {0.f, 0.f, 0.f, 0.f}, acc1 = {0.f, 0.f, 0.f, 0.f};
+    for (int k = 0; k < K; ++k) {
+      const float a = A[m][k];
+      const F4 av = {a, a, a, a};
+      F4 b0, b1;
+      memcpy(&b0, &B[k][0], sizeof(b0));
+      memcpy(&b1, &B[k][4], sizeof(b1));
+      acc0 += av * b0;
+      acc1 += av * b1;
     }
+    F4 c0, c1;
+    memcpy(&c0, &C[m][0], sizeof(c0));
+    memcpy(&c1, &C[m][4], sizeof(c1));
+    acc0 += c0;
+    acc1 += c1;
+    memcpy(&D[m][0], &acc0, sizeof(acc0));
+    memcpy(&D[m][4], &acc1, sizeof(acc1));
   }
   for (unsigned lane = 0; lane < kWarpSize; ++lane) {
     const Arrival& a = lane_fiber(w, warp, lane).arrival;
