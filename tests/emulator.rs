@@ -990,6 +990,29 @@ fn divergent_syncthreads_is_reported_not_hung() {
     }
 }
 
+/// The orders really differ: the divergence is reported by the first thread that reaches the
+/// second barrier site, which depends on the schedule (forward: thread 32, reverse: 31).
+#[test]
+fn schedules_produce_different_interleavings() {
+    let reporter = |schedule| {
+        let mut lc = cfg(1, 64, 0);
+        lc.schedule = schedule;
+        run_warp(warp_mode::DIVERGENT_BARRIER, &lc, 64)
+            .unwrap_err()
+            .thread()
+    };
+    assert_eq!(reporter(Schedule::Forward), [32, 0, 0]);
+    assert_eq!(reporter(Schedule::Reverse), [31, 0, 0]);
+    let random: std::collections::BTreeSet<u32> =
+        (0..8).map(|s| reporter(Schedule::Random(s))[0]).collect();
+    assert!(
+        random.len() >= 4,
+        "random schedules barely differ: {random:?}"
+    );
+    // Same seed, same schedule.
+    assert_eq!(reporter(Schedule::Random(5)), reporter(Schedule::Random(5)));
+}
+
 #[test]
 fn deadlock_lists_every_blocked_call_site() {
     assert_fault!(
