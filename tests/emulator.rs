@@ -1151,6 +1151,58 @@ fn integer_division_by_zero_is_reported() {
     );
 }
 
+/// Child-process half of the two tests below: installs the emulator's fault handler with a
+/// launch, then faults outside any kernel as `SA_EMU_CHILD_FAULT` says.
+fn fault_outside_kernel_child() {
+    let Ok(kind) = std::env::var("SA_EMU_CHILD_FAULT") else {
+        return;
+    };
+    run_memory(memory_mode::COPY, 10, &cfg(1, 32, 0)).unwrap();
+    if kind == "overflow" {
+        fn recurse(n: u64) -> u64 {
+            let frame = std::hint::black_box([n; 64]);
+            if std::hint::black_box(n) == u64::MAX {
+                return 0;
+            }
+            recurse(n + 1) + frame[3]
+        }
+        std::hint::black_box(recurse(0));
+    } else {
+        // SAFETY: deliberately faults (address 8 is never mapped); this child process dies.
+        unsafe { std::ptr::read_volatile(std::hint::black_box(8usize) as *const u64) };
+    }
+    unreachable!("the fault did not happen");
+}
+
+/// Runs this test binary's `test` in a child with `SA_EMU_CHILD_FAULT=kind`.
+fn run_fault_child(test: &str, kind: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SA_EMU_CHILD_FAULT", kind)
+        .output()
+        .unwrap()
+}
+
+/// A stack overflow on a Rust thread still reaches Rust's handler after the emulator installed
+/// its own (the emulator's handler chains to the previous one for faults outside kernels).
+#[test]
+fn fault_handler_chains_rust_stack_overflow() {
+    fault_outside_kernel_child();
+    let out = run_fault_child("fault_handler_chains_rust_stack_overflow", "overflow");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("has overflowed its stack"), "{stderr}");
+}
+
+/// Any other fault outside a kernel kills the process with the default action (SIGSEGV).
+#[test]
+fn fault_outside_kernels_keeps_the_default_action() {
+    use std::os::unix::process::ExitStatusExt;
+    fault_outside_kernel_child();
+    let out = run_fault_child("fault_outside_kernels_keeps_the_default_action", "segv");
+    assert_eq!(out.status.signal(), Some(11), "{out:?}");
+}
+
 #[test]
 fn invalid_launch_configurations_are_rejected() {
     let bad = [
