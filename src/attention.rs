@@ -19,6 +19,9 @@ use crate::emu::{self, GuardedBuffer};
 use crate::error::{Error, Result};
 use crate::ffi::SaAttnFwdParams;
 use crate::kernels::{self, FwdTiles, KernelDesc, Launch};
+use crate::pattern::{
+    BlockSparseMeta, HeadPatterns, MaskComponent, MaskProgram, Pattern, SparseShape,
+};
 use crate::shape::{AttnOptions, AttnProblem, DType, SeqLens};
 
 /// A 16-bit element type the kernels accept.
@@ -61,6 +64,239 @@ pub struct TensorAddrs {
     pub cu_k: u64,
     /// Optional work counter (0 = none).
     pub tiles_visited: u64,
+    /// The plan's block-sparse metadata on the device (see [`PlanMeta::arrays`]).
+    pub meta: MetaAddrs,
+}
+
+/// Device addresses of a plan's metadata arrays, in the order of [`PlanMeta::arrays`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetaAddrs(pub [u64; PlanMeta::NUM_ARRAYS]);
+
+/// The block-sparse metadata of a plan, compiled on the host once: per-sequence CSR lists of
+/// full and partial kv tiles (dense and causal included) and the partial-tile mask programs,
+/// concatenated over the batch (varlen sequences each get their own rows), as flat `i32`
+/// arrays ready to upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanMeta {
+    head_set: Vec<i32>,
+    seq_row_base: Vec<i32>,
+    seq_program_base: Vec<i32>,
+    full_row_ptr: Vec<i32>,
+    full_tiles: Vec<i32>,
+    partial_row_ptr: Vec<i32>,
+    partial_tiles: Vec<i32>,
+    /// `MaskProgram`s as raw words (4 per program).
+    programs: Vec<i32>,
+    /// `MaskComponent`s as raw words (16 per component).
+    components: Vec<i32>,
+    data: Vec<i32>,
+    tiles_visited: u64,
+}
+
+const PROGRAM_WORDS: usize = std::mem::size_of::<MaskProgram>() / 4;
+const COMPONENT_WORDS: usize = std::mem::size_of::<MaskComponent>() / 4;
+
+impl PlanMeta {
+    /// Number of arrays in [`PlanMeta::arrays`].
+    pub const NUM_ARRAYS: usize = 10;
+
+    /// Compiles `patterns` for every sequence of `problem` with the forward kernel's tiles.
+    pub fn compile(
+        problem: &AttnProblem,
+        patterns: &HeadPatterns,
+        tiles: &FwdTiles,
+    ) -> Result<Self> {
+        let batch = problem.seqs.batch();
+        let shape_of = |q_len: usize, kv_len: usize| SparseShape {
+            num_heads: problem.num_heads,
+            q_len,
+            kv_len,
+            block_m: tiles.block_m as usize,
+            block_n: tiles.block_n as usize,
+        };
+        // Uniform batches share one compilation; varlen sequences each get their own.
+        let metas: Vec<BlockSparseMeta> = match &problem.seqs {
+            SeqLens::Uniform { q_len, kv_len, .. } => {
+                vec![BlockSparseMeta::compile(
+                    patterns,
+                    shape_of(*q_len, *kv_len),
+                )?]
+            }
+            SeqLens::Varlen { .. } => (0..batch)
+                .map(|b| {
+                    let (q, k) = problem.seqs.lens(b);
+                    BlockSparseMeta::compile(patterns, shape_of(q, k))
+                })
+                .collect::<Result<_>>()?,
+        };
+        let mut m = PlanMeta {
+            head_set: metas[0].head_set().to_vec(),
+            seq_row_base: Vec::with_capacity(batch),
+            seq_program_base: Vec::with_capacity(batch),
+            full_row_ptr: vec![0],
+            full_tiles: Vec::new(),
+            partial_row_ptr: vec![0],
+            partial_tiles: Vec::new(),
+            programs: Vec::new(),
+            components: Vec::new(),
+            data: Vec::new(),
+            tiles_visited: 0,
+        };
+        let to_i32 = |x: usize, what: &str| {
+            i32::try_from(x)
+                .map_err(|_| Error::Shape(format!("block-sparse metadata: {what} exceeds i32")))
+        };
+        for meta in &metas {
+            if meta.head_set() != m.head_set.as_slice() {
+                return Err(Error::Pattern(
+                    "head sharing differs between sequences".into(),
+                ));
+            }
+            // A uniform batch shares one compilation: every sequence visits its tiles.
+            let copies = match &problem.seqs {
+                SeqLens::Uniform { .. } => batch as u64,
+                SeqLens::Varlen { .. } => 1,
+            };
+            m.tiles_visited += meta.tiles_visited() as u64 * copies;
+            let row_base = to_i32(m.full_row_ptr.len() - 1, "row count")?;
+            let program_base = to_i32(m.programs.len() / PROGRAM_WORDS, "program count")?;
+            for (ptr, tiles, src_ptr, src_tiles) in [
+                (
+                    &mut m.full_row_ptr,
+                    &mut m.full_tiles,
+                    meta.full_row_ptr(),
+                    meta.full_tiles(),
+                ),
+                (
+                    &mut m.partial_row_ptr,
+                    &mut m.partial_tiles,
+                    meta.partial_row_ptr(),
+                    meta.partial_tiles(),
+                ),
+            ] {
+                let base = to_i32(tiles.len(), "tile list")?;
+                for &r in &src_ptr[1..] {
+                    ptr.push(
+                        base.checked_add(r).ok_or_else(|| {
+                            Error::Shape("block-sparse metadata exceeds i32".into())
+                        })?,
+                    );
+                }
+                tiles.extend_from_slice(src_tiles);
+            }
+            let comp_base = to_i32(m.components.len() / COMPONENT_WORDS, "component count")?;
+            let data_base = to_i32(m.data.len(), "mask data")?;
+            let mask = meta.mask();
+            for prog in mask.programs() {
+                let p = MaskProgram {
+                    first_component: prog.first_component + comp_base,
+                    ..*prog
+                };
+                m.programs.extend_from_slice(&[
+                    p.causal,
+                    p.first_component,
+                    p.num_components,
+                    p._reserved,
+                ]);
+            }
+            for c in mask.components() {
+                let c = MaskComponent {
+                    data_offset: c.data_offset + data_base,
+                    ..*c
+                };
+                m.components.extend_from_slice(&component_words(&c));
+            }
+            m.data.extend_from_slice(mask.data());
+            for _ in 0..copies {
+                m.seq_row_base.push(row_base);
+                m.seq_program_base.push(program_base);
+            }
+        }
+        Ok(m)
+    }
+
+    /// The arrays to upload, in the order of [`MetaAddrs`]: head_set, seq_row_base,
+    /// seq_program_base, full_row_ptr, full_tiles, partial_row_ptr, partial_tiles,
+    /// mask_programs, mask_components, mask_data. None is empty (an unused slot holds one 0),
+    /// so every backend can allocate them.
+    pub fn arrays(&self) -> [(&'static str, std::borrow::Cow<'_, [i32]>); Self::NUM_ARRAYS] {
+        use std::borrow::Cow;
+        fn nz(v: &[i32]) -> Cow<'_, [i32]> {
+            if v.is_empty() {
+                Cow::Owned(vec![0])
+            } else {
+                Cow::Borrowed(v)
+            }
+        }
+        [
+            ("head_set", nz(&self.head_set)),
+            ("seq_row_base", nz(&self.seq_row_base)),
+            ("seq_program_base", nz(&self.seq_program_base)),
+            ("full_row_ptr", nz(&self.full_row_ptr)),
+            ("full_tiles", nz(&self.full_tiles)),
+            ("partial_row_ptr", nz(&self.partial_row_ptr)),
+            ("partial_tiles", nz(&self.partial_tiles)),
+            ("mask_programs", nz(&self.programs)),
+            ("mask_components", nz(&self.components)),
+            ("mask_data", nz(&self.data)),
+        ]
+    }
+
+    /// kv tiles the kernel visits over the whole batch and all heads (the work accounting
+    /// the kernel's counter must reproduce).
+    pub fn tiles_visited(&self) -> u64 {
+        self.tiles_visited
+    }
+}
+
+/// A plan's metadata in guarded emulator memory (see [`PlanMeta::upload_emulated`]).
+pub struct EmuMeta {
+    bufs: Vec<GuardedBuffer<i32>>,
+}
+
+impl EmuMeta {
+    /// Addresses to put in [`TensorAddrs::meta`]; valid while `self` lives.
+    pub fn addrs(&self) -> MetaAddrs {
+        let mut a = MetaAddrs::default();
+        for (slot, buf) in a.0.iter_mut().zip(&self.bufs) {
+            *slot = buf.as_ptr() as u64;
+        }
+        a
+    }
+}
+
+impl PlanMeta {
+    /// Copies the metadata into guarded buffers for an emulated launch.
+    pub fn upload_emulated(&self) -> Result<EmuMeta> {
+        let bufs = self
+            .arrays()
+            .iter()
+            .map(|(name, a)| GuardedBuffer::from_slice(a, name))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EmuMeta { bufs })
+    }
+}
+
+/// The words of a mask component in C field order (the layout `SaMaskComponent` asserts).
+fn component_words(c: &MaskComponent) -> [i32; COMPONENT_WORDS] {
+    [
+        c.kind,
+        c.window_left,
+        c.window_right,
+        c.sink_count,
+        c.dilation_stride,
+        c.block_q,
+        c.block_k,
+        c.mask_rows,
+        c.mask_cols,
+        c.bigbird_window_half,
+        c.bigbird_global_blocks,
+        c.rand_first_q_block,
+        c.rand_q_blocks,
+        c.data_offset,
+        c.data_len,
+        c._reserved,
+    ]
 }
 
 /// A validated forward-attention plan.
@@ -69,22 +305,47 @@ pub struct AttnPlan {
     problem: AttnProblem,
     scale: f32,
     softcap: f32,
-    causal: bool,
+    patterns: HeadPatterns,
     kernel: &'static KernelDesc,
     tiles: FwdTiles,
+    meta: PlanMeta,
 }
 
 impl AttnPlan {
+    /// A dense (or, with `opts.causal`, causal) plan.
     pub fn new(problem: &AttnProblem, opts: &AttnOptions) -> Result<Self> {
+        Self::with_patterns(problem, &HeadPatterns::All(Pattern::dense()), opts)
+    }
+
+    /// A plan for any pattern set of PATTERNS.md (one pattern for all heads or one per
+    /// head). `opts.causal = true` intersects every head's pattern with causal. The
+    /// block-sparse metadata is compiled here, once, for every sequence of the batch.
+    pub fn with_patterns(
+        problem: &AttnProblem,
+        patterns: &HeadPatterns,
+        opts: &AttnOptions,
+    ) -> Result<Self> {
         let (scale, softcap) = opts.resolve(problem.head_dim)?;
         problem.seqs.validate()?;
+        let patterns = if opts.causal {
+            let causal = |p: &Pattern| Pattern::new(true, p.components.clone());
+            match patterns {
+                HeadPatterns::All(p) => HeadPatterns::All(causal(p)),
+                HeadPatterns::PerHead(v) => HeadPatterns::PerHead(v.iter().map(causal).collect()),
+            }
+        } else {
+            patterns.clone()
+        };
+        let tiles = kernels::fwd_tiles(problem.head_dim);
+        let meta = PlanMeta::compile(problem, &patterns, &tiles)?;
         Ok(AttnPlan {
             problem: problem.clone(),
             scale,
             softcap,
-            causal: opts.causal,
+            patterns,
             kernel: kernels::attn_fwd(problem.dtype, problem.head_dim),
-            tiles: kernels::fwd_tiles(problem.head_dim),
+            tiles,
+            meta,
         })
     }
 
@@ -100,8 +361,28 @@ impl AttnPlan {
     pub fn softcap(&self) -> f32 {
         self.softcap
     }
-    pub fn causal(&self) -> bool {
-        self.causal
+    /// The head patterns this plan runs (after `opts.causal` was applied).
+    pub fn patterns(&self) -> &HeadPatterns {
+        &self.patterns
+    }
+    /// `Some(causal)` when every head is dense (no components beyond `dense`) with the same
+    /// causality, i.e. the plan is plain dense or causal attention; `None` for sparse plans.
+    pub fn dense_causal(&self) -> Option<bool> {
+        let causal = self.patterns.causal()?;
+        let dense = (0..self.problem.num_heads)
+            .all(|h| self.patterns.pattern(h).is_some_and(|p| p.is_dense()));
+        dense.then_some(causal)
+    }
+    /// The compiled block-sparse metadata.
+    pub fn meta(&self) -> &PlanMeta {
+        &self.meta
+    }
+    /// Whether query head `h` of sequence `b` may attend key `j` from row `i` (the contract's
+    /// predicate, for references and mask rendering).
+    pub fn allowed(&self, b: usize, h: usize, i: usize, j: usize) -> bool {
+        let (q_len, kv_len) = self.problem.seqs.lens(b);
+        let p = i as i64 + kv_len as i64 - q_len as i64;
+        self.patterns.allowed(h, p, j as i64, kv_len)
     }
 
     /// The launch for given tensor addresses. Pure: no memory is touched.
@@ -146,9 +427,17 @@ impl AttnPlan {
             kv_len: kv_len as i32,
             scale: self.scale,
             softcap: self.softcap,
-            causal: self.causal as i32,
-            _pad0: 0,
             tiles_visited: a.tiles_visited as *mut _,
+            head_set: a.meta.0[0] as *const i32,
+            seq_row_base: a.meta.0[1] as *const i32,
+            seq_program_base: a.meta.0[2] as *const i32,
+            full_row_ptr: a.meta.0[3] as *const i32,
+            full_tiles: a.meta.0[4] as *const i32,
+            partial_row_ptr: a.meta.0[5] as *const i32,
+            partial_tiles: a.meta.0[6] as *const i32,
+            mask_programs: a.meta.0[7] as *const _,
+            mask_components: a.meta.0[8] as *const _,
+            mask_data: a.meta.0[9] as *const i32,
         };
         let m_blocks = q_len.div_ceil(self.tiles.block_m as usize).max(1) as u32;
         Launch {
@@ -208,7 +497,9 @@ impl AttnPlan {
             ),
             SeqLens::Uniform { .. } => (None, None),
         };
+        let meta = self.meta.upload_emulated()?;
         let addrs = TensorAddrs {
+            meta: meta.addrs(),
             q: qb.as_ptr() as u64,
             k: kb.as_ptr() as u64,
             v: vb.as_ptr() as u64,

@@ -83,6 +83,11 @@ fn check<T: Element>(case: &Case, seed: u64, run: &EmuRun) -> u64 {
         causal
     );
     assert_matches(&what, &problem, &out, &lse, &want, tol(T::DTYPE));
+    assert_eq!(
+        counter.get(),
+        plan.meta().tiles_visited(),
+        "{what}: kv tiles visited by the kernel vs listed by the metadata"
+    );
     counter.get()
 }
 
@@ -319,7 +324,9 @@ fn a2_a4_fragment_swap_canary_fails_end_to_end() {
     );
     let ob = GuardedBuffer::<f16>::zeroed(problem.q_elems(), "out").unwrap();
     let lb = GuardedBuffer::<f32>::zeroed(problem.lse_elems(), "lse").unwrap();
+    let meta = plan.meta().upload_emulated().unwrap();
     let mut launch = plan.launch(&TensorAddrs {
+        meta: meta.addrs(),
         q: qb.as_ptr() as u64,
         k: kb.as_ptr() as u64,
         v: vb.as_ptr() as u64,

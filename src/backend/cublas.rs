@@ -203,6 +203,16 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DenseReference<T> {
         let one = 1.0f32;
         let zero = 0.0f32;
         let scale = self.plan.scale();
+        // Dense and causal plans need no mask; any other pattern must come materialised.
+        let causal = match (self.plan.dense_causal(), mask.is_some()) {
+            (Some(c), _) => c,
+            (None, true) => false,
+            (None, false) => {
+                return Err(Error::Unsupported(
+                    "the dense reference of a sparse plan needs its materialised token mask".into(),
+                ))
+            }
+        };
 
         for part in &self.parts {
             if part.batch == 0 || part.q_len == 0 {
@@ -213,7 +223,7 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DenseReference<T> {
                 batch: part.batch,
                 q_len: part.q_len,
                 kv_len: part.kv_len,
-                causal: self.plan.causal(),
+                causal,
                 softcap: self.plan.softcap(),
             };
             softmax.validate()?;

@@ -16,7 +16,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::attention::{AttnPlan, Element, TensorAddrs};
+use crate::attention::{AttnPlan, Element, MetaAddrs, TensorAddrs};
 use crate::error::{Error, Result};
 use crate::kernels::{KernelDesc, Launch};
 use crate::shape::SeqLens;
@@ -329,7 +329,20 @@ impl AttnPlan {
         let (cu_q, cu_k) = cu_ptrs
             .as_ref()
             .map_or((0, 0), |((cq, _), (ck, _))| (*cq, *ck));
+        // The plan's block-sparse metadata (compiled once with the plan).
+        let meta_bufs = self
+            .meta()
+            .arrays()
+            .iter()
+            .map(|(_, a)| stream.clone_htod(a.as_ref()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let meta_ptrs: Vec<_> = meta_bufs.iter().map(|b| b.device_ptr(stream)).collect();
+        let mut meta = MetaAddrs::default();
+        for (slot, (ptr, _)) in meta.0.iter_mut().zip(&meta_ptrs) {
+            *slot = *ptr;
+        }
         let launch = self.launch(&TensorAddrs {
+            meta,
             q: q_ptr,
             k: k_ptr,
             v: v_ptr,

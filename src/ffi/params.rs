@@ -6,6 +6,92 @@ pub const SA_FWD_BLOCK_M: _bindgen_ty_1 = 64;
 pub const SA_FWD_BLOCK_N: _bindgen_ty_1 = 64;
 pub const SA_FWD_THREADS: _bindgen_ty_1 = 128;
 pub type _bindgen_ty_1 = ::core::ffi::c_uint;
+pub const SA_MASK_DENSE: SaMaskKind = 0;
+pub const SA_MASK_WINDOW: SaMaskKind = 1;
+pub const SA_MASK_SINKS: SaMaskKind = 2;
+pub const SA_MASK_GLOBAL: SaMaskKind = 3;
+pub const SA_MASK_DILATED: SaMaskKind = 4;
+pub const SA_MASK_BLOCK_MASK: SaMaskKind = 5;
+pub const SA_MASK_BIGBIRD: SaMaskKind = 6;
+pub type SaMaskKind = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SaMaskComponent {
+    pub kind: i32,
+    pub window_left: i32,
+    pub window_right: i32,
+    pub sink_count: i32,
+    pub dilation_stride: i32,
+    pub block_q: i32,
+    pub block_k: i32,
+    pub mask_rows: i32,
+    pub mask_cols: i32,
+    pub bigbird_window_half: i32,
+    pub bigbird_global_blocks: i32,
+    pub rand_first_q_block: i32,
+    pub rand_q_blocks: i32,
+    pub data_offset: i32,
+    pub data_len: i32,
+    pub _reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaMaskComponent"][::core::mem::size_of::<SaMaskComponent>() - 64usize];
+    ["Alignment of SaMaskComponent"][::core::mem::align_of::<SaMaskComponent>() - 4usize];
+    ["Offset of field: SaMaskComponent::kind"]
+        [::core::mem::offset_of!(SaMaskComponent, kind) - 0usize];
+    ["Offset of field: SaMaskComponent::window_left"]
+        [::core::mem::offset_of!(SaMaskComponent, window_left) - 4usize];
+    ["Offset of field: SaMaskComponent::window_right"]
+        [::core::mem::offset_of!(SaMaskComponent, window_right) - 8usize];
+    ["Offset of field: SaMaskComponent::sink_count"]
+        [::core::mem::offset_of!(SaMaskComponent, sink_count) - 12usize];
+    ["Offset of field: SaMaskComponent::dilation_stride"]
+        [::core::mem::offset_of!(SaMaskComponent, dilation_stride) - 16usize];
+    ["Offset of field: SaMaskComponent::block_q"]
+        [::core::mem::offset_of!(SaMaskComponent, block_q) - 20usize];
+    ["Offset of field: SaMaskComponent::block_k"]
+        [::core::mem::offset_of!(SaMaskComponent, block_k) - 24usize];
+    ["Offset of field: SaMaskComponent::mask_rows"]
+        [::core::mem::offset_of!(SaMaskComponent, mask_rows) - 28usize];
+    ["Offset of field: SaMaskComponent::mask_cols"]
+        [::core::mem::offset_of!(SaMaskComponent, mask_cols) - 32usize];
+    ["Offset of field: SaMaskComponent::bigbird_window_half"]
+        [::core::mem::offset_of!(SaMaskComponent, bigbird_window_half) - 36usize];
+    ["Offset of field: SaMaskComponent::bigbird_global_blocks"]
+        [::core::mem::offset_of!(SaMaskComponent, bigbird_global_blocks) - 40usize];
+    ["Offset of field: SaMaskComponent::rand_first_q_block"]
+        [::core::mem::offset_of!(SaMaskComponent, rand_first_q_block) - 44usize];
+    ["Offset of field: SaMaskComponent::rand_q_blocks"]
+        [::core::mem::offset_of!(SaMaskComponent, rand_q_blocks) - 48usize];
+    ["Offset of field: SaMaskComponent::data_offset"]
+        [::core::mem::offset_of!(SaMaskComponent, data_offset) - 52usize];
+    ["Offset of field: SaMaskComponent::data_len"]
+        [::core::mem::offset_of!(SaMaskComponent, data_len) - 56usize];
+    ["Offset of field: SaMaskComponent::_reserved"]
+        [::core::mem::offset_of!(SaMaskComponent, _reserved) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SaMaskProgram {
+    pub causal: i32,
+    pub first_component: i32,
+    pub num_components: i32,
+    pub _reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaMaskProgram"][::core::mem::size_of::<SaMaskProgram>() - 16usize];
+    ["Alignment of SaMaskProgram"][::core::mem::align_of::<SaMaskProgram>() - 4usize];
+    ["Offset of field: SaMaskProgram::causal"]
+        [::core::mem::offset_of!(SaMaskProgram, causal) - 0usize];
+    ["Offset of field: SaMaskProgram::first_component"]
+        [::core::mem::offset_of!(SaMaskProgram, first_component) - 4usize];
+    ["Offset of field: SaMaskProgram::num_components"]
+        [::core::mem::offset_of!(SaMaskProgram, num_components) - 8usize];
+    ["Offset of field: SaMaskProgram::_reserved"]
+        [::core::mem::offset_of!(SaMaskProgram, _reserved) - 12usize];
+};
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SaAttnFwdParams {
@@ -38,13 +124,21 @@ pub struct SaAttnFwdParams {
     pub kv_len: i32,
     pub scale: f32,
     pub softcap: f32,
-    pub causal: i32,
-    pub _pad0: i32,
+    pub head_set: *const i32,
+    pub seq_row_base: *const i32,
+    pub seq_program_base: *const i32,
+    pub full_row_ptr: *const i32,
+    pub full_tiles: *const i32,
+    pub partial_row_ptr: *const i32,
+    pub partial_tiles: *const i32,
+    pub mask_programs: *const SaMaskProgram,
+    pub mask_components: *const SaMaskComponent,
+    pub mask_data: *const i32,
     pub tiles_visited: *mut ::core::ffi::c_ulonglong,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 216usize];
+    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 288usize];
     ["Alignment of SaAttnFwdParams"][::core::mem::align_of::<SaAttnFwdParams>() - 8usize];
     ["Offset of field: SaAttnFwdParams::q"][::core::mem::offset_of!(SaAttnFwdParams, q) - 0usize];
     ["Offset of field: SaAttnFwdParams::k"][::core::mem::offset_of!(SaAttnFwdParams, k) - 8usize];
@@ -101,10 +195,26 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, scale) - 192usize];
     ["Offset of field: SaAttnFwdParams::softcap"]
         [::core::mem::offset_of!(SaAttnFwdParams, softcap) - 196usize];
-    ["Offset of field: SaAttnFwdParams::causal"]
-        [::core::mem::offset_of!(SaAttnFwdParams, causal) - 200usize];
-    ["Offset of field: SaAttnFwdParams::_pad0"]
-        [::core::mem::offset_of!(SaAttnFwdParams, _pad0) - 204usize];
+    ["Offset of field: SaAttnFwdParams::head_set"]
+        [::core::mem::offset_of!(SaAttnFwdParams, head_set) - 200usize];
+    ["Offset of field: SaAttnFwdParams::seq_row_base"]
+        [::core::mem::offset_of!(SaAttnFwdParams, seq_row_base) - 208usize];
+    ["Offset of field: SaAttnFwdParams::seq_program_base"]
+        [::core::mem::offset_of!(SaAttnFwdParams, seq_program_base) - 216usize];
+    ["Offset of field: SaAttnFwdParams::full_row_ptr"]
+        [::core::mem::offset_of!(SaAttnFwdParams, full_row_ptr) - 224usize];
+    ["Offset of field: SaAttnFwdParams::full_tiles"]
+        [::core::mem::offset_of!(SaAttnFwdParams, full_tiles) - 232usize];
+    ["Offset of field: SaAttnFwdParams::partial_row_ptr"]
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_row_ptr) - 240usize];
+    ["Offset of field: SaAttnFwdParams::partial_tiles"]
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_tiles) - 248usize];
+    ["Offset of field: SaAttnFwdParams::mask_programs"]
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_programs) - 256usize];
+    ["Offset of field: SaAttnFwdParams::mask_components"]
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 264usize];
+    ["Offset of field: SaAttnFwdParams::mask_data"]
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 272usize];
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 208usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 280usize];
 };

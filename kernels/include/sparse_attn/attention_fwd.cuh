@@ -124,9 +124,10 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   char* sK = smem + Tr::kKOffset;
   char* sV = smem + Tr::kVOffset;
 
-  const RangeTiles tiles = RangeTiles::make(m_block, Tr::kBlockM, Tr::kBlockN, seq.q_len,
-                                            seq.kv_len, params.causal != 0);
-  const CausalMask mask{seq.q_len, seq.kv_len, params.causal != 0};
+  const SparseTiles tiles = SparseTiles::make(params, b, h, m_block, Tr::kBlockM, seq.q_len);
+  const int set = params.seq_program_base[b] + params.head_set[h];
+  const TokenMask mask{params.mask_programs + set, params.mask_components, params.mask_data,
+                       seq.q_len, seq.kv_len};
   const int n_tiles = tiles.count();
 
   // Phase: produce Q and the first K/V tile (one cp.async group).
@@ -170,7 +171,12 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     float s[Tr::kSTiles][4];
     qk_gemm<T, D, Tr::kBlockN>(s, qf, sK + buf * Tr::kKvTileBytes, lane);
     scale_scores(s, params.scale, params.softcap);
-    if (tiles.partial(i)) mask.apply(s, warp_row0, tiles.tile(i) * Tr::kBlockN, lane);
+    const int key0 = tiles.tile(i) * Tr::kBlockN;
+    if (tiles.partial(i)) {
+      mask.apply(s, warp_row0, key0, lane);
+    } else if (key0 + Tr::kBlockN > seq.kv_len) {
+      mask_kv_tail(s, key0, seq.kv_len, lane);
+    }
 
     // Phase: online softmax; S becomes P in place.
     float alpha[SoftmaxState::kRows];

@@ -22,6 +22,39 @@ enum {
   SA_FWD_THREADS = 128
 };
 
+/* The token predicate of one row set, evaluated on partial tiles only (src/pattern/mask.rs is
+ * the Rust twin and documents each kind): a key j is allowed for query position p iff
+ * 0 <= j < kv_len, (not causal or j <= p), and some component admits it. */
+typedef enum {
+  SA_MASK_DENSE = 0,
+  SA_MASK_WINDOW = 1,
+  SA_MASK_SINKS = 2,
+  SA_MASK_GLOBAL = 3,
+  SA_MASK_DILATED = 4,
+  SA_MASK_BLOCK_MASK = 5,
+  SA_MASK_BIGBIRD = 6
+} SaMaskKind;
+
+typedef struct SaMaskComponent {
+  int32_t kind; /* SaMaskKind */
+  int32_t window_left, window_right;
+  int32_t sink_count;
+  int32_t dilation_stride;
+  int32_t block_q, block_k;     /* block mask (BigBird: both = block size) */
+  int32_t mask_rows, mask_cols; /* block mask shape in blocks */
+  int32_t bigbird_window_half, bigbird_global_blocks;
+  int32_t rand_first_q_block, rand_q_blocks; /* BigBird random-block CSR table */
+  int32_t data_offset, data_len;             /* this component's table in mask_data */
+  int32_t _reserved;
+} SaMaskComponent;
+
+typedef struct SaMaskProgram {
+  int32_t causal;
+  int32_t first_component;
+  int32_t num_components;
+  int32_t _reserved;
+} SaMaskProgram;
+
 /* Forward attention over a batch: out = softmax(mask(scale * q k^T)) v, plus the row LSE. */
 typedef struct SaAttnFwdParams {
   /* q: [batch, q_len, num_heads, head_dim]; k, v: [batch, kv_len, num_kv_heads, head_dim];
@@ -56,8 +89,23 @@ typedef struct SaAttnFwdParams {
 
   float scale;   /* s = scale * q.k */
   float softcap; /* > 0: s = softcap * tanh(s / softcap) before masking; 0 = off */
-  int32_t causal; /* 1: key j allowed only if j <= p (bottom-right aligned position p) */
-  int32_t _pad0;
+
+  /* Block-sparse metadata compiled on the host by src/pattern (dense and causal included).
+   * Heads sharing a pattern share a row set: query tile m of head h in sequence b is CSR row
+   * seq_row_base[b] + head_set[h] * ceil(q_len_b / SA_FWD_BLOCK_M) + m. Its full kv tiles (no
+   * mask work) are full_tiles[full_row_ptr[row] .. full_row_ptr[row + 1]], its partial tiles
+   * (token-exact mask) likewise; ascending, no sentinels. The mask program of the row is
+   * mask_programs[seq_program_base[b] + head_set[h]]. */
+  const int32_t* head_set;         /* [num_heads] */
+  const int32_t* seq_row_base;     /* [batch] */
+  const int32_t* seq_program_base; /* [batch] */
+  const int32_t* full_row_ptr;
+  const int32_t* full_tiles;
+  const int32_t* partial_row_ptr;
+  const int32_t* partial_tiles;
+  const SaMaskProgram* mask_programs;
+  const SaMaskComponent* mask_components;
+  const int32_t* mask_data;
 
   /* Work accounting (nullable): each block adds the number of kv tiles it processed. */
   unsigned long long* tiles_visited;

@@ -20,7 +20,31 @@
 #endif
 #endif
 
-SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 216, "size of SaAttnFwdParams");
+SA_LAYOUT_ASSERT(sizeof(SaMaskComponent) == 64, "size of SaMaskComponent");
+SA_LAYOUT_ASSERT(SA_ALIGNOF(SaMaskComponent) == 4, "alignment of SaMaskComponent");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, kind) == 0, "offset of SaMaskComponent::kind");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, window_left) == 4, "offset of SaMaskComponent::window_left");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, window_right) == 8, "offset of SaMaskComponent::window_right");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, sink_count) == 12, "offset of SaMaskComponent::sink_count");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, dilation_stride) == 16, "offset of SaMaskComponent::dilation_stride");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, block_q) == 20, "offset of SaMaskComponent::block_q");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, block_k) == 24, "offset of SaMaskComponent::block_k");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, mask_rows) == 28, "offset of SaMaskComponent::mask_rows");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, mask_cols) == 32, "offset of SaMaskComponent::mask_cols");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, bigbird_window_half) == 36, "offset of SaMaskComponent::bigbird_window_half");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, bigbird_global_blocks) == 40, "offset of SaMaskComponent::bigbird_global_blocks");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, rand_first_q_block) == 44, "offset of SaMaskComponent::rand_first_q_block");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, rand_q_blocks) == 48, "offset of SaMaskComponent::rand_q_blocks");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, data_offset) == 52, "offset of SaMaskComponent::data_offset");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, data_len) == 56, "offset of SaMaskComponent::data_len");
+SA_LAYOUT_ASSERT(offsetof(SaMaskComponent, _reserved) == 60, "offset of SaMaskComponent::_reserved");
+SA_LAYOUT_ASSERT(sizeof(SaMaskProgram) == 16, "size of SaMaskProgram");
+SA_LAYOUT_ASSERT(SA_ALIGNOF(SaMaskProgram) == 4, "alignment of SaMaskProgram");
+SA_LAYOUT_ASSERT(offsetof(SaMaskProgram, causal) == 0, "offset of SaMaskProgram::causal");
+SA_LAYOUT_ASSERT(offsetof(SaMaskProgram, first_component) == 4, "offset of SaMaskProgram::first_component");
+SA_LAYOUT_ASSERT(offsetof(SaMaskProgram, num_components) == 8, "offset of SaMaskProgram::num_components");
+SA_LAYOUT_ASSERT(offsetof(SaMaskProgram, _reserved) == 12, "offset of SaMaskProgram::_reserved");
+SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 288, "size of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(SA_ALIGNOF(SaAttnFwdParams) == 8, "alignment of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, q) == 0, "offset of SaAttnFwdParams::q");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, k) == 8, "offset of SaAttnFwdParams::k");
@@ -51,8 +75,16 @@ SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, q_len) == 184, "offset of SaAttnFwdPa
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, kv_len) == 188, "offset of SaAttnFwdParams::kv_len");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, scale) == 192, "offset of SaAttnFwdParams::scale");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, softcap) == 196, "offset of SaAttnFwdParams::softcap");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, causal) == 200, "offset of SaAttnFwdParams::causal");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, _pad0) == 204, "offset of SaAttnFwdParams::_pad0");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 208, "offset of SaAttnFwdParams::tiles_visited");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, head_set) == 200, "offset of SaAttnFwdParams::head_set");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, seq_row_base) == 208, "offset of SaAttnFwdParams::seq_row_base");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, seq_program_base) == 216, "offset of SaAttnFwdParams::seq_program_base");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, full_row_ptr) == 224, "offset of SaAttnFwdParams::full_row_ptr");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, full_tiles) == 232, "offset of SaAttnFwdParams::full_tiles");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, partial_row_ptr) == 240, "offset of SaAttnFwdParams::partial_row_ptr");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, partial_tiles) == 248, "offset of SaAttnFwdParams::partial_tiles");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_programs) == 256, "offset of SaAttnFwdParams::mask_programs");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_components) == 264, "offset of SaAttnFwdParams::mask_components");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_data) == 272, "offset of SaAttnFwdParams::mask_data");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 280, "offset of SaAttnFwdParams::tiles_visited");
 
 #endif /* SPARSE_ATTN_PARAMS_LAYOUT_H */

@@ -32,10 +32,13 @@
 #endif
 
 // Loop unrolling hint: nvcc's `#pragma unroll`; the host compiler gets a plain loop.
+// SA_NO_UNROLL keeps a loop rolled (register pressure matters more than its trip overhead).
 #if defined(SA_GPU)
 #define SA_UNROLL _Pragma("unroll")
+#define SA_NO_UNROLL _Pragma("unroll 1")
 #else
 #define SA_UNROLL
+#define SA_NO_UNROLL
 #endif
 
 // Call-site capture for the emulator's reports. On the GPU the parameter does not exist; on
