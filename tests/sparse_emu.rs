@@ -1,0 +1,248 @@
+//! Block-sparse patterns on the CPU emulator against the f64 reference: every component of
+//! PATTERNS.md alone and in unions, with and without causal, per-head mixtures, GQA, lengths
+//! that are not tile multiples, q_len < kv_len and q_len > kv_len, rows left empty; and the
+//! work accounting (kv tiles the kernel visits = tiles the metadata lists).
+
+mod common;
+
+use common::{assert_matches, base_seed, random_tensor, reference_for, Rng};
+use half::{bf16, f16};
+use sparse_attn::pattern::HeadPatterns;
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, EmuRun, SeqLens};
+
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 4e-3,
+        DType::BF16 => 1e-2,
+    }
+}
+
+/// Runs `pattern_json` on the emulator for the given shape and checks it against the
+/// reference with the contract predicate; returns (tiles visited, tiles listed).
+fn run<T: Element>(
+    pattern_json: &str,
+    seqs: SeqLens,
+    heads: (usize, usize),
+    head_dim: u32,
+    seed: u64,
+) -> (u64, u64) {
+    let problem = AttnProblem::new(seqs, heads.0, heads.1, head_dim, T::DTYPE).unwrap();
+    let patterns = HeadPatterns::from_json(pattern_json).unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &patterns, &AttnOptions::default()).unwrap();
+    let mut rng = Rng::new(seed);
+    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let counter = std::cell::Cell::new(0);
+    let run = EmuRun {
+        tiles_visited: Some(&counter),
+        ..Default::default()
+    };
+    let (out, lse) = plan.run_emulated(&q, &k, &v, &run).unwrap();
+    let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+    let what = format!(
+        "{} hd{head_dim} {:?} heads {heads:?} pattern {pattern_json} seed {seed}",
+        T::DTYPE.name(),
+        problem.seqs
+    );
+    assert_matches(&what, &problem, &out, &lse, &want, tol(T::DTYPE));
+    (counter.get(), plan.meta().tiles_visited())
+}
+
+fn uniform(q_len: usize, kv_len: usize) -> SeqLens {
+    SeqLens::Uniform {
+        batch: 1,
+        q_len,
+        kv_len,
+    }
+}
+
+/// Each component alone, causal and not, at lengths that are not tile multiples, with
+/// q_len == kv_len, q_len < kv_len and q_len > kv_len.
+#[test]
+fn every_component_alone() {
+    let seed = base_seed();
+    let components = [
+        r#"{"dense": {}}"#,
+        r#"{"sliding_window": {"size": 50}}"#,
+        r#"{"sliding_window": {"left": 70, "right": 20}}"#,
+        r#"{"sinks": {"count": 5}}"#,
+        r#"{"global": {"tokens": [0, 3, 64, 100, 129]}}"#,
+        r#"{"dilated": {"stride": 3}}"#,
+        r#"{"block_mask": {"block_q": 32, "block_k": 48, "mask": [[1,0,1],[0,1,0],[1,1,0],[0,0,1],[1,0,0]]}}"#,
+        r#"{"bigbird": {"block": 16, "window_blocks": 3, "global_blocks": 1, "random_blocks": 2, "seed": 7}}"#,
+    ];
+    for (n, c) in components.iter().enumerate() {
+        for causal in [false, true] {
+            let json = format!(r#"{{"causal": {causal}, "components": [{c}]}}"#);
+            for (q_len, kv_len) in [(130, 130), (70, 150), (150, 130)] {
+                let s = seed ^ (n as u64 * 7919 + q_len as u64);
+                run::<f16>(&json, uniform(q_len, kv_len), (2, 1), 64, s);
+            }
+        }
+    }
+}
+
+#[test]
+fn unions_and_both_dtypes_and_head_dims() {
+    let seed = base_seed();
+    let unions = [
+        // StreamingLLM: sinks + window.
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 40}}]}"#,
+        // Longformer: window + global tokens.
+        r#"{"causal": false, "components": [{"sliding_window": {"left": 16, "right": 16}}, {"global": {"tokens": [0, 1, 90]}}]}"#,
+        // Dilated + window + sinks.
+        r#"{"causal": true, "components": [{"dilated": {"stride": 4}}, {"sliding_window": {"size": 9}}, {"sinks": {"count": 2}}]}"#,
+        // Block mask + window.
+        r#"{"causal": false, "components": [{"block_mask": {"block_q": 64, "block_k": 64, "mask": [[0,1,0],[1,0,1],[0,0,1]]}}, {"sliding_window": {"size": 3}}]}"#,
+    ];
+    for (n, json) in unions.iter().enumerate() {
+        let s = seed ^ n as u64;
+        run::<f16>(json, uniform(150, 170), (2, 2), 64, s);
+        run::<bf16>(json, uniform(150, 170), (2, 1), 128, s + 1);
+    }
+}
+
+#[test]
+fn per_head_mixture_with_gqa() {
+    // Eight query heads over two kv heads, each head a different pattern (dilated strides,
+    // streaming, dense, BigBird): heads of one kv group read different metadata rows.
+    let seed = base_seed();
+    let json = r#"{"heads": [
+        {"causal": true, "components": [{"dilated": {"stride": 1}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 2}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 4}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 8}}]},
+        {"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 32}}]},
+        {"causal": false, "components": []},
+        {"causal": true, "components": []},
+        {"causal": false, "components": [{"bigbird": {"block": 32, "window_blocks": 1, "global_blocks": 1, "random_blocks": 1, "seed": 3}}]}
+    ]}"#;
+    run::<f16>(json, uniform(140, 140), (8, 2), 64, seed);
+    run::<bf16>(json, uniform(100, 200), (8, 1), 128, seed + 1);
+}
+
+#[test]
+fn varlen_batches_get_their_own_metadata() {
+    let seed = base_seed();
+    let seqs =
+        SeqLens::varlen_from_lens(&[(50, 50), (130, 200), (1, 77), (0, 9), (64, 0)]).unwrap();
+    let json = r#"{"causal": true, "components": [{"sinks": {"count": 3}}, {"sliding_window": {"size": 33}}]}"#;
+    run::<f16>(json, seqs.clone(), (4, 2), 64, seed);
+    let json = r#"{"causal": false, "components": [{"bigbird": {"block": 16, "window_blocks": 3, "global_blocks": 1, "random_blocks": 2, "seed": 11}}]}"#;
+    run::<bf16>(json, seqs, (4, 2), 64, seed + 1);
+}
+
+#[test]
+fn rows_left_empty_by_the_pattern() {
+    // Causal window with q_len > kv_len: the first rows have negative positions and see
+    // nothing; a block mask with empty rows leaves whole query blocks empty.
+    let seed = base_seed();
+    run::<f16>(
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 8}}]}"#,
+        uniform(200, 90),
+        (2, 1),
+        64,
+        seed,
+    );
+    run::<bf16>(
+        r#"{"causal": false, "components": [{"block_mask": {"block_q": 64, "block_k": 64, "mask": [[1,1],[0,0],[0,1]]}}]}"#,
+        uniform(180, 128),
+        (2, 1),
+        128,
+        seed,
+    );
+}
+
+#[test]
+fn work_accounting_equals_metadata_and_the_ideal() {
+    let seed = base_seed();
+    // Block-aligned window of exactly one tile to the left (left = 63, right = 0, causal):
+    // query tile m needs tiles m-1 and m (tile 0 only itself) = 2T - 1 per head.
+    let t = 4u64;
+    let (visited, listed) = run::<f16>(
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 64}}]}"#,
+        uniform(256, 256),
+        (2, 1),
+        64,
+        seed,
+    );
+    assert_eq!(visited, listed);
+    assert_eq!(visited, 2 * (2 * t - 1));
+    // A block mask aligned with the tiles lists exactly its ones.
+    let (visited, listed) = run::<f16>(
+        r#"{"causal": false, "components": [{"block_mask": {"block_q": 64, "block_k": 64, "mask": [[1,0,0,1],[0,1,0,0],[1,1,1,1],[0,0,0,1]]}}]}"#,
+        uniform(256, 256),
+        (2, 1),
+        64,
+        seed,
+    );
+    assert_eq!(visited, listed);
+    assert_eq!(visited, 2 * 8);
+}
+
+#[test]
+fn bigbird_is_deterministic_and_per_head() {
+    // Same seed: bit-identical outputs across runs and schedules; heads draw independently,
+    // so two heads with identical q/k/v still differ.
+    let problem = AttnProblem::new(uniform(256, 256), 2, 1, 64, DType::F16).unwrap();
+    let patterns = HeadPatterns::from_json(
+        r#"{"causal": false, "components": [{"bigbird": {"block": 32, "window_blocks": 1, "global_blocks": 0, "random_blocks": 2, "seed": 5}}]}"#,
+    )
+    .unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &patterns, &AttnOptions::default()).unwrap();
+    let mut rng = Rng::new(base_seed());
+    // Both query heads get the same q rows.
+    let q_one: Vec<f16> = random_tensor(&mut rng, 256 * 64, 1.0);
+    let mut q = vec![f16::ZERO; problem.q_elems()];
+    for i in 0..256 {
+        for h in 0..2 {
+            q[(i * 2 + h) * 64..][..64].copy_from_slice(&q_one[i * 64..][..64]);
+        }
+    }
+    let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let a = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
+    let b = plan
+        .run_emulated(
+            &q,
+            &k,
+            &v,
+            &EmuRun {
+                schedule: sparse_attn::emu::Schedule::Random(99),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(a
+        .0
+        .iter()
+        .zip(&b.0)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    let differs = (0..256).any(|i| a.0[(i * 2) * 64..][..64] != a.0[(i * 2 + 1) * 64..][..64]);
+    assert!(differs, "both heads drew the same random blocks");
+    // A plan compiled again from the same JSON has identical metadata.
+    let again = AttnPlan::with_patterns(&problem, &patterns, &AttnOptions::default()).unwrap();
+    assert_eq!(plan.meta(), again.meta());
+}
+
+#[test]
+fn invalid_patterns_are_typed_errors() {
+    use sparse_attn::Error;
+    let problem = AttnProblem::new(uniform(64, 64), 4, 2, 64, DType::F16).unwrap();
+    for bad in [
+        r#"{"causal": true, "components": [{"dilated": {"stride": 0}}]}"#,
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 0}}]}"#,
+        r#"{"causal": true, "components": [{"block_mask": {"block_q": 16, "block_k": 16, "mask": [[1,0],[1]]}}]}"#,
+        r#"{"causal": true, "components": [{"unknown": {}}]}"#,
+        r#"{"heads": [{"causal": true, "components": []}]}"#,
+        r#"{"causal": true, "components": [{"global": {"tokens": [64]}}]}"#,
+    ] {
+        let r = HeadPatterns::from_json(bad)
+            .and_then(|p| AttnPlan::with_patterns(&problem, &p, &AttnOptions::default()));
+        assert!(
+            matches!(r, Err(Error::Pattern(_)) | Err(Error::Shape(_))),
+            "{bad} gave {r:?}"
+        );
+    }
+}
