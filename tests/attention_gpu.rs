@@ -320,3 +320,79 @@ fn missing_gpu_is_an_error_not_a_panic() {
     }
     assert!(matches!(Gpu::new(4096), Err(Error::NoDevice(_))));
 }
+
+/// Block-sparse patterns on the GPU against the cuBLAS dense path with the pattern's token
+/// mask materialised (`[num_heads, q_len, kv_len]`), per PATTERNS.md.
+#[test]
+fn sparse_patterns_against_cublas_with_materialised_mask() {
+    let Some(gpu) = gpu("sparse_patterns_against_cublas_with_materialised_mask") else {
+        return;
+    };
+    let seed = base_seed();
+    let patterns = [
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 256}}]}"#,
+        r#"{"causal": false, "components": [{"sliding_window": {"left": 100, "right": 50}}, {"global": {"tokens": [0, 7, 900]}}]}"#,
+        r#"{"causal": true, "components": [{"dilated": {"stride": 3}}]}"#,
+        r#"{"causal": false, "components": [{"block_mask": {"block_q": 128, "block_k": 64, "mask": [[1,0,1,0],[0,1,0,1],[1,1,0,0]]}}]}"#,
+        r#"{"causal": false, "components": [{"bigbird": {"block": 64, "window_blocks": 3, "global_blocks": 1, "random_blocks": 2, "seed": 1}}]}"#,
+        r#"{"heads": [
+            {"causal": true, "components": [{"dilated": {"stride": 2}}]},
+            {"causal": true, "components": [{"sliding_window": {"size": 64}}]},
+            {"causal": false, "components": []},
+            {"causal": true, "components": [{"sinks": {"count": 1}}, {"sliding_window": {"size": 16}}]}
+        ]}"#,
+    ];
+    for (n, json) in patterns.iter().enumerate() {
+        for (q_len, kv_len) in [(1000, 1000), (300, 1100)] {
+            let problem = AttnProblem::new(
+                SeqLens::Uniform {
+                    batch: 1,
+                    q_len,
+                    kv_len,
+                },
+                4,
+                2,
+                128,
+                DType::BF16,
+            )
+            .unwrap();
+            let set = sparse_attn::pattern::HeadPatterns::from_json(json).unwrap();
+            let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+            let mut mask = vec![0u8; 4 * q_len * kv_len];
+            for h in 0..4 {
+                for i in 0..q_len {
+                    for j in 0..kv_len {
+                        mask[(h * q_len + i) * kv_len + j] = plan.allowed(0, h, i, j) as u8;
+                    }
+                }
+            }
+            let mut rng = Rng::new(seed ^ n as u64);
+            let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+            let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+            let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+            let (out, lse) = plan.run_cuda_host(&gpu, &q, &k, &v).unwrap();
+            let (d_out, d_lse) = dense_reference(
+                &gpu,
+                &problem,
+                &AttnOptions::default(),
+                Some(&mask),
+                &q,
+                &k,
+                &v,
+            )
+            .unwrap();
+            let want: Vec<f64> = d_out.iter().map(|&x| x as f64).collect();
+            let err = common::rel_error(&out, &want);
+            let what = format!("pattern {n} q {q_len} kv {kv_len} seed {seed}");
+            assert!(err <= tol(DType::BF16), "{what}: error vs cuBLAS {err:.3e}");
+            for (idx, (&got, &w)) in lse.iter().zip(&d_lse).enumerate() {
+                if w == f32::NEG_INFINITY {
+                    assert_eq!(got, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
+                } else {
+                    let e = (got - w).abs() / w.abs().max(1.0);
+                    assert!(e <= 1e-3, "{what}: lse[{idx}] = {got}, cuBLAS path {w}");
+                }
+            }
+        }
+    }
+}
