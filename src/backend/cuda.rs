@@ -299,64 +299,32 @@ impl AttnPlan {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.check_lens::<T>(q.len(), k.len(), v.len())?;
-        let p = self.problem();
-        check_buffer(gpu, "q", q, p.q_elems())?;
-        check_buffer(gpu, "k", k, p.kv_elems())?;
-        check_buffer(gpu, "v", v, p.kv_elems())?;
-        check_buffer(gpu, "out", out, p.q_elems())?;
-        check_buffer(gpu, "lse", lse, p.lse_elems())?;
-        if p.q_elems() == 0 {
-            return Ok(());
-        }
+        self.upload(gpu)?.run(q, k, v, out, lse)
+    }
+
+    /// Uploads the plan's block-sparse metadata (and varlen `cu_seqlens`) to `gpu` once, for
+    /// any number of [`GpuPlan::run`] calls: plan once, upload once, run many (every decode
+    /// step of a layer, every layer that shares the plan).
+    pub fn upload(&self, gpu: &Gpu) -> Result<GpuPlan<'_>> {
         let stream = gpu.stream();
-        let cu = match &p.seqs {
-            SeqLens::Varlen { cu_q, cu_k } => {
-                Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
-            }
-            SeqLens::Uniform { .. } => None,
-        };
-        // The guards record the kernel's reads and writes on the buffers' events when dropped,
-        // at the end of this function, after the launch is queued.
-        let (q_ptr, _q_guard) = q.device_ptr(stream);
-        let (k_ptr, _k_guard) = k.device_ptr(stream);
-        let (v_ptr, _v_guard) = v.device_ptr(stream);
-        let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
-        let (lse_ptr, _lse_guard) = lse.device_ptr_mut(stream);
-        let cu_ptrs = cu
-            .as_ref()
-            .map(|(cq, ck)| (cq.device_ptr(stream), ck.device_ptr(stream)));
-        let (cu_q, cu_k) = cu_ptrs
-            .as_ref()
-            .map_or((0, 0), |((cq, _), (ck, _))| (*cq, *ck));
-        // The plan's block-sparse metadata (compiled once with the plan).
-        let meta_bufs = self
+        let meta = self
             .meta()
             .arrays()
             .iter()
             .map(|(_, a)| stream.clone_htod(a.as_ref()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let meta_ptrs: Vec<_> = meta_bufs.iter().map(|b| b.device_ptr(stream)).collect();
-        let mut meta = MetaAddrs::default();
-        for (slot, (ptr, _)) in meta.0.iter_mut().zip(&meta_ptrs) {
-            *slot = *ptr;
-        }
-        let launch = self.launch(&TensorAddrs {
+        let cu = match &self.problem().seqs {
+            SeqLens::Varlen { cu_q, cu_k } => {
+                Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
+            }
+            SeqLens::Uniform { .. } => None,
+        };
+        Ok(GpuPlan {
+            plan: self,
+            gpu: gpu.clone(),
             meta,
-            q: q_ptr,
-            k: k_ptr,
-            v: v_ptr,
-            out: out_ptr,
-            lse: lse_ptr,
-            cu_q,
-            cu_k,
-            tiles_visited: 0,
-        });
-        // SAFETY: the launch comes from this plan (kernel and params agree); q, k, v, out and
-        // lse were checked to be on this context with exactly the lengths the validated
-        // problem needs; cu_seqlens were uploaded from the validated problem; all guards live
-        // until after the launch is queued and cudarc's events order the buffers' other uses.
-        unsafe { gpu.launch(&launch) }
+            cu,
+        })
     }
 
     /// [`AttnPlan::run_cuda`] from and to host memory: uploads q, k, v, runs, and returns
@@ -399,4 +367,80 @@ fn empty_kv_result<T: Element>(plan: &AttnPlan) -> (Vec<T>, Vec<f32>) {
         vec![T::from_f32(0.0); p.q_elems()],
         vec![f32::NEG_INFINITY; p.lse_elems()],
     )
+}
+
+/// An [`AttnPlan`] whose metadata lives on one GPU (see [`AttnPlan::upload`]).
+pub struct GpuPlan<'p> {
+    plan: &'p AttnPlan,
+    gpu: Gpu,
+    /// The arrays of [`crate::attention::PlanMeta::arrays`], in order.
+    meta: Vec<CudaSlice<i32>>,
+    cu: Option<(CudaSlice<i32>, CudaSlice<i32>)>,
+}
+
+impl GpuPlan<'_> {
+    /// The plan this was uploaded from.
+    pub fn plan(&self) -> &AttnPlan {
+        self.plan
+    }
+
+    /// Runs the forward pass, queued on the GPU's stream; see [`AttnPlan::run_cuda`]. Every
+    /// length and the element type are checked before anything is launched.
+    pub fn run<T: Element + DeviceRepr>(
+        &self,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        v: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (plan, gpu) = (self.plan, &self.gpu);
+        plan.check_lens::<T>(q.len(), k.len(), v.len())?;
+        let p = plan.problem();
+        check_buffer(gpu, "q", q, p.q_elems())?;
+        check_buffer(gpu, "k", k, p.kv_elems())?;
+        check_buffer(gpu, "v", v, p.kv_elems())?;
+        check_buffer(gpu, "out", out, p.q_elems())?;
+        check_buffer(gpu, "lse", lse, p.lse_elems())?;
+        if p.q_elems() == 0 {
+            return Ok(());
+        }
+        let stream = gpu.stream();
+        // The guards record the kernel's reads and writes on the buffers' events when dropped,
+        // at the end of this function, after the launch is queued.
+        let (q_ptr, _q_guard) = q.device_ptr(stream);
+        let (k_ptr, _k_guard) = k.device_ptr(stream);
+        let (v_ptr, _v_guard) = v.device_ptr(stream);
+        let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
+        let (lse_ptr, _lse_guard) = lse.device_ptr_mut(stream);
+        let cu_ptrs = self
+            .cu
+            .as_ref()
+            .map(|(cq, ck)| (cq.device_ptr(stream), ck.device_ptr(stream)));
+        let (cu_q, cu_k) = cu_ptrs
+            .as_ref()
+            .map_or((0, 0), |((cq, _), (ck, _))| (*cq, *ck));
+        let meta_ptrs: Vec<_> = self.meta.iter().map(|b| b.device_ptr(stream)).collect();
+        let mut meta = MetaAddrs::default();
+        for (slot, (ptr, _)) in meta.0.iter_mut().zip(&meta_ptrs) {
+            *slot = *ptr;
+        }
+        let launch = plan.launch(&TensorAddrs {
+            meta,
+            q: q_ptr,
+            k: k_ptr,
+            v: v_ptr,
+            out: out_ptr,
+            lse: lse_ptr,
+            cu_q,
+            cu_k,
+            tiles_visited: 0,
+        });
+        // SAFETY: the launch comes from this plan (kernel and params agree); q, k, v, out and
+        // lse were checked to be on this context with exactly the lengths the validated
+        // problem needs; cu_seqlens and the metadata were uploaded from the validated plan to
+        // this context; all guards live until after the launch is queued and cudarc's events
+        // order the buffers' other uses.
+        unsafe { gpu.launch(&launch) }
+    }
 }

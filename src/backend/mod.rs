@@ -16,7 +16,7 @@ pub mod cublas;
 pub mod cuda;
 pub mod ref_softmax;
 
-pub use cuda::Gpu;
+pub use cuda::{Gpu, GpuPlan};
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));
