@@ -3,19 +3,11 @@
 
 mod common;
 
-use common::{assert_matches, base_seed, random_tensor, reference_for, Rng};
+use common::{assert_matches, base_seed, random_tensor, reference_for, tol, Rng};
 use half::{bf16, f16};
 use sparse_attn::emu::Schedule;
 use sparse_attn::reference::causal_allowed;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, EmuRun, SeqLens};
-
-/// Tolerances of the issue: relative error <= 1e-2 (bf16), <= 4e-3 (f16).
-fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F16 => 4e-3,
-        DType::BF16 => 1e-2,
-    }
-}
 
 struct Case {
     seqs: SeqLens,

@@ -5,17 +5,10 @@
 
 mod common;
 
-use common::{assert_matches, base_seed, random_tensor, reference_for, Rng};
+use common::{assert_matches, base_seed, random_tensor, reference_for, tol, Rng};
 use half::{bf16, f16};
 use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, EmuRun, SeqLens};
-
-fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F16 => 4e-3,
-        DType::BF16 => 1e-2,
-    }
-}
 
 /// Runs `pattern_json` on the emulator for the given shape and checks it against the
 /// reference with the contract predicate; returns (tiles visited, tiles listed).

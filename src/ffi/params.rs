@@ -14,24 +14,41 @@ pub const SA_MASK_DILATED: SaMaskKind = 4;
 pub const SA_MASK_BLOCK_MASK: SaMaskKind = 5;
 pub const SA_MASK_BIGBIRD: SaMaskKind = 6;
 pub type SaMaskKind = ::core::ffi::c_uint;
+#[doc = " One pattern component as kernel data (fields a kind does not use are 0)."]
 #[repr(C)]
-#[derive(Debug, Copy, Clone)]
+#[derive(Debug, Copy, Clone, Default, PartialEq, Eq)]
 pub struct SaMaskComponent {
+    #[doc = " A SaMaskKind tag."]
     pub kind: i32,
+    #[doc = " Window: keys this far before the query are allowed."]
     pub window_left: i32,
+    #[doc = " Window: keys this far after the query are allowed (0 under causality)."]
     pub window_right: i32,
+    #[doc = " Sinks: the first `sink_count` keys."]
     pub sink_count: i32,
+    #[doc = " Dilated: the stride (>= 1)."]
     pub dilation_stride: i32,
+    #[doc = " Block mask: query positions per mask row; BigBird: the block size."]
     pub block_q: i32,
+    #[doc = " Block mask: keys per mask column; BigBird: the block size."]
     pub block_k: i32,
+    #[doc = " Block mask: mask rows (query blocks)."]
     pub mask_rows: i32,
+    #[doc = " Block mask: mask columns (key blocks)."]
     pub mask_cols: i32,
+    #[doc = " BigBird: `window_blocks / 2`."]
     pub bigbird_window_half: i32,
+    #[doc = " BigBird: global blocks (leading query and key blocks)."]
     pub bigbird_global_blocks: i32,
+    #[doc = " BigBird: query block of the random table's first row."]
     pub rand_first_q_block: i32,
+    #[doc = " BigBird: rows of the random table (query blocks of the shape)."]
     pub rand_q_blocks: i32,
+    #[doc = " Start of this component's table in the shared mask data."]
     pub data_offset: i32,
+    #[doc = " Length of that table (Global: the token count)."]
     pub data_len: i32,
+    #[doc = " Keeps the struct at 64 bytes; always 0."]
     pub _reserved: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -71,12 +88,17 @@ const _: () = {
     ["Offset of field: SaMaskComponent::_reserved"]
         [::core::mem::offset_of!(SaMaskComponent, _reserved) - 60usize];
 };
+#[doc = " The predicate of one row set: components[first_component ..][.. num_components]."]
 #[repr(C)]
-#[derive(Debug, Copy, Clone)]
+#[derive(Debug, Copy, Clone, Default, PartialEq, Eq)]
 pub struct SaMaskProgram {
+    #[doc = " 1: keys after the query position (j > p) are excluded."]
     pub causal: i32,
+    #[doc = " Index of the first component."]
     pub first_component: i32,
+    #[doc = " Number of components (the union of which is allowed); at least 1."]
     pub num_components: i32,
+    #[doc = " Keeps the struct at 16 bytes; always 0."]
     pub _reserved: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]

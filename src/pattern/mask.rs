@@ -52,57 +52,13 @@ impl MaskKind {
     }
 }
 
-/// One pattern component as kernel data. Fields a kind does not use are 0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MaskComponent {
-    /// A [`MaskKind`] tag.
-    pub kind: i32,
-    /// Window: keys this far before the query are allowed.
-    pub window_left: i32,
-    /// Window: keys this far after the query are allowed (0 under causality).
-    pub window_right: i32,
-    /// Sinks: the first `sink_count` keys.
-    pub sink_count: i32,
-    /// Dilated: the stride (>= 1).
-    pub dilation_stride: i32,
-    /// Block mask: query positions per mask row; BigBird: the block size.
-    pub block_q: i32,
-    /// Block mask: keys per mask column; BigBird: the block size.
-    pub block_k: i32,
-    /// Block mask: mask rows (query blocks).
-    pub mask_rows: i32,
-    /// Block mask: mask columns (key blocks).
-    pub mask_cols: i32,
-    /// BigBird: `window_blocks / 2`.
-    pub bigbird_window_half: i32,
-    /// BigBird: global blocks (leading query and key blocks).
-    pub bigbird_global_blocks: i32,
-    /// BigBird: query block of the random table's first row.
-    pub rand_first_q_block: i32,
-    /// BigBird: rows of the random table (query blocks of the shape).
-    pub rand_q_blocks: i32,
-    /// Start of this component's table in [`MaskTables::data`].
-    pub data_offset: i32,
-    /// Length of that table (Global: the token count).
-    pub data_len: i32,
-    /// Keeps the struct at 64 bytes; always 0.
-    pub _reserved: i32,
-}
+/// One pattern component as kernel data: the C struct `SaMaskComponent` of
+/// `kernels/include/sparse_attn/params.h` (fields a kind does not use are 0).
+pub type MaskComponent = crate::ffi::SaMaskComponent;
 
-/// The predicate of one row set: `components[first_component ..][.. num_components]`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MaskProgram {
-    /// 1: keys after the query position (`j > p`) are excluded.
-    pub causal: i32,
-    /// Index of the first component in [`MaskTables::components`].
-    pub first_component: i32,
-    /// Number of components (the union of which is allowed); at least 1.
-    pub num_components: i32,
-    /// Keeps the struct at 16 bytes; always 0.
-    pub _reserved: i32,
-}
+/// The predicate of one row set, `components[first_component ..][.. num_components]`: the C
+/// struct `SaMaskProgram`.
+pub type MaskProgram = crate::ffi::SaMaskProgram;
 
 /// Programs, components and their tables for every row set of a [`super::BlockSparseMeta`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

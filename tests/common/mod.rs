@@ -4,6 +4,15 @@
 use sparse_attn::reference::{self, RefInputs, RefOutput};
 use sparse_attn::{AttnPlan, AttnProblem, Element};
 
+/// Tolerances of the kernels against the f64 reference: relative error <= 1e-2 (bf16),
+/// <= 4e-3 (f16).
+pub fn tol(dtype: sparse_attn::DType) -> f64 {
+    match dtype {
+        sparse_attn::DType::F16 => 4e-3,
+        sparse_attn::DType::BF16 => 1e-2,
+    }
+}
+
 /// SplitMix64: tiny, seedable, good enough for test data.
 pub struct Rng(u64);
 

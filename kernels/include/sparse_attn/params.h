@@ -35,23 +35,51 @@ typedef enum {
   SA_MASK_BIGBIRD = 6
 } SaMaskKind;
 
+/** One pattern component as kernel data (fields a kind does not use are 0). */
 typedef struct SaMaskComponent {
-  int32_t kind; /* SaMaskKind */
-  int32_t window_left, window_right;
+  /** A SaMaskKind tag. */
+  int32_t kind;
+  /** Window: keys this far before the query are allowed. */
+  int32_t window_left;
+  /** Window: keys this far after the query are allowed (0 under causality). */
+  int32_t window_right;
+  /** Sinks: the first `sink_count` keys. */
   int32_t sink_count;
+  /** Dilated: the stride (>= 1). */
   int32_t dilation_stride;
-  int32_t block_q, block_k;     /* block mask (BigBird: both = block size) */
-  int32_t mask_rows, mask_cols; /* block mask shape in blocks */
-  int32_t bigbird_window_half, bigbird_global_blocks;
-  int32_t rand_first_q_block, rand_q_blocks; /* BigBird random-block CSR table */
-  int32_t data_offset, data_len;             /* this component's table in mask_data */
+  /** Block mask: query positions per mask row; BigBird: the block size. */
+  int32_t block_q;
+  /** Block mask: keys per mask column; BigBird: the block size. */
+  int32_t block_k;
+  /** Block mask: mask rows (query blocks). */
+  int32_t mask_rows;
+  /** Block mask: mask columns (key blocks). */
+  int32_t mask_cols;
+  /** BigBird: `window_blocks / 2`. */
+  int32_t bigbird_window_half;
+  /** BigBird: global blocks (leading query and key blocks). */
+  int32_t bigbird_global_blocks;
+  /** BigBird: query block of the random table's first row. */
+  int32_t rand_first_q_block;
+  /** BigBird: rows of the random table (query blocks of the shape). */
+  int32_t rand_q_blocks;
+  /** Start of this component's table in the shared mask data. */
+  int32_t data_offset;
+  /** Length of that table (Global: the token count). */
+  int32_t data_len;
+  /** Keeps the struct at 64 bytes; always 0. */
   int32_t _reserved;
 } SaMaskComponent;
 
+/** The predicate of one row set: components[first_component ..][.. num_components]. */
 typedef struct SaMaskProgram {
+  /** 1: keys after the query position (j > p) are excluded. */
   int32_t causal;
+  /** Index of the first component. */
   int32_t first_component;
+  /** Number of components (the union of which is allowed); at least 1. */
   int32_t num_components;
+  /** Keeps the struct at 16 bytes; always 0. */
   int32_t _reserved;
 } SaMaskProgram;
 
