@@ -1,6 +1,8 @@
 //! The `sparse-attn` binary end to end: every kind of bad input exits non-zero with one line
-//! naming the problem and leaves `--output` untouched; good input gives the documented files,
-//! matching the f64 reference (on the emulator, so this runs on any machine).
+//! naming the problem and leaves `--output` untouched; good input gives the documented files:
+//! `run` outputs matching the f64 reference and masks matching the contract for every kind of
+//! pattern (on the emulator, so this runs on any machine), `plan` numbers that follow from the
+//! definitions, and `viz` PNGs with the documented geometry and colours.
 
 mod common;
 
@@ -12,8 +14,9 @@ use common::{random_tensor, widen, Rng};
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::reference::{self, RefInputs};
-use sparse_attn::{AttnProblem, Element, SeqLens};
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, SeqLens};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sparse-attn");
 
@@ -277,7 +280,7 @@ fn malformed_pattern_json() {
         "malformed JSON",
     );
     expect_failure(&t, r#"{"causal": 1}"#, &[], "invalid type");
-    expect_failure(&t, r#"{"components": []}"#, &[], "missing field `causal`");
+    expect_failure(&t, r#"{"components": []}"#, &[], "needs \"causal\"");
     expect_failure(
         &t,
         r#"{"causal": false, "components": [{"windowed": {}}]}"#,
@@ -297,28 +300,46 @@ fn malformed_pattern_json() {
 fn pattern_that_does_not_fit() {
     let t = qkv(Dtype::F16, [1, 8, 4, 64], [1, 8, 2, 64]);
     let three = r#"{"heads": [{"causal": true}, {"causal": true}, {"causal": true}]}"#;
-    expect_failure(&t, three, &[], "has 3 entries but q has 4 heads");
+    expect_failure(
+        &t,
+        three,
+        &[],
+        "has 3 entries but the problem has 4 query heads",
+    );
+    let global = r#"{"causal": false, "components": [{"global": {"tokens": [2, 8]}}]}"#;
+    expect_failure(&t, global, &[], "global token 8 is outside the keys 0..8");
+    let per_head = r#"{"heads": [{"causal": true}, {"causal": true}, {"causal": true},
+        {"causal": true, "components": [{"global": {"tokens": [9]}}]}]}"#;
+    expect_failure(&t, per_head, &[], "head 3: global token 9");
 }
 
 #[test]
-fn components_not_yet_supported() {
+fn invalid_component_parameters() {
     let t = qkv(Dtype::F16, [1, 8, 2, 64], [1, 8, 2, 64]);
-    for (json, name) in [
-        (r#"{"sliding_window": {"size": 4}}"#, "sliding_window"),
-        (r#"{"sinks": {"count": 4}}"#, "sinks"),
-        (r#"{"global": {"tokens": [0]}}"#, "global"),
-        (r#"{"dilated": {"stride": 2}}"#, "dilated"),
+    for (json, needle) in [
         (
-            r#"{"block_mask": {"block_q": 4, "block_k": 4, "mask": [[1, 1], [0, 1]]}}"#,
-            "block_mask",
+            r#"{"dilated": {"stride": 0}}"#,
+            "dilated stride must be at least 1",
         ),
         (
-            r#"{"bigbird": {"block": 4, "window_blocks": 1, "global_blocks": 1, "random_blocks": 1, "seed": 3}}"#,
-            "bigbird",
+            r#"{"sinks": {"count": -1}}"#,
+            "sinks count must be at least 1",
+        ),
+        (
+            r#"{"global": {"tokens": []}}"#,
+            "global tokens list is empty",
+        ),
+        (
+            r#"{"block_mask": {"block_q": 4, "block_k": 4, "mask": [[1, 0], [1]]}}"#,
+            "ragged",
+        ),
+        (
+            r#"{"bigbird": {"block": 0, "window_blocks": 1, "global_blocks": 1, "random_blocks": 1, "seed": 3}}"#,
+            "bigbird block must be at least 1",
         ),
     ] {
-        let pattern = format!(r#"{{"causal": true, "components": [{{"dense": {{}}}}, {json}]}}"#);
-        expect_failure(&t, &pattern, &[], &format!("not yet supported: {name}"));
+        let pattern = format!(r#"{{"causal": true, "components": [{json}]}}"#);
+        expect_failure(&t, &pattern, &[], needle);
     }
 }
 
@@ -355,9 +376,46 @@ fn words(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
 }
 
-/// Runs `run` on random inputs and checks out/lse against the f64 reference.
-fn happy_path<E: Element>(dtype: Dtype, causal: bool, q_len: usize, kv_len: usize, head_dim: u32) {
-    let (batch, heads, kv_heads) = (2, 4, 2);
+/// The shape of a `run` test.
+#[derive(Clone, Copy)]
+struct Shape {
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: u32,
+}
+
+impl Shape {
+    fn square(len: usize) -> Shape {
+        Shape {
+            batch: 1,
+            q_len: len,
+            kv_len: len,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+        }
+    }
+}
+
+/// A predicate written down from PATTERNS.md: `(head, p, j) -> allowed`.
+type Hand<'a> = &'a dyn Fn(usize, i64, i64) -> bool;
+
+/// Runs `run --mask-out` on random inputs with `pattern` on the emulator and checks: `out` and
+/// `lse` against the f64 reference under the plan's predicate, the mask against that predicate
+/// and (when given) against a predicate written by hand from the contract, and that the mask
+/// is as sparse as claimed (some pair masked unless the pattern is dense).
+fn check_run<E: Element>(dtype: Dtype, pattern: &str, sh: Shape, hand: Option<Hand<'_>>) {
+    let Shape {
+        batch,
+        q_len,
+        kv_len,
+        heads,
+        kv_heads,
+        head_dim,
+    } = sh;
     let d = head_dim as usize;
     let problem = AttnProblem::new(
         SeqLens::Uniform {
@@ -371,6 +429,8 @@ fn happy_path<E: Element>(dtype: Dtype, causal: bool, q_len: usize, kv_len: usiz
         E::DTYPE,
     )
     .unwrap();
+    let set = HeadPatterns::from_json(pattern).unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
     let mut rng = Rng::new(common::base_seed());
     let q: Vec<E> = random_tensor(&mut rng, problem.q_elems(), 1.0);
     let k: Vec<E> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
@@ -384,13 +444,6 @@ fn happy_path<E: Element>(dtype: Dtype, causal: bool, q_len: usize, kv_len: usiz
             tensor("v", &[batch, kv_len, kv_heads, d], &v, dtype),
         ]),
     );
-    let pattern = if causal {
-        // A head pattern set whose entries are all the same pattern.
-        r#"{"heads": [{"causal": true, "components": [{"dense": {}}]}, {"causal": true},
-                      {"causal": true}, {"causal": true, "components": []}]}"#
-    } else {
-        DENSE
-    };
     let pat = dir.write("p.json", pattern);
     let output = dir.path("out.safetensors");
     let mask_path = dir.path("mask.safetensors");
@@ -441,7 +494,7 @@ fn happy_path<E: Element>(dtype: Dtype, causal: bool, q_len: usize, kv_len: usiz
             scale: 1.0 / (head_dim as f32).sqrt(),
             softcap: 0.0,
         },
-        |_, _, i, j| !causal || reference::causal_allowed(i, j, q_len, kv_len),
+        |b, h, i, j| plan.allowed(b, h, i, j),
     );
     let max_ref = want.out.iter().fold(0.0f64, |m, w| m.max(w.abs()));
     let max_err = out
@@ -450,7 +503,7 @@ fn happy_path<E: Element>(dtype: Dtype, causal: bool, q_len: usize, kv_len: usiz
         .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
     assert!(
         max_err <= 1e-2 * max_ref,
-        "out error {max_err:.3e} vs max |out| {max_ref:.3e}"
+        "{pattern}: out error {max_err:.3e} vs max |out| {max_ref:.3e}"
     );
     for (&g, &w) in lse.iter().zip(&want.lse) {
         if w == f64::NEG_INFINITY {
@@ -458,7 +511,7 @@ fn happy_path<E: Element>(dtype: Dtype, causal: bool, q_len: usize, kv_len: usiz
         } else {
             assert!(
                 (g as f64 - w).abs() <= 1e-2 * w.abs().max(1.0),
-                "lse {g} vs {w}"
+                "{pattern}: lse {g} vs {w}"
             );
         }
     }
@@ -469,28 +522,141 @@ fn happy_path<E: Element>(dtype: Dtype, causal: bool, q_len: usize, kv_len: usiz
     assert_eq!(mask_shape, vec![heads, q_len, kv_len]);
     for h in 0..heads {
         for i in 0..q_len {
+            let p = i as i64 + kv_len as i64 - q_len as i64;
             for j in 0..kv_len {
-                let allowed = !causal || reference::causal_allowed(i, j, q_len, kv_len);
-                assert_eq!(mask[(h * q_len + i) * kv_len + j], allowed as u8);
+                let m = mask[(h * q_len + i) * kv_len + j];
+                assert_eq!(
+                    m,
+                    plan.allowed(0, h, i, j) as u8,
+                    "{pattern}: h {h} i {i} j {j}"
+                );
+                if let Some(hand) = hand {
+                    assert_eq!(
+                        m,
+                        hand(h, p, j as i64) as u8,
+                        "{pattern}: h {h} p {p} j {j}"
+                    );
+                }
             }
         }
     }
+    let dense = set.pattern(0).is_some_and(|p| p.is_dense() && !p.causal);
+    assert_eq!(mask.contains(&0), !dense, "{pattern}: mask sparsity");
 }
 
 #[test]
 fn run_dense_f16_matches_reference() {
-    happy_path::<f16>(Dtype::F16, false, 70, 70, 64);
+    let sh = Shape {
+        batch: 2,
+        ..Shape::square(70)
+    };
+    check_run::<f16>(Dtype::F16, DENSE, sh, Some(&|_, _, _| true));
 }
 
 #[test]
 fn run_causal_bf16_matches_reference() {
-    happy_path::<bf16>(Dtype::BF16, true, 40, 96, 128);
+    // A head pattern set whose entries are all the same pattern.
+    let pattern = r#"{"heads": [{"causal": true, "components": [{"dense": {}}]}, {"causal": true},
+                                 {"causal": true}, {"causal": true, "components": []}]}"#;
+    let sh = Shape {
+        batch: 2,
+        q_len: 40,
+        kv_len: 96,
+        head_dim: 128,
+        ..Shape::square(0)
+    };
+    check_run::<bf16>(Dtype::BF16, pattern, sh, Some(&|_, p, j| j <= p));
 }
 
 #[test]
 fn run_causal_f16_more_queries_than_keys() {
     // The first rows see no key: out 0, lse -inf.
-    happy_path::<f16>(Dtype::F16, true, 80, 50, 128);
+    let sh = Shape {
+        q_len: 80,
+        kv_len: 50,
+        head_dim: 128,
+        ..Shape::square(0)
+    };
+    check_run::<f16>(
+        Dtype::F16,
+        r#"{"causal": true}"#,
+        sh,
+        Some(&|_, p, j| j <= p),
+    );
+}
+
+#[test]
+fn run_sliding_window() {
+    let pattern =
+        r#"{"causal": false, "components": [{"sliding_window": {"left": 5, "right": 3}}]}"#;
+    let hand = |_, p: i64, j: i64| p - 5 <= j && j <= p + 3;
+    check_run::<f16>(Dtype::F16, pattern, Shape::square(150), Some(&hand));
+}
+
+#[test]
+fn run_streaming_sinks_and_window_chunked_prefill() {
+    let pattern = r#"{"causal": true, "components": [{"sinks": {"count": 4}},
+                                                    {"sliding_window": {"size": 16}}]}"#;
+    let hand = |_, p: i64, j: i64| (j < 4 || j > p - 16) && j <= p;
+    let sh = Shape {
+        q_len: 100,
+        kv_len: 180,
+        head_dim: 128,
+        ..Shape::square(0)
+    };
+    check_run::<bf16>(Dtype::BF16, pattern, sh, Some(&hand));
+}
+
+#[test]
+fn run_global_tokens() {
+    let pattern = r#"{"causal": false, "components": [{"global": {"tokens": [0, 70, 133]}},
+                                                     {"sliding_window": {"size": 8}}]}"#;
+    let g = [0i64, 70, 133];
+    let hand = |_, p: i64, j: i64| g.contains(&j) || g.contains(&p) || (p - 7 <= j && j <= p);
+    check_run::<f16>(Dtype::F16, pattern, Shape::square(140), Some(&hand));
+}
+
+#[test]
+fn run_dilated_batch_of_two() {
+    let pattern = r#"{"causal": true, "components": [{"dilated": {"stride": 3}}]}"#;
+    let hand = |_, p: i64, j: i64| (p - j).rem_euclid(3) == 0 && j <= p;
+    let sh = Shape {
+        batch: 2,
+        ..Shape::square(130)
+    };
+    check_run::<f16>(Dtype::F16, pattern, sh, Some(&hand));
+}
+
+#[test]
+fn run_block_mask() {
+    // 4 x 3 blocks of 32 x 48 tokens; query rows 128.. are beyond the mask: nothing allowed.
+    let mask = [[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]];
+    let pattern = r#"{"causal": false, "components": [{"block_mask": {"block_q": 32, "block_k": 48,
+        "mask": [[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]]}}]}"#;
+    let hand = |_, p: i64, j: i64| {
+        let (r, c) = ((p / 32) as usize, (j / 48) as usize);
+        r < 4 && c < 3 && mask[r][c] == 1
+    };
+    check_run::<bf16>(Dtype::BF16, pattern, Shape::square(150), Some(&hand));
+}
+
+#[test]
+fn run_bigbird() {
+    // Random blocks come from the contract's generator: the library predicate is the oracle.
+    let pattern = r#"{"causal": true, "components": [{"bigbird": {"block": 16, "window_blocks": 3,
+        "global_blocks": 1, "random_blocks": 2, "seed": 11}}]}"#;
+    check_run::<f16>(Dtype::F16, pattern, Shape::square(160), None);
+}
+
+#[test]
+fn run_per_head_dilated_set() {
+    let pattern = r#"{"heads": [
+        {"causal": true, "components": [{"dilated": {"stride": 1}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 2}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 4}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 8}}]}]}"#;
+    let hand = |h: usize, p: i64, j: i64| (p - j).rem_euclid(1 << h) == 0 && j <= p;
+    check_run::<bf16>(Dtype::BF16, pattern, Shape::square(120), Some(&hand));
 }
 
 #[test]
@@ -513,4 +679,493 @@ fn demo_runs_on_the_emulator() {
     assert!(stdout.contains("seed 7"), "{stdout}");
     assert!(stdout.contains("causal"), "{stdout}");
     assert!(stdout.contains("OK"), "{stdout}");
+}
+
+// ---- plan ----------------------------------------------------------------------------------
+
+/// Runs `plan --json` and parses the report.
+fn plan_json(config: &str, extra: &[&str]) -> serde_json::Value {
+    let dir = TempDir::new();
+    let cfg = dir.write("config.json", config);
+    let mut args = vec!["plan", "--model", s(&cfg), "--json"];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(
+        o.status.success(),
+        "plan failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn u(v: &serde_json::Value) -> u128 {
+    v.as_u64().map(u128::from).unwrap_or_else(|| {
+        v.to_string()
+            .parse()
+            .unwrap_or_else(|_| panic!("not an integer: {v}"))
+    })
+}
+
+/// Allowed pairs of one causal head with a `w`-token window over `n` tokens.
+fn window_pairs(w: u128, n: u128) -> u128 {
+    if n <= w {
+        n * (n + 1) / 2
+    } else {
+        w * (w + 1) / 2 + (n - w) * w
+    }
+}
+
+#[test]
+fn plan_mistral_kv_cache_is_window_over_n() {
+    // Mistral 7B v0.1: 32 layers, 32 heads, 8 kv heads, head_dim 4096 / 32, window 4096.
+    let cfg = r#"{"model_type": "mistral", "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "hidden_size": 4096, "sliding_window": 4096,
+        "torch_dtype": "bfloat16"}"#;
+    let n = 32768u128;
+    let r = plan_json(cfg, &["--seq-len", "32768"]);
+    assert_eq!(r["head_dim"], 128);
+    assert_eq!(r["dtype"], "bf16");
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 32);
+    let per_token = 2 * 8 * 128 * 2; // K and V, kv heads, head_dim, bytes
+    for l in layers {
+        assert_eq!(l["pattern"], "causal window(4096)");
+        assert_eq!(u(&l["kv_bytes"]), 4096 * per_token);
+        assert_eq!(u(&l["dense_kv_bytes"]), n * per_token);
+        assert_eq!(u(&l["allowed_pairs"]), 32 * window_pairs(4096, n));
+        assert_eq!(u(&l["dense_pairs"]), 32 * n * (n + 1) / 2);
+        assert_eq!(u(&l["flops"]), 4 * u(&l["allowed_pairs"]) * 128);
+        assert_eq!(l["kv_tokens_per_kv_head"], serde_json::json!(vec![4096; 8]));
+    }
+    assert_eq!(r["totals"]["kv_ratio"].as_f64().unwrap(), 4096.0 / 32768.0);
+}
+
+#[test]
+fn plan_gemma2_alternates_window_and_dense() {
+    let cfg = r#"{"model_type": "gemma2", "num_hidden_layers": 4, "num_attention_heads": 8,
+        "num_key_value_heads": 4, "head_dim": 256, "sliding_window": 4096}"#;
+    let r = plan_json(cfg, &["--seq-len", "8192", "--dtype", "f16"]);
+    assert_eq!(r["dtype"], "f16");
+    let layers = r["layers"].as_array().unwrap();
+    for (l, layer) in layers.iter().enumerate() {
+        let (pattern, kv_tokens, density) = if l % 2 == 0 {
+            (
+                "causal window(4096)",
+                4096,
+                window_pairs(4096, 8192) as f64 / (8192.0 * 8193.0 / 2.0),
+            )
+        } else {
+            ("causal dense", 8192, 1.0)
+        };
+        assert_eq!(layer["pattern"], pattern, "layer {l}");
+        assert_eq!(
+            layer["kv_tokens_per_kv_head"],
+            serde_json::json!(vec![kv_tokens; 4])
+        );
+        assert!((layer["density"].as_f64().unwrap() - density).abs() < 1e-12);
+    }
+    assert_eq!(r["totals"]["kv_ratio"].as_f64().unwrap(), 0.75);
+}
+
+#[test]
+fn plan_gemma3_nested_text_config_table() {
+    // Five 1024-window layers per dense layer; the language model under text_config.
+    let cfg = r#"{"model_type": "gemma3", "text_config": {"model_type": "gemma3_text",
+        "num_hidden_layers": 12, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "head_dim": 256, "sliding_window": 1024, "sliding_window_pattern": 6}}"#;
+    let dir = TempDir::new();
+    let path = dir.write("config.json", cfg);
+    let o = run(&["plan", "--model", s(&path), "--seq-len", "4096"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("12 layers, 8 query heads, 4 kv heads, head_dim 256"));
+    assert!(stdout.contains("density  = allowed (query, key) pairs"));
+    for l in 0..12 {
+        let row = stdout
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(&l.to_string()))
+            .unwrap_or_else(|| panic!("no row for layer {l}:\n{stdout}"));
+        let want = if l % 6 == 5 {
+            "causal dense"
+        } else {
+            "causal window(1024)"
+        };
+        assert!(row.contains(want), "layer {l}: {row}");
+    }
+    // 10 window layers keep 1024 of 4096 tokens, 2 dense layers all: (10/4 + 2) / 12.
+    let total = stdout.lines().find(|l| l.starts_with("total")).unwrap();
+    assert!(
+        total.ends_with(&format!("{:.4}", (10.0 / 4.0 + 2.0) / 12.0)),
+        "{total}"
+    );
+}
+
+#[test]
+fn plan_reads_shapes_from_flags_when_the_config_lacks_them() {
+    let cfg = r#"{"num_hidden_layers": 3, "sliding_window": 16}"#;
+    let dir = TempDir::new();
+    let path = dir.write("config.json", cfg);
+    let o = run(&["plan", "--model", s(&path), "--seq-len", "64"]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("has no \"num_attention_heads\"; pass --num-heads"));
+    let r = plan_json(
+        cfg,
+        &[
+            "--seq-len",
+            "64",
+            "--num-heads",
+            "4",
+            "--num-kv-heads",
+            "2",
+            "--head-dim",
+            "64",
+        ],
+    );
+    assert_eq!(r["num_kv_heads"], 2);
+    assert_eq!(u(&r["layers"][0]["kv_bytes"]), 16 * 2 * 2 * 64 * 2);
+}
+
+#[test]
+fn plan_bad_input() {
+    let dir = TempDir::new();
+    for (cfg, args, code, needle) in [
+        ("{not json", vec!["--seq-len", "8"], 1, "malformed JSON"),
+        (
+            r#"{"num_attention_heads": 4, "head_dim": 64}"#,
+            vec!["--seq-len", "8"],
+            1,
+            "missing \"num_hidden_layers\"",
+        ),
+        (
+            r#"{"num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 4, "head_dim": 64}"#,
+            vec!["--seq-len", "8"],
+            1,
+            "multiple of num_kv_heads",
+        ),
+        (
+            r#"{"num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 64}"#,
+            vec!["--seq-len", "0"],
+            2,
+            "--seq-len must be in 1..=",
+        ),
+    ] {
+        let path = dir.write("config.json", cfg);
+        let mut a = vec!["plan", "--model", s(&path)];
+        a.extend(args);
+        let o = run(&a);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{cfg}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{cfg}: {stderr}");
+        assert!(o.stdout.is_empty());
+    }
+}
+
+// ---- viz -----------------------------------------------------------------------------------
+
+const GAP: usize = 4;
+const WHITE: [u8; 3] = [255, 255, 255];
+const DARK: [u8; 3] = [32, 32, 32];
+const FULL: [u8; 3] = [49, 104, 189];
+const PARTIAL: [u8; 3] = [243, 156, 18];
+const BACKGROUND: [u8; 3] = [200, 200, 200];
+
+/// A decoded RGB picture and its `Description` text.
+struct Picture {
+    width: usize,
+    height: usize,
+    rgb: Vec<u8>,
+    description: String,
+}
+
+impl Picture {
+    fn read(path: &Path) -> Picture {
+        let bytes = std::fs::read(path).unwrap();
+        let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+        dec.set_transformations(png::Transformations::EXPAND);
+        let mut reader = dec.read_info().unwrap();
+        let description = reader
+            .info()
+            .uncompressed_latin1_text
+            .iter()
+            .find(|t| t.keyword == "Description")
+            .map(|t| t.text.clone())
+            .unwrap_or_default();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        buf.truncate(info.buffer_size());
+        Picture {
+            width: info.width as usize,
+            height: info.height as usize,
+            rgb: buf,
+            description,
+        }
+    }
+    fn at(&self, x: usize, y: usize) -> [u8; 3] {
+        let k = (y * self.width + x) * 3;
+        [self.rgb[k], self.rgb[k + 1], self.rgb[k + 2]]
+    }
+}
+
+/// Runs `viz` with `args` (plus `--out`) and decodes the picture.
+fn viz(pattern: Option<&str>, args: &[&str]) -> (Picture, String) {
+    let dir = TempDir::new();
+    let out = dir.path("p.png");
+    let mut a = vec!["viz", "--out", s(&out)];
+    let pat;
+    if let Some(p) = pattern {
+        pat = dir.write("p.json", p);
+        a.extend(["--pattern", s(&pat)]);
+    }
+    a.extend_from_slice(args);
+    let o = run(&a);
+    assert!(
+        o.status.success(),
+        "viz failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (
+        Picture::read(&out),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn viz_token_level_of_a_small_window() {
+    // 8 x 8 tokens, each drawn 16 x 16 px: a 128 px panel in a 4 px grey frame.
+    let pattern = r#"{"causal": true, "components": [{"sliding_window": {"size": 2}}]}"#;
+    let (pic, stdout) = viz(Some(pattern), &["--q-len", "8"]);
+    assert_eq!((pic.width, pic.height), (136, 136));
+    assert!(
+        pic.description.contains("1 token = 16x16 px"),
+        "{}",
+        pic.description
+    );
+    assert!(stdout.contains("(136x136 px)"), "{stdout}");
+    assert_eq!(pic.at(0, 0), BACKGROUND);
+    assert_eq!(pic.at(135, 70), BACKGROUND);
+    for i in 0..8 {
+        for j in 0..8 {
+            let want = if j <= i && j + 1 >= i { DARK } else { WHITE };
+            assert_eq!(
+                pic.at(GAP + j * 16 + 8, GAP + i * 16 + 8),
+                want,
+                "({i}, {j})"
+            );
+        }
+    }
+}
+
+#[test]
+fn viz_tile_level_and_both() {
+    // A causal 6-token window on 8 x 8 tokens, tiles of 2 rows x 4 keys (4 x 2 tiles).
+    let pattern = r#"{"causal": true, "components": [{"sliding_window": {"size": 6}}]}"#;
+    let allowed = |i: usize, j: usize| j <= i && j + 5 >= i;
+    let class = |m: usize, n: usize| {
+        let n_allowed = (m * 2..m * 2 + 2)
+            .flat_map(|i| (n * 4..n * 4 + 4).map(move |j| (i, j)))
+            .filter(|&(i, j)| allowed(i, j))
+            .count();
+        match n_allowed {
+            0 => WHITE,
+            8 => FULL,
+            _ => PARTIAL,
+        }
+    };
+    let tiles = ["--q-len", "8", "--block-m", "2", "--block-n", "4"];
+    let (pic, _) = viz(Some(pattern), &[&tiles[..], &["--level", "tile"]].concat());
+    assert_eq!((pic.width, pic.height), (136, 136));
+    assert!(pic.description.contains("2x4 tiles"), "{}", pic.description);
+    let mut seen = Vec::new();
+    for m in 0..4 {
+        for n in 0..2 {
+            // Tile (m, n) covers pixels from GAP + (m * 2, n * 4) * 16; look at its centre.
+            let c = pic.at(GAP + n * 64 + 32, GAP + m * 32 + 16);
+            assert_eq!(c, class(m, n), "tile ({m}, {n})");
+            seen.push(c);
+        }
+    }
+    assert!(seen.contains(&FULL) && seen.contains(&PARTIAL) && seen.contains(&WHITE));
+    // Tile borders: a white line where tile row 1 starts, across a full or partial tile.
+    assert_eq!(pic.at(GAP + 32, GAP + 32), WHITE);
+    assert_eq!(pic.at(GAP + 32, GAP + 33), class(1, 0));
+
+    let (both, _) = viz(Some(pattern), &[&tiles[..], &["--level", "both"]].concat());
+    assert_eq!((both.width, both.height), (136 + 128 + GAP, 136));
+    for i in 0..8 {
+        for j in 0..8 {
+            let token = both.at(GAP + j * 16 + 8, GAP + i * 16 + 8);
+            assert_eq!(token, if allowed(i, j) { DARK } else { WHITE });
+            let tile = both.at(2 * GAP + 128 + j * 16 + 8, GAP + i * 16 + 8);
+            assert_eq!(tile, class(i / 2, j / 4));
+        }
+    }
+}
+
+#[test]
+fn viz_max_pools_large_patterns() {
+    // 2048 tokens do not fit 1024 px: each pixel is 2 x 2 tokens, dark when any is allowed.
+    let (pic, _) = viz(Some(r#"{"causal": true}"#), &["--q-len", "2048"]);
+    assert_eq!((pic.width, pic.height), (1024 + 2 * GAP, 1024 + 2 * GAP));
+    assert!(
+        pic.description.contains("1 px = 2x2 tokens, max-pooled"),
+        "{}",
+        pic.description
+    );
+    for k in [0, 1, 500, 1023] {
+        // Cell (k, k) holds rows 2k, 2k+1 and keys 2k, 2k+1: row 2k+1 sees key 2k.
+        assert_eq!(pic.at(GAP + k, GAP + k), DARK);
+        if k < 1023 {
+            assert_eq!(pic.at(GAP + k + 1, GAP + k), WHITE);
+        }
+    }
+    assert_eq!(pic.at(GAP, GAP + 1023), DARK);
+    assert_eq!(pic.at(GAP + 1023, GAP), WHITE);
+}
+
+#[test]
+fn viz_grid_of_heads() {
+    let pattern = r#"{"heads": [
+        {"causal": true, "components": [{"dilated": {"stride": 1}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 2}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 4}}]},
+        {"causal": true, "components": [{"dilated": {"stride": 8}}]}]}"#;
+    // 16 tokens at 16 px: 256 px panels, 2 x 2 heads (every head by default: they differ).
+    let (pic, _) = viz(Some(pattern), &["--q-len", "16"]);
+    let side = GAP + 2 * (256 + GAP);
+    assert_eq!((pic.width, pic.height), (side, side));
+    assert!(pic.description.contains("heads 0-3"), "{}", pic.description);
+    for h in 0..4 {
+        let (x0, y0) = (GAP + (h % 2) * (256 + GAP), GAP + (h / 2) * (256 + GAP));
+        for i in 0..16 {
+            for j in 0..16 {
+                let want = j <= i && (i - j) % (1 << h) == 0;
+                let got = pic.at(x0 + j * 16 + 8, y0 + i * 16 + 8);
+                assert_eq!(got, if want { DARK } else { WHITE }, "head {h} ({i}, {j})");
+            }
+        }
+    }
+    // One head on request.
+    let (one, _) = viz(Some(pattern), &["--q-len", "16", "--head", "3"]);
+    assert_eq!((one.width, one.height), (256 + 2 * GAP, 256 + 2 * GAP));
+    assert_eq!(one.at(GAP + 8, GAP + 8 * 16 + 8), DARK);
+    assert_eq!(one.at(GAP + 8, GAP + 4 * 16 + 8), WHITE);
+}
+
+#[test]
+fn viz_model_layer_strip() {
+    // Gemma-3-like: five 32-token window layers per dense layer, 12 layers at 256 tokens;
+    // panels of 64 px (4 x 4 tokens per pixel), one row of 12.
+    let cfg = r#"{"model_type": "gemma3_text", "num_hidden_layers": 12, "num_attention_heads": 4,
+        "head_dim": 64, "sliding_window": 32, "sliding_window_pattern": 6}"#;
+    let dir = TempDir::new();
+    let path = dir.write("config.json", cfg);
+    let args = ["--model", s(&path), "--seq-len", "256", "--max-px", "64"];
+    let (pic, _) = viz(None, &args);
+    assert_eq!(
+        (pic.width, pic.height),
+        (GAP + 12 * (64 + GAP), 64 + 2 * GAP)
+    );
+    assert!(pic.description.contains("12 layers"), "{}", pic.description);
+    for l in 0..12 {
+        let x0 = GAP + l * (64 + GAP);
+        // Bottom-left cell: rows 252..255, keys 0..3 — only a dense layer reaches back there.
+        let want = if l % 6 == 5 { DARK } else { WHITE };
+        assert_eq!(pic.at(x0, GAP + 63), want, "layer {l}");
+        assert_eq!(pic.at(x0 + 63, GAP + 63), DARK, "layer {l} diagonal");
+        assert_eq!(pic.at(x0 + 63, GAP), WHITE, "layer {l} above the diagonal");
+    }
+}
+
+#[test]
+fn viz_failures_write_nothing() {
+    let dir = TempDir::new();
+    let out = dir.path("p.png");
+    let window = dir.write(
+        "w.json",
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 4}}]}"#,
+    );
+    let global = dir.write(
+        "g.json",
+        r#"{"causal": false, "components": [{"global": {"tokens": [3, 64]}}]}"#,
+    );
+    let cfg = dir.write(
+        "config.json",
+        r#"{"num_hidden_layers": 2, "sliding_window": 4}"#,
+    );
+    for (args, code, needle) in [
+        (
+            vec!["--pattern", s(&global), "--q-len", "64"],
+            1,
+            "global token 64 is outside the keys",
+        ),
+        (
+            vec![
+                "--pattern",
+                s(&window),
+                "--q-len",
+                "64",
+                "--num-heads",
+                "2",
+                "--head",
+                "2",
+            ],
+            2,
+            "--head 2 is out of range (2 heads)",
+        ),
+        (
+            vec!["--pattern", s(&window), "--q-len", "8", "--head", "x"],
+            2,
+            "expected a head index or `all`",
+        ),
+        (
+            vec!["--model", s(&cfg), "--seq-len", "64", "--head", "all"],
+            2,
+            "with --model pick one head",
+        ),
+        (
+            vec!["--pattern", s(&window), "--model", s(&cfg), "--q-len", "8"],
+            2,
+            "cannot be used with",
+        ),
+        (vec!["--q-len", "8"], 2, "--pattern"),
+        (
+            vec!["--pattern", s(&window), "--q-len", "0"],
+            2,
+            "lengths must be positive",
+        ),
+        (
+            vec![
+                "--pattern",
+                s(&window),
+                "--q-len",
+                "8",
+                "--level",
+                "tile",
+                "--block-m",
+                "0",
+            ],
+            2,
+            "must be positive",
+        ),
+    ] {
+        let mut a = vec!["viz", "--out", s(&out)];
+        a.extend(args);
+        let o = run(&a);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{a:?}: {stderr}");
+        assert!(stderr.contains(needle), "{a:?}: {stderr}");
+        if code == 1 {
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        }
+        assert!(!out.exists(), "{a:?} wrote a picture");
+        let names: Vec<_> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    }
 }

@@ -181,6 +181,7 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Serialises `tensors` as safetensors and stages them for `dest`.
     pub fn write(dest: &Path, tensors: &[OutTensor]) -> Result<Staged, String> {
         let views = tensors
             .iter()
@@ -192,6 +193,11 @@ impl Staged {
             .collect::<Result<Vec<_>, _>>()?;
         let bytes = safetensors::tensor::serialize(views, None)
             .map_err(|e| format!("cannot serialise {}: {e}", dest.display()))?;
+        Staged::write_bytes(dest, &bytes)
+    }
+
+    /// Stages `bytes` for `dest`: written to a hidden file next to it.
+    pub fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<Staged, String> {
         let file_name = dest
             .file_name()
             .ok_or_else(|| format!("{} is not a file path", dest.display()))?;
@@ -206,7 +212,7 @@ impl Staged {
             committed: false,
         };
         std::fs::write(&staged.tmp, bytes)
-            .map_err(|e| format!("cannot write {}: {e}", staged.tmp.display()))?;
+            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
         Ok(staged)
     }
 

@@ -1,16 +1,25 @@
 //! `sparse-attn`: the command line of the crate.
 //!
-//! - `run`: attention over q/k/v from a safetensors file with a pattern file, exactly per
-//!   PATTERNS.md "CLI file formats".
+//! - `run`: attention over q/k/v from a safetensors file with any pattern or head pattern set,
+//!   exactly per PATTERNS.md "CLI file formats" (`--mask-out` writes the applied token mask).
+//! - `plan`: a Hugging Face model's layer plan at a sequence length: per-layer pattern,
+//!   density, attention FLOPs and KV-cache bytes against dense (table or `--json`).
+//! - `viz`: PNG pictures of a pattern (token and/or tile level, per head) or of a model's
+//!   layer plan (one panel per layer).
 //! - `demo`: random inputs, dense and causal attention on a backend, checked against the f64
 //!   reference (works on any machine through the CPU emulator).
 //! - `kernels`: the ptxas resource report build.rs captured.
 //!
-//! Bad input exits with status 1 and one line on stderr naming the problem; `--output` is
-//! only ever replaced by a complete file (written next to it, then renamed).
+//! Bad input exits with status 1 and one line on stderr naming the problem (bad command-line
+//! usage: status 2, as clap does); output files are only ever replaced by complete files
+//! (written next to them, then renamed), so nothing is written on failure.
 
 mod io;
+mod model;
 mod pattern;
+mod plan;
+mod spans;
+mod viz;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,17 +28,17 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use half::{bf16, f16};
 use sparse_attn::backend::{self, Gpu};
+use sparse_attn::pattern::render_token_mask;
 use sparse_attn::reference::{self, RefInputs};
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, EmuRun, Error, SeqLens};
 
 use io::{OutTensor, Staged, Storage};
-use pattern::ResolveError;
 
 #[derive(Parser)]
 #[command(
     name = "sparse-attn",
     version,
-    about = "Block-sparse flash attention: run patterns on safetensors files, demo, kernel report"
+    about = "Block-sparse flash attention: run patterns on safetensors files, plan and picture model layer plans, demo, kernel report"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,6 +49,10 @@ struct Cli {
 enum Command {
     /// Attention over q, k, v from a safetensors file with a pattern file (see PATTERNS.md).
     Run(RunArgs),
+    /// Per-layer pattern, density, attention FLOPs and KV-cache bytes of a Hugging Face model.
+    Plan(PlanArgs),
+    /// PNG pictures of a pattern (token and tile level, per head) or of a model's layers.
+    Viz(VizArgs),
     /// Random q, k, v; dense and causal attention checked against the f64 reference.
     Demo(DemoArgs),
     /// Registers, shared memory and spills of every compiled GPU kernel (ptxas report).
@@ -57,9 +70,48 @@ enum BackendArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum DTypeArg {
+pub enum DTypeArg {
     F16,
     Bf16,
+}
+
+impl DTypeArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            DTypeArg::F16 => "f16",
+            DTypeArg::Bf16 => "bf16",
+        }
+    }
+    pub fn bytes(self) -> usize {
+        2
+    }
+}
+
+/// What `viz` draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LevelArg {
+    /// Allowed (query, key) pairs: dark pixels.
+    Token,
+    /// The compiled metadata: full tiles blue, partial orange, skipped white.
+    Tile,
+    /// Token level and tile level side by side.
+    Both,
+}
+
+/// `--head H` or `--head all`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadSel {
+    All,
+    One(usize),
+}
+
+fn parse_head(s: &str) -> Result<HeadSel, String> {
+    if s == "all" {
+        return Ok(HeadSel::All);
+    }
+    s.parse()
+        .map(HeadSel::One)
+        .map_err(|_| format!("expected a head index or `all`, got `{s}`"))
 }
 
 #[derive(Args)]
@@ -81,9 +133,84 @@ struct RunArgs {
     /// Tanh soft-capping of the scores, s = C * tanh(s / C) (default off).
     #[arg(long, value_name = "C", allow_negative_numbers = true)]
     softcap: Option<f32>,
-    /// Also write the token mask that was applied: `mask`, U8 [num_heads, q_len, kv_len].
+    /// Also write the token mask that was applied: `mask`, U8 [num_heads, q_len, kv_len],
+    /// 1 = allowed. Every sequence of a batch has the same shape, hence the same mask.
     #[arg(long, value_name = "FILE")]
     mask_out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// A Hugging Face config.json (a `text_config` inside is read when present).
+    #[arg(long, value_name = "config.json")]
+    model: PathBuf,
+    /// Sequence length N (prefill of N tokens: q_len = kv_len = N).
+    #[arg(long, value_name = "N")]
+    seq_len: usize,
+    /// Query heads (default: num_attention_heads of the config).
+    #[arg(long, value_name = "H")]
+    num_heads: Option<usize>,
+    /// KV heads (default: num_key_value_heads, else as many as query heads).
+    #[arg(long, value_name = "HK")]
+    num_kv_heads: Option<usize>,
+    /// Head dimension (default: head_dim, else hidden_size / num_attention_heads).
+    #[arg(long, value_name = "D")]
+    head_dim: Option<usize>,
+    /// KV-cache element type (default: torch_dtype of the config when f16/bf16, else bf16).
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
+    /// Machine-readable JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct VizArgs {
+    /// A pattern or head pattern set (JSON); needs --q-len.
+    #[arg(
+        long,
+        value_name = "P.json",
+        conflicts_with = "model",
+        required_unless_present = "model"
+    )]
+    pub pattern: Option<PathBuf>,
+    /// A Hugging Face config.json: one panel per layer; needs --seq-len.
+    #[arg(long, value_name = "config.json")]
+    pub model: Option<PathBuf>,
+    /// Query length (with --pattern).
+    #[arg(long, value_name = "N", requires = "pattern")]
+    pub q_len: Option<usize>,
+    /// Key length (with --pattern; default --q-len).
+    #[arg(long, value_name = "M", requires = "pattern")]
+    pub kv_len: Option<usize>,
+    /// Sequence length (with --model): q_len = kv_len = N.
+    #[arg(long, value_name = "N", requires = "model")]
+    pub seq_len: Option<usize>,
+    /// Query heads (default: the entries of a {"heads": [...]} set, the config's
+    /// num_attention_heads, else 1).
+    #[arg(long, value_name = "H")]
+    pub num_heads: Option<usize>,
+    /// The head to draw, or `all` for a grid of heads (default: all when heads differ, else 0).
+    #[arg(long, value_name = "H|all", value_parser = parse_head)]
+    pub head: Option<HeadSel>,
+    #[arg(long, value_enum, default_value_t = LevelArg::Token)]
+    pub level: LevelArg,
+    /// Query rows per tile (tile level; default: the forward kernel's).
+    #[arg(long, default_value_t = sparse_attn::ffi::SA_FWD_BLOCK_M as usize)]
+    pub block_m: usize,
+    /// Keys per tile (tile level; default: the forward kernel's).
+    #[arg(long, default_value_t = sparse_attn::ffi::SA_FWD_BLOCK_N as usize)]
+    pub block_n: usize,
+    /// Largest panel side in pixels; longer sides are max-pooled (default 1024, 128 with
+    /// --model).
+    #[arg(long, value_name = "PX")]
+    pub max_px: Option<usize>,
+    /// Panels per row (default: a square grid of heads; up to 16 layers per row).
+    #[arg(long)]
+    pub columns: Option<usize>,
+    /// The PNG file to write.
+    #[arg(long, value_name = "FILE.png")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -123,21 +250,24 @@ struct KernelsArgs {
 
 /// Everything the CLI reports as a failure; each displays as one line.
 #[derive(Debug, thiserror::Error)]
-enum CliError {
+pub enum CliError {
     #[error(transparent)]
     Lib(#[from] Error),
     /// A problem with a named input file.
     #[error("{}: {msg}", file.display())]
     Input { file: PathBuf, msg: String },
-    /// Valid input that needs a feature a later version implements.
-    #[error("not yet supported: {0}")]
-    NotYetSupported(String),
+    /// Command-line values that cannot work together (exit status 2, like clap's).
+    #[error("{0}")]
+    Usage(String),
+    /// An output file could not be produced.
+    #[error("{0}")]
+    Output(String),
     /// The demo's result is outside the tolerance.
     #[error("{0}")]
     Check(String),
 }
 
-fn input_err(file: &Path, msg: impl std::fmt::Display) -> CliError {
+pub fn input_err(file: &Path, msg: impl std::fmt::Display) -> CliError {
     CliError::Input {
         file: file.to_path_buf(),
         msg: msg.to_string(),
@@ -193,24 +323,8 @@ impl Backend {
     }
 }
 
-/// The token mask of a dense or causal pattern: U8 `[num_heads, q_len, kv_len]`.
-fn token_mask(num_heads: usize, q_len: usize, kv_len: usize, causal: bool) -> Vec<u8> {
-    let mut m = Vec::with_capacity(num_heads * q_len * kv_len);
-    for _ in 0..num_heads {
-        for i in 0..q_len {
-            for j in 0..kv_len {
-                let allowed = !causal || reference::causal_allowed(i, j, q_len, kv_len);
-                m.push(allowed as u8);
-            }
-        }
-    }
-    m
-}
-
 fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(&a.pattern)
-        .map_err(|e| input_err(&a.pattern, format!("cannot read ({e})")))?;
-    let pattern = pattern::parse(&text).map_err(|e| input_err(&a.pattern, e))?;
+    let set = pattern::read_head_patterns(&a.pattern)?;
     let bytes =
         std::fs::read(&a.input).map_err(|e| input_err(&a.input, format!("cannot read ({e})")))?;
     let inputs = io::read_inputs(&bytes).map_err(|e| input_err(&a.input, e))?;
@@ -230,16 +344,33 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         inputs.dtype,
     )
     .map_err(|e| input_err(&a.input, e))?;
-    let resolved = pattern::resolve(&pattern, num_heads).map_err(|e| match e {
-        ResolveError::Fit(msg) => input_err(&a.pattern, format!("does not fit the input: {msg}")),
-        ResolveError::NotYetSupported(what) => CliError::NotYetSupported(what),
+    set.validate(num_heads, kv_len).map_err(|e| {
+        input_err(
+            &a.pattern,
+            format!(
+                "does not fit the input (q_len {q_len}, kv_len {kv_len}, {num_heads} heads): {}",
+                pattern::message(e)
+            ),
+        )
     })?;
+    // Causality is the pattern's own; AttnOptions::causal would add it to every head.
     let opts = AttnOptions {
-        causal: resolved.causal,
+        causal: false,
         scale: a.scale,
         softcap: a.softcap,
     };
-    let plan = AttnPlan::new(&problem, &opts)?;
+    let plan = AttnPlan::with_patterns(&problem, &set, &opts)?;
+    // Rendered before anything runs or is written: a mask too large to hold is an error, not
+    // a half-written output.
+    let mask = match &a.mask_out {
+        Some(_) => Some(render_token_mask(
+            plan.patterns(),
+            num_heads,
+            q_len,
+            kv_len,
+        )?),
+        None => None,
+    };
     let backend = Backend::select(a.backend)?;
     let start = Instant::now();
     let (out, lse) = match inputs.dtype {
@@ -248,28 +379,47 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
     };
     let elapsed = start.elapsed();
     let lse_t = OutTensor::from_f32("lse", vec![batch, num_heads, q_len], &lse);
-    let staged_out = Staged::write(&a.output, &[out, lse_t]).map_err(CliError::Check)?;
-    let staged_mask = match &a.mask_out {
-        Some(path) => {
-            let mask = token_mask(num_heads, q_len, kv_len, resolved.causal);
+    let staged_out = Staged::write(&a.output, &[out, lse_t]).map_err(CliError::Output)?;
+    let staged_mask = match (&a.mask_out, mask) {
+        (Some(path), Some(mask)) => {
             let t = OutTensor::from_u8("mask", vec![num_heads, q_len, kv_len], mask);
-            Some(Staged::write(path, &[t]).map_err(CliError::Check)?)
+            Some(Staged::write(path, &[t]).map_err(CliError::Output)?)
         }
-        None => None,
+        _ => None,
     };
-    staged_out.commit().map_err(CliError::Check)?;
+    staged_out.commit().map_err(CliError::Output)?;
     if let Some(s) = staged_mask {
-        s.commit().map_err(CliError::Check)?;
+        s.commit().map_err(CliError::Output)?;
     }
     println!(
-        "sparse-attn: {} attention, {} [{batch}, {q_len}, {num_heads}, {head_dim}] x kv [{batch}, \
-         {kv_len}, {num_kv_heads}, {head_dim}] on {} in {:.3} s -> {}",
-        if resolved.causal { "causal" } else { "dense" },
+        "sparse-attn: {}; {} q [{batch}, {q_len}, {num_heads}, {head_dim}] x kv [{batch}, \
+         {kv_len}, {num_kv_heads}, {head_dim}]; {} kv tiles visited; on {} in {:.3} s -> {}",
+        pattern::set_text(plan.patterns()),
         inputs.dtype.name(),
+        plan.meta().tiles_visited(),
         backend.describe(),
         elapsed.as_secs_f64(),
         a.output.display()
     );
+    Ok(())
+}
+
+fn cmd_plan(a: &PlanArgs) -> Result<(), CliError> {
+    let overrides = model::Overrides {
+        num_heads: a.num_heads,
+        num_kv_heads: a.num_kv_heads,
+        head_dim: a.head_dim,
+        dtype: a.dtype,
+    };
+    let m = model::load(&a.model, &overrides, true)?;
+    let report = plan::report(&m, a.seq_len)?;
+    if a.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| CliError::Output(format!("cannot serialise the report: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", plan::table(&report));
+    }
     Ok(())
 }
 
@@ -479,6 +629,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(a) => cmd_run(a),
+        Command::Plan(a) => cmd_plan(a),
+        Command::Viz(a) => viz::cmd_viz(a),
         Command::Demo(a) => cmd_demo(a),
         Command::Kernels(a) => cmd_kernels(a),
     };
@@ -486,7 +638,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            match e {
+                CliError::Usage(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
