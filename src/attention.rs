@@ -25,7 +25,7 @@ use crate::pattern::{
 use crate::shape::{AttnOptions, AttnProblem, DType, SeqLens};
 
 /// A 16-bit element type the kernels accept.
-pub trait Element: Copy + Default + Send + Sync + 'static {
+pub trait Element: emu::Plain + Default + Send + Sync {
     const DTYPE: DType;
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;

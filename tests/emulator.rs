@@ -15,11 +15,11 @@ fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig::new([grid, 1, 1], [block, 1, 1], smem)
 }
 
-fn buf<T: Copy>(data: &[T], label: &str) -> GuardedBuffer<T> {
+fn buf<T: sparse_attn::emu::Plain>(data: &[T], label: &str) -> GuardedBuffer<T> {
     GuardedBuffer::from_slice(data, label).unwrap()
 }
 
-fn zeros<T: Copy>(len: usize, label: &str) -> GuardedBuffer<T> {
+fn zeros<T: sparse_attn::emu::Plain>(len: usize, label: &str) -> GuardedBuffer<T> {
     GuardedBuffer::zeroed(len, label).unwrap()
 }
 

@@ -126,7 +126,7 @@ impl RefSoftmax {
 }
 
 /// A guarded copy of `data`, at least one element long (the emulator cannot allocate zero).
-fn guarded<T: Copy + Default>(data: &[T], label: &str) -> Result<GuardedBuffer<T>> {
+fn guarded<T: crate::emu::Plain + Default>(data: &[T], label: &str) -> Result<GuardedBuffer<T>> {
     if data.is_empty() {
         return Ok(GuardedBuffer::zeroed(1, label)?);
     }

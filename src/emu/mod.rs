@@ -286,6 +286,35 @@ impl EmuError {
     }
 }
 
+/// Plain data a kernel may read and write through a [`GuardedBuffer`]: `Copy`, no padding,
+/// and every bit pattern a valid value (a kernel, or the emulator's poison, can write any
+/// bytes). Like cudarc's `DeviceRepr + ValidAsZeroBits`, but for the emulator.
+///
+/// # Safety
+/// Implement only for types with no padding bytes and no invalid bit patterns.
+pub unsafe trait Plain: Copy + 'static {}
+
+macro_rules! plain {
+    ($($t:ty),*) => { $(
+        // SAFETY: primitive numeric types: no padding, every bit pattern valid.
+        unsafe impl Plain for $t {}
+    )* };
+}
+plain!(
+    u8,
+    i8,
+    u16,
+    i16,
+    u32,
+    i32,
+    u64,
+    i64,
+    f32,
+    f64,
+    half::f16,
+    half::bf16
+);
+
 /// Host memory laid out like device memory for the emulator: flush against a guard page (and
 /// behind another), registered under a label, so a kernel's out-of-bounds access is caught and
 /// reported, naming the buffer, instead of corrupting memory.
@@ -295,18 +324,18 @@ impl EmuError {
 ///
 /// `T` must be plain data for which every bit pattern is valid (integers, floats, `half`
 /// types, `#[repr(C)]` structs of those): kernels write arbitrary bits into the buffer.
-pub struct GuardedBuffer<T: Copy> {
+pub struct GuardedBuffer<T: Plain> {
     ptr: *mut T,
     len: usize,
     _marker: PhantomData<T>,
 }
 
 // SAFETY: the buffer exclusively owns its mapping; T is plain data.
-unsafe impl<T: Copy + Send> Send for GuardedBuffer<T> {}
+unsafe impl<T: Plain + Send> Send for GuardedBuffer<T> {}
 // SAFETY: shared access only reads.
-unsafe impl<T: Copy + Sync> Sync for GuardedBuffer<T> {}
+unsafe impl<T: Plain + Sync> Sync for GuardedBuffer<T> {}
 
-impl<T: Copy> GuardedBuffer<T> {
+impl<T: Plain> GuardedBuffer<T> {
     /// A zero-filled buffer of `len` elements; `label` names it in fault reports.
     pub fn zeroed(len: usize, label: &str) -> Result<Self, EmuError> {
         let bytes = len
@@ -363,7 +392,7 @@ impl<T: Copy> GuardedBuffer<T> {
     }
 }
 
-impl<T: Copy> fmt::Debug for GuardedBuffer<T> {
+impl<T: Plain> fmt::Debug for GuardedBuffer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuardedBuffer")
             .field("ptr", &self.ptr)
@@ -372,7 +401,7 @@ impl<T: Copy> fmt::Debug for GuardedBuffer<T> {
     }
 }
 
-impl<T: Copy> Drop for GuardedBuffer<T> {
+impl<T: Plain> Drop for GuardedBuffer<T> {
     fn drop(&mut self) {
         // SAFETY: ptr came from sa_emu_alloc and is freed exactly once.
         unsafe { sys::sa_emu_free(self.ptr as *mut c_void) }
