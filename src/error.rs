@@ -15,6 +15,10 @@ pub enum Error {
     /// An attention pattern whose parameters are invalid or do not fit the shapes.
     #[error("invalid pattern: {0}")]
     Pattern(String),
+    /// A paged KV cache operation that cannot be done (pool exhausted, sequence unknown,
+    /// capacity exceeded, malformed block table); the cache is unchanged after it.
+    #[error("KV cache: {0}")]
+    Cache(String),
     /// The CPU emulator reported a kernel fault (out-of-bounds access, barrier divergence, ...).
     #[error("emulator: {0}")]
     Emulator(#[from] crate::emu::EmuError),

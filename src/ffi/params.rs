@@ -116,6 +116,46 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct SaPagedKv {
+    pub k_pages: *const ::core::ffi::c_void,
+    pub v_pages: *const ::core::ffi::c_void,
+    pub block_table: *const i32,
+    pub page_stride: i64,
+    pub page_head_stride: i64,
+    pub block_table_stride: i32,
+    pub page_size: i32,
+    pub log2_page_size: i32,
+    pub sink_pages: i32,
+    pub ring_pages: i32,
+    pub _reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaPagedKv"][::core::mem::size_of::<SaPagedKv>() - 64usize];
+    ["Alignment of SaPagedKv"][::core::mem::align_of::<SaPagedKv>() - 8usize];
+    ["Offset of field: SaPagedKv::k_pages"][::core::mem::offset_of!(SaPagedKv, k_pages) - 0usize];
+    ["Offset of field: SaPagedKv::v_pages"][::core::mem::offset_of!(SaPagedKv, v_pages) - 8usize];
+    ["Offset of field: SaPagedKv::block_table"]
+        [::core::mem::offset_of!(SaPagedKv, block_table) - 16usize];
+    ["Offset of field: SaPagedKv::page_stride"]
+        [::core::mem::offset_of!(SaPagedKv, page_stride) - 24usize];
+    ["Offset of field: SaPagedKv::page_head_stride"]
+        [::core::mem::offset_of!(SaPagedKv, page_head_stride) - 32usize];
+    ["Offset of field: SaPagedKv::block_table_stride"]
+        [::core::mem::offset_of!(SaPagedKv, block_table_stride) - 40usize];
+    ["Offset of field: SaPagedKv::page_size"]
+        [::core::mem::offset_of!(SaPagedKv, page_size) - 44usize];
+    ["Offset of field: SaPagedKv::log2_page_size"]
+        [::core::mem::offset_of!(SaPagedKv, log2_page_size) - 48usize];
+    ["Offset of field: SaPagedKv::sink_pages"]
+        [::core::mem::offset_of!(SaPagedKv, sink_pages) - 52usize];
+    ["Offset of field: SaPagedKv::ring_pages"]
+        [::core::mem::offset_of!(SaPagedKv, ring_pages) - 56usize];
+    ["Offset of field: SaPagedKv::_reserved"]
+        [::core::mem::offset_of!(SaPagedKv, _reserved) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct SaAttnFwdParams {
     pub q: *const ::core::ffi::c_void,
     pub k: *const ::core::ffi::c_void,

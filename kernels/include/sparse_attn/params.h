@@ -83,6 +83,29 @@ typedef struct SaMaskProgram {
   int32_t _reserved;
 } SaMaskProgram;
 
+/* A paged KV cache as the kernels read it (src/kv_cache is the owner and the Rust twin of
+ * the mapping). Pages hold `page_size` consecutive token positions of every kv head:
+ * k_pages, v_pages are [num_pages, num_kv_heads, page_size, head_dim] (a head's rows of a page
+ * are contiguous, so a kv tile is a few contiguous runs). Sequence b's logical page L (token
+ * positions L * page_size ..) lives in physical page block_table[b * block_table_stride +
+ * slot(L)], where slot(L) = L for L < sink_pages or ring_pages == 0, else
+ * sink_pages + (L - sink_pages) % ring_pages: windowed layers keep their sink pages and a ring
+ * of the most recent ring_pages pages; older positions are evicted and never read (their rows
+ * are zero-filled in the tile, and the pattern never allows them). */
+typedef struct SaPagedKv {
+  const void* k_pages;
+  const void* v_pages;
+  const int32_t* block_table; /* NULL: K/V are the contiguous k, v tensors instead */
+  int64_t page_stride;        /* elements per page: num_kv_heads * page_size * head_dim */
+  int64_t page_head_stride;   /* elements per head within a page: page_size * head_dim */
+  int32_t block_table_stride; /* slots per sequence row of block_table */
+  int32_t page_size;          /* power of two, 8 .. 256 */
+  int32_t log2_page_size;
+  int32_t sink_pages;
+  int32_t ring_pages; /* 0: every logical page has its own slot (no eviction) */
+  int32_t _reserved;
+} SaPagedKv;
+
 /* Forward attention over a batch: out = softmax(mask(scale * q k^T)) v, plus the row LSE. */
 typedef struct SaAttnFwdParams {
   /* q: [batch, q_len, num_heads, head_dim]; k, v: [batch, kv_len, num_kv_heads, head_dim];
