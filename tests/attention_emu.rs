@@ -319,6 +319,7 @@ fn a2_a4_fragment_swap_canary_fails_end_to_end() {
     let meta = plan.meta().upload_emulated().unwrap();
     let mut launch = plan.launch(&TensorAddrs {
         meta: meta.addrs(),
+        paged: Default::default(),
         q: qb.as_ptr() as u64,
         k: kb.as_ptr() as u64,
         v: vb.as_ptr() as u64,

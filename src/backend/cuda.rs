@@ -427,6 +427,7 @@ impl GpuPlan<'_> {
         }
         let launch = plan.launch(&TensorAddrs {
             meta,
+            paged: Default::default(),
             q: q_ptr,
             k: k_ptr,
             v: v_ptr,

@@ -196,11 +196,12 @@ pub struct SaAttnFwdParams {
     pub mask_programs: *const SaMaskProgram,
     pub mask_components: *const SaMaskComponent,
     pub mask_data: *const i32,
+    pub paged: SaPagedKv,
     pub tiles_visited: *mut ::core::ffi::c_ulonglong,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 288usize];
+    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 352usize];
     ["Alignment of SaAttnFwdParams"][::core::mem::align_of::<SaAttnFwdParams>() - 8usize];
     ["Offset of field: SaAttnFwdParams::q"][::core::mem::offset_of!(SaAttnFwdParams, q) - 0usize];
     ["Offset of field: SaAttnFwdParams::k"][::core::mem::offset_of!(SaAttnFwdParams, k) - 8usize];
@@ -277,6 +278,8 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 264usize];
     ["Offset of field: SaAttnFwdParams::mask_data"]
         [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 272usize];
+    ["Offset of field: SaAttnFwdParams::paged"]
+        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 280usize];
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 280usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 344usize];
 };

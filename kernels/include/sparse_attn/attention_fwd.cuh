@@ -10,6 +10,7 @@
 #include "sparse_attn/kernel_traits.cuh"
 #include "sparse_attn/mask.cuh"
 #include "sparse_attn/online_softmax.cuh"
+#include "sparse_attn/paged_kv.cuh"
 #include "sparse_attn/params.h"
 #include "sparse_attn/params_layout.h"  // layout asserted against the Rust mirror
 #include "sparse_attn/tile_io.cuh"
@@ -17,42 +18,61 @@
 
 namespace sa {
 
-// Where one (batch, head) lives in the q/k/v/out/lse tensors, uniform or varlen.
+// Where one (batch, head) lives in the q/out/lse tensors (uniform or varlen) and where its
+// keys live (contiguous k/v or a paged cache).
 template <typename T>
 struct SeqSlice {
   int q_len, kv_len;
   const T* q;    // [q_len, D] rows, pitch q_row_stride
-  const T* k;    // [kv_len, D]
-  const T* v;    // [kv_len, D]
   T* out;        // [q_len, D]
   float* lse;    // [q_len], contiguous
+  KvRows<T> kv;  // key j of this sequence and kv head
 
   SA_DEVICE static SeqSlice make(const SaAttnFwdParams& p, int b, int h) {
     const int hk = h / (p.num_heads / p.num_kv_heads);
-    int64_t q_off, k_off, lse_off;
     SeqSlice s;
+    int64_t q_row0, k_row0;  // first row of the sequence (varlen) or 0
+    int64_t q_batch, k_batch, v_batch, o_batch, lse_off;
     if (p.cu_seqlens_q != nullptr) {
-      const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
-      s.q_len = p.cu_seqlens_q[b + 1] - q0;
-      s.kv_len = p.cu_seqlens_k[b + 1] - k0;
-      q_off = q0 * p.q_row_stride;
-      k_off = k0 * p.k_row_stride;
-      lse_off = h * p.lse_head_stride + q0;
-      s.k = static_cast<const T*>(p.k) + k_off + hk * p.k_head_stride;
-      s.v = static_cast<const T*>(p.v) + int64_t(k0) * p.v_row_stride + hk * p.v_head_stride;
-      s.out = static_cast<T*>(p.out) + int64_t(q0) * p.o_row_stride + h * p.o_head_stride;
+      q_row0 = p.cu_seqlens_q[b];
+      k_row0 = p.cu_seqlens_k[b];
+      s.q_len = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+      s.kv_len = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+      q_batch = k_batch = v_batch = o_batch = 0;
+      lse_off = h * p.lse_head_stride + q_row0;
     } else {
+      q_row0 = k_row0 = 0;
       s.q_len = p.q_len;
       s.kv_len = p.kv_len;
-      q_off = b * p.q_batch_stride;
-      k_off = b * p.k_batch_stride;
+      q_batch = b * p.q_batch_stride;
+      k_batch = b * p.k_batch_stride;
+      v_batch = b * p.v_batch_stride;
+      o_batch = b * p.o_batch_stride;
       lse_off = b * p.lse_batch_stride + h * p.lse_head_stride;
-      s.k = static_cast<const T*>(p.k) + k_off + hk * p.k_head_stride;
-      s.v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
-      s.out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
     }
-    s.q = static_cast<const T*>(p.q) + q_off + h * p.q_head_stride;
+    s.q = static_cast<const T*>(p.q) + q_batch + q_row0 * p.q_row_stride + h * p.q_head_stride;
+    s.out = static_cast<T*>(p.out) + o_batch + q_row0 * p.o_row_stride + h * p.o_head_stride;
     s.lse = p.lse + lse_off;
+    s.kv.kv_len = s.kv_len;
+    if (p.paged.block_table != nullptr) {
+      s.kv.k = static_cast<const T*>(p.paged.k_pages);
+      s.kv.v = static_cast<const T*>(p.paged.v_pages);
+      s.kv.k_row_stride = s.kv.v_row_stride = p.head_dim;  // rows of a page are contiguous
+      s.kv.block_table = p.paged.block_table + int64_t(b) * p.paged.block_table_stride;
+      s.kv.page_stride = p.paged.page_stride;
+      s.kv.head_offset = hk * p.paged.page_head_stride;
+      s.kv.log2_page = p.paged.log2_page_size;
+      s.kv.sink_pages = p.paged.sink_pages;
+      s.kv.ring_pages = p.paged.ring_pages;
+    } else {
+      s.kv.k = static_cast<const T*>(p.k) + k_batch + k_row0 * p.k_row_stride + hk * p.k_head_stride;
+      s.kv.v = static_cast<const T*>(p.v) + v_batch + k_row0 * p.v_row_stride + hk * p.v_head_stride;
+      s.kv.k_row_stride = p.k_row_stride;
+      s.kv.v_row_stride = p.v_row_stride;
+      s.kv.block_table = nullptr;
+      s.kv.page_stride = s.kv.head_offset = 0;
+      s.kv.log2_page = s.kv.sink_pages = s.kv.ring_pages = 0;
+    }
     return s;
   }
 };
@@ -132,16 +152,19 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
 
   // Phase: produce Q and the first K/V tile (one cp.async group).
   const int q_row0 = m_block * Tr::kBlockM;
-  load_tile_async<Tr::kBlockM, D, Tr::kThreads>(sQ, seq.q + q_row0 * params.q_row_stride,
-                                               params.q_row_stride, seq.q_len - q_row0, tid);
+  load_tile_async<Tr::kBlockM, D, Tr::kThreads, T>(
+      sQ, StridedRows<T>{seq.q + q_row0 * params.q_row_stride, params.q_row_stride,
+                         seq.q_len - q_row0},
+      tid);
   auto produce_kv = [&](int i) {
-    const int n = tiles.tile(i), buf = i & 1, key0 = n * Tr::kBlockN;
-    load_tile_async<Tr::kBlockN, D, Tr::kThreads>(
-        sK + buf * Tr::kKvTileBytes, seq.k + key0 * params.k_row_stride, params.k_row_stride,
-        seq.kv_len - key0, tid);
-    load_tile_async<Tr::kBlockN, D, Tr::kThreads>(
-        sV + buf * Tr::kKvTileBytes, seq.v + key0 * params.v_row_stride, params.v_row_stride,
-        seq.kv_len - key0, tid);
+    const int buf = i & 1, key0 = tiles.tile(i) * Tr::kBlockN;
+    const KvRows<T>& kv = seq.kv;
+    load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
+        sK + buf * Tr::kKvTileBytes,
+        [&](int r) { return kv.row(kv.k, kv.k_row_stride, key0 + r); }, tid);
+    load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
+        sV + buf * Tr::kKvTileBytes,
+        [&](int r) { return kv.row(kv.v, kv.v_row_stride, key0 + r); }, tid);
   };
   if (n_tiles > 0) produce_kv(0);
   arch::cp_async_commit();

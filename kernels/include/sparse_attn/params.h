@@ -158,6 +158,10 @@ typedef struct SaAttnFwdParams {
   const SaMaskComponent* mask_components;
   const int32_t* mask_data;
 
+  /* K/V read from a paged cache instead of k, v when paged.block_table != NULL (the kv
+   * lengths then come from kv_len / cu_seqlens_k as usual). */
+  SaPagedKv paged;
+
   /* Work accounting (nullable): each block adds the number of kv tiles it processed. */
   unsigned long long* tiles_visited;
 } SaAttnFwdParams;

@@ -57,7 +57,7 @@ SA_LAYOUT_ASSERT(offsetof(SaPagedKv, log2_page_size) == 48, "offset of SaPagedKv
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, sink_pages) == 52, "offset of SaPagedKv::sink_pages");
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, ring_pages) == 56, "offset of SaPagedKv::ring_pages");
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, _reserved) == 60, "offset of SaPagedKv::_reserved");
-SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 288, "size of SaAttnFwdParams");
+SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 352, "size of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(SA_ALIGNOF(SaAttnFwdParams) == 8, "alignment of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, q) == 0, "offset of SaAttnFwdParams::q");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, k) == 8, "offset of SaAttnFwdParams::k");
@@ -98,6 +98,7 @@ SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, partial_tiles) == 248, "offset of SaA
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_programs) == 256, "offset of SaAttnFwdParams::mask_programs");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_components) == 264, "offset of SaAttnFwdParams::mask_components");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_data) == 272, "offset of SaAttnFwdParams::mask_data");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 280, "offset of SaAttnFwdParams::tiles_visited");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, paged) == 280, "offset of SaAttnFwdParams::paged");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 344, "offset of SaAttnFwdParams::tiles_visited");
 
 #endif /* SPARSE_ATTN_PARAMS_LAYOUT_H */

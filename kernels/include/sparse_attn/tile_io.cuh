@@ -15,12 +15,11 @@ SA_HOST_DEVICE int swizzle_offset(int row, int chunk) {
   return row * (D * 2) + ((chunk ^ (row & 7)) << 4);
 }
 
-// Issues cp.async copies of a [ROWS, D] tile: rows [0, rows_valid) from `src` (row pitch
-// `row_stride` elements), zero-filling rows beyond (their source is never read). Each of the
-// THREADS threads copies every THREADS-th 16-byte chunk. Does not commit.
-template <int ROWS, int D, int THREADS, typename T>
-SA_DEVICE void load_tile_async(char* smem_tile, const T* SA_RESTRICT src, int64_t row_stride,
-                               int rows_valid, int tid) {
+// Issues cp.async copies of a [ROWS, D] tile whose row r starts at `row_src(r)` (nullptr:
+// the row is zero-filled and its source never read). Each of the THREADS threads copies
+// every THREADS-th 16-byte chunk. Does not commit.
+template <int ROWS, int D, int THREADS, typename T, typename RowSrc>
+SA_DEVICE void load_tile_async(char* smem_tile, const RowSrc& row_src, int tid) {
   constexpr int kChunksPerRow = D / 8;  // 8 elements = 16 bytes
   constexpr int kChunks = ROWS * kChunksPerRow;
   static_assert(kChunks % THREADS == 0, "tile chunks split evenly over the block");
@@ -29,10 +28,21 @@ SA_DEVICE void load_tile_async(char* smem_tile, const T* SA_RESTRICT src, int64_
     const int c = tid + i * THREADS;
     const int row = c / kChunksPerRow;
     const int chunk = c % kChunksPerRow;
-    const bool valid = row < rows_valid;
-    const T* g = valid ? src + row * row_stride + chunk * 8 : src;
-    arch::cp_async_cg16(smem_tile + swizzle_offset<D>(row, chunk), g, valid ? 16 : 0);
+    const T* src = row_src(row);
+    arch::cp_async_cg16(smem_tile + swizzle_offset<D>(row, chunk),
+                        src != nullptr ? src + chunk * 8 : nullptr, src != nullptr ? 16 : 0);
   }
 }
+
+// Rows [0, rows_valid) of a strided tensor (row pitch `row_stride` elements).
+template <typename T>
+struct StridedRows {
+  const T* base;
+  int64_t row_stride;
+  int rows_valid;
+  SA_DEVICE const T* operator()(int r) const {
+    return r < rows_valid ? base + r * row_stride : nullptr;
+  }
+};
 
 }  // namespace sa

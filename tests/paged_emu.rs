@@ -1,0 +1,294 @@
+//! The forward kernel reading K/V through a paged cache (block tables, shuffled pages, ring
+//! buffers for windowed patterns) on the CPU emulator: bit-identical to the contiguous layout,
+//! equal to the f64 reference, and evicted pages are never read.
+
+mod common;
+
+use common::{assert_matches, base_seed, random_tensor, reference_for, tol, Rng};
+use half::{bf16, f16};
+use sparse_attn::attention::{PagedKv, PagedLayout};
+use sparse_attn::pattern::HeadPatterns;
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, EmuRun, Error, SeqLens};
+
+const HK: usize = 2;
+const D: usize = 64;
+
+/// Pages of a pool filled from contiguous varlen K/V (`[total_k, HK, D]`): each sequence's
+/// logical pages go to distinct random physical pages; with a ring, only the pages still
+/// resident are written (through their ring slot) and every other page is NaN, so reading
+/// an evicted or unused page would poison the output.
+struct Pool<T> {
+    k: Vec<T>,
+    v: Vec<T>,
+    table: Vec<i32>,
+    layout: PagedLayout,
+}
+
+fn build_pool<T: Element>(
+    rng: &mut Rng,
+    seqs: &SeqLens,
+    k: &[T],
+    v: &[T],
+    page: usize,
+    sink_pages: usize,
+    ring_pages: usize,
+) -> Pool<T> {
+    let batch = seqs.batch();
+    let slots_of = |kv_len: usize| {
+        let logical = kv_len.div_ceil(page);
+        if ring_pages == 0 {
+            logical
+        } else {
+            logical.min(sink_pages + ring_pages)
+        }
+    };
+    let stride = (0..batch)
+        .map(|b| slots_of(seqs.lens(b).1))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let total: usize = (0..batch).map(|b| slots_of(seqs.lens(b).1)).sum::<usize>() + 3;
+    // A random permutation of the physical pages.
+    let mut perm: Vec<i32> = (0..total as i32).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, rng.next_u64() as usize % (i + 1));
+    }
+    let nan = T::from_f32(f32::NAN);
+    let page_elems = HK * page * D;
+    let mut pool = Pool {
+        k: vec![nan; total * page_elems],
+        v: vec![nan; total * page_elems],
+        table: vec![-1; batch * stride],
+        layout: PagedLayout {
+            page_size: page,
+            block_table_stride: stride,
+            sink_pages,
+            ring_pages,
+        },
+    };
+    let mut next = 0;
+    for b in 0..batch {
+        let (_, kv_len) = seqs.lens(b);
+        let (_, k0) = seqs.offsets(b);
+        for s in 0..slots_of(kv_len) {
+            pool.table[b * stride + s] = perm[next];
+            next += 1;
+        }
+        let logical = kv_len.div_ceil(page);
+        for j in 0..kv_len {
+            let lp = j / page;
+            let slot = if ring_pages == 0 || lp < sink_pages {
+                lp
+            } else {
+                if lp + ring_pages < logical {
+                    continue; // evicted: its slot now holds a newer page
+                }
+                sink_pages + (lp - sink_pages) % ring_pages
+            };
+            let phys = pool.table[b * stride + slot] as usize;
+            for h in 0..HK {
+                let dst = ((phys * HK + h) * page + j % page) * D;
+                let src = ((k0 + j) * HK + h) * D;
+                pool.k[dst..dst + D].copy_from_slice(&k[src..src + D]);
+                pool.v[dst..dst + D].copy_from_slice(&v[src..src + D]);
+            }
+        }
+    }
+    pool
+}
+
+fn check_paged<T: Element>(
+    pattern: &str,
+    seqs: SeqLens,
+    page: usize,
+    sink_pages: usize,
+    ring_pages: usize,
+    seed: u64,
+) {
+    let problem = AttnProblem::new(seqs.clone(), 4, HK, D as u32, T::DTYPE).unwrap();
+    let patterns = HeadPatterns::from_json(pattern).unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &patterns, &AttnOptions::default()).unwrap();
+    let mut rng = Rng::new(seed);
+    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let pool = build_pool(&mut rng, &seqs, &k, &v, page, sink_pages, ring_pages);
+    let kv = PagedKv {
+        k_pages: &pool.k,
+        v_pages: &pool.v,
+        block_table: &pool.table,
+        layout: pool.layout,
+    };
+    let (out, lse) = plan
+        .run_emulated_paged(&q, &kv, &EmuRun::default())
+        .unwrap();
+    let what = format!(
+        "{} page {page} sinks {sink_pages} ring {ring_pages} {pattern} {seqs:?} seed {seed}",
+        T::DTYPE.name()
+    );
+    let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+    assert_matches(&what, &problem, &out, &lse, &want, tol(T::DTYPE));
+    if ring_pages == 0 {
+        // Same kernel, same keys, same order: paging must not change a single bit.
+        let (c_out, c_lse) = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
+        assert!(
+            out.iter()
+                .zip(&c_out)
+                .all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()),
+            "{what}: paged != contiguous"
+        );
+        assert!(
+            lse.iter()
+                .zip(&c_lse)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: lse paged != contiguous"
+        );
+    }
+}
+
+#[test]
+fn shuffled_pages_match_contiguous_bit_for_bit_at_every_page_size() {
+    let seed = base_seed();
+    let seqs = SeqLens::varlen_from_lens(&[(1, 300), (70, 70), (5, 1), (33, 260)]).unwrap();
+    for (n, page) in [8, 16, 32, 64, 128, 256].into_iter().enumerate() {
+        check_paged::<f16>(
+            r#"{"causal": true, "components": []}"#,
+            seqs.clone(),
+            page,
+            0,
+            0,
+            seed + n as u64,
+        );
+    }
+    check_paged::<bf16>(
+        r#"{"causal": false, "components": [{"sliding_window": {"left": 40, "right": 9}}]}"#,
+        seqs,
+        16,
+        0,
+        0,
+        seed,
+    );
+}
+
+#[test]
+fn ring_buffer_decode_after_many_wraps() {
+    // 4 sinks + a 256-token window, page 16: one sink page and a ring of 17 pages holds every
+    // key a decode query (q_len 1) may attend, though the ring has wrapped many times; the
+    // evicted pages are NaN and never read.
+    let seed = base_seed();
+    let pattern = r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 256}}]}"#;
+    let seqs = SeqLens::varlen_from_lens(&[(1, 5000), (1, 4099), (1, 300), (1, 17)]).unwrap();
+    check_paged::<f16>(pattern, seqs.clone(), 16, 1, 17, seed);
+    check_paged::<bf16>(pattern, seqs, 16, 1, 17, seed + 1);
+}
+
+#[test]
+fn ring_buffer_chunked_prefill() {
+    // A chunk of 37 queries at the end of the sequence needs the last 256 + 36 keys: a ring
+    // of ceil(291 / 32) + 1 = 11 pages of 32.
+    let seed = base_seed();
+    let pattern = r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 256}}]}"#;
+    let seqs = SeqLens::varlen_from_lens(&[(37, 2000), (37, 37), (20, 1500)]).unwrap();
+    check_paged::<f16>(pattern, seqs, 32, 1, 11, seed);
+}
+
+#[test]
+fn bad_paged_inputs_are_cache_errors() {
+    let problem = AttnProblem::new(
+        SeqLens::varlen_from_lens(&[(1, 600)]).unwrap(),
+        4,
+        HK,
+        D as u32,
+        f16::DTYPE,
+    )
+    .unwrap();
+    let window = HeadPatterns::from_json(
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 256}}]}"#,
+    )
+    .unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &window, &AttnOptions::default()).unwrap();
+    let q = vec![f16::ZERO; problem.q_elems()];
+    let page = 16;
+    let pages = vec![f16::ZERO; 40 * HK * page * D];
+    let good = PagedLayout {
+        page_size: page,
+        block_table_stride: 38,
+        sink_pages: 0,
+        ring_pages: 0,
+    };
+    let table: Vec<i32> = (0..38).collect();
+    let run = |table: &[i32], layout: PagedLayout, k: &[f16]| {
+        plan.run_emulated_paged(
+            &q,
+            &PagedKv {
+                k_pages: k,
+                v_pages: k,
+                block_table: table,
+                layout,
+            },
+            &EmuRun::default(),
+        )
+    };
+    assert!(run(&table, good, &pages).is_ok());
+    // Page size not a power of two / out of range.
+    for ps in [12, 4, 512] {
+        assert!(matches!(
+            run(
+                &table,
+                PagedLayout {
+                    page_size: ps,
+                    ..good
+                },
+                &pages
+            ),
+            Err(Error::Cache(_))
+        ));
+    }
+    // Pool not a whole number of pages.
+    assert!(matches!(
+        run(&table, good, &pages[1..]),
+        Err(Error::Cache(_))
+    ));
+    // Entry outside the pool, negative entry.
+    let mut t = table.clone();
+    t[3] = 40;
+    assert!(matches!(run(&t, good, &pages), Err(Error::Cache(_))));
+    t[3] = -1;
+    assert!(matches!(run(&t, good, &pages), Err(Error::Cache(_))));
+    // Stride too small for the sequence, table of the wrong length.
+    assert!(matches!(
+        run(
+            &table[..30],
+            PagedLayout {
+                block_table_stride: 30,
+                ..good
+            },
+            &pages
+        ),
+        Err(Error::Cache(_))
+    ));
+    assert!(matches!(
+        run(&table[..37], good, &pages),
+        Err(Error::Cache(_))
+    ));
+    // A ring too small for the window: keys the pattern allows would have been evicted.
+    let small_ring = PagedLayout {
+        sink_pages: 0,
+        ring_pages: 8,
+        block_table_stride: 8,
+        ..good
+    };
+    let r = run(&table[..8], small_ring, &pages);
+    assert!(
+        matches!(&r, Err(Error::Cache(m)) if m.contains("evicted")),
+        "{r:?}"
+    );
+    // A big enough ring passes.
+    let ring = PagedLayout {
+        sink_pages: 0,
+        ring_pages: 17,
+        block_table_stride: 17,
+        ..good
+    };
+    assert!(run(&table[..17], ring, &pages).is_ok());
+}
