@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::paged::build_pool;
 use common::{assert_matches, base_seed, random_tensor, reference_for, tol, Rng};
 use half::{bf16, f16};
 use sparse_attn::attention::{PagedKv, PagedLayout};
@@ -12,90 +13,6 @@ use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, EmuRun, Error, Se
 
 const HK: usize = 2;
 const D: usize = 64;
-
-/// Pages of a pool filled from contiguous varlen K/V (`[total_k, HK, D]`): each sequence's
-/// logical pages go to distinct random physical pages; with a ring, only the pages still
-/// resident are written (through their ring slot) and every other page is NaN, so reading
-/// an evicted or unused page would poison the output.
-struct Pool<T> {
-    k: Vec<T>,
-    v: Vec<T>,
-    table: Vec<i32>,
-    layout: PagedLayout,
-}
-
-fn build_pool<T: Element>(
-    rng: &mut Rng,
-    seqs: &SeqLens,
-    k: &[T],
-    v: &[T],
-    page: usize,
-    sink_pages: usize,
-    ring_pages: usize,
-) -> Pool<T> {
-    let batch = seqs.batch();
-    let slots_of = |kv_len: usize| {
-        let logical = kv_len.div_ceil(page);
-        if ring_pages == 0 {
-            logical
-        } else {
-            logical.min(sink_pages + ring_pages)
-        }
-    };
-    let stride = (0..batch)
-        .map(|b| slots_of(seqs.lens(b).1))
-        .max()
-        .unwrap_or(0)
-        + 1;
-    let total: usize = (0..batch).map(|b| slots_of(seqs.lens(b).1)).sum::<usize>() + 3;
-    // A random permutation of the physical pages.
-    let mut perm: Vec<i32> = (0..total as i32).collect();
-    for i in (1..perm.len()).rev() {
-        perm.swap(i, rng.next_u64() as usize % (i + 1));
-    }
-    let nan = T::from_f32(f32::NAN);
-    let page_elems = HK * page * D;
-    let mut pool = Pool {
-        k: vec![nan; total * page_elems],
-        v: vec![nan; total * page_elems],
-        table: vec![-1; batch * stride],
-        layout: PagedLayout {
-            page_size: page,
-            block_table_stride: stride,
-            sink_pages,
-            ring_pages,
-        },
-    };
-    let mut next = 0;
-    for b in 0..batch {
-        let (_, kv_len) = seqs.lens(b);
-        let (_, k0) = seqs.offsets(b);
-        for s in 0..slots_of(kv_len) {
-            pool.table[b * stride + s] = perm[next];
-            next += 1;
-        }
-        let logical = kv_len.div_ceil(page);
-        for j in 0..kv_len {
-            let lp = j / page;
-            let slot = if ring_pages == 0 || lp < sink_pages {
-                lp
-            } else {
-                if lp + ring_pages < logical {
-                    continue; // evicted: its slot now holds a newer page
-                }
-                sink_pages + (lp - sink_pages) % ring_pages
-            };
-            let phys = pool.table[b * stride + slot] as usize;
-            for h in 0..HK {
-                let dst = ((phys * HK + h) * page + j % page) * D;
-                let src = ((k0 + j) * HK + h) * D;
-                pool.k[dst..dst + D].copy_from_slice(&k[src..src + D]);
-                pool.v[dst..dst + D].copy_from_slice(&v[src..src + D]);
-            }
-        }
-    }
-    pool
-}
 
 fn check_paged<T: Element>(
     pattern: &str,
@@ -112,7 +29,7 @@ fn check_paged<T: Element>(
     let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
     let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
     let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let pool = build_pool(&mut rng, &seqs, &k, &v, page, sink_pages, ring_pages);
+    let pool = build_pool(&mut rng, &seqs, HK, D, &k, &v, page, sink_pages, ring_pages);
     let kv = PagedKv {
         k_pages: &pool.k,
         v_pages: &pool.v,

@@ -16,7 +16,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::attention::{AttnPlan, Element, MetaAddrs, TensorAddrs};
+use crate::attention::{AttnPlan, Element, MetaAddrs, PagedAddrs, PagedLayout, TensorAddrs};
 use crate::error::{Error, Result};
 use crate::kernels::{KernelDesc, Launch};
 use crate::shape::SeqLens;
@@ -369,6 +369,33 @@ fn empty_kv_result<T: Element>(plan: &AttnPlan) -> (Vec<T>, Vec<f32>) {
     )
 }
 
+/// A paged KV cache on the GPU for [`GpuPlan::run_paged`] (the device twin of
+/// [`crate::attention::PagedKv`]).
+#[derive(Clone, Copy)]
+pub struct DevicePagedKv<'a, T> {
+    /// `[num_pages, num_kv_heads, page_size, head_dim]`
+    pub k_pages: &'a CudaSlice<T>,
+    /// Same shape as `k_pages`.
+    pub v_pages: &'a CudaSlice<T>,
+    /// Host copy of the `[batch, layout.block_table_stride]` block table.
+    pub block_table: &'a [i32],
+    pub layout: PagedLayout,
+}
+
+/// Where a GPU call reads K/V from.
+enum KvSlices<'a, T> {
+    Contiguous {
+        k: &'a CudaSlice<T>,
+        v: &'a CudaSlice<T>,
+    },
+    Paged {
+        k: &'a CudaSlice<T>,
+        v: &'a CudaSlice<T>,
+        table: &'a CudaSlice<i32>,
+        layout: PagedLayout,
+    },
+}
+
 /// An [`AttnPlan`] whose metadata lives on one GPU (see [`AttnPlan::upload`]).
 pub struct GpuPlan<'p> {
     plan: &'p AttnPlan,
@@ -394,12 +421,57 @@ impl GpuPlan<'_> {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        self.plan.check_lens::<T>(q.len(), k.len(), v.len())?;
+        let p = self.plan.problem();
+        check_buffer(&self.gpu, "k", k, p.kv_elems())?;
+        check_buffer(&self.gpu, "v", v, p.kv_elems())?;
+        self.run_with(q, KvSlices::Contiguous { k, v }, out, lse)
+    }
+
+    /// Runs with K/V read from a paged cache on the GPU (see
+    /// [`crate::attention::PagedLayout`]); the layout, every block-table entry a launch can
+    /// read, and the ring's residency are checked on the host first (`block_table` is the
+    /// host copy; it is uploaded for the launch).
+    pub fn run_paged<T: Element + DeviceRepr>(
+        &self,
+        q: &CudaSlice<T>,
+        kv: &DevicePagedKv<'_, T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (k_pages, v_pages, block_table, layout) =
+            (kv.k_pages, kv.v_pages, kv.block_table, &kv.layout);
+        let p = self.plan.problem();
+        self.plan
+            .check_lens::<T>(q.len(), p.kv_elems(), p.kv_elems())?;
+        self.plan
+            .check_paged(k_pages.len(), v_pages.len(), block_table, layout)?;
+        check_buffer(&self.gpu, "k_pages", k_pages, k_pages.len())?;
+        check_buffer(&self.gpu, "v_pages", v_pages, v_pages.len())?;
+        let table = self.gpu.stream().clone_htod(block_table)?;
+        self.run_with(
+            q,
+            KvSlices::Paged {
+                k: k_pages,
+                v: v_pages,
+                table: &table,
+                layout: *layout,
+            },
+            out,
+            lse,
+        )
+    }
+
+    fn run_with<T: Element + DeviceRepr>(
+        &self,
+        q: &CudaSlice<T>,
+        kv: KvSlices<'_, T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let (plan, gpu) = (self.plan, &self.gpu);
-        plan.check_lens::<T>(q.len(), k.len(), v.len())?;
         let p = plan.problem();
         check_buffer(gpu, "q", q, p.q_elems())?;
-        check_buffer(gpu, "k", k, p.kv_elems())?;
-        check_buffer(gpu, "v", v, p.kv_elems())?;
         check_buffer(gpu, "out", out, p.q_elems())?;
         check_buffer(gpu, "lse", lse, p.lse_elems())?;
         if p.q_elems() == 0 {
@@ -409,8 +481,30 @@ impl GpuPlan<'_> {
         // The guards record the kernel's reads and writes on the buffers' events when dropped,
         // at the end of this function, after the launch is queued.
         let (q_ptr, _q_guard) = q.device_ptr(stream);
-        let (k_ptr, _k_guard) = k.device_ptr(stream);
-        let (v_ptr, _v_guard) = v.device_ptr(stream);
+        let (kb, vb) = match &kv {
+            KvSlices::Contiguous { k, v } => (*k, *v),
+            KvSlices::Paged { k, v, .. } => (*k, *v),
+        };
+        let (k_ptr, _k_guard) = kb.device_ptr(stream);
+        let (v_ptr, _v_guard) = vb.device_ptr(stream);
+        let table_ptr = match &kv {
+            KvSlices::Paged { table, .. } => Some(table.device_ptr(stream)),
+            KvSlices::Contiguous { .. } => None,
+        };
+        let paged = match (&kv, &table_ptr) {
+            (KvSlices::Paged { layout, .. }, Some((t, _))) => PagedAddrs {
+                k_pages: k_ptr,
+                v_pages: v_ptr,
+                block_table: *t,
+                layout: *layout,
+            },
+            _ => PagedAddrs::default(),
+        };
+        let (k_ptr, v_ptr) = if table_ptr.is_some() {
+            (0, 0)
+        } else {
+            (k_ptr, v_ptr)
+        };
         let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
         let (lse_ptr, _lse_guard) = lse.device_ptr_mut(stream);
         let cu_ptrs = self
@@ -427,7 +521,7 @@ impl GpuPlan<'_> {
         }
         let launch = plan.launch(&TensorAddrs {
             meta,
-            paged: Default::default(),
+            paged,
             q: q_ptr,
             k: k_ptr,
             v: v_ptr,

@@ -16,7 +16,7 @@ pub mod cublas;
 pub mod cuda;
 pub mod ref_softmax;
 
-pub use cuda::{Gpu, GpuPlan};
+pub use cuda::{DevicePagedKv, Gpu, GpuPlan};
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));

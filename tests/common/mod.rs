@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests: seeded data, the f64 oracle, error metrics.
 #![allow(dead_code)]
 
+pub mod paged;
+
 use sparse_attn::reference::{self, RefInputs, RefOutput};
 use sparse_attn::{AttnPlan, AttnProblem, Element};
 
