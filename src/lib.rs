@@ -18,6 +18,7 @@ pub mod emu;
 pub mod error;
 pub mod ffi;
 pub mod kernels;
+pub mod kv_cache;
 pub mod pattern;
 pub mod reference;
 pub mod shape;

@@ -1,0 +1,191 @@
+//! Host (CPU) storage of the pages, for the emulator and the tests. It only follows the
+//! placements and block tables the bookkeeping hands out, so a device storage (cudarc page
+//! buffers) can sit next to it without touching [`KvCache`].
+
+use super::cache::{KvCache, Placement, SeqId};
+use super::layout::{resident, slot_of_logical_page, PageLayout, PageSize};
+use super::table::BlockTable;
+use crate::attention::Element;
+use crate::error::{Error, Result};
+
+/// One layer's K and V pools, each `[num_pages, num_kv_heads, page_size, head_dim]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostPages<T> {
+    /// Key pages.
+    pub k: Vec<T>,
+    /// Value pages.
+    pub v: Vec<T>,
+}
+
+/// The K/V pages of every layer of a [`KvCache`], in host memory (zero-initialised).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostKvStorage<T> {
+    layout: PageLayout,
+    layers: Vec<HostPages<T>>,
+}
+
+impl<T: Element> HostKvStorage<T> {
+    /// Pools sized like `cache`'s. `T` must be the cache's dtype (`Error::Shape`).
+    pub fn new(cache: &KvCache) -> Result<Self> {
+        if T::DTYPE != cache.config().dtype {
+            return Err(Error::Shape(format!(
+                "KV cache holds {}, the storage {}",
+                cache.config().dtype.name(),
+                T::DTYPE.name()
+            )));
+        }
+        let layout = cache.layout();
+        let layers = (0..cache.num_layers())
+            .map(|l| {
+                let n = cache.num_pages(l)? * layout.page_stride();
+                Ok(HostPages {
+                    k: vec![T::default(); n],
+                    v: vec![T::default(); n],
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(HostKvStorage { layout, layers })
+    }
+
+    /// The page layout.
+    pub fn layout(&self) -> PageLayout {
+        self.layout
+    }
+
+    /// The pools of `layer`, if it exists.
+    pub fn layer(&self, layer: usize) -> Option<&HostPages<T>> {
+        self.layers.get(layer)
+    }
+
+    fn pages(&self, layer: usize) -> Result<&HostPages<T>> {
+        self.layers.get(layer).ok_or_else(|| {
+            Error::Shape(format!(
+                "layer {layer} out of range (the storage has {})",
+                self.layers.len()
+            ))
+        })
+    }
+
+    fn num_pages(&self, layer: usize) -> Result<usize> {
+        Ok(self.pages(layer)?.k.len() / self.layout.page_stride())
+    }
+
+    /// Writes the K and V rows of `placement`'s positions into `layer`: `k_rows`, `v_rows`
+    /// are `[placement.len, num_kv_heads, head_dim]`. Checks everything before writing
+    /// (`Error::Shape` for lengths and layers, `Error::Cache` for slots outside the pool).
+    pub fn write_kv(
+        &mut self,
+        layer: usize,
+        placement: &Placement,
+        k_rows: &[T],
+        v_rows: &[T],
+    ) -> Result<()> {
+        let num_pages = self.num_pages(layer)?;
+        let slots = placement.layers.get(layer).ok_or_else(|| {
+            Error::Shape(format!(
+                "placement has no layer {layer} ({} layers)",
+                placement.layers.len()
+            ))
+        })?;
+        let (h, d, ps) = (
+            self.layout.num_kv_heads,
+            self.layout.head_dim,
+            self.layout.page_size.get(),
+        );
+        let row = h * d;
+        if slots.len() != placement.len
+            || k_rows.len() != placement.len * row
+            || v_rows.len() != placement.len * row
+        {
+            return Err(Error::Shape(format!(
+                "write_kv: {} positions need {} elements each of k and v (got {} slots, {} and {})",
+                placement.len,
+                placement.len * row,
+                slots.len(),
+                k_rows.len(),
+                v_rows.len()
+            )));
+        }
+        if let Some(s) = slots
+            .iter()
+            .find(|s| s.page as usize >= num_pages || s.offset as usize >= ps)
+        {
+            return Err(Error::Cache(format!(
+                "write_kv: slot (page {}, row {}) outside a pool of {num_pages} pages of {ps} rows",
+                s.page, s.offset
+            )));
+        }
+        let layout = self.layout;
+        let pages = &mut self.layers[layer];
+        for (t, s) in slots.iter().enumerate() {
+            for head in 0..h {
+                let dst = layout.element_offset(s.page as usize, head, s.offset as usize, 0);
+                let src = t * row + head * d;
+                pages.k[dst..dst + d].copy_from_slice(&k_rows[src..src + d]);
+                pages.v[dst..dst + d].copy_from_slice(&v_rows[src..src + d]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads row `b` of `table` (a block table of `layer`) back into contiguous
+    /// `[kv_len, num_kv_heads, head_dim]` K and V, following the `SaPagedKv` mapping exactly;
+    /// positions no longer resident are zero. The table is validated first.
+    pub fn gather_row(
+        &self,
+        layer: usize,
+        table: &BlockTable,
+        b: usize,
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        let pages = self.pages(layer)?;
+        table.validate(self.num_pages(layer)?)?;
+        if PageSize::new(table.page_size)? != self.layout.page_size {
+            return Err(Error::Shape(format!(
+                "block table pages hold {} tokens, the storage's {}",
+                table.page_size,
+                self.layout.page_size.get()
+            )));
+        }
+        let kv_len = *table
+            .kv_lens
+            .get(b)
+            .ok_or_else(|| Error::Shape(format!("block table has no row {b}")))?
+            as usize;
+        let (h, d, ps) = (
+            self.layout.num_kv_heads,
+            self.layout.head_dim,
+            self.layout.page_size,
+        );
+        let row = h * d;
+        let (mut k, mut v) = (
+            vec![T::default(); kv_len * row],
+            vec![T::default(); kv_len * row],
+        );
+        for j in
+            (0..kv_len).filter(|&j| resident(j, kv_len, ps, table.sink_pages, table.ring_pages))
+        {
+            let slot = slot_of_logical_page(j / ps.get(), table.sink_pages, table.ring_pages);
+            let page = table.table[b * table.stride + slot] as usize;
+            for head in 0..h {
+                let src = self.layout.element_offset(page, head, j % ps.get(), 0);
+                let dst = j * row + head * d;
+                k[dst..dst + d].copy_from_slice(&pages.k[src..src + d]);
+                v[dst..dst + d].copy_from_slice(&pages.v[src..src + d]);
+            }
+        }
+        Ok((k, v))
+    }
+
+    /// `seq`'s K and V in `layer` as contiguous `[kv_len, num_kv_heads, head_dim]` tensors,
+    /// evicted positions zero: the test oracle of the mapping (goes through
+    /// [`KvCache::block_table`] and [`HostKvStorage::gather_row`]).
+    pub fn gather_contiguous(
+        &self,
+        cache: &KvCache,
+        layer: usize,
+        seq: SeqId,
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        let table = cache.block_table(layer, &[seq])?;
+        self.gather_row(layer, &table, 0)
+    }
+}

@@ -1,0 +1,35 @@
+//! The paged KV cache (issue #6): page pools per layer, sequences, block tables in the exact
+//! meaning of `SaPagedKv` (`kernels/include/sparse_attn/params.h`), and host storage.
+//!
+//! # Layers
+//!
+//! - [`layout`]: the pure mapping shared with the kernels (`paged_kv.cuh`): [`PageSize`],
+//!   [`slot_of_logical_page`], [`resident`], [`PageLayout`] (`[num_pages, num_kv_heads,
+//!   page_size, head_dim]` pages).
+//! - [`LayerCapacity`]: what a layer keeps, derived from its head patterns. A layer whose heads
+//!   are all causal sinks + sliding windows keeps its sink pages and a ring of recent pages;
+//!   anything else keeps every page.
+//! - [`KvCache`]: the bookkeeping (no K/V memory): one fixed pool per layer with a free list,
+//!   sequences ([`SeqId`]), all-or-nothing [`KvCache::reserve_append`] returning a
+//!   [`Placement`] per layer, [`KvCache::block_table`] and per-layer page/byte accounting.
+//! - [`BlockTable`]: one layer's table for a batch, and [`BlockTable::validate`] for tables
+//!   built by hand.
+//! - [`HostKvStorage`]: host pages for the emulator and tests ([`HostKvStorage::write_kv`],
+//!   [`HostKvStorage::gather_contiguous`]). A device storage follows the same placements.
+//!
+//! Failures are `Error::Cache` (pool exhausted, past `max_seq_len`, unknown sequence,
+//! malformed table) or `Error::Shape` (shapes, layer indices), and leave the cache unchanged.
+
+#![warn(missing_docs)]
+
+mod cache;
+mod capacity;
+mod host;
+pub mod layout;
+mod table;
+
+pub use cache::{KvCache, KvCacheConfig, Placement, PoolSize, SeqId, TokenSlot};
+pub use capacity::LayerCapacity;
+pub use host::{HostKvStorage, HostPages};
+pub use layout::{resident, slot_of_logical_page, PageLayout, PageSize};
+pub use table::BlockTable;
