@@ -68,6 +68,10 @@ pub struct TensorAddrs {
     pub meta: MetaAddrs,
     /// K/V from a paged cache instead of `k`/`v` (default: not paged).
     pub paged: PagedAddrs,
+    /// Split-KV workspace (f32): `[num_splits, total_q, num_heads, head_dim]` partial outputs
+    /// and `[num_splits, total_q, num_heads]` partial LSEs; 0 when the plan does not split.
+    pub o_partial: u64,
+    pub lse_partial: u64,
 }
 
 /// How a paged KV cache is laid out for one call (the `SaPagedKv` contract of params.h):
@@ -131,6 +135,8 @@ pub struct PlanMeta {
     components: Vec<i32>,
     data: Vec<i32>,
     tiles_visited: u64,
+    /// Longest tile walk of any (head set, query tile) row.
+    max_row_tiles: usize,
 }
 
 const PROGRAM_WORDS: usize = std::mem::size_of::<MaskProgram>() / 4;
@@ -181,6 +187,7 @@ impl PlanMeta {
             components: Vec::new(),
             data: Vec::new(),
             tiles_visited: 0,
+            max_row_tiles: 0,
         };
         let to_i32 = |x: usize, what: &str| {
             i32::try_from(x)
@@ -247,6 +254,14 @@ impl PlanMeta {
                 m.components.extend_from_slice(&component_words(&c));
             }
             m.data.extend_from_slice(mask.data());
+            let rows = meta.full_row_ptr().len() - 1;
+            m.max_row_tiles = (0..rows)
+                .map(|r| {
+                    (meta.full_row_ptr()[r + 1] - meta.full_row_ptr()[r]
+                        + meta.partial_row_ptr()[r + 1]
+                        - meta.partial_row_ptr()[r]) as usize
+                })
+                .fold(m.max_row_tiles, usize::max);
             for _ in 0..copies {
                 m.seq_row_base.push(row_base);
                 m.seq_program_base.push(program_base);
@@ -349,6 +364,7 @@ pub struct AttnPlan {
     kernel: &'static KernelDesc,
     tiles: FwdTiles,
     meta: PlanMeta,
+    num_splits: u32,
 }
 
 impl AttnPlan {
@@ -378,6 +394,7 @@ impl AttnPlan {
         };
         let tiles = kernels::fwd_tiles(problem.head_dim);
         let meta = PlanMeta::compile(problem, &patterns, &tiles)?;
+        let num_splits = default_num_splits(problem, &tiles, meta.max_row_tiles);
         Ok(AttnPlan {
             problem: problem.clone(),
             scale,
@@ -386,7 +403,54 @@ impl AttnPlan {
             kernel: kernels::attn_fwd(problem.dtype, problem.head_dim),
             tiles,
             meta,
+            num_splits,
         })
+    }
+
+    /// Overrides the split-KV factor (1 = no split). Each query tile's kv walk is cut into
+    /// `num_splits` parts run by separate blocks and merged by the combine kernel through
+    /// their LSE; results agree with the unsplit run within rounding.
+    pub fn with_num_splits(mut self, num_splits: u32) -> Result<Self> {
+        if !(1..=MAX_SPLITS).contains(&num_splits) {
+            return Err(Error::Unsupported(format!(
+                "num_splits {num_splits} (supported: 1..={MAX_SPLITS})"
+            )));
+        }
+        self.num_splits = num_splits;
+        Ok(self)
+    }
+
+    /// The split-KV factor of this plan (1 = no split).
+    pub fn num_splits(&self) -> u32 {
+        self.num_splits
+    }
+
+    /// f32 elements of the split-KV workspace: (partial outputs, partial LSEs); (0, 0) when
+    /// the plan does not split.
+    pub fn split_workspace(&self) -> (usize, usize) {
+        if self.num_splits <= 1 {
+            return (0, 0);
+        }
+        let p = &self.problem;
+        let rows = self.num_splits as usize * p.seqs.totals().0 * p.num_heads;
+        (rows * p.head_dim.get() as usize, rows)
+    }
+
+    /// The combine launch that merges split-KV partials into `out` and `lse` (`None` when
+    /// the plan does not split). Runs after [`AttnPlan::launch`] on the same addresses.
+    pub fn combine_launch(&self, a: &TensorAddrs) -> Option<Launch<SaAttnFwdParams>> {
+        let total_q = self.problem.seqs.totals().0;
+        if self.num_splits <= 1 || total_q == 0 {
+            return None;
+        }
+        let mut l = self.launch(a);
+        let warps = (kernels::COMBINE_THREADS / 32) as usize;
+        let pairs = total_q * self.problem.num_heads;
+        l.kernel = kernels::attn_combine(self.problem.dtype, self.problem.head_dim);
+        l.grid = [pairs.div_ceil(warps) as u32, 1, 1];
+        l.block = [kernels::COMBINE_THREADS, 1, 1];
+        l.dynamic_smem_bytes = 0;
+        Some(l)
     }
 
     pub fn problem(&self) -> &AttnProblem {
@@ -469,6 +533,10 @@ impl AttnPlan {
             softcap: self.softcap,
             tiles_visited: a.tiles_visited as *mut _,
             paged: paged_params(a, hk, d),
+            num_splits: self.num_splits as i32,
+            _pad1: 0,
+            o_partial: a.o_partial as *mut f32,
+            lse_partial: a.lse_partial as *mut f32,
             head_set: a.meta.0[0] as *const i32,
             seq_row_base: a.meta.0[1] as *const i32,
             seq_program_base: a.meta.0[2] as *const i32,
@@ -483,7 +551,7 @@ impl AttnPlan {
         let m_blocks = q_len.div_ceil(self.tiles.block_m as usize).max(1) as u32;
         Launch {
             kernel: self.kernel,
-            grid: [m_blocks, h as u32, p.seqs.batch() as u32],
+            grid: [m_blocks * self.num_splits, h as u32, p.seqs.batch() as u32],
             block: [self.tiles.threads, 1, 1],
             dynamic_smem_bytes: self.tiles.smem_bytes,
             params,
@@ -688,6 +756,9 @@ impl AttnPlan {
             SeqLens::Uniform { .. } => (None, None),
         };
         let meta = self.meta.upload_emulated()?;
+        let (o_ws, lse_ws) = self.split_workspace();
+        let o_part = GuardedBuffer::<f32>::zeroed(o_ws, "o_partial")?;
+        let lse_part = GuardedBuffer::<f32>::zeroed(lse_ws, "lse_partial")?;
         let (contig_k, contig_v) = if tb.is_some() {
             (0, 0)
         } else {
@@ -713,12 +784,22 @@ impl AttnPlan {
             cu_q: cu_q.as_ref().map_or(0, |b| b.as_ptr() as u64),
             cu_k: cu_k.as_ref().map_or(0, |b| b.as_ptr() as u64),
             tiles_visited: counter.as_ptr() as u64,
+            o_partial: if o_ws > 0 { o_part.as_ptr() as u64 } else { 0 },
+            lse_partial: if lse_ws > 0 {
+                lse_part.as_ptr() as u64
+            } else {
+                0
+            },
         };
-        let launch = self.launch(&addrs);
         // SAFETY: every pointer in the params refers to a live guarded buffer sized exactly as
-        // the validated problem (and, when paged, the validated page layout) requires; the
-        // kernel matches the params type.
-        unsafe { emu::launch_desc(&launch, &run.options())? };
+        // the validated problem (and, when paged, the validated page layout; when split, the
+        // plan's workspace) requires; the kernels match the params type.
+        unsafe {
+            emu::launch_desc(&self.launch(&addrs), &run.options())?;
+            if let Some(combine) = self.combine_launch(&addrs) {
+                emu::launch_desc(&combine, &run.options())?;
+            }
+        }
         if let Some(slot) = run.tiles_visited {
             slot.set(counter.to_vec()[0]);
         }
@@ -730,6 +811,28 @@ impl AttnPlan {
 enum KvInput<'a, T> {
     Contiguous { k: &'a [T], v: &'a [T] },
     Paged(&'a PagedKv<'a, T>),
+}
+
+/// Most split-KV parts a plan may use.
+pub const MAX_SPLITS: u32 = 64;
+
+/// Blocks that fill a large GPU (132 SMs on H100/H200, one 4-warp forward block each at
+/// these register counts); split-KV is worth its combine pass only below that.
+const TARGET_BLOCKS: usize = 132;
+
+/// The default split-KV factor: none when the unsplit grid already has `TARGET_BLOCKS`
+/// blocks; otherwise enough parts to reach about two waves, keeping at least two kv tiles
+/// per part. A heuristic (FlashAttention-2 uses a similar occupancy rule); not yet tuned by
+/// measurement.
+fn default_num_splits(problem: &AttnProblem, tiles: &FwdTiles, max_row_tiles: usize) -> u32 {
+    let (max_q, _) = problem.seqs.max_lens();
+    let blocks =
+        max_q.div_ceil(tiles.block_m as usize).max(1) * problem.num_heads * problem.seqs.batch();
+    if blocks >= TARGET_BLOCKS || max_row_tiles < 4 {
+        return 1;
+    }
+    let want = (2 * TARGET_BLOCKS).div_ceil(blocks);
+    want.min(max_row_tiles / 2).min(MAX_SPLITS as usize).max(1) as u32
 }
 
 /// The `SaPagedKv` of a call (all zero when not paged).

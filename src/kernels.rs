@@ -15,6 +15,8 @@ use crate::shape::{DType, HeadDim};
 pub enum Module {
     /// `kernels/attention_fwd.cu`
     AttnFwd,
+    /// `kernels/attention_combine.cu`
+    AttnCombine,
     /// `kernels/ref_softmax.cu` (the softmax of the dense cuBLAS oracle)
     RefSoftmax,
     /// A test-only kernel file `kernels/tests/<stem>.cu` (emulator self-tests, canaries).
@@ -26,6 +28,7 @@ impl Module {
     pub fn stem(self) -> &'static str {
         match self {
             Module::AttnFwd => "attention_fwd",
+            Module::AttnCombine => "attention_combine",
             Module::RefSoftmax => "ref_softmax",
             Module::Test(stem) => stem,
         }
@@ -58,6 +61,10 @@ mod entries {
         pub fn sa_attn_fwd_f16_hd128(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd128(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_f16_hd64(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_f16_hd128(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_bf16_hd64(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_bf16_hd128(p: *const std::ffi::c_void);
     }
 }
 
@@ -72,25 +79,43 @@ macro_rules! kernel {
 }
 
 /// Every kernel instantiation: dtype x head_dim for the forward pass.
-pub static KERNELS: [KernelDesc; 4] = [
+pub static KERNELS: [KernelDesc; 8] = [
     kernel!(sa_attn_fwd_f16_hd64, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd128, Module::AttnFwd),
+    kernel!(sa_attn_combine_f16_hd64, Module::AttnCombine),
+    kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
+    kernel!(sa_attn_combine_bf16_hd64, Module::AttnCombine),
+    kernel!(sa_attn_combine_bf16_hd128, Module::AttnCombine),
 ];
 
 /// The forward kernel for a dtype and head dimension. Exhaustive: `HeadDim` only holds
 /// supported values.
 pub fn attn_fwd(dtype: DType, head_dim: HeadDim) -> &'static KernelDesc {
-    let i = match (dtype, head_dim.get()) {
+    &KERNELS[instance(dtype, head_dim)]
+}
+
+/// The split-KV combine kernel for a dtype and head dimension.
+pub fn attn_combine(dtype: DType, head_dim: HeadDim) -> &'static KernelDesc {
+    &KERNELS[4 + instance(dtype, head_dim)]
+}
+
+/// Position of a (dtype, head_dim) instantiation within its kernel family in [`KERNELS`].
+/// Exhaustive: `HeadDim` only holds supported values.
+fn instance(dtype: DType, head_dim: HeadDim) -> usize {
+    match (dtype, head_dim.get()) {
         (DType::F16, 64) => 0,
         (DType::F16, 128) => 1,
         (DType::BF16, 64) => 2,
         (DType::BF16, 128) => 3,
         (_, d) => unreachable!("HeadDim admits only supported values, got {d}"),
-    };
-    &KERNELS[i]
+    }
 }
+
+/// Threads per block of the combine kernel (one warp per (row, head)); mirrors
+/// `sa::kCombineThreads`.
+pub const COMBINE_THREADS: u32 = 128;
 
 /// Tile configuration of the forward kernel (mirrors `kernels/include/sparse_attn/params.h`
 /// and `kernel_traits.cuh`).

@@ -328,6 +328,8 @@ fn a2_a4_fragment_swap_canary_fails_end_to_end() {
         cu_q: 0,
         cu_k: 0,
         tiles_visited: 0,
+        o_partial: 0,
+        lse_partial: 0,
     });
     launch.kernel = &CANARY;
     // SAFETY: same params type and buffers as the production f16/hd64 kernel.

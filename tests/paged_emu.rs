@@ -209,3 +209,78 @@ fn bad_paged_inputs_are_cache_errors() {
     };
     assert!(run(&table[..17], ring, &pages).is_ok());
 }
+
+#[test]
+fn split_kv_on_and_off_agree() {
+    // Decode-shaped batches get split-KV by default; forcing 1, the default, and more parts
+    // than tiles (empty parts) must agree within rounding, contiguous and paged.
+    let seed = base_seed();
+    let seqs = SeqLens::varlen_from_lens(&[(1, 3000), (1, 700), (3, 64), (1, 1)]).unwrap();
+    let problem = AttnProblem::new(seqs.clone(), 4, HK, D as u32, f16::DTYPE).unwrap();
+    for pattern in [
+        r#"{"causal": true, "components": []}"#,
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 256}}]}"#,
+    ] {
+        let set = HeadPatterns::from_json(pattern).unwrap();
+        let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+        assert!(
+            plan.num_splits() > 1,
+            "a decode batch should split by default"
+        );
+        let mut rng = Rng::new(seed);
+        let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+        let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+        let pool = build_pool(&mut rng, &seqs, HK, D, &k, &v, 16, 0, 0);
+        let kv = PagedKv {
+            k_pages: &pool.k,
+            v_pages: &pool.v,
+            block_table: &pool.table,
+            layout: pool.layout,
+        };
+        let mut outs = Vec::new();
+        for splits in [1, plan.num_splits(), 7, 64] {
+            let p = plan.clone().with_num_splits(splits).unwrap();
+            let counter = std::cell::Cell::new(0);
+            let run = EmuRun {
+                tiles_visited: Some(&counter),
+                ..Default::default()
+            };
+            let (out, lse) = p.run_emulated(&q, &k, &v, &run).unwrap();
+            assert_eq!(
+                counter.get(),
+                p.meta().tiles_visited(),
+                "splits {splits}: work"
+            );
+            let what = format!("splits {splits} {pattern} seed {seed}");
+            assert_matches(&what, &problem, &out, &lse, &want, tol(f16::DTYPE));
+            let (pout, plse) = p.run_emulated_paged(&q, &kv, &EmuRun::default()).unwrap();
+            assert!(
+                pout.iter()
+                    .zip(&out)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what}: paged"
+            );
+            assert!(
+                plse.iter()
+                    .zip(&lse)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what}: paged lse"
+            );
+            outs.push(out);
+        }
+        // Splitting changes only the summation order: within a few f16 ulps of the unsplit run.
+        for out in &outs[1..] {
+            let want: Vec<f64> = outs[0].iter().map(|x| x.to_f64()).collect();
+            let err = common::rel_error(out, &want);
+            assert!(err <= 2e-3, "split vs unsplit: {err:.3e}");
+        }
+    }
+    assert!(matches!(
+        AttnPlan::new(&problem, &AttnOptions::default())
+            .unwrap()
+            .with_num_splits(0),
+        Err(Error::Unsupported(_))
+    ));
+}

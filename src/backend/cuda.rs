@@ -319,11 +319,21 @@ impl AttnPlan {
             }
             SeqLens::Uniform { .. } => None,
         };
+        let (o_ws, lse_ws) = self.split_workspace();
+        let workspace = if o_ws > 0 {
+            Some((
+                stream.alloc_zeros::<f32>(o_ws)?,
+                stream.alloc_zeros::<f32>(lse_ws)?,
+            ))
+        } else {
+            None
+        };
         Ok(GpuPlan {
             plan: self,
             gpu: gpu.clone(),
             meta,
             cu,
+            workspace,
         })
     }
 
@@ -403,6 +413,8 @@ pub struct GpuPlan<'p> {
     /// The arrays of [`crate::attention::PlanMeta::arrays`], in order.
     meta: Vec<CudaSlice<i32>>,
     cu: Option<(CudaSlice<i32>, CudaSlice<i32>)>,
+    /// Split-KV partial outputs and LSEs (see [`AttnPlan::split_workspace`]).
+    workspace: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
 }
 
 impl GpuPlan<'_> {
@@ -515,11 +527,16 @@ impl GpuPlan<'_> {
             .as_ref()
             .map_or((0, 0), |((cq, _), (ck, _))| (*cq, *ck));
         let meta_ptrs: Vec<_> = self.meta.iter().map(|b| b.device_ptr(stream)).collect();
+        let ws_ptrs = self
+            .workspace
+            .as_ref()
+            .map(|(o, l)| (o.device_ptr(stream), l.device_ptr(stream)));
+        let (o_partial, lse_partial) = ws_ptrs.as_ref().map_or((0, 0), |((o, _), (l, _))| (*o, *l));
         let mut meta = MetaAddrs::default();
         for (slot, (ptr, _)) in meta.0.iter_mut().zip(&meta_ptrs) {
             *slot = *ptr;
         }
-        let launch = plan.launch(&TensorAddrs {
+        let addrs = TensorAddrs {
             meta,
             paged,
             q: q_ptr,
@@ -530,12 +547,21 @@ impl GpuPlan<'_> {
             cu_q,
             cu_k,
             tiles_visited: 0,
-        });
-        // SAFETY: the launch comes from this plan (kernel and params agree); q, k, v, out and
+            o_partial,
+            lse_partial,
+        };
+        // SAFETY: the launches come from this plan (kernels and params agree); q, k, v, out and
         // lse were checked to be on this context with exactly the lengths the validated
-        // problem needs; cu_seqlens and the metadata were uploaded from the validated plan to
-        // this context; all guards live until after the launch is queued and cudarc's events
-        // order the buffers' other uses.
-        unsafe { gpu.launch(&launch) }
+        // problem needs; cu_seqlens, the metadata and the split workspace were uploaded or
+        // allocated from the validated plan on this context; all guards live until after the
+        // launches are queued (in order, on one stream) and cudarc's events order the
+        // buffers' other uses.
+        unsafe {
+            gpu.launch(&plan.launch(&addrs))?;
+            if let Some(combine) = plan.combine_launch(&addrs) {
+                gpu.launch(&combine)?;
+            }
+        }
+        Ok(())
     }
 }

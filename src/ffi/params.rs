@@ -197,11 +197,15 @@ pub struct SaAttnFwdParams {
     pub mask_components: *const SaMaskComponent,
     pub mask_data: *const i32,
     pub paged: SaPagedKv,
+    pub num_splits: i32,
+    pub _pad1: i32,
+    pub o_partial: *mut f32,
+    pub lse_partial: *mut f32,
     pub tiles_visited: *mut ::core::ffi::c_ulonglong,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 352usize];
+    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 376usize];
     ["Alignment of SaAttnFwdParams"][::core::mem::align_of::<SaAttnFwdParams>() - 8usize];
     ["Offset of field: SaAttnFwdParams::q"][::core::mem::offset_of!(SaAttnFwdParams, q) - 0usize];
     ["Offset of field: SaAttnFwdParams::k"][::core::mem::offset_of!(SaAttnFwdParams, k) - 8usize];
@@ -280,6 +284,14 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 272usize];
     ["Offset of field: SaAttnFwdParams::paged"]
         [::core::mem::offset_of!(SaAttnFwdParams, paged) - 280usize];
+    ["Offset of field: SaAttnFwdParams::num_splits"]
+        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 344usize];
+    ["Offset of field: SaAttnFwdParams::_pad1"]
+        [::core::mem::offset_of!(SaAttnFwdParams, _pad1) - 348usize];
+    ["Offset of field: SaAttnFwdParams::o_partial"]
+        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 352usize];
+    ["Offset of field: SaAttnFwdParams::lse_partial"]
+        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 360usize];
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 344usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 368usize];
 };

@@ -23,6 +23,7 @@ namespace sa {
 template <typename T>
 struct SeqSlice {
   int q_len, kv_len;
+  int64_t row0;  // row of this sequence's first query in out (b * q_len, or cu_seqlens_q[b])
   const T* q;    // [q_len, D] rows, pitch q_row_stride
   T* out;        // [q_len, D]
   float* lse;    // [q_len], contiguous
@@ -50,6 +51,7 @@ struct SeqSlice {
       o_batch = b * p.o_batch_stride;
       lse_off = b * p.lse_batch_stride + h * p.lse_head_stride;
     }
+    s.row0 = p.cu_seqlens_q != nullptr ? q_row0 : int64_t(b) * p.q_len;
     s.q = static_cast<const T*>(p.q) + q_batch + q_row0 * p.q_row_stride + h * p.q_head_stride;
     s.out = static_cast<T*>(p.out) + o_batch + q_row0 * p.o_row_stride + h * p.o_head_stride;
     s.lse = p.lse + lse_off;
@@ -130,10 +132,36 @@ SA_DEVICE void write_o_lse(const SeqSlice<T>& seq, int64_t o_row_stride, int row
   }
 }
 
+// Split-KV epilogue: stores this warp's normalised partial output rows and their LSE (f32)
+// for the combine kernel (attention_combine.cuh).
+template <typename T, int D>
+SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, int h, int split,
+                             int row0, float (&o)[D / 8][4], SoftmaxState& state, int lane) {
+  float inv_l[SoftmaxState::kRows], lse[SoftmaxState::kRows];
+  state.finalize(inv_l, lse);
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t total_rows = p.cu_seqlens_q != nullptr ? p.cu_seqlens_q[p.batch]
+                                                       : int64_t(p.batch) * p.q_len;
+  SA_UNROLL
+  for (int r = 0; r < SoftmaxState::kRows; ++r) {
+    const int row = row0 + g + 8 * r;
+    if (row >= seq.q_len) continue;
+    const int64_t slot = (split * total_rows + seq.row0 + row) * p.num_heads + h;
+    float2* dst = reinterpret_cast<float2*>(p.o_partial + slot * D + 2 * t);
+    SA_UNROLL
+    for (int nt = 0; nt < D / 8; ++nt) {
+      dst[nt * 4] = make_float2(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]);
+    }
+    if (t == 0) p.lse_partial[slot] = lse[r];
+  }
+}
+
 template <typename T, int D, bool kSwapA2A4Canary = false>
 SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   using Tr = FwdTraits<T, D>;
-  const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int num_splits = params.num_splits > 1 ? params.num_splits : 1;
+  const int m_block = blockIdx.x / num_splits, split = blockIdx.x % num_splits;
+  const int h = blockIdx.y, b = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
   const SeqSlice<T> seq = SeqSlice<T>::make(params, b, h);
@@ -148,7 +176,9 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int set = params.seq_program_base[b] + params.head_set[h];
   const TokenMask mask{params.mask_programs + set, params.mask_components, params.mask_data,
                        seq.q_len, seq.kv_len};
-  const int n_tiles = tiles.count();
+  // This block's share of the walk: split `split` of `num_splits` contiguous parts.
+  const int i_begin = static_cast<int>(int64_t(tiles.count()) * split / num_splits);
+  const int i_end = static_cast<int>(int64_t(tiles.count()) * (split + 1) / num_splits);
 
   // Phase: produce Q and the first K/V tile (one cp.async group).
   const int q_row0 = m_block * Tr::kBlockM;
@@ -166,7 +196,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
         sV + buf * Tr::kKvTileBytes,
         [&](int r) { return kv.row(kv.v, kv.v_row_stride, key0 + r); }, tid);
   };
-  if (n_tiles > 0) produce_kv(0);
+  if (i_begin < i_end) produce_kv(i_begin);
   arch::cp_async_commit();
 
   float o[Tr::kOTiles][4];  // [16, D] output accumulator of this warp
@@ -180,14 +210,14 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   uint32_t qf[Tr::kKSteps][4];  // Q A-fragments, loaded once
   const int warp_row0 = q_row0 + warp * 16;
 
-  for (int i = 0; i < n_tiles; ++i) {
+  for (int i = i_begin; i < i_end; ++i) {
     // Phase: prefetch tile i + 1 into the other buffer (freed by the barrier that ended
     // iteration i - 1), then wait for tile i (and Q) only: one group stays in flight.
-    if (i + 1 < n_tiles) produce_kv(i + 1);
+    if (i + 1 < i_end) produce_kv(i + 1);
     arch::cp_async_commit();
     arch::cp_async_wait<1>();
     __syncthreads();
-    if (i == 0) load_q_frags<D>(qf, sQ, warp, lane);
+    if (i == i_begin) load_q_frags<D>(qf, sQ, warp, lane);
 
     const int buf = i & 1;
     // Phase: S = Q . K^T  [16, BLOCK_N] per warp, in log2 units, masked on partial tiles.
@@ -215,9 +245,13 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   arch::cp_async_wait<0>();  // nothing may be in flight at exit (only empty groups remain)
 
   // Phase: epilogue.
-  write_o_lse<T, D>(seq, params.o_row_stride, warp_row0, o, state, lane);
+  if (num_splits > 1) {
+    write_partial<T, D>(params, seq, h, split, warp_row0, o, state, lane);
+  } else {
+    write_o_lse<T, D>(seq, params.o_row_stride, warp_row0, o, state, lane);
+  }
   if (tid == 0 && params.tiles_visited != nullptr) {
-    arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(n_tiles));
+    arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));
   }
 }
 

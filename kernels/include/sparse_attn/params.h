@@ -162,6 +162,17 @@ typedef struct SaAttnFwdParams {
    * lengths then come from kv_len / cu_seqlens_k as usual). */
   SaPagedKv paged;
 
+  /* Split-KV (decode and other launches with few query tiles): num_splits > 1 splits each
+   * query tile's kv walk into num_splits contiguous parts run by separate blocks
+   * (blockIdx.x = m_block * num_splits + split). Each writes its normalised partial output and
+   * LSE (f32) to o_partial [num_splits, total_q, num_heads, head_dim] and lse_partial
+   * [num_splits, total_q, num_heads] (total_q rows as in out), and the combine kernel merges
+   * them through their LSE into out and lse. */
+  int32_t num_splits;
+  int32_t _pad1;
+  float* o_partial;
+  float* lse_partial;
+
   /* Work accounting (nullable): each block adds the number of kv tiles it processed. */
   unsigned long long* tiles_visited;
 } SaAttnFwdParams;

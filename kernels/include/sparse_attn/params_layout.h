@@ -57,7 +57,7 @@ SA_LAYOUT_ASSERT(offsetof(SaPagedKv, log2_page_size) == 48, "offset of SaPagedKv
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, sink_pages) == 52, "offset of SaPagedKv::sink_pages");
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, ring_pages) == 56, "offset of SaPagedKv::ring_pages");
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, _reserved) == 60, "offset of SaPagedKv::_reserved");
-SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 352, "size of SaAttnFwdParams");
+SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 376, "size of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(SA_ALIGNOF(SaAttnFwdParams) == 8, "alignment of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, q) == 0, "offset of SaAttnFwdParams::q");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, k) == 8, "offset of SaAttnFwdParams::k");
@@ -99,6 +99,10 @@ SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_programs) == 256, "offset of SaA
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_components) == 264, "offset of SaAttnFwdParams::mask_components");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_data) == 272, "offset of SaAttnFwdParams::mask_data");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, paged) == 280, "offset of SaAttnFwdParams::paged");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 344, "offset of SaAttnFwdParams::tiles_visited");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, num_splits) == 344, "offset of SaAttnFwdParams::num_splits");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, _pad1) == 348, "offset of SaAttnFwdParams::_pad1");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, o_partial) == 352, "offset of SaAttnFwdParams::o_partial");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, lse_partial) == 360, "offset of SaAttnFwdParams::lse_partial");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 368, "offset of SaAttnFwdParams::tiles_visited");
 
 #endif /* SPARSE_ATTN_PARAMS_LAYOUT_H */

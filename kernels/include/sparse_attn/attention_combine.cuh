@@ -1,0 +1,61 @@
+// Split-KV combine: merges the partial outputs of the num_splits blocks that shared one query
+// tile's kv walk (see write_partial in attention_fwd.cuh) through their LSE, exactly as
+// SoftmaxState::merge combines two states: out = sum_s w_s O_s / sum_s w_s with
+// w_s = exp(lse_s - max lse), lse = max lse + ln(sum_s w_s). Splits that saw no allowed key
+// have lse = -inf and weight 0; a row no split saw stays out = 0, lse = -inf.
+#pragma once
+
+#include "sparse_attn/arch.cuh"
+#include "sparse_attn/online_softmax.cuh"
+#include "sparse_attn/params.h"
+
+namespace sa {
+
+constexpr int kCombineThreads = 128;  // 4 warps, one (row, head) pair each
+
+template <typename T, int D>
+SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
+  static_assert(D % 32 == 0, "each lane owns D / 32 columns");
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t total_rows = varlen ? p.cu_seqlens_q[p.batch] : int64_t(p.batch) * p.q_len;
+  const int64_t pair = int64_t(blockIdx.x) * (kCombineThreads / 32) + warp;
+  if (pair >= total_rows * p.num_heads) return;
+  const int64_t row = pair / p.num_heads;
+  const int h = static_cast<int>(pair % p.num_heads);
+
+  float mx = kNegInf;
+  for (int s = 0; s < p.num_splits; ++s) {
+    mx = fmaxf(mx, p.lse_partial[(s * total_rows + row) * p.num_heads + h]);
+  }
+  const float base = mx == kNegInf ? 0.f : mx;
+  float acc[D / 32];
+  SA_UNROLL
+  for (int c = 0; c < D / 32; ++c) acc[c] = 0.f;
+  float sum = 0.f;
+  for (int s = 0; s < p.num_splits; ++s) {
+    const int64_t slot = (s * total_rows + row) * p.num_heads + h;
+    const float w = expf(p.lse_partial[slot] - base);
+    sum += w;
+    const float* o = p.o_partial + slot * D;
+    SA_UNROLL
+    for (int c = 0; c < D / 32; ++c) acc[c] += w * o[lane + 32 * c];
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+
+  int64_t o_off, lse_off;
+  if (varlen) {
+    o_off = row * p.o_row_stride;
+    lse_off = h * p.lse_head_stride + row;
+  } else {
+    const int64_t b = row / p.q_len, i = row % p.q_len;
+    o_off = b * p.o_batch_stride + i * p.o_row_stride;
+    lse_off = b * p.lse_batch_stride + h * p.lse_head_stride + i;
+  }
+  T* out = static_cast<T*>(p.out) + o_off + h * p.o_head_stride;
+  SA_UNROLL
+  for (int c = 0; c < D / 32; ++c) out[lane + 32 * c] = arch::from_float<T>(acc[c] * inv);
+  if (lane == 0) p.lse[lse_off] = sum > 0.f ? base + logf(sum) : kNegInf;
+}
+
+}  // namespace sa
