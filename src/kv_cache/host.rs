@@ -5,7 +5,7 @@
 use super::cache::{KvCache, Placement, SeqId};
 use super::layout::{resident, slot_of_logical_page, PageLayout, PageSize};
 use super::table::BlockTable;
-use crate::attention::Element;
+use crate::attention::{Element, PagedKv};
 use crate::error::{Error, Result};
 
 /// One layer's K and V pools, each `[num_pages, num_kv_heads, page_size, head_dim]`.
@@ -174,6 +174,26 @@ impl<T: Element> HostKvStorage<T> {
             }
         }
         Ok((k, v))
+    }
+
+    /// `layer`'s pages and `table` (a validated block table of that layer) as the emulator's
+    /// paged input ([`AttnPlan::run_emulated_paged`](crate::AttnPlan::run_emulated_paged)).
+    pub fn paged_kv<'a>(&'a self, layer: usize, table: &'a BlockTable) -> Result<PagedKv<'a, T>> {
+        let pages = self.pages(layer)?;
+        table.validate(self.num_pages(layer)?)?;
+        if table.page_size != self.layout.page_size.get() {
+            return Err(Error::Shape(format!(
+                "block table pages hold {} tokens, the storage's {}",
+                table.page_size,
+                self.layout.page_size.get()
+            )));
+        }
+        Ok(PagedKv {
+            k_pages: &pages.k,
+            v_pages: &pages.v,
+            block_table: &table.table,
+            layout: table.paged_layout(),
+        })
     }
 
     /// `seq`'s K and V in `layer` as contiguous `[kv_len, num_kv_heads, head_dim]` tensors,

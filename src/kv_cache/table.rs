@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::layout::{slot_of_logical_page, PageLayout, PageSize};
+use crate::attention::PagedLayout;
 use crate::error::{Error, Result};
 use crate::ffi::SaPagedKv;
 
@@ -130,6 +131,17 @@ impl BlockTable {
             }
         }
         Ok(())
+    }
+
+    /// The layout half of the table as [`AttnPlan::run_emulated_paged`](crate::AttnPlan::run_emulated_paged)
+    /// and the CUDA paged path take it.
+    pub fn paged_layout(&self) -> PagedLayout {
+        PagedLayout {
+            page_size: self.page_size,
+            block_table_stride: self.stride,
+            sink_pages: self.sink_pages,
+            ring_pages: self.ring_pages,
+        }
     }
 
     /// The `SaPagedKv` of this table for pages of `layout` (validate the table first). The
