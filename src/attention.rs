@@ -147,17 +147,20 @@ impl PlanMeta {
     pub const NUM_ARRAYS: usize = 10;
 
     /// Compiles `patterns` for every sequence of `problem` with the forward kernel's tiles.
+    /// `gqa_pack` > 1 compiles for GQA-packed blocks (see [`AttnPlan::gqa_pack`]): query tiles
+    /// of `block_m / gqa_pack` tokens, and work counted per kv group.
     pub fn compile(
         problem: &AttnProblem,
         patterns: &HeadPatterns,
         tiles: &FwdTiles,
+        gqa_pack: u32,
     ) -> Result<Self> {
         let batch = problem.seqs.batch();
         let shape_of = |q_len: usize, kv_len: usize| SparseShape {
             num_heads: problem.num_heads,
             q_len,
             kv_len,
-            block_m: tiles.block_m as usize,
+            block_m: (tiles.block_m / gqa_pack.max(1)) as usize,
             block_n: tiles.block_n as usize,
         };
         // Uniform batches share one compilation; varlen sequences each get their own.
@@ -204,7 +207,8 @@ impl PlanMeta {
                 SeqLens::Uniform { .. } => batch as u64,
                 SeqLens::Varlen { .. } => 1,
             };
-            m.tiles_visited += meta.tiles_visited() as u64 * copies;
+            // Packed blocks serve gqa_pack heads (with identical rows) at once.
+            m.tiles_visited += meta.tiles_visited() as u64 * copies / gqa_pack.max(1) as u64;
             let row_base = to_i32(m.full_row_ptr.len() - 1, "row count")?;
             let program_base = to_i32(m.programs.len() / PROGRAM_WORDS, "program count")?;
             for (ptr, tiles, src_ptr, src_tiles) in [
@@ -365,6 +369,7 @@ pub struct AttnPlan {
     tiles: FwdTiles,
     meta: PlanMeta,
     num_splits: u32,
+    gqa_pack: u32,
 }
 
 impl AttnPlan {
@@ -392,19 +397,58 @@ impl AttnPlan {
         } else {
             patterns.clone()
         };
+        let pack = default_gqa_pack(problem, &patterns);
+        Self::build(problem.clone(), patterns, scale, softcap, pack)
+    }
+
+    fn build(
+        problem: AttnProblem,
+        patterns: HeadPatterns,
+        scale: f32,
+        softcap: f32,
+        gqa_pack: u32,
+    ) -> Result<Self> {
         let tiles = kernels::fwd_tiles(problem.head_dim);
-        let meta = PlanMeta::compile(problem, &patterns, &tiles)?;
-        let num_splits = default_num_splits(problem, &tiles, meta.max_row_tiles);
+        let meta = PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?;
+        let num_splits = default_num_splits(&problem, &tiles, gqa_pack, meta.max_row_tiles);
         Ok(AttnPlan {
-            problem: problem.clone(),
+            kernel: kernels::attn_fwd(problem.dtype, problem.head_dim),
+            problem,
             scale,
             softcap,
             patterns,
-            kernel: kernels::attn_fwd(problem.dtype, problem.head_dim),
             tiles,
             meta,
             num_splits,
+            gqa_pack,
         })
+    }
+
+    /// Turns GQA packing on or off (recompiling the metadata). Packing puts the query heads of
+    /// one kv head into the rows of one block, so each K/V tile is read once per group instead
+    /// of once per query head: the decode layout (FlashAttention's "seqlen-q / ngroups swap").
+    /// It needs a group size that is a power of two up to 64 and the same head-independent
+    /// pattern on every head of a group; the default enables it for short queries (< 64
+    /// tokens) when possible.
+    pub fn with_gqa_packing(self, enabled: bool) -> Result<Self> {
+        let g = self.problem.group_size() as u32;
+        let pack = if enabled {
+            if !gqa_packable(&self.problem, &self.patterns) {
+                return Err(Error::Unsupported(format!(
+                    "GQA packing needs a power-of-two group size <= 64 (got {g}) and one \
+                     head-independent pattern per kv group"
+                )));
+            }
+            g
+        } else {
+            1
+        };
+        Self::build(self.problem, self.patterns, self.scale, self.softcap, pack)
+    }
+
+    /// Query heads packed into one block (1 = not packed).
+    pub fn gqa_pack(&self) -> u32 {
+        self.gqa_pack
     }
 
     /// Overrides the split-KV factor (1 = no split). Each query tile's kv walk is cut into
@@ -418,6 +462,11 @@ impl AttnPlan {
         }
         self.num_splits = num_splits;
         Ok(self)
+    }
+
+    /// Query tokens per block (the kernel's BLOCK_M, divided by the GQA pack).
+    fn tile_tokens(&self) -> usize {
+        (self.tiles.block_m / self.gqa_pack.max(1)) as usize
     }
 
     /// The split-KV factor of this plan (1 = no split).
@@ -534,7 +583,7 @@ impl AttnPlan {
             tiles_visited: a.tiles_visited as *mut _,
             paged: paged_params(a, hk, d),
             num_splits: self.num_splits as i32,
-            _pad1: 0,
+            gqa_pack: self.gqa_pack as i32,
             o_partial: a.o_partial as *mut f32,
             lse_partial: a.lse_partial as *mut f32,
             head_set: a.meta.0[0] as *const i32,
@@ -548,10 +597,15 @@ impl AttnPlan {
             mask_components: a.meta.0[8] as *const _,
             mask_data: a.meta.0[9] as *const i32,
         };
-        let m_blocks = q_len.div_ceil(self.tiles.block_m as usize).max(1) as u32;
+        let m_blocks = q_len.div_ceil(self.tile_tokens()).max(1) as u32;
+        let heads = if self.gqa_pack > 1 { hk } else { h };
         Launch {
             kernel: self.kernel,
-            grid: [m_blocks * self.num_splits, h as u32, p.seqs.batch() as u32],
+            grid: [
+                m_blocks * self.num_splits,
+                heads as u32,
+                p.seqs.batch() as u32,
+            ],
             block: [self.tiles.threads, 1, 1],
             dynamic_smem_bytes: self.tiles.smem_bytes,
             params,
@@ -690,7 +744,7 @@ impl AttnPlan {
     /// Walks only the tiles the metadata lists, so it costs what the kernel would.
     fn check_not_allowed(&self, b: usize, q_len: usize, lo: usize, hi: usize) -> Result<()> {
         let m = &self.meta;
-        let bm = self.tiles.block_m as usize;
+        let bm = self.tile_tokens();
         let bn = self.tiles.block_n as usize;
         let q_tiles = q_len.div_ceil(bm);
         for h in 0..self.problem.num_heads {
@@ -824,15 +878,47 @@ const TARGET_BLOCKS: usize = 132;
 /// blocks; otherwise enough parts to reach about two waves, keeping at least two kv tiles
 /// per part. A heuristic (FlashAttention-2 uses a similar occupancy rule); not yet tuned by
 /// measurement.
-fn default_num_splits(problem: &AttnProblem, tiles: &FwdTiles, max_row_tiles: usize) -> u32 {
+fn default_num_splits(
+    problem: &AttnProblem,
+    tiles: &FwdTiles,
+    gqa_pack: u32,
+    max_row_tiles: usize,
+) -> u32 {
     let (max_q, _) = problem.seqs.max_lens();
-    let blocks =
-        max_q.div_ceil(tiles.block_m as usize).max(1) * problem.num_heads * problem.seqs.batch();
+    let tile_tokens = (tiles.block_m / gqa_pack.max(1)) as usize;
+    let blocks = max_q.div_ceil(tile_tokens).max(1)
+        * (problem.num_heads / gqa_pack.max(1) as usize)
+        * problem.seqs.batch();
     if blocks >= TARGET_BLOCKS || max_row_tiles < 4 {
         return 1;
     }
     let want = (2 * TARGET_BLOCKS).div_ceil(blocks);
     want.min(max_row_tiles / 2).min(MAX_SPLITS as usize).max(1) as u32
+}
+
+/// Whether the heads of every kv group can share packed blocks: a power-of-two group size up
+/// to 64 and one head-independent pattern per group.
+fn gqa_packable(problem: &AttnProblem, patterns: &HeadPatterns) -> bool {
+    let g = problem.group_size();
+    if g < 2 || !g.is_power_of_two() || g > 64 {
+        return false;
+    }
+    (0..problem.num_kv_heads).all(|kv| {
+        let first = patterns.pattern(kv * g);
+        first.is_some_and(|p| !p.is_head_dependent())
+            && (1..g).all(|i| patterns.pattern(kv * g + i) == first)
+    })
+}
+
+/// GQA packing by default for short queries (decode and small chunks), where unpacked blocks
+/// would be mostly empty rows and every query head would re-read the same K/V.
+fn default_gqa_pack(problem: &AttnProblem, patterns: &HeadPatterns) -> u32 {
+    let (max_q, _) = problem.seqs.max_lens();
+    if max_q < 64 && gqa_packable(problem, patterns) {
+        problem.group_size() as u32
+    } else {
+        1
+    }
 }
 
 /// The `SaPagedKv` of a call (all zero when not paged).

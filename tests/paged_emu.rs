@@ -284,3 +284,63 @@ fn split_kv_on_and_off_agree() {
         Err(Error::Unsupported(_))
     ));
 }
+
+#[test]
+fn gqa_packing_reads_each_kv_tile_once_per_group() {
+    // Decode and short chunks with 8 query heads per kv head: packing puts a group's heads in
+    // one block (one K/V read per group instead of eight) and must give the same result.
+    let seed = base_seed();
+    let seqs = SeqLens::varlen_from_lens(&[(1, 900), (5, 300), (9, 64), (1, 10)]).unwrap();
+    let problem = AttnProblem::new(seqs.clone(), 16, HK, D as u32, bf16::DTYPE).unwrap();
+    for pattern in [
+        r#"{"causal": true, "components": []}"#,
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 100}}]}"#,
+        r#"{"causal": false, "components": [{"dilated": {"stride": 3}}, {"global": {"tokens": [0, 5]}}]}"#,
+    ] {
+        let set = HeadPatterns::from_json(pattern).unwrap();
+        let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+        assert_eq!(plan.gqa_pack(), 8, "short queries with GQA pack by default");
+        let unpacked = plan.clone().with_gqa_packing(false).unwrap();
+        assert_eq!(unpacked.gqa_pack(), 1);
+        let mut rng = Rng::new(seed);
+        let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+        let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+        let mut visited = Vec::new();
+        for (name, p) in [("packed", &plan), ("unpacked", &unpacked)] {
+            for splits in [1, 5] {
+                let p = p.clone().with_num_splits(splits).unwrap();
+                let counter = std::cell::Cell::new(0);
+                let run = EmuRun {
+                    tiles_visited: Some(&counter),
+                    ..Default::default()
+                };
+                let (out, lse) = p.run_emulated(&q, &k, &v, &run).unwrap();
+                let what = format!("{name} splits {splits} {pattern} seed {seed}");
+                assert_matches(&what, &problem, &out, &lse, &want, tol(bf16::DTYPE));
+                assert_eq!(counter.get(), p.meta().tiles_visited(), "{what}: work");
+                visited.push(counter.get());
+            }
+        }
+        // Packed blocks serve eight heads: at most an eighth of the unpacked tile loads
+        // (fewer: a packed query tile spans fewer tokens).
+        assert!(
+            visited[0] * 8 <= visited[2] * 2,
+            "packed {} vs unpacked {}",
+            visited[0],
+            visited[2]
+        );
+    }
+    // BigBird draws per head: heads of a group differ, so packing is refused.
+    let bigbird = HeadPatterns::from_json(
+        r#"{"causal": false, "components": [{"bigbird": {"block": 16, "window_blocks": 1, "global_blocks": 1, "random_blocks": 1, "seed": 2}}]}"#,
+    )
+    .unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &bigbird, &AttnOptions::default()).unwrap();
+    assert_eq!(plan.gqa_pack(), 1);
+    assert!(matches!(
+        plan.with_gqa_packing(true),
+        Err(Error::Unsupported(_))
+    ));
+}

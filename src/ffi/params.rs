@@ -198,7 +198,7 @@ pub struct SaAttnFwdParams {
     pub mask_data: *const i32,
     pub paged: SaPagedKv,
     pub num_splits: i32,
-    pub _pad1: i32,
+    pub gqa_pack: i32,
     pub o_partial: *mut f32,
     pub lse_partial: *mut f32,
     pub tiles_visited: *mut ::core::ffi::c_ulonglong,
@@ -286,8 +286,8 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, paged) - 280usize];
     ["Offset of field: SaAttnFwdParams::num_splits"]
         [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 344usize];
-    ["Offset of field: SaAttnFwdParams::_pad1"]
-        [::core::mem::offset_of!(SaAttnFwdParams, _pad1) - 348usize];
+    ["Offset of field: SaAttnFwdParams::gqa_pack"]
+        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 348usize];
     ["Offset of field: SaAttnFwdParams::o_partial"]
         [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 352usize];
     ["Offset of field: SaAttnFwdParams::lse_partial"]

@@ -112,31 +112,35 @@ SA_DEVICE void rescale_o(float (&o)[NT][4], const float (&alpha)[SoftmaxState::k
   }
 }
 
-// Normalises and stores this warp's output rows (rows >= q_len are dropped) and their LSE.
+// Normalises and stores this warp's output rows (tokens >= q_len are dropped) and their LSE.
+// `row0` is the warp's first row in the block, mapped to (token, head) by `rows`.
 template <typename T, int D>
-SA_DEVICE void write_o_lse(const SeqSlice<T>& seq, int64_t o_row_stride, int row0,
-                           float (&o)[D / 8][4], SoftmaxState& state, int lane) {
+SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
+                           int row0, float (&o)[D / 8][4], SoftmaxState& state, int lane) {
   float inv_l[SoftmaxState::kRows], lse[SoftmaxState::kRows];
   state.finalize(inv_l, lse);
   const int g = lane >> 2, t = lane & 3;
   SA_UNROLL
   for (int r = 0; r < SoftmaxState::kRows; ++r) {
-    const int row = row0 + g + 8 * r;
-    if (row >= seq.q_len) continue;
-    uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + row * o_row_stride + 2 * t);
+    const int local = row0 + g + 8 * r;
+    const int token = rows.token(local), dh = rows.head_offset(local);
+    if (token >= seq.q_len) continue;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + token * p.o_row_stride +
+                                                dh * p.o_head_stride + 2 * t);
     SA_UNROLL
     for (int nt = 0; nt < D / 8; ++nt) {
       dst[nt * 4] = arch::pack2<T>(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]);
     }
-    if (t == 0) seq.lse[row] = lse[r];
+    if (t == 0) seq.lse[dh * p.lse_head_stride + token] = lse[r];
   }
 }
 
 // Split-KV epilogue: stores this warp's normalised partial output rows and their LSE (f32)
 // for the combine kernel (attention_combine.cuh).
 template <typename T, int D>
-SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, int h, int split,
-                             int row0, float (&o)[D / 8][4], SoftmaxState& state, int lane) {
+SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
+                             int h, int split, int row0, float (&o)[D / 8][4],
+                             SoftmaxState& state, int lane) {
   float inv_l[SoftmaxState::kRows], lse[SoftmaxState::kRows];
   state.finalize(inv_l, lse);
   const int g = lane >> 2, t = lane & 3;
@@ -144,9 +148,11 @@ SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, i
                                                        : int64_t(p.batch) * p.q_len;
   SA_UNROLL
   for (int r = 0; r < SoftmaxState::kRows; ++r) {
-    const int row = row0 + g + 8 * r;
-    if (row >= seq.q_len) continue;
-    const int64_t slot = (split * total_rows + seq.row0 + row) * p.num_heads + h;
+    const int local = row0 + g + 8 * r;
+    const int token = rows.token(local);
+    if (token >= seq.q_len) continue;
+    const int64_t slot =
+        (split * total_rows + seq.row0 + token) * p.num_heads + h + rows.head_offset(local);
     float2* dst = reinterpret_cast<float2*>(p.o_partial + slot * D + 2 * t);
     SA_UNROLL
     for (int nt = 0; nt < D / 8; ++nt) {
@@ -160,19 +166,22 @@ template <typename T, int D, bool kSwapA2A4Canary = false>
 SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   using Tr = FwdTraits<T, D>;
   const int num_splits = params.num_splits > 1 ? params.num_splits : 1;
+  const int pack = params.gqa_pack > 1 ? params.gqa_pack : 1;
   const int m_block = blockIdx.x / num_splits, split = blockIdx.x % num_splits;
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int h = blockIdx.y * pack, b = blockIdx.z;  // packed: first head of the kv group
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
   const SeqSlice<T> seq = SeqSlice<T>::make(params, b, h);
-  if (m_block * Tr::kBlockM >= seq.q_len) return;  // whole block: uniform exit, no barrier yet
+  const int tile_tokens = Tr::kBlockM / pack;
+  const RowMap rows = RowMap::make(m_block * tile_tokens, pack);
+  if (rows.token0 >= seq.q_len) return;  // whole block: uniform exit, no barrier yet
 
   char* smem = dynamic_smem();
   char* sQ = smem + Tr::kQOffset;
   char* sK = smem + Tr::kKOffset;
   char* sV = smem + Tr::kVOffset;
 
-  const SparseTiles tiles = SparseTiles::make(params, b, h, m_block, Tr::kBlockM, seq.q_len);
+  const SparseTiles tiles = SparseTiles::make(params, b, h, m_block, tile_tokens, seq.q_len);
   const int set = params.seq_program_base[b] + params.head_set[h];
   const TokenMask mask{params.mask_programs + set, params.mask_components, params.mask_data,
                        seq.q_len, seq.kv_len};
@@ -181,10 +190,14 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int i_end = static_cast<int>(int64_t(tiles.count()) * (split + 1) / num_splits);
 
   // Phase: produce Q and the first K/V tile (one cp.async group).
-  const int q_row0 = m_block * Tr::kBlockM;
   load_tile_async<Tr::kBlockM, D, Tr::kThreads, T>(
-      sQ, StridedRows<T>{seq.q + q_row0 * params.q_row_stride, params.q_row_stride,
-                         seq.q_len - q_row0},
+      sQ,
+      [&](int r) -> const T* {
+        const int token = rows.token(r);
+        return token < seq.q_len ? seq.q + token * params.q_row_stride +
+                                       rows.head_offset(r) * params.q_head_stride
+                                 : nullptr;
+      },
       tid);
   auto produce_kv = [&](int i) {
     const int buf = i & 1, key0 = tiles.tile(i) * Tr::kBlockN;
@@ -208,7 +221,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   SoftmaxState state;
   state.init();
   uint32_t qf[Tr::kKSteps][4];  // Q A-fragments, loaded once
-  const int warp_row0 = q_row0 + warp * 16;
+  const int warp_row0 = warp * 16;  // this warp's first row in the block
 
   for (int i = i_begin; i < i_end; ++i) {
     // Phase: prefetch tile i + 1 into the other buffer (freed by the barrier that ended
@@ -226,7 +239,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     scale_scores(s, params.scale, params.softcap);
     const int key0 = tiles.tile(i) * Tr::kBlockN;
     if (tiles.partial(i)) {
-      mask.apply(s, warp_row0, key0, lane);
+      mask.apply(s, rows, warp_row0, key0, lane);
     } else if (key0 + Tr::kBlockN > seq.kv_len) {
       mask_kv_tail(s, key0, seq.kv_len, lane);
     }
@@ -246,9 +259,9 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
 
   // Phase: epilogue.
   if (num_splits > 1) {
-    write_partial<T, D>(params, seq, h, split, warp_row0, o, state, lane);
+    write_partial<T, D>(params, seq, rows, h, split, warp_row0, o, state, lane);
   } else {
-    write_o_lse<T, D>(seq, params.o_row_stride, warp_row0, o, state, lane);
+    write_o_lse<T, D>(params, seq, rows, warp_row0, o, state, lane);
   }
   if (tid == 0 && params.tiles_visited != nullptr) {
     arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "sparse_attn/arch.cuh"
+#include "sparse_attn/block_iter.cuh"
 #include "sparse_attn/online_softmax.cuh"
 #include "sparse_attn/params.h"
 
@@ -86,19 +87,21 @@ struct TokenMask {
   }
 
   // Sets masked entries of this warp's S fragment ([NT][4] accumulator layout) to -inf.
-  // `row0` is the warp's first query row, `key0` the tile's first key. The predicate is
+  // `row0` is the warp's first row in the block (mapped to tokens by `rows`), `key0` the
+  // tile's first key. The predicate is
   // evaluated in a rolled loop into a bit set first: evaluated inline, fully unrolled over
   // the 32 entries, it spilled registers (260 B on hd64); the rolled loop leaves S untouched
   // until one cheap unrolled select at the end.
   template <int NT>
-  SA_DEVICE void apply(float (&s)[NT][4], int row0, int key0, int lane) const {
+  SA_DEVICE void apply(float (&s)[NT][4], const RowMap& rows, int row0, int key0,
+                       int lane) const {
     static_assert(NT * 4 <= 32, "one bit per fragment entry");
     const int g = lane >> 2, t = lane & 3;
     uint32_t keep = 0;
     SA_NO_UNROLL
     for (int e = 0; e < NT * 4; ++e) {
       const int nt = e >> 2, i = e & 3;
-      const int row = row0 + g + 8 * (i >> 1);
+      const int row = rows.token(row0 + g + 8 * (i >> 1));
       const int key = key0 + nt * 8 + 2 * t + (i & 1);
       keep |= static_cast<uint32_t>(allowed(row, key)) << e;
     }

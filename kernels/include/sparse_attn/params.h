@@ -169,7 +169,11 @@ typedef struct SaAttnFwdParams {
    * [num_splits, total_q, num_heads] (total_q rows as in out), and the combine kernel merges
    * them through their LSE into out and lse. */
   int32_t num_splits;
-  int32_t _pad1;
+  /* GQA packing (decode): > 1 packs the gqa_pack query heads of one kv head into the rows of
+   * one block (blockIdx.y is then the kv head; row r is token r / gqa_pack of head
+   * kv_head * gqa_pack + r % gqa_pack), so each K/V tile is loaded once for the whole group.
+   * The metadata is then compiled with SA_FWD_BLOCK_M / gqa_pack tokens per query tile. */
+  int32_t gqa_pack;
   float* o_partial;
   float* lse_partial;
 

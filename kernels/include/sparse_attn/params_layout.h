@@ -100,7 +100,7 @@ SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_components) == 264, "offset of S
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, mask_data) == 272, "offset of SaAttnFwdParams::mask_data");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, paged) == 280, "offset of SaAttnFwdParams::paged");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, num_splits) == 344, "offset of SaAttnFwdParams::num_splits");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, _pad1) == 348, "offset of SaAttnFwdParams::_pad1");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, gqa_pack) == 348, "offset of SaAttnFwdParams::gqa_pack");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, o_partial) == 352, "offset of SaAttnFwdParams::o_partial");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, lse_partial) == 360, "offset of SaAttnFwdParams::lse_partial");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 368, "offset of SaAttnFwdParams::tiles_visited");
