@@ -17,6 +17,8 @@ pub enum Module {
     AttnFwd,
     /// `kernels/attention_combine.cu`
     AttnCombine,
+    /// `kernels/kv_append.cu`
+    KvAppend,
     /// `kernels/ref_softmax.cu` (the softmax of the dense cuBLAS oracle)
     RefSoftmax,
     /// A test-only kernel file `kernels/tests/<stem>.cu` (emulator self-tests, canaries).
@@ -29,6 +31,7 @@ impl Module {
         match self {
             Module::AttnFwd => "attention_fwd",
             Module::AttnCombine => "attention_combine",
+            Module::KvAppend => "kv_append",
             Module::RefSoftmax => "ref_softmax",
             Module::Test(stem) => stem,
         }
@@ -65,6 +68,7 @@ mod entries {
         pub fn sa_attn_combine_f16_hd128(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd64(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd128(p: *const std::ffi::c_void);
+        pub fn sa_kv_append(p: *const std::ffi::c_void);
     }
 }
 
@@ -79,7 +83,7 @@ macro_rules! kernel {
 }
 
 /// Every kernel instantiation: dtype x head_dim for the forward pass.
-pub static KERNELS: [KernelDesc; 8] = [
+pub static KERNELS: [KernelDesc; 9] = [
     kernel!(sa_attn_fwd_f16_hd64, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64, Module::AttnFwd),
@@ -88,7 +92,13 @@ pub static KERNELS: [KernelDesc; 8] = [
     kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd64, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd128, Module::AttnCombine),
+    kernel!(sa_kv_append, Module::KvAppend),
 ];
+
+/// The K/V append kernel (copies bits: every dtype and head_dim).
+pub fn kv_append() -> &'static KernelDesc {
+    &KERNELS[8]
+}
 
 /// The forward kernel for a dtype and head dimension. Exhaustive: `HeadDim` only holds
 /// supported values.

@@ -20,4 +20,5 @@ pub use ref_softmax_params::*;
 // SAFETY: plain `#[repr(C)]` structs of integers, floats and raw device pointers, passed to
 // the kernels by value; their layout is asserted on both sides (see above).
 unsafe impl cudarc::driver::DeviceRepr for SaAttnFwdParams {}
+unsafe impl cudarc::driver::DeviceRepr for SaKvAppendParams {}
 unsafe impl cudarc::driver::DeviceRepr for SaRefSoftmaxParams {}

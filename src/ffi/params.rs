@@ -295,3 +295,51 @@ const _: () = {
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
         [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 368usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SaKvAppendParams {
+    pub k_new: *const ::core::ffi::c_void,
+    pub v_new: *const ::core::ffi::c_void,
+    pub k_pages: *mut ::core::ffi::c_void,
+    pub v_pages: *mut ::core::ffi::c_void,
+    pub slots: *const i32,
+    pub page_stride: i64,
+    pub page_head_stride: i64,
+    pub n_tokens: i32,
+    pub num_kv_heads: i32,
+    pub head_dim: i32,
+    pub num_pages: i32,
+    pub page_size: i32,
+    pub _reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaKvAppendParams"][::core::mem::size_of::<SaKvAppendParams>() - 80usize];
+    ["Alignment of SaKvAppendParams"][::core::mem::align_of::<SaKvAppendParams>() - 8usize];
+    ["Offset of field: SaKvAppendParams::k_new"]
+        [::core::mem::offset_of!(SaKvAppendParams, k_new) - 0usize];
+    ["Offset of field: SaKvAppendParams::v_new"]
+        [::core::mem::offset_of!(SaKvAppendParams, v_new) - 8usize];
+    ["Offset of field: SaKvAppendParams::k_pages"]
+        [::core::mem::offset_of!(SaKvAppendParams, k_pages) - 16usize];
+    ["Offset of field: SaKvAppendParams::v_pages"]
+        [::core::mem::offset_of!(SaKvAppendParams, v_pages) - 24usize];
+    ["Offset of field: SaKvAppendParams::slots"]
+        [::core::mem::offset_of!(SaKvAppendParams, slots) - 32usize];
+    ["Offset of field: SaKvAppendParams::page_stride"]
+        [::core::mem::offset_of!(SaKvAppendParams, page_stride) - 40usize];
+    ["Offset of field: SaKvAppendParams::page_head_stride"]
+        [::core::mem::offset_of!(SaKvAppendParams, page_head_stride) - 48usize];
+    ["Offset of field: SaKvAppendParams::n_tokens"]
+        [::core::mem::offset_of!(SaKvAppendParams, n_tokens) - 56usize];
+    ["Offset of field: SaKvAppendParams::num_kv_heads"]
+        [::core::mem::offset_of!(SaKvAppendParams, num_kv_heads) - 60usize];
+    ["Offset of field: SaKvAppendParams::head_dim"]
+        [::core::mem::offset_of!(SaKvAppendParams, head_dim) - 64usize];
+    ["Offset of field: SaKvAppendParams::num_pages"]
+        [::core::mem::offset_of!(SaKvAppendParams, num_pages) - 68usize];
+    ["Offset of field: SaKvAppendParams::page_size"]
+        [::core::mem::offset_of!(SaKvAppendParams, page_size) - 72usize];
+    ["Offset of field: SaKvAppendParams::_reserved"]
+        [::core::mem::offset_of!(SaKvAppendParams, _reserved) - 76usize];
+};

@@ -16,20 +16,26 @@
 //!   built by hand.
 //! - [`HostKvStorage`]: host pages for the emulator and tests ([`HostKvStorage::write_kv`],
 //!   [`HostKvStorage::gather_contiguous`]). A device storage follows the same placements.
+//! - [`decode_emulated`]: chunked prefill then token-by-token decode of one layer through a
+//!   fresh cache on the emulator ([`DecodeConfig`], [`DecodeOutput`]).
 //!
 //! Failures are `Error::Cache` (pool exhausted, past `max_seq_len`, unknown sequence,
 //! malformed table) or `Error::Shape` (shapes, layer indices), and leave the cache unchanged.
 
 #![warn(missing_docs)]
 
+pub mod append;
 mod cache;
 mod capacity;
+mod decode;
 mod host;
 pub mod layout;
 mod table;
 
+pub use append::DeviceKvStorage;
 pub use cache::{KvCache, KvCacheConfig, Placement, PoolSize, SeqId, TokenSlot};
 pub use capacity::LayerCapacity;
+pub use decode::{check_causal, decode_emulated, DecodeConfig, DecodeOutput};
 pub use host::{HostKvStorage, HostPages};
 pub use layout::{resident, slot_of_logical_page, PageLayout, PageSize};
 pub use table::BlockTable;

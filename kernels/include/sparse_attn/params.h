@@ -181,6 +181,25 @@ typedef struct SaAttnFwdParams {
   unsigned long long* tiles_visited;
 } SaAttnFwdParams;
 
+/* Appending new tokens' K and V rows to a paged cache (the slots come from the cache's
+ * bookkeeping in src/kv_cache: one (physical page, row in page) pair per new token). Copies
+ * bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32. */
+typedef struct SaKvAppendParams {
+  const void* k_new; /* [n_tokens, num_kv_heads, head_dim] */
+  const void* v_new;
+  void* k_pages; /* [num_pages, num_kv_heads, page_size, head_dim] */
+  void* v_pages;
+  const int32_t* slots; /* [n_tokens][2]: physical page, row within the page */
+  int64_t page_stride;      /* num_kv_heads * page_size * head_dim */
+  int64_t page_head_stride; /* page_size * head_dim */
+  int32_t n_tokens;
+  int32_t num_kv_heads;
+  int32_t head_dim; /* multiple of 8 */
+  int32_t num_pages;
+  int32_t page_size;
+  int32_t _reserved;
+} SaKvAppendParams;
+
 #ifdef __cplusplus
 }
 #endif

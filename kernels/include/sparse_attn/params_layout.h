@@ -104,5 +104,20 @@ SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, gqa_pack) == 348, "offset of SaAttnFw
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, o_partial) == 352, "offset of SaAttnFwdParams::o_partial");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, lse_partial) == 360, "offset of SaAttnFwdParams::lse_partial");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 368, "offset of SaAttnFwdParams::tiles_visited");
+SA_LAYOUT_ASSERT(sizeof(SaKvAppendParams) == 80, "size of SaKvAppendParams");
+SA_LAYOUT_ASSERT(SA_ALIGNOF(SaKvAppendParams) == 8, "alignment of SaKvAppendParams");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, k_new) == 0, "offset of SaKvAppendParams::k_new");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, v_new) == 8, "offset of SaKvAppendParams::v_new");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, k_pages) == 16, "offset of SaKvAppendParams::k_pages");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, v_pages) == 24, "offset of SaKvAppendParams::v_pages");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, slots) == 32, "offset of SaKvAppendParams::slots");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, page_stride) == 40, "offset of SaKvAppendParams::page_stride");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, page_head_stride) == 48, "offset of SaKvAppendParams::page_head_stride");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, n_tokens) == 56, "offset of SaKvAppendParams::n_tokens");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, num_kv_heads) == 60, "offset of SaKvAppendParams::num_kv_heads");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, head_dim) == 64, "offset of SaKvAppendParams::head_dim");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, num_pages) == 68, "offset of SaKvAppendParams::num_pages");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, page_size) == 72, "offset of SaKvAppendParams::page_size");
+SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, _reserved) == 76, "offset of SaKvAppendParams::_reserved");
 
 #endif /* SPARSE_ATTN_PARAMS_LAYOUT_H */

@@ -1,0 +1,265 @@
+//! Writing new tokens' K/V into the pages: the launch of `kernels/kv_append.cu`, its
+//! emulated run on host pages, and the GPU storage of a cache's pages that uses it.
+
+use std::ffi::c_void;
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+
+use super::cache::{KvCache, Placement};
+use super::layout::PageLayout;
+use super::table::BlockTable;
+use crate::attention::Element;
+use crate::backend::{DevicePagedKv, Gpu};
+use crate::emu::{self, GuardedBuffer};
+use crate::error::{Error, Result};
+use crate::ffi::SaKvAppendParams;
+use crate::kernels::{self, Launch};
+
+/// Device (or guarded host) addresses of one append.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppendAddrs {
+    /// `[n_tokens, num_kv_heads, head_dim]` new keys.
+    pub k_new: u64,
+    /// Same shape, new values.
+    pub v_new: u64,
+    /// The layer's key pool, `[num_pages, num_kv_heads, page_size, head_dim]`.
+    pub k_pages: u64,
+    /// The layer's value pool.
+    pub v_pages: u64,
+    /// `[n_tokens][2]` (page, row) pairs from [`placement_slots`].
+    pub slots: u64,
+}
+
+/// The kernel's `[n_tokens][2]` (physical page, row in page) array for `layer` of a
+/// placement, checked against the pool (`Error::Cache`) before any launch.
+pub fn placement_slots(
+    placement: &Placement,
+    layer: usize,
+    layout: &PageLayout,
+    num_pages: usize,
+) -> Result<Vec<i32>> {
+    let slots = placement.layers.get(layer).ok_or_else(|| {
+        Error::Shape(format!(
+            "placement has no layer {layer} ({} layers)",
+            placement.layers.len()
+        ))
+    })?;
+    let mut out = Vec::with_capacity(2 * slots.len());
+    for s in slots {
+        if s.page as usize >= num_pages || s.offset as usize >= layout.page_size.get() {
+            return Err(Error::Cache(format!(
+                "slot (page {}, row {}) outside a pool of {num_pages} pages of {} rows",
+                s.page,
+                s.offset,
+                layout.page_size.get()
+            )));
+        }
+        out.extend_from_slice(&[s.page as i32, s.offset as i32]);
+    }
+    Ok(out)
+}
+
+/// The append launch for `n_tokens` rows into a pool of `num_pages` pages.
+pub fn append_launch(
+    layout: &PageLayout,
+    num_pages: usize,
+    n_tokens: usize,
+    a: &AppendAddrs,
+) -> Result<Launch<SaKvAppendParams>> {
+    if layout.head_dim % 8 != 0 || n_tokens > i32::MAX as usize || num_pages > i32::MAX as usize {
+        return Err(Error::Shape(format!(
+            "append: head_dim {} must be a multiple of 8; {n_tokens} tokens and {num_pages} \
+             pages must fit i32",
+            layout.head_dim
+        )));
+    }
+    Ok(Launch {
+        kernel: kernels::kv_append(),
+        grid: [n_tokens.max(1) as u32, layout.num_kv_heads as u32, 1],
+        block: [32, 1, 1],
+        dynamic_smem_bytes: 0,
+        params: SaKvAppendParams {
+            k_new: a.k_new as *const c_void,
+            v_new: a.v_new as *const c_void,
+            k_pages: a.k_pages as *mut c_void,
+            v_pages: a.v_pages as *mut c_void,
+            slots: a.slots as *const i32,
+            page_stride: layout.page_stride() as i64,
+            page_head_stride: layout.page_head_stride() as i64,
+            n_tokens: n_tokens as i32,
+            num_kv_heads: layout.num_kv_heads as i32,
+            head_dim: layout.head_dim as i32,
+            num_pages: num_pages as i32,
+            page_size: layout.page_size.get() as i32,
+            _reserved: 0,
+        },
+    })
+}
+
+fn check_rows(layout: &PageLayout, n_tokens: usize, k: usize, v: usize) -> Result<()> {
+    let want = n_tokens * layout.num_kv_heads * layout.head_dim;
+    if k != want || v != want {
+        return Err(Error::Shape(format!(
+            "append: {n_tokens} tokens need {want} elements each of k and v (got {k} and {v})"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the append kernel on the CPU emulator over host pools (`k_pages`, `v_pages`:
+/// `[num_pages, num_kv_heads, page_size, head_dim]`). The oracle of this path is
+/// [`super::HostKvStorage::write_kv`].
+pub fn append_emulated<T: Element>(
+    layout: &PageLayout,
+    k_pages: &mut [T],
+    v_pages: &mut [T],
+    slots: &[i32],
+    k_new: &[T],
+    v_new: &[T],
+) -> Result<()> {
+    let n_tokens = slots.len() / 2;
+    check_rows(layout, n_tokens, k_new.len(), v_new.len())?;
+    let page = layout.page_stride();
+    if k_pages.len() != v_pages.len() || page == 0 || k_pages.len() % page != 0 {
+        return Err(Error::Cache(format!(
+            "append: pools of {} / {} elements are not whole pages of {page}",
+            k_pages.len(),
+            v_pages.len()
+        )));
+    }
+    let num_pages = k_pages.len() / page;
+    let ps = layout.page_size.get() as i32;
+    if slots.len() % 2 != 0
+        || slots
+            .chunks(2)
+            .any(|s| s[0] < 0 || s[0] as usize >= num_pages || s[1] < 0 || s[1] >= ps)
+    {
+        return Err(Error::Cache("append: a slot lies outside the pool".into()));
+    }
+    if n_tokens == 0 {
+        return Ok(());
+    }
+    let kb = GuardedBuffer::from_slice(k_pages, "k_pages")?;
+    let vb = GuardedBuffer::from_slice(v_pages, "v_pages")?;
+    let kn = GuardedBuffer::from_slice(k_new, "k_new")?;
+    let vn = GuardedBuffer::from_slice(v_new, "v_new")?;
+    let sb = GuardedBuffer::from_slice(slots, "slots")?;
+    let launch = append_launch(
+        layout,
+        num_pages,
+        n_tokens,
+        &AppendAddrs {
+            k_new: kn.as_ptr() as u64,
+            v_new: vn.as_ptr() as u64,
+            k_pages: kb.as_ptr() as u64,
+            v_pages: vb.as_ptr() as u64,
+            slots: sb.as_ptr() as u64,
+        },
+    )?;
+    // SAFETY: all buffers are guarded and sized as the validated layout and slots require.
+    unsafe { emu::launch_desc(&launch, &Default::default())? };
+    k_pages.copy_from_slice(kb.as_slice());
+    v_pages.copy_from_slice(vb.as_slice());
+    Ok(())
+}
+
+/// The K/V pages of every layer of a [`KvCache`] on a GPU (zero-initialised), written by the
+/// append kernel and read by [`crate::backend::GpuPlan::run_paged`].
+pub struct DeviceKvStorage<T> {
+    layout: PageLayout,
+    gpu: Gpu,
+    layers: Vec<(CudaSlice<T>, CudaSlice<T>)>,
+}
+
+impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
+    /// Pools sized like `cache`'s on `gpu`. `T` must be the cache's dtype (`Error::Shape`).
+    pub fn new(gpu: &Gpu, cache: &KvCache) -> Result<Self> {
+        if T::DTYPE != cache.config().dtype {
+            return Err(Error::Shape(format!(
+                "KV cache holds {}, the storage {}",
+                cache.config().dtype.name(),
+                T::DTYPE.name()
+            )));
+        }
+        let layout = cache.layout();
+        let stream = gpu.stream();
+        let layers = (0..cache.num_layers())
+            .map(|l| {
+                let n = cache.num_pages(l)? * layout.page_stride();
+                Ok((stream.alloc_zeros::<T>(n)?, stream.alloc_zeros::<T>(n)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(DeviceKvStorage {
+            layout,
+            gpu: gpu.clone(),
+            layers,
+        })
+    }
+
+    fn pools(&self, layer: usize) -> Result<&(CudaSlice<T>, CudaSlice<T>)> {
+        self.layers.get(layer).ok_or_else(|| {
+            Error::Shape(format!(
+                "layer {layer} out of range (the storage has {})",
+                self.layers.len()
+            ))
+        })
+    }
+
+    /// Writes `placement`'s new K/V rows (`[placement.len, num_kv_heads, head_dim]` on the
+    /// device) into `layer`, queued on the GPU's stream. Slots and lengths are checked first.
+    pub fn write_kv(
+        &mut self,
+        layer: usize,
+        placement: &Placement,
+        k_rows: &CudaSlice<T>,
+        v_rows: &CudaSlice<T>,
+    ) -> Result<()> {
+        check_rows(&self.layout, placement.len, k_rows.len(), v_rows.len())?;
+        let num_pages = self.pools(layer)?.0.len() / self.layout.page_stride();
+        let slots = placement_slots(placement, layer, &self.layout, num_pages)?;
+        if placement.len == 0 {
+            return Ok(());
+        }
+        let stream = self.gpu.stream().clone();
+        let slots_d = stream.clone_htod(&slots)?;
+        let (kp, vp) = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| Error::Shape(format!("layer {layer} out of range")))?;
+        let (kn, _g1) = k_rows.device_ptr(&stream);
+        let (vn, _g2) = v_rows.device_ptr(&stream);
+        let (sp, _g3) = slots_d.device_ptr(&stream);
+        let (kpp, _g4) = kp.device_ptr_mut(&stream);
+        let (vpp, _g5) = vp.device_ptr_mut(&stream);
+        let launch = append_launch(
+            &self.layout,
+            num_pages,
+            placement.len,
+            &AppendAddrs {
+                k_new: kn,
+                v_new: vn,
+                k_pages: kpp,
+                v_pages: vpp,
+                slots: sp,
+            },
+        )?;
+        // SAFETY: the pools, rows and slots are this storage's / checked above, on the Gpu's
+        // context; the guards keep them alive until the launch is queued.
+        unsafe { self.gpu.launch(&launch) }
+    }
+
+    /// The pages of `layer` with a block table, for [`crate::backend::GpuPlan::run_paged`].
+    pub fn paged<'a>(
+        &'a self,
+        layer: usize,
+        table: &'a BlockTable,
+    ) -> Result<DevicePagedKv<'a, T>> {
+        let (k, v) = self.pools(layer)?;
+        Ok(DevicePagedKv {
+            k_pages: k,
+            v_pages: v,
+            block_table: &table.table,
+            layout: table.paged_layout(),
+        })
+    }
+}
