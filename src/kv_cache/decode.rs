@@ -1,0 +1,246 @@
+//! A decode driver over the paged cache (issue #6): chunked prefill, then one token at a time,
+//! every step appending its K/V to a [`KvCache`] and attending through the cache's block
+//! table on the emulator ([`AttnPlan::run_emulated_paged`]).
+//!
+//! The result is, row for row, what one forward pass over all `T` tokens gives with the same
+//! causal pattern (PATTERNS.md, "Positions": a step's queries are the last `q_len` tokens).
+
+use super::cache::{KvCache, KvCacheConfig, PoolSize, SeqId};
+use super::capacity::LayerCapacity;
+use super::host::HostKvStorage;
+use super::layout::PageSize;
+use crate::attention::{AttnPlan, Element, EmuRun};
+use crate::error::{Error, Result};
+use crate::pattern::HeadPatterns;
+use crate::shape::{AttnOptions, AttnProblem, SeqLens};
+
+/// How [`decode_emulated`] feeds the tokens to the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DecodeConfig {
+    /// Tokens per page: a power of two in `8..=256`.
+    pub page_size: usize,
+    /// Tokens of each sequence prefilled (in chunks) before decoding starts; `0..=T`.
+    pub prefill: usize,
+    /// Most tokens one prefill step appends and attends (the cache's `max_chunk`, which
+    /// sizes the rings); `None`: the whole prefill in one step.
+    pub chunk: Option<usize>,
+    /// Score scale (default `1 / sqrt(head_dim)`).
+    pub scale: Option<f32>,
+    /// Tanh soft-capping of the scores (default off).
+    pub softcap: Option<f32>,
+}
+
+/// What [`decode_emulated`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeOutput<T> {
+    /// `[batch, T, num_heads, head_dim]`: prefill rows, then one row per decode step.
+    pub out: Vec<T>,
+    /// `[batch, num_heads, T]`.
+    pub lse: Vec<f32>,
+    /// Pages the sequences hold at the end.
+    pub pages_used: usize,
+    /// Bytes of K and V in those pages.
+    pub bytes_used: u64,
+    /// Bytes of the cache's whole pool (what a storage allocates).
+    pub pool_bytes: u64,
+    /// Bytes a dense, unpaged cache of the batch's `T` tokens would hold.
+    pub dense_bytes: u64,
+    /// Steps run (prefill chunks plus decode steps).
+    pub steps: usize,
+    /// Plans built; a step whose `(q_len, kv_len)` equals the previous step's reuses its plan.
+    pub plans_built: usize,
+}
+
+/// Checks that every head's pattern is causal (a paged decode only ever has the keys up to
+/// the newest query): `Error::Pattern` names the first head that is not.
+pub fn check_causal(set: &HeadPatterns) -> Result<()> {
+    let patterns = match set {
+        HeadPatterns::All(p) => std::slice::from_ref(p),
+        HeadPatterns::PerHead(v) => v.as_slice(),
+    };
+    match patterns.iter().position(|p| !p.causal) {
+        None => Ok(()),
+        Some(h) => Err(Error::Pattern(if matches!(set, HeadPatterns::All(_)) {
+            "decode needs a causal pattern (\"causal\": true)".to_string()
+        } else {
+            format!("decode needs a causal pattern on every head; head {h} is not causal")
+        })),
+    }
+}
+
+/// Runs `problem` (uniform, `q_len == kv_len == T`) as a prefill of `config.prefill` tokens
+/// in chunks of at most `config.chunk`, then `T - prefill` decode steps of one token, through
+/// a fresh one-layer [`KvCache`] sized by [`LayerCapacity::from_patterns`] and a
+/// [`HostKvStorage`], on the emulator. `q` is `[batch, T, num_heads, head_dim]`, `k` and `v`
+/// `[batch, T, num_kv_heads, head_dim]`.
+///
+/// Each step appends the step's K/V rows for every sequence, then runs its queries against
+/// the cache with [`AttnPlan::with_patterns`] on the uniform problem `q_len = step tokens`,
+/// `kv_len = tokens so far`. A plan is reused while that shape does not change; decode steps
+/// change `kv_len` every time, so they build one each (plans keyed by length are a follow-up).
+///
+/// Errors: a pattern that is not causal on every head, or does not fit the shapes
+/// (`Error::Pattern`); a non-uniform problem, `q_len != kv_len`, `T == 0`, `prefill > T`,
+/// wrong tensor lengths (`Error::Shape`); a bad page size or chunk (`Error::Cache`).
+pub fn decode_emulated<T: Element>(
+    problem: &AttnProblem,
+    patterns: &HeadPatterns,
+    config: &DecodeConfig,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    run: &EmuRun,
+) -> Result<DecodeOutput<T>> {
+    check_causal(patterns)?;
+    let (batch, total) = match problem.seqs {
+        SeqLens::Uniform {
+            batch,
+            q_len,
+            kv_len,
+        } if q_len == kv_len => (batch, q_len),
+        SeqLens::Uniform { q_len, kv_len, .. } => {
+            return Err(Error::Shape(format!(
+                "decode needs q_len == kv_len (got q_len {q_len}, kv_len {kv_len})"
+            )))
+        }
+        SeqLens::Varlen { .. } => {
+            return Err(Error::Shape(
+                "decode takes a uniform batch (every sequence T tokens)".into(),
+            ))
+        }
+    };
+    if total == 0 {
+        return Err(Error::Shape("decode needs at least one token".into()));
+    }
+    if config.prefill > total {
+        return Err(Error::Shape(format!(
+            "prefill {} is longer than the sequence ({total} tokens)",
+            config.prefill
+        )));
+    }
+    let chunk = config.chunk.unwrap_or(config.prefill).max(1);
+    if config.chunk == Some(0) {
+        return Err(Error::Cache(
+            "the prefill chunk must be at least 1 token".into(),
+        ));
+    }
+    patterns.validate(problem.num_heads, total)?;
+    if T::DTYPE != problem.dtype {
+        return Err(Error::Shape(format!(
+            "element type {} does not match the problem's {}",
+            T::DTYPE.name(),
+            problem.dtype.name()
+        )));
+    }
+    let (h, hk, d) = (
+        problem.num_heads,
+        problem.num_kv_heads,
+        problem.head_dim.get() as usize,
+    );
+    for (name, got, want) in [
+        ("q", q.len(), problem.q_elems()),
+        ("k", k.len(), problem.kv_elems()),
+        ("v", v.len(), problem.kv_elems()),
+    ] {
+        if got != want {
+            return Err(Error::Shape(format!(
+                "{name} has {got} elements, the problem needs {want}"
+            )));
+        }
+    }
+
+    let page_size = PageSize::new(config.page_size)?;
+    let capacity = LayerCapacity::from_patterns(patterns, page_size, chunk)?;
+    let mut cache = KvCache::new(
+        KvCacheConfig {
+            num_layers: 1,
+            num_kv_heads: hk,
+            head_dim: d,
+            dtype: problem.dtype,
+            page_size: config.page_size,
+            max_seq_len: total,
+            max_chunk: chunk,
+            pool: PoolSize::Sequences(batch),
+        },
+        vec![capacity],
+    )?;
+    let mut store = HostKvStorage::<T>::new(&cache)?;
+    let seqs: Vec<SeqId> = (0..batch).map(|_| cache.add_sequence()).collect();
+    let opts = AttnOptions {
+        causal: false,
+        scale: config.scale,
+        softcap: config.softcap,
+    };
+
+    let mut out = vec![T::default(); problem.q_elems()];
+    let mut lse = vec![0.0f32; problem.lse_elems()];
+    let (q_row, kv_row) = (h * d, hk * d);
+    let mut plan: Option<AttnPlan> = None;
+    let (mut steps, mut plans_built) = (0usize, 0usize);
+    let mut start = 0usize;
+    while start < total {
+        let n = if start < config.prefill {
+            chunk.min(config.prefill - start)
+        } else {
+            1
+        };
+        let end = start + n;
+        for (b, &seq) in seqs.iter().enumerate() {
+            let placement = cache.reserve_append(seq, n)?;
+            let rows = (b * total + start) * kv_row..(b * total + end) * kv_row;
+            store.write_kv(0, &placement, &k[rows.clone()], &v[rows])?;
+        }
+        let reuse = plan.as_ref().is_some_and(|p| {
+            p.problem().seqs
+                == SeqLens::Uniform {
+                    batch,
+                    q_len: n,
+                    kv_len: end,
+                }
+        });
+        if !reuse {
+            let step = AttnProblem::new(
+                SeqLens::Uniform {
+                    batch,
+                    q_len: n,
+                    kv_len: end,
+                },
+                h,
+                hk,
+                d as u32,
+                problem.dtype,
+            )?;
+            plan = Some(AttnPlan::with_patterns(&step, patterns, &opts)?);
+            plans_built += 1;
+        }
+        let plan_ref = plan.as_ref().expect("built above");
+        let step_q: Vec<T> = (0..batch)
+            .flat_map(|b| q[(b * total + start) * q_row..(b * total + end) * q_row].iter())
+            .copied()
+            .collect();
+        let table = cache.block_table(0, &seqs)?;
+        let kv = store.paged_kv(0, &table)?;
+        let (o, l) = plan_ref.run_emulated_paged(&step_q, &kv, run)?;
+        for b in 0..batch {
+            out[(b * total + start) * q_row..(b * total + end) * q_row]
+                .copy_from_slice(&o[b * n * q_row..(b + 1) * n * q_row]);
+            for head in 0..h {
+                let dst = (b * h + head) * total + start;
+                let src = (b * h + head) * n;
+                lse[dst..dst + n].copy_from_slice(&l[src..src + n]);
+            }
+        }
+        steps += 1;
+        start = end;
+    }
+    Ok(DecodeOutput {
+        out,
+        lse,
+        pages_used: cache.total_pages_used(),
+        bytes_used: cache.total_bytes_used(),
+        pool_bytes: cache.pool_bytes(0)?,
+        dense_bytes: cache.dense_bytes(total).saturating_mul(batch as u64),
+        steps,
+        plans_built,
+    })
+}
