@@ -2,6 +2,8 @@
 //!
 //! - `run`: attention over q/k/v from a safetensors file with any pattern or head pattern set,
 //!   exactly per PATTERNS.md "CLI file formats" (`--mask-out` writes the applied token mask).
+//! - `decode`: prefill then token-by-token decode through a paged KV cache (emulator);
+//!   the output equals `run`'s over all tokens, and the cache's pages and bytes are printed.
 //! - `plan`: a Hugging Face model's layer plan at a sequence length: per-layer pattern,
 //!   density, attention FLOPs and KV-cache bytes against dense (table or `--json`).
 //! - `viz`: PNG pictures of a pattern (token and/or tile level, per head) or of a model's
@@ -14,6 +16,7 @@
 //! usage: status 2, as clap does); output files are only ever replaced by complete files
 //! (written next to them, then renamed), so nothing is written on failure.
 
+mod decode;
 mod io;
 mod model;
 mod pattern;
@@ -49,6 +52,8 @@ struct Cli {
 enum Command {
     /// Attention over q, k, v from a safetensors file with a pattern file (see PATTERNS.md).
     Run(RunArgs),
+    /// Prefill then token-by-token decode through a paged KV cache (see PATTERNS.md).
+    Decode(decode::DecodeArgs),
     /// Per-layer pattern, density, attention FLOPs and KV-cache bytes of a Hugging Face model.
     Plan(PlanArgs),
     /// PNG pictures of a pattern (token and tile level, per head) or of a model's layers.
@@ -259,6 +264,12 @@ pub enum CliError {
     /// Command-line values that cannot work together (exit status 2, like clap's).
     #[error("{0}")]
     Usage(String),
+    /// A command-line value that cannot work with the input (exit status 1).
+    #[error("{0}")]
+    Arg(String),
+    /// A request this build cannot serve yet.
+    #[error("not yet supported: {0}")]
+    NotYet(String),
     /// An output file could not be produced.
     #[error("{0}")]
     Output(String),
@@ -629,6 +640,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(a) => cmd_run(a),
+        Command::Decode(a) => decode::cmd_decode(a),
         Command::Plan(a) => cmd_plan(a),
         Command::Viz(a) => viz::cmd_viz(a),
         Command::Demo(a) => cmd_demo(a),
