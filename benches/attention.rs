@@ -18,9 +18,11 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use half::{bf16, f16};
 use sparse_attn::backend::cublas::DenseReference;
 use sparse_attn::backend::{self, Gpu};
-use sparse_attn::cudarc::driver::sys::CUevent_flags;
 use sparse_attn::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, SeqLens};
+
+mod common;
+use common::time_gpu;
 
 const BATCH: usize = 2;
 const HEADS: usize = 8;
@@ -35,23 +37,6 @@ fn flops(seq: usize, head_dim: usize, causal: bool) -> u64 {
         seq * seq
     };
     4 * (BATCH * HEADS * head_dim * pairs) as u64
-}
-
-/// Mean time per call of `f` over `iters` calls, measured with CUDA events on `gpu`'s stream.
-fn time_gpu(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
-    let stream = gpu.stream();
-    let start = stream
-        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .expect("record start event");
-    for _ in 0..iters {
-        f();
-    }
-    let end = stream
-        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .expect("record end event");
-    end.synchronize().expect("synchronize");
-    let ms = start.elapsed_ms(&end).expect("event time") as f64;
-    Duration::from_secs_f64(ms / 1e3)
 }
 
 struct Buffers<T> {

@@ -10,35 +10,20 @@
 //! time) and achieved KV bandwidth (K and V bytes of the keys the pattern allows, divided by
 //! the step time). Without a GPU the binary says so and exits successfully.
 
-use std::time::Duration;
-
 use criterion::{BenchmarkId, Criterion, Throughput};
 use half::f16;
 use sparse_attn::attention::PagedLayout;
 use sparse_attn::backend::{self, DevicePagedKv, Gpu};
-use sparse_attn::cudarc::driver::sys::CUevent_flags;
 use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, SeqLens};
+
+mod common;
+use common::time_gpu;
 
 const HEADS: usize = 32;
 const KV_HEADS: usize = 8;
 const HEAD_DIM: usize = 128;
 const PAGE: usize = 16;
-
-fn time_gpu(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
-    let stream = gpu.stream();
-    let start = stream
-        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .expect("record start event");
-    for _ in 0..iters {
-        f();
-    }
-    let end = stream
-        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .expect("record end event");
-    end.synchronize().expect("synchronize");
-    Duration::from_secs_f64(start.elapsed_ms(&end).expect("event time") as f64 / 1e3)
-}
 
 fn bench_decode(c: &mut Criterion, gpu: &Gpu, name: &str, pattern: &str, batch: usize, ctx: usize) {
     let set = HeadPatterns::from_json(pattern).expect("pattern");

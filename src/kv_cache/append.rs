@@ -174,13 +174,7 @@ pub struct DeviceKvStorage<T> {
 impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
     /// Pools sized like `cache`'s on `gpu`. `T` must be the cache's dtype (`Error::Shape`).
     pub fn new(gpu: &Gpu, cache: &KvCache) -> Result<Self> {
-        if T::DTYPE != cache.config().dtype {
-            return Err(Error::Shape(format!(
-                "KV cache holds {}, the storage {}",
-                cache.config().dtype.name(),
-                T::DTYPE.name()
-            )));
-        }
+        super::host::check_dtype::<T>(cache)?;
         let layout = cache.layout();
         let stream = gpu.stream();
         let layers = (0..cache.num_layers())

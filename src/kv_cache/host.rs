@@ -8,6 +8,18 @@ use super::table::BlockTable;
 use crate::attention::{Element, PagedKv};
 use crate::error::{Error, Result};
 
+/// `Error::Shape` unless storage elements of type `T` match the cache's dtype.
+pub(crate) fn check_dtype<T: Element>(cache: &KvCache) -> Result<()> {
+    if T::DTYPE != cache.config().dtype {
+        return Err(Error::Shape(format!(
+            "KV cache holds {}, the storage {}",
+            cache.config().dtype.name(),
+            T::DTYPE.name()
+        )));
+    }
+    Ok(())
+}
+
 /// One layer's K and V pools, each `[num_pages, num_kv_heads, page_size, head_dim]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostPages<T> {
@@ -27,13 +39,7 @@ pub struct HostKvStorage<T> {
 impl<T: Element> HostKvStorage<T> {
     /// Pools sized like `cache`'s. `T` must be the cache's dtype (`Error::Shape`).
     pub fn new(cache: &KvCache) -> Result<Self> {
-        if T::DTYPE != cache.config().dtype {
-            return Err(Error::Shape(format!(
-                "KV cache holds {}, the storage {}",
-                cache.config().dtype.name(),
-                T::DTYPE.name()
-            )));
-        }
+        check_dtype::<T>(cache)?;
         let layout = cache.layout();
         let layers = (0..cache.num_layers())
             .map(|l| {
