@@ -288,3 +288,45 @@ fn rejects_bad_requests() {
     let r = decode_emulated(&p, &causal, &config(16, 8, None), &x[1..], &kv, &kv, &run);
     assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
 }
+
+/// Patterns whose layers keep every page: global tokens (including ones past the prefill and
+/// a pattern that is nothing but a late global token), dilation, block masks, BigBird.
+#[test]
+fn full_capacity_components() {
+    let seed = base_seed();
+    let cases = [
+        (
+            "sinks, window and late globals",
+            r#"{"causal": true, "components": [{"sinks": {"count": 2}}, {"sliding_window": {"size": 16}}, {"global": {"tokens": [5, 90, 130]}}]}"#,
+        ),
+        (
+            "one late global token only",
+            r#"{"causal": true, "components": [{"global": {"tokens": [120]}}]}"#,
+        ),
+        (
+            "dilated stride 3",
+            r#"{"causal": true, "components": [{"dilated": {"stride": 3}}]}"#,
+        ),
+        (
+            "block mask",
+            r#"{"causal": true, "components": [{"block_mask": {"block_q": 32, "block_k": 32, "mask": [[1,0,0,0,0],[0,1,0,0,0],[1,0,1,0,0],[0,0,1,1,0],[1,1,0,0,1]]}}]}"#,
+        ),
+        (
+            "BigBird",
+            r#"{"causal": true, "components": [{"bigbird": {"block": 16, "window_blocks": 3, "global_blocks": 1, "random_blocks": 2, "seed": 7}}]}"#,
+        ),
+    ];
+    for (i, (name, json)) in cases.into_iter().enumerate() {
+        let c = Case {
+            name,
+            batch: 1,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 64,
+            t: 150,
+            patterns: HeadPatterns::from_json(json).unwrap(),
+            config: config(16, 60, Some(23)),
+        };
+        check::<f16>(&c, seed + i as u64);
+    }
+}

@@ -11,7 +11,7 @@ use super::host::HostKvStorage;
 use super::layout::PageSize;
 use crate::attention::{AttnPlan, Element, EmuRun};
 use crate::error::{Error, Result};
-use crate::pattern::HeadPatterns;
+use crate::pattern::{BlockMask, Component, GlobalTokens, HeadPatterns, Pattern};
 use crate::shape::{AttnOptions, AttnProblem, SeqLens};
 
 /// How [`decode_emulated`] feeds the tokens to the cache.
@@ -66,6 +66,43 @@ pub fn check_causal(set: &HeadPatterns) -> Result<()> {
             format!("decode needs a causal pattern on every head; head {h} is not causal")
         })),
     }
+}
+
+/// The patterns of a step with `kv_len` keys: global tokens at or past `kv_len` are dropped.
+/// With causal patterns they change nothing there (such a token is neither a key of the step
+/// nor the position of one of its queries), but the compiler rejects globals outside the keys.
+/// A pattern left with no components allows nothing (an all-zero block mask), not everything.
+fn for_keys(set: &HeadPatterns, kv_len: usize) -> Result<HeadPatterns> {
+    let last = kv_len as i64;
+    let fix = |p: &Pattern| -> Result<Pattern> {
+        if !p.components.iter().any(
+            |c| matches!(c, Component::Global(g) if g.tokens().last().is_some_and(|&t| t >= last)),
+        ) {
+            return Ok(p.clone());
+        }
+        let mut components = Vec::with_capacity(p.components.len());
+        for c in &p.components {
+            match c {
+                Component::Global(g) => {
+                    let kept: Vec<i64> = g.tokens().iter().copied().filter(|&t| t < last).collect();
+                    if !kept.is_empty() {
+                        components.push(Component::Global(GlobalTokens::new(kept)?));
+                    }
+                }
+                other => components.push(other.clone()),
+            }
+        }
+        if components.is_empty() {
+            components.push(Component::BlockMask(BlockMask::new(1, 1, vec![vec![0]])?));
+        }
+        Ok(Pattern::new(p.causal, components))
+    };
+    Ok(match set {
+        HeadPatterns::All(p) => HeadPatterns::All(fix(p)?),
+        HeadPatterns::PerHead(v) => {
+            HeadPatterns::PerHead(v.iter().map(fix).collect::<Result<_>>()?)
+        }
+    })
 }
 
 /// Runs `problem` (uniform, `q_len == kv_len == T`) as a prefill of `config.prefill` tokens
@@ -210,7 +247,8 @@ pub fn decode_emulated<T: Element>(
                 d as u32,
                 problem.dtype,
             )?;
-            plan = Some(AttnPlan::with_patterns(&step, patterns, &opts)?);
+            let step_set = for_keys(patterns, end)?;
+            plan = Some(AttnPlan::with_patterns(&step, &step_set, &opts)?);
             plans_built += 1;
         }
         let plan_ref = plan.as_ref().expect("built above");
