@@ -587,3 +587,51 @@ fn device_kv_cache_decode_loop_against_cublas() {
         "decode loop vs cuBLAS: {err:.3e} (seed {seed})"
     );
 }
+
+/// `decode_cuda` (append kernel + paged steps on the GPU) equals the one-shot GPU run over
+/// all T tokens.
+#[test]
+fn decode_cuda_equals_one_shot_run() {
+    use sparse_attn::kv_cache::{decode_cuda, DecodeConfig};
+    let Some(gpu) = gpu("decode_cuda_equals_one_shot_run") else {
+        return;
+    };
+    let seed = base_seed();
+    let t = 700;
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 2,
+            q_len: t,
+            kv_len: t,
+        },
+        8,
+        2,
+        128,
+        DType::BF16,
+    )
+    .unwrap();
+    let set = sparse_attn::pattern::HeadPatterns::from_json(
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 128}}]}"#,
+    )
+    .unwrap();
+    let mut rng = Rng::new(seed);
+    let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let config = DecodeConfig {
+        page_size: 16,
+        prefill: 500,
+        chunk: Some(100),
+        scale: None,
+        softcap: None,
+    };
+    let r = decode_cuda(&gpu, &problem, &set, &config, &q, &k, &v).unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+    let (out, _) = plan.run_cuda_host(&gpu, &q, &k, &v).unwrap();
+    let want: Vec<f64> = out.iter().map(|x| x.to_f64()).collect();
+    let err = common::rel_error(&r.out, &want);
+    assert!(
+        err <= tol(DType::BF16),
+        "decode_cuda vs one-shot: {err:.3e} (seed {seed})"
+    );
+}

@@ -5,11 +5,16 @@
 //! The result is, row for row, what one forward pass over all `T` tokens gives with the same
 //! causal pattern (PATTERNS.md, "Positions": a step's queries are the last `q_len` tokens).
 
-use super::cache::{KvCache, KvCacheConfig, PoolSize, SeqId};
+use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+
+use super::append::DeviceKvStorage;
+use super::cache::{KvCache, KvCacheConfig, Placement, PoolSize, SeqId};
 use super::capacity::LayerCapacity;
 use super::host::HostKvStorage;
 use super::layout::PageSize;
+use super::table::BlockTable;
 use crate::attention::{AttnPlan, Element, EmuRun};
+use crate::backend::Gpu;
 use crate::error::{Error, Result};
 use crate::pattern::{BlockMask, Component, GlobalTokens, HeadPatterns, Pattern};
 use crate::shape::{AttnOptions, AttnProblem, SeqLens};
@@ -128,6 +133,104 @@ pub fn decode_emulated<T: Element>(
     v: &[T],
     run: &EmuRun,
 ) -> Result<DecodeOutput<T>> {
+    decode_with(problem, patterns, config, q, k, v, |cache| {
+        Ok(EmuSteps {
+            store: HostKvStorage::<T>::new(cache)?,
+            run,
+        })
+    })
+}
+
+/// [`decode_emulated`] on a GPU: the K/V of each step go into the cache's pages with the
+/// append kernel ([`super::DeviceKvStorage`]) and every step runs the forward kernel through
+/// the block table ([`crate::backend::GpuPlan::run_paged`]).
+pub fn decode_cuda<T: Element + DeviceRepr + ValidAsZeroBits>(
+    gpu: &Gpu,
+    problem: &AttnProblem,
+    patterns: &HeadPatterns,
+    config: &DecodeConfig,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+) -> Result<DecodeOutput<T>> {
+    decode_with(problem, patterns, config, q, k, v, |cache| {
+        Ok(CudaSteps {
+            store: DeviceKvStorage::<T>::new(gpu, cache)?,
+            gpu,
+        })
+    })
+}
+
+/// Where a decode run keeps its pages and runs its steps.
+trait StepBackend<T> {
+    /// Writes one sequence's new K/V rows (`[placement.len, kv_heads, head_dim]`).
+    fn write(&mut self, placement: &Placement, k_rows: &[T], v_rows: &[T]) -> Result<()>;
+    /// Runs one step's queries against the cache through `table`; returns (out, lse).
+    fn attend(
+        &mut self,
+        plan: &AttnPlan,
+        q: &[T],
+        table: &BlockTable,
+    ) -> Result<(Vec<T>, Vec<f32>)>;
+}
+
+struct EmuSteps<'r, T> {
+    store: HostKvStorage<T>,
+    run: &'r EmuRun<'r>,
+}
+
+impl<T: Element> StepBackend<T> for EmuSteps<'_, T> {
+    fn write(&mut self, placement: &Placement, k_rows: &[T], v_rows: &[T]) -> Result<()> {
+        self.store.write_kv(0, placement, k_rows, v_rows)
+    }
+    fn attend(
+        &mut self,
+        plan: &AttnPlan,
+        q: &[T],
+        table: &BlockTable,
+    ) -> Result<(Vec<T>, Vec<f32>)> {
+        let kv = self.store.paged_kv(0, table)?;
+        plan.run_emulated_paged(q, &kv, self.run)
+    }
+}
+
+struct CudaSteps<'g, T> {
+    store: DeviceKvStorage<T>,
+    gpu: &'g Gpu,
+}
+
+impl<T: Element + DeviceRepr + ValidAsZeroBits> StepBackend<T> for CudaSteps<'_, T> {
+    fn write(&mut self, placement: &Placement, k_rows: &[T], v_rows: &[T]) -> Result<()> {
+        let stream = self.gpu.stream();
+        let (kd, vd) = (stream.clone_htod(k_rows)?, stream.clone_htod(v_rows)?);
+        self.store.write_kv(0, placement, &kd, &vd)
+    }
+    fn attend(
+        &mut self,
+        plan: &AttnPlan,
+        q: &[T],
+        table: &BlockTable,
+    ) -> Result<(Vec<T>, Vec<f32>)> {
+        let stream = self.gpu.stream();
+        let qd = stream.clone_htod(q)?;
+        let mut out = stream.alloc_zeros::<T>(plan.problem().q_elems())?;
+        let mut lse = stream.alloc_zeros::<f32>(plan.problem().lse_elems())?;
+        let kv = self.store.paged(0, table)?;
+        plan.upload(self.gpu)?
+            .run_paged(&qd, &kv, &mut out, &mut lse)?;
+        Ok((stream.clone_dtoh(&out)?, stream.clone_dtoh(&lse)?))
+    }
+}
+
+fn decode_with<T: Element, B: StepBackend<T>>(
+    problem: &AttnProblem,
+    patterns: &HeadPatterns,
+    config: &DecodeConfig,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    make_backend: impl FnOnce(&KvCache) -> Result<B>,
+) -> Result<DecodeOutput<T>> {
     check_causal(patterns)?;
     let (batch, total) = match problem.seqs {
         SeqLens::Uniform {
@@ -201,7 +304,7 @@ pub fn decode_emulated<T: Element>(
         },
         vec![capacity],
     )?;
-    let mut store = HostKvStorage::<T>::new(&cache)?;
+    let mut backend = make_backend(&cache)?;
     let seqs: Vec<SeqId> = (0..batch).map(|_| cache.add_sequence()).collect();
     let opts = AttnOptions {
         causal: false,
@@ -225,7 +328,7 @@ pub fn decode_emulated<T: Element>(
         for (b, &seq) in seqs.iter().enumerate() {
             let placement = cache.reserve_append(seq, n)?;
             let rows = (b * total + start) * kv_row..(b * total + end) * kv_row;
-            store.write_kv(0, &placement, &k[rows.clone()], &v[rows])?;
+            backend.write(&placement, &k[rows.clone()], &v[rows])?;
         }
         let reuse = plan.as_ref().is_some_and(|p| {
             p.problem().seqs
@@ -257,8 +360,7 @@ pub fn decode_emulated<T: Element>(
             .copied()
             .collect();
         let table = cache.block_table(0, &seqs)?;
-        let kv = store.paged_kv(0, &table)?;
-        let (o, l) = plan_ref.run_emulated_paged(&step_q, &kv, run)?;
+        let (o, l) = backend.attend(plan_ref, &step_q, &table)?;
         for b in 0..batch {
             out[(b * total + start) * q_row..(b * total + end) * q_row]
                 .copy_from_slice(&o[b * n * q_row..(b + 1) * n * q_row]);

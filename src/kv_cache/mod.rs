@@ -35,7 +35,7 @@ mod table;
 pub use append::DeviceKvStorage;
 pub use cache::{KvCache, KvCacheConfig, Placement, PoolSize, SeqId, TokenSlot};
 pub use capacity::LayerCapacity;
-pub use decode::{check_causal, decode_emulated, DecodeConfig, DecodeOutput};
+pub use decode::{check_causal, decode_cuda, decode_emulated, DecodeConfig, DecodeOutput};
 pub use host::{HostKvStorage, HostPages};
 pub use layout::{resident, slot_of_logical_page, PageLayout, PageSize};
 pub use table::BlockTable;

@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use clap::Args;
 use half::{bf16, f16};
-use sparse_attn::kv_cache::{check_causal, decode_emulated, DecodeConfig, PageSize};
+use sparse_attn::kv_cache::{check_causal, decode_cuda, decode_emulated, DecodeConfig, PageSize};
 use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::{AttnProblem, DType, EmuRun, SeqLens};
 
 use super::io::{self, OutTensor, Staged, Storage};
-use super::{input_err, pattern, BackendArg, CliError};
+use super::{input_err, pattern, Backend, BackendArg, CliError};
 
 #[derive(Args)]
 pub struct DecodeArgs {
@@ -39,11 +39,6 @@ pub struct DecodeArgs {
 }
 
 pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
-    if a.backend == BackendArg::Cuda {
-        return Err(CliError::NotYet(
-            "decode on the CUDA backend (device KV storage pending)".into(),
-        ));
-    }
     PageSize::new(a.page_size).map_err(|e| CliError::Arg(format!("--page-size: {e}")))?;
     if a.chunk == Some(0) {
         return Err(CliError::Arg("--chunk must be at least 1".into()));
@@ -103,10 +98,11 @@ pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
         scale: None,
         softcap: None,
     };
+    let backend = Backend::select(a.backend)?;
     let start = Instant::now();
     let r = match inputs.dtype {
-        DType::F16 => decode_to_tensors::<f16>(&problem, &set, &config, &inputs)?,
-        DType::BF16 => decode_to_tensors::<bf16>(&problem, &set, &config, &inputs)?,
+        DType::F16 => decode_to_tensors::<f16>(&backend, &problem, &set, &config, &inputs)?,
+        DType::BF16 => decode_to_tensors::<bf16>(&backend, &problem, &set, &config, &inputs)?,
     };
     let elapsed = start.elapsed();
     let lse = OutTensor::from_f32("lse", vec![batch, num_heads, t], &r.lse);
@@ -116,7 +112,7 @@ pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
     let chunk = a.chunk.unwrap_or(a.prefill).max(1);
     println!(
         "sparse-attn decode: {}; {} q [{batch}, {t}, {num_heads}, {head_dim}], {num_kv_heads} kv \
-         heads; prefill {} ({} chunks of <= {chunk}) + {} decode steps, {} plans; on emulator \
+         heads; prefill {} ({} chunks of <= {chunk}) + {} decode steps, {} plans; on {} \
          in {:.3} s -> {}",
         pattern::set_text(&set),
         inputs.dtype.name(),
@@ -124,6 +120,7 @@ pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
         a.prefill.div_ceil(chunk),
         t - a.prefill,
         r.plans_built,
+        backend.describe(),
         elapsed.as_secs_f64(),
         a.output.display()
     );
@@ -150,6 +147,7 @@ struct Decoded {
 }
 
 fn decode_to_tensors<T: Storage>(
+    backend: &Backend,
     problem: &AttnProblem,
     set: &HeadPatterns,
     config: &DecodeConfig,
@@ -158,7 +156,10 @@ fn decode_to_tensors<T: Storage>(
     let q = io::Inputs::typed::<T>(&inputs.q);
     let k = io::Inputs::typed::<T>(&inputs.k);
     let v = io::Inputs::typed::<T>(&inputs.v);
-    let r = decode_emulated(problem, set, config, &q, &k, &v, &EmuRun::default())?;
+    let r = match backend {
+        Backend::Cuda(gpu) => decode_cuda(gpu, problem, set, config, &q, &k, &v)?,
+        Backend::Emulator => decode_emulated(problem, set, config, &q, &k, &v, &EmuRun::default())?,
+    };
     Ok(Decoded {
         out: OutTensor::from_elems("out", inputs.q_shape.to_vec(), &r.out),
         lse: r.lse,
