@@ -1,0 +1,417 @@
+//! The safe forward-attention API: plan once (validate, pick the kernel, compute the launch
+//! geometry), then run on a backend as many times as needed.
+//!
+//! ```no_run
+//! use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, SeqLens};
+//! let problem = AttnProblem::new(
+//!     SeqLens::Uniform { batch: 1, q_len: 128, kv_len: 128 }, 8, 2, 64, DType::F16)?;
+//! let plan = AttnPlan::new(&problem, &AttnOptions::causal())?;
+//! let n = problem.q_elems();
+//! let q = vec![half::f16::from_f32(0.1); n];
+//! let kv = vec![half::f16::from_f32(0.1); problem.kv_elems()];
+//! let (out, lse) = plan.run_emulated(&q, &kv, &kv, &Default::default())?;
+//! # Ok::<(), sparse_attn::Error>(())
+//! ```
+//!
+//! Where things are: `meta.rs` compiles a plan's block-sparse metadata (and uploads it to the
+//! emulator), `paged.rs` describes and validates paged K/V, `emulated.rs` runs a plan on the
+//! CPU emulator; the CUDA runs live in `crate::backend::cuda`.
+
+use std::ffi::c_void;
+
+use crate::emu;
+use crate::error::{Error, Result};
+use crate::ffi::SaAttnFwdParams;
+use crate::kernels::{self, FwdTiles, KernelDesc, Launch};
+use crate::pattern::{HeadPatterns, Pattern};
+use crate::shape::{AttnOptions, AttnProblem, DType, SeqLens};
+
+mod emulated;
+mod meta;
+mod paged;
+
+pub use emulated::EmuRun;
+pub use meta::{EmuMeta, MetaAddrs, PlanMeta};
+pub use paged::{PagedAddrs, PagedKv, PagedLayout};
+
+/// A 16-bit element type the kernels accept.
+pub trait Element: emu::Plain + Default + Send + Sync {
+    const DTYPE: DType;
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+}
+
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+}
+
+impl Element for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+}
+
+/// Device addresses of one call's tensors (raw: the backends fill them from buffers they own).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorAddrs {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub out: u64,
+    pub lse: u64,
+    /// `cu_seqlens` arrays on the device (0 for uniform batches).
+    pub cu_q: u64,
+    pub cu_k: u64,
+    /// Optional work counter (0 = none).
+    pub tiles_visited: u64,
+    /// The plan's block-sparse metadata on the device (see [`PlanMeta::arrays`]).
+    pub meta: MetaAddrs,
+    /// K/V from a paged cache instead of `k`/`v` (default: not paged).
+    pub paged: PagedAddrs,
+    /// Split-KV workspace (f32): `[num_splits, total_q, num_heads, head_dim]` partial outputs
+    /// and `[num_splits, total_q, num_heads]` partial LSEs; 0 when the plan does not split.
+    pub o_partial: u64,
+    pub lse_partial: u64,
+}
+
+/// A validated forward-attention plan.
+#[derive(Clone, Debug)]
+pub struct AttnPlan {
+    problem: AttnProblem,
+    scale: f32,
+    softcap: f32,
+    patterns: HeadPatterns,
+    kernel: &'static KernelDesc,
+    tiles: FwdTiles,
+    meta: PlanMeta,
+    num_splits: u32,
+    gqa_pack: u32,
+}
+
+impl AttnPlan {
+    /// A dense (or, with `opts.causal`, causal) plan.
+    pub fn new(problem: &AttnProblem, opts: &AttnOptions) -> Result<Self> {
+        Self::with_patterns(problem, &HeadPatterns::All(Pattern::dense()), opts)
+    }
+
+    /// A plan for any pattern set of PATTERNS.md (one pattern for all heads or one per
+    /// head). `opts.causal = true` intersects every head's pattern with causal. The
+    /// block-sparse metadata is compiled here, once, for every sequence of the batch.
+    pub fn with_patterns(
+        problem: &AttnProblem,
+        patterns: &HeadPatterns,
+        opts: &AttnOptions,
+    ) -> Result<Self> {
+        let (scale, softcap) = opts.resolve(problem.head_dim)?;
+        problem.seqs.validate()?;
+        let patterns = if opts.causal {
+            let causal = |p: &Pattern| Pattern::new(true, p.components.clone());
+            match patterns {
+                HeadPatterns::All(p) => HeadPatterns::All(causal(p)),
+                HeadPatterns::PerHead(v) => HeadPatterns::PerHead(v.iter().map(causal).collect()),
+            }
+        } else {
+            patterns.clone()
+        };
+        let pack = default_gqa_pack(problem, &patterns);
+        Self::build(problem.clone(), patterns, scale, softcap, pack)
+    }
+
+    fn build(
+        problem: AttnProblem,
+        patterns: HeadPatterns,
+        scale: f32,
+        softcap: f32,
+        gqa_pack: u32,
+    ) -> Result<Self> {
+        let tiles = kernels::fwd_tiles(problem.head_dim);
+        let meta = PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?;
+        let num_splits = default_num_splits(&problem, &tiles, gqa_pack, meta.max_row_tiles());
+        Ok(AttnPlan {
+            kernel: kernels::attn_fwd(problem.dtype, problem.head_dim),
+            problem,
+            scale,
+            softcap,
+            patterns,
+            tiles,
+            meta,
+            num_splits,
+            gqa_pack,
+        })
+    }
+
+    /// Turns GQA packing on or off (recompiling the metadata). Packing puts the query heads of
+    /// one kv head into the rows of one block, so each K/V tile is read once per group instead
+    /// of once per query head: the decode layout (FlashAttention's "seqlen-q / ngroups swap").
+    /// It needs a group size that is a power of two up to 64 and the same head-independent
+    /// pattern on every head of a group; the default enables it for short queries (< 64
+    /// tokens) when possible.
+    pub fn with_gqa_packing(self, enabled: bool) -> Result<Self> {
+        let g = self.problem.group_size() as u32;
+        let pack = if enabled {
+            if !gqa_packable(&self.problem, &self.patterns) {
+                return Err(Error::Unsupported(format!(
+                    "GQA packing needs a power-of-two group size <= 64 (got {g}) and one \
+                     head-independent pattern per kv group"
+                )));
+            }
+            g
+        } else {
+            1
+        };
+        Self::build(self.problem, self.patterns, self.scale, self.softcap, pack)
+    }
+
+    /// Query heads packed into one block (1 = not packed).
+    pub fn gqa_pack(&self) -> u32 {
+        self.gqa_pack
+    }
+
+    /// Overrides the split-KV factor (1 = no split). Each query tile's kv walk is cut into
+    /// `num_splits` parts run by separate blocks and merged by the combine kernel through
+    /// their LSE; results agree with the unsplit run within rounding.
+    pub fn with_num_splits(mut self, num_splits: u32) -> Result<Self> {
+        if !(1..=MAX_SPLITS).contains(&num_splits) {
+            return Err(Error::Unsupported(format!(
+                "num_splits {num_splits} (supported: 1..={MAX_SPLITS})"
+            )));
+        }
+        self.num_splits = num_splits;
+        Ok(self)
+    }
+
+    /// Query tokens per block (the kernel's BLOCK_M, divided by the GQA pack).
+    fn tile_tokens(&self) -> usize {
+        (self.tiles.block_m / self.gqa_pack.max(1)) as usize
+    }
+
+    /// The split-KV factor of this plan (1 = no split).
+    pub fn num_splits(&self) -> u32 {
+        self.num_splits
+    }
+
+    /// f32 elements of the split-KV workspace: (partial outputs, partial LSEs); (0, 0) when
+    /// the plan does not split.
+    pub fn split_workspace(&self) -> (usize, usize) {
+        if self.num_splits <= 1 {
+            return (0, 0);
+        }
+        let p = &self.problem;
+        let rows = self.num_splits as usize * p.seqs.totals().0 * p.num_heads;
+        (rows * p.head_dim.get() as usize, rows)
+    }
+
+    /// The combine launch that merges split-KV partials into `out` and `lse` (`None` when
+    /// the plan does not split). Runs after [`AttnPlan::launch`] on the same addresses.
+    pub fn combine_launch(&self, a: &TensorAddrs) -> Option<Launch<SaAttnFwdParams>> {
+        let total_q = self.problem.seqs.totals().0;
+        if self.num_splits <= 1 || total_q == 0 {
+            return None;
+        }
+        let mut l = self.launch(a);
+        let warps = (kernels::COMBINE_THREADS / 32) as usize;
+        let pairs = total_q * self.problem.num_heads;
+        l.kernel = kernels::attn_combine(self.problem.dtype, self.problem.head_dim);
+        l.grid = [pairs.div_ceil(warps) as u32, 1, 1];
+        l.block = [kernels::COMBINE_THREADS, 1, 1];
+        l.dynamic_smem_bytes = 0;
+        Some(l)
+    }
+
+    pub fn problem(&self) -> &AttnProblem {
+        &self.problem
+    }
+    pub fn kernel(&self) -> &'static KernelDesc {
+        self.kernel
+    }
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+    pub fn softcap(&self) -> f32 {
+        self.softcap
+    }
+    /// The head patterns this plan runs (after `opts.causal` was applied).
+    pub fn patterns(&self) -> &HeadPatterns {
+        &self.patterns
+    }
+    /// `Some(causal)` when every head is dense (no components beyond `dense`) with the same
+    /// causality, i.e. the plan is plain dense or causal attention; `None` for sparse plans.
+    pub fn dense_causal(&self) -> Option<bool> {
+        let causal = self.patterns.causal()?;
+        let dense = (0..self.problem.num_heads)
+            .all(|h| self.patterns.pattern(h).is_some_and(|p| p.is_dense()));
+        dense.then_some(causal)
+    }
+    /// The compiled block-sparse metadata.
+    pub fn meta(&self) -> &PlanMeta {
+        &self.meta
+    }
+    /// Whether query head `h` of sequence `b` may attend key `j` from row `i` (the contract's
+    /// predicate, for references and mask rendering).
+    pub fn allowed(&self, b: usize, h: usize, i: usize, j: usize) -> bool {
+        let (q_len, kv_len) = self.problem.seqs.lens(b);
+        let p = i as i64 + kv_len as i64 - q_len as i64;
+        self.patterns.allowed(h, p, j as i64, kv_len)
+    }
+
+    /// The launch for given tensor addresses. Pure: no memory is touched.
+    pub fn launch(&self, a: &TensorAddrs) -> Launch<SaAttnFwdParams> {
+        let p = &self.problem;
+        let d = p.head_dim.get() as i64;
+        let (h, hk) = (p.num_heads as i64, p.num_kv_heads as i64);
+        let (max_q, max_k) = p.seqs.max_lens();
+        let (total_q, _) = p.seqs.totals();
+        let (q_len, kv_len) = match &p.seqs {
+            SeqLens::Uniform { q_len, kv_len, .. } => (*q_len, *kv_len),
+            SeqLens::Varlen { .. } => (max_q, max_k),
+        };
+        let varlen = matches!(p.seqs, SeqLens::Varlen { .. });
+        let params = SaAttnFwdParams {
+            q: a.q as *const c_void,
+            k: a.k as *const c_void,
+            v: a.v as *const c_void,
+            out: a.out as *mut c_void,
+            lse: a.lse as *mut f32,
+            q_batch_stride: q_len as i64 * h * d,
+            q_row_stride: h * d,
+            q_head_stride: d,
+            k_batch_stride: kv_len as i64 * hk * d,
+            k_row_stride: hk * d,
+            k_head_stride: d,
+            v_batch_stride: kv_len as i64 * hk * d,
+            v_row_stride: hk * d,
+            v_head_stride: d,
+            o_batch_stride: q_len as i64 * h * d,
+            o_row_stride: h * d,
+            o_head_stride: d,
+            lse_batch_stride: if varlen { 0 } else { h * q_len as i64 },
+            lse_head_stride: if varlen { total_q as i64 } else { q_len as i64 },
+            cu_seqlens_q: a.cu_q as *const i32,
+            cu_seqlens_k: a.cu_k as *const i32,
+            batch: p.seqs.batch() as i32,
+            num_heads: h as i32,
+            num_kv_heads: hk as i32,
+            head_dim: d as i32,
+            q_len: q_len as i32,
+            kv_len: kv_len as i32,
+            scale: self.scale,
+            softcap: self.softcap,
+            tiles_visited: a.tiles_visited as *mut _,
+            paged: paged::paged_params(a, hk, d),
+            num_splits: self.num_splits as i32,
+            gqa_pack: self.gqa_pack as i32,
+            o_partial: a.o_partial as *mut f32,
+            lse_partial: a.lse_partial as *mut f32,
+            head_set: a.meta.0[0] as *const i32,
+            seq_row_base: a.meta.0[1] as *const i32,
+            seq_program_base: a.meta.0[2] as *const i32,
+            full_row_ptr: a.meta.0[3] as *const i32,
+            full_tiles: a.meta.0[4] as *const i32,
+            partial_row_ptr: a.meta.0[5] as *const i32,
+            partial_tiles: a.meta.0[6] as *const i32,
+            mask_programs: a.meta.0[7] as *const _,
+            mask_components: a.meta.0[8] as *const _,
+            mask_data: a.meta.0[9] as *const i32,
+        };
+        let m_blocks = q_len.div_ceil(self.tile_tokens()).max(1) as u32;
+        let heads = if self.gqa_pack > 1 { hk } else { h };
+        Launch {
+            kernel: self.kernel,
+            grid: [
+                m_blocks * self.num_splits,
+                heads as u32,
+                p.seqs.batch() as u32,
+            ],
+            block: [self.tiles.threads, 1, 1],
+            dynamic_smem_bytes: self.tiles.smem_bytes,
+            params,
+        }
+    }
+
+    pub(crate) fn check_lens<T: Element>(&self, q: usize, k: usize, v: usize) -> Result<()> {
+        let p = &self.problem;
+        if T::DTYPE != p.dtype {
+            return Err(Error::Shape(format!(
+                "element type {} does not match the problem's {}",
+                T::DTYPE.name(),
+                p.dtype.name()
+            )));
+        }
+        for (name, got, want) in [
+            ("q", q, p.q_elems()),
+            ("k", k, p.kv_elems()),
+            ("v", v, p.kv_elems()),
+        ] {
+            if got != want {
+                return Err(Error::Shape(format!(
+                    "{name} has {got} elements, the problem needs {want}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most split-KV parts a plan may use.
+pub const MAX_SPLITS: u32 = 64;
+
+/// Blocks that fill a large GPU (132 SMs on H100/H200, one 4-warp forward block each at
+/// these register counts); split-KV is worth its combine pass only below that.
+const TARGET_BLOCKS: usize = 132;
+
+/// The default split-KV factor: none when the unsplit grid already has `TARGET_BLOCKS`
+/// blocks; otherwise enough parts to reach about two waves, keeping at least two kv tiles
+/// per part. A heuristic (FlashAttention-2 uses a similar occupancy rule); not yet tuned by
+/// measurement.
+fn default_num_splits(
+    problem: &AttnProblem,
+    tiles: &FwdTiles,
+    gqa_pack: u32,
+    max_row_tiles: usize,
+) -> u32 {
+    let (max_q, _) = problem.seqs.max_lens();
+    let tile_tokens = (tiles.block_m / gqa_pack.max(1)) as usize;
+    let blocks = max_q.div_ceil(tile_tokens).max(1)
+        * (problem.num_heads / gqa_pack.max(1) as usize)
+        * problem.seqs.batch();
+    if blocks >= TARGET_BLOCKS || max_row_tiles < 4 {
+        return 1;
+    }
+    let want = (2 * TARGET_BLOCKS).div_ceil(blocks);
+    want.min(max_row_tiles / 2).min(MAX_SPLITS as usize).max(1) as u32
+}
+
+/// Whether the heads of every kv group can share packed blocks: a power-of-two group size up
+/// to 64 and one head-independent pattern per group.
+fn gqa_packable(problem: &AttnProblem, patterns: &HeadPatterns) -> bool {
+    let g = problem.group_size();
+    if g < 2 || !g.is_power_of_two() || g > 64 {
+        return false;
+    }
+    (0..problem.num_kv_heads).all(|kv| {
+        let first = patterns.pattern(kv * g);
+        first.is_some_and(|p| !p.is_head_dependent())
+            && (1..g).all(|i| patterns.pattern(kv * g + i) == first)
+    })
+}
+
+/// GQA packing by default for short queries (decode and small chunks), where unpacked blocks
+/// would be mostly empty rows and every query head would re-read the same K/V.
+fn default_gqa_pack(problem: &AttnProblem, patterns: &HeadPatterns) -> u32 {
+    let (max_q, _) = problem.seqs.max_lens();
+    if max_q < 64 && gqa_packable(problem, patterns) {
+        problem.group_size() as u32
+    } else {
+        1
+    }
+}
