@@ -10,7 +10,11 @@
 //!   description both backends execute.
 //! - [`emu`] (CPU emulator) and [`backend`] (CUDA via cudarc, cuBLAS dense reference).
 //! - [`attention`]: validated plans ([`AttnPlan`]) and the safe forward API.
-//! - [`reference`]: the f64 CPU oracle used by the tests.
+//! - [`mod@reference`]: the f64 CPU oracle used by the tests.
+//!
+//! Beside them: [`pattern`] (the pattern language of PATTERNS.md and its compiler to
+//! block-sparse metadata: where the sparsity is) and [`kv_cache`] (the paged cache, its rings
+//! for windowed layers, the append kernel and the decode driver: where the memory is).
 
 pub mod attention;
 pub mod backend;
