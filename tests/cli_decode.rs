@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::tempdir::TempDir;
+
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{base_seed, random_tensor, Rng};
 use half::{bf16, f16};
@@ -14,35 +15,6 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sparse-attn");
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Dir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sparse-attn-cli-decode-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, contents).unwrap();
-        p
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -132,7 +104,7 @@ fn decode_vs_run(
     kv_heads: usize,
     extra: &[&str],
 ) -> (u64, u64, u64) {
-    let dir = Dir::new();
+    let dir = TempDir::new();
     let [b, t, _, d] = shape;
     let input = dir.write(
         "in.safetensors",
@@ -254,7 +226,7 @@ fn decode_matches_run_per_head_windows() {
 /// `decode` with these arguments fails with one line containing `needle`, exit status 1, and
 /// leaves an existing output file as it was.
 fn expect_failure(q: [usize; 4], kv: [usize; 4], pattern: &str, extra: &[&str], needle: &str) {
-    let dir = Dir::new();
+    let dir = TempDir::new();
     let input = dir.write("in.safetensors", input_file(Dtype::F16, q, kv, 1));
     let pat = dir.write("p.json", pattern);
     let output = dir.write("out.safetensors", b"previous contents");

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod paged;
+pub mod tempdir;
 
 use sparse_attn::reference::{self, RefInputs, RefOutput};
 use sparse_attn::{AttnPlan, AttnProblem, Element};
