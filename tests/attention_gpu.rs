@@ -9,6 +9,7 @@ use half::{bf16, f16};
 use sparse_attn::backend::cublas::dense_reference;
 use sparse_attn::backend::{self, Gpu};
 use sparse_attn::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+use sparse_attn::pattern::render_token_mask;
 use sparse_attn::reference::causal_allowed;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, Error, SeqLens};
 
@@ -358,14 +359,7 @@ fn sparse_patterns_against_cublas_with_materialised_mask() {
             .unwrap();
             let set = sparse_attn::pattern::HeadPatterns::from_json(json).unwrap();
             let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
-            let mut mask = vec![0u8; 4 * q_len * kv_len];
-            for h in 0..4 {
-                for i in 0..q_len {
-                    for j in 0..kv_len {
-                        mask[(h * q_len + i) * kv_len + j] = plan.allowed(0, h, i, j) as u8;
-                    }
-                }
-            }
+            let mask = render_token_mask(plan.patterns(), 4, q_len, kv_len).unwrap();
             let mut rng = Rng::new(seed ^ n as u64);
             let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
             let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
@@ -448,12 +442,7 @@ fn paged_kv_against_cublas() {
             .run_paged(&qd, &kv, &mut out, &mut lse)
             .unwrap();
         let out = stream.clone_dtoh(&out).unwrap();
-        let mut mask = vec![0u8; 8 * 3000];
-        for h in 0..8 {
-            for j in 0..3000 {
-                mask[h * 3000 + j] = plan.allowed(0, h, 0, j) as u8;
-            }
-        }
+        let mask = render_token_mask(plan.patterns(), 8, 1, 3000).unwrap();
         let (d_out, _) = dense_reference(
             &gpu,
             &problem,
@@ -563,12 +552,7 @@ fn device_kv_cache_decode_loop_against_cublas() {
     )
     .unwrap();
     let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
-    let mut mask = vec![0u8; hq * total];
-    for h in 0..hq {
-        for j in 0..total {
-            mask[h * total + j] = plan.allowed(0, h, 0, j) as u8;
-        }
-    }
+    let mask = render_token_mask(plan.patterns(), hq, 1, total).unwrap();
     let q_last = &q[(total - 1) * hq * d..];
     let (d_out, _) = dense_reference(
         &gpu,
