@@ -330,3 +330,24 @@ fn full_capacity_components() {
         check::<f16>(&c, seed + i as u64);
     }
 }
+
+#[test]
+fn five_thousand_tokens_through_sinks_and_a_256_window() {
+    // The long stream: 5000 tokens through 4 sinks + a 256-token window, page 16.
+    // Prefill 4500 in chunks of 300, then 500 single-token decode steps; the ring (1 sink page
+    // + ceil((255 + 300 - 1) / 16) + 1 = 36 pages) wraps many times.
+    let seed = base_seed();
+    let c = Case {
+        name: "StreamingLLM 4 + 256, T 5000, page 16",
+        batch: 1,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+        t: 5000,
+        patterns: Pattern::streaming(4, 256).unwrap().into(),
+        config: config(16, 4500, Some(300)),
+    };
+    let got = check::<f16>(&c, seed);
+    assert_eq!(got.pages_used, 1 + 36);
+    assert!(got.bytes_used * 8 < got.dense_bytes);
+}
