@@ -8,10 +8,10 @@ use clap::Args;
 use half::{bf16, f16};
 use sparse_attn::kv_cache::{check_causal, decode_cuda, decode_emulated, DecodeConfig, PageSize};
 use sparse_attn::pattern::HeadPatterns;
-use sparse_attn::{AttnProblem, DType, EmuRun, SeqLens};
+use sparse_attn::{AttnProblem, DType, EmuRun};
 
 use super::io::{self, OutTensor, Staged, Storage};
-use super::{input_err, pattern, Backend, BackendArg, CliError};
+use super::{fit_problem, input_err, pattern, Backend, BackendArg, CliError};
 
 #[derive(Args)]
 pub struct DecodeArgs {
@@ -68,29 +68,7 @@ pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
             ),
         ));
     }
-    let head_dim = u32::try_from(head_dim)
-        .map_err(|_| input_err(&a.input, format!("head_dim {head_dim} is not supported")))?;
-    let problem = AttnProblem::new(
-        SeqLens::Uniform {
-            batch,
-            q_len: t,
-            kv_len: t,
-        },
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        inputs.dtype,
-    )
-    .map_err(|e| input_err(&a.input, e))?;
-    set.validate(num_heads, t).map_err(|e| {
-        input_err(
-            &a.pattern,
-            format!(
-                "does not fit the input ({t} tokens, {num_heads} heads): {}",
-                pattern::message(e)
-            ),
-        )
-    })?;
+    let problem = fit_problem(&a.input, &a.pattern, &inputs, &set)?;
     let config = DecodeConfig {
         page_size: a.page_size,
         prefill: a.prefill,

@@ -334,15 +334,18 @@ impl Backend {
     }
 }
 
-fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
-    let set = pattern::read_head_patterns(&a.pattern)?;
-    let bytes =
-        std::fs::read(&a.input).map_err(|e| input_err(&a.input, format!("cannot read ({e})")))?;
-    let inputs = io::read_inputs(&bytes).map_err(|e| input_err(&a.input, e))?;
+/// The problem the inputs describe, with the pattern set checked against it (one-line
+/// errors naming the input or the pattern file).
+fn fit_problem(
+    input: &std::path::Path,
+    pattern_path: &std::path::Path,
+    inputs: &io::Inputs,
+    set: &sparse_attn::pattern::HeadPatterns,
+) -> Result<AttnProblem, CliError> {
     let [batch, q_len, num_heads, head_dim] = inputs.q_shape;
     let [_, kv_len, num_kv_heads, _] = inputs.kv_shape;
     let head_dim = u32::try_from(head_dim)
-        .map_err(|_| input_err(&a.input, format!("head_dim {head_dim} is not supported")))?;
+        .map_err(|_| input_err(input, format!("head_dim {head_dim} is not supported")))?;
     let problem = AttnProblem::new(
         SeqLens::Uniform {
             batch,
@@ -354,16 +357,27 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         head_dim,
         inputs.dtype,
     )
-    .map_err(|e| input_err(&a.input, e))?;
+    .map_err(|e| input_err(input, e))?;
     set.validate(num_heads, kv_len).map_err(|e| {
         input_err(
-            &a.pattern,
+            pattern_path,
             format!(
                 "does not fit the input (q_len {q_len}, kv_len {kv_len}, {num_heads} heads): {}",
                 pattern::message(e)
             ),
         )
     })?;
+    Ok(problem)
+}
+
+fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
+    let set = pattern::read_head_patterns(&a.pattern)?;
+    let bytes =
+        std::fs::read(&a.input).map_err(|e| input_err(&a.input, format!("cannot read ({e})")))?;
+    let inputs = io::read_inputs(&bytes).map_err(|e| input_err(&a.input, e))?;
+    let [batch, q_len, num_heads, head_dim] = inputs.q_shape;
+    let [_, kv_len, num_kv_heads, _] = inputs.kv_shape;
+    let problem = fit_problem(&a.input, &a.pattern, &inputs, &set)?;
     // Causality is the pattern's own; AttnOptions::causal would add it to every head.
     let opts = AttnOptions {
         causal: false,
