@@ -41,6 +41,38 @@ fn tol(dtype: DType) -> f64 {
     }
 }
 
+/// The cuBLAS dense path for `plan`'s problem with its pattern materialised as a token mask
+/// (`[num_heads, q_len, kv_len]`, uniform batches): the relative error of `out` against it,
+/// and its LSE.
+fn against_masked_dense<T: Element + DeviceRepr + ValidAsZeroBits>(
+    gpu: &Gpu,
+    plan: &AttnPlan,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    out: &[T],
+) -> (f64, Vec<f32>) {
+    let p = plan.problem();
+    let (q_len, kv_len) = p.seqs.lens(0);
+    let mask = render_token_mask(plan.patterns(), p.num_heads, q_len, kv_len).unwrap();
+    let (d_out, d_lse) =
+        dense_reference(gpu, p, &AttnOptions::default(), Some(&mask), q, k, v).unwrap();
+    let want: Vec<f64> = d_out.iter().map(|&x| x as f64).collect();
+    (common::rel_error(out, &want), d_lse)
+}
+
+/// LSE against the cuBLAS path: -inf exactly for empty rows, else 1e-3 relative.
+fn assert_lse_close(what: &str, got: &[f32], want: &[f32]) {
+    for (idx, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w == f32::NEG_INFINITY {
+            assert_eq!(g, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
+        } else {
+            let e = (g - w).abs() / w.abs().max(1.0);
+            assert!(e <= 1e-3, "{what}: lse[{idx}] = {g}, cuBLAS path {w}");
+        }
+    }
+}
+
 struct Case {
     seqs: SeqLens,
     heads: usize,
@@ -110,14 +142,7 @@ fn check<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, case: &Case, seed
     let want: Vec<f64> = dense_out.iter().map(|&x| x as f64).collect();
     let err = common::rel_error(&out, &want);
     assert!(err <= tol(T::DTYPE), "{what}: error vs cuBLAS {err:.3e}");
-    for (idx, (&got, &w)) in lse.iter().zip(&dense_lse).enumerate() {
-        if w == f32::NEG_INFINITY {
-            assert_eq!(got, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
-        } else {
-            let e = (got - w).abs() / w.abs().max(1.0);
-            assert!(e <= 1e-3, "{what}: lse[{idx}] = {got}, cuBLAS path {w}");
-        }
-    }
+    assert_lse_close(&what, &lse, &dense_lse);
     if case.with_f64 {
         let seqs = problem.seqs.clone();
         let reference = reference_for(&plan, &q, &k, &v, |b, _, i, j| {
@@ -359,34 +384,15 @@ fn sparse_patterns_against_cublas_with_materialised_mask() {
             .unwrap();
             let set = sparse_attn::pattern::HeadPatterns::from_json(json).unwrap();
             let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
-            let mask = render_token_mask(plan.patterns(), 4, q_len, kv_len).unwrap();
             let mut rng = Rng::new(seed ^ n as u64);
             let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
             let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
             let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
             let (out, lse) = plan.run_cuda_host(&gpu, &q, &k, &v).unwrap();
-            let (d_out, d_lse) = dense_reference(
-                &gpu,
-                &problem,
-                &AttnOptions::default(),
-                Some(&mask),
-                &q,
-                &k,
-                &v,
-            )
-            .unwrap();
-            let want: Vec<f64> = d_out.iter().map(|&x| x as f64).collect();
-            let err = common::rel_error(&out, &want);
+            let (err, d_lse) = against_masked_dense(&gpu, &plan, &q, &k, &v, &out);
             let what = format!("pattern {n} q {q_len} kv {kv_len} seed {seed}");
             assert!(err <= tol(DType::BF16), "{what}: error vs cuBLAS {err:.3e}");
-            for (idx, (&got, &w)) in lse.iter().zip(&d_lse).enumerate() {
-                if w == f32::NEG_INFINITY {
-                    assert_eq!(got, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
-                } else {
-                    let e = (got - w).abs() / w.abs().max(1.0);
-                    assert!(e <= 1e-3, "{what}: lse[{idx}] = {got}, cuBLAS path {w}");
-                }
-            }
+            assert_lse_close(&what, &lse, &d_lse);
         }
     }
 }
@@ -442,19 +448,7 @@ fn paged_kv_against_cublas() {
             .run_paged(&qd, &kv, &mut out, &mut lse)
             .unwrap();
         let out = stream.clone_dtoh(&out).unwrap();
-        let mask = render_token_mask(plan.patterns(), 8, 1, 3000).unwrap();
-        let (d_out, _) = dense_reference(
-            &gpu,
-            &problem,
-            &AttnOptions::default(),
-            Some(&mask),
-            &q,
-            &k,
-            &v,
-        )
-        .unwrap();
-        let want: Vec<f64> = d_out.iter().map(|&x| x as f64).collect();
-        let err = common::rel_error(&out, &want);
+        let (err, _) = against_masked_dense(&gpu, &plan, &q, &k, &v, &out);
         assert!(
             err <= tol(DType::F16),
             "page {page} ring {ring_pages}: error vs cuBLAS {err:.3e}"
@@ -552,20 +546,8 @@ fn device_kv_cache_decode_loop_against_cublas() {
     )
     .unwrap();
     let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
-    let mask = render_token_mask(plan.patterns(), hq, 1, total).unwrap();
     let q_last = &q[(total - 1) * hq * d..];
-    let (d_out, _) = dense_reference(
-        &gpu,
-        &problem,
-        &AttnOptions::default(),
-        Some(&mask),
-        q_last,
-        &k,
-        &v,
-    )
-    .unwrap();
-    let want: Vec<f64> = d_out.iter().map(|&x| x as f64).collect();
-    let err = common::rel_error(&last, &want);
+    let (err, _) = against_masked_dense(&gpu, &plan, q_last, &k, &v, &last);
     assert!(
         err <= tol(DType::F16),
         "decode loop vs cuBLAS: {err:.3e} (seed {seed})"
