@@ -4,20 +4,25 @@
 use super::{AttnProblem, FwdTiles, HeadPatterns, Result, SeqLens};
 use crate::emu::GuardedBuffer;
 use crate::error::Error;
-use crate::pattern::{BlockSparseMeta, MaskComponent, MaskProgram, SparseShape};
+use crate::pattern::{BlockSparseMeta, MaskComponent, MaskProgram, SparseShape, TileView};
 
 /// Device addresses of a plan's metadata arrays, in the order of [`PlanMeta::arrays`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MetaAddrs(pub [u64; PlanMeta::NUM_ARRAYS]);
 
 /// The block-sparse metadata of a plan, compiled on the host once: per-sequence CSR lists of
-/// full and partial kv tiles (dense and causal included) and the partial-tile mask programs,
-/// concatenated over the batch (varlen sequences each get their own rows), as flat `i32`
-/// arrays ready to upload.
+/// full and partial kv tiles (dense and causal included), tile views and the partial-tile mask
+/// programs, concatenated over the batch (varlen sequences each get their own rows), as flat
+/// `i32` arrays ready to upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanMeta {
+    /// The compilations (one for a uniform batch, one per sequence for varlen) and the one of
+    /// each sequence, for host-side questions (which keys a launch reads).
+    metas: Vec<BlockSparseMeta>,
+    seq_meta: Vec<usize>,
     head_set: Vec<i32>,
-    seq_row_base: Vec<i32>,
+    /// First CSR row of each (sequence, row set) program, `[programs + 1]`.
+    set_row_ptr: Vec<i32>,
     seq_program_base: Vec<i32>,
     full_row_ptr: Vec<i32>,
     full_tiles: Vec<i32>,
@@ -28,17 +33,23 @@ pub struct PlanMeta {
     /// `MaskComponent`s as raw words (16 per component).
     components: Vec<i32>,
     data: Vec<i32>,
+    /// `TileView`s as raw words (10 per view).
+    views: Vec<i32>,
+    view_data: Vec<i32>,
     tiles_visited: u64,
+    /// Most query tiles of any (sequence, row set): the grid's x extent.
+    max_tiles: usize,
     /// Longest tile walk of any (head set, query tile) row.
     max_row_tiles: usize,
 }
 
 const PROGRAM_WORDS: usize = std::mem::size_of::<MaskProgram>() / 4;
 const COMPONENT_WORDS: usize = std::mem::size_of::<MaskComponent>() / 4;
+const VIEW_WORDS: usize = std::mem::size_of::<TileView>() / 4;
 
 impl PlanMeta {
     /// Number of arrays in [`PlanMeta::arrays`].
-    pub const NUM_ARRAYS: usize = 10;
+    pub const NUM_ARRAYS: usize = 12;
 
     /// Compiles `patterns` for every sequence of `problem` with the forward kernel's tiles.
     /// `gqa_pack` > 1 compiles for GQA-packed blocks (see [`super::AttnPlan::gqa_pack`]): query tiles
@@ -73,8 +84,10 @@ impl PlanMeta {
                 .collect::<Result<_>>()?,
         };
         let mut m = PlanMeta {
+            metas: Vec::new(),
+            seq_meta: Vec::with_capacity(batch),
             head_set: metas[0].head_set().to_vec(),
-            seq_row_base: Vec::with_capacity(batch),
+            set_row_ptr: vec![0],
             seq_program_base: Vec::with_capacity(batch),
             full_row_ptr: vec![0],
             full_tiles: Vec::new(),
@@ -83,7 +96,10 @@ impl PlanMeta {
             programs: Vec::new(),
             components: Vec::new(),
             data: Vec::new(),
+            views: Vec::new(),
+            view_data: Vec::new(),
             tiles_visited: 0,
+            max_tiles: 0,
             max_row_tiles: 0,
         };
         let to_i32 = |x: usize, what: &str| {
@@ -104,6 +120,20 @@ impl PlanMeta {
             // Packed blocks serve gqa_pack heads (with identical rows) at once.
             m.tiles_visited += meta.tiles_visited() as u64 * copies / gqa_pack.max(1) as u64;
             let row_base = to_i32(m.full_row_ptr.len() - 1, "row count")?;
+            for &r in &meta.set_row_ptr()[1..] {
+                m.set_row_ptr.push(row_base + r);
+            }
+            m.max_tiles = m.max_tiles.max(meta.max_tiles());
+            let view_base = to_i32(m.view_data.len(), "view data")?;
+            for v in meta.views() {
+                let v = TileView {
+                    row_list: v.row_list + view_base,
+                    gather_list: v.gather_list + view_base,
+                    ..*v
+                };
+                m.views.extend_from_slice(&view_words(&v));
+            }
+            m.view_data.extend_from_slice(meta.view_data());
             let program_base = to_i32(m.programs.len() / PROGRAM_WORDS, "program count")?;
             for (ptr, tiles, src_ptr, src_tiles) in [
                 (
@@ -161,16 +191,17 @@ impl PlanMeta {
                 })
                 .fold(m.max_row_tiles, usize::max);
             for _ in 0..copies {
-                m.seq_row_base.push(row_base);
                 m.seq_program_base.push(program_base);
+                m.seq_meta.push(m.metas.len());
             }
         }
+        m.metas = metas;
         Ok(m)
     }
 
-    /// The arrays to upload, in the order of [`MetaAddrs`]: head_set, seq_row_base,
+    /// The arrays to upload, in the order of [`MetaAddrs`]: head_set, set_row_ptr,
     /// seq_program_base, full_row_ptr, full_tiles, partial_row_ptr, partial_tiles,
-    /// mask_programs, mask_components, mask_data. None is empty (an unused slot holds one 0),
+    /// mask_programs, mask_components, mask_data, tile_views, view_data. None is empty (an unused slot holds one 0),
     /// so every backend can allocate them.
     pub fn arrays(&self) -> [(&'static str, std::borrow::Cow<'_, [i32]>); Self::NUM_ARRAYS] {
         use std::borrow::Cow;
@@ -183,7 +214,7 @@ impl PlanMeta {
         }
         [
             ("head_set", nz(&self.head_set)),
-            ("seq_row_base", nz(&self.seq_row_base)),
+            ("set_row_ptr", nz(&self.set_row_ptr)),
             ("seq_program_base", nz(&self.seq_program_base)),
             ("full_row_ptr", nz(&self.full_row_ptr)),
             ("full_tiles", nz(&self.full_tiles)),
@@ -192,6 +223,8 @@ impl PlanMeta {
             ("mask_programs", nz(&self.programs)),
             ("mask_components", nz(&self.components)),
             ("mask_data", nz(&self.data)),
+            ("tile_views", nz(&self.views)),
+            ("view_data", nz(&self.view_data)),
         ]
     }
 
@@ -200,26 +233,14 @@ impl PlanMeta {
         self.max_row_tiles
     }
 
-    /// The row set of each query head.
-    pub(crate) fn head_set(&self) -> &[i32] {
-        &self.head_set
+    /// The most query tiles of any (sequence, row set): the launch grid's x extent.
+    pub(crate) fn max_tiles(&self) -> usize {
+        self.max_tiles
     }
 
-    /// The kv tiles (full, then partial) of query tile `qt` of head `h` in sequence `b`, whose
-    /// query side has `q_tiles` tiles.
-    pub(crate) fn row_tiles(
-        &self,
-        b: usize,
-        h: usize,
-        q_tiles: usize,
-        qt: usize,
-    ) -> impl Iterator<Item = usize> + '_ {
-        let row = self.seq_row_base[b] as usize + self.head_set[h] as usize * q_tiles + qt;
-        let full =
-            &self.full_tiles[self.full_row_ptr[row] as usize..self.full_row_ptr[row + 1] as usize];
-        let partial = &self.partial_tiles
-            [self.partial_row_ptr[row] as usize..self.partial_row_ptr[row + 1] as usize];
-        full.iter().chain(partial).map(|&t| t as usize)
+    /// The compiled metadata of sequence `b`.
+    pub(crate) fn of_sequence(&self, b: usize) -> &BlockSparseMeta {
+        &self.metas[self.seq_meta[b]]
     }
 
     /// kv tiles the kernel visits over the whole batch and all heads (the work accounting
@@ -255,6 +276,22 @@ impl PlanMeta {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(EmuMeta { bufs })
     }
+}
+
+/// The words of a tile view in C field order (the layout `SaTileView` asserts).
+fn view_words(v: &TileView) -> [i32; VIEW_WORDS] {
+    [
+        v.row_first,
+        v.row_step,
+        v.row_count,
+        v.row_list,
+        v.key_first,
+        v.key_step,
+        v.key_count,
+        v.gather_list,
+        v.gather_count,
+        v._reserved,
+    ]
 }
 
 /// The words of a mask component in C field order (the layout `SaMaskComponent` asserts).

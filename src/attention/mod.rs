@@ -136,7 +136,7 @@ impl AttnPlan {
     ) -> Result<Self> {
         let tiles = kernels::fwd_tiles(problem.head_dim);
         let meta = PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?;
-        let num_splits = default_num_splits(&problem, &tiles, gqa_pack, meta.max_row_tiles());
+        let num_splits = default_num_splits(&problem, gqa_pack, &meta);
         Ok(AttnPlan {
             kernel: kernels::attn_fwd(problem.dtype, problem.head_dim),
             problem,
@@ -188,11 +188,6 @@ impl AttnPlan {
         }
         self.num_splits = num_splits;
         Ok(self)
-    }
-
-    /// Query tokens per block (the kernel's BLOCK_M, divided by the GQA pack).
-    fn tile_tokens(&self) -> usize {
-        (self.tiles.block_m / self.gqa_pack.max(1)) as usize
     }
 
     /// The split-KV factor of this plan (1 = no split).
@@ -313,7 +308,7 @@ impl AttnPlan {
             o_partial: a.o_partial as *mut f32,
             lse_partial: a.lse_partial as *mut f32,
             head_set: a.meta.0[0] as *const i32,
-            seq_row_base: a.meta.0[1] as *const i32,
+            set_row_ptr: a.meta.0[1] as *const i32,
             seq_program_base: a.meta.0[2] as *const i32,
             full_row_ptr: a.meta.0[3] as *const i32,
             full_tiles: a.meta.0[4] as *const i32,
@@ -322,8 +317,10 @@ impl AttnPlan {
             mask_programs: a.meta.0[7] as *const _,
             mask_components: a.meta.0[8] as *const _,
             mask_data: a.meta.0[9] as *const i32,
+            tile_views: a.meta.0[10] as *const _,
+            view_data: a.meta.0[11] as *const i32,
         };
-        let m_blocks = q_len.div_ceil(self.tile_tokens()).max(1) as u32;
+        let m_blocks = self.meta.max_tiles().max(1) as u32;
         let heads = if self.gqa_pack > 1 { hk } else { h };
         Launch {
             kernel: self.kernel,
@@ -373,15 +370,9 @@ const TARGET_BLOCKS: usize = 132;
 /// blocks; otherwise enough parts to reach about two waves, keeping at least two kv tiles
 /// per part. A heuristic (FlashAttention-2 uses a similar occupancy rule); not yet tuned by
 /// measurement.
-fn default_num_splits(
-    problem: &AttnProblem,
-    tiles: &FwdTiles,
-    gqa_pack: u32,
-    max_row_tiles: usize,
-) -> u32 {
-    let (max_q, _) = problem.seqs.max_lens();
-    let tile_tokens = (tiles.block_m / gqa_pack.max(1)) as usize;
-    let blocks = max_q.div_ceil(tile_tokens).max(1)
+fn default_num_splits(problem: &AttnProblem, gqa_pack: u32, meta: &PlanMeta) -> u32 {
+    let max_row_tiles = meta.max_row_tiles();
+    let blocks = meta.max_tiles().max(1)
         * (problem.num_heads / gqa_pack.max(1) as usize)
         * problem.seqs.batch();
     if blocks >= TARGET_BLOCKS || max_row_tiles < 4 {

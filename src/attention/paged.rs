@@ -83,7 +83,7 @@ impl AttnPlan {
             ));
         }
         for b in 0..batch {
-            let (q_len, kv_len) = p.seqs.lens(b);
+            let (_, kv_len) = p.seqs.lens(b);
             let logical = kv_len.div_ceil(l.page_size);
             let slots = if l.ring_pages == 0 {
                 logical
@@ -110,35 +110,30 @@ impl AttnPlan {
             if l.ring_pages > 0 && logical > l.sink_pages + l.ring_pages {
                 let lo = l.sink_pages * l.page_size;
                 let hi = (logical - l.ring_pages) * l.page_size;
-                self.check_not_allowed(b, q_len, lo, hi)?;
+                self.check_not_allowed(b, lo, hi)?;
             }
         }
         Ok(())
     }
 
     /// Errors if any query of sequence `b` may attend a key in `[lo, hi)` (evicted keys).
-    /// Walks only the tiles the metadata lists, so it costs what the kernel would.
-    fn check_not_allowed(&self, b: usize, q_len: usize, lo: usize, hi: usize) -> Result<()> {
-        let m = &self.meta;
-        let bm = self.tile_tokens();
-        let bn = self.tiles.block_n as usize;
-        let q_tiles = q_len.div_ceil(bm);
+    /// Walks only the tiles the metadata lists (through their views), so it costs what the
+    /// kernel would.
+    fn check_not_allowed(&self, b: usize, lo: usize, hi: usize) -> Result<()> {
+        let m = self.meta.of_sequence(b);
         let sets = m.head_set();
         for h in 0..self.problem.num_heads {
             if sets[..h].contains(&sets[h]) {
                 continue; // same row set as an earlier head: same answer
             }
-            for qt in 0..q_tiles {
-                for t in m.row_tiles(b, h, q_tiles, qt) {
-                    let (k0, k1) = ((t * bn).max(lo), ((t + 1) * bn).min(hi));
-                    for j in k0..k1 {
-                        for i in qt * bm..((qt + 1) * bm).min(q_len) {
-                            if self.allowed(b, h, i, j) {
-                                return Err(Error::Cache(format!(
-                                    "sequence {b}: head {h} query {i} may attend key {j}, which the \
-                                     ring has evicted (sink and ring pages too few for the pattern)"
-                                )));
-                            }
+            for qt in 0..m.num_tiles(h) {
+                for (rows, keys, _) in m.visits(h, qt) {
+                    for j in keys.into_iter().filter(|j| (lo..hi).contains(j)) {
+                        if let Some(&i) = rows.iter().find(|&&i| self.allowed(b, h, i, j)) {
+                            return Err(Error::Cache(format!(
+                                "sequence {b}: head {h} query {i} may attend key {j}, which the \
+                                 ring has evicted (sink and ring pages too few for the pattern)"
+                            )));
                         }
                     }
                 }

@@ -115,6 +115,46 @@ const _: () = {
         [::core::mem::offset_of!(SaMaskProgram, _reserved) - 12usize];
 };
 #[repr(C)]
+#[derive(Debug, Copy, Clone, Default, PartialEq, Eq)]
+pub struct SaTileView {
+    pub row_first: i32,
+    pub row_step: i32,
+    pub row_count: i32,
+    pub row_list: i32,
+    pub key_first: i32,
+    pub key_step: i32,
+    pub key_count: i32,
+    pub gather_list: i32,
+    pub gather_count: i32,
+    #[doc = " Keeps the struct at 40 bytes; always 0."]
+    pub _reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaTileView"][::core::mem::size_of::<SaTileView>() - 40usize];
+    ["Alignment of SaTileView"][::core::mem::align_of::<SaTileView>() - 4usize];
+    ["Offset of field: SaTileView::row_first"]
+        [::core::mem::offset_of!(SaTileView, row_first) - 0usize];
+    ["Offset of field: SaTileView::row_step"]
+        [::core::mem::offset_of!(SaTileView, row_step) - 4usize];
+    ["Offset of field: SaTileView::row_count"]
+        [::core::mem::offset_of!(SaTileView, row_count) - 8usize];
+    ["Offset of field: SaTileView::row_list"]
+        [::core::mem::offset_of!(SaTileView, row_list) - 12usize];
+    ["Offset of field: SaTileView::key_first"]
+        [::core::mem::offset_of!(SaTileView, key_first) - 16usize];
+    ["Offset of field: SaTileView::key_step"]
+        [::core::mem::offset_of!(SaTileView, key_step) - 20usize];
+    ["Offset of field: SaTileView::key_count"]
+        [::core::mem::offset_of!(SaTileView, key_count) - 24usize];
+    ["Offset of field: SaTileView::gather_list"]
+        [::core::mem::offset_of!(SaTileView, gather_list) - 28usize];
+    ["Offset of field: SaTileView::gather_count"]
+        [::core::mem::offset_of!(SaTileView, gather_count) - 32usize];
+    ["Offset of field: SaTileView::_reserved"]
+        [::core::mem::offset_of!(SaTileView, _reserved) - 36usize];
+};
+#[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SaPagedKv {
     pub k_pages: *const ::core::ffi::c_void,
@@ -187,7 +227,7 @@ pub struct SaAttnFwdParams {
     pub scale: f32,
     pub softcap: f32,
     pub head_set: *const i32,
-    pub seq_row_base: *const i32,
+    pub set_row_ptr: *const i32,
     pub seq_program_base: *const i32,
     pub full_row_ptr: *const i32,
     pub full_tiles: *const i32,
@@ -196,6 +236,8 @@ pub struct SaAttnFwdParams {
     pub mask_programs: *const SaMaskProgram,
     pub mask_components: *const SaMaskComponent,
     pub mask_data: *const i32,
+    pub tile_views: *const SaTileView,
+    pub view_data: *const i32,
     pub paged: SaPagedKv,
     pub num_splits: i32,
     pub gqa_pack: i32,
@@ -205,7 +247,7 @@ pub struct SaAttnFwdParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 376usize];
+    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 392usize];
     ["Alignment of SaAttnFwdParams"][::core::mem::align_of::<SaAttnFwdParams>() - 8usize];
     ["Offset of field: SaAttnFwdParams::q"][::core::mem::offset_of!(SaAttnFwdParams, q) - 0usize];
     ["Offset of field: SaAttnFwdParams::k"][::core::mem::offset_of!(SaAttnFwdParams, k) - 8usize];
@@ -264,8 +306,8 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, softcap) - 196usize];
     ["Offset of field: SaAttnFwdParams::head_set"]
         [::core::mem::offset_of!(SaAttnFwdParams, head_set) - 200usize];
-    ["Offset of field: SaAttnFwdParams::seq_row_base"]
-        [::core::mem::offset_of!(SaAttnFwdParams, seq_row_base) - 208usize];
+    ["Offset of field: SaAttnFwdParams::set_row_ptr"]
+        [::core::mem::offset_of!(SaAttnFwdParams, set_row_ptr) - 208usize];
     ["Offset of field: SaAttnFwdParams::seq_program_base"]
         [::core::mem::offset_of!(SaAttnFwdParams, seq_program_base) - 216usize];
     ["Offset of field: SaAttnFwdParams::full_row_ptr"]
@@ -282,18 +324,22 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 264usize];
     ["Offset of field: SaAttnFwdParams::mask_data"]
         [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 272usize];
+    ["Offset of field: SaAttnFwdParams::tile_views"]
+        [::core::mem::offset_of!(SaAttnFwdParams, tile_views) - 280usize];
+    ["Offset of field: SaAttnFwdParams::view_data"]
+        [::core::mem::offset_of!(SaAttnFwdParams, view_data) - 288usize];
     ["Offset of field: SaAttnFwdParams::paged"]
-        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 280usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 296usize];
     ["Offset of field: SaAttnFwdParams::num_splits"]
-        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 344usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 360usize];
     ["Offset of field: SaAttnFwdParams::gqa_pack"]
-        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 348usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 364usize];
     ["Offset of field: SaAttnFwdParams::o_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 352usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 368usize];
     ["Offset of field: SaAttnFwdParams::lse_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 360usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 376usize];
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 368usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 384usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -20,14 +20,17 @@
 //! therefore proportional to the tiles listed plus the size of the pattern's own data, never
 //! to `q_len * kv_len`.
 //!
-//! Dilated and global patterns are compiled exactly but execute as mostly *partial* tiles: a
-//! stride below the tile width admits keys in every tile. Running them efficiently (strided
-//! views of K/V, gathered global columns) is a later, kernel-side step; the metadata stays
-//! correct meanwhile.
+//! Dilated and global patterns also cost work proportional to what they allow, through tile
+//! views ([`super::view`]): a head whose only component (besides global tokens) is a dilated
+//! stride `K` runs per residue class, as dense or causal attention over the strided rows and
+//! keys of its class; global query rows are gathered into their own tiles (they see every
+//! key), and global key columns that a tile's regular kv tiles do not cover are gathered into
+//! extra kv tiles, so no tile is visited for one allowed column.
 
 use super::component::{BigBird, BlockMask, Component};
 use super::mask::{MaskComponent, MaskKind, MaskProgram, MaskTables};
 use super::set::{HeadPatterns, LayerPlan, Pattern};
+use super::view::{chunk_rows, TileView};
 use crate::error::{Error, Result};
 
 /// The problem and tiling a pattern set is compiled for.
@@ -84,18 +87,24 @@ impl SparseShape {
 /// Block-sparse metadata of one head pattern set for one [`SparseShape`].
 ///
 /// Heads with identical (head-independent) patterns share a *row set*: `head_set[h]` is the
-/// set of head `h`, and query tile `m` of set `s` is CSR row `s * num_q_tiles + m`. Its full
-/// tiles are `full_tiles[full_row_ptr[row] .. full_row_ptr[row + 1]]`, its partial tiles
-/// likewise; both lists are ascending, disjoint and in `0..num_kv_tiles`, with no sentinels
-/// and no flag bits. A tile is *full* when every existing token of it (rows `< q_len`, keys
-/// `< kv_len`) is allowed and *partial* when at least one is allowed and at least one is not;
-/// tiles with no allowed token are not listed. Everything is `i32` so it uploads as is.
-/// [`BlockSparseMeta::mask`] carries the token predicate for partial tiles, one program per
-/// row set.
+/// set of head `h`, and set `s` owns the CSR rows `set_row_ptr[s] .. set_row_ptr[s + 1]`, one
+/// per query tile (`ceil(q_len / block_m)` of them for natural sets; views may use a few more,
+/// see [`super::view`]). Row `r` names its query rows and keys by `views[r]` ([`TileView`]);
+/// its full tiles are `full_tiles[full_row_ptr[r] .. full_row_ptr[r + 1]]`, its partial tiles
+/// likewise; both lists are ascending and disjoint, with no sentinels and no flag bits
+/// (negative entries are gathered tiles, see [`TileView`]). A tile is *full* when every
+/// existing token of it (owned rows, existing keys) is allowed and *partial* when at least one
+/// is allowed and at least one is not; tiles with no allowed token are not listed. The tiles of
+/// a set own every query row exactly once, and a row's tiles never name one key twice.
+/// Everything is `i32` so it uploads as is. [`BlockSparseMeta::mask`] carries the token
+/// predicate for partial tiles, one program per row set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockSparseMeta {
     shape: SparseShape,
     head_set: Vec<i32>,
+    set_row_ptr: Vec<i32>,
+    views: Vec<TileView>,
+    view_data: Vec<i32>,
     full_row_ptr: Vec<i32>,
     full_tiles: Vec<i32>,
     partial_row_ptr: Vec<i32>,
@@ -131,11 +140,13 @@ impl BlockSparseMeta {
             }
         }
 
-        let nqt = shape.num_q_tiles();
-        let rows = reps.len() * nqt;
+        let rows = reps.len() * shape.num_q_tiles();
         let mut meta = BlockSparseMeta {
             shape,
             head_set,
+            set_row_ptr: vec![0],
+            views: Vec::with_capacity(rows),
+            view_data: Vec::new(),
             full_row_ptr: Vec::with_capacity(rows + 1),
             full_tiles: Vec::new(),
             partial_row_ptr: Vec::with_capacity(rows + 1),
@@ -147,10 +158,26 @@ impl BlockSparseMeta {
         let mut work = Work::default();
         for &rep in &reps {
             let prep = Prepared::new(pattern_of(patterns, rep), rep, &shape);
-            prep.compile_rows(&shape, &mut meta, &mut work)?;
+            prep.compile_set(&shape, &mut meta, &mut work)?;
+            meta.set_row_ptr.push(to_i32(meta.views.len())?);
             meta.mask.push_program(&prep);
         }
+        if meta.view_data.len() > i32::MAX as usize {
+            return Err(Error::Shape(
+                "block-sparse metadata: view data exceeds i32".into(),
+            ));
+        }
         Ok(meta)
+    }
+
+    /// Appends one CSR row: `view` and the lists in `work.full` / `work.partial`.
+    fn push_row(&mut self, view: TileView, work: &Work) -> Result<()> {
+        self.views.push(view);
+        self.full_tiles.extend_from_slice(&work.full);
+        self.partial_tiles.extend_from_slice(&work.partial);
+        self.full_row_ptr.push(to_i32(self.full_tiles.len())?);
+        self.partial_row_ptr.push(to_i32(self.partial_tiles.len())?);
+        Ok(())
     }
 
     /// The shape this metadata was compiled for.
@@ -158,9 +185,23 @@ impl BlockSparseMeta {
         &self.shape
     }
 
-    /// Number of query tiles.
-    pub fn num_q_tiles(&self) -> usize {
-        self.shape.num_q_tiles()
+    /// Query tiles (CSR rows) of head `head`'s row set.
+    ///
+    /// # Panics
+    ///
+    /// If `head >= num_heads` (like slice indexing).
+    pub fn num_tiles(&self, head: usize) -> usize {
+        let s = self.head_set[head] as usize;
+        (self.set_row_ptr[s + 1] - self.set_row_ptr[s]) as usize
+    }
+
+    /// The most query tiles of any row set (the launch grid's extent).
+    pub fn max_tiles(&self) -> usize {
+        self.set_row_ptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Number of kv tiles.
@@ -178,7 +219,22 @@ impl BlockSparseMeta {
         &self.head_set
     }
 
-    /// CSR row pointers of the full lists, `[num_sets * num_q_tiles + 1]`.
+    /// First CSR row of each row set, `[num_sets + 1]`.
+    pub fn set_row_ptr(&self) -> &[i32] {
+        &self.set_row_ptr
+    }
+
+    /// The view of every CSR row.
+    pub fn views(&self) -> &[TileView] {
+        &self.views
+    }
+
+    /// Row lists and gathered keys the views point into.
+    pub fn view_data(&self) -> &[i32] {
+        &self.view_data
+    }
+
+    /// CSR row pointers of the full lists, `[rows + 1]`.
     pub fn full_row_ptr(&self) -> &[i32] {
         &self.full_row_ptr
     }
@@ -188,7 +244,7 @@ impl BlockSparseMeta {
         &self.full_tiles
     }
 
-    /// CSR row pointers of the partial lists, `[num_sets * num_q_tiles + 1]`.
+    /// CSR row pointers of the partial lists, `[rows + 1]`.
     pub fn partial_row_ptr(&self) -> &[i32] {
         &self.partial_row_ptr
     }
@@ -204,14 +260,48 @@ impl BlockSparseMeta {
     }
 
     fn row(&self, head: usize, q_tile: usize) -> usize {
-        self.head_set[head] as usize * self.num_q_tiles() + q_tile
+        assert!(
+            q_tile < self.num_tiles(head),
+            "query tile {q_tile} out of range"
+        );
+        self.set_row_ptr[self.head_set[head] as usize] as usize + q_tile
+    }
+
+    /// The view of query tile `q_tile` of head `head`.
+    ///
+    /// # Panics
+    ///
+    /// If `head >= num_heads` or `q_tile >= num_tiles(head)` (like slice indexing).
+    pub fn view(&self, head: usize, q_tile: usize) -> &TileView {
+        &self.views[self.row(head, q_tile)]
+    }
+
+    /// Every (owned query rows, keys, full) visit of query tile `q_tile` of head `head`: one
+    /// item per listed kv tile, its query rows and its existing keys.
+    pub fn visits(
+        &self,
+        head: usize,
+        q_tile: usize,
+    ) -> impl Iterator<Item = (Vec<usize>, Vec<usize>, bool)> + '_ {
+        let v = self.view(head, q_tile);
+        let rows: Vec<usize> = v.rows(&self.view_data).collect();
+        let bn = self.shape.block_n;
+        let full = self.full(head, q_tile).iter().map(|&t| (t, true));
+        let partial = self.partial(head, q_tile).iter().map(|&t| (t, false));
+        full.chain(partial).map(move |(t, is_full)| {
+            (
+                rows.clone(),
+                v.keys(&self.view_data, t, bn).collect(),
+                is_full,
+            )
+        })
     }
 
     /// Full kv tiles of query tile `q_tile` of head `head`, ascending.
     ///
     /// # Panics
     ///
-    /// If `head >= num_heads` or `q_tile >= num_q_tiles` (like slice indexing).
+    /// If `head >= num_heads` or `q_tile >= num_tiles(head)` (like slice indexing).
     pub fn full(&self, head: usize, q_tile: usize) -> &[i32] {
         let r = self.row(head, q_tile);
         &self.full_tiles[self.full_row_ptr[r] as usize..self.full_row_ptr[r + 1] as usize]
@@ -221,7 +311,7 @@ impl BlockSparseMeta {
     ///
     /// # Panics
     ///
-    /// If `head >= num_heads` or `q_tile >= num_q_tiles` (like slice indexing).
+    /// If `head >= num_heads` or `q_tile >= num_tiles(head)` (like slice indexing).
     pub fn partial(&self, head: usize, q_tile: usize) -> &[i32] {
         let r = self.row(head, q_tile);
         &self.partial_tiles[self.partial_row_ptr[r] as usize..self.partial_row_ptr[r + 1] as usize]
@@ -234,46 +324,67 @@ impl BlockSparseMeta {
 
     /// Tiles a kernel visits over all heads (shared rows counted once per head).
     pub fn tiles_visited(&self) -> usize {
-        (0..self.shape.num_heads)
-            .flat_map(|h| (0..self.num_q_tiles()).map(move |m| (h, m)))
-            .map(|(h, m)| self.full(h, m).len() + self.partial(h, m).len())
+        self.head_set
+            .iter()
+            .map(|&s| {
+                let (a, b) = (
+                    self.set_row_ptr[s as usize] as usize,
+                    self.set_row_ptr[s as usize + 1] as usize,
+                );
+                (self.full_row_ptr[b] - self.full_row_ptr[a] + self.partial_row_ptr[b]
+                    - self.partial_row_ptr[a]) as usize
+            })
             .sum()
     }
 
     /// Checks the structural invariants a kernel relies on: row pointers start at 0, never
-    /// decrease and end at the list lengths; every list is strictly ascending and in range;
-    /// the full and partial lists of a row are disjoint; every head names an existing set.
+    /// decrease and end at the list lengths; every list is strictly ascending and names tiles
+    /// its view has; the full and partial lists of a row are disjoint; every head names an
+    /// existing set; views stay within the shape and `view_data`, hold at most `block_m`
+    /// rows, own every query row of their set exactly once, and never gather a key a regular
+    /// tile of the same row covers.
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Pattern(format!("metadata invariant: {m}")));
-        let nqt = self.num_q_tiles();
-        let nkt = self.num_kv_tiles() as i32;
+        let s = &self.shape;
+        let (bn, q_len, kv_len) = (s.block_n as i64, s.q_len as i64, s.kv_len as i64);
         let sets = self.num_sets();
-        if self.head_set.len() != self.shape.num_heads {
+        let rows = self.views.len();
+        if self.head_set.len() != s.num_heads {
             return bad("head_set length differs from num_heads".into());
         }
         if let Some(h) = self
             .head_set
             .iter()
-            .position(|&s| s < 0 || s as usize >= sets)
+            .position(|&x| x < 0 || x as usize >= sets)
         {
             return bad(format!("head {h} names a missing row set"));
+        }
+        if self.set_row_ptr.len() != sets + 1
+            || self.set_row_ptr[0] != 0
+            || self.set_row_ptr.windows(2).any(|w| w[1] < w[0])
+            || *self.set_row_ptr.last().unwrap() as usize != rows
+        {
+            return bad("set row pointers do not frame the rows".into());
         }
         for (name, ptr, idx) in [
             ("full", &self.full_row_ptr, &self.full_tiles),
             ("partial", &self.partial_row_ptr, &self.partial_tiles),
         ] {
-            if ptr.len() != sets * nqt + 1
-                || ptr[0] != 0
-                || *ptr.last().unwrap() as usize != idx.len()
-            {
+            if ptr.len() != rows + 1 || ptr[0] != 0 || *ptr.last().unwrap() as usize != idx.len() {
                 return bad(format!("{name} row pointers do not frame the index list"));
             }
             for (r, w) in ptr.windows(2).enumerate() {
                 if w[1] < w[0] {
                     return bad(format!("{name} row pointers decrease at row {r}"));
                 }
+                let v = &self.views[r];
+                let regular = (v.key_count as i64 + bn - 1) / bn;
+                let gathered = (v.gather_count as i64 + bn - 1) / bn;
                 let row = &idx[w[0] as usize..w[1] as usize];
-                if row.iter().any(|&t| t < 0 || t >= nkt) {
+                if row
+                    .iter()
+                    .any(|&t| t as i64 >= regular || -(t as i64) > gathered)
+                {
                     return bad(format!("{name} row {r} has a tile out of range"));
                 }
                 if row.windows(2).any(|t| t[1] <= t[0]) {
@@ -281,17 +392,69 @@ impl BlockSparseMeta {
                 }
             }
         }
-        for r in 0..sets * nqt {
-            let f =
-                &self.full_tiles[self.full_row_ptr[r] as usize..self.full_row_ptr[r + 1] as usize];
-            let p = &self.partial_tiles
-                [self.partial_row_ptr[r] as usize..self.partial_row_ptr[r + 1] as usize];
-            if f.iter().any(|t| p.binary_search(t).is_ok()) {
-                return bad(format!("row {r} lists a tile as both full and partial"));
+        let data = self.view_data.len() as i64;
+        let mut owner = vec![false; s.q_len];
+        for set in 0..sets {
+            owner.iter_mut().for_each(|o| *o = false);
+            for r in self.set_row_ptr[set] as usize..self.set_row_ptr[set + 1] as usize {
+                let v = &self.views[r];
+                let f = &self.full_tiles
+                    [self.full_row_ptr[r] as usize..self.full_row_ptr[r + 1] as usize];
+                let p = &self.partial_tiles
+                    [self.partial_row_ptr[r] as usize..self.partial_row_ptr[r + 1] as usize];
+                if f.iter().any(|t| p.binary_search(t).is_ok()) {
+                    return bad(format!("row {r} lists a tile as both full and partial"));
+                }
+                let (count, list) = (v.row_count as i64, v.row_list as i64);
+                if count < 1 || count > s.block_m as i64 || v.row_step < 0 {
+                    return bad(format!("row {r}: {count} query rows, step {}", v.row_step));
+                }
+                if v.row_step == 0 && (list < 0 || list + count > data) {
+                    return bad(format!("row {r}: row list outside the view data"));
+                }
+                let last_key = v.key_first as i64 + (v.key_count as i64 - 1) * v.key_step as i64;
+                if v.key_first < 0 || v.key_step < 1 || v.key_count < 0 || last_key >= kv_len {
+                    return bad(format!("row {r}: key view outside 0..{kv_len}"));
+                }
+                let (g0, gn) = (v.gather_list as i64, v.gather_count as i64);
+                if g0 < 0 || gn < 0 || g0 + gn > data {
+                    return bad(format!("row {r}: gather list outside the view data"));
+                }
+                for i in v.rows(&self.view_data) {
+                    if i as i64 >= q_len || std::mem::replace(&mut owner[i], true) {
+                        return bad(format!(
+                            "row {r}: query row {i} out of range or owned twice"
+                        ));
+                    }
+                }
+                let gathered = v.gathered(&self.view_data);
+                if gathered.windows(2).any(|g| g[1] <= g[0])
+                    || gathered.first().is_some_and(|&g| g < 0)
+                    || gathered.last().is_some_and(|&g| g as i64 >= kv_len)
+                {
+                    return bad(format!("row {r}: gathered keys not ascending keys"));
+                }
+                for &g in gathered {
+                    let off = g as i64 - v.key_first as i64;
+                    let step = v.key_step as i64;
+                    if off >= 0 && off % step == 0 && off / step < v.key_count as i64 {
+                        let t = (off / step / bn) as i32;
+                        if f.binary_search(&t).is_ok() || p.binary_search(&t).is_ok() {
+                            return bad(format!("row {r}: gathered key {g} is also in tile {t}"));
+                        }
+                    }
+                }
+            }
+            if let Some(i) = owner.iter().position(|&o| !o) {
+                return bad(format!("set {set}: query row {i} has no tile"));
             }
         }
         Ok(())
     }
+}
+
+fn to_i32(x: usize) -> Result<i32> {
+    i32::try_from(x).map_err(|_| Error::Shape("block-sparse metadata exceeds 2^31 entries".into()))
 }
 
 fn pattern_of(patterns: &HeadPatterns, head: usize) -> &Pattern {
@@ -413,6 +576,7 @@ impl RandTable {
 }
 
 /// A component resolved against a shape.
+#[derive(Clone)]
 pub(crate) enum Prep<'a> {
     Dense,
     /// `right` already 0 under causality (a causal window never reaches past the query).
@@ -424,6 +588,11 @@ pub(crate) enum Prep<'a> {
         count: i64,
     },
     Global {
+        tokens: &'a [i64],
+    },
+    /// The key columns of global tokens only (for classifying the regular tiles of a set
+    /// whose global rows and uncovered global keys are gathered): touches no tile itself.
+    GlobalKeys {
         tokens: &'a [i64],
     },
     Dilated {
@@ -451,6 +620,11 @@ struct Work {
     bits: Vec<u64>,
     /// Tile runs (inclusive) that one component covers fully, for the current query tile.
     runs: Vec<(i64, i64)>,
+    /// The current query tile's full and partial kv tiles.
+    full: Vec<i32>,
+    partial: Vec<i32>,
+    /// The current query tile's gathered keys.
+    gather: Vec<i32>,
 }
 
 impl<'a> Prepared<'a> {
@@ -482,7 +656,8 @@ impl<'a> Prepared<'a> {
         Prepared { causal, comps }
     }
 
-    fn compile_rows(
+    /// Compiles every query tile of this row set (see [`super::view`] for the layouts).
+    fn compile_set(
         &self,
         shape: &SparseShape,
         meta: &mut BlockSparseMeta,
@@ -491,64 +666,221 @@ impl<'a> Prepared<'a> {
         let (bm, bn) = (shape.block_m as i64, shape.block_n as i64);
         let (q_len, kv_len) = (shape.q_len as i64, shape.kv_len as i64);
         let shift = kv_len - q_len;
-        for m in 0..shape.num_q_tiles() as i64 {
-            let p0 = m * bm + shift;
-            let p1 = (m * bm + bm).min(q_len) - 1 + shift;
-            work.tiles.clear();
-            for c in &self.comps {
-                c.touched(p0, p1, self.causal, kv_len, bn, &mut work.tiles);
+        let mut global: Vec<i64> = self
+            .comps
+            .iter()
+            .filter_map(|c| match c {
+                Prep::Global { tokens } => Some(tokens.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        global.sort_unstable();
+        global.dedup();
+        // Regular tiles: every component but the global rows, whose keys are gathered
+        // where no regular tile covers them (`GlobalKeys` only classifies, it touches none).
+        let mut base = Prepared {
+            causal: self.causal,
+            comps: self
+                .comps
+                .iter()
+                .filter(|c| !matches!(c, Prep::Global { .. }))
+                .cloned()
+                .collect(),
+        };
+        let stride = match base.comps.as_slice() {
+            [Prep::Dilated { stride }] if *stride > 1 => Some(*stride),
+            _ => None,
+        };
+        if !global.is_empty() {
+            base.comps.push(Prep::GlobalKeys { tokens: &global });
+        }
+        if global.is_empty() && stride.is_none() {
+            // Natural tiles: rows m * bm .. in order, every key.
+            for m in 0..shape.num_q_tiles() as i64 {
+                let first = m * bm;
+                let count = bm.min(q_len - first);
+                self.compile_tile(first + shift, first + count - 1 + shift, kv_len, bn, work);
+                meta.push_row(TileView::natural(first, count, kv_len), work)?;
             }
-            work.tiles.sort_unstable();
-            // Runs of tiles some simple component covers entirely: appended in bulk.
-            work.runs.clear();
-            work.runs.extend(
-                self.comps
-                    .iter()
-                    .filter_map(|c| c.full_run(p0, p1, self.causal, kv_len, bn)),
-            );
-            work.runs.sort_unstable();
-            let mut run = 0;
-            let mut next = 0; // first tile not yet classified (merges overlapping intervals)
-            for i in 0..work.tiles.len() {
-                let (a, b) = work.tiles[i];
-                let mut n = a.max(next);
-                while n <= b {
-                    while run < work.runs.len() && work.runs[run].1 < n {
-                        run += 1;
-                    }
-                    if let Some(&(s, e)) = work.runs.get(run).filter(|r| r.0 <= n) {
-                        debug_assert!(s <= n);
-                        let end = e.min(b);
-                        meta.full_tiles.extend(n as i32..=end as i32);
-                        n = end + 1;
-                        continue;
-                    }
-                    let k0 = n * bn;
-                    let rect = Rect {
-                        p0,
-                        p1,
-                        k0,
-                        k1: (k0 + bn).min(kv_len) - 1,
-                    };
-                    match self.classify(&rect, &mut work.bits) {
-                        Cover::Full => meta.full_tiles.push(n as i32),
-                        Cover::Partial => meta.partial_tiles.push(n as i32),
-                        Cover::None => {}
-                    }
-                    n += 1;
+            return Ok(());
+        }
+        let is_global = |i: &i64| global.binary_search(&(i + shift)).is_ok();
+        let mut regular: Vec<i64> = (0..q_len).filter(|i| !is_global(i)).collect();
+        match stride {
+            None => base.compile_group(&regular, None, &global, shape, meta, work)?,
+            Some(k) => {
+                // One group per residue class of the query position: within it the dilated
+                // pattern is dense (or causal) attention over the keys of the same class.
+                let class = |i: i64| (i + shift).rem_euclid(k);
+                regular.sort_by_key(|&i| (class(i), i));
+                let dense = Prepared {
+                    causal: self.causal,
+                    comps: vec![Prep::Dense],
+                };
+                for rows in regular.chunk_by(|&a, &b| class(a) == class(b)) {
+                    let view = Some((class(rows[0]), k));
+                    dense.compile_group(rows, view, &global, shape, meta, work)?;
                 }
-                next = next.max(b + 1);
-            }
-            for (ptr, len) in [
-                (&mut meta.full_row_ptr, meta.full_tiles.len()),
-                (&mut meta.partial_row_ptr, meta.partial_tiles.len()),
-            ] {
-                ptr.push(i32::try_from(len).map_err(|_| {
-                    Error::Shape("block-sparse metadata exceeds 2^31 tiles".into())
-                })?);
             }
         }
+        // Global query rows see every key (up to themselves under causality).
+        let rows: Vec<i64> = global
+            .iter()
+            .map(|g| g - shift)
+            .filter(|i| (0..q_len).contains(i))
+            .collect();
+        let dense = Prepared {
+            causal: self.causal,
+            comps: vec![Prep::Dense],
+        };
+        dense.compile_group(&rows, None, &[], shape, meta, work)
+    }
+
+    /// Compiles one group of query rows (ascending) with this pattern: natural keys
+    /// (`class == None`) or the keys of residue class `c` of stride `k` (`Some((c, k))`, this
+    /// pattern then classifies in view coordinates: position `c + k * u` is `u`). Global keys
+    /// in `gather` that the regular tiles miss are gathered.
+    fn compile_group(
+        &self,
+        rows: &[i64],
+        class: Option<(i64, i64)>,
+        gather: &[i64],
+        shape: &SparseShape,
+        meta: &mut BlockSparseMeta,
+        work: &mut Work,
+    ) -> Result<()> {
+        let bn = shape.block_n as i64;
+        let kv_len = shape.kv_len as i64;
+        let shift = kv_len - shape.q_len as i64;
+        let mut views = Vec::new();
+        chunk_rows(rows, shape.block_m, kv_len, &mut meta.view_data, &mut views);
+        let mut last_gather: Option<(i32, usize)> = None;
+        for (mut view, chunk) in views.into_iter().zip(rows.chunks(shape.block_m)) {
+            let (p_min, p_max) = (chunk[0] + shift, chunk[chunk.len() - 1] + shift);
+            let (view_keys, u_min, u_max) = match class {
+                None => (kv_len, p_min, p_max),
+                Some((c, k)) => {
+                    view.key_first = c as i32;
+                    view.key_step = k as i32;
+                    let n = if kv_len > c {
+                        (kv_len - c + k - 1) / k
+                    } else {
+                        0
+                    };
+                    view.key_count = n as i32;
+                    (n, (p_min - c).div_euclid(k), (p_max - c).div_euclid(k))
+                }
+            };
+            self.compile_tile(u_min, u_max, view_keys, bn, work);
+            // Global key columns the regular tiles of this row do not cover.
+            work.gather.clear();
+            for &g in gather {
+                if g >= kv_len || (self.causal && g > p_max) {
+                    break;
+                }
+                let tile = match class {
+                    None => Some(g / bn),
+                    Some((c, k)) => ((g - c).rem_euclid(k) == 0).then(|| (g - c) / k / bn),
+                };
+                let covered = tile.is_some_and(|t| {
+                    let t = t as i32;
+                    work.full.binary_search(&t).is_ok() || work.partial.binary_search(&t).is_ok()
+                });
+                if !covered {
+                    work.gather.push(g as i32);
+                }
+            }
+            if !work.gather.is_empty() {
+                let reuse = last_gather
+                    .filter(|&(off, len)| meta.view_data[off as usize..][..len] == work.gather[..]);
+                let off = match reuse {
+                    Some((off, _)) => off,
+                    None => {
+                        let off = to_i32(meta.view_data.len())?;
+                        meta.view_data.extend_from_slice(&work.gather);
+                        off
+                    }
+                };
+                last_gather = Some((off, work.gather.len()));
+                view.gather_list = off;
+                view.gather_count = work.gather.len() as i32;
+                // Gathered tiles come first (entries -n .. -1 keep the lists ascending).
+                let chunks: Vec<(i32, bool)> = work
+                    .gather
+                    .chunks(bn as usize)
+                    .enumerate()
+                    .rev()
+                    .map(|(q, keys)| {
+                        let full = !self.causal || *keys.last().unwrap() as i64 <= p_min;
+                        (-(q as i32) - 1, full)
+                    })
+                    .collect();
+                for (list, want_full) in [(&mut work.full, true), (&mut work.partial, false)] {
+                    let mut merged: Vec<i32> = chunks
+                        .iter()
+                        .filter(|c| c.1 == want_full)
+                        .map(|c| c.0)
+                        .collect();
+                    merged.extend_from_slice(list);
+                    *list = merged;
+                }
+            }
+            meta.push_row(view, work)?;
+        }
         Ok(())
+    }
+
+    /// Classifies the kv tiles of one query tile (positions `p0..=p1`, keys `0..kv_len` in
+    /// tiles of `bn`) into `work.full` and `work.partial`.
+    fn compile_tile(&self, p0: i64, p1: i64, kv_len: i64, bn: i64, work: &mut Work) {
+        work.full.clear();
+        work.partial.clear();
+        work.tiles.clear();
+        for c in &self.comps {
+            c.touched(p0, p1, self.causal, kv_len, bn, &mut work.tiles);
+        }
+        work.tiles.sort_unstable();
+        // Runs of tiles some simple component covers entirely: appended in bulk.
+        work.runs.clear();
+        work.runs.extend(
+            self.comps
+                .iter()
+                .filter_map(|c| c.full_run(p0, p1, self.causal, kv_len, bn)),
+        );
+        work.runs.sort_unstable();
+        let mut run = 0;
+        let mut next = 0; // first tile not yet classified (merges overlapping intervals)
+        for i in 0..work.tiles.len() {
+            let (a, b) = work.tiles[i];
+            let mut n = a.max(next);
+            while n <= b {
+                while run < work.runs.len() && work.runs[run].1 < n {
+                    run += 1;
+                }
+                if let Some(&(s, e)) = work.runs.get(run).filter(|r| r.0 <= n) {
+                    debug_assert!(s <= n);
+                    let end = e.min(b);
+                    work.full.extend(n as i32..=end as i32);
+                    n = end + 1;
+                    continue;
+                }
+                let k0 = n * bn;
+                let rect = Rect {
+                    p0,
+                    p1,
+                    k0,
+                    k1: (k0 + bn).min(kv_len) - 1,
+                };
+                match self.classify(&rect, &mut work.bits) {
+                    Cover::Full => work.full.push(n as i32),
+                    Cover::Partial => work.partial.push(n as i32),
+                    Cover::None => {}
+                }
+                n += 1;
+            }
+            next = next.max(b + 1);
+        }
     }
 
     /// Exact classification of a tile for the whole pattern.
@@ -679,6 +1011,7 @@ impl Prep<'_> {
                     push_keys(out, g, g, kmax, bn);
                 }
             }
+            Prep::GlobalKeys { .. } => {}
             Prep::Dilated { stride } => {
                 let rows = p1 - p0 + 1;
                 if stride <= rows || stride == 1 {
@@ -814,6 +1147,13 @@ impl Prep<'_> {
                     .is_some_and(|&g| g <= r.k1 && (!causal || g <= r.p1));
                 cover(fully_causal && (all_rows || all_keys), row_hit || key_hit)
             }
+            Prep::GlobalKeys { tokens } => {
+                let from = tokens.partition_point(|&g| g < r.k0);
+                let to = tokens.partition_point(|&g| g <= r.k1);
+                let all_keys = (to - from) as i64 == r.k1 - r.k0 + 1;
+                let key_hit = to > from && (!causal || tokens[from] <= r.p1);
+                cover(fully_causal && all_keys, key_hit)
+            }
             Prep::Dilated { stride } => {
                 // p - j spans [p0 - k1, p1 - k0]; causality keeps p - j >= 0.
                 let hi = r.p1 - r.k0;
@@ -853,6 +1193,12 @@ impl Prep<'_> {
                 if tokens.binary_search(&p).is_ok() {
                     return true;
                 }
+                let from = tokens.partition_point(|&g| g < k0);
+                for &g in tokens[from..].iter().take_while(|&&g| g <= k1) {
+                    span(g, g);
+                }
+            }
+            Prep::GlobalKeys { tokens } => {
                 let from = tokens.partition_point(|&g| g < k0);
                 for &g in tokens[from..].iter().take_while(|&&g| g <= k1) {
                     span(g, g);
@@ -910,6 +1256,10 @@ impl Prep<'_> {
                 c.kind = MaskKind::Global as i32;
                 data.extend(tokens.iter().map(|&t| t as i32));
             }
+            Prep::GlobalKeys { .. } => unreachable!(
+                "GlobalKeys only classifies regular tiles; mask programs describe the pattern's \
+                 own components"
+            ),
             Prep::Dilated { stride } => {
                 c.kind = MaskKind::Dilated as i32;
                 c.dilation_stride = stride as i32;

@@ -33,7 +33,9 @@
 //!
 //! [`BlockSparseMeta::compile`] turns a set and a tiling ([`SparseShape`]) into CSR lists of
 //! *full* kv tiles (no mask work) and *partial* kv tiles (token-exact mask) per query tile, in
-//! time proportional to the tiles listed, with heads of identical patterns sharing rows. The
+//! time proportional to the tiles listed, with heads of identical patterns sharing rows.
+//! Dilated heads run per residue class and global tokens as gathered rows and key columns
+//! ([`view`]), so their work is proportional to what they allow. The
 //! partial-tile predicate travels as plain `#[repr(C)]` data ([`MaskTables`]). The kernel's
 //! kv-tile iterator walks these lists; the mainloop is the same for every pattern.
 //!
@@ -59,6 +61,7 @@ pub mod plans;
 mod render;
 pub mod rng;
 mod set;
+pub mod view;
 
 #[cfg(test)]
 mod tests;
@@ -70,3 +73,4 @@ pub use component::{
 pub use mask::{MaskComponent, MaskKind, MaskProgram, MaskTables};
 pub use render::{render_from_meta, render_token_mask};
 pub use set::{HeadPatterns, LayerPlan, Pattern};
+pub use view::TileView;

@@ -44,28 +44,31 @@ pub fn render_token_mask(
 
 /// The token mask the metadata implies: ones over the existing tokens of full tiles, the
 /// metadata's own partial-tile predicate ([`super::MaskTables::allowed`]) on partial tiles,
-/// zeros elsewhere.
+/// zeros elsewhere, each query row through the views of the tiles that own it. A token that
+/// two visits name (which a kernel would count twice) is an error.
 pub fn render_from_meta(meta: &BlockSparseMeta) -> Result<Vec<u8>> {
     let s = *meta.shape();
-    let mut out = vec![0u8; mask_len(s.num_heads, s.q_len, s.kv_len)?];
+    let len = mask_len(s.num_heads, s.q_len, s.kv_len)?;
+    let (mut out, mut seen) = (vec![0u8; len], vec![false; len]);
     let shift = s.kv_len as i64 - s.q_len as i64;
     for h in 0..s.num_heads {
         let set = meta.head_set()[h] as usize;
-        for m in 0..meta.num_q_tiles() {
-            let rows = m * s.block_m..((m + 1) * s.block_m).min(s.q_len);
-            for (tiles, exact) in [(meta.full(h, m), false), (meta.partial(h, m), true)] {
-                for &n in tiles {
-                    let keys = n as usize * s.block_n..((n as usize + 1) * s.block_n).min(s.kv_len);
-                    for i in rows.clone() {
-                        let row = &mut out[(h * s.q_len + i) * s.kv_len..][..s.kv_len];
-                        let p = i as i64 + shift;
-                        for j in keys.clone() {
-                            row[j] = if exact {
-                                meta.mask().allowed(set, p, j as i64, s.kv_len) as u8
-                            } else {
-                                1
-                            };
+        for m in 0..meta.num_tiles(h) {
+            for (rows, keys, full) in meta.visits(h, m) {
+                for &i in &rows {
+                    let p = i as i64 + shift;
+                    for &j in &keys {
+                        let at = (h * s.q_len + i) * s.kv_len + j;
+                        if std::mem::replace(&mut seen[at], true) {
+                            return Err(Error::Pattern(format!(
+                                "metadata visits head {h} row {i} key {j} twice"
+                            )));
                         }
+                        out[at] = if full {
+                            1
+                        } else {
+                            meta.mask().allowed(set, p, j as i64, s.kv_len) as u8
+                        };
                     }
                 }
             }

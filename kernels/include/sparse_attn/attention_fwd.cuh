@@ -112,7 +112,7 @@ SA_DEVICE void rescale_o(float (&o)[NT][4], const float (&alpha)[SoftmaxState::k
   }
 }
 
-// Normalises and stores this warp's output rows (tokens >= q_len are dropped) and their LSE.
+// Normalises and stores this warp's output rows (padding rows are dropped) and their LSE.
 // `row0` is the warp's first row in the block, mapped to (token, head) by `rows`.
 template <typename T, int D>
 SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
@@ -124,7 +124,7 @@ SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, con
   for (int r = 0; r < SoftmaxState::kRows; ++r) {
     const int local = row0 + g + 8 * r;
     const int token = rows.token(local), dh = rows.head_offset(local);
-    if (token >= seq.q_len) continue;
+    if (token < 0) continue;
     uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + token * p.o_row_stride +
                                                 dh * p.o_head_stride + 2 * t);
     SA_UNROLL
@@ -150,7 +150,7 @@ SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, c
   for (int r = 0; r < SoftmaxState::kRows; ++r) {
     const int local = row0 + g + 8 * r;
     const int token = rows.token(local);
-    if (token >= seq.q_len) continue;
+    if (token < 0) continue;
     const int64_t slot =
         (split * total_rows + seq.row0 + token) * p.num_heads + h + rows.head_offset(local);
     float2* dst = reinterpret_cast<float2*>(p.o_partial + slot * D + 2 * t);
@@ -171,18 +171,22 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int h = blockIdx.y * pack, b = blockIdx.z;  // packed: first head of the kv group
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
+  // This block's CSR row; the grid covers the longest (sequence, set), so others exit here
+  // (whole block: uniform exit, no barrier yet).
+  const int set = params.seq_program_base[b] + params.head_set[h];
+  const int row = params.set_row_ptr[set] + m_block;
+  if (row >= params.set_row_ptr[set + 1]) return;
+  const SaTileView& view = params.tile_views[row];
+  const RowMap rows = RowMap::make(view, params.view_data, pack);
+  const KeyMap keys = KeyMap::make(view, params.view_data);
   const SeqSlice<T> seq = SeqSlice<T>::make(params, b, h);
-  const int tile_tokens = Tr::kBlockM / pack;
-  const RowMap rows = RowMap::make(m_block * tile_tokens, pack);
-  if (rows.token0 >= seq.q_len) return;  // whole block: uniform exit, no barrier yet
 
   char* smem = dynamic_smem();
   char* sQ = smem + Tr::kQOffset;
   char* sK = smem + Tr::kKOffset;
   char* sV = smem + Tr::kVOffset;
 
-  const SparseTiles tiles = SparseTiles::make(params, b, h, m_block, tile_tokens, seq.q_len);
-  const int set = params.seq_program_base[b] + params.head_set[h];
+  const SparseTiles tiles = SparseTiles::make(params, row);
   const TokenMask mask{params.mask_programs + set, params.mask_components, params.mask_data,
                        seq.q_len, seq.kv_len};
   // This block's share of the walk: split `split` of `num_splits` contiguous parts.
@@ -194,20 +198,20 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
       sQ,
       [&](int r) -> const T* {
         const int token = rows.token(r);
-        return token < seq.q_len ? seq.q + token * params.q_row_stride +
+        return token >= 0 ? seq.q + token * params.q_row_stride +
                                        rows.head_offset(r) * params.q_head_stride
                                  : nullptr;
       },
       tid);
   auto produce_kv = [&](int i) {
-    const int buf = i & 1, key0 = tiles.tile(i) * Tr::kBlockN;
+    const int buf = i & 1, tile = tiles.tile(i);
     const KvRows<T>& kv = seq.kv;
     load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
         sK + buf * Tr::kKvTileBytes,
-        [&](int r) { return kv.row(kv.k, kv.k_row_stride, key0 + r); }, tid);
+        [&](int r) { return kv.row(kv.k, kv.k_row_stride, keys.key(tile, r)); }, tid);
     load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
         sV + buf * Tr::kKvTileBytes,
-        [&](int r) { return kv.row(kv.v, kv.v_row_stride, key0 + r); }, tid);
+        [&](int r) { return kv.row(kv.v, kv.v_row_stride, keys.key(tile, r)); }, tid);
   };
   if (i_begin < i_end) produce_kv(i_begin);
   arch::cp_async_commit();
@@ -222,6 +226,9 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   state.init();
   uint32_t qf[Tr::kKSteps][4];  // Q A-fragments, loaded once
   const int warp_row0 = warp * 16;  // this warp's first row in the block
+  // Query rows of this lane's two fragment rows, for the mask (constant over the walk).
+  const int row_tok[2] = {rows.token(warp_row0 + (lane >> 2)),
+                          rows.token(warp_row0 + (lane >> 2) + 8)};
 
   for (int i = i_begin; i < i_end; ++i) {
     // Phase: prefetch tile i + 1 into the other buffer (freed by the barrier that ended
@@ -237,11 +244,11 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     float s[Tr::kSTiles][4];
     qk_gemm<T, D, Tr::kBlockN>(s, qf, sK + buf * Tr::kKvTileBytes, lane);
     scale_scores(s, params.scale, params.softcap);
-    const int key0 = tiles.tile(i) * Tr::kBlockN;
+    const int tile = tiles.tile(i);
     if (tiles.partial(i)) {
-      mask.apply(s, rows, warp_row0, key0, lane);
-    } else if (key0 + Tr::kBlockN > seq.kv_len) {
-      mask_kv_tail(s, key0, seq.kv_len, lane);
+      mask.apply(s, row_tok, keys, tile, lane);
+    } else if (keys.valid(tile) < Tr::kBlockN) {
+      mask_kv_tail(s, keys.valid(tile), lane);
     }
 
     // Phase: online softmax; S becomes P in place.

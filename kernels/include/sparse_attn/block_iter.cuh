@@ -1,31 +1,64 @@
-// Which kv tiles a query block visits: the sparsity of the forward kernel as an iteration
-// policy over the compiled block-sparse metadata (src/pattern/compile.rs). The mainloop walks
-// `count()` tiles; tile i is `tile(i)`, and `partial(i)` says whether it needs the token-exact
-// mask (partial) or none (full). Dense, causal and every sparse pattern are just different
-// lists: the mainloop never forks.
+// Which query rows a block owns and which kv tiles it visits: the sparsity of the forward
+// kernel as an iteration policy over the compiled block-sparse metadata
+// (src/pattern/compile.rs). A block is one CSR row: its SaTileView names its query rows
+// (RowMap) and its keys (KeyMap); the mainloop walks `count()` tiles, tile i is `tile(i)`, and
+// `partial(i)` says whether it needs the token-exact mask (partial) or none (full). Dense,
+// causal, windowed, dilated (strided views) and global (gathered rows and keys) patterns are
+// just different lists and views: the mainloop never forks.
 #pragma once
 
 #include "sparse_attn/arch/platform.cuh"
+#include "sparse_attn/kernel_traits.cuh"
 #include "sparse_attn/params.h"
 
 namespace sa {
 
-// Which query (token, head) each of a block's BLOCK_M rows is. Unpacked (pack == 1), row r is
-// token token0 + r of the block's head. With GQA packing, row r is token token0 + r / pack of
-// head head0 + r % pack: the query heads of one kv head share the tile, and so every K/V
-// load. The walk below is then compiled for BLOCK_M / pack tokens per query tile.
-// `pack` is a power of two (the planner guarantees it), so the mapping is shifts and masks: a
-// runtime integer division here cost a call and a spill on hd64.
+// Which query (token, head) each of a block's BLOCK_M rows is. Row r is view slot
+// r >> log2_pack of head head0 + (r & (pack - 1)): with GQA packing (pack > 1) the query heads
+// of one kv head share the tile, and so every K/V load. Slot s is token first + s * step, or
+// list[s] for gathered rows (global query tokens); slots >= count are padding, token -1.
+// `pack` is a power of two (the planner guarantees it), so the mapping is shifts and masks.
 struct RowMap {
-  int token0;
+  const int32_t* list;  // nullptr: affine slots
+  int first, step, count;
   int log2_pack;
-  SA_DEVICE static RowMap make(int token0, int pack) {
+
+  SA_DEVICE static RowMap make(const SaTileView& v, const int32_t* view_data, int pack) {
     int shift = 0;
     while ((1 << shift) < pack) ++shift;
-    return RowMap{token0, shift};
+    return RowMap{v.row_step == 0 ? view_data + v.row_list : nullptr, v.row_first, v.row_step,
+                  v.row_count, shift};
   }
-  SA_DEVICE int token(int r) const { return token0 + (r >> log2_pack); }
+  SA_DEVICE int token(int r) const {
+    const int slot = r >> log2_pack;
+    if (slot >= count) return -1;
+    return list != nullptr ? list[slot] : first + slot * step;
+  }
   SA_DEVICE int head_offset(int r) const { return r & ((1 << log2_pack) - 1); }
+};
+
+// Key position of column c of a listed kv tile (see SaTileView): view keys of regular tiles
+// (t >= 0) are affine (natural order, or one residue class of a dilated head), gathered tiles
+// (t < 0) read a key list (global key columns).
+struct KeyMap {
+  const int32_t* gather;
+  int first, step, count;
+  int gather_count;
+
+  SA_DEVICE static KeyMap make(const SaTileView& v, const int32_t* view_data) {
+    return KeyMap{view_data + v.gather_list, v.key_first, v.key_step, v.key_count,
+                  v.gather_count};
+  }
+  // Columns [0, valid(t)) of tile t exist (may exceed BLOCK_N: then all do).
+  SA_DEVICE int valid(int t) const {
+    return t >= 0 ? count - t * SA_FWD_BLOCK_N : gather_count - (-t - 1) * SA_FWD_BLOCK_N;
+  }
+  // The key of column c of tile t, or -1 when it does not exist.
+  SA_DEVICE int key(int t, int c) const {
+    if (c >= valid(t)) return -1;
+    return t >= 0 ? first + (t * SA_FWD_BLOCK_N + c) * step
+                  : gather[(-t - 1) * SA_FWD_BLOCK_N + c];
+  }
 };
 
 struct SparseTiles {
@@ -34,12 +67,8 @@ struct SparseTiles {
   int n_full;
   int n_partial;
 
-  // The CSR row of query tile `m_block` (of `tile_tokens` tokens) of head `h` in sequence `b`
-  // (q_len tokens).
-  SA_DEVICE static SparseTiles make(const SaAttnFwdParams& p, int b, int h, int m_block,
-                                    int tile_tokens, int q_len) {
-    const int q_tiles = (q_len + tile_tokens - 1) / tile_tokens;
-    const int row = p.seq_row_base[b] + p.head_set[h] * q_tiles + m_block;
+  // The tiles of CSR row `row`.
+  SA_DEVICE static SparseTiles make(const SaAttnFwdParams& p, int row) {
     SparseTiles t;
     const int f0 = p.full_row_ptr[row], p0 = p.partial_row_ptr[row];
     t.full_list = p.full_tiles + f0;

@@ -87,23 +87,23 @@ struct TokenMask {
   }
 
   // Sets masked entries of this warp's S fragment ([NT][4] accumulator layout) to -inf.
-  // `row0` is the warp's first row in the block (mapped to tokens by `rows`), `key0` the
-  // tile's first key. The predicate is
+  // `row_tok` are the query rows of this lane's two fragment rows (g and g + 8 of the warp;
+  // -1 for padding), `keys` maps column c of kv tile `tile` to its key. The predicate is
   // evaluated in a rolled loop into a bit set first: evaluated inline, fully unrolled over
   // the 32 entries, it spilled registers (260 B on hd64); the rolled loop leaves S untouched
   // until one cheap unrolled select at the end.
   template <int NT>
-  SA_DEVICE void apply(float (&s)[NT][4], const RowMap& rows, int row0, int key0,
+  SA_DEVICE void apply(float (&s)[NT][4], const int (&row_tok)[2], const KeyMap& keys, int tile,
                        int lane) const {
     static_assert(NT * 4 <= 32, "one bit per fragment entry");
-    const int g = lane >> 2, t = lane & 3;
+    const int t = lane & 3;
     uint32_t keep = 0;
     SA_NO_UNROLL
     for (int e = 0; e < NT * 4; ++e) {
       const int nt = e >> 2, i = e & 3;
-      const int row = rows.token(row0 + g + 8 * (i >> 1));
-      const int key = key0 + nt * 8 + 2 * t + (i & 1);
-      keep |= static_cast<uint32_t>(allowed(row, key)) << e;
+      const int row = (i >> 1) ? row_tok[1] : row_tok[0];  // a select: no local array
+      const int key = keys.key(tile, nt * 8 + 2 * t + (i & 1));
+      keep |= static_cast<uint32_t>(row >= 0 && allowed(row, key)) << e;
     }
     SA_UNROLL
     for (int nt = 0; nt < NT; ++nt) {
@@ -115,17 +115,18 @@ struct TokenMask {
   }
 };
 
-// Masks the keys >= kv_len of the sequence's last kv tile. The metadata calls a tile full
-// when every *existing* token is allowed, so the zero-filled rows past the end of K must
-// still be excluded here; only the last tile can have them, and the test is one compare.
+// Masks the columns >= `valid` of a full tile: the metadata calls a tile full when every
+// *existing* token is allowed, so the zero-filled columns past the end of a view (the last
+// tile of the keys, or of a gathered list) must still be excluded here; the test is one
+// compare per entry.
 template <int NT>
-SA_DEVICE void mask_kv_tail(float (&s)[NT][4], int key0, int kv_len, int lane) {
+SA_DEVICE void mask_kv_tail(float (&s)[NT][4], int valid, int lane) {
   const int t = lane & 3;
   SA_UNROLL
   for (int nt = 0; nt < NT; ++nt) {
     SA_UNROLL
     for (int i = 0; i < 4; ++i) {
-      if (key0 + nt * 8 + 2 * t + (i & 1) >= kv_len) s[nt][i] = kNegInf;
+      if (nt * 8 + 2 * t + (i & 1) >= valid) s[nt][i] = kNegInf;
     }
   }
 }

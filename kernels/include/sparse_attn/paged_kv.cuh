@@ -39,9 +39,10 @@ struct KvRows {
   int log2_page, sink_pages, ring_pages;
   int kv_len;
 
-  // Physical row of key j in `base` (k or v), or nullptr when j is not readable.
+  // Physical row of key j in `base` (k or v), or nullptr when j is not readable (j < 0 is
+  // a column with no key).
   SA_DEVICE const T* row(const T* base, int64_t row_stride, int j) const {
-    if (block_table == nullptr) return j < kv_len ? base + j * row_stride : nullptr;
+    if (block_table == nullptr) return j >= 0 && j < kv_len ? base + j * row_stride : nullptr;
     if (!paged_resident(j, kv_len, log2_page, sink_pages, ring_pages)) return nullptr;
     const int page = block_table[paged_slot(j >> log2_page, sink_pages, ring_pages)];
     const int in_page = j & ((1 << log2_page) - 1);

@@ -83,6 +83,33 @@ typedef struct SaMaskProgram {
   int32_t _reserved;
 } SaMaskProgram;
 
+/* How one query tile (one CSR row of the block-sparse metadata) names its query rows and its
+ * keys; src/pattern/view.rs is the Rust twin. Most tiles are *natural* (rows row_first ..
+ * row_first + row_count - 1, keys 0 .. kv_len - 1 in order); views let dilated and global
+ * patterns cost work proportional to what they allow:
+ * - rows: slot s < row_count of the tile is query row row_first + s * row_step, or, when
+ *   row_step == 0, view_data[row_list + s]. Slots >= row_count are padding (never written).
+ *   Over a (sequence, row set) the tiles own every query row exactly once.
+ * - keys: a kv-tile index t >= 0 in the CSR lists covers view keys v = t * SA_FWD_BLOCK_N + c
+ *   (c < SA_FWD_BLOCK_N), key position key_first + v * key_step, existing for v < key_count
+ *   (a dilated head's residue class is key_first = class, key_step = stride). An index t < 0
+ *   is a *gathered* tile: column c is key view_data[gather_list + (-t - 1) * SA_FWD_BLOCK_N + c],
+ *   existing for (-t - 1) * SA_FWD_BLOCK_N + c < gather_count (global key columns the
+ *   regular tiles of this row do not cover). A row's tiles never name one key twice. */
+typedef struct SaTileView {
+  int32_t row_first;
+  int32_t row_step;
+  int32_t row_count;
+  int32_t row_list;
+  int32_t key_first;
+  int32_t key_step;
+  int32_t key_count;
+  int32_t gather_list;
+  int32_t gather_count;
+  /** Keeps the struct at 40 bytes; always 0. */
+  int32_t _reserved;
+} SaTileView;
+
 /* A paged KV cache as the kernels read it (src/kv_cache is the owner and the Rust twin of
  * the mapping). Pages hold `page_size` consecutive token positions of every kv head:
  * k_pages, v_pages are [num_pages, num_kv_heads, page_size, head_dim] (a head's rows of a page
@@ -142,13 +169,15 @@ typedef struct SaAttnFwdParams {
   float softcap; /* > 0: s = softcap * tanh(s / softcap) before masking; 0 = off */
 
   /* Block-sparse metadata compiled on the host by src/pattern (dense and causal included).
-   * Heads sharing a pattern share a row set: query tile m of head h in sequence b is CSR row
-   * seq_row_base[b] + head_set[h] * ceil(q_len_b / SA_FWD_BLOCK_M) + m. Its full kv tiles (no
-   * mask work) are full_tiles[full_row_ptr[row] .. full_row_ptr[row + 1]], its partial tiles
+   * Heads sharing a pattern share a row set; (sequence b, set of head h) is program
+   * id = seq_program_base[b] + head_set[h], which owns CSR rows set_row_ptr[id] ..
+   * set_row_ptr[id + 1] (one per query tile; blockIdx.x beyond them exits). Row r's query
+   * rows and keys are named by tile_views[r] (see SaTileView); its full kv tiles (no mask
+   * work) are full_tiles[full_row_ptr[r] .. full_row_ptr[r + 1]], its partial tiles
    * (token-exact mask) likewise; ascending, no sentinels. The mask program of the row is
-   * mask_programs[seq_program_base[b] + head_set[h]]. */
+   * mask_programs[id]. */
   const int32_t* head_set;         /* [num_heads] */
-  const int32_t* seq_row_base;     /* [batch] */
+  const int32_t* set_row_ptr;      /* [programs + 1] */
   const int32_t* seq_program_base; /* [batch] */
   const int32_t* full_row_ptr;
   const int32_t* full_tiles;
@@ -157,6 +186,8 @@ typedef struct SaAttnFwdParams {
   const SaMaskProgram* mask_programs;
   const SaMaskComponent* mask_components;
   const int32_t* mask_data;
+  const SaTileView* tile_views; /* [rows] */
+  const int32_t* view_data;     /* row lists and gathered keys of the views */
 
   /* K/V read from a paged cache instead of k, v when paged.block_table != NULL (the kv
    * lengths then come from kv_len / cu_seqlens_k as usual). */

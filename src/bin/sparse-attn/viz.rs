@@ -133,11 +133,23 @@ fn token_raster(
     r
 }
 
+/// Visited tokens above which a panel of view tiles is refused (see [`view_raster`]).
+const MAX_VIEW_TOKENS: usize = 1 << 28;
+
 /// The tile classes of one head from compiled metadata, at token scale, max-pooled by `pool`.
-fn tile_raster(meta: &BlockSparseMeta, head: usize, scale: Scale) -> Raster {
+/// Heads whose tiles are not all natural (dilated and global patterns, see
+/// `sparse_attn::pattern::view`) are drawn by [`view_raster`].
+fn tile_raster(meta: &BlockSparseMeta, head: usize, scale: Scale) -> Result<Raster, CliError> {
+    let natural = |m: usize| {
+        let v = meta.view(head, m);
+        v.row_step == 1 && v.key_step == 1 && v.gather_count == 0
+    };
+    if !(0..meta.num_tiles(head)).all(natural) {
+        return view_raster(meta, head, scale);
+    }
     let s = *meta.shape();
     let pool = scale.pool;
-    let (nqt, nkt) = (meta.num_q_tiles(), meta.num_kv_tiles());
+    let (nqt, nkt) = (meta.num_tiles(head), meta.num_kv_tiles());
     let mut class = vec![WHITE; nqt * nkt];
     for m in 0..nqt {
         for &n in meta.full(head, m) {
@@ -182,7 +194,40 @@ fn tile_raster(meta: &BlockSparseMeta, head: usize, scale: Scale) -> Raster {
         };
         r.lines = Some((starts(s.q_len, s.block_m), starts(s.kv_len, s.block_n)));
     }
-    r
+    Ok(r)
+}
+
+/// Tile classes of a head with view tiles (strided residue classes, gathered rows and keys),
+/// whose tiles are not rectangles of the token grid: every token a visit covers is drawn in
+/// that visit's class, a pooled pixel orange when any partial visit touches it, else blue when
+/// a full one does, else white. Costs the visited tokens, refused above [`MAX_VIEW_TOKENS`].
+fn view_raster(meta: &BlockSparseMeta, head: usize, scale: Scale) -> Result<Raster, CliError> {
+    let s = *meta.shape();
+    let pool = scale.pool;
+    let mut r = Raster::new(s.q_len.div_ceil(pool), s.kv_len.div_ceil(pool));
+    let mut budget = MAX_VIEW_TOKENS;
+    for m in 0..meta.num_tiles(head) {
+        for (rows, keys, full) in meta.visits(head, m) {
+            budget = budget.checked_sub(rows.len() * keys.len()).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "the tiles of head {head} cover more than {MAX_VIEW_TOKENS} tokens; use \
+                     --level token or a shorter --seq-len"
+                ))
+            })?;
+            for &i in &rows {
+                let line = &mut r.cells[(i / pool) * r.w..][..r.w];
+                for &j in &keys {
+                    let cell = &mut line[j / pool];
+                    if !full {
+                        *cell = PARTIAL;
+                    } else if *cell == WHITE {
+                        *cell = FULL;
+                    }
+                }
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// One grid cell: the panels of one head or layer.
@@ -252,7 +297,7 @@ fn render(pic: &Picture) -> Result<(usize, usize, Vec<u8>), CliError> {
                     metas.len() - 1
                 }
             };
-            row.push(tile_raster(&metas[idx].1, panel.head, pic.scale));
+            row.push(tile_raster(&metas[idx].1, panel.head, pic.scale)?);
         }
         cells.push(row);
     }
