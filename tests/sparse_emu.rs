@@ -239,3 +239,85 @@ fn invalid_patterns_are_typed_errors() {
         );
     }
 }
+
+/// Dilated heads run per residue class and global tokens as gathered rows and key columns
+/// (src/pattern/view.rs): the kernel visits exactly the tiles the metadata lists, and those
+/// are proportional to what the pattern allows, not to q_len * kv_len.
+#[test]
+fn dilated_and_global_work_is_proportional_to_what_they_allow() {
+    let seed = base_seed();
+    // Stride 4, causal, 512 tokens: 4 classes of 128 rows, each a 2-tile causal triangle (3
+    // visits): 12 per head instead of the 36 tiles of causal attention.
+    let (visited, listed) = run::<f16>(
+        r#"{"causal": true, "components": [{"dilated": {"stride": 4}}]}"#,
+        uniform(512, 512),
+        (2, 1),
+        64,
+        seed,
+    );
+    assert_eq!((visited, listed), (2 * 12, 2 * 12));
+    // Non-causal stride 8 over 512: 8 classes of one tile each.
+    let (visited, listed) = run::<bf16>(
+        r#"{"causal": false, "components": [{"dilated": {"stride": 8}}]}"#,
+        uniform(512, 512),
+        (1, 1),
+        128,
+        seed + 1,
+    );
+    assert_eq!((visited, listed), (8, 8));
+    // 8 global tokens over 1024 (non-causal): 16 tiles of other rows with one gathered key
+    // tile each, one tile of global rows over the 16 kv tiles: 32, against 256 for dense.
+    let (visited, listed) = run::<f16>(
+        r#"{"causal": false, "components": [{"global": {"tokens": [3, 130, 260, 390, 520, 650, 780, 1000]}}]}"#,
+        uniform(1024, 1024),
+        (1, 1),
+        64,
+        seed + 2,
+    );
+    assert_eq!((visited, listed), (32, 32));
+}
+
+/// Views under every launch shape: unaligned lengths, q_len < kv_len and > kv_len, GQA with
+/// and without packing (decode-shaped queries pack the heads of a kv group), split-KV, varlen,
+/// both dtypes and head dims, unions of dilated and global tokens.
+#[test]
+fn views_under_every_launch_shape() {
+    let seed = base_seed();
+    let dilated = r#"{"causal": true, "components": [{"dilated": {"stride": 3}}]}"#;
+    let global =
+        r#"{"causal": true, "components": [{"global": {"tokens": [0, 7, 64, 65, 66, 150]}}]}"#;
+    let both = r#"{"causal": false, "components": [{"dilated": {"stride": 5}}, {"global": {"tokens": [2, 99, 100]}}]}"#;
+    let longformer = r#"{"causal": true, "components": [{"sliding_window": {"size": 20}}, {"global": {"tokens": [0, 1, 40, 120]}}]}"#;
+    // 100 global tokens: gathered key lists longer than a tile (entries -2, -1).
+    let tokens: Vec<String> = (0..300).step_by(3).map(|t| t.to_string()).collect();
+    let many = format!(
+        r#"{{"causal": true, "components": [{{"global": {{"tokens": [{}]}}}}]}}"#,
+        tokens.join(",")
+    );
+    run::<f16>(&many, uniform(400, 400), (2, 1), 64, seed ^ 0x77);
+    run::<bf16>(&many, uniform(3, 350), (2, 2), 128, seed ^ 0x78);
+    for (n, json) in [dilated, global, both, longformer].iter().enumerate() {
+        let s = seed ^ (n as u64) << 8;
+        run::<f16>(json, uniform(190, 190), (4, 2), 64, s);
+        run::<bf16>(json, uniform(70, 230), (2, 1), 128, s + 1);
+        run::<f16>(json, uniform(5, 160), (8, 2), 64, s + 2);
+        run::<bf16>(json, uniform(1, 1000), (4, 4), 64, s + 3);
+        // Those two shapes do pack, and split where the walk is long enough (a decode row
+        // of the global-only pattern visits one gathered tile):
+        let plan = |seqs, heads: (usize, usize)| {
+            let problem = AttnProblem::new(seqs, heads.0, heads.1, 64, DType::F16).unwrap();
+            let set = HeadPatterns::from_json(json).unwrap();
+            AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap()
+        };
+        assert_eq!(plan(uniform(5, 160), (8, 2)).gqa_pack(), 4);
+        let walk = plan(uniform(1, 1000), (4, 4));
+        assert_eq!(
+            walk.num_splits() > 1,
+            *json == dilated || *json == both,
+            "{json}"
+        );
+        let seqs =
+            SeqLens::varlen_from_lens(&[(151, 151), (3, 170), (0, 160), (200, 180)]).unwrap();
+        run::<f16>(json, seqs, (2, 1), 64, s + 4);
+    }
+}

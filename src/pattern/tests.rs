@@ -575,3 +575,174 @@ fn layer_plans_compile_each_distinct_layer_once() {
     assert_eq!(c.layer_meta, vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
     assert_eq!(c.layer(5).unwrap().tiles_listed(), 32 * 33 / 2);
 }
+
+// ---- views: dilated and global work is proportional to what they allow -------------------------
+
+/// Tokens the contract allows for head `h`.
+fn allowed_tokens(set: &HeadPatterns, s: SparseShape, h: usize) -> usize {
+    let shift = s.kv_len as i64 - s.q_len as i64;
+    (0..s.q_len as i64)
+        .map(|i| {
+            (0..s.kv_len as i64)
+                .filter(|&j| set.allowed(h, i + shift, j, s.kv_len))
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn dilated_heads_run_per_residue_class() {
+    // Stride K over N = 64 * K * t tokens: K classes of 64 t rows, each a t x t tile problem
+    // (a triangle under causality); the keys of class c are c, c + K, ...
+    for (k, t, causal) in [
+        (2, 4, true),
+        (4, 2, true),
+        (8, 1, true),
+        (4, 2, false),
+        (3, 3, false),
+    ] {
+        let n = 64 * k * t;
+        let set: HeadPatterns =
+            Pattern::new(causal, vec![Component::dilated(k as i64).unwrap()]).into();
+        let s = shape(2, n, n, 64, 64);
+        let meta = compile(set.clone(), s);
+        let per_class = if causal { t * (t + 1) / 2 } else { t * t };
+        assert_eq!(meta.num_tiles(0), k * t, "K {k}");
+        assert_eq!(
+            meta.tiles_visited(),
+            2 * k * per_class,
+            "K {k} causal {causal}"
+        );
+        assert_eq!(
+            meta.partial_tiles().len(),
+            if causal { k * t } else { 0 },
+            "only diagonal tiles are masked"
+        );
+        for m in 0..meta.num_tiles(0) {
+            let v = meta.view(0, m);
+            assert_eq!((v.row_step, v.key_step), (k as i32, k as i32));
+            assert_eq!(
+                v.key_first as i64,
+                (v.row_first as i64).rem_euclid(k as i64)
+            );
+        }
+        // Work: tiles x 64 x 64 is within the diagonal tiles' slack of the allowed tokens.
+        let allowed = allowed_tokens(&set, s, 0);
+        let work = meta.tiles_visited() / 2 * 64 * 64;
+        let diag_slack = if causal { k * t * 64 * 63 / 2 } else { 0 };
+        assert_eq!(work, allowed + diag_slack, "K {k} causal {causal}");
+        assert_eq!(
+            render_from_meta(&meta).unwrap(),
+            render_token_mask(&set, 2, n, n).unwrap()
+        );
+    }
+    // Decode (one query row) reads 1/K of the keys.
+    let set: HeadPatterns = Pattern::new(true, vec![Component::dilated(8).unwrap()]).into();
+    let meta = compile(set, shape(1, 1, 4096, 64, 64));
+    assert_eq!(meta.tiles_visited(), 4096 / 8 / 64);
+    // Unaligned lengths, q_len > kv_len (negative positions) and q_len < kv_len stay exact.
+    for (q, kv, k) in [(300, 300, 3), (77, 500, 5), (140, 60, 4), (1, 9, 16)] {
+        for causal in [true, false] {
+            let set: HeadPatterns =
+                Pattern::new(causal, vec![Component::dilated(k).unwrap()]).into();
+            let meta = compile(set.clone(), shape(1, q, kv, 64, 64));
+            let truth = render_token_mask(&set, 1, q, kv).unwrap();
+            assert_eq!(
+                render_from_meta(&meta).unwrap(),
+                truth,
+                "q {q} kv {kv} K {k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn global_rows_and_keys_are_gathered() {
+    // 16 global tokens spread over 2048: the 2032 other rows form 32 tiles, each visiting one
+    // gathered tile of the 16 global keys; the 16 global rows form one tile seeing all 32 kv
+    // tiles. 64 tiles in all, every one full (non-causal), instead of every tile touched.
+    let tokens: Vec<i64> = (0..16).map(|g| 128 * g + 5).collect();
+    let set: HeadPatterns =
+        Pattern::new(false, vec![Component::global(tokens.clone()).unwrap()]).into();
+    let s = shape(1, 2048, 2048, 64, 64);
+    let meta = compile(set.clone(), s);
+    assert_eq!(meta.num_tiles(0), 33);
+    assert_eq!(meta.tiles_visited(), 32 + 32);
+    assert_eq!(meta.partial_tiles().len(), 0);
+    for m in 0..32 {
+        assert_eq!(meta.full(0, m), &[-1]);
+        let v = meta.view(0, m);
+        assert_eq!(v.gathered(meta.view_data()).len(), 16);
+        assert_eq!(v.row_count, if m < 31 { 64 } else { 2032 - 31 * 64 });
+    }
+    let g = meta.view(0, 32);
+    assert_eq!(
+        g.row_step, 128,
+        "global rows 5, 133, ... are evenly spaced: an affine view"
+    );
+    assert_eq!(meta.full(0, 32), (0..32).collect::<Vec<_>>());
+    assert_eq!(
+        render_from_meta(&meta).unwrap(),
+        render_token_mask(&set, 1, 2048, 2048).unwrap()
+    );
+    // Causal: a tile gathers only the global keys at or before its last row, and masks the
+    // ones after its first.
+    let causal: HeadPatterns = Pattern::new(true, vec![Component::global(tokens).unwrap()]).into();
+    let meta = compile(causal.clone(), s);
+    assert_eq!(
+        render_from_meta(&meta).unwrap(),
+        render_token_mask(&causal, 1, 2048, 2048).unwrap()
+    );
+    let work = meta.tiles_visited();
+    assert!(work <= 32 + 32, "{work}");
+    // Longformer: a window plus global tokens. The window's own tiles are visited as before;
+    // the global keys they contain are covered there, the others gathered in one extra tile.
+    let window = Component::window(32, 32).unwrap();
+    let longformer: HeadPatterns = Pattern::new(
+        false,
+        vec![window.clone(), Component::global(vec![0, 1, 700]).unwrap()],
+    )
+    .into();
+    let s = shape(1, 1024, 1024, 64, 64);
+    let meta = compile(longformer.clone(), s);
+    let band = compile(Pattern::new(false, vec![window]), s).tiles_visited();
+    // The band minus nothing (rows 0, 1, 700 leave their tiles, which keep the band), plus
+    // one gathered tile per query tile, plus one global-row tile over all 16 kv tiles.
+    assert!(
+        meta.tiles_visited() <= band + 17 + 16,
+        "{} vs band {band}",
+        meta.tiles_visited()
+    );
+    assert_eq!(
+        render_from_meta(&meta).unwrap(),
+        render_token_mask(&longformer, 1, 1024, 1024).unwrap()
+    );
+}
+
+#[test]
+fn dilated_with_global_tokens_combines_both_views() {
+    let set: HeadPatterns = Pattern::new(
+        true,
+        vec![
+            Component::dilated(4).unwrap(),
+            Component::global(vec![3, 64, 65, 400]).unwrap(),
+        ],
+    )
+    .into();
+    for (q, kv) in [(512, 512), (100, 450), (401, 401)] {
+        let meta = compile(set.clone(), shape(2, q, kv, 64, 64));
+        let truth = render_token_mask(&set, 2, q, kv).unwrap();
+        assert_eq!(render_from_meta(&meta).unwrap(), truth, "q {q} kv {kv}");
+    }
+    let meta = compile(set, shape(1, 512, 512, 64, 64));
+    // Residue classes of the 508 other rows: 8 tiles, two per class, a causal 2-tile triangle
+    // each (3 visits), plus one more where a class lost a global row early (its first tile
+    // then ends one row later, in the next key tile: classes 0, 1 and 3); at most one gathered
+    // tile per query tile; one global-row tile over the kv tiles up to 400.
+    assert_eq!(meta.num_tiles(0), 9);
+    assert!(
+        meta.tiles_visited() <= 4 * 3 + 3 + 8 + 7,
+        "{}",
+        meta.tiles_visited()
+    );
+}
