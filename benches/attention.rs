@@ -9,6 +9,10 @@
 //! loading and a warm-up launch happen outside the timed loop. Throughput is reported as
 //! effective FLOP/s, `4 · batch · heads · head_dim · (allowed query-key pairs)`, the same
 //! count for both paths (the dense path computes the masked half of a causal problem anyway).
+//!
+//! A second group times sparse patterns at one length against causal attention and the dense
+//! path: dilated strides (run per residue class) and global tokens (gathered rows and key
+//! columns) should cost in proportion to the tiles they visit, which is printed with them.
 //! Without a GPU the binary says so and exits successfully (`cargo test --all-targets` runs
 //! it); outside `cargo bench` only the two shortest lengths run, once, as a smoke test.
 
@@ -156,6 +160,108 @@ fn bench_config<T: Element + DeviceRepr + ValidAsZeroBits>(
     group.finish();
 }
 
+/// Sparse patterns at one length (f16, hd128, causal): time against causal attention and the
+/// cuBLAS dense path, next to the fraction of causal attention's kv tiles each visits.
+fn bench_patterns(c: &mut Criterion, gpu: &Gpu, seq: usize) {
+    let globals: Vec<String> = (0..32).map(|g| (g * seq / 32 + 3).to_string()).collect();
+    let globals = globals.join(",");
+    let patterns = [
+        (
+            "causal",
+            r#"{"causal": true, "components": []}"#.to_string(),
+        ),
+        (
+            "dilated-2",
+            r#"{"causal": true, "components": [{"dilated": {"stride": 2}}]}"#.into(),
+        ),
+        (
+            "dilated-8",
+            r#"{"causal": true, "components": [{"dilated": {"stride": 8}}]}"#.into(),
+        ),
+        (
+            "global-32",
+            format!(
+                r#"{{"causal": true, "components": [{{"global": {{"tokens": [{globals}]}}}}]}}"#
+            ),
+        ),
+        (
+            "longformer-512+32",
+            format!(
+                r#"{{"causal": true, "components": [{{"sliding_window": {{"size": 512}}}}, {{"global": {{"tokens": [{globals}]}}}}]}}"#
+            ),
+        ),
+    ];
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: BATCH,
+            q_len: seq,
+            kv_len: seq,
+        },
+        HEADS,
+        HEADS,
+        128,
+        sparse_attn::DType::F16,
+    )
+    .expect("problem");
+    let mut b = buffers::<f16>(gpu, &problem);
+    let opts = AttnOptions {
+        causal: true,
+        ..Default::default()
+    };
+    let mut dense = DenseReference::<f16>::new(gpu, &problem, &opts).expect("cuBLAS path");
+    dense
+        .run(&b.q, &b.k, &b.v, None, &mut b.out_f32, &mut b.lse)
+        .expect("cuBLAS path");
+    gpu.synchronize().expect("synchronize");
+    let theirs = time_gpu(gpu, 3, || {
+        dense
+            .run(&b.q, &b.k, &b.v, None, &mut b.out_f32, &mut b.lse)
+            .expect("cuBLAS path")
+    }) / 3;
+    let mut group = c.benchmark_group(format!("patterns/f16/hd128/seq{seq}"));
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    let mut causal_tiles = 0u64;
+    let mut causal_time = Duration::ZERO;
+    for (name, json) in &patterns {
+        let set = sparse_attn::pattern::HeadPatterns::from_json(json).expect("pattern");
+        let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).expect("plan");
+        let gplan = plan.upload(gpu).expect("upload plan");
+        gplan
+            .run(&b.q, &b.k, &b.v, &mut b.out, &mut b.lse)
+            .expect("sparse-attn");
+        gpu.synchronize().expect("synchronize");
+        let ours = time_gpu(gpu, 10, || {
+            gplan
+                .run(&b.q, &b.k, &b.v, &mut b.out, &mut b.lse)
+                .expect("sparse-attn")
+        }) / 10;
+        let tiles = plan.meta().tiles_visited();
+        if *name == "causal" {
+            (causal_tiles, causal_time) = (tiles, ours);
+        }
+        println!(
+            "pattern {name:<18} seq {seq}: sparse-attn {:>8.3} ms = {:>5.3} x causal time, \
+             {:>5.3} x causal tiles; cuBLAS dense {:>8.3} ms",
+            ours.as_secs_f64() * 1e3,
+            ours.as_secs_f64() / causal_time.as_secs_f64(),
+            tiles as f64 / causal_tiles as f64,
+            theirs.as_secs_f64() * 1e3
+        );
+        group.bench_function(BenchmarkId::new(*name, seq), |bench| {
+            bench.iter_custom(|iters| {
+                time_gpu(gpu, iters, || {
+                    gplan
+                        .run(&b.q, &b.k, &b.v, &mut b.out, &mut b.lse)
+                        .expect("sparse-attn")
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     let build = backend::cuda_build();
     if !build.built {
@@ -189,5 +295,6 @@ fn main() {
             bench_config::<bf16>(&mut c, &gpu, head_dim, causal, seq_lens);
         }
     }
+    bench_patterns(&mut c, &gpu, if full { 8192 } else { 1024 });
     c.final_summary();
 }

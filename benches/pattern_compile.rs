@@ -3,10 +3,12 @@
 //! mask construction is ~10x the attention time, attention-gym #149).
 //!
 //! Cases: a causal 4096 window (Mistral), 4 sinks + a 4096 window (StreamingLLM), causal dense,
-//! and 32 heads with 32 different windows (no row sharing: the per-head cost).
+//! 32 heads with 32 different windows (no row sharing: the per-head cost), dilated strides 1..8
+//! per head (residue-class views), and Longformer (a 512 window + 64 global tokens: gathered
+//! rows and keys).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use sparse_attn::pattern::{BlockSparseMeta, HeadPatterns, Pattern, SparseShape};
+use sparse_attn::pattern::{BlockSparseMeta, Component, HeadPatterns, Pattern, SparseShape};
 
 const TOKENS: usize = 131_072;
 const HEADS: usize = 32;
@@ -26,6 +28,25 @@ fn cases() -> Vec<(&'static str, HeadPatterns)> {
         ),
         ("causal_dense", Pattern::causal().into()),
         ("32_distinct_windows", HeadPatterns::PerHead(per_head)),
+        (
+            "dilated_1_2_4_8",
+            HeadPatterns::PerHead(
+                (0..HEADS as i64)
+                    .map(|h| Pattern::new(true, vec![Component::dilated(1 << (h % 4)).unwrap()]))
+                    .collect(),
+            ),
+        ),
+        (
+            "longformer512+64global",
+            Pattern::new(
+                true,
+                vec![
+                    Component::window(511, 0).unwrap(),
+                    Component::global((0..64).map(|g| g * 2048 + 1).collect()).unwrap(),
+                ],
+            )
+            .into(),
+        ),
     ]
 }
 

@@ -31,7 +31,7 @@ export SPARSE_ATTN_REQUIRE_GPU=1
   echo
   echo "## benches/attention (sparse-attn vs cuBLAS dense path)"
   echo '```'
-  .gpu-carry/bench-attention --bench 2>&1 | grep -E "^(dense|causal)|skipped|benches/"
+  .gpu-carry/bench-attention --bench 2>&1 | grep -E "^(dense|causal|pattern)|skipped|benches/"
   echo '```'
   echo
   echo "## benches/decode"

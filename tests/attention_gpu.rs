@@ -359,6 +359,8 @@ fn sparse_patterns_against_cublas_with_materialised_mask() {
         r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 256}}]}"#,
         r#"{"causal": false, "components": [{"sliding_window": {"left": 100, "right": 50}}, {"global": {"tokens": [0, 7, 900]}}]}"#,
         r#"{"causal": true, "components": [{"dilated": {"stride": 3}}]}"#,
+        r#"{"causal": true, "components": [{"global": {"tokens": [0, 5, 64, 299, 800]}}]}"#,
+        r#"{"causal": false, "components": [{"dilated": {"stride": 4}}, {"global": {"tokens": [1, 130, 131, 777]}}]}"#,
         r#"{"causal": false, "components": [{"block_mask": {"block_q": 128, "block_k": 64, "mask": [[1,0,1,0],[0,1,0,1],[1,1,0,0]]}}]}"#,
         r#"{"causal": false, "components": [{"bigbird": {"block": 64, "window_blocks": 3, "global_blocks": 1, "random_blocks": 2, "seed": 1}}]}"#,
         r#"{"heads": [

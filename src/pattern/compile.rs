@@ -575,6 +575,17 @@ impl RandTable {
     }
 }
 
+/// How a group of query rows is laid out in tiles (see [`super::view`]).
+#[derive(Clone, Copy)]
+enum Rows {
+    /// Regular rows in natural order, tiles aligned to row multiples of `block_m`.
+    Natural,
+    /// Regular rows of residue class `.0` of stride `.1`, keys of the same class.
+    Class(i64, i64),
+    /// Global query rows, packed densely.
+    Gathered,
+}
+
 /// A component resolved against a shape.
 #[derive(Clone)]
 pub(crate) enum Prep<'a> {
@@ -644,6 +655,8 @@ impl<'a> Prepared<'a> {
                     },
                     Component::Sinks(s) => Prep::Sinks { count: s.count() },
                     Component::Global(g) => Prep::Global { tokens: g.tokens() },
+                    // Stride 1 admits every key: dense (so full tiles come in bulk runs).
+                    Component::Dilated(d) if d.stride() == 1 => Prep::Dense,
                     Component::Dilated(d) => Prep::Dilated { stride: d.stride() },
                     Component::BlockMask(m) => Prep::BlockMask(m),
                     Component::BigBird(b) => Prep::BigBird {
@@ -706,21 +719,35 @@ impl<'a> Prepared<'a> {
             return Ok(());
         }
         let is_global = |i: &i64| global.binary_search(&(i + shift)).is_ok();
-        let mut regular: Vec<i64> = (0..q_len).filter(|i| !is_global(i)).collect();
         match stride {
-            None => base.compile_group(&regular, None, &global, shape, meta, work)?,
+            None => {
+                let regular: Vec<i64> = (0..q_len).filter(|i| !is_global(i)).collect();
+                base.compile_group(&regular, Rows::Natural, &global, shape, meta, work)?
+            }
             Some(k) => {
                 // One group per residue class of the query position: within it the dilated
                 // pattern is dense (or causal) attention over the keys of the same class.
-                let class = |i: i64| (i + shift).rem_euclid(k);
-                regular.sort_by_key(|&i| (class(i), i));
                 let dense = Prepared {
                     causal: self.causal,
                     comps: vec![Prep::Dense],
                 };
-                for rows in regular.chunk_by(|&a, &b| class(a) == class(b)) {
-                    let view = Some((class(rows[0]), k));
-                    dense.compile_group(rows, view, &global, shape, meta, work)?;
+                let mut rows = Vec::new();
+                for i_c in 0..k.min(q_len) {
+                    // Rows 0..k are the first rows of distinct classes; i_c's class c has
+                    // rows i_c, i_c + k, ...
+                    let c = (i_c + shift).rem_euclid(k);
+                    rows.clear();
+                    rows.extend((i_c..q_len).step_by(k as usize).filter(|i| !is_global(i)));
+                    if !rows.is_empty() {
+                        dense.compile_group(
+                            &rows,
+                            Rows::Class(c, k),
+                            &global,
+                            shape,
+                            meta,
+                            work,
+                        )?;
+                    }
                 }
             }
         }
@@ -734,17 +761,17 @@ impl<'a> Prepared<'a> {
             causal: self.causal,
             comps: vec![Prep::Dense],
         };
-        dense.compile_group(&rows, None, &[], shape, meta, work)
+        dense.compile_group(&rows, Rows::Gathered, &[], shape, meta, work)
     }
 
-    /// Compiles one group of query rows (ascending) with this pattern: natural keys
-    /// (`class == None`) or the keys of residue class `c` of stride `k` (`Some((c, k))`, this
-    /// pattern then classifies in view coordinates: position `c + k * u` is `u`). Global keys
-    /// in `gather` that the regular tiles miss are gathered.
+    /// Compiles one group of query rows (ascending) with this pattern: natural keys, or for
+    /// `Rows::Class(c, k)` the keys of residue class `c` of stride `k` (this pattern then
+    /// classifies in view coordinates: position `c + k * u` is `u`). Global keys in `gather`
+    /// that the regular tiles miss are gathered.
     fn compile_group(
         &self,
         rows: &[i64],
-        class: Option<(i64, i64)>,
+        layout: Rows,
         gather: &[i64],
         shape: &SparseShape,
         meta: &mut BlockSparseMeta,
@@ -754,13 +781,28 @@ impl<'a> Prepared<'a> {
         let kv_len = shape.kv_len as i64;
         let shift = kv_len - shape.q_len as i64;
         let mut views = Vec::new();
-        chunk_rows(rows, shape.block_m, kv_len, &mut meta.view_data, &mut views);
+        // Natural rows are their own slots, class rows i_c + k * s (i_c < k) slot s, gathered
+        // rows pack densely.
+        let slot = |n: usize, r: i64| match layout {
+            Rows::Natural => r,
+            Rows::Class(_, k) => r / k,
+            Rows::Gathered => n as i64,
+        };
+        chunk_rows(
+            rows,
+            slot,
+            shape.block_m,
+            kv_len,
+            &mut meta.view_data,
+            &mut views,
+        );
         let mut last_gather: Option<(i32, usize)> = None;
-        for (mut view, chunk) in views.into_iter().zip(rows.chunks(shape.block_m)) {
+        for (mut view, range) in views {
+            let chunk = &rows[range];
             let (p_min, p_max) = (chunk[0] + shift, chunk[chunk.len() - 1] + shift);
-            let (view_keys, u_min, u_max) = match class {
-                None => (kv_len, p_min, p_max),
-                Some((c, k)) => {
+            let (view_keys, u_min, u_max) = match layout {
+                Rows::Natural | Rows::Gathered => (kv_len, p_min, p_max),
+                Rows::Class(c, k) => {
                     view.key_first = c as i32;
                     view.key_step = k as i32;
                     let n = if kv_len > c {
@@ -779,9 +821,9 @@ impl<'a> Prepared<'a> {
                 if g >= kv_len || (self.causal && g > p_max) {
                     break;
                 }
-                let tile = match class {
-                    None => Some(g / bn),
-                    Some((c, k)) => ((g - c).rem_euclid(k) == 0).then(|| (g - c) / k / bn),
+                let tile = match layout {
+                    Rows::Natural | Rows::Gathered => Some(g / bn),
+                    Rows::Class(c, k) => ((g - c).rem_euclid(k) == 0).then(|| (g - c) / k / bn),
                 };
                 let covered = tile.is_some_and(|t| {
                     let t = t as i32;

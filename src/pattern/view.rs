@@ -74,17 +74,29 @@ impl TileView {
     }
 }
 
-/// Appends the tiles of one group of query rows (ascending), `block_m` rows per tile: a
-/// tile whose rows are evenly spaced gets an affine view (`row_step` > 0), any other a row
-/// list in `view_data`. The key fields are left natural (`0`, `1`, `kv_len`) for the caller.
+/// Appends the tiles of one group of query rows (ascending): row `rows[n]` goes to tile
+/// `slot(n, rows[n]) / block_m`. For regular rows `slot` numbers them as if no row had been
+/// taken out (the row itself in natural order, its index within its residue class in a
+/// dilated view), so tiles stay aligned with the kv tiles where global rows leave gaps; for
+/// gathered rows it is `n`, packing them densely. A tile whose rows are
+/// evenly spaced gets an affine view (`row_step` > 0), any other a row list in `view_data`.
+/// The key fields are left natural (`0`, `1`, `kv_len`) for the caller.
 pub(crate) fn chunk_rows(
     rows: &[i64],
+    slot: impl Fn(usize, i64) -> i64,
     block_m: usize,
     kv_len: i64,
     view_data: &mut Vec<i32>,
-    out: &mut Vec<TileView>,
+    out: &mut Vec<(TileView, std::ops::Range<usize>)>,
 ) {
-    for chunk in rows.chunks(block_m) {
+    let bm = block_m as i64;
+    let mut start = 0;
+    while start < rows.len() {
+        let tile = slot(start, rows[start]) / bm;
+        let len = (start..rows.len())
+            .take_while(|&n| slot(n, rows[n]) / bm == tile)
+            .count();
+        let chunk = &rows[start..start + len];
         let mut v = TileView::natural(chunk[0], chunk.len() as i64, kv_len);
         let step = if chunk.len() > 1 {
             chunk[1] - chunk[0]
@@ -98,6 +110,7 @@ pub(crate) fn chunk_rows(
             v.row_list = view_data.len() as i32;
             view_data.extend(chunk.iter().map(|&r| r as i32));
         }
-        out.push(v);
+        out.push((v, start..start + len));
+        start += len;
     }
 }
