@@ -308,6 +308,10 @@ fn full_capacity_components() {
             r#"{"causal": true, "components": [{"dilated": {"stride": 3}}]}"#,
         ),
         (
+            "dilated stride 4 with global tokens (residue-class views, gathered rows and keys)",
+            r#"{"causal": true, "components": [{"dilated": {"stride": 4}}, {"global": {"tokens": [1, 64, 70, 149]}}]}"#,
+        ),
+        (
             "block mask",
             r#"{"causal": true, "components": [{"block_mask": {"block_q": 32, "block_k": 32, "mask": [[1,0,0,0,0],[0,1,0,0,0],[1,0,1,0,0],[0,0,1,1,0],[1,1,0,0,1]]}}]}"#,
         ),
