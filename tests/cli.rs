@@ -977,6 +977,33 @@ fn viz_tile_level_and_both() {
 }
 
 #[test]
+fn viz_tile_level_of_views_draws_the_visited_tokens() {
+    // Causal dilated stride 2 on 16 x 16 tokens with 2 x 4 tiles: each residue class runs on its
+    // own, so at tile level only tokens of a query's class (j = i mod 2) are drawn: blue where
+    // a full tile covers them, orange on partial (diagonal) tiles, which may reach past the
+    // diagonal; tokens of the other class are never visited and stay white.
+    let pattern = r#"{"causal": true, "components": [{"dilated": {"stride": 2}}]}"#;
+    let tiles = ["--q-len", "16", "--block-m", "2", "--block-n", "4"];
+    let (pic, _) = viz(Some(pattern), &[&tiles[..], &["--level", "tile"]].concat());
+    assert_eq!((pic.width, pic.height), (264, 264));
+    let mut seen = Vec::new();
+    for i in 0..16 {
+        for j in 0..16 {
+            let c = pic.at(GAP + j * 16 + 8, GAP + i * 16 + 8);
+            if (i + j) % 2 == 1 {
+                assert_eq!(c, WHITE, "token ({i}, {j}) of another class");
+            } else if j <= i {
+                assert!(c == FULL || c == PARTIAL, "token ({i}, {j}): {c:?}");
+            } else {
+                assert_ne!(c, FULL, "token ({i}, {j}) beyond the diagonal");
+            }
+            seen.push(c);
+        }
+    }
+    assert!(seen.contains(&FULL) && seen.contains(&PARTIAL));
+}
+
+#[test]
 fn viz_max_pools_large_patterns() {
     // 2048 tokens do not fit 1024 px: each pixel is 2 x 2 tokens, dark when any is allowed.
     let (pic, _) = viz(Some(r#"{"causal": true}"#), &["--q-len", "2048"]);
