@@ -43,6 +43,16 @@ fn flops(seq: usize, head_dim: usize, causal: bool) -> u64 {
     4 * (BATCH * HEADS * head_dim * pairs) as u64
 }
 
+/// BATCH sequences of `seq` queries and keys, HEADS heads (no GQA).
+fn square_problem(seq: usize, head_dim: u32, dtype: sparse_attn::DType) -> AttnProblem {
+    let seqs = SeqLens::Uniform {
+        batch: BATCH,
+        q_len: seq,
+        kv_len: seq,
+    };
+    AttnProblem::new(seqs, HEADS, HEADS, head_dim, dtype).expect("problem")
+}
+
 struct Buffers<T> {
     q: CudaSlice<T>,
     k: CudaSlice<T>,
@@ -85,18 +95,7 @@ fn bench_config<T: Element + DeviceRepr + ValidAsZeroBits>(
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(2));
     for &seq in seq_lens {
-        let problem = AttnProblem::new(
-            SeqLens::Uniform {
-                batch: BATCH,
-                q_len: seq,
-                kv_len: seq,
-            },
-            HEADS,
-            HEADS,
-            head_dim,
-            T::DTYPE,
-        )
-        .expect("problem");
+        let problem = square_problem(seq, head_dim, T::DTYPE);
         let opts = AttnOptions {
             causal,
             ..Default::default()
@@ -191,18 +190,7 @@ fn bench_patterns(c: &mut Criterion, gpu: &Gpu, seq: usize) {
             ),
         ),
     ];
-    let problem = AttnProblem::new(
-        SeqLens::Uniform {
-            batch: BATCH,
-            q_len: seq,
-            kv_len: seq,
-        },
-        HEADS,
-        HEADS,
-        128,
-        sparse_attn::DType::F16,
-    )
-    .expect("problem");
+    let problem = square_problem(seq, 128, sparse_attn::DType::F16);
     let mut b = buffers::<f16>(gpu, &problem);
     let opts = AttnOptions {
         causal: true,
