@@ -12,30 +12,14 @@ pub struct MetaAddrs(pub [u64; PlanMeta::NUM_ARRAYS]);
 
 /// The block-sparse metadata of a plan, compiled on the host once: per-sequence CSR lists of
 /// full and partial kv tiles (dense and causal included), tile views and the partial-tile mask
-/// programs, concatenated over the batch (varlen sequences each get their own rows), as flat
-/// `i32` arrays ready to upload.
+/// programs (one compilation for a uniform batch, one per sequence for varlen).
+/// [`PlanMeta::arrays`] concatenates them over the batch into the flat `i32` arrays the kernel
+/// reads, when they are uploaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanMeta {
-    /// The compilations (one for a uniform batch, one per sequence for varlen) and the one of
-    /// each sequence, for host-side questions (which keys a launch reads).
     metas: Vec<BlockSparseMeta>,
+    /// The compilation of each sequence.
     seq_meta: Vec<usize>,
-    head_set: Vec<i32>,
-    /// First CSR row of each (sequence, row set) program, `[programs + 1]`.
-    set_row_ptr: Vec<i32>,
-    seq_program_base: Vec<i32>,
-    full_row_ptr: Vec<i32>,
-    full_tiles: Vec<i32>,
-    partial_row_ptr: Vec<i32>,
-    partial_tiles: Vec<i32>,
-    /// `MaskProgram`s as raw words (4 per program).
-    programs: Vec<i32>,
-    /// `MaskComponent`s as raw words (16 per component).
-    components: Vec<i32>,
-    data: Vec<i32>,
-    /// `TileView`s as raw words (10 per view).
-    views: Vec<i32>,
-    view_data: Vec<i32>,
     tiles_visited: u64,
     /// Most query tiles of any (sequence, row set): the grid's x extent.
     max_tiles: usize,
@@ -69,163 +53,161 @@ impl PlanMeta {
             block_n: tiles.block_n as usize,
         };
         // Uniform batches share one compilation; varlen sequences each get their own.
-        let metas: Vec<BlockSparseMeta> = match &problem.seqs {
-            SeqLens::Uniform { q_len, kv_len, .. } => {
+        let (metas, seq_meta, copies): (Vec<BlockSparseMeta>, Vec<usize>, u64) = match &problem.seqs
+        {
+            SeqLens::Uniform { q_len, kv_len, .. } => (
                 vec![BlockSparseMeta::compile(
                     patterns,
                     shape_of(*q_len, *kv_len),
-                )?]
-            }
-            SeqLens::Varlen { .. } => (0..batch)
-                .map(|b| {
-                    let (q, k) = problem.seqs.lens(b);
-                    BlockSparseMeta::compile(patterns, shape_of(q, k))
-                })
-                .collect::<Result<_>>()?,
+                )?],
+                vec![0; batch],
+                batch as u64,
+            ),
+            SeqLens::Varlen { .. } => (
+                (0..batch)
+                    .map(|b| {
+                        let (q, k) = problem.seqs.lens(b);
+                        BlockSparseMeta::compile(patterns, shape_of(q, k))
+                    })
+                    .collect::<Result<_>>()?,
+                (0..batch).collect(),
+                1,
+            ),
         };
-        let mut m = PlanMeta {
-            metas: Vec::new(),
-            seq_meta: Vec::with_capacity(batch),
-            head_set: metas[0].head_set().to_vec(),
-            set_row_ptr: vec![0],
-            seq_program_base: Vec::with_capacity(batch),
-            full_row_ptr: vec![0],
-            full_tiles: Vec::new(),
-            partial_row_ptr: vec![0],
-            partial_tiles: Vec::new(),
-            programs: Vec::new(),
-            components: Vec::new(),
-            data: Vec::new(),
-            views: Vec::new(),
-            view_data: Vec::new(),
-            tiles_visited: 0,
-            max_tiles: 0,
-            max_row_tiles: 0,
-        };
-        let to_i32 = |x: usize, what: &str| {
-            i32::try_from(x)
-                .map_err(|_| Error::Shape(format!("block-sparse metadata: {what} exceeds i32")))
-        };
-        for meta in &metas {
-            if meta.head_set() != m.head_set.as_slice() {
-                return Err(Error::Pattern(
-                    "head sharing differs between sequences".into(),
-                ));
-            }
-            // A uniform batch shares one compilation: every sequence visits its tiles.
-            let copies = match &problem.seqs {
-                SeqLens::Uniform { .. } => batch as u64,
-                SeqLens::Varlen { .. } => 1,
-            };
-            // Packed blocks serve gqa_pack heads (with identical rows) at once.
-            m.tiles_visited += meta.tiles_visited() as u64 * copies / gqa_pack.max(1) as u64;
-            let row_base = to_i32(m.full_row_ptr.len() - 1, "row count")?;
-            for &r in &meta.set_row_ptr()[1..] {
-                m.set_row_ptr.push(row_base + r);
-            }
-            m.max_tiles = m.max_tiles.max(meta.max_tiles());
-            let view_base = to_i32(m.view_data.len(), "view data")?;
-            for v in meta.views() {
-                let v = TileView {
-                    row_list: v.row_list + view_base,
-                    gather_list: v.gather_list + view_base,
-                    ..*v
-                };
-                m.views.extend_from_slice(&view_words(&v));
-            }
-            m.view_data.extend_from_slice(meta.view_data());
-            let program_base = to_i32(m.programs.len() / PROGRAM_WORDS, "program count")?;
-            for (ptr, tiles, src_ptr, src_tiles) in [
-                (
-                    &mut m.full_row_ptr,
-                    &mut m.full_tiles,
-                    meta.full_row_ptr(),
-                    meta.full_tiles(),
-                ),
-                (
-                    &mut m.partial_row_ptr,
-                    &mut m.partial_tiles,
-                    meta.partial_row_ptr(),
-                    meta.partial_tiles(),
-                ),
-            ] {
-                let base = to_i32(tiles.len(), "tile list")?;
-                for &r in &src_ptr[1..] {
-                    ptr.push(
-                        base.checked_add(r).ok_or_else(|| {
-                            Error::Shape("block-sparse metadata exceeds i32".into())
-                        })?,
-                    );
-                }
-                tiles.extend_from_slice(src_tiles);
-            }
-            let comp_base = to_i32(m.components.len() / COMPONENT_WORDS, "component count")?;
-            let data_base = to_i32(m.data.len(), "mask data")?;
-            let mask = meta.mask();
-            for prog in mask.programs() {
-                let p = MaskProgram {
-                    first_component: prog.first_component + comp_base,
-                    ..*prog
-                };
-                m.programs.extend_from_slice(&[
-                    p.causal,
-                    p.first_component,
-                    p.num_components,
-                    p._reserved,
-                ]);
-            }
-            for c in mask.components() {
-                let c = MaskComponent {
-                    data_offset: c.data_offset + data_base,
-                    ..*c
-                };
-                m.components.extend_from_slice(&component_words(&c));
-            }
-            m.data.extend_from_slice(mask.data());
-            let rows = meta.full_row_ptr().len() - 1;
-            m.max_row_tiles = (0..rows)
-                .map(|r| {
-                    (meta.full_row_ptr()[r + 1] - meta.full_row_ptr()[r]
-                        + meta.partial_row_ptr()[r + 1]
-                        - meta.partial_row_ptr()[r]) as usize
-                })
-                .fold(m.max_row_tiles, usize::max);
-            for _ in 0..copies {
-                m.seq_program_base.push(program_base);
-                m.seq_meta.push(m.metas.len());
+        if metas.iter().any(|m| m.head_set() != metas[0].head_set()) {
+            return Err(Error::Pattern(
+                "head sharing differs between sequences".into(),
+            ));
+        }
+        // The concatenated arrays index each other with i32: check their sizes here, once.
+        let total = |f: &dyn Fn(&BlockSparseMeta) -> usize| metas.iter().map(f).sum::<usize>();
+        for (what, n) in [
+            ("rows", total(&|m| m.views().len()) + 1),
+            (
+                "tile lists",
+                total(&|m| m.full_tiles().len().max(m.partial_tiles().len())),
+            ),
+            ("components", total(&|m| m.mask().components().len())),
+            ("mask data", total(&|m| m.mask().data().len())),
+            ("view data", total(&|m| m.view_data().len())),
+        ] {
+            if i32::try_from(n).is_err() {
+                return Err(Error::Shape(format!(
+                    "block-sparse metadata: {what} exceed i32"
+                )));
             }
         }
-        m.metas = metas;
-        Ok(m)
+        let max_row_tiles = metas
+            .iter()
+            .flat_map(|m| {
+                let (f, p) = (m.full_row_ptr(), m.partial_row_ptr());
+                (0..m.views().len()).map(move |r| (f[r + 1] - f[r] + p[r + 1] - p[r]) as usize)
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(PlanMeta {
+            // A uniform batch shares one compilation: every sequence visits its tiles. Packed
+            // blocks serve gqa_pack heads (with identical rows) at once.
+            tiles_visited: metas
+                .iter()
+                .map(|m| m.tiles_visited() as u64 * copies / gqa_pack.max(1) as u64)
+                .sum(),
+            max_tiles: metas.iter().map(|m| m.max_tiles()).max().unwrap_or(0),
+            max_row_tiles,
+            metas,
+            seq_meta,
+        })
     }
 
     /// The arrays to upload, in the order of [`MetaAddrs`]: head_set, set_row_ptr,
     /// seq_program_base, full_row_ptr, full_tiles, partial_row_ptr, partial_tiles,
-    /// mask_programs, mask_components, mask_data, tile_views, view_data. None is empty (an unused slot holds one 0),
-    /// so every backend can allocate them.
-    pub fn arrays(&self) -> [(&'static str, std::borrow::Cow<'_, [i32]>); Self::NUM_ARRAYS] {
-        use std::borrow::Cow;
-        fn nz(v: &[i32]) -> Cow<'_, [i32]> {
-            if v.is_empty() {
-                Cow::Owned(vec![0])
-            } else {
-                Cow::Borrowed(v)
+    /// mask_programs, mask_components, mask_data, tile_views, view_data: the compilations
+    /// concatenated (offsets rebased), each sequence pointing at its own through
+    /// seq_program_base. None is empty (an unused slot holds one 0), so every backend can
+    /// allocate them.
+    pub fn arrays(&self) -> [(&'static str, Vec<i32>); Self::NUM_ARRAYS] {
+        let mut a: [Vec<i32>; Self::NUM_ARRAYS] = Default::default();
+        let [head_set, set_row_ptr, seq_program_base, full_row_ptr, full_tiles, partial_row_ptr, partial_tiles, programs, components, data, views, view_data] =
+            &mut a;
+        head_set.extend_from_slice(self.metas[0].head_set());
+        set_row_ptr.push(0);
+        full_row_ptr.push(0);
+        partial_row_ptr.push(0);
+        let mut program_base = Vec::with_capacity(self.metas.len());
+        // Sizes were checked at compile time: every sum below fits i32.
+        for meta in &self.metas {
+            program_base.push(programs.len() / PROGRAM_WORDS);
+            let rows = (full_row_ptr.len() - 1) as i32;
+            set_row_ptr.extend(meta.set_row_ptr()[1..].iter().map(|&r| rows + r));
+            for (ptr, tiles, src_ptr, src_tiles) in [
+                (
+                    &mut *full_row_ptr,
+                    &mut *full_tiles,
+                    meta.full_row_ptr(),
+                    meta.full_tiles(),
+                ),
+                (
+                    &mut *partial_row_ptr,
+                    &mut *partial_tiles,
+                    meta.partial_row_ptr(),
+                    meta.partial_tiles(),
+                ),
+            ] {
+                let base = tiles.len() as i32;
+                ptr.extend(src_ptr[1..].iter().map(|&r| base + r));
+                tiles.extend_from_slice(src_tiles);
             }
+            let view_base = view_data.len() as i32;
+            for v in meta.views() {
+                views.extend_from_slice(&view_words(&TileView {
+                    row_list: v.row_list + view_base,
+                    gather_list: v.gather_list + view_base,
+                    ..*v
+                }));
+            }
+            view_data.extend_from_slice(meta.view_data());
+            let comp_base = (components.len() / COMPONENT_WORDS) as i32;
+            let data_base = data.len() as i32;
+            let mask = meta.mask();
+            for prog in mask.programs() {
+                programs.extend_from_slice(&[
+                    prog.causal,
+                    prog.first_component + comp_base,
+                    prog.num_components,
+                    prog._reserved,
+                ]);
+            }
+            for c in mask.components() {
+                components.extend_from_slice(&component_words(&MaskComponent {
+                    data_offset: c.data_offset + data_base,
+                    ..*c
+                }));
+            }
+            data.extend_from_slice(mask.data());
         }
-        [
-            ("head_set", nz(&self.head_set)),
-            ("set_row_ptr", nz(&self.set_row_ptr)),
-            ("seq_program_base", nz(&self.seq_program_base)),
-            ("full_row_ptr", nz(&self.full_row_ptr)),
-            ("full_tiles", nz(&self.full_tiles)),
-            ("partial_row_ptr", nz(&self.partial_row_ptr)),
-            ("partial_tiles", nz(&self.partial_tiles)),
-            ("mask_programs", nz(&self.programs)),
-            ("mask_components", nz(&self.components)),
-            ("mask_data", nz(&self.data)),
-            ("tile_views", nz(&self.views)),
-            ("view_data", nz(&self.view_data)),
-        ]
+        seq_program_base.extend(self.seq_meta.iter().map(|&m| program_base[m] as i32));
+        let names = [
+            "head_set",
+            "set_row_ptr",
+            "seq_program_base",
+            "full_row_ptr",
+            "full_tiles",
+            "partial_row_ptr",
+            "partial_tiles",
+            "mask_programs",
+            "mask_components",
+            "mask_data",
+            "tile_views",
+            "view_data",
+        ];
+        let mut i = 0;
+        a.map(|mut v| {
+            if v.is_empty() {
+                v.push(0);
+            }
+            i += 1;
+            (names[i - 1], v)
+        })
     }
 
     /// The longest tile walk of any (head set, query tile) row.

@@ -311,7 +311,7 @@ impl AttnPlan {
             .meta()
             .arrays()
             .iter()
-            .map(|(_, a)| stream.clone_htod(a.as_ref()))
+            .map(|(_, a)| stream.clone_htod(a.as_slice()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let cu = match &self.problem().seqs {
             SeqLens::Varlen { cu_q, cu_k } => {
