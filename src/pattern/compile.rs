@@ -800,8 +800,9 @@ impl<'a> Prepared<'a> {
         for (mut view, range) in views {
             let chunk = &rows[range];
             let (p_min, p_max) = (chunk[0] + shift, chunk[chunk.len() - 1] + shift);
-            let (view_keys, u_min, u_max) = match layout {
-                Rows::Natural | Rows::Gathered => (kv_len, p_min, p_max),
+            // The rows in this pattern's coordinates: positions, or u for position c + k * u.
+            let (view_keys, to_u) = match layout {
+                Rows::Natural | Rows::Gathered => (kv_len, (0, 1)),
                 Rows::Class(c, k) => {
                     view.key_first = c as i32;
                     view.key_step = k as i32;
@@ -811,10 +812,15 @@ impl<'a> Prepared<'a> {
                         0
                     };
                     view.key_count = n as i32;
-                    (n, (p_min - c).div_euclid(k), (p_max - c).div_euclid(k))
+                    (n, (c, k))
                 }
             };
-            self.compile_tile(u_min, u_max, view_keys, bn, work);
+            let u = |r: i64| (r + shift - to_u.0).div_euclid(to_u.1);
+            if view.row_step == 0 {
+                self.compile_runs(chunk, &u, view_keys, bn, work);
+            } else {
+                self.compile_tile(u(chunk[0]), u(chunk[chunk.len() - 1]), view_keys, bn, work);
+            }
             // Global key columns the regular tiles of this row do not cover.
             work.gather.clear();
             for &g in gather {
@@ -871,6 +877,37 @@ impl<'a> Prepared<'a> {
             meta.push_row(view, work)?;
         }
         Ok(())
+    }
+
+    /// Classifies the kv tiles of a query tile whose rows (`u` of each, ascending) have gaps,
+    /// exactly: each contiguous run is classified on its own, and a kv tile is full when every
+    /// run finds it full, partial when some run lists it otherwise.
+    fn compile_runs(
+        &self,
+        rows: &[i64],
+        u: &impl Fn(i64) -> i64,
+        kv_len: i64,
+        bn: i64,
+        work: &mut Work,
+    ) {
+        let mut listed: Vec<(i32, bool)> = Vec::new();
+        let runs: Vec<&[i64]> = rows.chunk_by(|&a, &b| u(b) == u(a) + 1).collect();
+        for run in &runs {
+            self.compile_tile(u(run[0]), u(run[run.len() - 1]), kv_len, bn, work);
+            listed.extend(work.full.iter().map(|&t| (t, true)));
+            listed.extend(work.partial.iter().map(|&t| (t, false)));
+        }
+        listed.sort_unstable();
+        work.full.clear();
+        work.partial.clear();
+        for same in listed.chunk_by(|a, b| a.0 == b.0) {
+            let full = same.len() == runs.len() && same.iter().all(|&(_, f)| f);
+            if full {
+                work.full.push(same[0].0);
+            } else {
+                work.partial.push(same[0].0);
+            }
+        }
     }
 
     /// Classifies the kv tiles of one query tile (positions `p0..=p1`, keys `0..kv_len` in
