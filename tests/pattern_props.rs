@@ -49,12 +49,31 @@ fn component(kv_len: usize) -> impl Strategy<Value = Component> {
     ]
 }
 
-fn pattern(kv_len: usize) -> impl Strategy<Value = Pattern> {
+/// A dilated stride with or without sinks and global tokens: the shapes that run through tile
+/// views (residue classes, gathered rows and keys), rare among random unions.
+fn view_pattern(kv_len: usize) -> impl Strategy<Value = Pattern> {
+    let kv = kv_len as i64;
     (
+        any::<bool>(),
+        2i64..20,
+        prop::option::of(1i64..70),
+        prop::option::of(prop::collection::vec(0..kv, 1..90)),
+    )
+        .prop_map(|(causal, stride, sinks, global)| {
+            let mut c = vec![Component::dilated(stride).unwrap()];
+            c.extend(sinks.map(|s| Component::sinks(s).unwrap()));
+            c.extend(global.map(|g| Component::global(g).unwrap()));
+            Pattern::new(causal, c)
+        })
+}
+
+fn pattern(kv_len: usize) -> impl Strategy<Value = Pattern> {
+    let union = (
         any::<bool>(),
         prop::collection::vec(component(kv_len), 0..4),
     )
-        .prop_map(|(causal, components)| Pattern::new(causal, components))
+        .prop_map(|(causal, components)| Pattern::new(causal, components));
+    prop_oneof![3 => union, 1 => view_pattern(kv_len)]
 }
 
 fn head_set(num_heads: usize, kv_len: usize) -> impl Strategy<Value = HeadPatterns> {

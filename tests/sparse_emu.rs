@@ -288,6 +288,7 @@ fn views_under_every_launch_shape() {
         r#"{"causal": true, "components": [{"global": {"tokens": [0, 7, 64, 65, 66, 150]}}]}"#;
     let both = r#"{"causal": false, "components": [{"dilated": {"stride": 5}}, {"global": {"tokens": [2, 99, 100]}}]}"#;
     let longformer = r#"{"causal": true, "components": [{"sliding_window": {"size": 20}}, {"global": {"tokens": [0, 1, 40, 120]}}]}"#;
+    let sinks = r#"{"causal": true, "components": [{"sinks": {"count": 5}}, {"dilated": {"stride": 4}}, {"global": {"tokens": [77]}}]}"#;
     // 100 global tokens: gathered key lists longer than a tile (entries -2, -1).
     let tokens: Vec<String> = (0..300).step_by(3).map(|t| t.to_string()).collect();
     let many = format!(
@@ -296,7 +297,10 @@ fn views_under_every_launch_shape() {
     );
     run::<f16>(&many, uniform(400, 400), (2, 1), 64, seed ^ 0x77);
     run::<bf16>(&many, uniform(3, 350), (2, 2), 128, seed ^ 0x78);
-    for (n, json) in [dilated, global, both, longformer].iter().enumerate() {
+    for (n, json) in [dilated, global, both, longformer, sinks]
+        .iter()
+        .enumerate()
+    {
         let s = seed ^ (n as u64) << 8;
         run::<f16>(json, uniform(190, 190), (4, 2), 64, s);
         run::<bf16>(json, uniform(70, 230), (2, 1), 128, s + 1);
@@ -313,7 +317,7 @@ fn views_under_every_launch_shape() {
         let walk = plan(uniform(1, 1000), (4, 4));
         assert_eq!(
             walk.num_splits() > 1,
-            *json == dilated || *json == both,
+            [dilated, both, sinks].contains(json),
             "{json}"
         );
         let seqs =

@@ -21,9 +21,9 @@
 //! to `q_len * kv_len`.
 //!
 //! Dilated and global patterns also cost work proportional to what they allow, through tile
-//! views ([`super::view`]): a head whose only component (besides global tokens) is a dilated
-//! stride `K` runs per residue class, as dense or causal attention over the strided rows and
-//! keys of its class; global query rows are gathered into their own tiles (they see every
+//! views ([`super::view`]): a head whose only component (besides global tokens and sinks) is a
+//! dilated stride `K` runs per residue class, as dense or causal attention over the strided
+//! rows and keys of its class, with the sinks of other classes gathered; global query rows are gathered into their own tiles (they see every
 //! key), and global key columns that a tile's regular kv tiles do not cover are gathered into
 //! extra kv tiles, so no tile is visited for one allowed column.
 
@@ -701,9 +701,18 @@ impl<'a> Prepared<'a> {
                 .cloned()
                 .collect(),
         };
-        let stride = match base.comps.as_slice() {
-            [Prep::Dilated { stride }] if *stride > 1 => Some(*stride),
-            _ => None,
+        // A dilated stride alone (or with sinks, key columns like global keys) runs per
+        // residue class; the sinks outside a tile's class are then gathered with the global
+        // keys.
+        let (stride, sinks) = match base.comps.as_slice() {
+            [Prep::Dilated { stride }] if *stride > 1 => (Some(*stride), 0),
+            [Prep::Dilated { stride }, Prep::Sinks { count }]
+            | [Prep::Sinks { count }, Prep::Dilated { stride }]
+                if *stride > 1 =>
+            {
+                (Some(*stride), (*count).min(kv_len))
+            }
+            _ => (None, 0),
         };
         if !global.is_empty() {
             base.comps.push(Prep::GlobalKeys { tokens: &global });
@@ -731,6 +740,9 @@ impl<'a> Prepared<'a> {
                     causal: self.causal,
                     comps: vec![Prep::Dense],
                 };
+                let mut columns: Vec<i64> = (0..sinks).chain(global.iter().copied()).collect();
+                columns.sort_unstable();
+                columns.dedup();
                 let mut rows = Vec::new();
                 for i_c in 0..k.min(q_len) {
                     // Rows 0..k are the first rows of distinct classes; i_c's class c has
@@ -742,7 +754,7 @@ impl<'a> Prepared<'a> {
                         dense.compile_group(
                             &rows,
                             Rows::Class(c, k),
-                            &global,
+                            &columns,
                             shape,
                             meta,
                             work,
@@ -766,8 +778,9 @@ impl<'a> Prepared<'a> {
 
     /// Compiles one group of query rows (ascending) with this pattern: natural keys, or for
     /// `Rows::Class(c, k)` the keys of residue class `c` of stride `k` (this pattern then
-    /// classifies in view coordinates: position `c + k * u` is `u`). Global keys in `gather`
-    /// that the regular tiles miss are gathered.
+    /// classifies in view coordinates: position `c + k * u` is `u`). Keys in `gather` (ones
+    /// every row may see up to causality: global keys, and the sinks in a class view) that the
+    /// regular tiles miss are gathered.
     fn compile_group(
         &self,
         rows: &[i64],

@@ -747,3 +747,38 @@ fn dilated_with_global_tokens_combines_both_views() {
         meta.tiles_visited()
     );
 }
+
+#[test]
+fn dilated_with_sinks_gathers_the_sinks_of_other_classes() {
+    // Stride 4 + 4 sinks, causal, 1024 tokens: the class view of dilation, plus per query tile
+    // the sinks of the other three classes (the class's own sink is in its first kv tile).
+    let set: HeadPatterns = Pattern::new(
+        true,
+        vec![Component::sinks(4).unwrap(), Component::dilated(4).unwrap()],
+    )
+    .into();
+    let s = shape(1, 1024, 1024, 64, 64);
+    let meta = compile(set.clone(), s);
+    assert_eq!(
+        render_from_meta(&meta).unwrap(),
+        render_token_mask(&set, 1, 1024, 1024).unwrap()
+    );
+    // 4 classes x a 4-tile causal triangle (10 visits), plus at most one gathered tile per
+    // query tile: the other classes' sinks, up to causality.
+    let t = 4;
+    assert_eq!(meta.num_tiles(0), 4 * t);
+    let gathered: usize = (0..meta.num_tiles(0))
+        .map(|m| meta.view(0, m).gather_count as usize)
+        .sum();
+    assert!(gathered <= 3 * 4 * t, "{gathered}");
+    assert!(
+        meta.tiles_visited() <= 4 * t * (t + 1) / 2 + 4 * t,
+        "{}",
+        meta.tiles_visited()
+    );
+    for (q, kv) in [(300, 300), (50, 333), (200, 90)] {
+        let meta = compile(set.clone(), shape(2, q, kv, 64, 64));
+        let truth = render_token_mask(&set, 2, q, kv).unwrap();
+        assert_eq!(render_from_meta(&meta).unwrap(), truth, "q {q} kv {kv}");
+    }
+}

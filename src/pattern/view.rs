@@ -8,7 +8,8 @@
 //! - A dilated head (stride `K`) runs one residue class at a time: a tile owns rows of one
 //!   class `c` (`row_step = K`) and its regular kv tiles index the keys of that class
 //!   (`key_first = c`, `key_step = K`), so within the view the pattern is plain dense or
-//!   causal attention and costs `1/K` of dense, not a masked sweep of every tile.
+//!   causal attention and costs `1/K` of dense, not a masked sweep of every tile. Sinks next to
+//!   the stride are gathered like global keys (below) where the class does not hold them.
 //! - Global query rows (`p ∈ G`) are gathered into their own tiles (`row_step = 0`, a row
 //!   list), which see every key; the other tiles skip them. Global key columns a tile's
 //!   regular kv tiles do not already cover are gathered into extra kv tiles (negative entries
