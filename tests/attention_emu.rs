@@ -217,47 +217,58 @@ fn every_schedule_gives_identical_bits() {
         DType::F16,
     )
     .unwrap();
-    let plan = AttnPlan::new(&problem, &AttnOptions::causal()).unwrap();
+    // Causal attention, and a pattern that runs through tile views (residue classes with
+    // strided rows and keys, gathered sinks and global keys, gathered global rows).
+    let views = sparse_attn::pattern::HeadPatterns::from_json(
+        r#"{"causal": true, "components": [{"dilated": {"stride": 3}}, {"sinks": {"count": 2}}, {"global": {"tokens": [5, 90]}}]}"#,
+    )
+    .unwrap();
+    let plans = [
+        AttnPlan::new(&problem, &AttnOptions::causal()).unwrap(),
+        AttnPlan::with_patterns(&problem, &views, &AttnOptions::default()).unwrap(),
+    ];
     let mut rng = Rng::new(seed);
     let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
     let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
     let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let base = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
-    let runs = [
-        EmuRun {
-            schedule: Schedule::Reverse,
-            ..Default::default()
-        },
-        EmuRun {
-            schedule: Schedule::Random(seed),
-            ..Default::default()
-        },
-        EmuRun {
-            schedule: Schedule::Random(seed.wrapping_add(1)),
-            workers: 1,
-            ..Default::default()
-        },
-        EmuRun {
-            eager_cp_async: true,
-            ..Default::default()
-        },
-    ];
-    for run in &runs {
-        let got = plan.run_emulated(&q, &k, &v, run).unwrap();
-        assert!(
-            got.0
-                .iter()
-                .zip(&base.0)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "out differs under {run:?}"
-        );
-        assert!(
-            got.1
-                .iter()
-                .zip(&base.1)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "lse differs under {run:?}"
-        );
+    for plan in &plans {
+        let base = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
+        let runs = [
+            EmuRun {
+                schedule: Schedule::Reverse,
+                ..Default::default()
+            },
+            EmuRun {
+                schedule: Schedule::Random(seed),
+                ..Default::default()
+            },
+            EmuRun {
+                schedule: Schedule::Random(seed.wrapping_add(1)),
+                workers: 1,
+                ..Default::default()
+            },
+            EmuRun {
+                eager_cp_async: true,
+                ..Default::default()
+            },
+        ];
+        for run in &runs {
+            let got = plan.run_emulated(&q, &k, &v, run).unwrap();
+            assert!(
+                got.0
+                    .iter()
+                    .zip(&base.0)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "out differs under {run:?}"
+            );
+            assert!(
+                got.1
+                    .iter()
+                    .zip(&base.1)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "lse differs under {run:?}"
+            );
+        }
     }
 }
 
