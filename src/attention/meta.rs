@@ -200,13 +200,12 @@ impl PlanMeta {
             "tile_views",
             "view_data",
         ];
-        let mut i = 0;
-        a.map(|mut v| {
+        std::array::from_fn(|i| {
+            let mut v = std::mem::take(&mut a[i]);
             if v.is_empty() {
                 v.push(0);
             }
-            i += 1;
-            (names[i - 1], v)
+            (names[i], v)
         })
     }
 

@@ -244,11 +244,11 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     float s[Tr::kSTiles][4];
     qk_gemm<T, D, Tr::kBlockN>(s, qf, sK + buf * Tr::kKvTileBytes, lane);
     scale_scores(s, params.scale, params.softcap);
-    const int tile = tiles.tile(i);
+    const int tile = tiles.tile(i), valid = keys.valid(tile);
     if (tiles.partial(i)) {
       mask.apply(s, row_tok, keys, tile, lane);
-    } else if (keys.valid(tile) < Tr::kBlockN) {
-      mask_kv_tail(s, keys.valid(tile), lane);
+    } else if (valid < Tr::kBlockN) {
+      mask_kv_tail(s, valid, lane);
     }
 
     // Phase: online softmax; S becomes P in place.

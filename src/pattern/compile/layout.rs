@@ -93,6 +93,11 @@ impl Prepared<'_> {
             return Ok(());
         }
         let is_global = |i: &i64| global.binary_search(&(i + shift)).is_ok();
+        // Within a residue class, and on global rows, every key is allowed up to causality.
+        let dense = Prepared {
+            causal: self.causal,
+            comps: vec![Prep::Dense],
+        };
         match stride {
             None => {
                 let regular: Vec<i64> = (0..q_len).filter(|i| !is_global(i)).collect();
@@ -101,10 +106,6 @@ impl Prepared<'_> {
             Some(k) => {
                 // One group per residue class of the query position: within it the dilated
                 // pattern is dense (or causal) attention over the keys of the same class.
-                let dense = Prepared {
-                    causal: self.causal,
-                    comps: vec![Prep::Dense],
-                };
                 let mut columns: Vec<i64> = (0..sinks).chain(global.iter().copied()).collect();
                 columns.sort_unstable();
                 columns.dedup();
@@ -134,10 +135,6 @@ impl Prepared<'_> {
             .map(|g| g - shift)
             .filter(|i| (0..q_len).contains(i))
             .collect();
-        let dense = Prepared {
-            causal: self.causal,
-            comps: vec![Prep::Dense],
-        };
         dense.compile_group(&rows, Rows::Gathered, &[], shape, meta, work)
     }
 
@@ -243,13 +240,8 @@ impl Prepared<'_> {
                     })
                     .collect();
                 for (list, want_full) in [(&mut work.full, true), (&mut work.partial, false)] {
-                    let mut merged: Vec<i32> = chunks
-                        .iter()
-                        .filter(|c| c.1 == want_full)
-                        .map(|c| c.0)
-                        .collect();
-                    merged.extend_from_slice(list);
-                    *list = merged;
+                    let gathered = chunks.iter().filter(|c| c.1 == want_full).map(|c| c.0);
+                    list.splice(0..0, gathered);
                 }
             }
             meta.push_row(view, work)?;
