@@ -36,17 +36,17 @@ pub fn attention<F>(problem: &AttnProblem, x: &RefInputs<'_>, allowed: F) -> Ref
 where
     F: Fn(usize, usize, usize, usize) -> bool + Sync,
 {
-    let d = problem.head_dim.get() as usize;
-    let (h_q, h_kv) = (problem.num_heads, problem.num_kv_heads);
+    let d = problem.head_dim().get() as usize;
+    let (h_q, h_kv) = (problem.num_heads(), problem.num_kv_heads());
     let group = problem.group_size();
-    let (total_q, _) = problem.seqs.totals();
-    let varlen = matches!(problem.seqs, SeqLens::Varlen { .. });
+    let (total_q, _) = problem.seqs().totals();
+    let varlen = matches!(problem.seqs(), SeqLens::Varlen { .. });
     let mut out = vec![0.0f64; problem.q_elems()];
     let mut lse = vec![0.0f64; problem.lse_elems()];
     let mut scores = Vec::new();
-    for b in 0..problem.seqs.batch() {
-        let (q_len, kv_len) = problem.seqs.lens(b);
-        let (q0, k0) = problem.seqs.offsets(b);
+    for b in 0..problem.seqs().batch() {
+        let (q_len, kv_len) = problem.seqs().lens(b);
+        let (q0, k0) = problem.seqs().offsets(b);
         for h in 0..h_q {
             let hk = h / group;
             for i in 0..q_len {

@@ -172,11 +172,11 @@ impl SeqLens {
 /// which validates everything a kernel relies on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttnProblem {
-    pub seqs: SeqLens,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: HeadDim,
-    pub dtype: DType,
+    seqs: SeqLens,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: HeadDim,
+    dtype: DType,
 }
 
 impl AttnProblem {
@@ -211,6 +211,31 @@ impl AttnProblem {
             head_dim,
             dtype,
         })
+    }
+
+    /// The batch's sequence lengths.
+    pub fn seqs(&self) -> &SeqLens {
+        &self.seqs
+    }
+
+    /// Query heads.
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
+    /// Key/value heads (`num_heads` is a multiple of it).
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_kv_heads
+    }
+
+    /// The head dimension (one with a compiled kernel).
+    pub fn head_dim(&self) -> HeadDim {
+        self.head_dim
+    }
+
+    /// Element type of q, k, v and out.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Element counts of q, k (= v) and out, and of lse.

@@ -59,7 +59,7 @@ fn check<T: Element>(case: &Case, seed: u64, run: &EmuRun) -> u64 {
         ..run.clone()
     };
     let (out, lse) = plan.run_emulated(&q, &k, &v, &run).unwrap();
-    let seqs = &problem.seqs;
+    let seqs = &problem.seqs();
     let causal = case.opts.causal;
     let want = reference_for(&plan, &q, &k, &v, |b, _h, i, j| {
         let (ql, kl) = seqs.lens(b);

@@ -53,8 +53,8 @@ fn against_masked_dense<T: Element + DeviceRepr + ValidAsZeroBits>(
     out: &[T],
 ) -> (f64, Vec<f32>) {
     let p = plan.problem();
-    let (q_len, kv_len) = p.seqs.lens(0);
-    let mask = render_token_mask(plan.patterns(), p.num_heads, q_len, kv_len).unwrap();
+    let (q_len, kv_len) = p.seqs().lens(0);
+    let mask = render_token_mask(plan.patterns(), p.num_heads(), q_len, kv_len).unwrap();
     let (d_out, d_lse) =
         dense_reference(gpu, p, &AttnOptions::default(), Some(&mask), q, k, v).unwrap();
     let want: Vec<f64> = d_out.iter().map(|&x| x as f64).collect();
@@ -144,7 +144,7 @@ fn check<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, case: &Case, seed
     assert!(err <= tol(T::DTYPE), "{what}: error vs cuBLAS {err:.3e}");
     assert_lse_close(&what, &lse, &dense_lse);
     if case.with_f64 {
-        let seqs = problem.seqs.clone();
+        let seqs = problem.seqs().clone();
         let reference = reference_for(&plan, &q, &k, &v, |b, _, i, j| {
             let (ql, kl) = seqs.lens(b);
             !case.causal || causal_allowed(i, j, ql, kl)

@@ -36,7 +36,7 @@ fn run<T: Element>(
     let what = format!(
         "{} hd{head_dim} {:?} heads {heads:?} pattern {pattern_json} seed {seed}",
         T::DTYPE.name(),
-        problem.seqs
+        problem.seqs()
     );
     assert_matches(&what, &problem, &out, &lse, &want, tol(T::DTYPE));
     (counter.get(), plan.meta().tiles_visited())

@@ -65,7 +65,7 @@ impl AttnPlan {
         let ob = GuardedBuffer::<T>::zeroed(p.q_elems(), "out")?;
         let lb = GuardedBuffer::<f32>::zeroed(p.lse_elems(), "lse")?;
         let counter = GuardedBuffer::<u64>::zeroed(1, "tiles_visited")?;
-        let (cu_q, cu_k) = match &p.seqs {
+        let (cu_q, cu_k) = match &p.seqs() {
             SeqLens::Varlen { cu_q, cu_k } => (
                 Some(GuardedBuffer::from_slice(cu_q, "cu_seqlens_q")?),
                 Some(GuardedBuffer::from_slice(cu_k, "cu_seqlens_k")?),

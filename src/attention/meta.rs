@@ -44,36 +44,36 @@ impl PlanMeta {
         tiles: &FwdTiles,
         gqa_pack: u32,
     ) -> Result<Self> {
-        let batch = problem.seqs.batch();
+        let batch = problem.seqs().batch();
         let shape_of = |q_len: usize, kv_len: usize| SparseShape {
-            num_heads: problem.num_heads,
+            num_heads: problem.num_heads(),
             q_len,
             kv_len,
             block_m: (tiles.block_m / gqa_pack.max(1)) as usize,
             block_n: tiles.block_n as usize,
         };
         // Uniform batches share one compilation; varlen sequences each get their own.
-        let (metas, seq_meta, copies): (Vec<BlockSparseMeta>, Vec<usize>, u64) = match &problem.seqs
-        {
-            SeqLens::Uniform { q_len, kv_len, .. } => (
-                vec![BlockSparseMeta::compile(
-                    patterns,
-                    shape_of(*q_len, *kv_len),
-                )?],
-                vec![0; batch],
-                batch as u64,
-            ),
-            SeqLens::Varlen { .. } => (
-                (0..batch)
-                    .map(|b| {
-                        let (q, k) = problem.seqs.lens(b);
-                        BlockSparseMeta::compile(patterns, shape_of(q, k))
-                    })
-                    .collect::<Result<_>>()?,
-                (0..batch).collect(),
-                1,
-            ),
-        };
+        let (metas, seq_meta, copies): (Vec<BlockSparseMeta>, Vec<usize>, u64) =
+            match &problem.seqs() {
+                SeqLens::Uniform { q_len, kv_len, .. } => (
+                    vec![BlockSparseMeta::compile(
+                        patterns,
+                        shape_of(*q_len, *kv_len),
+                    )?],
+                    vec![0; batch],
+                    batch as u64,
+                ),
+                SeqLens::Varlen { .. } => (
+                    (0..batch)
+                        .map(|b| {
+                            let (q, k) = problem.seqs().lens(b);
+                            BlockSparseMeta::compile(patterns, shape_of(q, k))
+                        })
+                        .collect::<Result<_>>()?,
+                    (0..batch).collect(),
+                    1,
+                ),
+            };
         if metas.iter().any(|m| m.head_set() != metas[0].head_set()) {
             return Err(Error::Pattern(
                 "head sharing differs between sequences".into(),

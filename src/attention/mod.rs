@@ -112,8 +112,8 @@ impl AttnPlan {
         patterns: &HeadPatterns,
         opts: &AttnOptions,
     ) -> Result<Self> {
-        let (scale, softcap) = opts.resolve(problem.head_dim)?;
-        problem.seqs.validate()?;
+        let (scale, softcap) = opts.resolve(problem.head_dim())?;
+        problem.seqs().validate()?;
         let patterns = if opts.causal {
             let causal = |p: &Pattern| Pattern::new(true, p.components.clone());
             match patterns {
@@ -134,11 +134,11 @@ impl AttnPlan {
         softcap: f32,
         gqa_pack: u32,
     ) -> Result<Self> {
-        let tiles = kernels::fwd_tiles(problem.head_dim);
+        let tiles = kernels::fwd_tiles(problem.head_dim());
         let meta = PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?;
         let num_splits = default_num_splits(&problem, gqa_pack, &meta);
         Ok(AttnPlan {
-            kernel: kernels::attn_fwd(problem.dtype, problem.head_dim),
+            kernel: kernels::attn_fwd(problem.dtype(), problem.head_dim()),
             problem,
             scale,
             softcap,
@@ -202,21 +202,21 @@ impl AttnPlan {
             return (0, 0);
         }
         let p = &self.problem;
-        let rows = self.num_splits as usize * p.seqs.totals().0 * p.num_heads;
-        (rows * p.head_dim.get() as usize, rows)
+        let rows = self.num_splits as usize * p.seqs().totals().0 * p.num_heads();
+        (rows * p.head_dim().get() as usize, rows)
     }
 
     /// The combine launch that merges split-KV partials into `out` and `lse` (`None` when
     /// the plan does not split). Runs after [`AttnPlan::launch`] on the same addresses.
     pub fn combine_launch(&self, a: &TensorAddrs) -> Option<Launch<SaAttnFwdParams>> {
-        let total_q = self.problem.seqs.totals().0;
+        let total_q = self.problem.seqs().totals().0;
         if self.num_splits <= 1 || total_q == 0 {
             return None;
         }
         let mut l = self.launch(a);
         let warps = (kernels::COMBINE_THREADS / 32) as usize;
-        let pairs = total_q * self.problem.num_heads;
-        l.kernel = kernels::attn_combine(self.problem.dtype, self.problem.head_dim);
+        let pairs = total_q * self.problem.num_heads();
+        l.kernel = kernels::attn_combine(self.problem.dtype(), self.problem.head_dim());
         l.grid = [pairs.div_ceil(warps) as u32, 1, 1];
         l.block = [kernels::COMBINE_THREADS, 1, 1];
         l.dynamic_smem_bytes = 0;
@@ -243,7 +243,7 @@ impl AttnPlan {
     /// causality, i.e. the plan is plain dense or causal attention; `None` for sparse plans.
     pub fn dense_causal(&self) -> Option<bool> {
         let causal = self.patterns.causal()?;
-        let dense = (0..self.problem.num_heads)
+        let dense = (0..self.problem.num_heads())
             .all(|h| self.patterns.pattern(h).is_some_and(|p| p.is_dense()));
         dense.then_some(causal)
     }
@@ -254,7 +254,7 @@ impl AttnPlan {
     /// Whether query head `h` of sequence `b` may attend key `j` from row `i` (the contract's
     /// predicate, for references and mask rendering).
     pub fn allowed(&self, b: usize, h: usize, i: usize, j: usize) -> bool {
-        let (q_len, kv_len) = self.problem.seqs.lens(b);
+        let (q_len, kv_len) = self.problem.seqs().lens(b);
         let p = i as i64 + kv_len as i64 - q_len as i64;
         self.patterns.allowed(h, p, j as i64, kv_len)
     }
@@ -262,15 +262,15 @@ impl AttnPlan {
     /// The launch for given tensor addresses. Pure: no memory is touched.
     pub fn launch(&self, a: &TensorAddrs) -> Launch<SaAttnFwdParams> {
         let p = &self.problem;
-        let d = p.head_dim.get() as i64;
-        let (h, hk) = (p.num_heads as i64, p.num_kv_heads as i64);
-        let (max_q, max_k) = p.seqs.max_lens();
-        let (total_q, _) = p.seqs.totals();
-        let (q_len, kv_len) = match &p.seqs {
+        let d = p.head_dim().get() as i64;
+        let (h, hk) = (p.num_heads() as i64, p.num_kv_heads() as i64);
+        let (max_q, max_k) = p.seqs().max_lens();
+        let (total_q, _) = p.seqs().totals();
+        let (q_len, kv_len) = match &p.seqs() {
             SeqLens::Uniform { q_len, kv_len, .. } => (*q_len, *kv_len),
             SeqLens::Varlen { .. } => (max_q, max_k),
         };
-        let varlen = matches!(p.seqs, SeqLens::Varlen { .. });
+        let varlen = matches!(p.seqs(), SeqLens::Varlen { .. });
         let params = SaAttnFwdParams {
             q: a.q as *const c_void,
             k: a.k as *const c_void,
@@ -293,7 +293,7 @@ impl AttnPlan {
             lse_head_stride: if varlen { total_q as i64 } else { q_len as i64 },
             cu_seqlens_q: a.cu_q as *const i32,
             cu_seqlens_k: a.cu_k as *const i32,
-            batch: p.seqs.batch() as i32,
+            batch: p.seqs().batch() as i32,
             num_heads: h as i32,
             num_kv_heads: hk as i32,
             head_dim: d as i32,
@@ -327,7 +327,7 @@ impl AttnPlan {
             grid: [
                 m_blocks * self.num_splits,
                 heads as u32,
-                p.seqs.batch() as u32,
+                p.seqs().batch() as u32,
             ],
             block: [self.tiles.threads, 1, 1],
             dynamic_smem_bytes: self.tiles.smem_bytes,
@@ -337,11 +337,11 @@ impl AttnPlan {
 
     pub(crate) fn check_lens<T: Element>(&self, q: usize, k: usize, v: usize) -> Result<()> {
         let p = &self.problem;
-        if T::DTYPE != p.dtype {
+        if T::DTYPE != p.dtype() {
             return Err(Error::Shape(format!(
                 "element type {} does not match the problem's {}",
                 T::DTYPE.name(),
-                p.dtype.name()
+                p.dtype().name()
             )));
         }
         for (name, got, want) in [
@@ -373,8 +373,8 @@ const TARGET_BLOCKS: usize = 132;
 fn default_num_splits(problem: &AttnProblem, gqa_pack: u32, meta: &PlanMeta) -> u32 {
     let max_row_tiles = meta.max_row_tiles();
     let blocks = meta.max_tiles().max(1)
-        * (problem.num_heads / gqa_pack.max(1) as usize)
-        * problem.seqs.batch();
+        * (problem.num_heads() / gqa_pack.max(1) as usize)
+        * problem.seqs().batch();
     if blocks >= TARGET_BLOCKS || max_row_tiles < 4 {
         return 1;
     }
@@ -389,7 +389,7 @@ fn gqa_packable(problem: &AttnProblem, patterns: &HeadPatterns) -> bool {
     if g < 2 || !g.is_power_of_two() || g > 64 {
         return false;
     }
-    (0..problem.num_kv_heads).all(|kv| {
+    (0..problem.num_kv_heads()).all(|kv| {
         let first = patterns.pattern(kv * g);
         first.is_some_and(|p| !p.is_head_dependent())
             && (1..g).all(|i| patterns.pattern(kv * g + i) == first)
@@ -399,7 +399,7 @@ fn gqa_packable(problem: &AttnProblem, patterns: &HeadPatterns) -> bool {
 /// GQA packing by default for short queries (decode and small chunks), where unpacked blocks
 /// would be mostly empty rows and every query head would re-read the same K/V.
 fn default_gqa_pack(problem: &AttnProblem, patterns: &HeadPatterns) -> u32 {
-    let (max_q, _) = problem.seqs.max_lens();
+    let (max_q, _) = problem.seqs().max_lens();
     if max_q < 64 && gqa_packable(problem, patterns) {
         problem.group_size() as u32
     } else {

@@ -62,7 +62,7 @@ impl AttnPlan {
                 l.page_size
             ));
         }
-        let page_elems = p.num_kv_heads * l.page_size * p.head_dim.get() as usize;
+        let page_elems = p.num_kv_heads() * l.page_size * p.head_dim().get() as usize;
         if k_len != v_len || k_len % page_elems != 0 || k_len == 0 {
             return bad(format!(
                 "k/v pages have {k_len}/{v_len} elements, not the same positive multiple of \
@@ -70,7 +70,7 @@ impl AttnPlan {
             ));
         }
         let num_pages = k_len / page_elems;
-        let batch = p.seqs.batch();
+        let batch = p.seqs().batch();
         if num_pages > i32::MAX as usize || l.block_table_stride > i32::MAX as usize {
             return bad("page pool or block table too large for i32 indices".into());
         }
@@ -83,7 +83,7 @@ impl AttnPlan {
             ));
         }
         for b in 0..batch {
-            let (_, kv_len) = p.seqs.lens(b);
+            let (_, kv_len) = p.seqs().lens(b);
             let logical = kv_len.div_ceil(l.page_size);
             let slots = if l.ring_pages == 0 {
                 logical
@@ -122,7 +122,7 @@ impl AttnPlan {
     fn check_not_allowed(&self, b: usize, lo: usize, hi: usize) -> Result<()> {
         let m = self.meta.of_sequence(b);
         let sets = m.head_set();
-        for h in 0..self.problem.num_heads {
+        for h in 0..self.problem.num_heads() {
             if sets[..h].contains(&sets[h]) {
                 continue; // same row set as an earlier head: same answer
             }

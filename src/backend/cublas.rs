@@ -43,8 +43,8 @@ struct Part {
 }
 
 fn parts(problem: &AttnProblem) -> Vec<Part> {
-    let h = problem.num_heads;
-    match &problem.seqs {
+    let h = problem.num_heads();
+    match &problem.seqs() {
         SeqLens::Uniform {
             batch,
             q_len,
@@ -60,11 +60,11 @@ fn parts(problem: &AttnProblem) -> Vec<Part> {
             lse_batch_stride: h * q_len,
         }],
         SeqLens::Varlen { .. } => {
-            let (total_q, _) = problem.seqs.totals();
-            (0..problem.seqs.batch())
+            let (total_q, _) = problem.seqs().totals();
+            (0..problem.seqs().batch())
                 .map(|b| {
-                    let (q_len, kv_len) = problem.seqs.lens(b);
-                    let (q0, k0) = problem.seqs.offsets(b);
+                    let (q_len, kv_len) = problem.seqs().lens(b);
+                    let (q0, k0) = problem.seqs().offsets(b);
                     Part {
                         batch: 1,
                         q_len,
@@ -109,11 +109,11 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DenseReference<T> {
     /// Validates the problem (as [`AttnPlan::new`] does) and allocates the workspaces.
     pub fn new(gpu: &Gpu, problem: &AttnProblem, opts: &AttnOptions) -> Result<Self> {
         let plan = AttnPlan::new(problem, opts)?;
-        if T::DTYPE != problem.dtype {
+        if T::DTYPE != problem.dtype() {
             return Err(Error::Shape(format!(
                 "element type {} does not match the problem's {}",
                 T::DTYPE.name(),
-                problem.dtype.name()
+                problem.dtype().name()
             )));
         }
         // SAFETY: only checks whether libcublas can be loaded.
@@ -165,12 +165,12 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DenseReference<T> {
             )));
         }
         if let Some(m) = mask {
-            let SeqLens::Uniform { q_len, kv_len, .. } = problem.seqs else {
+            let SeqLens::Uniform { q_len, kv_len, .. } = problem.seqs() else {
                 return Err(Error::Unsupported(
                     "a token mask needs a uniform batch".into(),
                 ));
             };
-            let want = problem.num_heads * q_len * kv_len;
+            let want = problem.num_heads() * q_len * kv_len;
             if m.len() != want {
                 return Err(Error::Shape(format!(
                     "mask has {} elements, [num_heads, q_len, kv_len] needs {want}",
@@ -184,8 +184,8 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DenseReference<T> {
             stream.memset_zeros(out)?;
         }
 
-        let d = problem.head_dim.get() as usize;
-        let (hq, hk) = (problem.num_heads, problem.num_kv_heads);
+        let d = problem.head_dim().get() as usize;
+        let (hq, hk) = (problem.num_heads(), problem.num_kv_heads());
         let group = problem.group_size();
         let esize = std::mem::size_of::<T>() as u64;
         let (q_ptr, _q_guard) = q.device_ptr(&stream);

@@ -313,7 +313,7 @@ impl AttnPlan {
             .iter()
             .map(|(_, a)| stream.clone_htod(a.as_slice()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let cu = match &self.problem().seqs {
+        let cu = match &self.problem().seqs() {
             SeqLens::Varlen { cu_q, cu_k } => {
                 Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
             }

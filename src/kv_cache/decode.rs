@@ -232,7 +232,7 @@ fn decode_with<T: Element, B: StepBackend<T>>(
     make_backend: impl FnOnce(&KvCache) -> Result<B>,
 ) -> Result<DecodeOutput<T>> {
     check_causal(patterns)?;
-    let (batch, total) = match problem.seqs {
+    let (batch, total) = match *problem.seqs() {
         SeqLens::Uniform {
             batch,
             q_len,
@@ -264,18 +264,18 @@ fn decode_with<T: Element, B: StepBackend<T>>(
             "the prefill chunk must be at least 1 token".into(),
         ));
     }
-    patterns.validate(problem.num_heads, total)?;
-    if T::DTYPE != problem.dtype {
+    patterns.validate(problem.num_heads(), total)?;
+    if T::DTYPE != problem.dtype() {
         return Err(Error::Shape(format!(
             "element type {} does not match the problem's {}",
             T::DTYPE.name(),
-            problem.dtype.name()
+            problem.dtype().name()
         )));
     }
     let (h, hk, d) = (
-        problem.num_heads,
-        problem.num_kv_heads,
-        problem.head_dim.get() as usize,
+        problem.num_heads(),
+        problem.num_kv_heads(),
+        problem.head_dim().get() as usize,
     );
     for (name, got, want) in [
         ("q", q.len(), problem.q_elems()),
@@ -296,7 +296,7 @@ fn decode_with<T: Element, B: StepBackend<T>>(
             num_layers: 1,
             num_kv_heads: hk,
             head_dim: d,
-            dtype: problem.dtype,
+            dtype: problem.dtype(),
             page_size: config.page_size,
             max_seq_len: total,
             max_chunk: chunk,
@@ -331,7 +331,7 @@ fn decode_with<T: Element, B: StepBackend<T>>(
             backend.write(&placement, &k[rows.clone()], &v[rows])?;
         }
         let reuse = plan.as_ref().is_some_and(|p| {
-            p.problem().seqs
+            *p.problem().seqs()
                 == SeqLens::Uniform {
                     batch,
                     q_len: n,
@@ -348,7 +348,7 @@ fn decode_with<T: Element, B: StepBackend<T>>(
                 h,
                 hk,
                 d as u32,
-                problem.dtype,
+                problem.dtype(),
             )?;
             let step_set = for_keys(patterns, end)?;
             plan = Some(AttnPlan::with_patterns(&step, &step_set, &opts)?);

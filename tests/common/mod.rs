@@ -120,7 +120,7 @@ pub fn assert_matches<T: Element>(
     );
     let err = rel_error(out, &want.out);
     assert!(err <= tol, "{what}: relative error {err:.3e} > {tol:.1e}");
-    let d = problem.head_dim.get() as usize;
+    let d = problem.head_dim().get() as usize;
     for (idx, (&got, &w)) in lse.iter().zip(&want.lse).enumerate() {
         if w == f64::NEG_INFINITY {
             assert_eq!(got, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
@@ -130,12 +130,12 @@ pub fn assert_matches<T: Element>(
         }
     }
     // Empty rows: out exactly 0.
-    let (total_q, _) = problem.seqs.totals();
-    let varlen = matches!(problem.seqs, sparse_attn::SeqLens::Varlen { .. });
-    let hq = problem.num_heads;
-    for b in 0..problem.seqs.batch() {
-        let (q_len, _) = problem.seqs.lens(b);
-        let (q0, _) = problem.seqs.offsets(b);
+    let (total_q, _) = problem.seqs().totals();
+    let varlen = matches!(problem.seqs(), sparse_attn::SeqLens::Varlen { .. });
+    let hq = problem.num_heads();
+    for b in 0..problem.seqs().batch() {
+        let (q_len, _) = problem.seqs().lens(b);
+        let (q0, _) = problem.seqs().offsets(b);
         for h in 0..hq {
             for i in 0..q_len {
                 let li = if varlen {
