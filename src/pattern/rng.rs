@@ -38,19 +38,18 @@ pub const fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The SplitMix64 stream of one (seed, head, query block) triple.
+/// The SplitMix64 stream: `next() = mix64(state += GAMMA)`. The one seedable generator of
+/// the crate: BigBird's draws ([`BlockRng`]), the CLI demo's inputs and the tests' data all
+/// come from it.
 #[derive(Clone, Copy, Debug)]
-pub struct BlockRng {
+pub struct SplitMix64 {
     state: u64,
 }
 
-impl BlockRng {
-    /// The stream for query block `q_block` of head `head` under `seed` (see the module
-    /// documentation for the exact derivation).
-    pub fn new(seed: u64, head: u64, q_block: i64) -> Self {
-        BlockRng {
-            state: mix64(mix64(mix64(seed) ^ head) ^ q_block as u64),
-        }
+impl SplitMix64 {
+    /// The stream whose state starts at `seed` (Vigna's reference seeding).
+    pub const fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
     }
 
     /// The next 64-bit output.
@@ -62,6 +61,42 @@ impl BlockRng {
     /// A value in `[0, n)` by multiply-shift; `n` must be positive.
     pub fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// A uniform value in `[-1, 1)` on a grid of `2^-23` (exact in f32).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// A uniform integer in `[lo, hi]`; `lo <= hi`.
+    pub fn int_in(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo) as u64 + 1) as i64
+    }
+}
+
+/// The SplitMix64 stream of one (seed, head, query block) triple: BigBird's random blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockRng {
+    stream: SplitMix64,
+}
+
+impl BlockRng {
+    /// The stream for query block `q_block` of head `head` under `seed` (see the module
+    /// documentation for the exact derivation).
+    pub fn new(seed: u64, head: u64, q_block: i64) -> Self {
+        BlockRng {
+            stream: SplitMix64::new(mix64(mix64(mix64(seed) ^ head) ^ q_block as u64)),
+        }
+    }
+
+    /// The next 64-bit output.
+    pub fn next_u64(&mut self) -> u64 {
+        self.stream.next_u64()
+    }
+
+    /// A value in `[0, n)` by multiply-shift; `n` must be positive.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.stream.below(n)
     }
 
     /// `r` distinct indices of `0..n` by Floyd's algorithm, ascending, written into `out`
@@ -92,7 +127,7 @@ mod tests {
     #[test]
     fn splitmix_reference_values() {
         // SplitMix64 seeded with 0 yields 0xE220A8397B1DCDAF first (Vigna's reference code).
-        let mut r = BlockRng { state: 0 };
+        let mut r = SplitMix64::new(0);
         assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
     }

@@ -463,23 +463,6 @@ fn run_to_tensors<T: Storage>(
     ))
 }
 
-/// SplitMix64: a tiny seedable generator for the demo's inputs.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
 /// Max |got - want| / max |want| (the absolute error when the reference is all zero).
 fn rel_error(got: &[f32], want: &[f64]) -> f64 {
     let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
@@ -544,7 +527,7 @@ fn demo_typed<T: Storage>(a: &DemoArgs) -> Result<(), CliError> {
         a.kv_heads,
         a.head_dim
     );
-    let mut rng = SplitMix64(seed);
+    let mut rng = sparse_attn::pattern::rng::SplitMix64::new(seed);
     let mut random = |n: usize| -> Vec<T> { (0..n).map(|_| T::from_f32(rng.unit())).collect() };
     let q = random(problem.q_elems());
     let k = random(problem.kv_elems());
