@@ -1,13 +1,15 @@
 //! Build script: compiles the kernels twice from the same source.
 //!
-//! 1. Host (emulator): every `kernels/*.cu`, `kernels/tests/*.cu` and `kernels/emu/*.cpp` with
-//!    the system C++ compiler (through `cc`) into one static library, so Rust can run any
-//!    kernel on the CPU.
-//! 2. GPU: every `kernels/*.cu` and `kernels/tests/*.cu` with nvcc into a fatbin per file
+//! 1. Host (emulator): every `kernels/*.cu` and `kernels/emu/*.cpp` with the system C++
+//!    compiler (through `cc`) into one static library, so Rust can run any kernel on the CPU.
+//! 2. GPU: every `kernels/*.cu` with nvcc into a fatbin per file
 //!    (SASS for sm_80 and sm_90 plus compute_90 PTX; `SPARSE_ATTN_CUDA_ARCHS` overrides),
 //!    embedded through the generated `OUT_DIR/fatbins.rs`. ptxas's resource report goes to
 //!    `OUT_DIR/ptxas-report.txt`. Without nvcc the crate still builds (no fatbins; the CUDA
 //!    backend returns `Error::KernelsNotBuilt`) unless `SPARSE_ATTN_REQUIRE_CUDA=1`.
+//!
+//! `kernels/tests/*.cu` (the emulator's self-test and canary kernels) join both stages only
+//! with the `test-kernels` feature, which this crate's own tests switch on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +28,16 @@ fn sources(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out
 }
 
+/// The kernel sources of both stages: `kernels/*.cu`, plus `kernels/tests/*.cu` with the
+/// `test-kernels` feature.
+fn kernel_sources(kernels: &Path) -> Vec<PathBuf> {
+    let mut files = sources(kernels, "cu");
+    if std::env::var_os("CARGO_FEATURE_TEST_KERNELS").is_some() {
+        files.extend(sources(&kernels.join("tests"), "cu"));
+    }
+    files
+}
+
 fn build_emulator(root: &Path) {
     let kernels = root.join("kernels");
     let mut build = cc::Build::new();
@@ -42,10 +54,7 @@ fn build_emulator(root: &Path) {
         build.file(f);
     }
     // Kernel sources are CUDA C++ but compile as plain C++ against the shim.
-    let cu: Vec<PathBuf> = sources(&kernels, "cu")
-        .into_iter()
-        .chain(sources(&kernels.join("tests"), "cu"))
-        .collect();
+    let cu = kernel_sources(&kernels);
     if !cu.is_empty() {
         build.flag("-x").flag("c++");
         for f in &cu {
@@ -336,10 +345,7 @@ fn write_generated(out_dir: &Path, built: Result<(&Nvcc, &str, &[Compiled]), &st
 fn build_cuda(root: &Path, out_dir: &Path) {
     let require = std::env::var("SPARSE_ATTN_REQUIRE_CUDA").is_ok_and(|v| v == "1");
     let kernels = root.join("kernels");
-    let files: Vec<PathBuf> = sources(&kernels, "cu")
-        .into_iter()
-        .chain(sources(&kernels.join("tests"), "cu"))
-        .collect();
+    let files = kernel_sources(&kernels);
     let mut stems = std::collections::HashMap::new();
     for f in &files {
         if let Some(prev) = stems.insert(f.file_stem().map(|s| s.to_owned()), f) {

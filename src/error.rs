@@ -22,6 +22,12 @@ pub enum Error {
     /// The CPU emulator reported a kernel fault (out-of-bounds access, barrier divergence, ...).
     #[error("emulator: {0}")]
     Emulator(#[from] crate::emu::EmuError),
+    /// A buffer or stream that belongs to another device or CUDA context than the [`Gpu`]
+    /// it was passed with.
+    ///
+    /// [`Gpu`]: crate::backend::Gpu
+    #[error("wrong device: {0}")]
+    WrongDevice(String),
     /// No usable CUDA driver or device.
     #[error("no CUDA device: {0}")]
     NoDevice(String),
@@ -34,12 +40,6 @@ pub enum Error {
     /// An error from cuBLAS (dense reference path).
     #[error("cuBLAS: {0}")]
     Cublas(#[from] cudarc::cublas::result::CublasError),
-    /// Malformed input file (safetensors, JSON) for the CLI.
-    #[error("input format: {0}")]
-    Format(String),
-    /// File system errors.
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// Result alias used throughout the crate.

@@ -6,7 +6,7 @@
 //! [`Launch`] (kernel, grid, block, dynamic shared memory, params) is executed unchanged by the
 //! CUDA backend or by the emulator, so a kernel cannot be runnable in one and not the other.
 
-use crate::emu::KernelFn;
+use crate::emu::{self, KernelFn};
 use crate::ffi;
 use crate::shape::{DType, HeadDim};
 
@@ -56,6 +56,19 @@ pub struct Launch<P: Copy> {
     pub block: [u32; 3],
     pub dynamic_smem_bytes: u32,
     pub params: P,
+}
+
+impl<P: Copy> Launch<P> {
+    /// Runs this launch on the CPU emulator.
+    ///
+    /// # Safety
+    /// As for [`emu::launch`]: `P` must be the kernel's params struct and every pointer in
+    /// `params` must be valid for the accesses the kernel makes with this geometry.
+    pub unsafe fn run_emulated(&self, opts: &emu::EmuOptions) -> Result<(), emu::EmuError> {
+        let cfg =
+            emu::LaunchConfig::with_options(self.grid, self.block, self.dynamic_smem_bytes, opts);
+        emu::launch(self.kernel.emu_entry, self.kernel.name, &cfg, &self.params)
+    }
 }
 
 mod entries {
@@ -123,18 +136,19 @@ fn instance(dtype: DType, head_dim: HeadDim) -> usize {
     }
 }
 
-/// Threads per block of the combine kernel (one warp per (row, head)); mirrors
-/// `sa::kCombineThreads`.
-pub const COMBINE_THREADS: u32 = 128;
+/// Threads per block of the combine kernel (one warp per (row, head)): `SA_COMBINE_THREADS`
+/// of `params.h`.
+pub const COMBINE_THREADS: u32 = ffi::SA_COMBINE_THREADS;
 
-/// Tile configuration of the forward kernel (mirrors `kernels/include/sparse_attn/params.h`
-/// and `kernel_traits.cuh`).
+/// Tile configuration of the forward kernel: the launch constants of
+/// `kernels/include/sparse_attn/params.h`, which `kernel_traits.cuh` reads too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FwdTiles {
     pub block_m: u32,
     pub block_n: u32,
     pub threads: u32,
-    /// Dynamic shared memory: Q tile plus double-buffered K and V tiles, 16-bit elements.
+    /// Dynamic shared memory: `SA_FWD_SMEM_ROWS` rows of `head_dim` 16-bit elements (the Q
+    /// tile and the K and V stages).
     pub smem_bytes: u32,
 }
 
@@ -145,6 +159,6 @@ pub fn fwd_tiles(head_dim: HeadDim) -> FwdTiles {
         block_m: bm,
         block_n: bn,
         threads: ffi::SA_FWD_THREADS,
-        smem_bytes: (bm + 4 * bn) * head_dim.get() * 2,
+        smem_bytes: ffi::SA_FWD_SMEM_ROWS * head_dim.get() * 2,
     }
 }

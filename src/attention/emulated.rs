@@ -112,9 +112,9 @@ impl AttnPlan {
         // the validated problem (and, when paged, the validated page layout; when split, the
         // plan's workspace) requires; the kernels match the params type.
         unsafe {
-            emu::launch_desc(&self.launch(&addrs), &run.options())?;
+            self.launch(&addrs).run_emulated(&run.options())?;
             if let Some(combine) = self.combine_launch(&addrs) {
-                emu::launch_desc(&combine, &run.options())?;
+                combine.run_emulated(&run.options())?;
             }
         }
         if let Some(slot) = run.tiles_visited {

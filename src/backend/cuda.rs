@@ -122,7 +122,7 @@ impl Gpu {
     /// The same device and module cache with another stream of the same context.
     pub fn with_stream(&self, stream: Arc<CudaStream>) -> Result<Gpu> {
         if stream.context() != &self.ctx {
-            return Err(Error::Unsupported(
+            return Err(Error::WrongDevice(
                 "the stream belongs to another CUDA context".into(),
             ));
         }
@@ -269,7 +269,7 @@ impl Gpu {
 /// Checks that a buffer lives on `gpu`'s context and has the expected length.
 fn check_buffer<T>(gpu: &Gpu, name: &str, buf: &CudaSlice<T>, want: usize) -> Result<()> {
     if buf.context() != gpu.context() {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::WrongDevice(format!(
             "{name} lives on CUDA device {} but the Gpu is device {}",
             buf.ordinal(),
             gpu.context().ordinal()

@@ -8,8 +8,9 @@
 //!
 //! The CPU emulator backend is [`crate::emu`] (see [`crate::AttnPlan::run_emulated`]).
 //!
-//! `build.rs` compiles every `kernels/*.cu` and `kernels/tests/*.cu` with nvcc into a fatbin
-//! that is embedded here ([`fatbin`]); without nvcc there are none, and the CUDA backend
+//! `build.rs` compiles every `kernels/*.cu` (and, for this crate's own tests, the
+//! `kernels/tests/*.cu` of the `test-kernels` feature) with nvcc into a fatbin that is
+//! embedded here ([`fatbin`]); without nvcc there are none, and the CUDA backend
 //! reports [`crate::Error::KernelsNotBuilt`].
 
 pub mod cublas;
@@ -22,7 +23,8 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));
 }
 
-/// The embedded fatbin of `kernels/<stem>.cu` (or `kernels/tests/<stem>.cu`), if nvcc built it.
+/// The embedded fatbin of `kernels/<stem>.cu` (or, with the `test-kernels` feature,
+/// `kernels/tests/<stem>.cu`), if nvcc built it.
 pub fn fatbin(stem: &str) -> Option<&'static [u8]> {
     generated::FATBINS
         .iter()

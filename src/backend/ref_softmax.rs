@@ -3,7 +3,7 @@
 //! GPU through [`super::Gpu::launch`] and on the CPU emulator through [`run_emulated`], where
 //! `tests/ref_softmax_emu.rs` checks it against the f64 reference: the oracle is itself tested.
 
-use crate::emu::{self, EmuOptions, GuardedBuffer};
+use crate::emu::{EmuOptions, GuardedBuffer};
 use crate::error::{Error, Result};
 use crate::ffi::{self, SaRefSoftmaxParams};
 use crate::kernels::{KernelDesc, Launch, Module};
@@ -184,7 +184,7 @@ pub fn run_emulated<T: Element>(
     // live guarded buffers sized for this validated shape (the kernel reads
     // batch * q_len * kv_len scores and mask entries q_len * kv_len, and writes as many
     // probabilities and batch * q_len LSE values).
-    unsafe { emu::launch_desc(&launch, opts)? };
+    unsafe { launch.run_emulated(opts)? };
     let mut p = pb.to_vec();
     p.truncate(shape.scores_len());
     Ok((p, lb.to_vec()))

@@ -56,6 +56,7 @@ use std::marker::PhantomData;
 
 use thiserror::Error;
 
+#[cfg(feature = "test-kernels")]
 #[doc(hidden)]
 pub mod selftest;
 
@@ -452,29 +453,32 @@ pub unsafe fn launch<P: Copy>(
     }
 }
 
-/// Runs a [`crate::kernels::Launch`] description on the emulator.
-///
-/// # Safety
-/// As for [`launch`]: the params and the pointers inside them must match the kernel.
-pub unsafe fn launch_desc<P: Copy>(
-    l: &crate::kernels::Launch<P>,
-    opts: &EmuOptions,
-) -> Result<(), EmuError> {
-    let cfg = LaunchConfig {
-        grid: l.grid,
-        block: l.block,
-        dynamic_smem_bytes: l.dynamic_smem_bytes,
-        schedule: opts.schedule,
-        eager_cp_async: opts.eager_cp_async,
-        workers: opts.workers,
-    };
-    launch(l.kernel.emu_entry, l.kernel.name, &cfg, &l.params)
-}
-
 /// Emulator options independent of the launch geometry.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EmuOptions {
+    /// Order in which runnable threads resume.
     pub schedule: Schedule,
+    /// Copy at issue instead of poisoning and landing at the wait.
     pub eager_cp_async: bool,
+    /// Worker OS threads for blocks (0 = all cores).
     pub workers: u32,
+}
+
+impl LaunchConfig {
+    /// A launch of this geometry with `opts`.
+    pub fn with_options(
+        grid: [u32; 3],
+        block: [u32; 3],
+        dynamic_smem_bytes: u32,
+        opts: &EmuOptions,
+    ) -> Self {
+        LaunchConfig {
+            grid,
+            block,
+            dynamic_smem_bytes,
+            schedule: opts.schedule,
+            eager_cp_async: opts.eager_cp_async,
+            workers: opts.workers,
+        }
+    }
 }

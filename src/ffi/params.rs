@@ -5,6 +5,9 @@
 pub const SA_FWD_BLOCK_M: _bindgen_ty_1 = 64;
 pub const SA_FWD_BLOCK_N: _bindgen_ty_1 = 64;
 pub const SA_FWD_THREADS: _bindgen_ty_1 = 128;
+pub const SA_FWD_KV_STAGES: _bindgen_ty_1 = 2;
+pub const SA_FWD_SMEM_ROWS: _bindgen_ty_1 = 320;
+pub const SA_COMBINE_THREADS: _bindgen_ty_1 = 128;
 pub type _bindgen_ty_1 = ::core::ffi::c_uint;
 pub const SA_MASK_DENSE: SaMaskKind = 0;
 pub const SA_MASK_WINDOW: SaMaskKind = 1;

@@ -10,7 +10,7 @@ use super::layout::PageLayout;
 use super::table::BlockTable;
 use crate::attention::Element;
 use crate::backend::{DevicePagedKv, Gpu};
-use crate::emu::{self, GuardedBuffer};
+use crate::emu::GuardedBuffer;
 use crate::error::{Error, Result};
 use crate::ffi::SaKvAppendParams;
 use crate::kernels::{self, Launch};
@@ -157,7 +157,7 @@ pub fn append_emulated<T: Element>(
         },
     )?;
     // SAFETY: all buffers are guarded and sized as the validated layout and slots require.
-    unsafe { emu::launch_desc(&launch, &Default::default())? };
+    unsafe { launch.run_emulated(&Default::default())? };
     k_pages.copy_from_slice(kb.as_slice());
     v_pages.copy_from_slice(vb.as_slice());
     Ok(())

@@ -7,48 +7,52 @@
 //! `int32` array, [`MaskTables::data`]. Every field is `int32`; positions and differences of
 //! positions fit because [`super::SparseShape::validate`] bounds `q_len + kv_len` by `2^31 - 1`.
 //!
-//! These structs are meant to be mirrored field for field in `kernels/include/sparse_attn/params.h`
+//! These structs are mirrored field for field in `kernels/include/sparse_attn/params.h`
 //! (C layout: 4-byte fields, no padding; `MaskProgram` is 16 bytes, `MaskComponent` 64).
 //! [`MaskTables::allowed`] is the host twin of the device predicate, written the way a kernel
 //! would evaluate it from the flat arrays, and is tested against the pattern predicate.
 
-/// Component kinds of [`MaskComponent::kind`].
+use crate::ffi;
+
+/// Component kinds of [`MaskComponent::kind`]: the `SaMaskKind` tags of `params.h`.
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaskKind {
     /// Every key.
-    Dense = 0,
+    Dense = ffi::SA_MASK_DENSE as i32,
     /// `-window_left <= j - p <= window_right`.
-    Window = 1,
+    Window = ffi::SA_MASK_WINDOW as i32,
     /// `j < sink_count`.
-    Sinks = 2,
+    Sinks = ffi::SA_MASK_SINKS as i32,
     /// `j` or `p` in the sorted token list `data[data_offset .. data_offset + data_len]`.
-    Global = 3,
+    Global = ffi::SA_MASK_GLOBAL as i32,
     /// `(p - j) mod dilation_stride == 0` (mathematical mod).
-    Dilated = 4,
+    Dilated = ffi::SA_MASK_DILATED as i32,
     /// Bit `J % 32` of word `data[data_offset + P * ceil(mask_cols / 32) + J / 32]`, with
     /// `P = floor(p / block_q)` in `0..mask_rows` and `J = floor(j / block_k)` in `0..mask_cols`.
-    BlockMask = 5,
+    BlockMask = ffi::SA_MASK_BLOCK_MASK as i32,
     /// BigBird with `block_q == block_k == B`: `|P - J| <= bigbird_window_half`, or
     /// `P < bigbird_global_blocks`, or `J < bigbird_global_blocks`, or `J` in the random blocks
     /// of `P` (a CSR table at `data_offset`: `rand_q_blocks + 1` row offsets, then the blocks;
     /// row `P - rand_first_q_block`).
-    BigBird = 6,
+    BigBird = ffi::SA_MASK_BIGBIRD as i32,
 }
 
 impl MaskKind {
+    /// Every kind, in tag order.
+    pub const ALL: [MaskKind; 7] = [
+        MaskKind::Dense,
+        MaskKind::Window,
+        MaskKind::Sinks,
+        MaskKind::Global,
+        MaskKind::Dilated,
+        MaskKind::BlockMask,
+        MaskKind::BigBird,
+    ];
+
     /// The kind of a raw tag, `None` for an unknown one.
     pub fn from_i32(v: i32) -> Option<Self> {
-        Some(match v {
-            0 => MaskKind::Dense,
-            1 => MaskKind::Window,
-            2 => MaskKind::Sinks,
-            3 => MaskKind::Global,
-            4 => MaskKind::Dilated,
-            5 => MaskKind::BlockMask,
-            6 => MaskKind::BigBird,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|k| *k as i32 == v)
     }
 }
 
@@ -168,5 +172,6 @@ mod tests {
             assert_eq!(MaskKind::from_i32(k).map(|k| k as i32), Some(k));
         }
         assert_eq!(MaskKind::from_i32(7), None);
+        assert_eq!(MaskKind::BigBird as i32, crate::ffi::SA_MASK_BIGBIRD as i32);
     }
 }

@@ -1,8 +1,9 @@
 // Split-KV combine: merges the partial outputs of the num_splits blocks that shared one query
-// tile's kv walk (see write_partial in attention_fwd.cuh) through their LSE, exactly as
-// SoftmaxState::merge combines two states: out = sum_s w_s O_s / sum_s w_s with
-// w_s = exp(lse_s - max lse), lse = max lse + ln(sum_s w_s). Splits that saw no allowed key
-// have lse = -inf and weight 0; a row no split saw stays out = 0, lse = -inf.
+// tile's kv walk (see write_partial in attention_fwd.cuh) through their LSE with
+// SoftmaxRows::merge, the same operation that folds kv tiles: each partial is the state
+// (m = lse, l = 1) of a normalised output, so out = sum_s w_s O_s / sum_s w_s with
+// w_s = exp(lse_s - max lse) and lse = max lse + ln(sum_s w_s). Splits that saw no allowed
+// key have lse = -inf and weight 0; a row no split saw gets out = 0, lse = -inf.
 #pragma once
 
 #include "sparse_attn/arch.cuh"
@@ -11,7 +12,7 @@
 
 namespace sa {
 
-constexpr int kCombineThreads = 128;  // 4 warps, one (row, head) pair each
+constexpr int kCombineThreads = SA_COMBINE_THREADS;  // one warp per (row, head) pair
 
 template <typename T, int D>
 SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
@@ -24,24 +25,23 @@ SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
   const int64_t row = pair / p.num_heads;
   const int h = static_cast<int>(pair % p.num_heads);
 
-  float mx = kNegInf;
-  for (int s = 0; s < p.num_splits; ++s) {
-    mx = fmaxf(mx, p.lse_partial[(s * total_rows + row) * p.num_heads + h]);
-  }
-  const float base = mx == kNegInf ? 0.f : mx;
+  // Fold the splits' (output, LSE) pairs into one state, as the forward kernel folds tiles.
+  SoftmaxRows<1> state;
+  state.init();
   float acc[D / 32];
   SA_UNROLL
   for (int c = 0; c < D / 32; ++c) acc[c] = 0.f;
-  float sum = 0.f;
   for (int s = 0; s < p.num_splits; ++s) {
     const int64_t slot = (s * total_rows + row) * p.num_heads + h;
-    const float w = expf(p.lse_partial[slot] - base);
-    sum += w;
+    const float lse_s[1] = {p.lse_partial[slot]};
+    float keep[1], add[1];
+    state.merge(SoftmaxRows<1>::from_lse(lse_s), keep, add);
     const float* o = p.o_partial + slot * D;
     SA_UNROLL
-    for (int c = 0; c < D / 32; ++c) acc[c] += w * o[lane + 32 * c];
+    for (int c = 0; c < D / 32; ++c) acc[c] = acc[c] * keep[0] + add[0] * o[lane + 32 * c];
   }
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  float inv_l[1], lse[1];
+  state.normalizers(inv_l, lse);
 
   int64_t o_off, lse_off;
   if (varlen) {
@@ -54,8 +54,8 @@ SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
   }
   T* out = static_cast<T*>(p.out) + o_off + h * p.o_head_stride;
   SA_UNROLL
-  for (int c = 0; c < D / 32; ++c) out[lane + 32 * c] = arch::from_float<T>(acc[c] * inv);
-  if (lane == 0) p.lse[lse_off] = sum > 0.f ? base + logf(sum) : kNegInf;
+  for (int c = 0; c < D / 32; ++c) out[lane + 32 * c] = arch::from_float<T>(acc[c] * inv_l[0]);
+  if (lane == 0) p.lse[lse_off] = lse[0];
 }
 
 }  // namespace sa

@@ -29,16 +29,19 @@ struct FwdTraits {
   static constexpr int kPvKSteps = kBlockN / 16;  // k16 steps of P.V
   static constexpr int kOTiles = D / 8;           // n8 tiles of O per warp  [16, D]
 
-  // Shared memory: Q [BLOCK_M, D], K [2][BLOCK_N, D], V [2][BLOCK_N, D], 16-bit, swizzled.
+  // Shared memory: Q [BLOCK_M, D], K [STAGES][BLOCK_N, D], V [STAGES][BLOCK_N, D], 16-bit,
+  // swizzled.
+  static constexpr int kStages = SA_FWD_KV_STAGES;
   static constexpr int kRowBytes = D * 2;
   static constexpr int kQBytes = kBlockM * kRowBytes;
   static constexpr int kKvTileBytes = kBlockN * kRowBytes;
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQBytes;
-  static constexpr int kVOffset = kKOffset + 2 * kKvTileBytes;
-  static constexpr int kSmemBytes = kVOffset + 2 * kKvTileBytes;
-  // Must agree with the Rust planner (src/kernels.rs: fwd_tiles).
-  static_assert(kSmemBytes == (SA_FWD_BLOCK_M + 4 * SA_FWD_BLOCK_N) * D * 2, "smem formula");
+  static constexpr int kVOffset = kKOffset + kStages * kKvTileBytes;
+  static constexpr int kSmemBytes = kVOffset + kStages * kKvTileBytes;
+  // The Rust planner sizes the launch from SA_FWD_SMEM_ROWS (src/kernels.rs: fwd_tiles).
+  static_assert(kSmemBytes == SA_FWD_SMEM_ROWS * kRowBytes, "shared-memory layout");
+  static_assert(kStages == 2, "the mainloop double-buffers K and V (buffer = tile & 1)");
 };
 
 }  // namespace sa

@@ -13,12 +13,15 @@ constexpr float kLog2e = 1.4426950408889634f;  // log2(e): exp(x) = exp2(x * log
 constexpr float kLn2 = 0.6931471805599453f;    // ln(2):   ln(x) = log2(x) * ln(2)
 constexpr float kNegInf = -__builtin_huge_valf();
 
-struct SoftmaxState {
-  static constexpr int kRows = 2;
-  float m[kRows];  // running max of this lane's rows (log2 units; -inf = nothing seen)
-  float l[kRows];  // running sum of exp2(s - m), partial over this lane's columns
+// The running state of ROWS query rows. The forward kernel's lanes hold two rows each
+// (SoftmaxState below); the split-KV combine holds one row per warp, every lane a copy.
+template <int ROWS>
+struct SoftmaxRows {
+  static constexpr int kRows = ROWS;
+  float m[kRows];  // running max of each row (log2 units; -inf = nothing seen)
+  float l[kRows];  // running sum of exp2(s - m) (in the forward kernel: this lane's columns)
 
-  SA_DEVICE void init() {
+  SA_HOST_DEVICE void init() {
     SA_UNROLL
     for (int r = 0; r < kRows; ++r) {
       m[r] = kNegInf;
@@ -26,11 +29,27 @@ struct SoftmaxState {
     }
   }
 
+  // The state of rows whose keys are already summed up in a normalised output and its
+  // natural-log LSE (a split-KV partial): m = lse * log2(e), l = 1; lse = -inf (no key seen)
+  // gives the empty state.
+  SA_HOST_DEVICE static SoftmaxRows from_lse(const float (&lse)[kRows]) {
+    SoftmaxRows st;
+    SA_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const bool empty = lse[r] == kNegInf;
+      st.m[r] = empty ? kNegInf : lse[r] * kLog2e;
+      st.l[r] = empty ? 0.f : 1.f;
+    }
+    return st;
+  }
+
   // Folds one tile of scores `s` ([NT][4] accumulator layout, masked entries = -inf) into the
   // state. Rewrites `s` in place as unnormalised probabilities exp2(s - m_new) and returns in
   // `alpha` the factor by which each row's previous output accumulator must be rescaled.
+  // Fragment layout only (ROWS == 2: rows g and g + 8 of the warp's 16).
   template <int NT>
   SA_DEVICE void update(float (&s)[NT][4], float (&alpha)[kRows]) {
+    static_assert(kRows == 2, "the m16n8 accumulator layout gives each lane two rows");
     SA_UNROLL
     for (int r = 0; r < kRows; ++r) {
       float mx = m[r];
@@ -55,9 +74,11 @@ struct SoftmaxState {
   }
 
   // Combines this state with another over disjoint key sets (split-KV partials). Returns the
-  // factors to rescale this and the other partial output by.
-  SA_HOST_DEVICE void merge(const SoftmaxState& o, float (&self_scale)[kRows],
+  // factors to rescale this and the other output accumulator by. Two empty rows stay empty
+  // (both factors 0, never NaN).
+  SA_HOST_DEVICE void merge(const SoftmaxRows& o, float (&self_scale)[kRows],
                             float (&other_scale)[kRows]) {
+    SA_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const float mx = fmaxf(m[r], o.m[r]);
       const float base = mx == kNegInf ? 0.f : mx;
@@ -68,20 +89,30 @@ struct SoftmaxState {
     }
   }
 
-  // Completes the row sums across the quad and returns, per row, the factor that normalises
-  // the output (0 for an empty row, so its output is exactly 0) and the natural-log LSE
-  // (-inf for an empty row).
+  // Per row, the factor that normalises the output (0 for an empty row, so its output is
+  // exactly 0) and the natural-log LSE (-inf for an empty row). `l` must be complete.
+  SA_HOST_DEVICE void normalizers(float (&inv_l)[kRows], float (&lse)[kRows]) const {
+    SA_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const bool empty = !(l[r] > 0.f);
+      inv_l[r] = empty ? 0.f : 1.f / l[r];
+      lse[r] = empty ? kNegInf : (m[r] * kLn2 + logf(l[r]));
+    }
+  }
+
+  // Completes the row sums across the quad (the four lanes sharing a row in the fragment
+  // layout), then gives the normalizers.
   SA_DEVICE void finalize(float (&inv_l)[kRows], float (&lse)[kRows]) {
     SA_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      float sum = l[r];
-      sum += arch::shfl_xor(arch::kFullMask, sum, 1);
-      sum += arch::shfl_xor(arch::kFullMask, sum, 2);
-      const bool empty = !(sum > 0.f);
-      inv_l[r] = empty ? 0.f : 1.f / sum;
-      lse[r] = empty ? kNegInf : (m[r] * kLn2 + logf(sum));
+      l[r] += arch::shfl_xor(arch::kFullMask, l[r], 1);
+      l[r] += arch::shfl_xor(arch::kFullMask, l[r], 2);
     }
+    normalizers(inv_l, lse);
   }
 };
+
+// The forward kernel's per-lane state: rows g and g + 8 of the warp's m16 tile.
+using SoftmaxState = SoftmaxRows<2>;
 
 }  // namespace sa

@@ -13,17 +13,23 @@
 extern "C" {
 #endif
 
-/* Tile configuration of the forward kernels, shared by kernel_traits.cuh and the Rust planner:
- * a block of SA_FWD_THREADS threads (4 warps, 16 query rows each) owns SA_FWD_BLOCK_M query
- * rows of one head and streams kv tiles of SA_FWD_BLOCK_N keys. */
+/* Launch constants shared by the kernels and the Rust planner (the one definition of each).
+ * Forward: a block of SA_FWD_THREADS threads (4 warps, 16 query rows each) owns SA_FWD_BLOCK_M
+ * query rows of one head and streams kv tiles of SA_FWD_BLOCK_N keys through SA_FWD_KV_STAGES
+ * shared-memory buffers each for K and V. Its dynamic shared memory is SA_FWD_SMEM_ROWS rows
+ * of head_dim 16-bit elements: the Q tile, then the K stages, then the V stages.
+ * Combine: SA_COMBINE_THREADS threads per block, one warp per (query row, head). */
 enum {
   SA_FWD_BLOCK_M = 64,
   SA_FWD_BLOCK_N = 64,
-  SA_FWD_THREADS = 128
+  SA_FWD_THREADS = 128,
+  SA_FWD_KV_STAGES = 2,
+  SA_FWD_SMEM_ROWS = SA_FWD_BLOCK_M + 2 * SA_FWD_KV_STAGES * SA_FWD_BLOCK_N,
+  SA_COMBINE_THREADS = 128
 };
 
-/* The token predicate of one row set, evaluated on partial tiles only (src/pattern/mask.rs is
- * the Rust twin and documents each kind): a key j is allowed for query position p iff
+/* The token predicate of one row set, evaluated on partial tiles only (mask.cuh; the kinds'
+ * meaning is documented on src/pattern/mask.rs's MaskKind, which takes its values from here): a key j is allowed for query position p iff
  * 0 <= j < kv_len, (not causal or j <= p), and some component admits it. */
 typedef enum {
   SA_MASK_DENSE = 0,

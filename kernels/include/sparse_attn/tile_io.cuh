@@ -34,15 +34,4 @@ SA_DEVICE void load_tile_async(char* smem_tile, const RowSrc& row_src, int tid) 
   }
 }
 
-// Rows [0, rows_valid) of a strided tensor (row pitch `row_stride` elements).
-template <typename T>
-struct StridedRows {
-  const T* base;
-  int64_t row_stride;
-  int rows_valid;
-  SA_DEVICE const T* operator()(int r) const {
-    return r < rows_valid ? base + r * row_stride : nullptr;
-  }
-};
-
 }  // namespace sa
