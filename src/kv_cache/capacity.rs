@@ -1,10 +1,77 @@
-//! How many pages a layer keeps per sequence, derived from the layer's attention pattern.
+//! What a layer must keep of each sequence, derived from its attention pattern: in tokens
+//! ([`Retention`], the one answer) and in pages ([`LayerCapacity`], the cache's layout of it).
 
 use super::layout::PageSize;
 use crate::error::{Error, Result};
 use crate::pattern::{Component, HeadPatterns, LayerPlan, Pattern};
 
-/// What a layer keeps of each sequence.
+/// Which past keys a layer must keep so that every later query still finds the keys its
+/// pattern allows: the one answer to "what must a layer keep", from which the cache's page
+/// layout ([`LayerCapacity`]) and the CLI's `plan` figures are both derived.
+///
+/// A layer is [`Retention::SinksWindow`] only when **every** head's pattern is causal and made
+/// of nothing but [`Sinks`](crate::pattern::Sinks) and
+/// [`SlidingWindow`](crate::pattern::SlidingWindow) components (a window's `right` does not
+/// matter: causality already excludes `j > p`). A pattern with no components (dense), a
+/// non-causal one, or one with any other component keeps everything: dense and dilated
+/// patterns recur over all positions, BigBird may draw any earlier block, block masks may
+/// name any column in later rows, and a global query attends every earlier key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Retention {
+    /// Every key is kept.
+    All,
+    /// Keys `0 .. sinks` are kept for good; of the rest, only keys at most `left` positions
+    /// before the newest query (`j >= p - left`).
+    SinksWindow {
+        /// The largest sink count over the heads.
+        sinks: usize,
+        /// The largest window `left` over the heads (0 when no head has a window).
+        left: usize,
+    },
+}
+
+impl Retention {
+    /// The retention of a layer whose heads use `set`. Errors: an empty per-head list
+    /// (`Error::Pattern`).
+    pub fn of(set: &HeadPatterns) -> Result<Self> {
+        let patterns: &[Pattern] = match set {
+            HeadPatterns::All(p) => std::slice::from_ref(p),
+            HeadPatterns::PerHead(v) => v,
+        };
+        if patterns.is_empty() {
+            return Err(Error::Pattern("head pattern set has no patterns".into()));
+        }
+        let (mut sinks, mut left) = (0usize, 0usize);
+        for p in patterns {
+            if !p.causal || p.components.is_empty() {
+                return Ok(Retention::All);
+            }
+            for c in &p.components {
+                match c {
+                    Component::Sinks(s) => sinks = sinks.max(s.count() as usize),
+                    Component::SlidingWindow(w) => left = left.max(w.left() as usize),
+                    _ => return Ok(Retention::All),
+                }
+            }
+        }
+        Ok(Retention::SinksWindow { sinks, left })
+    }
+
+    /// Keys of a sequence of `n` tokens that must be resident for its last query
+    /// (`p = n - 1`) and every later one: `n` for [`Retention::All`], else the sinks plus the
+    /// window's `left + 1` most recent keys, counted once where they overlap.
+    pub fn kept_tokens(&self, n: usize) -> usize {
+        match *self {
+            Retention::All => n,
+            Retention::SinksWindow { sinks, left } => {
+                let recent_start = n.saturating_sub(left.saturating_add(1));
+                sinks.min(n) + (n - recent_start.max(sinks.min(n)))
+            }
+        }
+    }
+}
+
+/// What a layer keeps of each sequence, in pages: the layout of its [`Retention`].
 ///
 /// A windowed layer's block-table row has `sink_pages + ring_pages` slots: logical page `L`
 /// lives in slot [`slot_of_logical_page`](super::slot_of_logical_page)`(L, sink_pages,
@@ -26,20 +93,15 @@ pub enum LayerCapacity {
 
 impl LayerCapacity {
     /// The capacity a layer with head patterns `set` needs when at most `max_chunk` query
-    /// tokens are appended and attended in one step (1 for decode).
+    /// tokens are appended and attended in one step (1 for decode): [`LayerCapacity::Full`]
+    /// for [`Retention::All`], else a ring.
     ///
-    /// The layer gets a ring only when **every** head's pattern is causal and made of nothing
-    /// but [`Sinks`](crate::pattern::Sinks) and [`SlidingWindow`](crate::pattern::SlidingWindow)
-    /// components (a window's `right` does not matter: causality already excludes `j > p`);
-    /// a pattern with no components (dense), a non-causal one, or one with any other
-    /// component (dense, global tokens, dilated, block masks, BigBird) keeps every page.
-    ///
-    /// With `S` the largest sink count and `L` the largest window `left` over the heads
-    /// (`L = 0` when no head has a window: the chunk being written still needs pages), the
-    /// ring holds `ceil((L + max_chunk - 1) / page_size) + 1` pages and the sinks
-    /// `ceil(S / page_size)`. Why: a step appends positions `len .. len + c` (`c <= max_chunk`)
-    /// and its queries read keys down to `len - L`, so `L + c` consecutive positions must be
-    /// resident together; `n` consecutive positions starting anywhere in a page touch at most
+    /// With `S` the sinks and `L` the window `left` of the layer's [`Retention`] (`L = 0`
+    /// when no head has a window: the chunk being written still needs pages), the ring holds
+    /// `ceil((L + max_chunk - 1) / page_size) + 1` pages and the sinks `ceil(S / page_size)`.
+    /// Why: a step appends positions `len .. len + c` (`c <= max_chunk`) and its queries read
+    /// keys down to `len - L`, so `L + c` consecutive positions must be resident together; `n`
+    /// consecutive positions starting anywhere in a page touch at most
     /// `ceil((n - 1) / page_size) + 1` pages (the worst case starts on a page's last slot), and
     /// the ring holds the last `ring_pages` logical pages. Earlier keys are never allowed
     /// (sinks aside, which have their own pages), so nothing the pattern allows is evicted.
@@ -53,30 +115,13 @@ impl LayerCapacity {
         if max_chunk == 0 {
             return Err(Error::Cache("max_chunk must be at least 1".into()));
         }
-        let patterns: &[Pattern] = match set {
-            HeadPatterns::All(p) => std::slice::from_ref(p),
-            HeadPatterns::PerHead(v) => v,
-        };
-        if patterns.is_empty() {
-            return Err(Error::Pattern("head pattern set has no patterns".into()));
-        }
-        let (mut sinks, mut left) = (0usize, 0usize);
-        for p in patterns {
-            if !p.causal || p.components.is_empty() {
-                return Ok(LayerCapacity::Full);
-            }
-            for c in &p.components {
-                match c {
-                    Component::Sinks(s) => sinks = sinks.max(s.count() as usize),
-                    Component::SlidingWindow(w) => left = left.max(w.left() as usize),
-                    _ => return Ok(LayerCapacity::Full),
-                }
-            }
-        }
         let ps = page_size.get();
-        Ok(LayerCapacity::Windowed {
-            sink_pages: sinks.div_ceil(ps),
-            ring_pages: (left + max_chunk - 1).div_ceil(ps) + 1,
+        Ok(match Retention::of(set)? {
+            Retention::All => LayerCapacity::Full,
+            Retention::SinksWindow { sinks, left } => LayerCapacity::Windowed {
+                sink_pages: sinks.div_ceil(ps),
+                ring_pages: (left + max_chunk - 1).div_ceil(ps) + 1,
+            },
         })
     }
 
@@ -254,6 +299,57 @@ mod tests {
             }
         );
         assert!(ring_keeps_everything(&pat, ps(8), 2, 0, 3, 80));
+    }
+
+    /// Every key below `n` that a query at `n - 1` or later may attend (over a sequence
+    /// that keeps growing) is kept by the retention, and `kept_tokens` counts those keys.
+    #[test]
+    fn retention_keeps_what_later_queries_attend() {
+        let patterns = [
+            Pattern::causal(),
+            Pattern::causal_window(5).unwrap(),
+            Pattern::streaming(3, 4).unwrap(),
+            Pattern::new(true, vec![Component::sinks(2).unwrap()]),
+            Pattern::new(true, vec![Component::window(2, 3).unwrap()]),
+            Pattern::new(
+                true,
+                vec![
+                    Component::window_size(4).unwrap(),
+                    Component::global(vec![0, 9]).unwrap(),
+                ],
+            ),
+            Pattern::new(true, vec![Component::dilated(3).unwrap()]),
+        ];
+        for pat in &patterns {
+            let r = Retention::of(&pat.clone().into()).unwrap();
+            for n in [1usize, 4, 7, 13, 30] {
+                let kept = |j: i64| match r {
+                    Retention::All => true,
+                    Retention::SinksWindow { sinks, left } => {
+                        (j as usize) < sinks || j >= n as i64 - 1 - left as i64
+                    }
+                };
+                for p in n as i64 - 1..n as i64 + 40 {
+                    for j in 0..n as i64 {
+                        if pat.allowed(0, p, j, p as usize + 1) {
+                            assert!(kept(j), "{pat:?}: key {j} needed by {p}, n {n}, {r:?}");
+                        }
+                    }
+                }
+                let count = (0..n as i64).filter(|&j| kept(j)).count();
+                assert_eq!(r.kept_tokens(n), count, "{pat:?} n {n}");
+            }
+        }
+        let streaming = Retention::of(&Pattern::streaming(4, 1024).unwrap().into()).unwrap();
+        assert_eq!(
+            streaming,
+            Retention::SinksWindow {
+                sinks: 4,
+                left: 1023
+            }
+        );
+        assert_eq!(streaming.kept_tokens(32768), 4 + 1024);
+        assert_eq!(streaming.kept_tokens(100), 100);
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod table;
 
 pub use append::DeviceKvStorage;
 pub use cache::{KvCache, KvCacheConfig, Placement, PoolSize, SeqId, TokenSlot};
-pub use capacity::LayerCapacity;
+pub use capacity::{LayerCapacity, Retention};
 pub use decode::{check_causal, decode_cuda, decode_emulated, DecodeConfig, DecodeOutput};
 pub use host::{HostKvStorage, HostPages};
 pub use layout::{resident, slot_of_logical_page, PageLayout, PageSize};

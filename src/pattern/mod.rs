@@ -61,6 +61,7 @@ pub mod plans;
 mod render;
 pub mod rng;
 mod set;
+pub mod spans;
 pub mod view;
 
 #[cfg(test)]

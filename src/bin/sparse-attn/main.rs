@@ -21,7 +21,6 @@ mod io;
 mod model;
 mod pattern;
 mod plan;
-mod spans;
 mod viz;
 
 use std::path::{Path, PathBuf};

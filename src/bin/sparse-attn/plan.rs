@@ -6,8 +6,9 @@ use sparse_attn::pattern::{HeadPatterns, Pattern};
 
 use crate::model::Model;
 use crate::pattern::{message, set_text};
-use crate::spans::{kv_reach, span_len, RowSpans, Span};
 use crate::CliError;
+use sparse_attn::kv_cache::Retention;
+use sparse_attn::pattern::spans::{span_len, RowSpans};
 
 /// Work and memory of one layer at prefill length `n` (`q_len = kv_len = n`).
 #[derive(Clone, Debug, Serialize)]
@@ -25,7 +26,7 @@ pub struct LayerStats {
     /// `4 * allowed_pairs * head_dim`.
     pub flops: u128,
     pub dense_flops: u128,
-    /// Keys each kv head must keep (see [`kv_reach`]).
+    /// Keys each kv head must keep ([`Retention::kept_tokens`] of the layer).
     pub kv_tokens_per_kv_head: Vec<u64>,
     pub kv_bytes: u128,
     pub dense_kv_bytes: u128,
@@ -119,7 +120,6 @@ fn layer_stats(
     cache: &mut Cache,
 ) -> LayerStats {
     let (h, hk, d) = (m.num_heads, m.num_kv_heads, m.head_dim as u128);
-    let group = h / hk;
     let pattern = |head: usize| set.pattern(head).expect("validated against num_heads");
     let mut allowed = 0u128;
     let mut dense = 0u128;
@@ -128,29 +128,9 @@ fn layer_stats(
         allowed += cache.allowed(p, head, n);
         dense += dense_pairs(p.causal, n, n);
     }
-    let kv_tokens: Vec<u64> = (0..hk)
-        .map(|g| {
-            let mut spans: Vec<Span> = (g * group..(g + 1) * group)
-                .flat_map(|head| kv_reach(pattern(head), n))
-                .collect();
-            spans.sort_unstable();
-            // Union of the group's spans.
-            let mut total = 0u64;
-            let mut cur: Option<Span> = None;
-            for s in spans {
-                match &mut cur {
-                    Some(c) if s.0 <= c.1 => c.1 = c.1.max(s.1),
-                    _ => {
-                        if let Some(c) = cur {
-                            total += (c.1 - c.0) as u64;
-                        }
-                        cur = Some(s);
-                    }
-                }
-            }
-            total + cur.map_or(0, |c| (c.1 - c.0) as u64)
-        })
-        .collect();
+    // The layer's set was validated against num_heads, so it is never empty.
+    let kept = Retention::of(set).map_or(n, |r| r.kept_tokens(n)) as u64;
+    let kv_tokens = vec![kept; hk];
     let per_token = 2 * d * bytes as u128;
     LayerStats {
         layer,

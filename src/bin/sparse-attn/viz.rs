@@ -23,8 +23,8 @@ use sparse_attn::pattern::{BlockSparseMeta, HeadPatterns, SparseShape};
 use crate::io::Staged;
 use crate::model::{self, Model};
 use crate::pattern::{message, read_head_patterns, set_text};
-use crate::spans::RowSpans;
 use crate::{input_err, CliError, HeadSel, LevelArg, VizArgs};
+use sparse_attn::pattern::spans::RowSpans;
 
 /// Palette indices.
 pub const WHITE: u8 = 0;

@@ -1,18 +1,19 @@
-//! The contract's token predicate (PATTERNS.md) as key intervals, one query row at a time.
+//! The contract's token predicate (docs/patterns.md) as key intervals, one query row at a time.
 //!
-//! `plan` and `viz` work at model sequence lengths (32k to 1M tokens), where asking
-//! `Pattern::allowed` for every (query, key) pair is 10^9 to 10^12 calls. Every component but
-//! `dilated` allows a handful of key intervals per query row, so a row costs a few interval
-//! operations instead of `kv_len` predicate calls. The unit tests below check these spans
-//! against `Pattern::allowed`, token by token, for every component kind.
+//! At model sequence lengths (32k to 1M tokens) asking [`Pattern::allowed`] for every
+//! (query, key) pair is 10^9 to 10^12 calls. Every component but `dilated` allows a handful of
+//! key intervals per query row, so a row costs a few interval operations instead of `kv_len`
+//! predicate calls: this is how the CLI's `plan` counts work and `viz` draws model-sized
+//! pictures, and how an engine can do the same. The unit tests check these spans against
+//! [`Pattern::allowed`], token by token, for every component kind.
 
-use sparse_attn::pattern::{Component, Pattern};
+use super::{Component, Pattern};
 
 /// A half-open key interval `[start, end)`.
 pub type Span = (i64, i64);
 
 /// Sorts `spans`, clips them to `[0, end)`, and merges overlapping or touching ones.
-fn normalize(spans: &mut Vec<Span>, end: i64) {
+pub fn normalize(spans: &mut Vec<Span>, end: i64) {
     for s in spans.iter_mut() {
         *s = (s.0.max(0), s.1.min(end));
     }
@@ -67,6 +68,7 @@ pub struct RowSpans<'a> {
 }
 
 impl<'a> RowSpans<'a> {
+    /// The rows of `head` under `pattern` over a sequence of `kv_len` keys.
     pub fn new(pattern: &'a Pattern, head: usize, kv_len: usize) -> Self {
         RowSpans {
             pattern,
@@ -167,63 +169,10 @@ impl<'a> RowSpans<'a> {
     }
 }
 
-/// The keys among the first `n` that the query at position `n - 1` or any later query may
-/// still attend: what a KV cache at sequence length `n` must keep for this head. A window keeps
-/// its last `left + 1` keys, sinks their first `count`, global tokens themselves, a block mask
-/// the columns of its remaining rows; dense, dilated (every residue recurs) and BigBird with
-/// random blocks (any earlier block may be drawn) keep everything.
-pub fn kv_reach(pattern: &Pattern, n: usize) -> Vec<Span> {
-    let n = n as i64;
-    let last = n - 1;
-    let mut spans = Vec::new();
-    if n == 0 {
-        return spans;
-    }
-    if pattern.components.is_empty() {
-        return vec![(0, n)];
-    }
-    for c in &pattern.components {
-        match c {
-            Component::Dense(_) | Component::Dilated(_) => spans.push((0, n)),
-            Component::SlidingWindow(w) => spans.push((last.saturating_sub(w.left()), n)),
-            Component::Sinks(s) => spans.push((0, s.count())),
-            Component::Global(g) => {
-                if g.contains(last) {
-                    spans.push((0, n));
-                } else {
-                    spans.extend(g.tokens().iter().map(|&t| (t, t + 1)));
-                }
-            }
-            Component::BlockMask(m) => {
-                let first = last.div_euclid(m.block_q()).max(0);
-                for r in first..m.rows() as i64 {
-                    if let Some(row) = m.row(r) {
-                        mask_row_spans(row, m.block_k(), &mut spans);
-                    }
-                }
-            }
-            Component::BigBird(b) => {
-                let qb = last.div_euclid(b.block());
-                if b.random_blocks() > 0 || qb < b.global_blocks() {
-                    spans.push((0, n));
-                } else {
-                    spans.push((0, b.global_blocks().saturating_mul(b.block())));
-                    spans.push((
-                        qb.saturating_sub(b.window_half()).saturating_mul(b.block()),
-                        n,
-                    ));
-                }
-            }
-        }
-    }
-    normalize(&mut spans, n);
-    spans
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sparse_attn::pattern::{BigBird, BlockMask};
+    use crate::pattern::{BigBird, BlockMask};
 
     fn patterns() -> Vec<Pattern> {
         let mut comps: Vec<Vec<Component>> = vec![
@@ -297,40 +246,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn kv_reach_covers_every_later_query() {
-        for pattern in patterns() {
-            for n in [1usize, 6, 13, 24] {
-                if pattern.check_shape(n).is_err() {
-                    continue;
-                }
-                let reach = kv_reach(&pattern, n);
-                // Queries at positions n-1 .. n+40 over a sequence that keeps growing: every
-                // key below n any of them may attend must be kept.
-                for p in n as i64 - 1..n as i64 + 40 {
-                    for j in 0..n as i64 {
-                        if pattern.allowed(0, p, j, p as usize + 1) {
-                            assert!(
-                                reach.iter().any(|s| s.0 <= j && j < s.1),
-                                "{}: key {j} needed by query {p} but not kept (n {n}): {reach:?}",
-                                pattern.to_json()
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn kv_reach_of_windows_and_sinks_is_exact() {
-        let streaming = Pattern::streaming(4, 1024).unwrap();
-        assert_eq!(kv_reach(&streaming, 32768), vec![(0, 4), (31744, 32768)]);
-        assert_eq!(kv_reach(&streaming, 100), vec![(0, 100)]);
-        assert_eq!(kv_reach(&Pattern::causal(), 77), vec![(0, 77)]);
-        let w = Pattern::causal_window(4096).unwrap();
-        assert_eq!(span_len(&kv_reach(&w, 32768)), 4096);
     }
 }
