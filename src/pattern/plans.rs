@@ -9,10 +9,112 @@
 //! | Qwen2 (`use_sliding_window`) | dense below `max_window_layers`, windowed above |
 //! | MiniMax-01, Jamba-style hybrids | [`LayerPlan::periodic`]: a dense layer every `period` layers |
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::set::{HeadPatterns, LayerPlan, Pattern};
 use crate::error::{Error, Result};
+use crate::shape::DType;
+
+/// A config error: `Error::Pattern("config.json: ...")`.
+fn config_error(m: impl std::fmt::Display) -> Error {
+    Error::Pattern(format!("config.json: {m}"))
+}
+
+/// The object holding a config's language-model fields: the root, or a nested `text_config`
+/// when the root has no `num_hidden_layers` (multimodal configs such as Gemma 3 4B and up).
+fn text_config(root: &Map<String, Value>) -> &Map<String, Value> {
+    match root.get("text_config") {
+        Some(Value::Object(t)) if !root.contains_key("num_hidden_layers") => t,
+        _ => root,
+    }
+}
+
+/// A non-negative integer field of `cfg`; `None` when absent or null.
+fn uint_field(cfg: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            config_error(format!(
+                "\"{key}\" must be a non-negative integer (got {v})"
+            ))
+        }),
+    }
+}
+
+fn usize_field(cfg: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
+    uint_field(cfg, key)?
+        .map(|v| usize::try_from(v).map_err(|_| config_error(format!("\"{key}\" is too large"))))
+        .transpose()
+}
+
+/// What a Hugging Face `config.json` says about attention: the layer plan and the attention
+/// shapes, as an engine (or the CLI's `plan` and `viz`) needs them. Fields are read from the
+/// language model's object (the root, or `text_config`, see [`LayerPlan::from_hf_config`]);
+/// absent fields are `None` so the caller decides the defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfAttentionConfig {
+    /// `model_type` (of the language model, else of the root).
+    pub model_type: Option<String>,
+    /// The plan [`LayerPlan::from_hf_config`] reads.
+    pub plan: LayerPlan,
+    /// `num_attention_heads`.
+    pub num_attention_heads: Option<usize>,
+    /// `num_key_value_heads` (Hugging Face's default when absent: as many as query heads).
+    pub num_key_value_heads: Option<usize>,
+    /// `head_dim`.
+    pub head_dim: Option<usize>,
+    /// `hidden_size`.
+    pub hidden_size: Option<usize>,
+    /// `torch_dtype` (or `dtype`; of the language model, else of the root): `float16` and
+    /// `bfloat16` are the element types the kernels run; any other value is `None`.
+    pub dtype: Option<DType>,
+}
+
+impl HfAttentionConfig {
+    /// Reads a parsed `config.json`. Errors (`Error::Pattern`, prefixed `config.json:`): those
+    /// of [`LayerPlan::from_hf_config`], and a shape field that is not a non-negative integer.
+    pub fn from_json(config: &Value) -> Result<Self> {
+        let plan = LayerPlan::from_hf_config(config)?;
+        let root = config
+            .as_object()
+            .ok_or_else(|| config_error("not a JSON object"))?;
+        let cfg = text_config(root);
+        let text = |key: &str| {
+            cfg.get(key)
+                .or_else(|| root.get(key))
+                .and_then(Value::as_str)
+        };
+        let dtype = match cfg
+            .get("torch_dtype")
+            .or_else(|| cfg.get("dtype"))
+            .or_else(|| root.get("torch_dtype"))
+            .and_then(Value::as_str)
+        {
+            Some("float16") => Some(DType::F16),
+            Some("bfloat16") => Some(DType::BF16),
+            _ => None,
+        };
+        Ok(HfAttentionConfig {
+            model_type: text("model_type").map(str::to_string),
+            plan,
+            num_attention_heads: usize_field(cfg, "num_attention_heads")?,
+            num_key_value_heads: usize_field(cfg, "num_key_value_heads")?,
+            head_dim: usize_field(cfg, "head_dim")?,
+            hidden_size: usize_field(cfg, "hidden_size")?,
+            dtype,
+        })
+    }
+
+    /// The head dimension for `num_heads` query heads: `head_dim`, else `hidden_size /
+    /// num_heads` when it divides evenly (`None` when neither gives one).
+    pub fn head_dim_for(&self, num_heads: usize) -> Option<usize> {
+        self.head_dim.or_else(|| {
+            self.hidden_size
+                .filter(|&h| num_heads > 0 && h > 0 && h % num_heads == 0)
+                .map(|h| h / num_heads)
+        })
+    }
+}
 
 fn need_layers(num_layers: usize) -> Result<()> {
     if num_layers == 0 {
@@ -91,24 +193,12 @@ impl LayerPlan {
     /// `num_hidden_layers` is required. Multimodal configs that nest the language model under
     /// `text_config` (Gemma 3 4B and up) are read from there.
     pub fn from_hf_config(config: &Value) -> Result<Self> {
-        let bad = |m: String| Error::Pattern(format!("config.json: {m}"));
+        let bad = |m: String| config_error(m);
         let root = config
             .as_object()
             .ok_or_else(|| bad("not a JSON object".into()))?;
-        let cfg = match root.get("text_config") {
-            Some(Value::Object(t)) if !root.contains_key("num_hidden_layers") => t,
-            _ => root,
-        };
-        let uint = |key: &str| -> Result<Option<u64>> {
-            match cfg.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                    bad(format!(
-                        "\"{key}\" must be a non-negative integer (got {v})"
-                    ))
-                }),
-            }
-        };
+        let cfg = text_config(root);
+        let uint = |key: &str| uint_field(cfg, key);
         let num_layers = uint("num_hidden_layers")?
             .ok_or_else(|| bad("missing \"num_hidden_layers\"".into()))?
             as usize;
@@ -260,6 +350,39 @@ mod tests {
         assert_eq!(window_of(&plan, 0), (1023, 0));
         let nested = json!({"model_type": "gemma3", "text_config": cfg});
         assert_eq!(LayerPlan::from_hf_config(&nested).unwrap(), plan);
+    }
+
+    #[test]
+    fn attention_config_reads_shapes_from_the_language_model() {
+        let text = json!({"model_type": "gemma3_text", "num_hidden_layers": 6,
+                          "sliding_window": 1024, "sliding_window_pattern": 6,
+                          "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                          "hidden_size": 2560, "torch_dtype": "bfloat16"});
+        let nested = json!({"model_type": "gemma3", "text_config": text, "torch_dtype": "float16"});
+        let c = HfAttentionConfig::from_json(&nested).unwrap();
+        assert_eq!(c.model_type.as_deref(), Some("gemma3_text"));
+        assert_eq!(c.plan, LayerPlan::from_hf_config(&nested).unwrap());
+        assert_eq!(
+            (c.num_attention_heads, c.num_key_value_heads),
+            (Some(8), Some(4))
+        );
+        assert_eq!((c.head_dim_for(8), c.dtype), (Some(256), Some(DType::BF16)));
+
+        // No head_dim: hidden_size / heads when it divides; the root's dtype as a fallback.
+        let llama = json!({"num_hidden_layers": 2, "num_attention_heads": 32,
+                           "hidden_size": 4096, "dtype": "float16"});
+        let c = HfAttentionConfig::from_json(&llama).unwrap();
+        assert_eq!((c.head_dim_for(32), c.head_dim_for(24)), (Some(128), None));
+        assert_eq!((c.num_key_value_heads, c.dtype), (None, Some(DType::F16)));
+        let f32_cfg = json!({"num_hidden_layers": 1, "torch_dtype": "float32"});
+        assert_eq!(HfAttentionConfig::from_json(&f32_cfg).unwrap().dtype, None);
+
+        let bad = json!({"num_hidden_layers": 1, "num_attention_heads": "eight"});
+        let e = HfAttentionConfig::from_json(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("\"num_attention_heads\" must be a non-negative integer"),
+            "{e}"
+        );
     }
 
     #[test]
