@@ -12,7 +12,7 @@
 //! - [`attention`]: validated plans ([`AttnPlan`]) and the safe forward API.
 //! - [`mod@reference`]: the f64 CPU oracle used by the tests.
 //!
-//! Beside them: [`pattern`] (the pattern language of PATTERNS.md and its compiler to
+//! Beside them: [`pattern`] (the pattern language of docs/patterns.md and its compiler to
 //! block-sparse metadata: where the sparsity is) and [`kv_cache`] (the paged cache, its rings
 //! for windowed layers, the append kernel and the decode driver: where the memory is).
 

@@ -20,7 +20,7 @@ pub struct RefOutput {
     pub lse: Vec<f64>,
 }
 
-/// Bottom-right aligned absolute position of query row `i` (PATTERNS.md "Positions").
+/// Bottom-right aligned absolute position of query row `i` (docs/patterns.md "Positions").
 pub fn query_position(i: usize, q_len: usize, kv_len: usize) -> i64 {
     i as i64 + kv_len as i64 - q_len as i64
 }

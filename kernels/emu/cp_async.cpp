@@ -1,5 +1,5 @@
 // cp.async (issue, commit_group, wait_group) and the shadow state of shared memory behind the
-// checked reads. See internal.h for the design and EMULATOR.md §3 for the semantics.
+// checked reads. See internal.h for the design and docs/emulator.md §3 for the semantics.
 #include <string.h>
 
 #include "internal.h"

@@ -1,5 +1,5 @@
 // Warp collectives: the rendezvous, shuffles, __syncwarp, mma and ldmatrix. See internal.h for
-// the emulator's design and EMULATOR.md §1, §2 and §4 for the semantics reproduced here.
+// the emulator's design and docs/emulator.md §1, §2 and §4 for the semantics reproduced here.
 #include <string.h>
 
 #include <algorithm>
@@ -98,7 +98,7 @@ uint16_t half_of(uint32_t reg, unsigned i) {
 }
 
 // Gathers A (16 x K), B (K x 8) and C (16 x 8) from the 32 lanes' fragments, with the exact
-// per-lane layouts of PTX mma.m16n8k16 / m16n8k8 (EMULATOR.md §1).
+// per-lane layouts of PTX mma.m16n8k16 / m16n8k8 (docs/emulator.md §1).
 template <bool kBf16, int K>
 void gather_mma(Worker* w, unsigned warp, float (&A)[16][16], float (&B)[16][8],
                 float (&C)[16][8]) {
@@ -160,7 +160,7 @@ void compute_mma(Worker* w, unsigned warp, const Collective& c) {
   }
 }
 
-// ldmatrix.m8n8.xN{.trans}.b16 (EMULATOR.md §2): lanes 8m..8m+7 supply the rows of matrix m;
+// ldmatrix.m8n8.xN{.trans}.b16 (docs/emulator.md §2): lanes 8m..8m+7 supply the rows of matrix m;
 // the other lanes' addresses are never looked at.
 void compute_ldmatrix(Fiber* self, unsigned warp, const Collective& c) {
   Worker* w = self->worker;

@@ -1,5 +1,5 @@
 // Emulator self-test: f32 -> f16 / bf16 round-to-nearest-even, pair packing and widening
-// (numeric.cuh; EMULATOR.md §1 "Packing"). Thread i converts element i.
+// (numeric.cuh; docs/emulator.md §1 "Packing"). Thread i converts element i.
 #include "sparse_attn/arch.cuh"
 
 struct SaSelftestConvertParams {

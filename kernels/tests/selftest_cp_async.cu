@@ -1,4 +1,4 @@
-// Emulator self-test: cp.async, commit_group, wait_group (EMULATOR.md §3 and §6).
+// Emulator self-test: cp.async, commit_group, wait_group (docs/emulator.md §3 and §6).
 //
 // Thread 0 does the copies unless a mode says otherwise; `out` receives shared memory as seen
 // at chosen points. Some modes deliberately snapshot bytes that are still in flight with

@@ -1,4 +1,4 @@
-// Emulator self-test: ldmatrix x1/x2/x4, with and without .trans (EMULATOR.md §2 and §6).
+// Emulator self-test: ldmatrix x1/x2/x4, with and without .trans (docs/emulator.md §2 and §6).
 //
 // One warp stores the 16x16 tile S[r][c] = 64r + c (16-bit, row-major, 32-byte rows) in
 // shared memory, then every lane passes a row address and the registers are written to

@@ -1,5 +1,5 @@
 // Emulator self-test: global and shared memory bounds, shared-memory poison, faults
-// (EMULATOR.md §3 "adversarial memory"). Modes >= 2 are accesses the emulator must report
+// (docs/emulator.md §3 and §7). Modes >= 2 are accesses the emulator must report
 // with kernel, block, thread and the buffer involved.
 #include "sparse_attn/arch.cuh"
 

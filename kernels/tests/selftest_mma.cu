@@ -1,4 +1,4 @@
-// Emulator self-test: mma.sync fragment layouts and numerics (EMULATOR.md §1 and §6).
+// Emulator self-test: mma.sync fragment layouts and numerics (docs/emulator.md §1 and §6).
 //
 // One warp builds its A/B/C fragments from row-major tiles with the PTX layout formulas,
 // runs one mma and writes both the raw per-lane registers (so tests can compare individual

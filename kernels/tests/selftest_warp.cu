@@ -1,5 +1,5 @@
 // Emulator self-test: shuffles, __syncwarp, __syncthreads and the thread/block indices
-// (EMULATOR.md §4 and §6). Each `mode` is one scenario; v[L] = 100 + L is the value a lane
+// (docs/emulator.md §4 and §6). Each `mode` is one scenario; v[L] = 100 + L is the value a lane
 // contributes. Modes >= 20 are misuse the emulator must report.
 #include "sparse_attn/arch.cuh"
 

@@ -104,7 +104,7 @@ impl AttnPlan {
         Self::with_patterns(problem, &HeadPatterns::All(Pattern::dense()), opts)
     }
 
-    /// A plan for any pattern set of PATTERNS.md (one pattern for all heads or one per
+    /// A plan for any pattern set of docs/patterns.md (one pattern for all heads or one per
     /// head). `opts.causal = true` intersects every head's pattern with causal. The
     /// block-sparse metadata is compiled here, once, for every sequence of the batch.
     pub fn with_patterns(

@@ -37,15 +37,9 @@
 //!
 //! # Rules for host-runnable kernels
 //!
-//! These are listed in `kernels/include/sparse_attn/arch/platform.cuh`:
-//! 1. shared memory only through `sa::dynamic_smem()` (no static `__shared__` arrays);
-//! 2. warp-level cooperation (shuffles, mma, ldmatrix, `__syncwarp`) only through `sa::arch`;
-//! 3. no inline PTX outside `kernels/include/sparse_attn/arch/`;
-//! 4. no reliance on implicit warp lock-step: every exchange between threads is a `sa::arch`
-//!    collective or separated by `__syncthreads()`;
-//! 5. reads of cp.async-filled shared memory go through `ldmatrix` or `sa::arch::lds`, so the
-//!    emulator can check them against the wait and the barrier;
-//! 6. each entry point is declared with `SA_KERNEL` and takes exactly one params struct.
+//! The rules a kernel follows so that this emulator can run and check it are listed once, in
+//! `kernels/README.md` ("Rules for kernel authors"); the semantics the emulator reproduces
+//! are in `docs/emulator.md`.
 //!
 //! Global memory a kernel touches should come from [`GuardedBuffer`]: only those buffers are
 //! bounds-checked, and a cp.async source must lie inside one.

@@ -3,7 +3,7 @@
 //! table on the emulator ([`AttnPlan::run_emulated_paged`]).
 //!
 //! The result is, row for row, what one forward pass over all `T` tokens gives with the same
-//! causal pattern (PATTERNS.md, "Positions": a step's queries are the last `q_len` tokens).
+//! causal pattern (docs/patterns.md, "Positions": a step's queries are the last `q_len` tokens).
 
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 

@@ -1,4 +1,4 @@
-//! The components of the pattern language (PATTERNS.md, "Components"), their JSON form and
+//! The components of the pattern language (docs/patterns.md, "Components"), their JSON form and
 //! their token predicates.
 //!
 //! Every component type has private fields and a validating constructor; deserialization goes

@@ -3,7 +3,7 @@
 //!
 //! # The contract
 //!
-//! What every pattern means, token by token, is fixed by `PATTERNS.md` (the project's
+//! What every pattern means, token by token, is fixed by `docs/patterns.md` (the project's
 //! semantic contract, shared with the kernels, the CLI, the reference and the emulator); this
 //! module implements it and its tests pin it down. In short:
 //!

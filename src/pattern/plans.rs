@@ -179,7 +179,7 @@ impl LayerPlan {
 
     /// The plan of a Hugging Face decoder from its `config.json` (parsed). All patterns are
     /// causal; Hugging Face's `sliding_window: W` is the `size` window (the W most recent
-    /// tokens including the query's own, PATTERNS.md). Read, in order of precedence:
+    /// tokens including the query's own, docs/patterns.md). Read, in order of precedence:
     ///
     /// 1. `layer_types`: `"sliding_attention"` (needs `sliding_window`) or `"full_attention"`
     ///    per layer; any other type is an error naming it.

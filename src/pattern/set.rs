@@ -1,4 +1,4 @@
-//! Patterns, head pattern sets and layer plans (PATTERNS.md, "Patterns, heads and layers").
+//! Patterns, head pattern sets and layer plans (docs/patterns.md, "Patterns, heads and layers").
 
 use serde::{Deserialize, Serialize};
 

@@ -79,7 +79,7 @@ struct SeqSlice {
   }
 };
 
-// Scales raw Q.K^T accumulators into log2 units, with optional tanh softcap (PATTERNS.md:
+// Scales raw Q.K^T accumulators into log2 units, with optional tanh softcap (docs/patterns.md:
 // s = c * tanh(s / c), applied before masking).
 template <int NT>
 SA_DEVICE void scale_scores(float (&s)[NT][4], float scale, float softcap) {

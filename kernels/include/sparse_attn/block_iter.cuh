@@ -1,6 +1,6 @@
 // Which query rows a block owns and which kv tiles it visits: the sparsity of the forward
 // kernel as an iteration policy over the compiled block-sparse metadata
-// (src/pattern/compile.rs). A block is one CSR row: its SaTileView names its query rows
+// (src/pattern/compile/). A block is one CSR row: its SaTileView names its query rows
 // (RowMap) and its keys (KeyMap); the mainloop walks `count()` tiles, tile i is `tile(i)`, and
 // `partial(i)` says whether it needs the token-exact mask (partial) or none (full). Dense,
 // causal, windowed, dilated (strided views) and global (gathered rows and keys) patterns are

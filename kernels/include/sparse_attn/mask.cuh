@@ -2,7 +2,7 @@
 //
 // The predicate is a small program compiled on the host (src/pattern/mask.rs, whose
 // `MaskTables::allowed` is the Rust twin of `TokenMask::allowed` below and is property-tested
-// against the pattern contract of PATTERNS.md).
+// against the pattern contract of docs/patterns.md).
 #pragma once
 
 #include "sparse_attn/arch.cuh"

@@ -1,5 +1,5 @@
 //! `sparse-attn decode`: prefill then token-by-token decode through a paged KV cache, exactly
-//! per PATTERNS.md ("CLI file formats"). The output equals `run`'s over all T tokens.
+//! per docs/patterns.md ("CLI file formats"). The output equals `run`'s over all T tokens.
 
 use std::path::PathBuf;
 use std::time::Instant;

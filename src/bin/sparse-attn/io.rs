@@ -1,4 +1,4 @@
-//! The CLI's safetensors files (PATTERNS.md, "CLI file formats"): reading q/k/v with every
+//! The CLI's safetensors files (docs/patterns.md, "CLI file formats"): reading q/k/v with every
 //! check a user needs a clear message for, and writing outputs atomically.
 
 use std::path::{Path, PathBuf};

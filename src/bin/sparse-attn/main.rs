@@ -1,8 +1,8 @@
 //! `sparse-attn`: the command line of the crate.
 //!
 //! - `run`: attention over q/k/v from a safetensors file with any pattern or head pattern set,
-//!   exactly per PATTERNS.md "CLI file formats" (`--mask-out` writes the applied token mask).
-//! - `decode`: prefill then token-by-token decode through a paged KV cache (emulator);
+//!   exactly per docs/patterns.md "CLI file formats" (`--mask-out` writes the applied token mask).
+//! - `decode`: prefill then token-by-token decode through a paged KV cache (GPU or emulator);
 //!   the output equals `run`'s over all tokens, and the cache's pages and bytes are printed.
 //! - `plan`: a Hugging Face model's layer plan at a sequence length: per-layer pattern,
 //!   density, attention FLOPs and KV-cache bytes against dense (table or `--json`).
@@ -49,9 +49,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attention over q, k, v from a safetensors file with a pattern file (see PATTERNS.md).
+    /// Attention over q, k, v from a safetensors file with a pattern file (see docs/patterns.md).
     Run(RunArgs),
-    /// Prefill then token-by-token decode through a paged KV cache (see PATTERNS.md).
+    /// Prefill then token-by-token decode through a paged KV cache (see docs/patterns.md).
     Decode(decode::DecodeArgs),
     /// Per-layer pattern, density, attention FLOPs and KV-cache bytes of a Hugging Face model.
     Plan(PlanArgs),

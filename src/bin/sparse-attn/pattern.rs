@@ -1,5 +1,5 @@
 //! Pattern files for the CLI: reading them with the library's parser (`sparse_attn::pattern`,
-//! the one implementation of PATTERNS.md) and the compact one-line text the commands print.
+//! the one implementation of docs/patterns.md) and the compact one-line text the commands print.
 
 use std::path::Path;
 

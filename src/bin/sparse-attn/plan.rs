@@ -16,7 +16,7 @@ pub struct LayerStats {
     pub layer: usize,
     /// The compact text of the layer's head pattern set.
     pub pattern: String,
-    /// The set itself, as PATTERNS.md JSON.
+    /// The set itself, as docs/patterns.md JSON.
     pub patterns: serde_json::Value,
     /// Allowed (query, key) pairs, summed over query heads.
     pub allowed_pairs: u128,

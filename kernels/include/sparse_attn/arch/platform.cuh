@@ -5,15 +5,8 @@
 // `threadIdx`, `blockIdx`, `blockDim`, `gridDim`, `__syncthreads`, `dim3`, the CUDA vector
 // types and empty `__device__`/`__global__` qualifiers, so a `.cu` file compiles unchanged.
 //
-// Rules a kernel follows to stay host-runnable (docs/EMULATOR rules, mirrored in README):
-//  1. Shared memory only through `sa::dynamic_smem()` (no static `__shared__` arrays).
-//  2. Warp-level cooperation (shuffles, mma, ldmatrix, __syncwarp) only through `sa::arch`.
-//  3. No inline PTX outside `kernels/include/sparse_attn/arch/`.
-//  4. No reliance on implicit warp lock-step; every exchange between threads is either a
-//     `sa::arch` collective or separated by `__syncthreads()`.
-//  5. Reads of `cp.async`-filled shared memory go through `ldmatrix` or `sa::arch::lds`, so
-//     the emulator can check they happen after the matching wait and barrier.
-//  6. Each kernel entry point is declared with `SA_KERNEL` and takes exactly one params struct.
+// The rules a kernel follows to stay host-runnable are listed once, in kernels/README.md
+// ("Rules for kernel authors").
 #pragma once
 
 #include <stdint.h>

@@ -52,7 +52,7 @@ void syncwarp(unsigned mask, Site site);
 // ---- warp collectives ------------------------------------------------------------------
 enum class ShflMode : int { Idx = 0, Up = 1, Down = 2, Bfly = 3 };
 // One 32-bit shuffle with the PTX `shfl.sync` semantics; `c` is the packed clamp/segment
-// operand exactly as PTX takes it (see EMULATOR.md §4).
+// operand exactly as PTX takes it (see docs/emulator.md §4).
 uint32_t shfl(ShflMode mode, unsigned mask, uint32_t value, int b, int c, Site site);
 
 enum class MmaType : int { F16 = 0, BF16 = 1 };
