@@ -43,6 +43,7 @@ impl Module {
 pub struct KernelDesc {
     /// Unmangled entry-point name (same on GPU and emulator).
     pub name: &'static str,
+    /// The `.cu` file (and fatbin) it lives in.
     pub module: Module,
     /// Host entry for the emulator.
     pub emu_entry: KernelFn,
@@ -51,10 +52,15 @@ pub struct KernelDesc {
 /// The launch description: what to run, with which geometry and parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct Launch<P: Copy> {
+    /// What to run.
     pub kernel: &'static KernelDesc,
+    /// Blocks per grid dimension.
     pub grid: [u32; 3],
+    /// Threads per block dimension.
     pub block: [u32; 3],
+    /// Dynamic shared memory per block, in bytes.
     pub dynamic_smem_bytes: u32,
+    /// The params struct, passed by value.
     pub params: P,
 }
 
@@ -144,8 +150,11 @@ pub const COMBINE_THREADS: u32 = ffi::SA_COMBINE_THREADS;
 /// `kernels/include/sparse_attn/params.h`, which `kernel_traits.cuh` reads too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FwdTiles {
+    /// Query rows per block.
     pub block_m: u32,
+    /// Keys per kv tile.
     pub block_n: u32,
+    /// Threads per block.
     pub threads: u32,
     /// Dynamic shared memory: `SA_FWD_SMEM_ROWS` rows of `head_dim` 16-bit elements (the Q
     /// tile and the K and V stages).

@@ -16,6 +16,8 @@
 //! block-sparse metadata: where the sparsity is) and [`kv_cache`] (the paged cache, its rings
 //! for windowed layers, the append kernel and the decode driver: where the memory is).
 
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod backend;
 pub mod emu;
@@ -30,6 +32,11 @@ pub mod shape;
 pub use attention::{AttnPlan, Element, EmuRun};
 pub use error::{Error, Result};
 pub use shape::{AttnOptions, AttnProblem, DType, HeadDim, SeqLens};
+
+/// The README's Rust example, compiled and run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// Re-exported so engines built on cudarc 0.19 (candle, mistral.rs) pass their own
 /// `CudaStream` / `CudaSlice` values straight in.

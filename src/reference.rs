@@ -5,9 +5,13 @@ use crate::shape::{AttnProblem, SeqLens};
 
 /// Inputs to the reference, widened to f32 (exactly representable from f16/bf16).
 pub struct RefInputs<'a> {
+    /// Queries.
     pub q: &'a [f32],
+    /// Keys.
     pub k: &'a [f32],
+    /// Values.
     pub v: &'a [f32],
+    /// Score scale.
     pub scale: f32,
     /// 0 = off.
     pub softcap: f32,
@@ -16,7 +20,9 @@ pub struct RefInputs<'a> {
 /// Reference output: `out` laid out like q, `lse` like the kernel's
 /// (`[batch, num_heads, q_len]`, varlen `[num_heads, total_q]`).
 pub struct RefOutput {
+    /// Output, laid out like q.
     pub out: Vec<f64>,
+    /// Row LSE (natural log).
     pub lse: Vec<f64>,
 }
 

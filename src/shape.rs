@@ -6,11 +6,14 @@ use crate::error::{Error, Result};
 /// Element type of q, k, v and out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     BF16,
 }
 
 impl DType {
+    /// `f16` or `bf16`.
     pub fn name(self) -> &'static str {
         match self {
             DType::F16 => "f16",
@@ -27,6 +30,7 @@ impl HeadDim {
     /// Head dimensions with a compiled kernel.
     pub const SUPPORTED: [u32; 2] = [64, 128];
 
+    /// The head dimension `d`, or `Error::Unsupported`.
     pub fn new(d: u32) -> Result<Self> {
         if Self::SUPPORTED.contains(&d) {
             Ok(HeadDim(d))
@@ -38,6 +42,7 @@ impl HeadDim {
         }
     }
 
+    /// The value.
     pub fn get(self) -> u32 {
         self.0
     }
@@ -48,13 +53,21 @@ impl HeadDim {
 pub enum SeqLens {
     /// Every sequence has the same lengths; tensors are `[batch, len, heads, head_dim]`.
     Uniform {
+        /// Sequences.
         batch: usize,
+        /// Query rows per sequence.
         q_len: usize,
+        /// Keys per sequence.
         kv_len: usize,
     },
     /// Sequences of different lengths packed back to back (FlashAttention's `cu_seqlens`):
     /// q is `[total_q, heads, head_dim]`, sequence `b` owns rows `cu_q[b]..cu_q[b+1]`.
-    Varlen { cu_q: Vec<i32>, cu_k: Vec<i32> },
+    Varlen {
+        /// `[batch + 1]` prefix sums of the query lengths (`cu_seqlens_q`).
+        cu_q: Vec<i32>,
+        /// `[batch + 1]` prefix sums of the key lengths (`cu_seqlens_k`).
+        cu_k: Vec<i32>,
+    },
 }
 
 impl SeqLens {
@@ -76,6 +89,7 @@ impl SeqLens {
         Ok(s)
     }
 
+    /// Sequences in the batch.
     pub fn batch(&self) -> usize {
         match self {
             SeqLens::Uniform { batch, .. } => *batch,
@@ -125,6 +139,7 @@ impl SeqLens {
         })
     }
 
+    /// Checks the lengths (non-empty batch, i32 ranges, monotone prefix sums).
     pub fn validate(&self) -> Result<()> {
         match self {
             SeqLens::Uniform {
@@ -180,6 +195,8 @@ pub struct AttnProblem {
 }
 
 impl AttnProblem {
+    /// Validates a problem: lengths, positive head counts with `num_heads % num_kv_heads == 0`, a
+    /// supported head_dim, and the grid limits.
     pub fn new(
         seqs: SeqLens,
         num_heads: usize,
@@ -242,9 +259,11 @@ impl AttnProblem {
     pub fn q_elems(&self) -> usize {
         self.seqs.totals().0 * self.num_heads * self.head_dim.get() as usize
     }
+    /// Elements of k (and of v).
     pub fn kv_elems(&self) -> usize {
         self.seqs.totals().1 * self.num_kv_heads * self.head_dim.get() as usize
     }
+    /// Elements of lse.
     pub fn lse_elems(&self) -> usize {
         self.seqs.totals().0 * self.num_heads
     }
@@ -258,13 +277,16 @@ impl AttnProblem {
 /// Options of one forward call. `scale` defaults to `1/sqrt(head_dim)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AttnOptions {
+    /// Bottom-right aligned causal masking.
     pub causal: bool,
+    /// Score scale (`None`: `1/sqrt(head_dim)`).
     pub scale: Option<f32>,
     /// Tanh soft-capping of the scores: `s = c * tanh(s / c)`; `None` or 0 disables it.
     pub softcap: Option<f32>,
 }
 
 impl AttnOptions {
+    /// Causal attention with the default scale.
     pub fn causal() -> Self {
         AttnOptions {
             causal: true,

@@ -133,7 +133,9 @@ enum KvInput<'a, T> {
 /// Emulator run options (scheduling order, cp.async mode, workers) and optional work counter.
 #[derive(Clone, Debug, Default)]
 pub struct EmuRun<'a> {
+    /// Order in which the emulator resumes threads.
     pub schedule: emu::Schedule,
+    /// Copy at issue instead of landing at the wait (for diffing).
     pub eager_cp_async: bool,
     /// Worker threads (0 = all cores).
     pub workers: u32,

@@ -36,8 +36,11 @@ pub use paged::{PagedAddrs, PagedKv, PagedLayout};
 
 /// A 16-bit element type the kernels accept.
 pub trait Element: emu::Plain + Default + Send + Sync {
+    /// The element type's [`DType`].
     const DTYPE: DType;
+    /// Widens to f32 (exact for f16 and bf16).
     fn to_f32(self) -> f32;
+    /// Rounds an f32 to nearest even.
     fn from_f32(x: f32) -> Self;
 }
 
@@ -64,13 +67,19 @@ impl Element for half::bf16 {
 /// Device addresses of one call's tensors (raw: the backends fill them from buffers they own).
 #[derive(Clone, Copy, Debug)]
 pub struct TensorAddrs {
+    /// Queries.
     pub q: u64,
+    /// Keys (when not paged).
     pub k: u64,
+    /// Values (when not paged).
     pub v: u64,
+    /// Output, laid out like `q`.
     pub out: u64,
+    /// Row LSE (f32).
     pub lse: u64,
     /// `cu_seqlens` arrays on the device (0 for uniform batches).
     pub cu_q: u64,
+    /// See `cu_q`.
     pub cu_k: u64,
     /// Optional work counter (0 = none).
     pub tiles_visited: u64,
@@ -81,6 +90,7 @@ pub struct TensorAddrs {
     /// Split-KV workspace (f32): `[num_splits, total_q, num_heads, head_dim]` partial outputs
     /// and `[num_splits, total_q, num_heads]` partial LSEs; 0 when the plan does not split.
     pub o_partial: u64,
+    /// See `o_partial`.
     pub lse_partial: u64,
 }
 
@@ -223,15 +233,19 @@ impl AttnPlan {
         Some(l)
     }
 
+    /// The validated problem.
     pub fn problem(&self) -> &AttnProblem {
         &self.problem
     }
+    /// The forward kernel this plan launches.
     pub fn kernel(&self) -> &'static KernelDesc {
         self.kernel
     }
+    /// The effective score scale.
     pub fn scale(&self) -> f32 {
         self.scale
     }
+    /// The effective softcap (0: off).
     pub fn softcap(&self) -> f32 {
         self.softcap
     }

@@ -26,9 +26,13 @@ pub struct PagedLayout {
 /// Device addresses of a paged KV cache for one call; `block_table == 0` means not paged.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PagedAddrs {
+    /// K pages.
     pub k_pages: u64,
+    /// V pages.
     pub v_pages: u64,
+    /// Block table (`[batch, layout.block_table_stride]` int32).
     pub block_table: u64,
+    /// Page size, pool shape and ring of the cache.
     pub layout: PagedLayout,
 }
 
@@ -41,6 +45,7 @@ pub struct PagedKv<'a, T> {
     pub v_pages: &'a [T],
     /// `[batch, layout.block_table_stride]` physical page ids.
     pub block_table: &'a [i32],
+    /// Page size, pool shape and ring of the cache.
     pub layout: PagedLayout,
 }
 

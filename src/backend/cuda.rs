@@ -132,9 +132,11 @@ impl Gpu {
         })
     }
 
+    /// The CUDA context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
+    /// The stream launches are queued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -389,6 +391,7 @@ pub struct DevicePagedKv<'a, T> {
     pub v_pages: &'a CudaSlice<T>,
     /// Host copy of the `[batch, layout.block_table_stride]` block table.
     pub block_table: &'a [i32],
+    /// Page size, pool shape and ring of the cache.
     pub layout: PagedLayout,
 }
 

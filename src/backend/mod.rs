@@ -69,14 +69,19 @@ pub fn ptxas_report() -> Option<&'static str> {
 pub struct KernelResources {
     /// The `.cu` file, relative to the crate root.
     pub source: String,
+    /// The kernel's entry-point name.
     pub kernel: String,
     /// `sm_80`, `sm_90`, ...
     pub arch: String,
+    /// Registers per thread.
     pub registers: u32,
     /// Static shared memory (dynamic shared memory is a launch parameter, not in the report).
     pub static_smem_bytes: u32,
+    /// Stack frame per thread, in bytes.
     pub stack_frame_bytes: u32,
+    /// Spill stores, in bytes (0: no spills).
     pub spill_store_bytes: u32,
+    /// Spill loads, in bytes.
     pub spill_load_bytes: u32,
 }
 

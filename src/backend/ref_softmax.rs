@@ -42,10 +42,15 @@ pub fn kernel(dtype: DType) -> &'static KernelDesc {
 /// One softmax launch: one query head of a uniform batch of `batch` sequences.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RefSoftmax {
+    /// Element type of the probabilities.
     pub dtype: DType,
+    /// Sequences.
     pub batch: usize,
+    /// Query rows per sequence.
     pub q_len: usize,
+    /// Keys per sequence.
     pub kv_len: usize,
+    /// Bottom-right aligned causal mask.
     pub causal: bool,
     /// 0 = off.
     pub softcap: f32,
@@ -60,6 +65,7 @@ pub struct RefSoftmaxAddrs {
     pub p: u64,
     /// f32; element `(b, i)` at `b * lse_batch_stride + i`.
     pub lse: u64,
+    /// Elements between sequences in `lse`.
     pub lse_batch_stride: i64,
     /// u8 `[q_len, kv_len]` or 0.
     pub mask: u64,

@@ -66,13 +66,19 @@ pub mod sys {
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct LaunchConfig {
+        /// Blocks per grid dimension.
         pub grid: [u32; 3],
+        /// Threads per block dimension.
         pub block: [u32; 3],
+        /// Dynamic shared memory per block, in bytes.
         pub dynamic_smem_bytes: u32,
         /// `sa_emu_schedule`: 0 forward, 1 reverse, 2 random.
         pub schedule: u32,
+        /// Seed of the random schedule.
         pub seed: u64,
+        /// 1: copy at issue.
         pub eager_cp_async: u32,
+        /// Worker OS threads (0 = all cores).
         pub workers: u32,
     }
 
@@ -84,20 +90,31 @@ pub mod sys {
     pub struct Report {
         /// `sa_emu_error_code`.
         pub code: i32,
+        /// `blockIdx` of the failing thread.
         pub block: [u32; 3],
+        /// `threadIdx` of the failing thread.
         pub thread: [u32; 3],
+        /// NUL-terminated description of the fault.
         pub message: [c_char; MESSAGE_LEN],
     }
 
     /// `sa_emu_error_code` values.
     pub const OK: i32 = 0;
+    /// Invalid launch configuration.
     pub const ERR_CONFIG: i32 = 1;
+    /// Out-of-bounds access.
     pub const ERR_OUT_OF_BOUNDS: i32 = 2;
+    /// Barrier divergence or deadlock.
     pub const ERR_BARRIER: i32 = 3;
+    /// Warp collective misuse.
     pub const ERR_WARP: i32 = 4;
+    /// cp.async misuse.
     pub const ERR_CP_ASYNC: i32 = 5;
+    /// Misaligned address.
     pub const ERR_MISALIGNED: i32 = 6;
+    /// Kernel trap.
     pub const ERR_TRAP: i32 = 7;
+    /// Emulator failure.
     pub const ERR_INTERNAL: i32 = 8;
 
     const _: () = assert!(std::mem::size_of::<LaunchConfig>() == 48);
@@ -105,6 +122,7 @@ pub mod sys {
     const _: () = assert!(std::mem::size_of::<Report>() == 2076);
 
     extern "C" {
+        /// Runs `f` with `params` on every emulated thread; fills `report` on failure.
         pub fn sa_emu_launch(
             f: super::KernelFn,
             kernel_name: *const c_char,
@@ -113,7 +131,9 @@ pub mod sys {
             params_size: usize,
             report: *mut Report,
         ) -> i32;
+        /// A guarded, zero-filled allocation of `bytes` (null on failure).
         pub fn sa_emu_alloc(bytes: usize, label: *const c_char) -> *mut c_void;
+        /// Frees an allocation of `sa_emu_alloc`.
         pub fn sa_emu_free(ptr: *mut c_void);
     }
 }
@@ -135,9 +155,13 @@ pub enum Schedule {
 /// One emulated launch: geometry plus emulator options.
 #[derive(Clone, Copy, Debug)]
 pub struct LaunchConfig {
+    /// Blocks per grid dimension.
     pub grid: [u32; 3],
+    /// Threads per block dimension.
     pub block: [u32; 3],
+    /// Dynamic shared memory per block, in bytes.
     pub dynamic_smem_bytes: u32,
+    /// Order in which runnable threads resume.
     pub schedule: Schedule,
     /// Copy at issue instead of poisoning and landing at the wait (for diffing).
     pub eager_cp_async: bool,
@@ -356,9 +380,11 @@ impl<T: Plain> GuardedBuffer<T> {
         Ok(b)
     }
 
+    /// Elements.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether the buffer has no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -370,18 +396,22 @@ impl<T: Plain> GuardedBuffer<T> {
     pub fn as_ptr(&self) -> *const T {
         self.ptr
     }
+    /// The address kernels receive, for writing.
     pub fn as_mut_ptr(&mut self) -> *mut T {
         self.ptr
     }
+    /// The contents.
     pub fn as_slice(&self) -> &[T] {
         // SAFETY: ptr is valid for len elements (zero-initialised at allocation, then written
         // only with plain data) and lives as long as self.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
+    /// The contents, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: as above, and we hold &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
+    /// A copy of the contents.
     pub fn to_vec(&self) -> Vec<T> {
         self.as_slice().to_vec()
     }

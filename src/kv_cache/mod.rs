@@ -22,8 +22,6 @@
 //! Failures are `Error::Cache` (pool exhausted, past `max_seq_len`, unknown sequence,
 //! malformed table) or `Error::Shape` (shapes, layer indices), and leave the cache unchanged.
 
-#![warn(missing_docs)]
-
 pub mod append;
 mod cache;
 mod capacity;

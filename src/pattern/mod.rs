@@ -52,8 +52,6 @@
 //! # Ok::<(), sparse_attn::Error>(())
 //! ```
 
-#![warn(missing_docs)]
-
 mod compile;
 mod component;
 mod mask;

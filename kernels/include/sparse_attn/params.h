@@ -19,25 +19,40 @@ extern "C" {
  * shared-memory buffers each for K and V. Its dynamic shared memory is SA_FWD_SMEM_ROWS rows
  * of head_dim 16-bit elements: the Q tile, then the K stages, then the V stages.
  * Combine: SA_COMBINE_THREADS threads per block, one warp per (query row, head). */
-enum {
+/** Launch constants of the forward and combine kernels. */
+typedef enum SaLaunchConsts {
+  /** Query rows per forward block (4 warps x 16 rows). */
   SA_FWD_BLOCK_M = 64,
+  /** Keys per kv tile. */
   SA_FWD_BLOCK_N = 64,
+  /** Threads per forward block. */
   SA_FWD_THREADS = 128,
+  /** Shared-memory buffers each for K and V (double buffering). */
   SA_FWD_KV_STAGES = 2,
+  /** Dynamic shared memory of a forward block, in rows of head_dim 16-bit elements. */
   SA_FWD_SMEM_ROWS = SA_FWD_BLOCK_M + 2 * SA_FWD_KV_STAGES * SA_FWD_BLOCK_N,
+  /** Threads per combine block (one warp per (query row, head)). */
   SA_COMBINE_THREADS = 128
-};
+} SaLaunchConsts;
 
 /* The token predicate of one row set, evaluated on partial tiles only (mask.cuh; the kinds'
  * meaning is documented on src/pattern/mask.rs's MaskKind, which takes its values from here): a key j is allowed for query position p iff
  * 0 <= j < kv_len, (not causal or j <= p), and some component admits it. */
-typedef enum {
+/** The kind of a SaMaskComponent. */
+typedef enum SaMaskKind {
+  /** Every key. */
   SA_MASK_DENSE = 0,
+  /** Keys within window_left before and window_right after the query. */
   SA_MASK_WINDOW = 1,
+  /** The first sink_count keys. */
   SA_MASK_SINKS = 2,
+  /** Global tokens: the key or the query is in the table. */
   SA_MASK_GLOBAL = 3,
+  /** Keys whose distance to the query is a multiple of dilation_stride. */
   SA_MASK_DILATED = 4,
+  /** A bit table over (query block, key block). */
   SA_MASK_BLOCK_MASK = 5,
+  /** BigBird: block window, global blocks and a table of random blocks. */
   SA_MASK_BIGBIRD = 6
 } SaMaskKind;
 
@@ -77,7 +92,7 @@ typedef struct SaMaskComponent {
   int32_t _reserved;
 } SaMaskComponent;
 
-/** The predicate of one row set: components[first_component ..][.. num_components]. */
+/** The predicate of one row set: `components[first_component ..][.. num_components]`. */
 typedef struct SaMaskProgram {
   /** 1: keys after the query position (j > p) are excluded. */
   int32_t causal;
@@ -89,36 +104,45 @@ typedef struct SaMaskProgram {
   int32_t _reserved;
 } SaMaskProgram;
 
-/* How one query tile (one CSR row of the block-sparse metadata) names its query rows and its
+/** How one query tile (one CSR row of the block-sparse metadata) names its query rows and its
  * keys; src/pattern/view.rs is the Rust twin. Most tiles are *natural* (rows row_first ..
  * row_first + row_count - 1, keys 0 .. kv_len - 1 in order); views let dilated and global
  * patterns cost work proportional to what they allow:
  * - rows: slot s < row_count of the tile is query row row_first + s * row_step, or, when
- *   row_step == 0, view_data[row_list + s]. Slots >= row_count are padding (never written).
+ *   row_step == 0, `view_data[row_list + s]`. Slots >= row_count are padding (never written).
  *   Over a (sequence, row set) the tiles own every query row exactly once.
  * - keys: a kv-tile index t >= 0 in the CSR lists covers view keys v = t * SA_FWD_BLOCK_N + c
  *   (c < SA_FWD_BLOCK_N), key position key_first + v * key_step, existing for v < key_count
  *   (a dilated head's residue class is key_first = class, key_step = stride). An index t < 0
- *   is a *gathered* tile: column c is key view_data[gather_list + (-t - 1) * SA_FWD_BLOCK_N + c],
+ *   is a *gathered* tile: column c is key `view_data[gather_list + (-t - 1) * SA_FWD_BLOCK_N + c]`,
  *   existing for (-t - 1) * SA_FWD_BLOCK_N + c < gather_count (global key columns the
  *   regular tiles of this row do not cover). A row's tiles never name one key twice. */
 typedef struct SaTileView {
+  /** Query row of slot 0 (affine rows). */
   int32_t row_first;
+  /** Row distance between slots; 0: rows come from `view_data[row_list ..]`. */
   int32_t row_step;
+  /** Slots holding a query row; later slots are padding. */
   int32_t row_count;
+  /** Start of the row list in view_data (row_step == 0). */
   int32_t row_list;
+  /** Key position of view key 0. */
   int32_t key_first;
+  /** Key distance between consecutive view keys (a dilated class's stride; 1: natural). */
   int32_t key_step;
+  /** View keys that exist. */
   int32_t key_count;
+  /** Start of this tile's gathered keys in view_data. */
   int32_t gather_list;
+  /** Gathered keys that exist. */
   int32_t gather_count;
   /** Keeps the struct at 40 bytes; always 0. */
   int32_t _reserved;
 } SaTileView;
 
-/* A paged KV cache as the kernels read it (src/kv_cache is the owner and the Rust twin of
+/** A paged KV cache as the kernels read it (src/kv_cache is the owner and the Rust twin of
  * the mapping). Pages hold `page_size` consecutive token positions of every kv head:
- * k_pages, v_pages are [num_pages, num_kv_heads, page_size, head_dim] (a head's rows of a page
+ * k_pages, v_pages are `[num_pages, num_kv_heads, page_size, head_dim]` (a head's rows of a page
  * are contiguous, so a kv tile is a few contiguous runs). Sequence b's logical page L (token
  * positions L * page_size ..) lives in physical page block_table[b * block_table_stride +
  * slot(L)], where slot(L) = L for L < sink_pages or ring_pages == 0, else
@@ -126,53 +150,99 @@ typedef struct SaTileView {
  * of the most recent ring_pages pages; older positions are evicted and never read (their rows
  * are zero-filled in the tile, and the pattern never allows them). */
 typedef struct SaPagedKv {
+  /** K pages `[num_pages, num_kv_heads, page_size, head_dim]`. */
   const void* k_pages;
+  /** V pages, laid out like k_pages. */
   const void* v_pages;
-  const int32_t* block_table; /* NULL: K/V are the contiguous k, v tensors instead */
-  int64_t page_stride;        /* elements per page: num_kv_heads * page_size * head_dim */
-  int64_t page_head_stride;   /* elements per head within a page: page_size * head_dim */
-  int32_t block_table_stride; /* slots per sequence row of block_table */
-  int32_t page_size;          /* power of two, 8 .. 256 */
+  /** int32 `[batch, block_table_stride]` physical pages; NULL: K/V are the contiguous k, v. */
+  const int32_t* block_table;
+  /** Elements per page: num_kv_heads * page_size * head_dim. */
+  int64_t page_stride;
+  /** Elements per kv head within a page: page_size * head_dim. */
+  int64_t page_head_stride;
+  /** Slots per sequence row of block_table. */
+  int32_t block_table_stride;
+  /** Tokens per page: a power of two, 8 .. 256. */
+  int32_t page_size;
+  /** log2(page_size). */
   int32_t log2_page_size;
+  /** Leading logical pages kept for good (sinks) before the ring. */
   int32_t sink_pages;
-  int32_t ring_pages; /* 0: every logical page has its own slot (no eviction) */
+  /** Pages of the ring of most recent positions; 0: every logical page has its own slot. */
+  int32_t ring_pages;
+  /** Keeps the struct's size a multiple of 8; always 0. */
   int32_t _reserved;
 } SaPagedKv;
 
-/* Forward attention over a batch: out = softmax(mask(scale * q k^T)) v, plus the row LSE. */
+/** Forward attention over a batch: out = softmax(mask(scale * q k^T)) v, plus the row LSE. */
 typedef struct SaAttnFwdParams {
-  /* q: [batch, q_len, num_heads, head_dim]; k, v: [batch, kv_len, num_kv_heads, head_dim];
-   * out like q. With varlen (cu_seqlens_q != NULL) the batch dimension is packed away:
-   * q is [total_q, num_heads, head_dim] and sequence b owns rows
+  /* Tensors: q [batch, q_len, num_heads, head_dim]; k, v [batch, kv_len, num_kv_heads,
+   * head_dim]; out like q. With varlen (cu_seqlens_q != NULL) the batch dimension is packed
+   * away: q is [total_q, num_heads, head_dim] and sequence b owns rows
    * cu_seqlens_q[b] .. cu_seqlens_q[b + 1] (likewise k/v with cu_seqlens_k). */
+  /** Queries (f16 or bf16, the instantiation's type). */
   const void* q;
+  /** Keys (when not paged). */
   const void* k;
+  /** Values (when not paged). */
   const void* v;
+  /** Output, laid out like q. */
   void* out;
-  /* lse: [batch, num_heads, q_len] f32 (natural log); varlen: [num_heads, total_q]. */
+  /** Row LSE, f32, natural log: `[batch, num_heads, q_len]`; varlen: `[num_heads, total_q]`. */
   float* lse;
 
-  int64_t q_batch_stride, q_row_stride, q_head_stride;
-  int64_t k_batch_stride, k_row_stride, k_head_stride;
-  int64_t v_batch_stride, v_row_stride, v_head_stride;
-  int64_t o_batch_stride, o_row_stride, o_head_stride;
-  /* lse element (b, h, i) lives at b * lse_batch_stride + h * lse_head_stride + row, where
-   * row = i (uniform) or cu_seqlens_q[b] + i (varlen, lse_batch_stride then unused). */
-  int64_t lse_batch_stride, lse_head_stride;
+  /** q: elements between sequences. */
+  int64_t q_batch_stride;
+  /** q: elements between tokens. */
+  int64_t q_row_stride;
+  /** q: elements between heads. */
+  int64_t q_head_stride;
+  /** k: elements between sequences. */
+  int64_t k_batch_stride;
+  /** k: elements between tokens. */
+  int64_t k_row_stride;
+  /** k: elements between kv heads. */
+  int64_t k_head_stride;
+  /** v: elements between sequences. */
+  int64_t v_batch_stride;
+  /** v: elements between tokens. */
+  int64_t v_row_stride;
+  /** v: elements between kv heads. */
+  int64_t v_head_stride;
+  /** out: elements between sequences. */
+  int64_t o_batch_stride;
+  /** out: elements between tokens. */
+  int64_t o_row_stride;
+  /** out: elements between heads. */
+  int64_t o_head_stride;
+  /** lse element (b, h, i) lives at b * lse_batch_stride + h * lse_head_stride + row, with
+   * row = i (uniform) or `cu_seqlens_q[b] + i` (varlen; lse_batch_stride is then unused). */
+  int64_t lse_batch_stride;
+  /** See lse_batch_stride. */
+  int64_t lse_head_stride;
 
-  /* NULL for uniform batches; else int32 [batch + 1] prefix sums of the lengths. */
+  /** NULL for uniform batches; else int32 `[batch + 1]` prefix sums of the query lengths. */
   const int32_t* cu_seqlens_q;
+  /** Likewise for the key lengths. */
   const int32_t* cu_seqlens_k;
 
+  /** Sequences. */
   int32_t batch;
+  /** Query heads. */
   int32_t num_heads;
-  int32_t num_kv_heads; /* num_heads % num_kv_heads == 0 */
-  int32_t head_dim;     /* must equal the instantiation's HEAD_DIM */
-  int32_t q_len;        /* uniform length, or the maximum over the batch with varlen */
-  int32_t kv_len;       /* likewise */
+  /** Key/value heads; num_heads % num_kv_heads == 0. */
+  int32_t num_kv_heads;
+  /** Must equal the instantiation's head dimension. */
+  int32_t head_dim;
+  /** Uniform query length, or the maximum over the batch with varlen. */
+  int32_t q_len;
+  /** Uniform key length, or the maximum over the batch with varlen. */
+  int32_t kv_len;
 
-  float scale;   /* s = scale * q.k */
-  float softcap; /* > 0: s = softcap * tanh(s / softcap) before masking; 0 = off */
+  /** Score scale: s = scale * q.k. */
+  float scale;
+  /** > 0: s = softcap * tanh(s / softcap) before masking; 0: off. */
+  float softcap;
 
   /* Block-sparse metadata compiled on the host by src/pattern (dense and causal included).
    * Heads sharing a pattern share a row set; (sequence b, set of head h) is program
@@ -182,20 +252,32 @@ typedef struct SaAttnFwdParams {
    * work) are full_tiles[full_row_ptr[r] .. full_row_ptr[r + 1]], its partial tiles
    * (token-exact mask) likewise; ascending, no sentinels. The mask program of the row is
    * mask_programs[id]. */
-  const int32_t* head_set;         /* [num_heads] */
-  const int32_t* set_row_ptr;      /* [programs + 1] */
-  const int32_t* seq_program_base; /* [batch] */
+  /** `[num_heads]`: the row set of each query head. */
+  const int32_t* head_set;
+  /** `[programs + 1]`: the CSR rows of each (sequence, set) program. */
+  const int32_t* set_row_ptr;
+  /** `[batch]`: the first program of each sequence. */
+  const int32_t* seq_program_base;
+  /** `[rows + 1]`: CSR offsets into full_tiles. */
   const int32_t* full_row_ptr;
+  /** Full kv tiles (no mask work) of every row, ascending per row. */
   const int32_t* full_tiles;
+  /** `[rows + 1]`: CSR offsets into partial_tiles. */
   const int32_t* partial_row_ptr;
+  /** Partial kv tiles (token-exact mask) of every row, ascending per row. */
   const int32_t* partial_tiles;
+  /** `[programs]`: the mask program of each (sequence, set). */
   const SaMaskProgram* mask_programs;
+  /** The components the programs name. */
   const SaMaskComponent* mask_components;
+  /** Tables of the components (global tokens, block-mask bits, BigBird's random blocks). */
   const int32_t* mask_data;
-  const SaTileView* tile_views; /* [rows] */
-  const int32_t* view_data;     /* row lists and gathered keys of the views */
+  /** `[rows]`: the query rows and keys of each row's tiles. */
+  const SaTileView* tile_views;
+  /** Row lists and gathered keys of the views. */
+  const int32_t* view_data;
 
-  /* K/V read from a paged cache instead of k, v when paged.block_table != NULL (the kv
+  /** K/V read from a paged cache instead of k, v when paged.block_table != NULL (the kv
    * lengths then come from kv_len / cu_seqlens_k as usual). */
   SaPagedKv paged;
 
@@ -205,35 +287,52 @@ typedef struct SaAttnFwdParams {
    * LSE (f32) to o_partial [num_splits, total_q, num_heads, head_dim] and lse_partial
    * [num_splits, total_q, num_heads] (total_q rows as in out), and the combine kernel merges
    * them through their LSE into out and lse. */
+  /** Splits of each query tile's kv walk (<= 1: none). */
   int32_t num_splits;
   /* GQA packing (decode): > 1 packs the gqa_pack query heads of one kv head into the rows of
    * one block (blockIdx.y is then the kv head; row r is token r / gqa_pack of head
    * kv_head * gqa_pack + r % gqa_pack), so each K/V tile is loaded once for the whole group.
    * The metadata is then compiled with SA_FWD_BLOCK_M / gqa_pack tokens per query tile. */
+  /** Query heads packed per block (<= 1: none). */
   int32_t gqa_pack;
+  /** Split-KV partial outputs, f32 `[num_splits, total_q, num_heads, head_dim]`. */
   float* o_partial;
+  /** Split-KV partial LSEs, f32 `[num_splits, total_q, num_heads]`. */
   float* lse_partial;
 
-  /* Work accounting (nullable): each block adds the number of kv tiles it processed. */
+  /** Work accounting (nullable): each block adds the number of kv tiles it processed. */
   unsigned long long* tiles_visited;
 } SaAttnFwdParams;
 
-/* Appending new tokens' K and V rows to a paged cache (the slots come from the cache's
+/** Appending new tokens' K and V rows to a paged cache (the slots come from the cache's
  * bookkeeping in src/kv_cache: one (physical page, row in page) pair per new token). Copies
  * bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32. */
 typedef struct SaKvAppendParams {
-  const void* k_new; /* [n_tokens, num_kv_heads, head_dim] */
+  /** New keys `[n_tokens, num_kv_heads, head_dim]`. */
+  const void* k_new;
+  /** New values, laid out like k_new. */
   const void* v_new;
-  void* k_pages; /* [num_pages, num_kv_heads, page_size, head_dim] */
+  /** K pages `[num_pages, num_kv_heads, page_size, head_dim]`. */
+  void* k_pages;
+  /** V pages, laid out like k_pages. */
   void* v_pages;
-  const int32_t* slots; /* [n_tokens][2]: physical page, row within the page */
-  int64_t page_stride;      /* num_kv_heads * page_size * head_dim */
-  int64_t page_head_stride; /* page_size * head_dim */
+  /** int32 `[n_tokens][2]`: the physical page and the row within it of each new token. */
+  const int32_t* slots;
+  /** Elements per page: num_kv_heads * page_size * head_dim. */
+  int64_t page_stride;
+  /** Elements per kv head within a page: page_size * head_dim. */
+  int64_t page_head_stride;
+  /** Tokens to append. */
   int32_t n_tokens;
+  /** Key/value heads. */
   int32_t num_kv_heads;
-  int32_t head_dim; /* multiple of 8 */
+  /** Elements per row; a multiple of 8. */
+  int32_t head_dim;
+  /** Pages in k_pages / v_pages (slots are checked against it). */
   int32_t num_pages;
+  /** Tokens per page. */
   int32_t page_size;
+  /** Keeps the struct's size a multiple of 8; always 0. */
   int32_t _reserved;
 } SaKvAppendParams;
 

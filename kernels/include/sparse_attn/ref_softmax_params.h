@@ -15,31 +15,43 @@
 extern "C" {
 #endif
 
-/* Named (unlike an anonymous enum) so its bindgen type does not collide with params.h's. */
+/** Launch constants of the reference softmax (named, so its bindgen type does not collide
+ * with params.h's). */
 enum SaRefSoftmaxConsts {
-  SA_REF_SOFTMAX_THREADS = 128 /* one block of 4 warps per query row */
+  /** Threads per block: 4 warps per query row. */
+  SA_REF_SOFTMAX_THREADS = 128
 };
 
+/** The reference softmax of one query head over a uniform batch. */
 typedef struct SaRefSoftmaxParams {
-  /* s: f32 [batch, q_len, kv_len] scores, already multiplied by the scale. */
+  /** f32 `[batch, q_len, kv_len]` scores, already multiplied by the scale. */
   const float* s;
-  /* p: [batch, q_len, kv_len] probabilities in the kernel's element type (f16 or bf16);
-   * rows with no allowed key are written as zeros. */
+  /** `[batch, q_len, kv_len]` probabilities in the kernel's element type (f16 or bf16); rows
+   * with no allowed key are written as zeros. */
   void* p;
-  /* lse: element (b, i) at b * lse_batch_stride + i; natural log; -inf for empty rows. */
+  /** Element (b, i) at b * lse_batch_stride + i; natural log; -inf for empty rows. */
   float* lse;
-  /* NULL, or u8 [q_len, kv_len] for this head (1 = allowed), shared by the whole batch. */
+  /** NULL, or u8 `[q_len, kv_len]` for this head (1 = allowed), shared by the whole batch. */
   const uint8_t* mask;
 
-  int64_t s_batch_stride; /* elements */
-  int64_t p_batch_stride; /* elements */
+  /** s: elements between sequences. */
+  int64_t s_batch_stride;
+  /** p: elements between sequences. */
+  int64_t p_batch_stride;
+  /** lse: elements between sequences. */
   int64_t lse_batch_stride;
 
+  /** Sequences. */
   int32_t batch;
+  /** Query rows per sequence. */
   int32_t q_len;
+  /** Keys per sequence. */
   int32_t kv_len;
-  float softcap; /* > 0: s = softcap * tanh(s / softcap) before masking; 0 = off */
-  int32_t causal; /* 1: key j allowed only if j <= i + kv_len - q_len (bottom-right) */
+  /** > 0: s = softcap * tanh(s / softcap) before masking; 0: off. */
+  float softcap;
+  /** 1: key j allowed only if j <= i + kv_len - q_len (bottom-right). */
+  int32_t causal;
+  /** Keeps the struct's size a multiple of 8; always 0. */
   int32_t _pad0;
 } SaRefSoftmaxParams;
 
