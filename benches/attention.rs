@@ -21,12 +21,12 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use half::{bf16, f16};
 use sparse_attn::backend::cublas::DenseReference;
-use sparse_attn::backend::{self, Gpu};
+use sparse_attn::backend::Gpu;
 use sparse_attn::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, SeqLens};
 
 mod common;
-use common::time_gpu;
+use common::{gpu_or_skip, random_host, time_gpu};
 
 const BATCH: usize = 2;
 const HEADS: usize = 8;
@@ -64,13 +64,8 @@ struct Buffers<T> {
 
 fn buffers<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, p: &AttnProblem) -> Buffers<T> {
     let s = gpu.stream();
-    // Small pseudo-random values: the time does not depend on them, but NaN-free data keeps
-    // the kernels on their normal paths.
-    let fill = |n: usize, salt: usize| -> CudaSlice<T> {
-        let host: Vec<T> = (0..n)
-            .map(|i| T::from_f32((((i * 7919 + salt) % 2003) as f32 / 2003.0 - 0.5) * 2.0))
-            .collect();
-        s.clone_htod(&host).expect("upload")
+    let fill = |n: usize, seed: u64| -> CudaSlice<T> {
+        s.clone_htod(&random_host::<T>(n, seed)).expect("upload")
     };
     Buffers {
         q: fill(p.q_elems(), 1),
@@ -251,20 +246,8 @@ fn bench_patterns(c: &mut Criterion, gpu: &Gpu, seq: usize) {
 }
 
 fn main() {
-    let build = backend::cuda_build();
-    if !build.built {
-        println!(
-            "benches/attention: skipped, the GPU kernels were not built ({})",
-            build.skip_reason
-        );
+    let Some(gpu) = gpu_or_skip("attention") else {
         return;
-    }
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("benches/attention: skipped, no GPU: {e}");
-            return;
-        }
     };
     // `cargo bench` passes --bench; anything else (cargo test) is a quick smoke run.
     let full = std::env::args().any(|a| a == "--bench");

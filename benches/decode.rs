@@ -13,12 +13,12 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use half::f16;
 use sparse_attn::attention::PagedLayout;
-use sparse_attn::backend::{self, DevicePagedKv, Gpu};
+use sparse_attn::backend::{DevicePagedKv, Gpu};
 use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, SeqLens};
 
 mod common;
-use common::time_gpu;
+use common::{gpu_or_skip, random_host, time_gpu};
 
 const HEADS: usize = 32;
 const KV_HEADS: usize = 8;
@@ -56,9 +56,7 @@ fn bench_decode(c: &mut Criterion, gpu: &Gpu, name: &str, pattern: &str, batch: 
     let gplan = plan.upload(gpu).expect("upload plan");
     let stream = gpu.stream();
     let page_elems = KV_HEADS * PAGE * HEAD_DIM;
-    let pages: Vec<f16> = (0..num_pages * page_elems)
-        .map(|i| f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
-        .collect();
+    let pages: Vec<f16> = random_host(num_pages * page_elems, 1);
     let k_pages = stream.clone_htod(&pages).expect("k pages");
     let v_pages = stream.clone_htod(&pages).expect("v pages");
     let table: Vec<i32> = (0..num_pages as i32).collect();
@@ -105,20 +103,8 @@ fn bench_decode(c: &mut Criterion, gpu: &Gpu, name: &str, pattern: &str, batch: 
 }
 
 fn main() {
-    let build = backend::cuda_build();
-    if !build.built {
-        println!(
-            "benches/decode: skipped, the GPU kernels were not built ({})",
-            build.skip_reason
-        );
+    let Some(gpu) = gpu_or_skip("decode") else {
         return;
-    }
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("benches/decode: skipped, no GPU: {e}");
-            return;
-        }
     };
     let full = std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();

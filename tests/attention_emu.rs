@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_matches, base_seed, random_tensor, reference_for, tol, Rng};
+use common::{assert_matches, assert_same_bits, base_seed, random_qkv, reference_for, tol, Rng};
 use half::{bf16, f16};
 use sparse_attn::emu::Schedule;
 use sparse_attn::reference::causal_allowed;
@@ -50,9 +50,7 @@ fn check<T: Element>(case: &Case, seed: u64, run: &EmuRun) -> u64 {
     .unwrap();
     let plan = AttnPlan::new(&problem, &case.opts).unwrap();
     let mut rng = Rng::new(seed);
-    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), case.amplitude);
-    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), case.amplitude);
-    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<T>(&mut rng, &problem, case.amplitude, 1.0);
     let counter = std::cell::Cell::new(0);
     let run = EmuRun {
         tiles_visited: Some(&counter),
@@ -228,9 +226,7 @@ fn every_schedule_gives_identical_bits() {
         AttnPlan::with_patterns(&problem, &views, &AttnOptions::default()).unwrap(),
     ];
     let mut rng = Rng::new(seed);
-    let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-    let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
     for plan in &plans {
         let base = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
         let runs = [
@@ -254,20 +250,8 @@ fn every_schedule_gives_identical_bits() {
         ];
         for run in &runs {
             let got = plan.run_emulated(&q, &k, &v, run).unwrap();
-            assert!(
-                got.0
-                    .iter()
-                    .zip(&base.0)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "out differs under {run:?}"
-            );
-            assert!(
-                got.1
-                    .iter()
-                    .zip(&base.1)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "lse differs under {run:?}"
-            );
+            assert_same_bits(&format!("out under {run:?}"), &got.0, &base.0);
+            assert_same_bits(&format!("lse under {run:?}"), &got.1, &base.1);
         }
     }
 }
@@ -301,7 +285,7 @@ static CANARY: sparse_attn::kernels::KernelDesc = sparse_attn::kernels::KernelDe
 #[test]
 fn a2_a4_fragment_swap_canary_fails_end_to_end() {
     use sparse_attn::attention::TensorAddrs;
-    use sparse_attn::emu::{self, GuardedBuffer};
+    use sparse_attn::emu::GuardedBuffer;
     let seed = base_seed();
     let problem = AttnProblem::new(
         SeqLens::Uniform {
@@ -317,9 +301,7 @@ fn a2_a4_fragment_swap_canary_fails_end_to_end() {
     .unwrap();
     let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
     let mut rng = Rng::new(seed);
-    let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-    let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
     let (qb, kb, vb) = (
         GuardedBuffer::from_slice(&q, "q").unwrap(),
         GuardedBuffer::from_slice(&k, "k").unwrap(),
@@ -344,7 +326,7 @@ fn a2_a4_fragment_swap_canary_fails_end_to_end() {
     });
     launch.kernel = &CANARY;
     // SAFETY: same params type and buffers as the production f16/hd64 kernel.
-    unsafe { emu::launch_desc(&launch, &Default::default()) }.unwrap();
+    unsafe { launch.run_emulated(&Default::default()) }.unwrap();
     let want = reference_for(&plan, &q, &k, &v, |_, _, _, _| true);
     let err = common::rel_error(&ob.to_vec(), &want.out);
     assert!(

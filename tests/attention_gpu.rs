@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{assert_matches, base_seed, random_tensor, reference_for, Rng};
+use common::{
+    assert_lse_close, assert_matches, base_seed, max_abs, max_abs_diff, random_qkv, random_tensor,
+    reference_for, Rng,
+};
 use half::{bf16, f16};
 use sparse_attn::backend::cublas::dense_reference;
 use sparse_attn::backend::{self, Gpu};
@@ -59,18 +62,6 @@ fn against_masked_dense<T: Element + DeviceRepr + ValidAsZeroBits>(
         dense_reference(gpu, p, &AttnOptions::default(), Some(&mask), q, k, v).unwrap();
     let want: Vec<f64> = d_out.iter().map(|&x| x as f64).collect();
     (common::rel_error(out, &want), d_lse)
-}
-
-/// LSE against the cuBLAS path: -inf exactly for empty rows, else 1e-3 relative.
-fn assert_lse_close(what: &str, got: &[f32], want: &[f32]) {
-    for (idx, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if w == f32::NEG_INFINITY {
-            assert_eq!(g, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
-        } else {
-            let e = (g - w).abs() / w.abs().max(1.0);
-            assert!(e <= 1e-3, "{what}: lse[{idx}] = {g}, cuBLAS path {w}");
-        }
-    }
 }
 
 struct Case {
@@ -128,9 +119,7 @@ fn check<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, case: &Case, seed
     };
     let plan = AttnPlan::new(&problem, &opts).unwrap();
     let mut rng = Rng::new(seed);
-    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<T>(&mut rng, &problem, 1.0, 1.0);
 
     let (out, lse) = plan.run_cuda_host(gpu, &q, &k, &v).unwrap();
     let (dense_out, dense_lse) = dense_reference(gpu, &problem, &opts, None, &q, &k, &v).unwrap();
@@ -142,7 +131,7 @@ fn check<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, case: &Case, seed
     let want: Vec<f64> = dense_out.iter().map(|&x| x as f64).collect();
     let err = common::rel_error(&out, &want);
     assert!(err <= tol(T::DTYPE), "{what}: error vs cuBLAS {err:.3e}");
-    assert_lse_close(&what, &lse, &dense_lse);
+    assert_lse_close(&what, &lse, &dense_lse, 1e-3);
     if case.with_f64 {
         let seqs = problem.seqs().clone();
         let reference = reference_for(&plan, &q, &k, &v, |b, _, i, j| {
@@ -151,12 +140,8 @@ fn check<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, case: &Case, seed
         });
         assert_matches(&what, &problem, &out, &lse, &reference, tol(T::DTYPE));
         // The oracle itself against f64 (its output is f32, so tighter).
-        let oracle_err = reference
-            .out
-            .iter()
-            .zip(&dense_out)
-            .fold(0.0f64, |m, (&r, &d)| m.max((r - d as f64).abs()));
-        let max_ref = reference.out.iter().fold(0.0f64, |m, r| m.max(r.abs()));
+        let oracle_err = max_abs_diff(&reference.out, &dense_out);
+        let max_ref = max_abs(&reference.out);
         assert!(
             oracle_err <= tol(T::DTYPE) * max_ref.max(1e-6),
             "{what}: cuBLAS oracle vs f64: {oracle_err:.3e}"
@@ -329,9 +314,7 @@ fn engine_stream_is_used_as_given() {
     .unwrap();
     let plan = AttnPlan::new(&problem, &AttnOptions::causal()).unwrap();
     let mut rng = Rng::new(base_seed());
-    let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-    let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<bf16>(&mut rng, &problem, 1.0, 1.0);
     let a = plan.run_cuda_host(&gpu, &q, &k, &v).unwrap();
     let b = plan.run_cuda_host(&engine, &q, &k, &v).unwrap();
     assert!(a.0 == b.0 && a.1 == b.1, "results differ between streams");
@@ -348,7 +331,7 @@ fn missing_gpu_is_an_error_not_a_panic() {
 }
 
 /// Block-sparse patterns on the GPU against the cuBLAS dense path with the pattern's token
-/// mask materialised (`[num_heads, q_len, kv_len]`), per PATTERNS.md.
+/// mask materialised (`[num_heads, q_len, kv_len]`), per docs/patterns.md.
 #[test]
 fn sparse_patterns_against_cublas_with_materialised_mask() {
     let Some(gpu) = gpu("sparse_patterns_against_cublas_with_materialised_mask") else {
@@ -387,14 +370,12 @@ fn sparse_patterns_against_cublas_with_materialised_mask() {
             let set = sparse_attn::pattern::HeadPatterns::from_json(json).unwrap();
             let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
             let mut rng = Rng::new(seed ^ n as u64);
-            let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-            let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-            let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+            let (q, k, v) = random_qkv::<bf16>(&mut rng, &problem, 1.0, 1.0);
             let (out, lse) = plan.run_cuda_host(&gpu, &q, &k, &v).unwrap();
             let (err, d_lse) = against_masked_dense(&gpu, &plan, &q, &k, &v, &out);
             let what = format!("pattern {n} q {q_len} kv {kv_len} seed {seed}");
             assert!(err <= tol(DType::BF16), "{what}: error vs cuBLAS {err:.3e}");
-            assert_lse_close(&what, &lse, &d_lse);
+            assert_lse_close(&what, &lse, &d_lse, 1e-3);
         }
     }
 }
@@ -424,9 +405,7 @@ fn paged_kv_against_cublas() {
         let set = sparse_attn::pattern::HeadPatterns::from_json(pattern).unwrap();
         let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
         let mut rng = Rng::new(seed);
-        let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-        let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-        let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
         let pool = common::paged::build_pool(
             &mut rng, &seqs, 2, 128, &k, &v, page, sink_pages, ring_pages,
         );
@@ -583,9 +562,7 @@ fn decode_cuda_equals_one_shot_run() {
     )
     .unwrap();
     let mut rng = Rng::new(seed);
-    let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-    let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<bf16>(&mut rng, &problem, 1.0, 1.0);
     let config = DecodeConfig {
         page_size: 16,
         prefill: 500,

@@ -6,129 +6,29 @@
 
 mod common;
 
-use common::tempdir::TempDir;
-
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{random_tensor, widen, Rng};
+use common::cli::{
+    assert_fails, assert_no_temp_files, assert_success, bin as run, read_output, read_tensor, s,
+    safetensors_bytes, tensor, zeros, Fixture, Tensor as T,
+};
+use common::tempdir::TempDir;
+use common::{assert_lse_close, max_abs, max_abs_diff, random_qkv, reference_for, Rng};
 use half::{bf16, f16};
-use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
 use sparse_attn::pattern::HeadPatterns;
-use sparse_attn::reference::{self, RefInputs};
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, SeqLens};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sparse-attn");
-
-/// One input tensor for a safetensors file.
-struct T {
-    name: &'static str,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-fn tensor<E: Element>(name: &'static str, shape: &[usize], x: &[E], dtype: Dtype) -> T {
-    let bytes = x
-        .iter()
-        .flat_map(|v| {
-            let bits: u16 = match dtype {
-                Dtype::BF16 => half::bf16::from_f32(v.to_f32()).to_bits(),
-                _ => half::f16::from_f32(v.to_f32()).to_bits(),
-            };
-            bits.to_le_bytes()
-        })
-        .collect();
-    T {
-        name,
-        dtype,
-        shape: shape.to_vec(),
-        bytes,
-    }
-}
-
-fn zeros(name: &'static str, shape: &[usize], dtype: Dtype) -> T {
-    let n: usize = shape.iter().product();
-    T {
-        name,
-        dtype,
-        shape: shape.to_vec(),
-        bytes: vec![0; n * dtype.bitsize() / 8],
-    }
-}
-
-fn safetensors_bytes(tensors: &[T]) -> Vec<u8> {
-    let views: Vec<(&str, TensorView<'_>)> = tensors
-        .iter()
-        .map(|t| {
-            (
-                t.name,
-                TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::tensor::serialize(views, None).unwrap()
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 const DENSE: &str = r#"{"causal": false, "components": []}"#;
 
 /// Runs `run` on the given input tensors and pattern, expecting failure with one stderr line
-/// containing `needle`; checks a pre-existing output file is left as it was.
+/// containing `needle`; checks a pre-existing output file is left as it was and neither the
+/// mask nor a temporary file was written.
 fn expect_failure(tensors: &[T], pattern: &str, extra: &[&str], needle: &str) {
-    let dir = TempDir::new();
-    let input = dir.write("in.safetensors", safetensors_bytes(tensors));
-    let pat = dir.write("p.json", pattern);
-    let output = dir.write("out.safetensors", b"previous contents");
-    let mask = dir.path("mask.safetensors");
-    let mut args = vec![
-        "run",
-        "--pattern",
-        s(&pat),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--mask-out",
-        s(&mask),
-        "--backend",
-        "emulator",
-    ];
-    args.extend_from_slice(extra);
-    let o = run(&args);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success(),
-        "expected failure for `{needle}`, got success"
-    );
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "expected one line on stderr, got:\n{stderr}"
-    );
-    assert!(
-        stderr.contains(needle),
-        "stderr does not mention `{needle}`: {stderr}"
-    );
-    assert_eq!(std::fs::read(&output).unwrap(), b"previous contents");
-    assert!(!mask.exists(), "mask written despite the failure");
-    let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-"))
-        .collect();
-    assert!(
-        leftovers.is_empty(),
-        "temporary files left behind: {leftovers:?}"
-    );
+    let f = Fixture::new(&safetensors_bytes(tensors), pattern);
+    let mask = f.dir.path("mask.safetensors");
+    let args = [&["--mask-out", s(&mask), "--backend", "emulator"], extra].concat();
+    f.expect_failure("run", &args, needle);
 }
 
 fn qkv(dtype: Dtype, q: [usize; 4], kv: [usize; 4]) -> Vec<T> {
@@ -204,22 +104,8 @@ fn mismatched_batch_and_head_dim() {
 
 #[test]
 fn not_a_safetensors_file() {
-    let dir = TempDir::new();
-    let input = dir.write("in.safetensors", b"definitely not safetensors");
-    let pat = dir.write("p.json", DENSE);
-    let out = dir.path("out.safetensors");
-    let o = run(&[
-        "run",
-        "--pattern",
-        s(&pat),
-        "--input",
-        s(&input),
-        "--output",
-        s(&out),
-    ]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a valid safetensors file"));
-    assert!(!out.exists());
+    let f = Fixture::new(b"definitely not safetensors", DENSE);
+    f.expect_failure("run", &[], "not a valid safetensors file");
 }
 
 #[test]
@@ -236,8 +122,7 @@ fn missing_input_file() {
         "--output",
         s(&out),
     ]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
+    assert_fails(&o, 1, "cannot read");
     assert!(!out.exists());
 }
 
@@ -323,28 +208,13 @@ fn bad_scale_and_softcap() {
 
 #[test]
 fn kernels_report_runs_with_or_without_nvcc() {
-    let o = run(&["kernels"]);
-    assert!(o.status.success());
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stdout = assert_success(&run(&["kernels"]), "kernels");
     if sparse_attn::backend::cuda_build().built {
         assert!(stdout.contains("sa_attn_fwd_f16_hd64"), "{stdout}");
         assert!(stdout.contains("regs"), "{stdout}");
     } else {
         assert!(stdout.contains("CUDA build was skipped"), "{stdout}");
     }
-}
-
-/// Reads a safetensors output into (dtype, shape, raw bytes) per tensor name.
-fn read_tensor(bytes: &[u8], name: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    (t.dtype(), t.shape().to_vec(), t.data().to_vec())
-}
-
-fn words(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
-    bytes
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
 }
 
 /// The shape of a `run` test.
@@ -371,7 +241,7 @@ impl Shape {
     }
 }
 
-/// A predicate written down from PATTERNS.md: `(head, p, j) -> allowed`.
+/// A predicate written down from docs/patterns.md: `(head, p, j) -> allowed`.
 type Hand<'a> = &'a dyn Fn(usize, i64, i64) -> bool;
 
 /// Runs `run --mask-out` on random inputs with `pattern` on the emulator and checks: `out` and
@@ -402,90 +272,31 @@ fn check_run<E: Element>(dtype: Dtype, pattern: &str, sh: Shape, hand: Option<Ha
     .unwrap();
     let set = HeadPatterns::from_json(pattern).unwrap();
     let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+    // The binary's defaults, which the reference below takes from the plan.
+    assert_eq!(plan.scale(), 1.0 / (head_dim as f32).sqrt());
+    assert_eq!(plan.softcap(), 0.0);
     let mut rng = Rng::new(common::base_seed());
-    let q: Vec<E> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-    let k: Vec<E> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let v: Vec<E> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let dir = TempDir::new();
-    let input = dir.write(
-        "in.safetensors",
-        safetensors_bytes(&[
-            tensor("q", &[batch, q_len, heads, d], &q, dtype),
-            tensor("k", &[batch, kv_len, kv_heads, d], &k, dtype),
-            tensor("v", &[batch, kv_len, kv_heads, d], &v, dtype),
-        ]),
-    );
-    let pat = dir.write("p.json", pattern);
-    let output = dir.path("out.safetensors");
-    let mask_path = dir.path("mask.safetensors");
-    let o = run(&[
-        "run",
-        "--pattern",
-        s(&pat),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-        "--mask-out",
-        s(&mask_path),
-        "--backend",
-        "emulator",
+    let (q, k, v) = random_qkv::<E>(&mut rng, &problem, 1.0, 1.0);
+    let input = safetensors_bytes(&[
+        tensor("q", &[batch, q_len, heads, d], &q, dtype),
+        tensor("k", &[batch, kv_len, kv_heads, d], &k, dtype),
+        tensor("v", &[batch, kv_len, kv_heads, d], &v, dtype),
     ]);
-    assert!(
-        o.status.success(),
-        "run failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let f = Fixture::new(&input, pattern);
+    let output = f.dir.path("out.safetensors");
+    let mask_path = f.dir.path("mask.safetensors");
+    f.succeed("run", &output, &["--mask-out", s(&mask_path)]);
 
-    let bytes = std::fs::read(&output).unwrap();
-    let (out_dtype, out_shape, out_bytes) = read_tensor(&bytes, "out");
-    assert_eq!(out_dtype, dtype);
-    assert_eq!(out_shape, vec![batch, q_len, heads, d]);
-    let (lse_dtype, lse_shape, lse_bytes) = read_tensor(&bytes, "lse");
-    assert_eq!(lse_dtype, Dtype::F32);
-    assert_eq!(lse_shape, vec![batch, heads, q_len]);
-    let out: Vec<f32> = words(&out_bytes)
-        .map(|w| match dtype {
-            Dtype::BF16 => bf16::from_bits(w).to_f32(),
-            _ => f16::from_bits(w).to_f32(),
-        })
-        .collect();
-    let lse: Vec<f32> = lse_bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-
-    let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
-    let want = reference::attention(
-        &problem,
-        &RefInputs {
-            q: &qf,
-            k: &kf,
-            v: &vf,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            softcap: 0.0,
-        },
-        |b, h, i, j| plan.allowed(b, h, i, j),
-    );
-    let max_ref = want.out.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    let max_err = out
-        .iter()
-        .zip(&want.out)
-        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+    let got = read_output(&output, dtype);
+    assert_eq!(got.out_shape, vec![batch, q_len, heads, d]);
+    assert_eq!(got.lse_shape, vec![batch, heads, q_len]);
+    let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+    let (max_err, max_ref) = (max_abs_diff(&got.out, &want.out), max_abs(&want.out));
     assert!(
         max_err <= 1e-2 * max_ref,
         "{pattern}: out error {max_err:.3e} vs max |out| {max_ref:.3e}"
     );
-    for (&g, &w) in lse.iter().zip(&want.lse) {
-        if w == f64::NEG_INFINITY {
-            assert_eq!(g, f32::NEG_INFINITY);
-        } else {
-            assert!(
-                (g as f64 - w).abs() <= 1e-2 * w.abs().max(1.0),
-                "{pattern}: lse {g} vs {w}"
-            );
-        }
-    }
+    assert_lse_close(pattern, &got.lse, &want.lse, 1e-2);
 
     let mask_bytes = std::fs::read(&mask_path).unwrap();
     let (mask_dtype, mask_shape, mask) = read_tensor(&mask_bytes, "mask");
@@ -641,12 +452,7 @@ fn demo_runs_on_the_emulator() {
         "--seed",
         "7",
     ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "demo failed: {stdout}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = assert_success(&o, "demo");
     assert!(stdout.contains("seed 7"), "{stdout}");
     assert!(stdout.contains("causal"), "{stdout}");
     assert!(stdout.contains("OK"), "{stdout}");
@@ -660,13 +466,7 @@ fn plan_json(config: &str, extra: &[&str]) -> serde_json::Value {
     let cfg = dir.write("config.json", config);
     let mut args = vec!["plan", "--model", s(&cfg), "--json"];
     args.extend_from_slice(extra);
-    let o = run(&args);
-    assert!(
-        o.status.success(),
-        "plan failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+    serde_json::from_str(&assert_success(&run(&args), "plan")).unwrap()
 }
 
 fn u(v: &serde_json::Value) -> u128 {
@@ -747,8 +547,7 @@ fn plan_gemma3_nested_text_config_table() {
     let dir = TempDir::new();
     let path = dir.write("config.json", cfg);
     let o = run(&["plan", "--model", s(&path), "--seq-len", "4096"]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = assert_success(&o, "plan");
     assert!(stdout.contains("12 layers, 8 query heads, 4 kv heads, head_dim 256"));
     assert!(stdout.contains("density  = allowed (query, key) pairs"));
     for l in 0..12 {
@@ -777,10 +576,7 @@ fn plan_reads_shapes_from_flags_when_the_config_lacks_them() {
     let dir = TempDir::new();
     let path = dir.write("config.json", cfg);
     let o = run(&["plan", "--model", s(&path), "--seq-len", "64"]);
-    assert_eq!(o.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("has no \"num_attention_heads\"; pass --num-heads"));
+    assert_fails(&o, 1, "has no \"num_attention_heads\"; pass --num-heads");
     let r = plan_json(
         cfg,
         &[
@@ -826,11 +622,8 @@ fn plan_bad_input() {
         let mut a = vec!["plan", "--model", s(&path)];
         a.extend(args);
         let o = run(&a);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(code), "{cfg}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(needle), "{cfg}: {stderr}");
-        assert!(o.stdout.is_empty());
+        assert_fails(&o, code, needle);
+        assert!(o.stdout.is_empty(), "{cfg}: output on stdout");
     }
 }
 
@@ -892,16 +685,8 @@ fn viz(pattern: Option<&str>, args: &[&str]) -> (Picture, String) {
         a.extend(["--pattern", s(&pat)]);
     }
     a.extend_from_slice(args);
-    let o = run(&a);
-    assert!(
-        o.status.success(),
-        "viz failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (
-        Picture::read(&out),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-    )
+    let stdout = assert_success(&run(&a), "viz");
+    (Picture::read(&out), stdout)
 }
 
 #[test]
@@ -1153,17 +938,15 @@ fn viz_failures_write_nothing() {
         let mut a = vec!["viz", "--out", s(&out)];
         a.extend(args);
         let o = run(&a);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(code), "{a:?}: {stderr}");
-        assert!(stderr.contains(needle), "{a:?}: {stderr}");
         if code == 1 {
-            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+            assert_fails(&o, code, needle);
+        } else {
+            // Usage errors (status 2) come from the argument parser, with its own layout.
+            let stderr = common::cli::stderr(&o);
+            assert_eq!(o.status.code(), Some(code), "{a:?}: {stderr}");
+            assert!(stderr.contains(needle), "{a:?}: {stderr}");
         }
         assert!(!out.exists(), "{a:?} wrote a picture");
-        let names: Vec<_> = std::fs::read_dir(&dir.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+        assert_no_temp_files(&dir);
     }
 }

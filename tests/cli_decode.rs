@@ -4,80 +4,9 @@
 
 mod common;
 
-use common::tempdir::TempDir;
-
-use std::path::Path;
-use std::process::{Command, Output};
-
-use common::{base_seed, random_tensor, Rng};
-use half::{bf16, f16};
-use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sparse-attn");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn bin(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-/// q `[b, tq, h, d]`, k and v `[b, tk, hk, d]` of random values as a safetensors file.
-fn input_file(dtype: Dtype, q: [usize; 4], kv: [usize; 4], seed: u64) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    let mut tensor = |shape: [usize; 4], amp: f32| -> Vec<u8> {
-        let n = shape.iter().product();
-        match dtype {
-            Dtype::BF16 => random_tensor::<bf16>(&mut rng, n, amp)
-                .iter()
-                .flat_map(|x| x.to_bits().to_le_bytes())
-                .collect(),
-            _ => random_tensor::<f16>(&mut rng, n, amp)
-                .iter()
-                .flat_map(|x| x.to_bits().to_le_bytes())
-                .collect(),
-        }
-    };
-    let data = [tensor(q, 2.0), tensor(kv, 2.0), tensor(kv, 1.0)];
-    let views: Vec<(&str, TensorView<'_>)> = ["q", "k", "v"]
-        .iter()
-        .zip([q, kv, kv])
-        .zip(&data)
-        .map(|((&name, shape), bytes)| {
-            (name, TensorView::new(dtype, shape.to_vec(), bytes).unwrap())
-        })
-        .collect();
-    safetensors::tensor::serialize(views, None).unwrap()
-}
-
-/// `out` widened to f32 and `lse`, with their shapes.
-fn read_out(path: &Path, dtype: Dtype) -> (Vec<usize>, Vec<f32>, Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let out = st.tensor("out").unwrap();
-    assert_eq!(out.dtype(), dtype);
-    let o: Vec<f32> = out
-        .data()
-        .chunks_exact(2)
-        .map(|c| {
-            let w = u16::from_le_bytes([c[0], c[1]]);
-            match dtype {
-                Dtype::BF16 => bf16::from_bits(w).to_f32(),
-                _ => f16::from_bits(w).to_f32(),
-            }
-        })
-        .collect();
-    let lse = st.tensor("lse").unwrap();
-    assert_eq!(lse.dtype(), Dtype::F32);
-    let l: Vec<f32> = lse
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (out.shape().to_vec(), o, lse.shape().to_vec(), l)
-}
+use common::cli::{random_qkv, read_output, safetensors_bytes, Fixture};
+use common::{assert_lse_close, base_seed, max_abs, max_abs_diff};
+use safetensors::tensor::Dtype;
 
 /// The number printed before `label` on the `kv cache:` line.
 fn number_before(stdout: &str, label: &str) -> u64 {
@@ -104,73 +33,22 @@ fn decode_vs_run(
     kv_heads: usize,
     extra: &[&str],
 ) -> (u64, u64, u64) {
-    let dir = TempDir::new();
     let [b, t, _, d] = shape;
-    let input = dir.write(
-        "in.safetensors",
-        input_file(dtype, shape, [b, t, kv_heads, d], base_seed()),
-    );
-    let pat = dir.write("p.json", pattern);
-    let (dec, full) = (dir.path("dec.safetensors"), dir.path("run.safetensors"));
-    let mut args = vec![
-        "decode",
-        "--pattern",
-        s(&pat),
-        "--input",
-        s(&input),
-        "--output",
-        s(&dec),
-        "--backend",
-        "emulator",
-    ];
-    args.extend_from_slice(extra);
-    let o = bin(&args);
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "decode failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let o = bin(&[
-        "run",
-        "--pattern",
-        s(&pat),
-        "--input",
-        s(&input),
-        "--output",
-        s(&full),
-        "--backend",
-        "emulator",
-    ]);
-    assert!(
-        o.status.success(),
-        "run failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let (ds, dout, dls, dlse) = read_out(&dec, dtype);
-    let (rs, rout, rls, rlse) = read_out(&full, dtype);
-    assert_eq!(ds, shape.to_vec());
-    assert_eq!((&ds, &dls), (&rs, &rls));
-    let max_ref = rout.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let err = dout
-        .iter()
-        .zip(&rout)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let input = random_qkv(dtype, shape, [b, t, kv_heads, d], base_seed());
+    let f = Fixture::new(&safetensors_bytes(&input), pattern);
+    let (dec, full) = (f.dir.path("dec.safetensors"), f.dir.path("run.safetensors"));
+    let stdout = f.succeed("decode", &dec, extra);
+    f.succeed("run", &full, &[]);
+    let (d, r) = (read_output(&dec, dtype), read_output(&full, dtype));
+    assert_eq!(d.out_shape, shape.to_vec());
+    assert_eq!((&d.out_shape, &d.lse_shape), (&r.out_shape, &r.lse_shape));
+    let (err, max_ref) = (max_abs_diff(&d.out, &r.out), max_abs(&r.out));
     let tol = if dtype == Dtype::BF16 { 1e-2 } else { 4e-3 };
     assert!(
         err <= tol * max_ref,
         "{pattern}: decode vs run: {err} > {tol} * {max_ref}"
     );
-    for (i, (a, b)) in dlse.iter().zip(&rlse).enumerate() {
-        if *b == f32::NEG_INFINITY {
-            assert_eq!(a, b, "lse[{i}]");
-        } else {
-            assert!(
-                (a - b).abs() <= 1e-3 * b.abs().max(1.0),
-                "{pattern}: lse[{i}] {a} vs {b}"
-            );
-        }
-    }
+    assert_lse_close(&format!("{pattern}: decode vs run"), &d.lse, &r.lse, 1e-3);
     (
         number_before(&stdout, "pages used"),
         number_before(&stdout, "bytes used"),
@@ -226,31 +104,8 @@ fn decode_matches_run_per_head_windows() {
 /// `decode` with these arguments fails with one line containing `needle`, exit status 1, and
 /// leaves an existing output file as it was.
 fn expect_failure(q: [usize; 4], kv: [usize; 4], pattern: &str, extra: &[&str], needle: &str) {
-    let dir = TempDir::new();
-    let input = dir.write("in.safetensors", input_file(Dtype::F16, q, kv, 1));
-    let pat = dir.write("p.json", pattern);
-    let output = dir.write("out.safetensors", b"previous contents");
-    let mut args = vec![
-        "decode",
-        "--pattern",
-        s(&pat),
-        "--input",
-        s(&input),
-        "--output",
-        s(&output),
-    ];
-    args.extend_from_slice(extra);
-    let o = bin(&args);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "`{needle}`: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
-    assert_eq!(std::fs::read(&output).unwrap(), b"previous contents");
-    let names: Vec<String> = std::fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names.len(), 3, "stray files: {names:?}");
+    let input = safetensors_bytes(&random_qkv(Dtype::F16, q, kv, 1));
+    Fixture::new(&input, pattern).expect_failure("decode", extra, needle);
 }
 
 #[test]

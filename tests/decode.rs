@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{assert_matches, base_seed, random_tensor, reference_for, rel_error, tol, Rng};
+use common::{
+    assert_lse_close, assert_matches, base_seed, random_qkv, reference_for, rel_error, tol, Rng,
+};
 use half::{bf16, f16};
 use sparse_attn::kv_cache::{decode_emulated, DecodeConfig, DecodeOutput, LayerCapacity, PageSize};
 use sparse_attn::pattern::{HeadPatterns, Pattern};
@@ -48,9 +50,7 @@ fn check<T: Element>(c: &Case, seed: u64) -> DecodeOutput<T> {
     )
     .unwrap();
     let mut rng = Rng::new(seed);
-    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 2.0);
-    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 2.0);
-    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<T>(&mut rng, &problem, 2.0, 1.0);
     let run = EmuRun::default();
     let got = decode_emulated(&problem, &c.patterns, &c.config, &q, &k, &v, &run)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -64,14 +64,7 @@ fn check<T: Element>(c: &Case, seed: u64) -> DecodeOutput<T> {
         err <= tol(T::DTYPE),
         "{what}: decode vs run: relative error {err:.3e}"
     );
-    for (i, (&a, &b)) in got.lse.iter().zip(&full_lse).enumerate() {
-        if b == f32::NEG_INFINITY {
-            assert_eq!(a, b, "{what}: lse[{i}] of an empty row");
-        } else {
-            let e = (a - b).abs() / b.abs().max(1.0);
-            assert!(e <= 1e-3, "{what}: decode vs run: lse[{i}] = {a}, want {b}");
-        }
-    }
+    assert_lse_close(&format!("{what}: decode vs run"), &got.lse, &full_lse, 1e-3);
     // Against the f64 reference with the plan's own predicate.
     let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
     assert_matches(&what, &problem, &got.out, &got.lse, &want, tol(T::DTYPE));

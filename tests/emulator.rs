@@ -1,4 +1,4 @@
-//! The CPU emulator against the hard-coded vectors of EMULATOR.md §6, plus deliberately broken
+//! The CPU emulator against the hard-coded vectors of docs/emulator.md §6, plus deliberately broken
 //! kernels it must catch. Kernels: `kernels/tests/selftest_*.cu`; expected values are written
 //! out by hand from the spec (never derived from the emulator's own layout tables).
 
@@ -8,6 +8,7 @@
 use half::{bf16, f16};
 use sparse_attn::emu::selftest::*;
 use sparse_attn::emu::{launch, EmuError, GuardedBuffer, KernelFn, LaunchConfig, Schedule};
+use sparse_attn::pattern::rng::SplitMix64 as Rng;
 
 // ---- helpers ----------------------------------------------------------------------------------
 
@@ -48,21 +49,6 @@ macro_rules! assert_fault {
         }
         err
     }};
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform integer in [lo, hi].
-    fn int(&mut self, lo: i32, hi: i32) -> i32 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i32
-    }
 }
 
 fn to_bits(x: f32, is_bf16: bool) -> u16 {
@@ -160,7 +146,7 @@ fn mma_plain(a: &[f32], b: &[f32], c: &[f32], k: i32, is_bf16: bool) -> MmaOut {
     run_mma(a, b, &ZERO, c, k, is_bf16, mma_mode::PLAIN).unwrap()
 }
 
-/// A[m][k] = 16m + k, B[k][n] = 8k + n (EMULATOR.md §6; exact in f16 and bf16).
+/// A[m][k] = 16m + k, B[k][n] = 8k + n (docs/emulator.md §6; exact in f16 and bf16).
 fn spec_ab() -> (Vec<f32>, Vec<f32>) {
     let a = (0..256).map(|i| i as f32).collect();
     let b = (0..128).map(|i| i as f32).collect();
@@ -249,13 +235,13 @@ fn mma_ones_times_k_is_120_everywhere() {
 /// Random integers in [-4, 4] against an exact triple loop, for m16n8k16 and m16n8k8.
 #[test]
 fn mma_random_integers_match_triple_loop() {
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut rng = Rng::new(0x5eed_1234_abcd_0001);
     for k in [16usize, 8] {
         for is_bf16 in [false, true] {
             for _ in 0..4 {
-                let a: Vec<f32> = (0..256).map(|_| rng.int(-4, 4) as f32).collect();
-                let b: Vec<f32> = (0..128).map(|_| rng.int(-4, 4) as f32).collect();
-                let c: Vec<f32> = (0..128).map(|_| rng.int(-4, 4) as f32).collect();
+                let a: Vec<f32> = (0..256).map(|_| rng.int_in(-4, 4) as f32).collect();
+                let b: Vec<f32> = (0..128).map(|_| rng.int_in(-4, 4) as f32).collect();
+                let c: Vec<f32> = (0..128).map(|_| rng.int_in(-4, 4) as f32).collect();
                 let out = mma_plain(&a, &b, &c, k as i32, is_bf16);
                 for m in 0..16 {
                     for n in 0..8 {
@@ -282,17 +268,17 @@ fn mma_k8_fragment_vectors() {
     assert_eq!(out.d[0], (0..8).map(|k| (k * 8 * k) as f32).sum::<f32>());
 }
 
-/// EMULATOR.md §6 C->A reuse: D of two adjacent n8 tiles, converted to 16 bits, is the A
+/// docs/emulator.md §6 C->A reuse: D of two adjacent n8 tiles, converted to 16 bits, is the A
 /// fragment of the next product: a0a1 = D0[0..1], a2a3 = D0[2..3], a4a5 = D1[0..1],
 /// a6a7 = D1[2..3].
 #[test]
 fn mma_accumulator_reused_as_a_fragment() {
-    let mut rng = Rng(77);
+    let mut rng = Rng::new(77);
     for is_bf16 in [false, true] {
-        let a: Vec<f32> = (0..256).map(|_| rng.int(-2, 2) as f32).collect();
-        let b1: Vec<f32> = (0..256).map(|_| rng.int(-2, 2) as f32).collect(); // [16][16]
-        let b2: Vec<f32> = (0..128).map(|_| rng.int(-3, 3) as f32).collect(); // [16][8]
-        let c: Vec<f32> = (0..128).map(|_| rng.int(-5, 5) as f32).collect();
+        let a: Vec<f32> = (0..256).map(|_| rng.int_in(-2, 2) as f32).collect();
+        let b1: Vec<f32> = (0..256).map(|_| rng.int_in(-2, 2) as f32).collect(); // [16][16]
+        let b2: Vec<f32> = (0..128).map(|_| rng.int_in(-3, 3) as f32).collect(); // [16][8]
+        let c: Vec<f32> = (0..128).map(|_| rng.int_in(-5, 5) as f32).collect();
         let out = run_mma(&a, &b1, &b2, &c, 16, is_bf16, mma_mode::CHAIN).unwrap();
         let s = |m: usize, n: usize| (0..16).map(|k| a[m * 16 + k] * b1[k * 16 + n]).sum::<f32>();
         for lane in 0..32 {
@@ -342,9 +328,9 @@ struct Gemm {
 
 impl Gemm {
     fn new(m: usize, k: usize, seed: u64) -> Self {
-        let mut rng = Rng(seed);
-        let a = (0..m * k).map(|_| rng.int(-3, 3) as f32).collect();
-        let b = (0..k * 16).map(|_| rng.int(-3, 3) as f32).collect();
+        let mut rng = Rng::new(seed);
+        let a = (0..m * k).map(|_| rng.int_in(-3, 3) as f32).collect();
+        let b = (0..k * 16).map(|_| rng.int_in(-3, 3) as f32).collect();
         Gemm { m, k, a, b }
     }
 
@@ -502,6 +488,7 @@ fn gemm_with_swapped_fragment_registers_is_wrong() {
         .run(false, gemm_mode::SWAPPED_FRAGMENTS, &g.config())
         .unwrap();
     let want = g.reference();
+    assert_eq!(c.len(), want.len());
     let wrong = c.iter().zip(&want).filter(|(x, y)| x != y).count();
     assert!(
         wrong > 512,

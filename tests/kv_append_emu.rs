@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{base_seed, random_tensor, Rng};
+use common::{assert_same_bits, base_seed, random_tensor, Rng};
 use half::f16;
 use sparse_attn::kv_cache::append::{append_emulated, placement_slots};
 use sparse_attn::kv_cache::{HostKvStorage, KvCache, KvCacheConfig, LayerCapacity, PoolSize};
@@ -55,16 +55,10 @@ fn append_kernel_matches_host_writes() {
                     .unwrap();
             append_emulated(&layout, kp, vp, &slots, &k, &v).unwrap();
             let want = host.layer(layer).unwrap();
-            assert!(
-                kp.iter()
-                    .zip(&want.k)
-                    .all(|(a, b)| a.to_bits() == b.to_bits())
-                    && vp
-                        .iter()
-                        .zip(&want.v)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "step {step} layer {layer}: kernel pages differ from host writes (seed {seed})"
-            );
+            let what =
+                format!("step {step} layer {layer} (seed {seed}): kernel pages vs host writes");
+            assert_same_bits(&format!("{what}: k"), kp, &want.k);
+            assert_same_bits(&format!("{what}: v"), vp, &want.v);
         }
     }
 }

@@ -8,6 +8,7 @@ use half::f16;
 use sparse_attn::kv_cache::{
     resident, BlockTable, HostKvStorage, KvCache, KvCacheConfig, LayerCapacity, PoolSize, SeqId,
 };
+use sparse_attn::pattern::rng::SplitMix64 as Rng;
 use sparse_attn::pattern::{HeadPatterns, LayerPlan, Pattern};
 use sparse_attn::{DType, Error};
 
@@ -135,18 +136,6 @@ impl Harness {
     }
 }
 
-/// Tiny deterministic generator for chunk sizes and schedules.
-struct Lcg(u64);
-impl Lcg {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
-}
-
 #[test]
 fn ring_stream_of_5000_tokens_keeps_sinks_and_window() {
     // 4 sinks + a 256-token window (page 16: 1 sink page, ring of 17), next to a dense layer.
@@ -190,9 +179,9 @@ fn chunked_appends_through_a_ring() {
         }
     );
     let seq = h.cache.add_sequence();
-    let mut rng = Lcg(7);
+    let mut rng = Rng::new(7);
     while h.cache.seq_len(seq).unwrap() + 7 <= 3000 {
-        let n = 1 + rng.below(7);
+        let n = 1 + rng.below(7) as usize;
         h.append(seq, n);
         h.check(seq, n);
     }
@@ -233,23 +222,25 @@ fn interleaved_sequences_of_different_lengths() {
         ],
     };
     let mut h = Harness::new(plan, 8, 700, 4, PoolSize::Sequences(5));
-    let mut rng = Lcg(11);
+    let mut rng = Rng::new(11);
     let mut live: Vec<SeqId> = (0..4).map(|_| h.cache.add_sequence()).collect();
-    let mut targets: BTreeMap<SeqId, usize> =
-        live.iter().map(|&s| (s, 50 + rng.below(650))).collect();
+    let mut targets: BTreeMap<SeqId, usize> = live
+        .iter()
+        .map(|&s| (s, 50 + rng.below(650) as usize))
+        .collect();
     for step in 0..1500 {
-        let i = rng.below(live.len());
+        let i = rng.below(live.len() as u64) as usize;
         let s = live[i];
         let len = h.cache.seq_len(s).unwrap();
         if len >= targets[&s] {
             // Finished: free it and start another in its place.
             h.cache.free_sequence(s).unwrap();
             let n = h.cache.add_sequence();
-            targets.insert(n, 1 + rng.below(699));
+            targets.insert(n, 1 + rng.below(699) as usize);
             live[i] = n;
             continue;
         }
-        let n = (1 + rng.below(4)).min(targets[&s] - len);
+        let n = (1 + rng.below(4) as usize).min(targets[&s] - len);
         h.append(s, n);
         h.check(s, n);
         if step % 50 == 0 {
@@ -279,13 +270,13 @@ fn pages_are_reused_and_never_leak() {
     let mut h = Harness::new(plan, 16, 512, 3, PoolSize::Sequences(3));
     let initial: Vec<usize> = (0..2).map(|l| h.cache.free_pages(l).unwrap()).collect();
     assert_eq!(initial, [3 * 5, 3 * 32]);
-    let mut rng = Lcg(3);
+    let mut rng = Rng::new(3);
     for _round in 0..30 {
         let seqs: Vec<SeqId> = (0..3).map(|_| h.cache.add_sequence()).collect();
         for &s in &seqs {
-            let target = 1 + rng.below(511);
+            let target = 1 + rng.below(511) as usize;
             while h.cache.seq_len(s).unwrap() < target {
-                let n = (1 + rng.below(3)).min(target - h.cache.seq_len(s).unwrap());
+                let n = (1 + rng.below(3) as usize).min(target - h.cache.seq_len(s).unwrap());
                 h.append(s, n);
             }
             h.check(s, 1);
@@ -727,14 +718,14 @@ fn emulated_attention_reads_the_cache() {
         }
     );
     let mut store = HostKvStorage::<f16>::new(&cache).unwrap();
-    let mut rng = Lcg(5);
-    let elem = |rng: &mut Lcg| f16::from_f32(rng.below(2001) as f32 / 1000.0 - 1.0);
+    let mut rng = Rng::new(5);
+    let elem = |rng: &mut Rng| f16::from_f32(rng.below(2001) as f32 / 1000.0 - 1.0);
     let seqs: Vec<SeqId> = (0..3).map(|_| cache.add_sequence()).collect();
     let mut truth: Vec<(Vec<f16>, Vec<f16>)> = vec![(Vec::new(), Vec::new()); 3];
     let mut last_chunk = [0usize; 3];
     for (i, &target) in [250usize, 37, 131].iter().enumerate() {
         while cache.seq_len(seqs[i]).unwrap() < target {
-            let n = (1 + rng.below(8)).min(target - cache.seq_len(seqs[i]).unwrap());
+            let n = (1 + rng.below(8) as usize).min(target - cache.seq_len(seqs[i]).unwrap());
             let k: Vec<f16> = (0..n * HK * D).map(|_| elem(&mut rng)).collect();
             let v: Vec<f16> = (0..n * HK * D).map(|_| elem(&mut rng)).collect();
             let p = cache.reserve_append(seqs[i], n).unwrap();

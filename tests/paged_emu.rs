@@ -5,7 +5,9 @@
 mod common;
 
 use common::paged::build_pool;
-use common::{assert_matches, base_seed, random_tensor, reference_for, tol, Rng};
+use common::{
+    assert_matches, assert_same_bits, base_seed, random_qkv, reference_for, tol, Bits, Rng,
+};
 use half::{bf16, f16};
 use sparse_attn::attention::{PagedKv, PagedLayout};
 use sparse_attn::pattern::HeadPatterns;
@@ -14,7 +16,7 @@ use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, EmuRun, Error, Se
 const HK: usize = 2;
 const D: usize = 64;
 
-fn check_paged<T: Element>(
+fn check_paged<T: Element + Bits>(
     pattern: &str,
     seqs: SeqLens,
     page: usize,
@@ -26,9 +28,7 @@ fn check_paged<T: Element>(
     let patterns = HeadPatterns::from_json(pattern).unwrap();
     let plan = AttnPlan::with_patterns(&problem, &patterns, &AttnOptions::default()).unwrap();
     let mut rng = Rng::new(seed);
-    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<T>(&mut rng, &problem, 1.0, 1.0);
     let pool = build_pool(&mut rng, &seqs, HK, D, &k, &v, page, sink_pages, ring_pages);
     let kv = PagedKv {
         k_pages: &pool.k,
@@ -48,18 +48,8 @@ fn check_paged<T: Element>(
     if ring_pages == 0 {
         // Same kernel, same keys, same order: paging must not change a single bit.
         let (c_out, c_lse) = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
-        assert!(
-            out.iter()
-                .zip(&c_out)
-                .all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()),
-            "{what}: paged != contiguous"
-        );
-        assert!(
-            lse.iter()
-                .zip(&c_lse)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{what}: lse paged != contiguous"
-        );
+        assert_same_bits(&format!("{what}: paged vs contiguous"), &out, &c_out);
+        assert_same_bits(&format!("{what}: lse paged vs contiguous"), &lse, &c_lse);
     }
 }
 
@@ -228,9 +218,7 @@ fn split_kv_on_and_off_agree() {
             "a decode batch should split by default"
         );
         let mut rng = Rng::new(seed);
-        let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-        let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-        let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
         let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
         let pool = build_pool(&mut rng, &seqs, HK, D, &k, &v, 16, 0, 0);
         let kv = PagedKv {
@@ -256,18 +244,8 @@ fn split_kv_on_and_off_agree() {
             let what = format!("splits {splits} {pattern} seed {seed}");
             assert_matches(&what, &problem, &out, &lse, &want, tol(f16::DTYPE));
             let (pout, plse) = p.run_emulated_paged(&q, &kv, &EmuRun::default()).unwrap();
-            assert!(
-                pout.iter()
-                    .zip(&out)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{what}: paged"
-            );
-            assert!(
-                plse.iter()
-                    .zip(&lse)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{what}: paged lse"
-            );
+            assert_same_bits(&format!("{what}: paged"), &pout, &out);
+            assert_same_bits(&format!("{what}: paged lse"), &plse, &lse);
             outs.push(out);
         }
         // Splitting changes only the summation order: within a few f16 ulps of the unsplit run.
@@ -303,9 +281,7 @@ fn gqa_packing_reads_each_kv_tile_once_per_group() {
         let unpacked = plan.clone().with_gqa_packing(false).unwrap();
         assert_eq!(unpacked.gqa_pack(), 1);
         let mut rng = Rng::new(seed);
-        let q: Vec<bf16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-        let k: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-        let v: Vec<bf16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let (q, k, v) = random_qkv::<bf16>(&mut rng, &problem, 1.0, 1.0);
         let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
         let mut visited = Vec::new();
         for (name, p) in [("packed", &plan), ("unpacked", &unpacked)] {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{random_tensor, widen, Rng};
+use common::{assert_lse_close, max_abs, max_abs_diff, random_qkv, widen, Rng};
 use half::{bf16, f16};
 use sparse_attn::backend::ref_softmax::{self, RefSoftmax};
 use sparse_attn::emu::{EmuOptions, Schedule};
@@ -51,9 +51,7 @@ fn check<T: Element>(c: &Case, seed: u64) {
     )
     .unwrap();
     let mut rng = Rng::new(seed);
-    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 2.0);
-    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 2.0);
-    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<T>(&mut rng, &problem, 2.0, 1.0);
     let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
     let mask: Option<Vec<u8>> = c.masked.then(|| {
         (0..c.heads * c.q_len * c.kv_len)
@@ -146,11 +144,7 @@ fn check<T: Element>(c: &Case, seed: u64) {
                     .map_or(true, |m| m[(h * c.q_len + i) * c.kv_len + j] == 1)
         },
     );
-    let max_ref = want.out.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    let max_err = out
-        .iter()
-        .zip(&want.out)
-        .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
+    let (max_err, max_ref) = (max_abs_diff(&out, &want.out), max_abs(&want.out));
     // P is rounded to the element type (bf16: 8 significant bits), O is not.
     let tol = match T::DTYPE {
         sparse_attn::DType::F16 => 2e-3,
@@ -160,14 +154,7 @@ fn check<T: Element>(c: &Case, seed: u64) {
         max_err <= tol * max_ref.max(1e-6),
         "{what}: out error {max_err:.3e} vs max |out| {max_ref:.3e}"
     );
-    for (idx, (&g, &w)) in lse.iter().zip(&want.lse).enumerate() {
-        if w == f64::NEG_INFINITY {
-            assert_eq!(g, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
-        } else {
-            let e = (g as f64 - w).abs() / w.abs().max(1.0);
-            assert!(e <= 1e-5, "{what}: lse[{idx}] = {g}, want {w}");
-        }
-    }
+    assert_lse_close(&what, &lse, &want.lse, 1e-5);
 }
 
 fn sweep<T: Element>() {

@@ -1,11 +1,13 @@
 //! Block-sparse patterns on the CPU emulator against the f64 reference: every component of
-//! PATTERNS.md alone and in unions, with and without causal, per-head mixtures, GQA, lengths
+//! docs/patterns.md alone and in unions, with and without causal, per-head mixtures, GQA, lengths
 //! that are not tile multiples, q_len < kv_len and q_len > kv_len, rows left empty; and the
 //! work accounting (kv tiles the kernel visits = tiles the metadata lists).
 
 mod common;
 
-use common::{assert_matches, base_seed, random_tensor, reference_for, tol, Rng};
+use common::{
+    assert_matches, assert_same_bits, base_seed, random_qkv, random_tensor, reference_for, tol, Rng,
+};
 use half::{bf16, f16};
 use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, EmuRun, SeqLens};
@@ -23,9 +25,7 @@ fn run<T: Element>(
     let patterns = HeadPatterns::from_json(pattern_json).unwrap();
     let plan = AttnPlan::with_patterns(&problem, &patterns, &AttnOptions::default()).unwrap();
     let mut rng = Rng::new(seed);
-    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
-    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (q, k, v) = random_qkv::<T>(&mut rng, &problem, 1.0, 1.0);
     let counter = std::cell::Cell::new(0);
     let run = EmuRun {
         tiles_visited: Some(&counter),
@@ -207,11 +207,7 @@ fn bigbird_is_deterministic_and_per_head() {
             },
         )
         .unwrap();
-    assert!(a
-        .0
-        .iter()
-        .zip(&b.0)
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_same_bits("bigbird out under a random schedule", &b.0, &a.0);
     let differs = (0..256).any(|i| a.0[(i * 2) * 64..][..64] != a.0[(i * 2 + 1) * 64..][..64]);
     assert!(differs, "both heads drew the same random blocks");
     // A plan compiled again from the same JSON has identical metadata.

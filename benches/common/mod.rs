@@ -2,8 +2,37 @@
 
 use std::time::Duration;
 
-use sparse_attn::backend::Gpu;
+use sparse_attn::backend::{self, Gpu};
 use sparse_attn::cudarc::driver::sys::CUevent_flags;
+use sparse_attn::pattern::rng::SplitMix64;
+use sparse_attn::Element;
+
+/// The GPU to time on, or `None` (with a line saying why) when the kernels were not built
+/// or there is no device: a bench without a GPU skips and exits successfully.
+pub fn gpu_or_skip(bench: &str) -> Option<Gpu> {
+    let build = backend::cuda_build();
+    if !build.built {
+        println!(
+            "benches/{bench}: skipped, the GPU kernels were not built ({})",
+            build.skip_reason
+        );
+        return None;
+    }
+    match Gpu::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!("benches/{bench}: skipped, no GPU: {e}");
+            None
+        }
+    }
+}
+
+/// `n` values uniform in [-1, 1) from the crate's generator: the time does not depend on
+/// them, but NaN-free data keeps the kernels on their normal paths.
+pub fn random_host<T: Element>(n: usize, seed: u64) -> Vec<T> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| T::from_f32(rng.unit())).collect()
+}
 
 /// Time of `iters` calls of `f` measured with CUDA events on `gpu`'s stream (the calls only
 /// queue work; the events bracket what the GPU did).

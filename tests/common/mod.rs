@@ -1,9 +1,14 @@
 //! Shared helpers of the integration tests: seeded data, the f64 oracle, error metrics.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod paged;
 pub mod tempdir;
 
+use std::fmt::Debug;
+
+use half::{bf16, f16};
 use sparse_attn::reference::{self, RefInputs, RefOutput};
 use sparse_attn::{AttnPlan, AttnProblem, Element};
 
@@ -16,25 +21,9 @@ pub fn tol(dtype: sparse_attn::DType) -> f64 {
     }
 }
 
-/// SplitMix64: tiny, seedable, good enough for test data.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
+/// The crate's one seedable generator (SplitMix64): `new(seed)`, `next_u64`, `below(n)`,
+/// `unit()` in [-1, 1), `int_in(lo, hi)`.
+pub use sparse_attn::pattern::rng::SplitMix64 as Rng;
 
 /// The run's base seed: `SPARSE_ATTN_SEED` if set, else fresh from the clock. Printed so a
 /// failure can be replayed.
@@ -56,6 +45,19 @@ pub fn random_tensor<T: Element>(rng: &mut Rng, n: usize, amplitude: f32) -> Vec
     (0..n)
         .map(|_| T::from_f32(rng.unit() * amplitude))
         .collect()
+}
+
+/// Random q, k, v for `problem` (drawn in that order): q and k of amplitude `qk`, v of `v`.
+pub fn random_qkv<T: Element>(
+    rng: &mut Rng,
+    problem: &AttnProblem,
+    qk: f32,
+    v: f32,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let q = random_tensor(rng, problem.q_elems(), qk);
+    let k = random_tensor(rng, problem.kv_elems(), qk);
+    let v = random_tensor(rng, problem.kv_elems(), v);
+    (q, k, v)
 }
 
 pub fn widen<T: Element>(x: &[T]) -> Vec<f32> {
@@ -88,17 +90,83 @@ where
     )
 }
 
-/// Max |got - want| / max |want| over the tensor (0 when both are all zero).
-pub fn rel_error<T: Element>(got: &[T], want: &[f64]) -> f64 {
-    let max_ref = want.iter().fold(0.0f64, |m, &w| m.max(w.abs()));
-    let max_err = got
-        .iter()
+/// Max |x| over a tensor (0 when empty).
+pub fn max_abs<A: Copy + Into<f64>>(x: &[A]) -> f64 {
+    x.iter().fold(0.0f64, |m, &a| m.max(a.into().abs()))
+}
+
+/// Max |got - want| over two tensors of the same length (asserted: a shorter side must not
+/// hide the rest).
+pub fn max_abs_diff<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B]) -> f64 {
+    assert_eq!(got.len(), want.len(), "compared tensors differ in length");
+    got.iter()
         .zip(want)
-        .fold(0.0f64, |m, (&g, &w)| m.max((g.to_f32() as f64 - w).abs()));
+        .fold(0.0f64, |m, (&g, &w)| m.max((g.into() - w.into()).abs()))
+}
+
+/// Max |got - want| / max |want| over the tensor (0 when both are all zero); lengths must
+/// agree.
+pub fn rel_error<T: Element>(got: &[T], want: &[f64]) -> f64 {
+    let got: Vec<f32> = widen(got);
+    let (max_err, max_ref) = (max_abs_diff(&got, want), max_abs(want));
     if max_ref == 0.0 {
         max_err
     } else {
         max_err / max_ref
+    }
+}
+
+/// Asserts two LSE tensors agree: same length, `-inf` exactly where `want` is `-inf` (an
+/// empty row), else `|got - want| <= tol * max(|want|, 1)`.
+pub fn assert_lse_close<A, B>(what: &str, got: &[A], want: &[B], tol: f64)
+where
+    A: Copy + Into<f64>,
+    B: Copy + Into<f64>,
+{
+    assert_eq!(got.len(), want.len(), "{what}: lse length");
+    for (idx, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g.into(), w.into());
+        if w == f64::NEG_INFINITY {
+            assert_eq!(g, f64::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
+        } else {
+            let e = (g - w).abs() / w.abs().max(1.0);
+            assert!(e <= tol, "{what}: lse[{idx}] = {g}, want {w}");
+        }
+    }
+}
+
+/// Values compared bit for bit (so `-0 != 0` and a NaN equals only the same NaN).
+pub trait Bits: Copy + Debug {
+    fn bits(self) -> u32;
+}
+
+impl Bits for f16 {
+    fn bits(self) -> u32 {
+        self.to_bits().into()
+    }
+}
+
+impl Bits for bf16 {
+    fn bits(self) -> u32 {
+        self.to_bits().into()
+    }
+}
+
+impl Bits for f32 {
+    fn bits(self) -> u32 {
+        self.to_bits()
+    }
+}
+
+/// Asserts `got` and `want` have the same length and the same bits everywhere; names the
+/// first difference.
+pub fn assert_same_bits<T: Bits>(what: &str, got: &[T], want: &[T]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].bits() != want[i].bits()) {
+        panic!(
+            "{what}: first difference at [{i}]: {:?} vs {:?}",
+            got[i], want[i]
+        );
     }
 }
 
@@ -120,15 +188,8 @@ pub fn assert_matches<T: Element>(
     );
     let err = rel_error(out, &want.out);
     assert!(err <= tol, "{what}: relative error {err:.3e} > {tol:.1e}");
+    assert_lse_close(what, lse, &want.lse, 1e-3);
     let d = problem.head_dim().get() as usize;
-    for (idx, (&got, &w)) in lse.iter().zip(&want.lse).enumerate() {
-        if w == f64::NEG_INFINITY {
-            assert_eq!(got, f32::NEG_INFINITY, "{what}: lse[{idx}] of an empty row");
-        } else {
-            let e = (got as f64 - w).abs() / w.abs().max(1.0);
-            assert!(e <= 1e-3, "{what}: lse[{idx}] = {got}, want {w}");
-        }
-    }
     // Empty rows: out exactly 0.
     let (total_q, _) = problem.seqs().totals();
     let varlen = matches!(problem.seqs(), sparse_attn::SeqLens::Varlen { .. });
