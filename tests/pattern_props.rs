@@ -7,10 +7,12 @@
 //! (b) every full tile is really full; (c) every partial tile has an allowed and a disallowed
 //! existing token; unlisted tiles have no allowed token;
 //! (d) CSR lists are ascending, disjoint and in range;
-//! (e) the kernel-side mask tables agree with the predicate on every token;
+//! (e) the kernel's mask interpreter (run on the emulator) and the host's mask tables agree
+//! with the predicate on every token;
 //! and JSON round-trips every pattern.
 
 use proptest::prelude::*;
+use sparse_attn::emu::{self, selftest, GuardedBuffer, LaunchConfig};
 use sparse_attn::pattern::{
     render_from_meta, render_token_mask, BigBird, BlockMask, BlockSparseMeta, Component,
     HeadPatterns, Pattern, SparseShape,
@@ -167,22 +169,73 @@ fn check_tiles(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCaseError
     Ok(())
 }
 
-/// (e): the kernel-side predicate equals the pattern predicate token by token.
+/// The kernel's own mask interpreter (`TokenMask::allowed`, `kernels/include/sparse_attn/
+/// mask.cuh`) over every (row, key) of row set `set`, run on the emulator.
+fn kernel_mask(meta: &BlockSparseMeta, set: usize) -> Result<Vec<u8>, TestCaseError> {
+    let s = *meta.shape();
+    let fail = |e: sparse_attn::emu::EmuError| TestCaseError::fail(e.to_string());
+    let m = meta.mask();
+    let programs = GuardedBuffer::from_slice(m.programs(), "mask_programs").map_err(fail)?;
+    let components = GuardedBuffer::from_slice(m.components(), "mask_components").map_err(fail)?;
+    // An empty table still needs a valid address (the kernel never reads it then).
+    let data = if m.data().is_empty() {
+        &[0][..]
+    } else {
+        m.data()
+    };
+    let data = GuardedBuffer::from_slice(data, "mask_data").map_err(fail)?;
+    let mut allowed = GuardedBuffer::<u8>::zeroed(s.q_len * s.kv_len, "allowed").map_err(fail)?;
+    allowed.as_mut_slice().fill(0xAA); // every entry must be written
+    let p = selftest::MaskProbeParams {
+        programs: programs.as_ptr().cast(),
+        components: components.as_ptr().cast(),
+        data: data.as_ptr(),
+        allowed: allowed.as_mut_ptr(),
+        set: set as i32,
+        q_len: s.q_len as i32,
+        kv_len: s.kv_len as i32,
+        pad: 0,
+    };
+    let blocks = (s.q_len * s.kv_len).div_ceil(128).min(64) as u32;
+    let cfg = LaunchConfig::new([blocks, 1, 1], [128, 1, 1], 0);
+    // SAFETY: the params struct is the kernel's (layout asserted on both sides); every
+    // pointer is a live guarded buffer of the size the kernel indexes.
+    unsafe { emu::launch(selftest::sa_test_mask_probe, "sa_test_mask_probe", &cfg, &p) }
+        .map_err(fail)?;
+    Ok(allowed.to_vec())
+}
+
+/// (e): the kernel's mask interpreter (on the emulator) and the host's mask tables equal the
+/// pattern predicate token by token.
 fn check_mask_tables(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCaseError> {
     let s = *meta.shape();
     let shift = s.kv_len as i64 - s.q_len as i64;
+    let mut kernel: Vec<Option<Vec<u8>>> = vec![None; meta.num_sets()];
     for h in 0..s.num_heads {
         let set = meta.head_set()[h] as usize;
+        if kernel[set].is_none() {
+            kernel[set] = Some(kernel_mask(meta, set)?);
+        }
+        let device = kernel[set].as_deref().unwrap_or_default();
+        prop_assert_eq!(device.len(), s.q_len * s.kv_len);
         for i in 0..s.q_len {
             for j in 0..s.kv_len {
-                let got = meta
+                let want = truth[(h * s.q_len + i) * s.kv_len + j];
+                prop_assert_eq!(
+                    device[i * s.kv_len + j],
+                    want,
+                    "kernel mask differs at head {} row {} key {}",
+                    h,
+                    i,
+                    j
+                );
+                let host = meta
                     .mask()
                     .allowed(set, i as i64 + shift, j as i64, s.kv_len);
-                let want = truth[(h * s.q_len + i) * s.kv_len + j] == 1;
                 prop_assert_eq!(
-                    got,
-                    want,
-                    "mask tables differ at head {} row {} key {}",
+                    host,
+                    want == 1,
+                    "host mask tables differ at head {} row {} key {}",
                     h,
                     i,
                     j

@@ -14,6 +14,7 @@ extern "C" {
     pub fn sa_selftest_warp(p: *const c_void);
     pub fn sa_selftest_memory(p: *const c_void);
     pub fn sa_selftest_convert(p: *const c_void);
+    pub fn sa_test_mask_probe(p: *const c_void);
 }
 
 /// `SaSelftestMmaParams` (selftest_mma.cu).
@@ -169,6 +170,23 @@ pub struct ConvertParams {
     pub pad: i32,
 }
 
+/// `SaMaskProbeParams` (mask_probe.cu): the forward kernel's mask predicate over every
+/// (query row, key) of one row set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MaskProbeParams {
+    /// `SaMaskProgram [sets]` (kept untyped so the emulator depends on nothing).
+    pub programs: *const c_void,
+    /// `SaMaskComponent []`.
+    pub components: *const c_void,
+    pub data: *const i32,
+    pub allowed: *mut u8,
+    pub set: i32,
+    pub q_len: i32,
+    pub kv_len: i32,
+    pub pad: i32,
+}
+
 // Same sizes as the C `static_assert`s in kernels/tests/selftest_*.cu (64-bit targets).
 #[cfg(target_pointer_width = "64")]
 const _: () = {
@@ -180,4 +198,5 @@ const _: () = {
     assert!(size_of::<WarpParams>() == 16);
     assert!(size_of::<MemoryParams>() == 24);
     assert!(size_of::<ConvertParams>() == 72);
+    assert!(size_of::<MaskProbeParams>() == 48);
 };

@@ -22,3 +22,9 @@ pub use ref_softmax_params::*;
 unsafe impl cudarc::driver::DeviceRepr for SaAttnFwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for SaKvAppendParams {}
 unsafe impl cudarc::driver::DeviceRepr for SaRefSoftmaxParams {}
+
+// SAFETY: `int32_t` fields only (sizes asserted above): no padding, every bit pattern valid,
+// so the emulator may hold them in guarded buffers.
+unsafe impl crate::emu::Plain for SaMaskProgram {}
+unsafe impl crate::emu::Plain for SaMaskComponent {}
+unsafe impl crate::emu::Plain for SaTileView {}

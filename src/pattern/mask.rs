@@ -9,8 +9,10 @@
 //!
 //! These structs are mirrored field for field in `kernels/include/sparse_attn/params.h`
 //! (C layout: 4-byte fields, no padding; `MaskProgram` is 16 bytes, `MaskComponent` 64).
-//! [`MaskTables::allowed`] is the host twin of the device predicate, written the way a kernel
-//! would evaluate it from the flat arrays, and is tested against the pattern predicate.
+//! [`MaskTables::allowed`] is the host twin of the device predicate (`TokenMask::allowed` in
+//! `kernels/include/sparse_attn/mask.cuh`), written the way the kernel evaluates it from the
+//! flat arrays; the property tests check both (the kernel's through the emulator) against the
+//! pattern predicate.
 
 use crate::ffi;
 

@@ -368,6 +368,11 @@ fn bigbird_heads_draw_independently() {
             .collect::<Vec<_>>()
     };
     let (d0, d1) = (draws(0), draws(1));
+    assert_eq!((d0.len(), d1.len()), (64, 64));
+    assert!(
+        d0.iter().all(|d| d.len() == 2),
+        "two random blocks per query block"
+    );
     let same = d0.iter().zip(&d1).filter(|(a, b)| a == b).count();
     assert!(same < 8, "heads 0 and 1 agree on {same} of 64 query blocks");
     // And another seed gives other sets.
@@ -375,6 +380,7 @@ fn bigbird_heads_draw_independently() {
     let other: Vec<_> = (0..64)
         .map(|qb| c.rand_blocks(0, qb, kv_len, false))
         .collect();
+    assert_eq!(other.len(), 64);
     assert!(d0.iter().zip(&other).filter(|(a, b)| a == b).count() < 8);
 }
 

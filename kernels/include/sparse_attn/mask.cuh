@@ -1,8 +1,9 @@
 // Token-exact masking of one S tile, applied only on partial tiles (see block_iter.cuh).
 //
-// The predicate is a small program compiled on the host (src/pattern/mask.rs, whose
-// `MaskTables::allowed` is the Rust twin of `TokenMask::allowed` below and is property-tested
-// against the pattern contract of docs/patterns.md).
+// The predicate is a small program compiled on the host (src/pattern/mask.rs).
+// TokenMask::allowed below is property-tested against the pattern contract of
+// docs/patterns.md through the emulator (kernels/tests/mask_probe.cu, tests/pattern_props.rs),
+// as is its host twin MaskTables::allowed.
 #pragma once
 
 #include "sparse_attn/arch.cuh"

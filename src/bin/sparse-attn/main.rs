@@ -462,8 +462,12 @@ fn run_to_tensors<T: Storage>(
     ))
 }
 
-/// Max |got - want| / max |want| (the absolute error when the reference is all zero).
+/// Max |got - want| / max |want| (the absolute error when the reference is all zero);
+/// infinite when the lengths differ, so a short result never passes.
 fn rel_error(got: &[f32], want: &[f64]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
     let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
     let max_err = got
         .iter()
@@ -476,8 +480,12 @@ fn rel_error(got: &[f32], want: &[f64]) -> f64 {
     }
 }
 
-/// Max LSE error relative to max(|lse|, 1); matching infinities count as exact.
+/// Max LSE error relative to max(|lse|, 1); matching infinities count as exact, differing
+/// lengths as an infinite error.
 fn lse_error(got: &[f32], want: &[f64]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
     got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| {
         let e = if g as f64 == w {
             0.0
