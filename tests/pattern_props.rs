@@ -1,5 +1,5 @@
-//! Property tests of the pattern compiler against the token-level predicate (STYLE.md,
-//! principle 14: the compiler against a rendered dense mask).
+//! Property tests of the pattern compiler against the token-level predicate (the compiler
+//! against a rendered dense mask, docs/patterns.md).
 //!
 //! For random patterns (every component, unions, causal or not, per-head sets) and random
 //! shapes (q_len and kv_len 1..300 either way round, tiles 16/32/64/128):
