@@ -21,6 +21,6 @@ SA_KERNEL(sa_kv_append, SaKvAppendParams, 32) {
         static_cast<const uint16_t*>(is_v ? params.v_new : params.k_new) + src) + cc;
     uint4* to = reinterpret_cast<uint4*>(
         static_cast<uint16_t*>(is_v ? params.v_pages : params.k_pages) + dst) + cc;
-    *to = *from;
+    sa::arch::stg(to, sa::arch::ldg(from));
   }
 }

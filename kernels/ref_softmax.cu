@@ -38,17 +38,17 @@ struct Row {
 // thread folds the kWarps warp results from shared memory. `slots` holds kWarps floats that
 // no other reduction uses concurrently. Must be reached by every thread of the block.
 template <bool kMax>
-SA_DEVICE float block_reduce(float v, float* slots) {
+SA_DEVICE float block_reduce(float v, Smem slots) {
   for (int offset = 16; offset > 0; offset /= 2) {
     const float o = arch::shfl_xor(arch::kFullMask, v, offset);
     v = kMax ? fmaxf(v, o) : v + o;
   }
   const unsigned warp = threadIdx.x / 32;
-  if (arch::lane_id() == 0) slots[warp] = v;
+  if (arch::lane_id() == 0) arch::sts(slots + 4 * warp, v);
   __syncthreads();
-  float r = arch::lds(&slots[0]);
+  float r = arch::lds<float>(slots);
   for (int w = 1; w < kWarps; ++w) {
-    const float o = arch::lds(&slots[w]);
+    const float o = arch::lds<float>(slots + 4 * w);
     r = kMax ? fmaxf(r, o) : r + o;
   }
   return r;
@@ -70,7 +70,7 @@ SA_DEVICE void softmax_row(const SaRefSoftmaxParams& p) {
   r.softcap = p.softcap;
   r.inv_softcap = p.softcap > 0.f ? 1.f / p.softcap : 0.f;
   T* out = static_cast<T*>(p.p) + b * p.p_batch_stride + row;
-  float* slots = reinterpret_cast<float*>(dynamic_smem());  // [2][kWarps]: max, then sum
+  const Smem slots = dynamic_smem();  // f32 [2][kWarps]: max, then sum
 
   float mx = kNegInf;
   for (int j = tid; j < kv_len; j += kThreads) mx = fmaxf(mx, r.score(j));
@@ -86,7 +86,7 @@ SA_DEVICE void softmax_row(const SaRefSoftmaxParams& p) {
 
   float sum = 0.f;
   for (int j = tid; j < kv_len; j += kThreads) sum += expf(r.score(j) - mx);  // exp(-inf) = 0
-  sum = block_reduce<false>(sum, slots + kWarps);
+  sum = block_reduce<false>(sum, slots + 4 * kWarps);
 
   const float inv = 1.f / sum;
   for (int j = tid; j < kv_len; j += kThreads) {

@@ -90,7 +90,7 @@ fn sweep<T: Element>(head_dim: u32) {
                 check::<T>(
                     &case,
                     seed ^ (n as u64 * 1000 + kv_len as u64),
-                    &EmuRun::default(),
+                    &crate::common::emu_run(),
                 );
             }
         }
@@ -125,9 +125,9 @@ fn gqa_8_to_1_and_mqa() {
             let mut case = Case::uniform(70, 130, 64, causal);
             case.heads = heads;
             case.kv_heads = kv_heads;
-            check::<f16>(&case, seed, &EmuRun::default());
+            check::<f16>(&case, seed, &crate::common::emu_run());
             case.head_dim = 128;
-            check::<bf16>(&case, seed + 1, &EmuRun::default());
+            check::<bf16>(&case, seed + 1, &crate::common::emu_run());
         }
     }
 }
@@ -148,8 +148,8 @@ fn varlen_batch_of_unequal_lengths() {
             },
             amplitude: 1.0,
         };
-        check::<f16>(&case, seed, &EmuRun::default());
-        check::<bf16>(&case, seed + 7, &EmuRun::default());
+        check::<f16>(&case, seed, &crate::common::emu_run());
+        check::<bf16>(&case, seed + 7, &crate::common::emu_run());
     }
 }
 
@@ -162,7 +162,7 @@ fn uniform_batch_of_several_sequences() {
         q_len: 33,
         kv_len: 100,
     };
-    check::<f16>(&case, seed, &EmuRun::default());
+    check::<f16>(&case, seed, &crate::common::emu_run());
 }
 
 #[test]
@@ -171,8 +171,8 @@ fn empty_rows_are_zero_with_neg_inf_lse() {
     let seed = base_seed();
     for hd in [64, 128] {
         let case = Case::uniform(150, 40, hd, true);
-        check::<f16>(&case, seed, &EmuRun::default());
-        check::<bf16>(&case, seed, &EmuRun::default());
+        check::<f16>(&case, seed, &crate::common::emu_run());
+        check::<bf16>(&case, seed, &crate::common::emu_run());
     }
 }
 
@@ -183,9 +183,9 @@ fn large_magnitude_logits_stay_finite_and_exact() {
     let seed = base_seed();
     let mut case = Case::uniform(100, 180, 128, false);
     case.amplitude = 12.0;
-    check::<bf16>(&case, seed, &EmuRun::default());
+    check::<bf16>(&case, seed, &crate::common::emu_run());
     case.opts.causal = true;
-    check::<f16>(&case, seed, &EmuRun::default());
+    check::<f16>(&case, seed, &crate::common::emu_run());
 }
 
 #[test]
@@ -195,9 +195,9 @@ fn custom_scale_and_softcap() {
     case.amplitude = 4.0;
     case.opts.scale = Some(0.3);
     case.opts.softcap = Some(20.0);
-    check::<f16>(&case, seed, &EmuRun::default());
+    check::<f16>(&case, seed, &crate::common::emu_run());
     case.opts.softcap = None;
-    check::<bf16>(&case, seed, &EmuRun::default());
+    check::<bf16>(&case, seed, &crate::common::emu_run());
 }
 
 #[test]
@@ -228,24 +228,26 @@ fn every_schedule_gives_identical_bits() {
     let mut rng = Rng::new(seed);
     let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
     for plan in &plans {
-        let base = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
+        let base = plan
+            .run_emulated(&q, &k, &v, &crate::common::emu_run())
+            .unwrap();
         let runs = [
             EmuRun {
                 schedule: Schedule::Reverse,
-                ..Default::default()
+                ..crate::common::emu_run()
             },
             EmuRun {
                 schedule: Schedule::Random(seed),
-                ..Default::default()
+                ..crate::common::emu_run()
             },
             EmuRun {
                 schedule: Schedule::Random(seed.wrapping_add(1)),
                 workers: 1,
-                ..Default::default()
+                ..crate::common::emu_run()
             },
             EmuRun {
                 eager_cp_async: true,
-                ..Default::default()
+                ..crate::common::emu_run()
             },
         ];
         for run in &runs {
@@ -265,10 +267,14 @@ fn work_accounting_matches_the_ideal_tile_count() {
     let dense = check::<f16>(
         &Case::uniform(256, 320, 64, false),
         seed,
-        &EmuRun::default(),
+        &crate::common::emu_run(),
     );
     assert_eq!(dense, (heads * 4 * 5) as u64);
-    let causal = check::<f16>(&Case::uniform(256, 256, 64, true), seed, &EmuRun::default());
+    let causal = check::<f16>(
+        &Case::uniform(256, 256, 64, true),
+        seed,
+        &crate::common::emu_run(),
+    );
     assert_eq!(causal, (heads * (1 + 2 + 3 + 4)) as u64);
 }
 
@@ -335,7 +341,9 @@ fn a2_a4_fragment_swap_canary_fails_end_to_end() {
          fragment layouts would not catch a layout bug"
     );
     // The production kernel on the same data passes.
-    let (out, _) = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
+    let (out, _) = plan
+        .run_emulated(&q, &k, &v, &crate::common::emu_run())
+        .unwrap();
     assert!(common::rel_error(&out, &want.out) <= 4e-3);
 }
 
@@ -408,17 +416,17 @@ fn bad_inputs_are_typed_errors() {
     let kv = vec![f16::ZERO; problem.kv_elems()];
     // Wrong lengths and wrong dtype are rejected before any launch.
     assert!(matches!(
-        plan.run_emulated(&q[1..], &kv, &kv, &EmuRun::default()),
+        plan.run_emulated(&q[1..], &kv, &kv, &crate::common::emu_run()),
         Err(Error::Shape(_))
     ));
     assert!(matches!(
-        plan.run_emulated(&q, &kv, &kv[..3], &EmuRun::default()),
+        plan.run_emulated(&q, &kv, &kv[..3], &crate::common::emu_run()),
         Err(Error::Shape(_))
     ));
     let qb = vec![bf16::ZERO; problem.q_elems()];
     let kvb = vec![bf16::ZERO; problem.kv_elems()];
     assert!(matches!(
-        plan.run_emulated(&qb, &kvb, &kvb, &EmuRun::default()),
+        plan.run_emulated(&qb, &kvb, &kvb, &crate::common::emu_run()),
         Err(Error::Shape(_))
     ));
 }

@@ -10,7 +10,7 @@ use common::{
 use half::{bf16, f16};
 use sparse_attn::kv_cache::{decode_emulated, DecodeConfig, DecodeOutput, LayerCapacity, PageSize};
 use sparse_attn::pattern::{HeadPatterns, Pattern};
-use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, EmuRun, Error, SeqLens};
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, Error, SeqLens};
 
 #[derive(Clone)]
 struct Case {
@@ -51,7 +51,7 @@ fn check<T: Element>(c: &Case, seed: u64) -> DecodeOutput<T> {
     .unwrap();
     let mut rng = Rng::new(seed);
     let (q, k, v) = random_qkv::<T>(&mut rng, &problem, 2.0, 1.0);
-    let run = EmuRun::default();
+    let run = crate::common::emu_run();
     let got = decode_emulated(&problem, &c.patterns, &c.config, &q, &k, &v, &run)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
 
@@ -244,7 +244,7 @@ fn rejects_bad_requests() {
     let p = problem(32, 32);
     let x = vec![f16::ZERO; p.q_elems()];
     let kv = vec![f16::ZERO; p.kv_elems()];
-    let run = EmuRun::default();
+    let run = crate::common::emu_run();
     let go = |p: &AttnProblem, set: &HeadPatterns, cfg: DecodeConfig| {
         let q = vec![f16::ZERO; p.q_elems()];
         let k = vec![f16::ZERO; p.kv_elems()];

@@ -5,7 +5,10 @@
 // Lane-indexed loops read most naturally as `for lane in 0..32`.
 #![allow(clippy::needless_range_loop)]
 
-use half::{bf16, f16};
+#[path = "common/selftest_vectors.rs"]
+mod selftest_vectors;
+
+use selftest_vectors::*;
 use sparse_attn::emu::selftest::*;
 use sparse_attn::emu::{launch, EmuError, GuardedBuffer, KernelFn, LaunchConfig, Schedule};
 use sparse_attn::pattern::rng::SplitMix64 as Rng;
@@ -51,55 +54,7 @@ macro_rules! assert_fault {
     }};
 }
 
-fn to_bits(x: f32, is_bf16: bool) -> u16 {
-    if is_bf16 {
-        bf16::from_f32(x).to_bits()
-    } else {
-        f16::from_f32(x).to_bits()
-    }
-}
-
-fn from_bits(h: u16, is_bf16: bool) -> f32 {
-    if is_bf16 {
-        bf16::from_bits(h).to_f32()
-    } else {
-        f16::from_bits(h).to_f32()
-    }
-}
-
 // ---- mma ----------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct MmaOut {
-    /// [32][16] per lane: a regs 0-3, b regs 4-5, d bits 6-9, P regs 10-13.
-    frags: Vec<u32>,
-    /// [16][8] row-major D.
-    d: Vec<f32>,
-}
-
-impl MmaOut {
-    /// The 16-bit elements a0..a7 (k16) of lane `l`, widened.
-    fn a(&self, l: usize, is_bf16: bool) -> Vec<f32> {
-        self.halves(l * 16, 8, is_bf16)
-    }
-    fn b(&self, l: usize, is_bf16: bool) -> Vec<f32> {
-        self.halves(l * 16 + 4, 4, is_bf16)
-    }
-    /// `n` 16-bit elements packed two per register from `frags[first..]`, low half first.
-    fn halves(&self, first: usize, n: usize, is_bf16: bool) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                from_bits(
-                    (self.frags[first + i / 2] >> (16 * (i % 2))) as u16,
-                    is_bf16,
-                )
-            })
-            .collect()
-    }
-    fn d_lane(&self, l: usize) -> [f32; 4] {
-        std::array::from_fn(|i| f32::from_bits(self.frags[l * 16 + 6 + i]))
-    }
-}
 
 #[allow(clippy::too_many_arguments)]
 fn run_mma(
@@ -139,41 +94,20 @@ fn run_mma(
     })
 }
 
-const ZERO: [f32; 128] = [0.0; 128];
-
 /// A plain d = a.b + c.
 fn mma_plain(a: &[f32], b: &[f32], c: &[f32], k: i32, is_bf16: bool) -> MmaOut {
     run_mma(a, b, &ZERO, c, k, is_bf16, mma_mode::PLAIN).unwrap()
 }
 
-/// A[m][k] = 16m + k, B[k][n] = 8k + n (docs/emulator.md §6; exact in f16 and bf16).
-fn spec_ab() -> (Vec<f32>, Vec<f32>) {
-    let a = (0..256).map(|i| i as f32).collect();
-    let b = (0..128).map(|i| i as f32).collect();
-    (a, b)
-}
-
 #[test]
 fn mma_fragment_vectors_of_the_spec() {
     let (a, b) = spec_ab();
-    let expect_a: [(usize, [f32; 8]); 4] = [
-        (0, [0., 1., 128., 129., 8., 9., 136., 137.]),
-        (1, [2., 3., 130., 131., 10., 11., 138., 139.]),
-        (4, [16., 17., 144., 145., 24., 25., 152., 153.]),
-        (31, [118., 119., 246., 247., 126., 127., 254., 255.]),
-    ];
-    let expect_b: [(usize, [f32; 4]); 4] = [
-        (0, [0., 8., 64., 72.]),
-        (1, [16., 24., 80., 88.]),
-        (4, [1., 9., 65., 73.]),
-        (31, [55., 63., 119., 127.]),
-    ];
     for is_bf16 in [false, true] {
         let out = mma_plain(&a, &b, &ZERO, 16, is_bf16);
-        for (lane, want) in expect_a {
+        for (lane, want) in MMA_EXPECT_A {
             assert_eq!(out.a(lane, is_bf16), want, "A fragment of lane {lane}");
         }
-        for (lane, want) in expect_b {
+        for (lane, want) in MMA_EXPECT_B {
             assert_eq!(out.b(lane, is_bf16), want, "B fragment of lane {lane}");
         }
     }
@@ -182,19 +116,10 @@ fn mma_fragment_vectors_of_the_spec() {
 #[test]
 fn mma_identity_gives_b() {
     let (_, b) = spec_ab();
-    let mut eye = vec![0.0f32; 256];
-    for i in 0..16 {
-        eye[i * 16 + i] = 1.0;
-    }
-    let expect: [(usize, [f32; 4]); 4] = [
-        (0, [0., 1., 64., 65.]),
-        (1, [2., 3., 66., 67.]),
-        (4, [8., 9., 72., 73.]),
-        (31, [62., 63., 126., 127.]),
-    ];
+    let eye = identity16();
     for is_bf16 in [false, true] {
         let out = mma_plain(&eye, &b, &ZERO, 16, is_bf16);
-        for (lane, want) in expect {
+        for (lane, want) in MMA_IDENTITY_EXPECT_D {
             assert_eq!(out.d_lane(lane), want, "D fragment of lane {lane}");
         }
         assert_eq!(out.d, b, "D = I . B = B");
@@ -203,14 +128,7 @@ fn mma_identity_gives_b() {
 
 #[test]
 fn mma_zero_product_passes_c_through_bit_for_bit() {
-    let c: Vec<f32> = (0..128)
-        .map(|i| match i % 4 {
-            0 => 1.5e-40 * (i + 1) as f32, // subnormal
-            1 => -3.0e38 / (i + 1) as f32,
-            2 => f32::from_bits(0x3f80_0001 + i as u32),
-            _ => -(i as f32) - 0.25,
-        })
-        .collect();
+    let c = passthrough_c();
     for is_bf16 in [false, true] {
         let out = mma_plain(&[0.0; 256], &ZERO, &c, 16, is_bf16);
         let got: Vec<u32> = out.d.iter().map(|x| x.to_bits()).collect();
@@ -225,7 +143,7 @@ fn mma_zero_product_passes_c_through_bit_for_bit() {
 #[test]
 fn mma_ones_times_k_is_120_everywhere() {
     let ones = vec![1.0f32; 256];
-    let b: Vec<f32> = (0..128).map(|i| (i / 8) as f32).collect(); // B[k][n] = k
+    let b = b_equals_k(); // B[k][n] = k
     for is_bf16 in [false, true] {
         let out = mma_plain(&ones, &b, &ZERO, 16, is_bf16);
         assert!(out.d.iter().all(|&x| x == 120.0), "{:?}", out.d);
@@ -235,21 +153,20 @@ fn mma_ones_times_k_is_120_everywhere() {
 /// Random integers in [-4, 4] against an exact triple loop, for m16n8k16 and m16n8k8.
 #[test]
 fn mma_random_integers_match_triple_loop() {
-    let mut rng = Rng::new(0x5eed_1234_abcd_0001);
-    for k in [16usize, 8] {
-        for is_bf16 in [false, true] {
-            for _ in 0..4 {
-                let a: Vec<f32> = (0..256).map(|_| rng.int_in(-4, 4) as f32).collect();
-                let b: Vec<f32> = (0..128).map(|_| rng.int_in(-4, 4) as f32).collect();
-                let c: Vec<f32> = (0..128).map(|_| rng.int_in(-4, 4) as f32).collect();
-                let out = mma_plain(&a, &b, &c, k as i32, is_bf16);
-                for m in 0..16 {
-                    for n in 0..8 {
-                        let want = (0..k).map(|kk| a[m * 16 + kk] * b[kk * 8 + n]).sum::<f32>()
-                            + c[m * 8 + n];
-                        assert_eq!(out.d[m * 8 + n], want, "k{k} bf16={is_bf16} D[{m}][{n}]");
-                    }
-                }
+    for MmaCase {
+        k,
+        is_bf16,
+        a,
+        b,
+        c,
+    } in mma_random_cases()
+    {
+        let out = mma_plain(&a, &b, &c, k as i32, is_bf16);
+        let want = mma_triple_loop(&a, &b, &c, k);
+        for m in 0..16 {
+            for n in 0..8 {
+                let want = want[m * 8 + n];
+                assert_eq!(out.d[m * 8 + n], want, "k{k} bf16={is_bf16} D[{m}][{n}]");
             }
         }
     }
@@ -261,11 +178,11 @@ fn mma_k8_fragment_vectors() {
     let (a, b) = spec_ab();
     let out = mma_plain(&a, &b, &ZERO, 8, false);
     // Lane 1 (g 0, t 1): a = (0,2)(0,3)(8,2)(8,3); b = (2,0)(3,0).
-    assert_eq!(&out.a(1, false)[..4], &[2., 3., 130., 131.]);
-    assert_eq!(&out.b(1, false)[..2], &[16., 24.]);
+    assert_eq!(&out.a(1, false)[..4], &MMA_K8_LANE1_A);
+    assert_eq!(&out.b(1, false)[..2], &MMA_K8_LANE1_B);
     assert_eq!(out.frags[16 + 2], 0, "a4..a7 unused for k8");
     // D[0][0] = sum_{k<8} A[0][k] B[k][0] = sum k * 8k.
-    assert_eq!(out.d[0], (0..8).map(|k| (k * 8 * k) as f32).sum::<f32>());
+    assert_eq!(out.d[0], mma_k8_d00());
 }
 
 /// docs/emulator.md §6 C->A reuse: D of two adjacent n8 tiles, converted to 16 bits, is the A
@@ -273,29 +190,18 @@ fn mma_k8_fragment_vectors() {
 /// a6a7 = D1[2..3].
 #[test]
 fn mma_accumulator_reused_as_a_fragment() {
-    let mut rng = Rng::new(77);
-    for is_bf16 in [false, true] {
-        let a: Vec<f32> = (0..256).map(|_| rng.int_in(-2, 2) as f32).collect();
-        let b1: Vec<f32> = (0..256).map(|_| rng.int_in(-2, 2) as f32).collect(); // [16][16]
-        let b2: Vec<f32> = (0..128).map(|_| rng.int_in(-3, 3) as f32).collect(); // [16][8]
-        let c: Vec<f32> = (0..128).map(|_| rng.int_in(-5, 5) as f32).collect();
-        let out = run_mma(&a, &b1, &b2, &c, 16, is_bf16, mma_mode::CHAIN).unwrap();
-        let s = |m: usize, n: usize| (0..16).map(|k| a[m * 16 + k] * b1[k * 16 + n]).sum::<f32>();
+    for case in mma_chain_cases() {
+        let (a, b1, b2, c) = (&case.a, &case.b1, &case.b2, &case.c);
+        let out = run_mma(a, b1, b2, c, 16, case.is_bf16, mma_mode::CHAIN).unwrap();
         for lane in 0..32 {
-            let (g, t) = (lane / 4, lane % 4);
-            let p = &out.frags[lane * 16 + 10..lane * 16 + 14];
             // Register j = {S[g + 8*(j&1)][2t + 8*(j>>1)], the next column}.
-            for (j, &reg) in p.iter().enumerate() {
-                let (row, col) = (g + 8 * (j & 1), 2 * t + 8 * (j >> 1));
-                let want = to_bits(s(row, col), is_bf16) as u32
-                    | (to_bits(s(row, col + 1), is_bf16) as u32) << 16;
-                assert_eq!(reg, want, "lane {lane} P register {j}");
+            for (j, &reg) in out.p_lane(lane).iter().enumerate() {
+                assert_eq!(reg, case.p_reg(lane, j), "lane {lane} P register {j}");
             }
         }
         for m in 0..16 {
             for n in 0..8 {
-                let want = (0..16).map(|k| s(m, k) * b2[k * 8 + n]).sum::<f32>() + c[m * 8 + n];
-                assert_eq!(out.d[m * 8 + n], want, "O[{m}][{n}]");
+                assert_eq!(out.d[m * 8 + n], case.o(m, n), "O[{m}][{n}]");
             }
         }
     }
@@ -516,64 +422,45 @@ fn run_ldmatrix(num: i32, trans: bool, mode: i32) -> Result<Vec<u32>, EmuError> 
     Ok(out.to_vec())
 }
 
-fn lane_regs(out: &[u32], lane: usize) -> [u32; 4] {
-    std::array::from_fn(|i| out[lane * 4 + i])
-}
-
 #[test]
 fn ldmatrix_x4_vectors_of_the_spec() {
     let out = run_ldmatrix(4, false, ldmatrix_mode::STANDARD).unwrap();
-    assert_eq!(
-        lane_regs(&out, 0),
-        [0x0001_0000, 0x0201_0200, 0x0009_0008, 0x0209_0208]
-    );
-    assert_eq!(out[4], 0x0003_0002);
-    assert_eq!(
-        lane_regs(&out, 31),
-        [0x01C7_01C6, 0x03C7_03C6, 0x01CF_01CE, 0x03CF_03CE]
-    );
+    assert_eq!(lane_regs(&out, 0), LDSM_X4_LANE0);
+    assert_eq!(out[4], LDSM_X4_LANE1_REG0);
+    assert_eq!(lane_regs(&out, 31), LDSM_X4_LANE31);
 }
 
 #[test]
 fn ldmatrix_x4_trans_vectors_of_the_spec() {
     let out = run_ldmatrix(4, true, ldmatrix_mode::STANDARD).unwrap();
-    assert_eq!(
-        lane_regs(&out, 0),
-        [0x0040_0000, 0x0240_0200, 0x0048_0008, 0x0248_0208]
-    );
-    assert_eq!(out[4], 0x00C0_0080);
-    assert_eq!(out[4 * 4], 0x0041_0001);
+    assert_eq!(lane_regs(&out, 0), LDSM_X4T_LANE0);
+    assert_eq!(out[4], LDSM_X4T_LANE1_REG0);
+    assert_eq!(out[4 * 4], LDSM_X4T_LANE4_REG0);
     // Lane 31 (g 7, t 3): {S[6][7], S[7][7]}, ..., {S[14][15], S[15][15]}.
-    assert_eq!(
-        lane_regs(&out, 31),
-        [0x01C7_0187, 0x03C7_0387, 0x01CF_018F, 0x03CF_038F]
-    );
+    assert_eq!(lane_regs(&out, 31), LDSM_X4T_LANE31);
 }
 
 #[test]
 fn ldmatrix_x1_x2_ignore_garbage_addresses_of_unused_lanes() {
     let x1 = run_ldmatrix(1, false, 0).unwrap();
-    assert_eq!(lane_regs(&x1, 0), [0x0001_0000, 0, 0, 0]);
-    assert_eq!(lane_regs(&x1, 31), [0x01C7_01C6, 0, 0, 0]);
+    assert_eq!(lane_regs(&x1, 0), LDSM_X1_LANE0);
+    assert_eq!(lane_regs(&x1, 31), LDSM_X1_LANE31);
     let x2 = run_ldmatrix(2, false, 0).unwrap();
-    assert_eq!(lane_regs(&x2, 0), [0x0001_0000, 0x0201_0200, 0, 0]);
-    assert_eq!(lane_regs(&x2, 31), [0x01C7_01C6, 0x03C7_03C6, 0, 0]);
+    assert_eq!(lane_regs(&x2, 0), LDSM_X2_LANE0);
+    assert_eq!(lane_regs(&x2, 31), LDSM_X2_LANE31);
     let x1t = run_ldmatrix(1, true, 0).unwrap();
-    assert_eq!(lane_regs(&x1t, 1), [0x00C0_0080, 0, 0, 0]);
+    assert_eq!(lane_regs(&x1t, 1), LDSM_X1T_LANE1);
     let x2t = run_ldmatrix(2, true, 0).unwrap();
-    assert_eq!(lane_regs(&x2t, 0), [0x0040_0000, 0x0240_0200, 0, 0]);
+    assert_eq!(lane_regs(&x2t, 0), LDSM_X2T_LANE0);
 }
 
 #[test]
 fn ldmatrix_honours_permuted_row_addresses() {
     // Lane 8m + r supplies row 7 - r of matrix m.
     let out = run_ldmatrix(4, false, ldmatrix_mode::PERMUTED).unwrap();
-    // Lane 0: row 0 of matrix 0 is S[7]; of matrix 1, S[15].
-    assert_eq!(out[0], 0x01C1_01C0);
-    assert_eq!(out[1], 0x03C1_03C0);
-    // Lane 31 (row 7 of each matrix = natural row 0): {S[0][6], S[0][7]}, {S[8][14], S[8][15]}.
-    assert_eq!(out[31 * 4], 0x0007_0006);
-    assert_eq!(out[31 * 4 + 3], 0x020F_020E);
+    for (i, want) in LDSM_PERMUTED {
+        assert_eq!(out[i], want, "out[{i}]");
+    }
 }
 
 #[test]
@@ -775,23 +662,20 @@ fn cp_async_missing_barrier_after_wait_is_reported() {
 #[test]
 fn cp_async_write_after_read_is_reported() {
     let mut lc = cfg(1, 64, 64);
-    lc.schedule = Schedule::Reverse; // thread 32 reads before thread 0 refills
+    lc.schedule = Schedule::Reverse; // either order: thread 32 reads before thread 0 refills
     assert_fault!(
         run_cp_async(cp_async_mode::WRITE_AFTER_READ, 64, Some(lc)),
         CpAsync,
         ["write-after-read", "warp 1", "selftest_cp_async.cu"]
     );
-    // In forward order the refill lands first and the read is the unsynchronised one.
     assert_fault!(
         run_cp_async(cp_async_mode::WRITE_AFTER_READ, 64, None),
         CpAsync,
-        ["missing __syncthreads"]
+        ["write-after-read", "warp 1"]
     );
 }
 
 // ---- shuffles, __syncwarp, __syncthreads ------------------------------------------------------
-
-const POISON: u32 = 0xffff_ffff;
 
 fn run_warp(mode: i32, lc: &LaunchConfig, out_len: usize) -> Result<Vec<u32>, EmuError> {
     let out = zeros::<u32>(out_len, "warp_out");
@@ -810,61 +694,60 @@ fn warp32(mode: i32) -> Result<Vec<u32>, EmuError> {
 
 #[test]
 fn shfl_xor_butterfly_sum() {
-    assert_eq!(warp32(warp_mode::BUTTERFLY_SUM).unwrap()[..32], [3696; 32]);
+    assert_eq!(
+        warp32(warp_mode::BUTTERFLY_SUM).unwrap()[..32],
+        SHFL_BUTTERFLY_SUM
+    );
 }
 
 #[test]
 fn shfl_xor_16_width_16() {
     let out = warp32(warp_mode::XOR16_WIDTH16).unwrap();
-    for l in 0..32u32 {
-        let want = if l < 16 { 100 + l } else { 100 + l - 16 };
-        assert_eq!(out[l as usize], want, "lane {l}");
+    for (l, want) in shfl_xor16_width16().into_iter().enumerate() {
+        assert_eq!(out[l], want, "lane {l}");
     }
 }
 
 #[test]
 fn shfl_idx_10_width_8() {
     let out = warp32(warp_mode::IDX10_WIDTH8).unwrap();
-    for l in 0..32 {
-        assert_eq!(out[l], [102, 110, 118, 126][l / 8], "lane {l}");
+    for (l, want) in shfl_idx10_width8().into_iter().enumerate() {
+        assert_eq!(out[l], want, "lane {l}");
     }
 }
 
 #[test]
 fn shfl_down_16() {
     let out = warp32(warp_mode::DOWN16).unwrap();
-    for l in 0..32u32 {
-        let want = if l < 16 { 116 + l } else { 100 + l };
-        assert_eq!(out[l as usize], want, "lane {l}");
+    for (l, want) in shfl_down16().into_iter().enumerate() {
+        assert_eq!(out[l], want, "lane {l}");
     }
 }
 
 #[test]
 fn shfl_up_1_width_8() {
     let out = warp32(warp_mode::UP1_WIDTH8).unwrap();
-    for l in 0..32u32 {
-        let want = if l % 8 == 0 { 100 + l } else { 99 + l };
-        assert_eq!(out[l as usize], want, "lane {l}");
+    for (l, want) in shfl_up1_width8().into_iter().enumerate() {
+        assert_eq!(out[l], want, "lane {l}");
     }
 }
 
 #[test]
 fn shfl_64_bit() {
     let out = warp32(warp_mode::SHFL64).unwrap();
-    for l in 0..32u32 {
-        let j = l ^ 5;
-        assert_eq!(out[2 * l as usize], 0xabc0_0000 + j, "lane {l} low word");
-        assert_eq!(out[2 * l as usize + 1], j + 1, "lane {l} high word");
+    let want = shfl_64();
+    for l in 0..32 {
+        assert_eq!(out[2 * l], want[2 * l], "lane {l} low word");
+        assert_eq!(out[2 * l + 1], want[2 * l + 1], "lane {l} high word");
     }
 }
 
 #[test]
 fn shfl_quad_max() {
     // x(L) = (11 L mod 32) + 0.5; the maxima of the 8 quads, worked out by hand.
-    let quad_max = [22.5f32, 23.5, 25.5, 26.5, 27.5, 29.5, 30.5, 31.5];
     let out = warp32(warp_mode::QUAD_MAX).unwrap();
     for l in 0..32 {
-        assert_eq!(f32::from_bits(out[l]), quad_max[l / 4], "lane {l}");
+        assert_eq!(f32::from_bits(out[l]), SHFL_QUAD_MAX[l / 4], "lane {l}");
     }
 }
 
@@ -872,11 +755,9 @@ fn shfl_quad_max() {
 fn shfl_partial_masks_and_sources_outside_the_mask() {
     let out = warp32(warp_mode::PARTIAL_MASKS).unwrap();
     for l in 0..32 {
-        if l < 16 {
-            assert_eq!((out[l], out[32 + l]), (POISON, 103), "lane {l}");
-        } else {
-            assert_eq!((out[l], out[32 + l]), (117, POISON), "lane {l}");
-        }
+        let (first, second) = shfl_partial_masks(l);
+        let want = (first.unwrap_or(POISON), second.unwrap_or(POISON));
+        assert_eq!((out[l], out[32 + l]), want, "lane {l}");
     }
 }
 
@@ -885,7 +766,11 @@ fn shfl_does_not_wait_for_exited_lanes() {
     let out = warp32(warp_mode::EXITED_LANES).unwrap();
     for l in 0..16u32 {
         assert_eq!(out[l as usize], POISON, "lane {l} read an exited lane");
-        assert_eq!(out[32 + l as usize], 100 + (l ^ 1), "lane {l}");
+        assert_eq!(
+            out[32 + l as usize],
+            shfl_exited_lanes_second(l),
+            "lane {l}"
+        );
     }
     assert!(out[16..32].iter().all(|&x| x == 0));
 }
@@ -893,43 +778,33 @@ fn shfl_does_not_wait_for_exited_lanes() {
 #[test]
 fn syncwarp_does_not_wait_for_exited_lanes() {
     let out = warp32(warp_mode::SYNCWARP_EXITED).unwrap();
-    assert_eq!(out[..16], [1; 16]);
+    assert_eq!(out[..16], SYNCWARP_EXITED);
 }
 
 #[test]
-fn syncthreads_does_not_wait_for_exited_threads() {
-    let out = run_warp(warp_mode::BARRIER_EXITED, &cfg(1, 64, 128), 64).unwrap();
-    for l in 0..32 {
-        assert_eq!(out[l], 3 * ((l as u32 + 3) % 32) + 1, "lane {l}");
-    }
+fn exit_past_a_barrier_is_reported_in_either_order() {
+    // Warp 1 returns early; warp 0 waits at a barrier warp 1 never reaches. Forward: warp 0
+    // waits first and warp 1's exit is reported; reverse: warp 1 exits first and warp 0's
+    // arrival is reported.
+    let mut lc = cfg(1, 64, 128);
+    assert_fault!(
+        run_warp(warp_mode::BARRIER_EXITED, &lc, 64),
+        Barrier,
+        ["thread exited while 32 threads", "selftest_warp.cu"]
+    );
+    lc.schedule = Schedule::Reverse;
+    assert_fault!(
+        run_warp(warp_mode::BARRIER_EXITED, &lc, 64),
+        Barrier,
+        ["__syncthreads reached after", "exited", "selftest_warp.cu"]
+    );
 }
 
 #[test]
 fn thread_and_block_indices_in_3d() {
-    let lc = LaunchConfig::new([2, 3, 2], [4, 2, 3], 0);
+    let lc = LaunchConfig::new(INDICES_GRID, INDICES_BLOCK, 0);
     let out = run_warp(warp_mode::INDICES, &lc, 4 * 12 * 24).unwrap();
-    let pack = |x: u32, y: u32, z: u32| x | (y << 8) | (z << 16);
-    for (bz, by, bx) in itertools(2, 3, 2) {
-        for (tz, ty, tx) in itertools(3, 2, 4) {
-            let block = bx + 2 * (by + 3 * bz);
-            let tid = tx + 4 * (ty + 2 * tz);
-            let o = &out[4 * (block * 24 + tid) as usize..][..4];
-            assert_eq!(
-                o,
-                [
-                    pack(tx, ty, tz),
-                    pack(bx, by, bz),
-                    pack(4, 2, 3),
-                    pack(2, 3, 2)
-                ]
-            );
-        }
-    }
-}
-
-/// All (z, y, x) with z < nz, y < ny, x < nx.
-fn itertools(nz: u32, ny: u32, nx: u32) -> impl Iterator<Item = (u32, u32, u32)> {
-    (0..nz).flat_map(move |z| (0..ny).flat_map(move |y| (0..nx).map(move |x| (z, y, x))))
+    assert_eq!(out, indices_3d());
 }
 
 #[test]
@@ -1094,7 +969,7 @@ fn shared_out_of_bounds_checked_read_is_reported() {
         run_memory(memory_mode::SHARED_OOB_CHECKED, 100, &cfg(1, 32, 100)),
         OutOfBounds,
         [
-            "shared memory read",
+            "shared memory load",
             "byte offset 100",
             "selftest_memory.cu"
         ]
@@ -1238,60 +1113,7 @@ fn concurrent_launches_are_independent() {
 /// f32 -> f16 / bf16 round-to-nearest-even and widening, against hand-computed bit patterns.
 #[test]
 fn f16_and_bf16_conversions_round_to_nearest_even() {
-    // (input, f16 bits, bf16 bits)
-    let cases: [(f32, u16, u16); 24] = [
-        (1.0, 0x3c00, 0x3f80),
-        (-2.0, 0xc000, 0xc000),
-        (f32::from_bits(0x3f80_1000), 0x3c00, 0x3f80), // 1 + 2^-11: f16 tie -> even
-        (f32::from_bits(0x3f80_3000), 0x3c02, 0x3f80), // 1 + 3*2^-11: f16 tie -> even (up)
-        (f32::from_bits(0x3f80_1001), 0x3c01, 0x3f80), // just above the f16 tie
-        (f32::from_bits(0x3f80_8000), 0x3c04, 0x3f80), // 1 + 2^-8: bf16 tie -> even
-        (f32::from_bits(0x3f81_8000), 0x3c0c, 0x3f82), // 1 + 3*2^-8: bf16 tie -> even (up)
-        (f32::from_bits(0x3f80_8001), 0x3c04, 0x3f81), // just above the bf16 tie
-        (65504.0, 0x7bff, 0x4780),                     // f16 max
-        (65519.0, 0x7bff, 0x4780),                     // below the f16 overflow tie
-        (65520.0, 0x7c00, 0x4780),                     // f16 tie at max: rounds to inf
-        (1.0e6, 0x7c00, 0x4974),
-        (-1.0e6, 0xfc00, 0xc974),
-        (f32::MAX, 0x7c00, 0x7f80), // bf16 overflows to inf too
-        (f32::from_bits(0x7f7f_0000), 0x7c00, 0x7f7f), // bf16 max
-        (f32::from_bits(0x3380_0000), 0x0001, 0x3380), // 2^-24: smallest f16 subnormal
-        (f32::from_bits(0x3300_0000), 0x0000, 0x3300), // 2^-25: tie -> even (0)
-        (f32::from_bits(0x3340_0000), 0x0001, 0x3340), // 1.5 * 2^-25 -> 1 ulp
-        (f32::from_bits(0x33c0_0000), 0x0002, 0x33c0), // 3 * 2^-25 = 1.5 ulp: tie -> even (2)
-        (f32::from_bits(0x387f_c000), 0x03ff, 0x3880), // largest f16 subnormal
-        (f32::from_bits(0x0001_8000), 0x0000, 0x0002), // f32 subnormal: bf16 tie -> even (2)
-        (-0.0, 0x8000, 0x8000),
-        (f32::INFINITY, 0x7c00, 0x7f80),
-        (f32::NAN, 0x7fff, 0x7fff),
-    ];
-    // 16-bit patterns to widen: (bits, as f16, as bf16) as f32 bit patterns.
-    let widen: [(u16, u32, u32); 24] = [
-        (0x0001, 0x3380_0000, 0x0001_0000), // f16 min subnormal 2^-24
-        (0x03ff, 0x387f_c000, 0x03ff_0000), // f16 max subnormal
-        (0x0400, 0x3880_0000, 0x0400_0000), // f16 min normal 2^-14
-        (0x3c00, 0x3f80_0000, 0x3c00_0000),
-        (0x7bff, 0x477f_e000, 0x7bff_0000), // 65504
-        (0x7c00, 0x7f80_0000, 0x7c00_0000), // f16 +inf
-        (0xfc00, 0xff80_0000, 0xfc00_0000), // f16 -inf
-        (0x7e00, 0x7fc0_0000, 0x7e00_0000), // f16 quiet NaN
-        (0x8000, 0x8000_0000, 0x8000_0000), // -0
-        (0xc000, 0xc000_0000, 0xc000_0000), // -2 in f16; bf16 -2.0
-        (0x3f80, 0x3ff0_0000, 0x3f80_0000), // f16 1.875; bf16 1.0
-        (0x7f80, 0x7ff0_0000, 0x7f80_0000), // f16 quiet NaN 0x380; bf16 +inf
-        (0x8001, 0xb380_0000, 0x8001_0000),
-        (0x3555, 0x3eaa_a000, 0x3555_0000),
-        (0x0000, 0x0000_0000, 0x0000_0000),
-        (0x0200, 0x3800_0000, 0x0200_0000), // f16 2^-15 (subnormal)
-        (0x3c01, 0x3f80_2000, 0x3c01_0000),
-        (0x4000, 0x4000_0000, 0x4000_0000),
-        (0x5640, 0x42c8_0000, 0x5640_0000), // f16 100.0
-        (0xfbff, 0xc77f_e000, 0xfbff_0000),
-        (0x0010, 0x3580_0000, 0x0010_0000),
-        (0x1400, 0x3a80_0000, 0x1400_0000), // f16 2^-10
-        (0x7fff, 0x7fff_e000, 0x7fff_0000), // f16 NaN payload kept
-        (0x3800, 0x3f00_0000, 0x3800_0000), // f16 0.5
-    ];
+    let (cases, widen) = (convert_cases(), WIDEN_CASES);
     let n = cases.len();
     let input: Vec<f32> = cases.iter().map(|c| c.0).collect();
     let bits16: Vec<u16> = widen.iter().map(|w| w.0).collect();
@@ -1325,18 +1147,12 @@ fn f16_and_bf16_conversions_round_to_nearest_even() {
         &p,
     )
     .unwrap();
-    let (f16s, bf16s, pfs, pbs) = (f16o.to_vec(), bf16o.to_vec(), pf.to_vec(), pb.to_vec());
-    for (i, &(x, h, b)) in cases.iter().enumerate() {
-        assert_eq!(f16s[i], h, "f16 of {x:e} ({:#010x})", x.to_bits());
-        assert_eq!(bf16s[i], b, "bf16 of {x:e} ({:#010x})", x.to_bits());
-        // pack2(lo, hi): lo in bits 0..15.
-        let (hn, bn) = (cases[(i + 1) % n].1, cases[(i + 1) % n].2);
-        assert_eq!(pfs[i], h as u32 | (hn as u32) << 16, "pack2<f16> #{i}");
-        assert_eq!(pbs[i], b as u32 | (bn as u32) << 16, "pack2<bf16> #{i}");
-    }
-    let (wfs, wbs) = (wf.to_vec(), wb.to_vec());
-    for (i, &(h, as_f16, as_bf16)) in widen.iter().enumerate() {
-        assert_eq!(wfs[i].to_bits(), as_f16, "f16 {h:#06x} widened");
-        assert_eq!(wbs[i].to_bits(), as_bf16, "bf16 {h:#06x} widened");
-    }
+    check_convert(
+        &f16o.to_vec(),
+        &bf16o.to_vec(),
+        &pf.to_vec(),
+        &pb.to_vec(),
+        &wf.to_vec(),
+        &wb.to_vec(),
+    );
 }

@@ -37,7 +37,7 @@ fn check_paged<T: Element + Bits>(
         layout: pool.layout,
     };
     let (out, lse) = plan
-        .run_emulated_paged(&q, &kv, &EmuRun::default())
+        .run_emulated_paged(&q, &kv, &crate::common::emu_run())
         .unwrap();
     let what = format!(
         "{} page {page} sinks {sink_pages} ring {ring_pages} {pattern} {seqs:?} seed {seed}",
@@ -47,7 +47,9 @@ fn check_paged<T: Element + Bits>(
     assert_matches(&what, &problem, &out, &lse, &want, tol(T::DTYPE));
     if ring_pages == 0 {
         // Same kernel, same keys, same order: paging must not change a single bit.
-        let (c_out, c_lse) = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
+        let (c_out, c_lse) = plan
+            .run_emulated(&q, &k, &v, &crate::common::emu_run())
+            .unwrap();
         assert_same_bits(&format!("{what}: paged vs contiguous"), &out, &c_out);
         assert_same_bits(&format!("{what}: lse paged vs contiguous"), &lse, &c_lse);
     }
@@ -133,7 +135,7 @@ fn bad_paged_inputs_are_cache_errors() {
                 block_table: table,
                 layout,
             },
-            &EmuRun::default(),
+            &crate::common::emu_run(),
         )
     };
     assert!(run(&table, good, &pages).is_ok());
@@ -233,7 +235,7 @@ fn split_kv_on_and_off_agree() {
             let counter = std::cell::Cell::new(0);
             let run = EmuRun {
                 tiles_visited: Some(&counter),
-                ..Default::default()
+                ..crate::common::emu_run()
             };
             let (out, lse) = p.run_emulated(&q, &k, &v, &run).unwrap();
             assert_eq!(
@@ -243,7 +245,9 @@ fn split_kv_on_and_off_agree() {
             );
             let what = format!("splits {splits} {pattern} seed {seed}");
             assert_matches(&what, &problem, &out, &lse, &want, tol(f16::DTYPE));
-            let (pout, plse) = p.run_emulated_paged(&q, &kv, &EmuRun::default()).unwrap();
+            let (pout, plse) = p
+                .run_emulated_paged(&q, &kv, &crate::common::emu_run())
+                .unwrap();
             assert_same_bits(&format!("{what}: paged"), &pout, &out);
             assert_same_bits(&format!("{what}: paged lse"), &plse, &lse);
             outs.push(out);
@@ -290,7 +294,7 @@ fn gqa_packing_reads_each_kv_tile_once_per_group() {
                 let counter = std::cell::Cell::new(0);
                 let run = EmuRun {
                     tiles_visited: Some(&counter),
-                    ..Default::default()
+                    ..crate::common::emu_run()
                 };
                 let (out, lse) = p.run_emulated(&q, &k, &v, &run).unwrap();
                 let what = format!("{name} splits {splits} {pattern} seed {seed}");

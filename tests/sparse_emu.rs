@@ -29,7 +29,7 @@ fn run<T: Element>(
     let counter = std::cell::Cell::new(0);
     let run = EmuRun {
         tiles_visited: Some(&counter),
-        ..Default::default()
+        ..crate::common::emu_run()
     };
     let (out, lse) = plan.run_emulated(&q, &k, &v, &run).unwrap();
     let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
@@ -195,7 +195,9 @@ fn bigbird_is_deterministic_and_per_head() {
     }
     let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
     let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
-    let a = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
+    let a = plan
+        .run_emulated(&q, &k, &v, &crate::common::emu_run())
+        .unwrap();
     let b = plan
         .run_emulated(
             &q,
@@ -203,7 +205,7 @@ fn bigbird_is_deterministic_and_per_head() {
             &v,
             &EmuRun {
                 schedule: sparse_attn::emu::Schedule::Random(99),
-                ..Default::default()
+                ..crate::common::emu_run()
             },
         )
         .unwrap();

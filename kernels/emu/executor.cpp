@@ -182,6 +182,14 @@ static void list_blocked(Worker* w, Msg& m, const Fiber* extra, Site extra_site)
 [[noreturn]] static void thread_exit(Fiber* f) {
   Worker* w = f->worker;
   check_copies_at_exit(f);
+  if (w->bar_arrived > 0) {
+    Msg what;
+    what.add("thread exited while %u thread%s of its block wait at __syncthreads %s:%d, a "
+             "barrier it never reached (a barrier skipped by an early return)",
+             w->bar_arrived, w->bar_arrived == 1 ? "" : "s", w->bar_site.file, w->bar_site.line);
+    fail(f, SA_EMU_ERR_BARRIER, f, f->last_site, what);
+  }
+  if (w->first_exited < 0) w->first_exited = static_cast<int>(f->ts.linear_tid);
   f->state = FiberState::Exited;
   --w->live;
   warp_lane_exited(f);
@@ -330,9 +338,11 @@ static void init_block(Worker* w, uint64_t linear_block) {
     f.copies_head = 0;
     f.groups_committed = 0;
     f.groups_landed = 0;
+    f.syncwarps = 0;
     context_init(&f.ctx, w->stacks.stack_lo(tid), StackPool::kUsable, &fiber_main, &f);
   }
   w->live = w->nthreads;
+  w->first_exited = -1;
   w->bar_arrived = 0;
   reset_warps(w);
   reset_shadow(w);
@@ -409,6 +419,9 @@ static bool setup_worker(Worker* w) {
   w->sh_state.assign(smem, 0);
   w->sh_info.assign(smem, 0);
   w->sh_reader.assign(smem, 0);
+  w->sh_read_lanes.assign(smem, 0);
+  w->sh_read_sync.assign(smem, 0);
+  w->warp_syncs.assign(w->nwarps, 0);
   return true;
 }
 
@@ -489,9 +502,20 @@ static int launch_impl(sa_emu_kernel_fn fn, const char* kernel_name,
     return config_error(report, name, "grid (%u,%u,%u) exceeds (2^31-1, 65535, 65535)",
                         c.grid[0], c.grid[1], c.grid[2]);
   }
-  if (c.dynamic_smem_bytes > kMaxDynamicSmem) {
-    return config_error(report, name, "%u bytes of dynamic shared memory exceed the %zu-byte limit",
-                        c.dynamic_smem_bytes, kMaxDynamicSmem);
+  const size_t smem_limit = max_dynamic_smem(c.arch);
+  if (smem_limit == 0) {
+    return config_error(report, name,
+                        "unknown target architecture %u (expected 80, 86, 87, 89, 90, 100 or 120)",
+                        c.arch);
+  }
+  if (c.dynamic_smem_bytes > smem_limit) {
+    return config_error(report, name,
+                        "%u bytes of dynamic shared memory exceed the %zu-byte (%zu KB) limit per "
+                        "block of sm_%u",
+                        c.dynamic_smem_bytes, smem_limit, smem_limit / 1024, c.arch);
+  }
+  if (c.numerics > SA_EMU_NUMERICS_PESSIMISTIC) {
+    return config_error(report, name, "unknown numerics mode %u", c.numerics);
   }
   if (c.schedule > SA_EMU_SCHEDULE_RANDOM) {
     return config_error(report, name, "unknown schedule %u", c.schedule);
@@ -557,6 +581,16 @@ void syncthreads(Site site) {
     list_blocked(w, what, f, site);
     fail(f, SA_EMU_ERR_BARRIER, f, site, what);
   }
+  if (w->first_exited >= 0) {
+    Msg what;
+    what.add("__syncthreads reached after ");
+    describe_thread(&w->fibers[static_cast<unsigned>(w->first_exited)], what);
+    what.add(" of the block exited (at %s:%d) without reaching it: a barrier skipped by an "
+             "early return",
+             w->fibers[static_cast<unsigned>(w->first_exited)].last_site.file,
+             w->fibers[static_cast<unsigned>(w->first_exited)].last_site.line);
+    fail(f, SA_EMU_ERR_BARRIER, f, site, what);
+  }
   if (w->bar_arrived == 0) w->bar_site = site;
   ++w->bar_arrived;
   if (w->bar_arrived == w->live) {
@@ -595,5 +629,5 @@ extern "C" int32_t sa_emu_launch(sa_emu_kernel_fn fn, const char* kernel_name,
   return report->code;
 }
 
-static_assert(sizeof(sa_emu_launch_config) == 48, "sa_emu_launch_config layout (mirrored in Rust)");
+static_assert(sizeof(sa_emu_launch_config) == 56, "sa_emu_launch_config layout (mirrored in Rust)");
 static_assert(sizeof(sa_emu_report) == 2076, "sa_emu_report layout (mirrored in Rust)");

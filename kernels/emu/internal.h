@@ -38,13 +38,19 @@
 // zero-filling past src-size) and then yields. Copies still pending at thread exit are
 // reported. Eager mode copies at issue (to diff against the adversarial mode).
 //
-// Shadow memory. Every byte of a block's dynamic shared memory has a shadow state: clean,
-// pending (a cp.async is in flight to it) or landed (its copy completed in some thread's
-// wait, and no `__syncthreads` has published it yet), plus the warp(s) that read it since the
-// last barrier. Checked reads (ldmatrix rows, `check_shared_read` behind `sa::arch::lds`)
-// report a pending byte ("read before wait_group") and a landed byte read by another thread
-// ("missing __syncthreads after the wait"; a `__syncwarp` publishes it to the lanes of its
-// mask). A cp.async issued over bytes another warp read since the last barrier is a
+// Shadow memory. Every byte of a block's dynamic shared memory has a shadow state:
+// uninitialised (nobody wrote it since the block started), clean, pending (a cp.async is in
+// flight to it), landed (its copy completed in some thread's wait, and no `__syncthreads` has
+// published it yet) or stored (a plain `sa::arch::sts` by one thread since the last barrier),
+// plus the warp(s) that read it since the last barrier. Kernels reach shared memory only
+// through `sa::Smem` (arch/memory.cuh), so every access is one of these checked ones. Reads
+// (ldmatrix rows, `sa::arch::lds`) report an uninitialised byte, a pending byte ("read
+// before wait_group"), a landed byte read by another thread ("missing __syncthreads after
+// the wait"; a `__syncwarp` publishes it to the lanes of its mask) and a byte another thread
+// stored with no barrier since (within a warp: no `__syncwarp` by the storing thread since).
+// Stores report bytes in flight, bytes another thread stored or landed unpublished, and
+// bytes another warp read since the last barrier. A warp collective (shfl, mma, ldmatrix)
+// synchronises nothing here, as on the GPU. A cp.async issued over bytes another warp read since the last barrier is a
 // write-after-read race (a prefetch overwriting a tile still in use). Barriers publish only
 // the ranges recorded since the previous barrier: no full scans.
 //
@@ -93,7 +99,24 @@ namespace detail {
 constexpr unsigned kWarpSize = 32;
 constexpr unsigned kMaxBlockThreads = 1024;
 constexpr unsigned kMaxWarps = kMaxBlockThreads / kWarpSize;
-constexpr size_t kMaxDynamicSmem = 227 * 1024;  // sm_80 / sm_90 opt-in maximum per block
+// Opt-in maximum of dynamic shared memory per block of a compute capability (10 * major +
+// minor), or 0 for one the emulator does not know.
+inline size_t max_dynamic_smem(uint32_t arch) {
+  switch (arch) {
+    case 80:
+    case 87:
+      return 163 * 1024;
+    case 86:
+    case 89:
+    case 120:
+      return 99 * 1024;
+    case 90:
+    case 100:
+      return 227 * 1024;
+    default:
+      return 0;
+  }
+}
 constexpr size_t kMaxParamsBytes = 32764;       // CUDA 12.1+ kernel parameter limit
 constexpr uint32_t kFullMask = 0xffffffffu;
 constexpr uint8_t kPoisonByte = 0xff;
@@ -253,6 +276,9 @@ struct Fiber {
   size_t copies_head = 0;
   uint32_t groups_committed = 0;
   uint32_t groups_landed = 0;
+  // __syncwarp calls this thread completed: a plain store is visible to the other lanes of
+  // its warp once its writer's count has moved past the one recorded with the store.
+  uint32_t syncwarps = 0;
 };
 
 struct Collective {
@@ -284,7 +310,13 @@ struct Range {
   uint32_t len;
 };
 
-enum ShadowState : uint8_t { kClean = 0, kPending = 1, kLanded = 2 };
+// Per byte of shared memory: never written since the block started (reads are reported),
+// written and published, a cp.async in flight, landed in its issuer's wait but not yet
+// published, or plainly stored (sts) since the last barrier by the thread in sh_info.
+enum ShadowState : uint8_t { kUninit = 0, kClean = 1, kPending = 2, kLanded = 3, kStored = 4 };
+// sh_info of a kStored byte: the storing thread's linear id, and its __syncwarp count then.
+constexpr uint32_t kStoreTidBits = 10;
+constexpr uint32_t kStoreTidMask = (1u << kStoreTidBits) - 1;
 constexpr uint8_t kReadByMany = 0xff;  // reader tag: several warps (otherwise warp + 1)
 
 struct Launch {
@@ -314,13 +346,20 @@ struct Worker {
   std::vector<uint8_t> sh_state;
   std::vector<uint32_t> sh_info;  // pending: issuing thread; landed: index into `landed`
   std::vector<uint8_t> sh_reader;
+  // For bytes read by one warp since the last barrier: the lanes that read them since that
+  // warp's latest __syncwarp, and the warp's __syncwarp count then (same-warp write-after-read).
+  std::vector<uint32_t> sh_read_lanes;
+  std::vector<uint32_t> sh_read_sync;
+  std::vector<uint32_t> warp_syncs;  // __syncwarp calls completed, per warp
   std::vector<Landed> landed;
   std::vector<Range> read_ranges;
+  std::vector<Range> store_ranges;  // plain stores since the last barrier
   // Block state.
   Dim3 block_idx{0, 0, 0};
   unsigned nthreads = 0;
   unsigned nwarps = 0;
   unsigned live = 0;
+  int first_exited = -1;  // linear id of the first thread of the block that exited, or -1
   unsigned bar_arrived = 0;
   Site bar_site{"", 0};
   uint64_t rng = 0;
@@ -370,6 +409,12 @@ void check_and_record_read(Fiber* self, const Fiber* who, uint32_t off, uint32_t
                            unsigned warp, uint32_t lanes, Site site, const char* what);
 // Reports copies still pending when `f` exits.
 void check_copies_at_exit(Fiber* f);
+
+// ---- numerics (numerics.cpp) ----------------------------------------------------------------
+
+// a + b as the launch's numerics mode has tensor cores add: round to nearest, or (pessimistic)
+// toward zero.
+float mma_add(float a, float b, bool pessimistic);
 
 }  // namespace detail
 }  // namespace emu

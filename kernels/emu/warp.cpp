@@ -117,8 +117,18 @@ void gather_mma(Worker* w, unsigned warp, float (&A)[16][16], float (&B)[16][8],
   }
 }
 
-// D = A.B + C: products accumulated over k in f32, C added last, then scattered back to the
-// lanes' D fragments. All inputs are gathered before any output is written: d may alias c.
+// Writes D back to the lanes' D fragments (the C/D layout).
+void scatter_mma(Worker* w, unsigned warp, const float (&D)[16][8]) {
+  for (unsigned lane = 0; lane < kWarpSize; ++lane) {
+    const Arrival& a = lane_fiber(w, warp, lane).arrival;
+    const unsigned g = lane >> 2, t = lane & 3;
+    for (unsigned i = 0; i < 4; ++i) a.d[i] = D[g + 8 * (i >> 1)][2 * t + (i & 1)];
+  }
+}
+
+// D = A.B + C: products accumulated over k in f32, C added last (pessimistic numerics: see
+// sa_emu_numerics), then scattered back to the lanes' D fragments. All inputs are gathered
+// before any output is written: d may alias c.
 void compute_mma(Worker* w, unsigned warp, const Collective& c) {
   const bool bf16 = (c.sub & kMmaBf16) != 0;
   const int K = (c.sub & kMmaK8) != 0 ? 8 : 16;
@@ -130,10 +140,23 @@ void compute_mma(Worker* w, unsigned warp, const Collective& c) {
     if (K == 16) gather_mma<false, 16>(w, warp, A, B, C);
     else gather_mma<false, 8>(w, warp, A, B, C);
   }
+  float D[16][8];
+  if (w->launch->cfg.numerics == SA_EMU_NUMERICS_PESSIMISTIC) {
+    // C first, then the products (exact in f32 for 16-bit inputs) in descending k, every
+    // partial sum truncated toward zero.
+    for (int m = 0; m < 16; ++m) {
+      for (int n = 0; n < 8; ++n) {
+        float acc = C[m][n];
+        for (int k = K - 1; k >= 0; --k) acc = mma_add(acc, A[m][k] * B[k][n], true);
+        D[m][n] = acc;
+      }
+    }
+    scatter_mma(w, warp, D);
+    return;
+  }
   // Each D[m][n] sums its products in ascending k, then adds C; the two 4-wide vectors only
   // compute the eight n of a row at once (lane-wise, so the result is the scalar one).
   typedef float F4 __attribute__((vector_size(16)));
-  float D[16][8];
   for (int m = 0; m < 16; ++m) {
     F4 acc0 = {0.f, 0.f, 0.f, 0.f}, acc1 = {0.f, 0.f, 0.f, 0.f};
     for (int k = 0; k < K; ++k) {
@@ -153,11 +176,7 @@ void compute_mma(Worker* w, unsigned warp, const Collective& c) {
     memcpy(&D[m][0], &acc0, sizeof(acc0));
     memcpy(&D[m][4], &acc1, sizeof(acc1));
   }
-  for (unsigned lane = 0; lane < kWarpSize; ++lane) {
-    const Arrival& a = lane_fiber(w, warp, lane).arrival;
-    const unsigned g = lane >> 2, t = lane & 3;
-    for (unsigned i = 0; i < 4; ++i) a.d[i] = D[g + 8 * (i >> 1)][2 * t + (i & 1)];
-  }
+  scatter_mma(w, warp, D);
 }
 
 // ldmatrix.m8n8.xN{.trans}.b16 (docs/emulator.md §2): lanes 8m..8m+7 supply the rows of matrix m;

@@ -1,8 +1,13 @@
-// A deliberately broken forward kernel: the P fragment has a2 and a4 swapped. The emulator's
-// exact fragment layouts must make it fail the end-to-end attention test (tests/attention_emu.rs),
-// proving that a layout bug cannot pass on the CPU.
+// Deliberately broken forward kernels (sa::Canary in attention_fwd.cuh), one bug each, that the
+// emulator tests must catch end to end through the library's own run path
+// (tests/attention_emu.rs):
+// - a2/a4 swapped in P's A fragment: the exact fragment layouts make the output wrong;
+// - empty rows left unwritten: the poisoned outputs of an emulated launch expose them.
 #include "sparse_attn/attention_fwd.cuh"
 
 SA_KERNEL(sa_test_attn_fwd_canary_f16_hd64, SaAttnFwdParams, SA_FWD_THREADS) {
-  sa::attn_fwd<sa::f16, 64, /*kSwapA2A4Canary=*/true>(params);
+  sa::attn_fwd<sa::f16, 64, sa::Canary::SwapA2A4>(params);
+}
+SA_KERNEL(sa_test_attn_fwd_skip_empty_rows_f16_hd64, SaAttnFwdParams, SA_FWD_THREADS) {
+  sa::attn_fwd<sa::f16, 64, sa::Canary::SkipEmptyRowStore>(params);
 }

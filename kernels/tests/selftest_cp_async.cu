@@ -17,7 +17,7 @@ static_assert(sizeof(SaSelftestCpAsyncParams) == 24, "mirrored in src/emu/selfte
 enum SelftestCpAsyncMode : int32_t {
   kCpRoundTrip = 0,         // 16 bytes src -> smem -> out
   kCpSrcSize8 = 1,          // src-size 8: 8 bytes + 8 zeros
-  kCpSrcSize0 = 2,          // src-size 0 from an out-of-bounds pointer: 16 zeros
+  kCpSrcSize0 = 2,          // src-size 0 naming the buffer's end (never read): 16 zeros
   kCpThreeGroups = 3,       // snapshots after wait<2>, wait<1>, wait<0>
   kCpEmptyGroup = 4,        // an empty commit counts as a group
   kCpSizes = 5,             // .ca with 4, 8 (src-size 5) and 16 (src-size 12) bytes
@@ -31,16 +31,20 @@ enum SelftestCpAsyncMode : int32_t {
   kCpMissingBarrier = 16,   // thread 0 loads and waits, thread 32 reads without a barrier
   kCpWriteAfterRead = 17,   // thread 32 reads, thread 0 refills without a barrier
   kCpNeverCommitted = 18,   // issued, never committed
+  kCpSrcSize0Null = 19,     // src-size 0 with a null source
+  kCpSrcSize0Outside = 20,  // src-size 0 with a source far outside every buffer
 };
 
 namespace {
 
-SA_DEVICE void snapshot(uint8_t* out, const char* s, int n) {
-  for (int i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(s[i]);
+// Unchecked loads (raw pointers, allowed in self-tests only) to observe the poison.
+SA_DEVICE void snapshot(uint8_t* out, sa::Smem s, int n) {
+  const char* raw = sa::arch::SmemAccess::raw(s);
+  for (int i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(raw[i]);
 }
 
-SA_DEVICE void checked_copy(uint8_t* out, const char* s, int n) {
-  for (int i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(sa::arch::lds(s + i));
+SA_DEVICE void checked_copy(uint8_t* out, sa::Smem s, int n) {
+  for (int i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(sa::arch::lds<char>(s + i));
 }
 
 }  // namespace
@@ -48,7 +52,7 @@ SA_DEVICE void checked_copy(uint8_t* out, const char* s, int n) {
 SA_KERNEL(sa_selftest_cp_async, SaSelftestCpAsyncParams, 64) {
   const SaSelftestCpAsyncParams& p = params;
   const int tid = threadIdx.x;
-  char* s = sa::dynamic_smem();
+  const sa::Smem s = sa::dynamic_smem();
 
   if (p.mode == kCpSyncwarpPublishes) {
     if (tid >= 32) return;
@@ -67,13 +71,23 @@ SA_KERNEL(sa_selftest_cp_async, SaSelftestCpAsyncParams, 64) {
       sa::arch::cp_async_commit();
       sa::arch::cp_async_wait<0>();
     }
-    if (tid == 32) p.out[0] = static_cast<uint8_t>(sa::arch::lds(s));
+    if (tid == 32) p.out[0] = static_cast<uint8_t>(sa::arch::lds<char>(s));
     return;
   }
   if (p.mode == kCpWriteAfterRead) {
-    if (tid == 32) p.out[0] = static_cast<uint8_t>(sa::arch::lds(s));
+    // The buffer is filled and published, read by thread 32, then refilled by thread 0 with
+    // no barrier after the read.
     if (tid == 0) {
       sa::arch::cp_async_cg16(s, p.src);
+      sa::arch::cp_async_wait_all();
+    }
+    __syncthreads();
+    if (tid == 32) p.out[0] = static_cast<uint8_t>(sa::arch::lds<char>(s));
+    // A scheduling point for warp 0 (not a fence for warp 1): thread 32 reads first under
+    // every schedule order.
+    if (tid < 32) sa::arch::syncwarp();
+    if (tid == 0) {
+      sa::arch::cp_async_cg16(s, p.src + 16);
       sa::arch::cp_async_commit();
       sa::arch::cp_async_wait<0>();
     }
@@ -126,17 +140,20 @@ SA_KERNEL(sa_selftest_cp_async, SaSelftestCpAsyncParams, 64) {
       sa::arch::cp_async_ca<16>(s + 16, p.src + 16, 12);
       sa::arch::cp_async_commit();
       sa::arch::cp_async_wait<0>();
-      checked_copy(p.out, s, 32);
+      checked_copy(p.out, s, 4);
+      snapshot(p.out + 4, s + 4, 4);  // no copy wrote bytes 4..8: the block-start poison
+      checked_copy(p.out + 8, s + 8, 24);
       break;
     case kCpReadBeforeWait:
       sa::arch::cp_async_cg16(s, p.src);
       sa::arch::cp_async_commit();
-      p.out[0] = static_cast<uint8_t>(sa::arch::lds(s));
+      p.out[0] = static_cast<uint8_t>(sa::arch::lds<char>(s));
       sa::arch::cp_async_wait<0>();
       break;
     case kCpCg8:
 #if defined(SA_EMULATED)
-      ::sa::emu::cp_async(::sa::emu::CacheOp::CG, s, p.src, 8, 8, ::sa::emu::Site::current());
+      ::sa::emu::cp_async(::sa::emu::CacheOp::CG, sa::arch::SmemAccess::raw(s), p.src, 8, 8,
+                          ::sa::emu::Site::current());
       sa::arch::cp_async_wait_all();
 #endif
       break;
@@ -159,6 +176,14 @@ SA_KERNEL(sa_selftest_cp_async, SaSelftestCpAsyncParams, 64) {
       break;
     case kCpNeverCommitted:
       sa::arch::cp_async_cg16(s, p.src);
+      break;
+    case kCpSrcSize0Null:
+      sa::arch::cp_async_cg16(s, nullptr, 0);
+      sa::arch::cp_async_wait_all();
+      break;
+    case kCpSrcSize0Outside:
+      sa::arch::cp_async_cg16(s, p.src + p.src_len + (1 << 20), 0);
+      sa::arch::cp_async_wait_all();
       break;
     default:
       break;

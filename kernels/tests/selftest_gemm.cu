@@ -41,10 +41,10 @@ constexpr int kStageBytes = kATileBytes + kKStep * kN * 2;  // + B [16][16]
 
 // Issues the copies of k step `kt` into stage `stage`: thread tid copies half of A row
 // tid / 2; warp 0 also copies B. Does not commit.
-SA_DEVICE void load_stage(const SaSelftestGemmParams& p, char* smem, int stage, int kt,
+SA_DEVICE void load_stage(const SaSelftestGemmParams& p, sa::Smem smem, int stage, int kt,
                           int row0, int tid) {
-  char* sa_tile = smem + stage * kStageBytes;
-  char* sb_tile = sa_tile + kATileBytes;
+  const sa::Smem sa_tile = smem + stage * kStageBytes;
+  const sa::Smem sb_tile = sa_tile + kATileBytes;
   const int row = tid >> 1, half = tid & 1;
   sa::arch::cp_async_cg16(sa_tile + row * kRowBytes + half * 16,
                           p.a + static_cast<int64_t>(row0 + row) * p.k + kt * kKStep + half * 8);
@@ -56,10 +56,10 @@ SA_DEVICE void load_stage(const SaSelftestGemmParams& p, char* smem, int stage, 
 
 template <typename T>
 SA_DEVICE void gemm(const SaSelftestGemmParams& p) {
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x, warp = tid / 32, lane = static_cast<int>(sa::arch::lane_id());
   const int row0 = blockIdx.x * kBlockM;
   const int steps = p.k / kKStep;
-  char* smem = sa::dynamic_smem();
+  const sa::Smem smem = sa::dynamic_smem();
 
   load_stage(p, smem, 0, 0, row0, tid);
   sa::arch::cp_async_commit();
@@ -73,8 +73,8 @@ SA_DEVICE void gemm(const SaSelftestGemmParams& p) {
     if (p.mode != kGemmMissingWait) sa::arch::cp_async_wait<1>();
     if (p.mode != kGemmMissingBarrierAfterWait) __syncthreads();
 
-    const char* sa_tile = smem + (kt & 1) * kStageBytes;
-    const char* sb_tile = sa_tile + kATileBytes;
+    const sa::Smem sa_tile = smem + (kt & 1) * kStageBytes;
+    const sa::Smem sb_tile = sa_tile + kATileBytes;
     uint32_t a[4], b[4];
     // Lane L: A row L % 16 of this warp, columns (L / 16) * 8: {a0a1, a2a3, a4a5, a6a7}.
     sa::arch::ldmatrix_x4(a, sa_tile + (warp * 16 + (lane & 15)) * kRowBytes + (lane >> 4) * 16);

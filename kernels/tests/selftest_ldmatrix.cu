@@ -26,7 +26,7 @@ namespace {
 
 constexpr int kRowBytes = 32;
 
-SA_DEVICE const char* natural_row(const char* s, unsigned lane) {
+SA_DEVICE sa::Smem natural_row(sa::Smem s, unsigned lane) {
   return s + (lane % 16) * kRowBytes + (lane / 16) * 16;
 }
 
@@ -35,21 +35,21 @@ SA_DEVICE const char* natural_row(const char* s, unsigned lane) {
 SA_KERNEL(sa_selftest_ldmatrix, SaSelftestLdmatrixParams, 32) {
   const SaSelftestLdmatrixParams& p = params;
   const unsigned lane = sa::arch::lane_id();
-  char* s = sa::dynamic_smem();
-  uint16_t* tile = reinterpret_cast<uint16_t*>(s);
+  const sa::Smem s = sa::dynamic_smem();
   for (int i = 0; i < 8; ++i) {
     const int r = lane / 2, c = (lane % 2) * 8 + i;
-    tile[r * 16 + c] = static_cast<uint16_t>(64 * r + c);
+    sa::arch::sts(s + 2 * (r * 16 + c), static_cast<uint16_t>(64 * r + c));
   }
   __syncthreads();
 
   const unsigned m = lane / 8, r = lane % 8;
-  const char* addr = natural_row(s, lane);
+  sa::Smem addr = natural_row(s, lane);
   if (p.mode == kLdsmPermuted) addr = natural_row(s, 8 * m + (7 - r));
   if (p.mode == kLdsmMisaligned && lane == 3) addr += 8;
   if (p.mode == kLdsmOutOfSmem && lane == 5) addr = s + 16 * kRowBytes;
   if (lane >= 8 * static_cast<unsigned>(p.num)) {
-    addr = reinterpret_cast<const char*>(static_cast<uintptr_t>(0xdead0003u));  // never read
+    // Never read (self-tests may forge addresses through SmemAccess).
+    addr = sa::arch::SmemAccess::wrap(reinterpret_cast<char*>(static_cast<uintptr_t>(0xdead0003u)));
   }
 
   uint32_t regs[4] = {0, 0, 0, 0};

@@ -21,7 +21,7 @@ enum SelftestWarpMode : int32_t {
   kPartialMasks = 7,     // two half-warp masks at different sites; out[L], out[32+L]
   kExitedLanes = 8,      // lanes 16-31 exit; out[L], out[32+L] for lanes 0-15
   kSyncwarpExited = 9,   // lanes 16-31 exit, the rest __syncwarp(full mask)
-  kBarrierExited = 10,   // 64 threads, warp 1 exits, warp 0 exchanges through smem
+  kBarrierExited = 10,   // 64 threads, warp 1 exits, warp 0 barriers: reported
   kIndices = 11,         // out[4*global linear thread + 0..4]: thread, block, blockDim, gridDim
   kNotInMask = 20,
   kMismatch = 21,        // lanes 0-15 and 16-31 reach full-mask shuffles at different sites
@@ -90,15 +90,17 @@ SA_KERNEL(sa_selftest_warp, SaSelftestWarpParams, 64) {
       out[lane] = 1;
       break;
     case kBarrierExited: {
+      // Warp 1 returns early, skipping the barriers warp 0 waits at: a bug the emulator
+      // reports (on the GPU the barrier's behaviour is then undefined).
       if (warp == 1) return;
-      uint32_t* s = reinterpret_cast<uint32_t*>(sa::dynamic_smem());
-      s[lane] = 3 * lane;
+      const sa::Smem s = sa::dynamic_smem();
+      sa::arch::sts(s + 4 * lane, 3 * lane);
       __syncthreads();
-      const uint32_t x = s[(lane + 1) % 32];
+      const uint32_t x = sa::arch::lds<uint32_t>(s + 4 * ((lane + 1) % 32));
       __syncthreads();
-      s[lane] = x + 1;
+      sa::arch::sts(s + 4 * lane, x + 1);
       __syncthreads();
-      out[lane] = s[(lane + 2) % 32];
+      out[lane] = sa::arch::lds<uint32_t>(s + 4 * ((lane + 2) % 32));
       break;
     }
     case kIndices: {

@@ -4,8 +4,22 @@
 use super::paged::{PagedAddrs, PagedKv, PagedLayout};
 use super::{AttnPlan, Element, Result, SeqLens, TensorAddrs};
 use crate::emu::{self, GuardedBuffer};
+use crate::kernels::KernelDesc;
 
 impl AttnPlan {
+    /// This plan with its forward kernel replaced by `kernel`: for the canary kernels of
+    /// `kernels/tests/` (deliberately broken variants that the tests must see fail through
+    /// the production run paths, on the emulator and on the GPU).
+    ///
+    /// # Safety
+    /// `kernel` must take `SaAttnFwdParams` and be written for this plan's launch geometry
+    /// (grid, block, dynamic shared memory), as the plan's own forward kernel is.
+    #[doc(hidden)]
+    pub unsafe fn with_kernel(mut self, kernel: &'static KernelDesc) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
     /// Runs the forward pass on the CPU emulator (the very kernel source of the GPU path).
     /// Returns `(out, lse)`, laid out like q and `[batch, num_heads, q_len]` (varlen:
     /// `[num_heads, total_q]`).
@@ -62,8 +76,10 @@ impl AttnPlan {
         let tb = table
             .map(|t| GuardedBuffer::from_slice(t, "block_table"))
             .transpose()?;
-        let ob = GuardedBuffer::<T>::zeroed(p.q_elems(), "out")?;
-        let lb = GuardedBuffer::<f32>::zeroed(p.lse_elems(), "lse")?;
+        // Outputs start poisoned (NaN), so an element the kernels forget to write cannot pass
+        // for an empty row's out = 0 (or for anything else).
+        let ob = GuardedBuffer::filled(p.q_elems(), T::from_f32(f32::NAN), "out")?;
+        let lb = GuardedBuffer::filled(p.lse_elems(), f32::NAN, "lse")?;
         let counter = GuardedBuffer::<u64>::zeroed(1, "tiles_visited")?;
         let (cu_q, cu_k) = match &p.seqs() {
             SeqLens::Varlen { cu_q, cu_k } => (
@@ -74,8 +90,8 @@ impl AttnPlan {
         };
         let meta = self.meta.upload_emulated()?;
         let (o_ws, lse_ws) = self.split_workspace();
-        let o_part = GuardedBuffer::<f32>::zeroed(o_ws, "o_partial")?;
-        let lse_part = GuardedBuffer::<f32>::zeroed(lse_ws, "lse_partial")?;
+        let o_part = GuardedBuffer::filled(o_ws, f32::NAN, "o_partial")?;
+        let lse_part = GuardedBuffer::filled(lse_ws, f32::NAN, "lse_partial")?;
         let (contig_k, contig_v) = if tb.is_some() {
             (0, 0)
         } else {
@@ -139,6 +155,10 @@ pub struct EmuRun<'a> {
     pub eager_cp_async: bool,
     /// Worker threads (0 = all cores).
     pub workers: u32,
+    /// The GPU whose launch limits the launches must respect (default: sm_80).
+    pub arch: emu::TargetArch,
+    /// Exact or pessimistic tensor-core and `ex2` arithmetic.
+    pub numerics: emu::Numerics,
     /// Receives the number of kv tiles the kernel visited.
     pub tiles_visited: Option<&'a std::cell::Cell<u64>>,
 }
@@ -149,6 +169,8 @@ impl EmuRun<'_> {
             schedule: self.schedule,
             eager_cp_async: self.eager_cp_async,
             workers: self.workers,
+            arch: self.arch,
+            numerics: self.numerics,
         }
     }
 }

@@ -176,8 +176,9 @@ pub fn run_emulated<T: Element>(
         return Ok((Vec::new(), Vec::new()));
     }
     let sb = guarded(s, "s")?;
-    let pb = GuardedBuffer::<T>::zeroed(shape.scores_len().max(1), "p")?;
-    let lb = GuardedBuffer::<f32>::zeroed(lse_len, "lse")?;
+    // Outputs start poisoned, so an element the kernel forgets to write shows.
+    let pb = GuardedBuffer::filled(shape.scores_len().max(1), T::from_f32(f32::NAN), "p")?;
+    let lb = GuardedBuffer::filled(lse_len, f32::NAN, "lse")?;
     let mb = mask.map(|m| guarded(m, "mask")).transpose()?;
     let launch = shape.launch(&RefSoftmaxAddrs {
         s: sb.as_ptr() as u64,

@@ -27,10 +27,17 @@
 //!   which retires the *oldest* groups until at most N remain. Copies pending at thread exit,
 //!   overlapping in-flight destinations and `.cg` copies other than 16 bytes are reported.
 //!   [`LaunchConfig::eager_cp_async`] copies at issue instead, to diff the two.
-//! - **Shadow memory.** Checked shared-memory reads (ldmatrix rows and `sa::arch::lds`) report
-//!   bytes whose cp.async has not landed, bytes that landed in another thread's wait with no
-//!   `__syncthreads` since, and a cp.async that overwrites bytes another warp read since the
-//!   last barrier (a prefetch racing with the reads of the previous tile).
+//! - **Shadow memory.** Kernels reach shared memory only through `sa::Smem` and the arch
+//!   layer, so every access is checked: loads (ldmatrix rows, `sa::arch::lds`) report bytes
+//!   nobody wrote, bytes whose cp.async has not landed or landed in another thread's wait with
+//!   no `__syncthreads` since, and bytes another thread stored with no barrier (inside a warp:
+//!   no `__syncwarp`) since; stores (`sa::arch::sts`) and cp.async report overwriting bytes
+//!   another thread read or stored since the last barrier ([`EmuError::Race`]).
+//! - **Poisoned outputs, alignment, limits, numerics.** The attention run paths fill their
+//!   outputs with NaN before a launch; vector accesses are checked for natural alignment;
+//!   launches respect the shared-memory limit of their [`TargetArch`]; [`Numerics::Pessimistic`]
+//!   truncates tensor-core sums and makes `ex2` flush and err by 2 ulp; a thread that exits
+//!   past a barrier others wait at is reported.
 //! - **Guard pages.** [`GuardedBuffer`]s end flush against an inaccessible page, dynamic shared
 //!   memory (poisoned with 0xFF, never zero) too, and so does every fiber stack: a stray access
 //!   is reported with kernel, block, thread, address and the buffer it overran.
@@ -80,6 +87,10 @@ pub mod sys {
         pub eager_cp_async: u32,
         /// Worker OS threads (0 = all cores).
         pub workers: u32,
+        /// Compute capability whose launch limits apply (`10 * major + minor`).
+        pub arch: u32,
+        /// `sa_emu_numerics`: 0 exact, 1 pessimistic.
+        pub numerics: u32,
     }
 
     /// Length of [`Report::message`].
@@ -116,8 +127,12 @@ pub mod sys {
     pub const ERR_TRAP: i32 = 7;
     /// Emulator failure.
     pub const ERR_INTERNAL: i32 = 8;
+    /// Unsynchronised shared-memory access between threads.
+    pub const ERR_RACE: i32 = 9;
+    /// Read of shared memory no thread wrote.
+    pub const ERR_UNINITIALIZED: i32 = 10;
 
-    const _: () = assert!(std::mem::size_of::<LaunchConfig>() == 48);
+    const _: () = assert!(std::mem::size_of::<LaunchConfig>() == 56);
     const _: () = assert!(std::mem::align_of::<LaunchConfig>() == 8);
     const _: () = assert!(std::mem::size_of::<Report>() == 2076);
 
@@ -152,6 +167,64 @@ pub enum Schedule {
     Random(u64),
 }
 
+/// The GPU whose launch limits an emulated launch must respect: a launch that could not run
+/// on it (too much dynamic shared memory per block) fails with [`EmuError::Config`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TargetArch {
+    /// sm_80 (A100): 163 KB of dynamic shared memory per block. The default: the oldest
+    /// architecture the kernels support.
+    #[default]
+    Sm80,
+    /// sm_86 (RTX 30, A10, A40): 99 KB.
+    Sm86,
+    /// sm_89 (RTX 40, L4, L40): 99 KB.
+    Sm89,
+    /// sm_90 (H100, H200): 227 KB.
+    Sm90,
+}
+
+impl TargetArch {
+    /// Every target, oldest first.
+    pub const ALL: [TargetArch; 4] = [
+        TargetArch::Sm80,
+        TargetArch::Sm86,
+        TargetArch::Sm89,
+        TargetArch::Sm90,
+    ];
+
+    /// The compute capability as `10 * major + minor`.
+    pub fn compute_capability(self) -> u32 {
+        match self {
+            TargetArch::Sm80 => 80,
+            TargetArch::Sm86 => 86,
+            TargetArch::Sm89 => 89,
+            TargetArch::Sm90 => 90,
+        }
+    }
+
+    /// Largest dynamic shared memory per block (with the opt-in attribute), in bytes.
+    pub fn max_dynamic_smem(self) -> u32 {
+        match self {
+            TargetArch::Sm80 => 163 * 1024,
+            TargetArch::Sm86 | TargetArch::Sm89 => 99 * 1024,
+            TargetArch::Sm90 => 227 * 1024,
+        }
+    }
+}
+
+/// The arithmetic of emulated tensor cores and `ex2.approx`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Numerics {
+    /// mma sums its products in ascending k in f32 (round to nearest) and adds C last;
+    /// `exp2` is exact.
+    #[default]
+    Exact,
+    /// At least as bad as the hardware: mma adds C first, then the products in descending k,
+    /// every partial sum truncated toward zero; `ex2.approx.ftz` flushes subnormal inputs and
+    /// results to zero and errs by up to 2 ulp. Kernels must pass their tolerances under it.
+    Pessimistic,
+}
+
 /// One emulated launch: geometry plus emulator options.
 #[derive(Clone, Copy, Debug)]
 pub struct LaunchConfig {
@@ -167,19 +240,17 @@ pub struct LaunchConfig {
     pub eager_cp_async: bool,
     /// Worker OS threads for blocks (0 = all cores).
     pub workers: u32,
+    /// The GPU whose launch limits apply.
+    pub arch: TargetArch,
+    /// Tensor-core and `ex2.approx` arithmetic.
+    pub numerics: Numerics,
 }
 
 impl LaunchConfig {
-    /// A launch with the default options: forward schedule, adversarial cp.async, all cores.
+    /// A launch with the default options: forward schedule, adversarial cp.async, all cores,
+    /// sm_80 limits, exact numerics.
     pub fn new(grid: [u32; 3], block: [u32; 3], dynamic_smem_bytes: u32) -> Self {
-        LaunchConfig {
-            grid,
-            block,
-            dynamic_smem_bytes,
-            schedule: Schedule::Forward,
-            eager_cp_async: false,
-            workers: 0,
-        }
+        Self::with_options(grid, block, dynamic_smem_bytes, &EmuOptions::default())
     }
 
     fn raw(&self) -> sys::LaunchConfig {
@@ -196,6 +267,11 @@ impl LaunchConfig {
             seed,
             eager_cp_async: u32::from(self.eager_cp_async),
             workers: self.workers,
+            arch: self.arch.compute_capability(),
+            numerics: match self.numerics {
+                Numerics::Exact => 0,
+                Numerics::Pessimistic => 1,
+            },
         }
     }
 }
@@ -235,9 +311,15 @@ pub enum EmuError {
     /// cp.async misuse: read before the wait, missing barrier, overlap, bad size...
     #[error("cp.async misuse: {0}")]
     CpAsync(Fault),
-    /// A misaligned ldmatrix row or cp.async address.
+    /// A misaligned ldmatrix row, cp.async, shared-memory or global vector access.
     #[error("misaligned address: {0}")]
     Misaligned(Fault),
+    /// Threads access the same shared memory with no barrier (or `__syncwarp`) between.
+    #[error("shared-memory race: {0}")]
+    Race(Fault),
+    /// A read of shared memory no thread of the block wrote.
+    #[error("uninitialised shared memory: {0}")]
+    Uninitialized(Fault),
     /// A kernel-side assertion (`sa::emu::trap`) or an arithmetic exception.
     #[error("kernel trap: {0}")]
     Trap(Fault),
@@ -270,6 +352,8 @@ impl EmuError {
             sys::ERR_CP_ASYNC => EmuError::CpAsync(fault),
             sys::ERR_MISALIGNED => EmuError::Misaligned(fault),
             sys::ERR_TRAP => EmuError::Trap(fault),
+            sys::ERR_RACE => EmuError::Race(fault),
+            sys::ERR_UNINITIALIZED => EmuError::Uninitialized(fault),
             _ => EmuError::Internal(fault),
         }
     }
@@ -283,6 +367,8 @@ impl EmuError {
             | EmuError::Warp(f)
             | EmuError::CpAsync(f)
             | EmuError::Misaligned(f)
+            | EmuError::Race(f)
+            | EmuError::Uninitialized(f)
             | EmuError::Trap(f)
             | EmuError::Internal(f) => Some(f),
             EmuError::Alloc(_) => None,
@@ -371,6 +457,14 @@ impl<T: Plain> GuardedBuffer<T> {
             len,
             _marker: PhantomData,
         })
+    }
+
+    /// A buffer of `len` copies of `value`: outputs of emulated launches start poisoned
+    /// (NaN, or a pattern for integers), so an element a kernel forgets to write shows.
+    pub fn filled(len: usize, value: T, label: &str) -> Result<Self, EmuError> {
+        let mut b = Self::zeroed(len, label)?;
+        b.as_mut_slice().fill(value);
+        Ok(b)
     }
 
     /// A buffer holding a copy of `data`; `label` names it in fault reports.
@@ -486,6 +580,10 @@ pub struct EmuOptions {
     pub eager_cp_async: bool,
     /// Worker OS threads for blocks (0 = all cores).
     pub workers: u32,
+    /// The GPU whose launch limits apply.
+    pub arch: TargetArch,
+    /// Tensor-core and `ex2.approx` arithmetic.
+    pub numerics: Numerics,
 }
 
 impl LaunchConfig {
@@ -503,6 +601,8 @@ impl LaunchConfig {
             schedule: opts.schedule,
             eager_cp_async: opts.eager_cp_async,
             workers: opts.workers,
+            arch: opts.arch,
+            numerics: opts.numerics,
         }
     }
 }

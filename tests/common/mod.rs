@@ -25,6 +25,22 @@ pub fn tol(dtype: sparse_attn::DType) -> f64 {
 /// `unit()` in [-1, 1), `int_in(lo, hi)`.
 pub use sparse_attn::pattern::rng::SplitMix64 as Rng;
 
+/// The emulator run options of the attention suites: default, with the numerics mode named by
+/// `SPARSE_ATTN_EMU_NUMERICS` (`exact`, the default, or `pessimistic`: truncated tensor-core
+/// sums and a 2-ulp, flushing `ex2`, under which every suite must pass with the same
+/// tolerances; CI runs them both ways).
+pub fn emu_run() -> sparse_attn::EmuRun<'static> {
+    let numerics = match std::env::var("SPARSE_ATTN_EMU_NUMERICS").as_deref() {
+        Ok("pessimistic") => sparse_attn::emu::Numerics::Pessimistic,
+        Ok("exact") | Err(_) => sparse_attn::emu::Numerics::Exact,
+        Ok(other) => panic!("SPARSE_ATTN_EMU_NUMERICS={other}: expected exact or pessimistic"),
+    };
+    sparse_attn::EmuRun {
+        numerics,
+        ..Default::default()
+    }
+}
+
 /// The run's base seed: `SPARSE_ATTN_SEED` if set, else fresh from the clock. Printed so a
 /// failure can be replayed.
 pub fn base_seed() -> u64 {

@@ -5,6 +5,7 @@
 
 #include "sparse_attn/arch/platform.cuh"
 #include "sparse_attn/arch/numeric.cuh"
+#include "sparse_attn/arch/memory.cuh"
 #include "sparse_attn/arch/mma.cuh"
 #include "sparse_attn/arch/ldmatrix.cuh"
 #include "sparse_attn/arch/cp_async.cuh"

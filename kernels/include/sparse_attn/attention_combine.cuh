@@ -17,7 +17,7 @@ constexpr int kCombineThreads = SA_COMBINE_THREADS;  // one warp per (row, head)
 template <typename T, int D>
 SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
   static_assert(D % 32 == 0, "each lane owns D / 32 columns");
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, lane = static_cast<int>(arch::lane_id());
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t total_rows = varlen ? p.cu_seqlens_q[p.batch] : int64_t(p.batch) * p.q_len;
   const int64_t pair = int64_t(blockIdx.x) * (kCombineThreads / 32) + warp;

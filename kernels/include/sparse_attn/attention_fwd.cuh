@@ -18,6 +18,17 @@
 
 namespace sa {
 
+// Deliberately broken variants of the forward kernel, instantiated only in
+// kernels/tests/attention_canary.cu: each is a bug the emulator tests must catch.
+enum class Canary {
+  None,
+  // P's A fragment with a2 and a4 swapped (a broken fragment layout).
+  SwapA2A4,
+  // Empty rows (no allowed key) get their LSE but no output store: passes if outputs start
+  // zeroed, fails once the emulator poisons them.
+  SkipEmptyRowStore,
+};
+
 // Where one (batch, head) lives in the q/out/lse tensors (uniform or varlen) and where its
 // keys live (contiguous k/v or a paged cache).
 template <typename T>
@@ -114,7 +125,7 @@ SA_DEVICE void rescale_o(float (&o)[NT][4], const float (&alpha)[SoftmaxState::k
 
 // Normalises and stores this warp's output rows (padding rows are dropped) and their LSE.
 // `row0` is the warp's first row in the block, mapped to (token, head) by `rows`.
-template <typename T, int D>
+template <typename T, int D, Canary kCanary>
 SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
                            int row0, float (&o)[D / 8][4], SoftmaxState& state, int lane) {
   float inv_l[SoftmaxState::kRows], lse[SoftmaxState::kRows];
@@ -125,13 +136,15 @@ SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, con
     const int local = row0 + g + 8 * r;
     const int token = rows.token(local), dh = rows.head_offset(local);
     if (token < 0) continue;
+    if (t == 0) seq.lse[dh * p.lse_head_stride + token] = lse[r];
+    if (kCanary == Canary::SkipEmptyRowStore && inv_l[r] == 0.f) continue;
     uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + token * p.o_row_stride +
                                                 dh * p.o_head_stride + 2 * t);
     SA_UNROLL
     for (int nt = 0; nt < D / 8; ++nt) {
-      dst[nt * 4] = arch::pack2<T>(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]);
+      arch::stg(dst + nt * 4,
+                arch::pack2<T>(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]));
     }
-    if (t == 0) seq.lse[dh * p.lse_head_stride + token] = lse[r];
   }
 }
 
@@ -156,20 +169,20 @@ SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, c
     float2* dst = reinterpret_cast<float2*>(p.o_partial + slot * D + 2 * t);
     SA_UNROLL
     for (int nt = 0; nt < D / 8; ++nt) {
-      dst[nt * 4] = make_float2(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]);
+      arch::stg(dst + nt * 4, make_float2(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]));
     }
     if (t == 0) p.lse_partial[slot] = lse[r];
   }
 }
 
-template <typename T, int D, bool kSwapA2A4Canary = false>
+template <typename T, int D, Canary kCanary = Canary::None>
 SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   using Tr = FwdTraits<T, D>;
   const int num_splits = params.num_splits > 1 ? params.num_splits : 1;
   const int pack = params.gqa_pack > 1 ? params.gqa_pack : 1;
   const int m_block = blockIdx.x / num_splits, split = blockIdx.x % num_splits;
   const int h = blockIdx.y * pack, b = blockIdx.z;  // packed: first head of the kv group
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x, warp = tid / 32, lane = static_cast<int>(arch::lane_id());
 
   // This block's CSR row; the grid covers the longest (sequence, set), so others exit here
   // (whole block: uniform exit, no barrier yet).
@@ -181,10 +194,10 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const KeyMap keys = KeyMap::make(view, params.view_data);
   const SeqSlice<T> seq = SeqSlice<T>::make(params, b, h);
 
-  char* smem = dynamic_smem();
-  char* sQ = smem + Tr::kQOffset;
-  char* sK = smem + Tr::kKOffset;
-  char* sV = smem + Tr::kVOffset;
+  const Smem smem = dynamic_smem();
+  const Smem sQ = smem + Tr::kQOffset;
+  const Smem sK = smem + Tr::kKOffset;
+  const Smem sV = smem + Tr::kVOffset;
 
   const SparseTiles tiles = SparseTiles::make(params, row);
   const TokenMask mask{params.mask_programs + set, params.mask_components, params.mask_data,
@@ -202,16 +215,20 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
                                        rows.head_offset(r) * params.q_head_stride
                                  : nullptr;
       },
-      tid);
+      static_cast<const T*>(params.q), tid);
+  // The never-read sources of zero-filled K/V rows: the bases of the tensors read.
+  const bool paged = params.paged.block_table != nullptr;
+  const T* k_idle = static_cast<const T*>(paged ? params.paged.k_pages : params.k);
+  const T* v_idle = static_cast<const T*>(paged ? params.paged.v_pages : params.v);
   auto produce_kv = [&](int i) {
     const int buf = i & 1, tile = tiles.tile(i);
     const KvRows<T>& kv = seq.kv;
     load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
         sK + buf * Tr::kKvTileBytes,
-        [&](int r) { return kv.row(kv.k, kv.k_row_stride, keys.key(tile, r)); }, tid);
+        [&](int r) { return kv.row(kv.k, kv.k_row_stride, keys.key(tile, r)); }, k_idle, tid);
     load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
         sV + buf * Tr::kKvTileBytes,
-        [&](int r) { return kv.row(kv.v, kv.v_row_stride, keys.key(tile, r)); }, tid);
+        [&](int r) { return kv.row(kv.v, kv.v_row_stride, keys.key(tile, r)); }, v_idle, tid);
   };
   if (i_begin < i_end) produce_kv(i_begin);
   arch::cp_async_commit();
@@ -258,7 +275,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
 
     // Phase: O += P . V with P reused from registers.
     uint32_t pf[Tr::kPvKSteps][4];
-    p_to_a_frags<T, Tr::kBlockN, kSwapA2A4Canary>(pf, s);
+    p_to_a_frags<T, Tr::kBlockN, kCanary == Canary::SwapA2A4>(pf, s);
     pv_gemm<T, D, Tr::kBlockN>(o, pf, sV + buf * Tr::kKvTileBytes, lane);
     __syncthreads();  // every warp is done with buffer `buf` before it is refilled
   }
@@ -268,7 +285,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   if (num_splits > 1) {
     write_partial<T, D>(params, seq, rows, h, split, warp_row0, o, state, lane);
   } else {
-    write_o_lse<T, D>(params, seq, rows, warp_row0, o, state, lane);
+    write_o_lse<T, D, kCanary>(params, seq, rows, warp_row0, o, state, lane);
   }
   if (tid == 0 && params.tiles_visited != nullptr) {
     arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));

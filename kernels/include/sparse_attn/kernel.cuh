@@ -8,7 +8,7 @@
 // so one launch description (grid, block, smem, params) drives both backends.
 #pragma once
 
-#include "sparse_attn/arch/platform.cuh"
+#include "sparse_attn/arch/memory.cuh"
 
 #if defined(SA_GPU)
 #define SA_KERNEL(name, Params, max_threads) \
@@ -22,13 +22,14 @@
 
 namespace sa {
 
-// Base of the block's dynamic shared memory, 16-byte aligned.
-SA_DEVICE char* dynamic_smem() {
+// Base of the block's dynamic shared memory, 16-byte aligned: the only source of shared
+// memory (no static __shared__ arrays), reached only through the arch layer (arch/memory.cuh).
+SA_DEVICE Smem dynamic_smem() {
 #if defined(SA_GPU)
   extern __shared__ __align__(16) char sa_dynamic_smem[];
-  return sa_dynamic_smem;
+  return arch::SmemAccess::wrap(sa_dynamic_smem);
 #else
-  return ::sa::emu::dynamic_smem();
+  return arch::SmemAccess::wrap(::sa::emu::dynamic_smem());
 #endif
 }
 

@@ -16,10 +16,12 @@ SA_HOST_DEVICE int swizzle_offset(int row, int chunk) {
 }
 
 // Issues cp.async copies of a [ROWS, D] tile whose row r starts at `row_src(r)` (nullptr:
-// the row is zero-filled and its source never read). Each of the THREADS threads copies
+// the row is zero-filled with src-size 0, naming `idle_src`, an aligned address inside the
+// tensor such as its base, as the never-read source). Each of the THREADS threads copies
 // every THREADS-th 16-byte chunk. Does not commit.
 template <int ROWS, int D, int THREADS, typename T, typename RowSrc>
-SA_DEVICE void load_tile_async(char* smem_tile, const RowSrc& row_src, int tid) {
+SA_DEVICE void load_tile_async(Smem smem_tile, const RowSrc& row_src, const T* idle_src,
+                               int tid) {
   constexpr int kChunksPerRow = D / 8;  // 8 elements = 16 bytes
   constexpr int kChunks = ROWS * kChunksPerRow;
   static_assert(kChunks % THREADS == 0, "tile chunks split evenly over the block");
@@ -30,7 +32,7 @@ SA_DEVICE void load_tile_async(char* smem_tile, const RowSrc& row_src, int tid) 
     const int chunk = c % kChunksPerRow;
     const T* src = row_src(row);
     arch::cp_async_cg16(smem_tile + swizzle_offset<D>(row, chunk),
-                        src != nullptr ? src + chunk * 8 : nullptr, src != nullptr ? 16 : 0);
+                        src != nullptr ? src + chunk * 8 : idle_src, src != nullptr ? 16 : 0);
   }
 }
 

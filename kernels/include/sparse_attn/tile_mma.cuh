@@ -14,7 +14,7 @@ namespace sa {
 // and reused for every kv tile. Lane L addresses row L % 16, chunk 2*kk + L / 16, so x4 yields
 // {a0a1, a2a3, a4a5, a6a7}.
 template <int D>
-SA_DEVICE void load_q_frags(uint32_t (&qf)[D / 16][4], const char* sQ, int warp, int lane) {
+SA_DEVICE void load_q_frags(uint32_t (&qf)[D / 16][4], Smem sQ, int warp, int lane) {
   const int row = warp * 16 + (lane & 15);
   SA_UNROLL
   for (int kk = 0; kk < D / 16; ++kk) {
@@ -26,7 +26,7 @@ SA_DEVICE void load_q_frags(uint32_t (&qf)[D / 16][4], const char* sQ, int warp,
 // the "col" B operand: non-transposed ldmatrix. One x4 covers two n8 tiles x one k16 step:
 // matrices (keys 0-7, k 0-7), (keys 0-7, k 8-15), (keys 8-15, k 0-7), (keys 8-15, k 8-15).
 template <typename T, int D, int BN>
-SA_DEVICE void qk_gemm(float (&s)[BN / 8][4], const uint32_t (&qf)[D / 16][4], const char* sK,
+SA_DEVICE void qk_gemm(float (&s)[BN / 8][4], const uint32_t (&qf)[D / 16][4], Smem sK,
                        int lane) {
   SA_UNROLL
   for (int nt = 0; nt < BN / 8; ++nt) {
@@ -72,7 +72,7 @@ SA_DEVICE void p_to_a_frags(uint32_t (&pf)[BN / 16][4], const float (&p)[BN / 8]
 // matrices (keys 0-7, dims 0-7), (keys 8-15, dims 0-7), (keys 0-7, dims 8-15),
 // (keys 8-15, dims 8-15).
 template <typename T, int D, int BN>
-SA_DEVICE void pv_gemm(float (&o)[D / 8][4], const uint32_t (&pf)[BN / 16][4], const char* sV,
+SA_DEVICE void pv_gemm(float (&o)[D / 8][4], const uint32_t (&pf)[BN / 16][4], Smem sV,
                        int lane) {
   const int key_in_step = (lane & 7) + (((lane >> 3) & 1) << 3);
   const int d_half = lane >> 4;

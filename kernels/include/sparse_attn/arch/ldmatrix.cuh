@@ -7,74 +7,81 @@
 // For x1/x2 the addresses of lanes 8..31 / 16..31 are ignored, but every lane must call.
 #pragma once
 
-#include "sparse_attn/arch/platform.cuh"
+#include "sparse_attn/arch/memory.cuh"
 
 namespace sa {
 namespace arch {
 
 #if defined(SA_GPU)
-SA_DEVICE uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+// The 32-bit shared-state-space address PTX takes.
+SA_DEVICE uint32_t smem_u32(Smem p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(SmemAccess::raw(p)));
 }
 #endif
 
-SA_DEVICE void ldmatrix_x1(uint32_t r[1], const void* row_addr SA_SITE_PARAM) {
+SA_DEVICE void ldmatrix_x1(uint32_t r[1], Smem row_addr SA_SITE_PARAM) {
 #if defined(SA_GPU)
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n"
                : "=r"(r[0])
-               : "r"(smem_u32(row_addr)));
+               : "r"(smem_u32(row_addr))
+               : "memory");
 #else
-  ::sa::emu::ldmatrix(1, false, r, row_addr, site);
+  ::sa::emu::ldmatrix(1, false, r, SmemAccess::raw(row_addr), site);
 #endif
 }
 
-SA_DEVICE void ldmatrix_x2(uint32_t r[2], const void* row_addr SA_SITE_PARAM) {
+SA_DEVICE void ldmatrix_x2(uint32_t r[2], Smem row_addr SA_SITE_PARAM) {
 #if defined(SA_GPU)
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_u32(row_addr)));
+               : "r"(smem_u32(row_addr))
+               : "memory");
 #else
-  ::sa::emu::ldmatrix(2, false, r, row_addr, site);
+  ::sa::emu::ldmatrix(2, false, r, SmemAccess::raw(row_addr), site);
 #endif
 }
 
-SA_DEVICE void ldmatrix_x4(uint32_t r[4], const void* row_addr SA_SITE_PARAM) {
+SA_DEVICE void ldmatrix_x4(uint32_t r[4], Smem row_addr SA_SITE_PARAM) {
 #if defined(SA_GPU)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(row_addr)));
+               : "r"(smem_u32(row_addr))
+               : "memory");
 #else
-  ::sa::emu::ldmatrix(4, false, r, row_addr, site);
+  ::sa::emu::ldmatrix(4, false, r, SmemAccess::raw(row_addr), site);
 #endif
 }
 
-SA_DEVICE void ldmatrix_x1_trans(uint32_t r[1], const void* row_addr SA_SITE_PARAM) {
+SA_DEVICE void ldmatrix_x1_trans(uint32_t r[1], Smem row_addr SA_SITE_PARAM) {
 #if defined(SA_GPU)
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
                : "=r"(r[0])
-               : "r"(smem_u32(row_addr)));
+               : "r"(smem_u32(row_addr))
+               : "memory");
 #else
-  ::sa::emu::ldmatrix(1, true, r, row_addr, site);
+  ::sa::emu::ldmatrix(1, true, r, SmemAccess::raw(row_addr), site);
 #endif
 }
 
-SA_DEVICE void ldmatrix_x2_trans(uint32_t r[2], const void* row_addr SA_SITE_PARAM) {
+SA_DEVICE void ldmatrix_x2_trans(uint32_t r[2], Smem row_addr SA_SITE_PARAM) {
 #if defined(SA_GPU)
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_u32(row_addr)));
+               : "r"(smem_u32(row_addr))
+               : "memory");
 #else
-  ::sa::emu::ldmatrix(2, true, r, row_addr, site);
+  ::sa::emu::ldmatrix(2, true, r, SmemAccess::raw(row_addr), site);
 #endif
 }
 
-SA_DEVICE void ldmatrix_x4_trans(uint32_t r[4], const void* row_addr SA_SITE_PARAM) {
+SA_DEVICE void ldmatrix_x4_trans(uint32_t r[4], Smem row_addr SA_SITE_PARAM) {
 #if defined(SA_GPU)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(row_addr)));
+               : "r"(smem_u32(row_addr))
+               : "memory");
 #else
-  ::sa::emu::ldmatrix(4, true, r, row_addr, site);
+  ::sa::emu::ldmatrix(4, true, r, SmemAccess::raw(row_addr), site);
 #endif
 }
 

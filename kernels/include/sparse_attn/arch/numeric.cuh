@@ -7,7 +7,7 @@
 
 #include "sparse_attn/arch/platform.cuh"
 
-#if defined(SA_EMULATED)
+#if !defined(SA_DEVICE_PASS)
 #include <math.h>
 #include <string.h>
 #endif
@@ -24,7 +24,7 @@ struct bf16 {
 namespace arch {
 
 SA_HOST_DEVICE uint32_t float_bits(float x) {
-#if defined(SA_GPU)
+#if defined(SA_DEVICE_PASS)
   return __float_as_uint(x);
 #else
   uint32_t u;
@@ -34,7 +34,7 @@ SA_HOST_DEVICE uint32_t float_bits(float x) {
 }
 
 SA_HOST_DEVICE float bits_float(uint32_t u) {
-#if defined(SA_GPU)
+#if defined(SA_DEVICE_PASS)
   return __uint_as_float(u);
 #else
   float x;
@@ -43,7 +43,7 @@ SA_HOST_DEVICE float bits_float(uint32_t u) {
 #endif
 }
 
-#if defined(SA_EMULATED)
+#if !defined(SA_DEVICE_PASS)
 // Software round-to-nearest-even f32 -> f16 (IEEE binary16), matching `cvt.rn.f16.f32`:
 // overflow goes to infinity, subnormals are produced (not flushed), NaN becomes 0x7fff.
 inline uint16_t f32_to_f16_bits_rne(float x) {
@@ -96,7 +96,7 @@ SA_HOST_DEVICE T from_float(float x);
 
 template <>
 SA_HOST_DEVICE f16 from_float<f16>(float x) {
-#if defined(SA_GPU)
+#if defined(SA_DEVICE_PASS)
   uint16_t h;
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
   return f16{h};
@@ -107,7 +107,7 @@ SA_HOST_DEVICE f16 from_float<f16>(float x) {
 
 template <>
 SA_HOST_DEVICE bf16 from_float<bf16>(float x) {
-#if defined(SA_GPU)
+#if defined(SA_DEVICE_PASS)
   uint16_t h;
   asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
   return bf16{h};
@@ -117,7 +117,7 @@ SA_HOST_DEVICE bf16 from_float<bf16>(float x) {
 }
 
 SA_HOST_DEVICE float to_float(f16 x) {
-#if defined(SA_GPU)
+#if defined(SA_DEVICE_PASS)
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
   return f;
@@ -136,7 +136,7 @@ SA_HOST_DEVICE uint32_t pack2(float lo, float hi);
 
 template <>
 SA_HOST_DEVICE uint32_t pack2<f16>(float lo, float hi) {
-#if defined(SA_GPU)
+#if defined(SA_DEVICE_PASS)
   uint32_t d;
   asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
   return d;
@@ -148,7 +148,7 @@ SA_HOST_DEVICE uint32_t pack2<f16>(float lo, float hi) {
 
 template <>
 SA_HOST_DEVICE uint32_t pack2<bf16>(float lo, float hi) {
-#if defined(SA_GPU)
+#if defined(SA_DEVICE_PASS)
   uint32_t d;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
   return d;
@@ -168,13 +168,17 @@ SA_HOST_DEVICE float unpack_hi(uint32_t r) {
   return to_float(T{static_cast<uint16_t>(r >> 16)});
 }
 
-// 2^x. On the GPU `ex2.approx.ftz.f32` (max 2 ulp error, subnormal results flushed to zero);
-// on the host the exact libm value. ex2.approx(-inf) = +0 on both.
+// 2^x. On the GPU `ex2.approx.ftz.f32` (max 2 ulp error, subnormal inputs and results
+// flushed to zero); in the emulator the exact value, or in its pessimistic numerics mode a
+// flushed value perturbed by up to 2 ulp; in nvcc's host pass the libm value.
+// ex2.approx(-inf) = +0 everywhere.
 SA_HOST_DEVICE float fast_exp2(float x) {
-#if defined(SA_GPU)
+#if defined(SA_DEVICE_PASS)
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#elif defined(SA_EMULATED)
+  return ::sa::emu::ex2_approx(x);
 #else
   return exp2f(x);
 #endif

@@ -11,6 +11,15 @@
 
 #include <stdint.h>
 
+// SA_GPU: compiled by nvcc (both of its passes). SA_DEVICE_PASS: nvcc's device pass, the only
+// place inline PTX exists. SA_DEVICE functions exist only there, so they key their PTX bodies
+// on SA_GPU; SA_HOST_DEVICE functions are also compiled by nvcc's host pass and must key
+// theirs on SA_DEVICE_PASS, with a plain C++ body for the host pass. SA_EMULATED: the host
+// compiler building the emulator.
+#if defined(__CUDA_ARCH__)
+#define SA_DEVICE_PASS 1
+#endif
+
 #if defined(__CUDACC__)
 #define SA_GPU 1
 #define SA_HOST_DEVICE __host__ __device__ __forceinline__

@@ -1,4 +1,4 @@
-// Warp shuffles, __syncwarp, lane id, and the checked shared-memory load.
+// Warp shuffles, __syncwarp, the lane id, and atomics.
 //
 // Shuffles follow `shfl.sync` (PTX ISA): every calling lane is in `mask`, all non-exited lanes
 // of `mask` call the same shuffle; an out-of-segment source leaves the lane's own value.
@@ -12,9 +12,14 @@ namespace arch {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// The lane of this thread in its warp: %laneid on the GPU (threadIdx.x & 31 is wrong for
+// blocks whose x extent is not a multiple of 32), linear thread id % 32 in the emulator, which
+// forms warps from linear ids as the hardware does.
 SA_DEVICE unsigned lane_id() {
 #if defined(SA_GPU)
-  return threadIdx.x & 31u;
+  unsigned lane;
+  asm("mov.u32 %0, %%laneid;" : "=r"(lane));
+  return lane;
 #else
   return ::sa::emu::this_thread().lane;
 #endif
@@ -88,15 +93,6 @@ SA_SHFL_TYPED(shfl_down, unsigned arg)
 SA_SHFL_TYPED(shfl_up, unsigned arg)
 
 #undef SA_SHFL_TYPED
-
-// A shared-memory load the emulator checks against in-flight and unpublished cp.async data.
-template <typename T>
-SA_DEVICE T lds(const T* p SA_SITE_PARAM) {
-#if defined(SA_EMULATED)
-  ::sa::emu::check_shared_read(p, sizeof(T), site);
-#endif
-  return *p;
-}
 
 // Atomic add on global memory (used by work counters).
 SA_DEVICE unsigned long long atomic_add(unsigned long long* p, unsigned long long v) {

@@ -26,6 +26,16 @@ typedef enum {
   SA_EMU_SCHEDULE_RANDOM = 2   /* seeded shuffle of warps and lanes at every scheduling step */
 } sa_emu_schedule;
 
+/* Arithmetic of the emulated tensor cores and ex2.approx. */
+typedef enum {
+  /* mma sums its products in ascending k in f32 (round to nearest), C added last; exp2 exact */
+  SA_EMU_NUMERICS_EXACT = 0,
+  /* mma adds C first, then the products in descending k, each partial sum rounded toward zero
+   * (as tensor cores truncate); ex2 flushes subnormal inputs and results to zero and errs by
+   * up to 2 ulp: results a kernel must tolerate on real hardware */
+  SA_EMU_NUMERICS_PESSIMISTIC = 1
+} sa_emu_numerics;
+
 typedef struct {
   uint32_t grid[3];
   uint32_t block[3];
@@ -34,6 +44,11 @@ typedef struct {
   uint64_t seed;           /* for SA_EMU_SCHEDULE_RANDOM */
   uint32_t eager_cp_async; /* 1: cp.async copies at issue (for diffing); 0: adversarial */
   uint32_t workers;        /* OS threads for blocks; 0 = available cores */
+  /* The compute capability whose launch limits apply, as 10 * major + minor (80, 86, 89,
+   * 90, ...): dynamic shared memory per block is at most 163 KB on 80 and 87, 99 KB on 86
+   * and 89 (and 120), 227 KB on 90 and 100. */
+  uint32_t arch;
+  uint32_t numerics; /* sa_emu_numerics */
 } sa_emu_launch_config;
 
 /* What went wrong, if anything. `code` 0 = success. */
@@ -44,9 +59,11 @@ typedef enum {
   SA_EMU_ERR_BARRIER = 3,         /* divergent __syncthreads / deadlock */
   SA_EMU_ERR_WARP = 4,            /* collective with missing/mismatched lanes */
   SA_EMU_ERR_CP_ASYNC = 5,        /* misuse of cp.async (read before wait, overlap, size...) */
-  SA_EMU_ERR_MISALIGNED = 6,      /* misaligned address for ldmatrix/cp.async */
+  SA_EMU_ERR_MISALIGNED = 6,      /* misaligned ldmatrix row, cp.async, lds/sts or ldg/stg */
   SA_EMU_ERR_TRAP = 7,            /* kernel called trap / assertion */
-  SA_EMU_ERR_INTERNAL = 8
+  SA_EMU_ERR_INTERNAL = 8,
+  SA_EMU_ERR_RACE = 9,            /* unsynchronised shared-memory access between threads */
+  SA_EMU_ERR_UNINITIALIZED = 10   /* read of shared memory no thread wrote */
 } sa_emu_error_code;
 
 typedef struct {

@@ -71,10 +71,22 @@ void cp_async(CacheOp op, void* smem_dst, const void* gmem_src, int cp_size, int
 void cp_async_commit(Site site);
 void cp_async_wait(int n, Site site);
 
-// ---- checked shared-memory read --------------------------------------------------------
-// Reports a read of shared memory whose cp.async has not landed, or that landed in another
-// thread's wait without a __syncthreads in between, or that lies outside the block's smem.
-void check_shared_read(const void* addr, size_t bytes, Site site);
+// ---- checked memory accesses (arch/memory.cuh) -----------------------------------------
+// A plain load (`write` false) or store of `bytes` at `addr` in the block's shared memory,
+// which must be `align`-aligned and inside it. Reports, with the other thread's call site
+// where there is one: a read of bytes whose cp.async has not landed, or landed in another
+// thread's wait with no __syncthreads since; a read of bytes no thread wrote since the block
+// started (uninitialised); a load or store of bytes another thread stored since the last
+// __syncthreads with no barrier (or, within a warp, no __syncwarp) between them; a store
+// over bytes in flight from a cp.async, or read by another warp since the last barrier.
+void shared_access(const void* addr, size_t bytes, size_t align, bool write, Site site);
+// A vector access of `bytes` to global memory at `addr`: reports a misaligned address.
+void global_access(const void* addr, size_t bytes, size_t align, Site site);
+
+// ---- numerics ---------------------------------------------------------------------------
+// ex2.approx.ftz.f32 as the launch's numerics mode models it: exact 2^x, or (pessimistic)
+// subnormal inputs and results flushed to zero and the result off by up to 2 ulp.
+float ex2_approx(float x);
 
 // Reports a kernel-detected failure (device-side assert equivalent) and ends the launch.
 [[noreturn]] void trap(const char* message, Site site);
