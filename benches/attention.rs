@@ -4,6 +4,7 @@
 //!
 //!   cargo bench --bench attention                 # everything
 //!   cargo bench --bench attention -- causal/f16   # a subset (criterion filter)
+//!   SPARSE_ATTN_BENCH_QUICK=1 cargo bench --bench attention   # the tables only, no criterion
 //!
 //! Times come from CUDA events around the launches (`iter_custom`); allocation, module
 //! loading and a warm-up launch happen outside the timed loop. Throughput is reported as
@@ -26,7 +27,7 @@ use sparse_attn::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, SeqLens};
 
 mod common;
-use common::{gpu_or_skip, random_host, time_gpu};
+use common::{gpu_or_skip, quick_mode, random_host, time_gpu};
 
 const BATCH: usize = 2;
 const HEADS: usize = 8;
@@ -77,18 +78,27 @@ fn buffers<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, p: &AttnProblem
     }
 }
 
+/// A criterion group with this file's sampling settings (`None` in quick mode).
+fn group<'a>(
+    c: &'a mut Option<Criterion>,
+    name: String,
+) -> Option<criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>> {
+    let mut group = c.as_mut()?.benchmark_group(name);
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    Some(group)
+}
+
 fn bench_config<T: Element + DeviceRepr + ValidAsZeroBits>(
-    c: &mut Criterion,
+    c: &mut Option<Criterion>,
     gpu: &Gpu,
     head_dim: u32,
     causal: bool,
     seq_lens: &[usize],
 ) {
     let mask = if causal { "causal" } else { "dense" };
-    let mut group = c.benchmark_group(format!("{mask}/{}/hd{head_dim}", T::DTYPE.name()));
-    group.sample_size(20);
-    group.warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(2));
+    let mut group = group(c, format!("{mask}/{}/hd{head_dim}", T::DTYPE.name()));
     for &seq in seq_lens {
         let problem = square_problem(seq, head_dim, T::DTYPE);
         let opts = AttnOptions {
@@ -131,6 +141,9 @@ fn bench_config<T: Element + DeviceRepr + ValidAsZeroBits>(
             tflops(theirs)
         );
 
+        let Some(group) = group.as_mut() else {
+            continue;
+        };
         group.throughput(Throughput::Elements(fl));
         group.bench_function(BenchmarkId::new("sparse-attn", seq), |bench| {
             bench.iter_custom(|iters| {
@@ -151,12 +164,14 @@ fn bench_config<T: Element + DeviceRepr + ValidAsZeroBits>(
             })
         });
     }
-    group.finish();
+    if let Some(group) = group {
+        group.finish();
+    }
 }
 
 /// Sparse patterns at one length (f16, hd128, causal): time against causal attention and the
 /// cuBLAS dense path, next to the fraction of causal attention's kv tiles each visits.
-fn bench_patterns(c: &mut Criterion, gpu: &Gpu, seq: usize) {
+fn bench_patterns(c: &mut Option<Criterion>, gpu: &Gpu, seq: usize) {
     let globals: Vec<String> = (0..32).map(|g| (g * seq / 32 + 3).to_string()).collect();
     let globals = globals.join(",");
     let patterns = [
@@ -201,10 +216,7 @@ fn bench_patterns(c: &mut Criterion, gpu: &Gpu, seq: usize) {
             .run(&b.q, &b.k, &b.v, None, &mut b.out_f32, &mut b.lse)
             .expect("cuBLAS path")
     }) / 3;
-    let mut group = c.benchmark_group(format!("patterns/f16/hd128/seq{seq}"));
-    group.sample_size(20);
-    group.warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(2));
+    let mut group = group(c, format!("patterns/f16/hd128/seq{seq}"));
     let mut causal_tiles = 0u64;
     let mut causal_time = Duration::ZERO;
     for (name, json) in &patterns {
@@ -232,6 +244,9 @@ fn bench_patterns(c: &mut Criterion, gpu: &Gpu, seq: usize) {
             tiles as f64 / causal_tiles as f64,
             theirs.as_secs_f64() * 1e3
         );
+        let Some(group) = group.as_mut() else {
+            continue;
+        };
         group.bench_function(BenchmarkId::new(*name, seq), |bench| {
             bench.iter_custom(|iters| {
                 time_gpu(gpu, iters, || {
@@ -242,24 +257,33 @@ fn bench_patterns(c: &mut Criterion, gpu: &Gpu, seq: usize) {
             })
         });
     }
-    group.finish();
+    if let Some(group) = group {
+        group.finish();
+    }
 }
 
 fn main() {
     let Some(gpu) = gpu_or_skip("attention") else {
         return;
     };
-    // `cargo bench` passes --bench; anything else (cargo test) is a quick smoke run.
-    let full = std::env::args().any(|a| a == "--bench");
+    // `cargo bench` passes --bench; anything else (cargo test) is a quick smoke run. Quick
+    // mode times every case of a full run without criterion.
+    let quick = quick_mode();
+    let full = quick || std::env::args().any(|a| a == "--bench");
     let seq_lens: &[usize] = if full { &SEQ_LENS } else { &SEQ_LENS[..2] };
     println!(
         "benches/attention on {} (sm_{}{}), batch {BATCH} x heads {HEADS}; throughput counts \
-         useful FLOPs (\"elem/s\" below = FLOP/s)",
+         useful FLOPs (\"elem/s\" below = FLOP/s){}",
         gpu.name().unwrap_or_default(),
         gpu.compute_capability().0,
-        gpu.compute_capability().1
+        gpu.compute_capability().1,
+        if quick {
+            "; quick mode: fixed iterations, no criterion sampling"
+        } else {
+            ""
+        }
     );
-    let mut c = Criterion::default().configure_from_args();
+    let mut c = (!quick).then(|| Criterion::default().configure_from_args());
     for causal in [false, true] {
         for head_dim in [64, 128] {
             bench_config::<f16>(&mut c, &gpu, head_dim, causal, seq_lens);
@@ -267,5 +291,7 @@ fn main() {
         }
     }
     bench_patterns(&mut c, &gpu, if full { 8192 } else { 1024 });
-    c.final_summary();
+    if let Some(c) = c {
+        c.final_summary();
+    }
 }

@@ -3,6 +3,7 @@
 //! cache is a ring); batches of 1..32 sequences with contexts of 4096..32768 tokens.
 //!
 //!   cargo bench --bench decode
+//!   SPARSE_ATTN_BENCH_QUICK=1 cargo bench --bench decode   # the table only, no criterion
 //!
 //! Reported per configuration: time per decode step (CUDA events around the launches: the
 //! forward kernel, split-KV combine when the plan splits, and the per-step host work a real
@@ -18,14 +19,21 @@ use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, SeqLens};
 
 mod common;
-use common::{gpu_or_skip, random_host, time_gpu};
+use common::{gpu_or_skip, quick_mode, random_host, time_gpu};
 
 const HEADS: usize = 32;
 const KV_HEADS: usize = 8;
 const HEAD_DIM: usize = 128;
 const PAGE: usize = 16;
 
-fn bench_decode(c: &mut Criterion, gpu: &Gpu, name: &str, pattern: &str, batch: usize, ctx: usize) {
+fn bench_decode(
+    c: &mut Option<Criterion>,
+    gpu: &Gpu,
+    name: &str,
+    pattern: &str,
+    batch: usize,
+    ctx: usize,
+) {
     let set = HeadPatterns::from_json(pattern).expect("pattern");
     let (sink_pages, ring_pages, kept) = if name == "streaming" {
         // 4 sinks (one page) + a ring holding the 4096-token window of a q_len-1 step.
@@ -94,6 +102,9 @@ fn bench_decode(c: &mut Criterion, gpu: &Gpu, name: &str, pattern: &str, batch: 
         plan.num_splits(),
         plan.gqa_pack()
     );
+    let Some(c) = c.as_mut() else {
+        return;
+    };
     let mut group = c.benchmark_group(format!("decode/{name}/batch{batch}"));
     group.throughput(Throughput::Bytes(kv_bytes as u64));
     group.bench_function(BenchmarkId::new("sparse-attn", ctx), |b| {
@@ -106,8 +117,13 @@ fn main() {
     let Some(gpu) = gpu_or_skip("decode") else {
         return;
     };
-    let full = std::env::args().any(|a| a == "--bench");
-    let mut c = Criterion::default().configure_from_args();
+    // Quick mode times every case of a full run without criterion.
+    let quick = quick_mode();
+    let full = quick || std::env::args().any(|a| a == "--bench");
+    if quick {
+        println!("benches/decode: quick mode, fixed iterations, no criterion sampling");
+    }
+    let mut c = (!quick).then(|| Criterion::default().configure_from_args());
     let dense = r#"{"causal": true, "components": []}"#;
     let streaming = r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 4096}}]}"#;
     let batches: &[usize] = if full { &[1, 8, 32] } else { &[1] };
@@ -118,5 +134,7 @@ fn main() {
             bench_decode(&mut c, &gpu, "streaming", streaming, batch, ctx);
         }
     }
-    c.final_summary();
+    if let Some(c) = c {
+        c.final_summary();
+    }
 }

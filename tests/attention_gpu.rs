@@ -580,3 +580,85 @@ fn decode_cuda_equals_one_shot_run() {
         "decode_cuda vs one-shot: {err:.3e} (seed {seed})"
     );
 }
+
+/// A small forward pass through this crate's kernels only (no cuBLAS): f16, hd64, causal GQA
+/// 4:2, unsplit and with split-KV forced (forward and combine kernels), against the f64
+/// reference. scripts/gpu-run.sh runs it first, alone, with `CUDA_LAUNCH_BLOCKING=1`, and as
+/// its compute-sanitizer forward case, so it must stay small.
+#[test]
+fn small_forward_split_kv_against_f64() {
+    let Some(gpu) = gpu("small_forward_split_kv_against_f64") else {
+        return;
+    };
+    let seed = base_seed();
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 2,
+            q_len: 100,
+            kv_len: 300,
+        },
+        4,
+        2,
+        64,
+        DType::F16,
+    )
+    .unwrap();
+    let mut rng = Rng::new(seed);
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    for splits in [1, 3] {
+        let plan = AttnPlan::new(&problem, &AttnOptions::causal())
+            .unwrap()
+            .with_num_splits(splits)
+            .unwrap();
+        let (out, lse) = plan.run_cuda_host(&gpu, &q, &k, &v).unwrap();
+        let seqs = problem.seqs().clone();
+        let reference = reference_for(&plan, &q, &k, &v, |b, _, i, j| {
+            let (ql, kl) = seqs.lens(b);
+            causal_allowed(i, j, ql, kl)
+        });
+        let what = format!("small causal forward, {splits} split(s), seed {seed}");
+        assert_matches(&what, &problem, &out, &lse, &reference, tol(DType::F16));
+    }
+}
+
+/// A small decode through this crate's kernels only (append, paged forward with GQA packing
+/// and split-KV, combine; no cuBLAS): `decode_cuda` against the f64 reference of the whole
+/// sequence. scripts/gpu-run.sh runs it as its compute-sanitizer decode case.
+#[test]
+fn small_decode_cuda_against_f64() {
+    use sparse_attn::kv_cache::{decode_cuda, DecodeConfig};
+    let Some(gpu) = gpu("small_decode_cuda_against_f64") else {
+        return;
+    };
+    let seed = base_seed();
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 2,
+            q_len: 48,
+            kv_len: 48,
+        },
+        4,
+        2,
+        64,
+        DType::F16,
+    )
+    .unwrap();
+    let set = sparse_attn::pattern::HeadPatterns::from_json(
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 16}}]}"#,
+    )
+    .unwrap();
+    let mut rng = Rng::new(seed);
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    let config = DecodeConfig {
+        page_size: 8,
+        prefill: 24,
+        chunk: Some(8),
+        scale: None,
+        softcap: None,
+    };
+    let r = decode_cuda(&gpu, &problem, &set, &config, &q, &k, &v).unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+    let reference = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+    let what = format!("small decode (prefill 24 in chunks of 8, 24 steps), seed {seed}");
+    assert_matches(&what, &problem, &r.out, &r.lse, &reference, tol(DType::F16));
+}

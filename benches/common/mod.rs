@@ -27,6 +27,15 @@ pub fn gpu_or_skip(bench: &str) -> Option<Gpu> {
     }
 }
 
+/// Quick mode (`SPARSE_ATTN_BENCH_QUICK=1` or the argument `--quick`): every case of a full
+/// run, each timed over a fixed small number of iterations with CUDA events and printed as a
+/// table row, with criterion's sampling skipped (scripts/gpu-run.sh uses it to fit a device
+/// call). Criterion never sees the arguments in this mode.
+pub fn quick_mode() -> bool {
+    std::env::var("SPARSE_ATTN_BENCH_QUICK").is_ok_and(|v| v == "1")
+        || std::env::args().any(|a| a == "--quick")
+}
+
 /// `n` values uniform in [-1, 1) from the crate's generator: the time does not depend on
 /// them, but NaN-free data keeps the kernels on their normal paths.
 pub fn random_host<T: Element>(n: usize, seed: u64) -> Vec<T> {

@@ -147,7 +147,7 @@ impl AttnPlan {
         let tiles = kernels::fwd_tiles(problem.head_dim());
         let meta = PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?;
         let num_splits = default_num_splits(&problem, gqa_pack, &meta);
-        Ok(AttnPlan {
+        let plan = AttnPlan {
             kernel: kernels::attn_fwd(problem.dtype(), problem.head_dim()),
             problem,
             scale,
@@ -157,7 +157,36 @@ impl AttnPlan {
             meta,
             num_splits,
             gqa_pack,
-        })
+        };
+        plan.check_grids()?;
+        Ok(plan)
+    }
+
+    /// Rejects a plan whose forward launch (or split-KV combine launch) would exceed the CUDA
+    /// grid limits, so it fails when it is built rather than at launch. The forward grid is
+    /// (query tiles × splits, heads or packed kv heads, batch); `AttnProblem::new` already
+    /// bounds batch and heads by 65,535, and this check covers every plan path
+    /// ([`AttnPlan::new`], [`AttnPlan::with_patterns`], GQA packing, split factors).
+    fn check_grids(&self) -> Result<()> {
+        let p = &self.problem;
+        let m_blocks = self.meta.max_tiles().max(1) as u64;
+        let heads = if self.gqa_pack > 1 {
+            p.num_kv_heads()
+        } else {
+            p.num_heads()
+        };
+        let fwd = [
+            m_blocks * self.num_splits as u64,
+            heads as u64,
+            p.seqs().batch() as u64,
+        ];
+        check_grid("forward", fwd)?;
+        if self.num_splits > 1 {
+            let pairs = (p.seqs().totals().0 * p.num_heads()) as u64;
+            let warps = (kernels::COMBINE_THREADS / 32) as u64;
+            check_grid("split-KV combine", [pairs.div_ceil(warps), 1, 1])?;
+        }
+        Ok(())
     }
 
     /// Turns GQA packing on or off (recompiling the metadata). Packing puts the query heads of
@@ -197,6 +226,7 @@ impl AttnPlan {
             )));
         }
         self.num_splits = num_splits;
+        self.check_grids()?;
         Ok(self)
     }
 
@@ -376,6 +406,28 @@ impl AttnPlan {
 /// Most split-KV parts a plan may use.
 pub const MAX_SPLITS: u32 = 64;
 
+/// The CUDA grid limits: x below 2^31, y and z at most 65,535.
+const GRID_MAX: [u64; 3] = [i32::MAX as u64, 65535, 65535];
+
+/// `kernel`'s grid against [`GRID_MAX`], naming the dimension and what it counts.
+fn check_grid(kernel: &str, grid: [u64; 3]) -> Result<()> {
+    const WHAT: [&str; 3] = [
+        "query tiles x splits (or rows)",
+        "heads",
+        "batch (sequences)",
+    ];
+    for (dim, ((&n, &max), what)) in grid.iter().zip(&GRID_MAX).zip(WHAT).enumerate() {
+        if n > max {
+            let axis = ["x", "y", "z"][dim];
+            return Err(Error::Shape(format!(
+                "the {kernel} launch needs a grid-{axis} of {n} ({what}), above the CUDA limit \
+                 {max}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Blocks that fill a large GPU (132 SMs on H100/H200, one 4-warp forward block each at
 /// these register counts); split-KV is worth its combine pass only below that.
 const TARGET_BLOCKS: usize = 132;
@@ -418,5 +470,88 @@ fn default_gqa_pack(problem: &AttnProblem, patterns: &HeadPatterns) -> u32 {
         problem.group_size() as u32
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uniform(batch: usize, q_len: usize, kv_len: usize) -> SeqLens {
+        SeqLens::Uniform {
+            batch,
+            q_len,
+            kv_len,
+        }
+    }
+
+    #[test]
+    fn batch_above_the_grid_z_limit_is_rejected_before_any_plan() {
+        for seqs in [
+            uniform(65536, 1, 1),
+            SeqLens::Varlen {
+                cu_q: (0..=65536).collect(),
+                cu_k: (0..=65536).collect(),
+            },
+        ] {
+            let err = AttnProblem::new(seqs, 1, 1, 64, DType::F16).unwrap_err();
+            assert!(matches!(err, Error::Shape(_)), "{err:?}");
+            assert!(err.to_string().contains("65535"), "{err}");
+        }
+    }
+
+    #[test]
+    fn batch_at_the_grid_z_limit_plans_and_launches_within_it() {
+        let problem = AttnProblem::new(uniform(65535, 1, 256), 2, 1, 64, DType::F16).unwrap();
+        for plan in [
+            AttnPlan::new(&problem, &AttnOptions::causal()).unwrap(),
+            AttnPlan::new(&problem, &AttnOptions::default())
+                .unwrap()
+                .with_num_splits(2)
+                .unwrap(),
+            AttnPlan::new(&problem, &AttnOptions::default())
+                .unwrap()
+                .with_gqa_packing(true)
+                .unwrap(),
+        ] {
+            let a = TensorAddrs {
+                q: 0,
+                k: 0,
+                v: 0,
+                out: 0,
+                lse: 0,
+                cu_q: 0,
+                cu_k: 0,
+                tiles_visited: 0,
+                meta: MetaAddrs::default(),
+                paged: PagedAddrs::default(),
+                o_partial: 0,
+                lse_partial: 0,
+            };
+            let l = plan.launch(&a);
+            assert_eq!(l.grid[2], 65535);
+            assert!(l.grid[1] <= 65535);
+            if let Some(c) = plan.combine_launch(&a) {
+                assert!(c.grid.iter().skip(1).all(|&g| g == 1));
+                assert!(c.grid[0] as u64 <= GRID_MAX[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn grids_above_the_limits_are_named() {
+        assert!(check_grid("forward", [i32::MAX as u64, 65535, 65535]).is_ok());
+        let z = check_grid("forward", [1, 1, 65536])
+            .unwrap_err()
+            .to_string();
+        assert!(z.contains("grid-z") && z.contains("batch"), "{z}");
+        let y = check_grid("forward", [1, 65536, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(y.contains("grid-y") && y.contains("heads"), "{y}");
+        let x = check_grid("split-KV combine", [1 << 31, 1, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(x.contains("grid-x") && x.contains("combine"), "{x}");
     }
 }

@@ -186,7 +186,13 @@ impl Gpu {
     }
 
     /// The kernel's function, with the dynamic shared memory limit raised to `smem` if needed.
+    ///
+    /// Binds the context to the calling thread first: module loads and function look-ups go
+    /// through the driver's current context, which is per thread, so a `Gpu` created on one
+    /// thread and used on another (a worker pool, a test harness thread) must not depend on
+    /// whatever that thread had current.
     fn function(&self, k: &'static KernelDesc, smem: u32) -> Result<CudaFunction> {
+        self.ctx.bind_to_thread()?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if !cache.functions.contains_key(k.name) {
             let module = self.module(&mut cache, k.module.stem())?;

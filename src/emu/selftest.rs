@@ -1,10 +1,15 @@
 //! The emulator's self-test kernels (`kernels/tests/selftest_*.cu`): entry points and params
-//! mirrors. Only `tests/emulator.rs` uses these; the layouts are asserted on both sides.
+//! mirrors. `tests/emulator.rs` runs them on the emulator and `tests/emulator_gpu.rs` on a GPU
+//! (through the [`KernelDesc`]s below and `Gpu::launch`), against the same expected vectors;
+//! the layouts are asserted on both sides.
 //!
 //! Each params struct documents its fields in the `.cu` file; `mode` values are the enums
-//! defined there (the constants below repeat them).
+//! defined there (the constants below repeat them). On the GPU the pointer fields hold device
+//! addresses.
 
 use std::ffi::c_void;
+
+use crate::kernels::{KernelDesc, Module};
 
 extern "C" {
     pub fn sa_selftest_mma(p: *const c_void);
@@ -15,7 +20,42 @@ extern "C" {
     pub fn sa_selftest_memory(p: *const c_void);
     pub fn sa_selftest_convert(p: *const c_void);
     pub fn sa_test_mask_probe(p: *const c_void);
+    pub fn sa_test_attn_fwd_canary_f16_hd64(p: *const c_void);
 }
+
+macro_rules! test_kernel {
+    ($static:ident, $name:ident, $stem:literal) => {
+        /// The launchable description of this self-test kernel (GPU or emulator).
+        pub static $static: KernelDesc = KernelDesc {
+            name: stringify!($name),
+            module: Module::Test($stem),
+            emu_entry: $name,
+        };
+    };
+}
+
+test_kernel!(MMA_KERNEL, sa_selftest_mma, "selftest_mma");
+test_kernel!(GEMM_KERNEL, sa_selftest_gemm, "selftest_gemm");
+test_kernel!(LDMATRIX_KERNEL, sa_selftest_ldmatrix, "selftest_ldmatrix");
+test_kernel!(CP_ASYNC_KERNEL, sa_selftest_cp_async, "selftest_cp_async");
+test_kernel!(WARP_KERNEL, sa_selftest_warp, "selftest_warp");
+test_kernel!(CONVERT_KERNEL, sa_selftest_convert, "selftest_convert");
+// The forward kernel with the P fragment's a2 and a4 swapped (kernels/tests/attention_canary.cu):
+// takes `SaAttnFwdParams` and the f16/hd64 forward launch geometry.
+test_kernel!(
+    CANARY_F16_HD64_KERNEL,
+    sa_test_attn_fwd_canary_f16_hd64,
+    "attention_canary"
+);
+
+// SAFETY: plain #[repr(C)] structs of pointers and integers, passed by value as the kernel's
+// one parameter (sizes asserted against the C structs below).
+unsafe impl cudarc::driver::DeviceRepr for MmaParams {}
+unsafe impl cudarc::driver::DeviceRepr for GemmParams {}
+unsafe impl cudarc::driver::DeviceRepr for LdmatrixParams {}
+unsafe impl cudarc::driver::DeviceRepr for CpAsyncParams {}
+unsafe impl cudarc::driver::DeviceRepr for WarpParams {}
+unsafe impl cudarc::driver::DeviceRepr for ConvertParams {}
 
 /// `SaSelftestMmaParams` (selftest_mma.cu).
 #[repr(C)]
