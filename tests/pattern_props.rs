@@ -169,8 +169,9 @@ fn check_tiles(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCaseError
     Ok(())
 }
 
-/// The kernel's own mask interpreter (`TokenMask::allowed`, `kernels/include/sparse_attn/
-/// mask.cuh`) over every (row, key) of row set `set`, run on the emulator.
+/// The kernel's own mask predicate (`kernels/include/sparse_attn/mask.cuh`) over every (row,
+/// key) of row set `set`, run on the emulator: bit 0 the interpreter (`TokenMask::allowed`),
+/// bit 1 the interval form (`TokenMask::row_keys`).
 fn kernel_mask(meta: &BlockSparseMeta, set: usize) -> Result<Vec<u8>, TestCaseError> {
     let s = *meta.shape();
     let fail = |e: sparse_attn::emu::EmuError| TestCaseError::fail(e.to_string());
@@ -221,10 +222,19 @@ fn check_mask_tables(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCas
         for i in 0..s.q_len {
             for j in 0..s.kv_len {
                 let want = truth[(h * s.q_len + i) * s.kv_len + j];
+                let got = device[i * s.kv_len + j];
                 prop_assert_eq!(
-                    device[i * s.kv_len + j],
+                    got & 1,
                     want,
-                    "kernel mask differs at head {} row {} key {}",
+                    "kernel mask interpreter differs at head {} row {} key {}",
+                    h,
+                    i,
+                    j
+                );
+                prop_assert_eq!(
+                    got >> 1,
+                    want,
+                    "kernel interval form differs at head {} row {} key {}",
                     h,
                     i,
                     j

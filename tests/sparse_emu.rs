@@ -323,3 +323,38 @@ fn views_under_every_launch_shape() {
         run::<f16>(json, seqs, (2, 1), 64, s + 4);
     }
 }
+
+/// The forward kernel's interval masks at tile edges: windows that start or end inside a tile
+/// or exactly on its edge, sinks that straddle a tile, unions of two intervals (sinks and a
+/// window, two windows), three interval components (the general interpreter), windows in
+/// views (dilated classes, gathered global keys), with query offsets both ways; every loader
+/// path is taken along the way (full strided tiles, tails, gathered tiles).
+#[test]
+fn interval_masks_at_tile_edges() {
+    let seed = base_seed();
+    let patterns = [
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 1}}]}"#,
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 63}}]}"#,
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 64}}]}"#,
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 65}}]}"#,
+        r#"{"causal": false, "components": [{"sliding_window": {"left": 127, "right": 1}}]}"#,
+        r#"{"causal": false, "components": [{"sliding_window": {"left": 0, "right": 64}}]}"#,
+        r#"{"causal": true, "components": [{"sinks": {"count": 63}}]}"#,
+        r#"{"causal": false, "components": [{"sinks": {"count": 65}}]}"#,
+        r#"{"causal": true, "components": [{"sinks": {"count": 70}}, {"sliding_window": {"size": 40}}]}"#,
+        r#"{"causal": false, "components": [{"sliding_window": {"left": 5, "right": 0}}, {"sliding_window": {"left": 0, "right": 70}}]}"#,
+        r#"{"causal": true, "components": [{"sinks": {"count": 3}}, {"sliding_window": {"size": 20}}, {"sliding_window": {"left": 100, "right": 0}}]}"#,
+        r#"{"causal": true, "components": [{"dense": {}}, {"sinks": {"count": 1}}]}"#,
+        r#"{"causal": true, "components": [{"dilated": {"stride": 3}}, {"sinks": {"count": 66}}]}"#,
+        r#"{"causal": true, "components": [{"dilated": {"stride": 2}}, {"sliding_window": {"size": 90}}]}"#,
+        r#"{"causal": false, "components": [{"global": {"tokens": [0, 65, 140]}}, {"sliding_window": {"left": 64, "right": 64}}]}"#,
+    ];
+    for (n, json) in patterns.iter().enumerate() {
+        for (q_len, kv_len) in [(200, 200), (77, 200), (200, 150)] {
+            let s = seed ^ (n as u64 * 104729 + q_len as u64);
+            let (visited, listed) = run::<f16>(json, uniform(q_len, kv_len), (2, 1), 64, s);
+            assert_eq!(visited, listed, "{json}: tiles visited");
+        }
+        run::<bf16>(json, uniform(190, 190), (2, 2), 128, seed ^ n as u64);
+    }
+}

@@ -91,7 +91,8 @@ struct SeqSlice {
 };
 
 // Scales raw Q.K^T accumulators into log2 units, with optional tanh softcap (docs/patterns.md:
-// s = c * tanh(s / c), applied before masking).
+// s = c * tanh(s / c), applied before masking). Only for softcap or a non-positive scale:
+// otherwise the scale is folded into the softmax's exp2 FFMA (SoftmaxRows::update).
 template <int NT>
 SA_DEVICE void scale_scores(float (&s)[NT][4], float scale, float softcap) {
   if (softcap > 0.f) {
@@ -184,11 +185,13 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int h = blockIdx.y * pack, b = blockIdx.z;  // packed: first head of the kv group
   const int tid = threadIdx.x, warp = tid / 32, lane = static_cast<int>(arch::lane_id());
 
-  // This block's CSR row; the grid covers the longest (sequence, set), so others exit here
-  // (whole block: uniform exit, no barrier yet).
+  // This block's CSR row, the last first: rows are in query order, so with causal patterns
+  // the heaviest query tiles are scheduled first and the light ones fill the tail of the
+  // grid. The grid covers the longest (sequence, set), so others exit here (whole block:
+  // uniform exit, no barrier yet).
   const int set = params.seq_program_base[b] + params.head_set[h];
-  const int row = params.set_row_ptr[set] + m_block;
-  if (row >= params.set_row_ptr[set + 1]) return;
+  const int row = params.set_row_ptr[set + 1] - 1 - m_block;
+  if (row < params.set_row_ptr[set]) return;
   const SaTileView& view = params.tile_views[row];
   const RowMap rows = RowMap::make(view, params.view_data, pack);
   const KeyMap keys = KeyMap::make(view, params.view_data);
@@ -200,8 +203,8 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const Smem sV = smem + Tr::kVOffset;
 
   const SparseTiles tiles = SparseTiles::make(params, row);
-  const TokenMask mask{params.mask_programs + set, params.mask_components, params.mask_data,
-                       seq.q_len, seq.kv_len};
+  const TokenMask mask = TokenMask::make(params.mask_programs + set, params.mask_components,
+                                         params.mask_data, seq.q_len, seq.kv_len);
   // This block's share of the walk: split `split` of `num_splits` contiguous parts.
   const int i_begin = static_cast<int>(int64_t(tiles.count()) * split / num_splits);
   const int i_end = static_cast<int>(int64_t(tiles.count()) * (split + 1) / num_splits);
@@ -220,17 +223,36 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const bool paged = params.paged.block_table != nullptr;
   const T* k_idle = static_cast<const T*>(paged ? params.paged.k_pages : params.k);
   const T* v_idle = static_cast<const T*>(paged ? params.paged.v_pages : params.v);
-  auto produce_kv = [&](int i) {
-    const int buf = i & 1, tile = tiles.tile(i);
+  // Phase: produce K/V tile `tile` into buffer `buf`. Chosen once per tile, outside the chunk
+  // loop: a full regular tile whose keys are one strided run (contiguous K/V, an affine view,
+  // one resident page) is copied from addresses computed once; anything else (a tail, a
+  // gathered tile, pages smaller than a tile, evicted keys) maps key by key.
+  auto produce_kv = [&](int tile, int buf) {
     const KvRows<T>& kv = seq.kv;
-    load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
-        sK + buf * Tr::kKvTileBytes,
-        [&](int r) { return kv.row(kv.k, kv.k_row_stride, keys.key(tile, r)); }, k_idle, tid);
-    load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
-        sV + buf * Tr::kKvTileBytes,
-        [&](int r) { return kv.row(kv.v, kv.v_row_stride, keys.key(tile, r)); }, v_idle, tid);
+    const Smem dk = sK + buf * Tr::kKvTileBytes, dv = sV + buf * Tr::kKvTileBytes;
+    int64_t k_pitch = 0, v_pitch = 0;
+    const T* k_run = nullptr;
+    const T* v_run = nullptr;
+    if (tile >= 0 && keys.valid(tile) >= Tr::kBlockN) {
+      const int j0 = keys.key(tile, 0);
+      k_run = kv.strided_run(kv.k, kv.k_row_stride, j0, keys.step, Tr::kBlockN, k_pitch);
+      v_run = kv.strided_run(kv.v, kv.v_row_stride, j0, keys.step, Tr::kBlockN, v_pitch);
+    }
+    if (k_run != nullptr && v_run != nullptr) {
+      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(dk, k_run, k_pitch, tid);
+      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(dv, v_run, v_pitch, tid);
+    } else {
+      load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
+          dk, [&](int r) { return kv.row(kv.k, kv.k_row_stride, keys.key(tile, r)); }, k_idle,
+          tid);
+      load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
+          dv, [&](int r) { return kv.row(kv.v, kv.v_row_stride, keys.key(tile, r)); }, v_idle,
+          tid);
+    }
   };
-  if (i_begin < i_end) produce_kv(i_begin);
+  // Each tile index is read once: the prefetch reads the next one, the iteration reuses it.
+  int tile = i_begin < i_end ? tiles.tile(i_begin) : 0;
+  if (i_begin < i_end) produce_kv(tile, i_begin & 1);
   arch::cp_async_commit();
 
   float o[Tr::kOTiles][4];  // [16, D] output accumulator of this warp
@@ -243,34 +265,41 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   state.init();
   uint32_t qf[Tr::kKSteps][4];  // Q A-fragments, loaded once
   const int warp_row0 = warp * 16;  // this warp's first row in the block
-  // Query rows of this lane's two fragment rows, for the mask (constant over the walk).
+  // Query rows of this lane's two fragment rows and their allowed keys in interval form, for
+  // the mask (constant over the walk).
   const int row_tok[2] = {rows.token(warp_row0 + (lane >> 2)),
                           rows.token(warp_row0 + (lane >> 2) + 8)};
+  const RowKeys row_keys[2] = {mask.row_keys(row_tok[0], keys), mask.row_keys(row_tok[1], keys)};
+  // The score scale folds into the exp2 FFMA unless softcap (or a non-positive scale) needs
+  // the scores scaled first.
+  const bool fold_scale = params.softcap == 0.f && params.scale > 0.f;
+  const float exp2_mul = fold_scale ? params.scale * kLog2e : 1.f;
 
   for (int i = i_begin; i < i_end; ++i) {
     // Phase: prefetch tile i + 1 into the other buffer (freed by the barrier that ended
     // iteration i - 1), then wait for tile i (and Q) only: one group stays in flight.
-    if (i + 1 < i_end) produce_kv(i + 1);
+    const int next = i + 1 < i_end ? tiles.tile(i + 1) : 0;
+    if (i + 1 < i_end) produce_kv(next, (i + 1) & 1);
     arch::cp_async_commit();
     arch::cp_async_wait<1>();
     __syncthreads();
     if (i == i_begin) load_q_frags<D>(qf, sQ, warp, lane);
 
     const int buf = i & 1;
-    // Phase: S = Q . K^T  [16, BLOCK_N] per warp, in log2 units, masked on partial tiles.
+    // Phase: S = Q . K^T  [16, BLOCK_N] per warp, masked on partial tiles.
     float s[Tr::kSTiles][4];
     qk_gemm<T, D, Tr::kBlockN>(s, qf, sK + buf * Tr::kKvTileBytes, lane);
-    scale_scores(s, params.scale, params.softcap);
-    const int tile = tiles.tile(i), valid = keys.valid(tile);
+    if (!fold_scale) scale_scores(s, params.scale, params.softcap);
     if (tiles.partial(i)) {
-      mask.apply(s, row_tok, keys, tile, lane);
-    } else if (valid < Tr::kBlockN) {
-      mask_kv_tail(s, valid, lane);
+      mask.apply(s, row_tok, row_keys, keys, tile, lane);
+    } else {
+      const int valid = keys.valid(tile);
+      if (valid < Tr::kBlockN) mask_kv_tail(s, valid, lane);
     }
 
     // Phase: online softmax; S becomes P in place.
     float alpha[SoftmaxState::kRows];
-    state.update(s, alpha);
+    state.update(s, exp2_mul, alpha);
     rescale_o(o, alpha);
 
     // Phase: O += P . V with P reused from registers.
@@ -278,6 +307,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     p_to_a_frags<T, Tr::kBlockN, kCanary == Canary::SwapA2A4>(pf, s);
     pv_gemm<T, D, Tr::kBlockN>(o, pf, sV + buf * Tr::kKvTileBytes, lane);
     __syncthreads();  // every warp is done with buffer `buf` before it is refilled
+    tile = next;
   }
   arch::cp_async_wait<0>();  // nothing may be in flight at exit (only empty groups remain)
 

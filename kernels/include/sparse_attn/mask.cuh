@@ -13,12 +13,36 @@
 
 namespace sa {
 
+// The interval form of one query row's allowed keys, in view-key coordinates (key position =
+// KeyMap::first + v * KeyMap::step): v in [lo[0], hi[0]] or [lo[1], hi[1]] (an empty interval
+// has lo > hi). Computed once per row per block; a regular kv tile t then tests column c as
+// lo <= c + t * BLOCK_N <= hi: two compares per interval and a select per element.
+struct RowKeys {
+  int lo[2], hi[2];
+};
+
 struct TokenMask {
   const SaMaskProgram* program;
   const SaMaskComponent* components;
   const int32_t* data;
   int q_len;
   int kv_len;
+  // Read once per block from the program: whether the predicate has the interval form (at
+  // most two components, each dense, a window or sinks) and how many intervals it has.
+  int intervals;  // 0: not interval form (the general interpreter runs), else 1 or 2
+
+  SA_DEVICE static TokenMask make(const SaMaskProgram* program, const SaMaskComponent* comps,
+                                  const int32_t* data, int q_len, int kv_len) {
+    TokenMask m{program, comps, data, q_len, kv_len, 0};
+    const int n = program->num_components;
+    int intervals = n;
+    for (int i = 0; i < n && i < 2; ++i) {
+      const int kind = comps[program->first_component + i].kind;
+      if (kind != SA_MASK_DENSE && kind != SA_MASK_WINDOW && kind != SA_MASK_SINKS) intervals = 0;
+    }
+    m.intervals = n <= 2 ? intervals : 0;
+    return m;
+  }
 
   // Whether x occurs in the ascending table t[0, n) (binary search).
   SA_DEVICE static bool contains_sorted(const int32_t* t, int n, int x) {
@@ -87,17 +111,81 @@ struct TokenMask {
     return false;
   }
 
+  // The interval form of query row `row` (-1: padding, nothing allowed) over the view keys of
+  // `keys` (meaningful only when `intervals` > 0). Positions are clipped to the existing keys
+  // (j < kv_len, v < key_count) and, causal, to j <= p.
+  SA_DEVICE RowKeys row_keys(int row, const KeyMap& keys) const {
+    RowKeys rk{{1, 1}, {0, 0}};
+    if (intervals == 0 || row < 0) return rk;
+    const int p = row + (kv_len - q_len);
+    const int j_max = program->causal ? (p < kv_len - 1 ? p : kv_len - 1) : kv_len - 1;
+    SA_UNROLL
+    for (int i = 0; i < 2; ++i) {  // unrolled: rk's indices are constants (no local memory)
+      if (i >= intervals) break;
+      const SaMaskComponent& c = components[program->first_component + i];
+      // Key interval [lo, hi] of the component (64-bit: p +- a window can leave int32).
+      int64_t lo = 0, hi = j_max;
+      if (c.kind == SA_MASK_WINDOW) {
+        lo = int64_t(p) - c.window_left;
+        hi = int64_t(p) + c.window_right;
+      } else if (c.kind == SA_MASK_SINKS) {
+        hi = c.sink_count - 1;
+      }
+      if (lo < 0) lo = 0;
+      if (hi > j_max) hi = j_max;
+      // To view keys v: key = first + v * step, v < count.
+      int64_t vlo = lo - keys.first, vhi = hi - keys.first;
+      vlo = vlo <= 0 ? 0 : (vlo + keys.step - 1) / keys.step;
+      vhi = vhi < 0 ? -1 : vhi / keys.step;
+      if (vhi > keys.count - 1) vhi = keys.count - 1;
+      if (lo > hi || vlo > vhi) vlo = 1, vhi = 0;
+      rk.lo[i] = static_cast<int>(vlo);
+      rk.hi[i] = static_cast<int>(vhi);
+    }
+    return rk;
+  }
+
+  // The interval test of `apply`: `off` is the view key of this lane's column 0 (its columns
+  // are off + nt * 8 + i), so each element compares a constant against per-row bounds.
+  template <bool kTwo, int NT>
+  SA_DEVICE static void apply_intervals(float (&s)[NT][4], const RowKeys (&rk)[2], int off) {
+    SA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int lo0 = rk[r].lo[0] - off, hi0 = rk[r].hi[0] - off;
+      const int lo1 = rk[r].lo[1] - off, hi1 = rk[r].hi[1] - off;
+      SA_UNROLL
+      for (int nt = 0; nt < NT; ++nt) {
+        SA_UNROLL
+        for (int i = 0; i < 2; ++i) {
+          const int c = nt * 8 + i;
+          bool keep = c >= lo0 && c <= hi0;
+          if (kTwo) keep = keep || (c >= lo1 && c <= hi1);
+          if (!keep) s[nt][2 * r + i] = kNegInf;
+        }
+      }
+    }
+  }
+
   // Sets masked entries of this warp's S fragment ([NT][4] accumulator layout) to -inf.
   // `row_tok` are the query rows of this lane's two fragment rows (g and g + 8 of the warp;
-  // -1 for padding), `keys` maps column c of kv tile `tile` to its key. The predicate is
-  // evaluated in a rolled loop into a bit set first: evaluated inline, fully unrolled over
-  // the 32 entries, it spilled registers (260 B on hd64); the rolled loop leaves S untouched
-  // until one cheap unrolled select at the end.
+  // -1 for padding) and `rk` their interval forms; `keys` maps column c of kv tile `tile` to
+  // its key. Regular tiles of an interval-form predicate cost two compares per interval and a
+  // select per element. Otherwise the predicate is interpreted in a rolled loop into a bit
+  // set first: evaluated inline, fully unrolled over the 32 entries, it spilled registers
+  // (260 B on hd64); the rolled loop leaves S untouched until one cheap unrolled select.
   template <int NT>
-  SA_DEVICE void apply(float (&s)[NT][4], const int (&row_tok)[2], const KeyMap& keys, int tile,
-                       int lane) const {
+  SA_DEVICE void apply(float (&s)[NT][4], const int (&row_tok)[2], const RowKeys (&rk)[2],
+                       const KeyMap& keys, int tile, int lane) const {
     static_assert(NT * 4 <= 32, "one bit per fragment entry");
     const int t = lane & 3;
+    if (intervals > 0 && tile >= 0) {
+      if (intervals == 1) {
+        apply_intervals<false>(s, rk, tile * SA_FWD_BLOCK_N + 2 * t);
+      } else {
+        apply_intervals<true>(s, rk, tile * SA_FWD_BLOCK_N + 2 * t);
+      }
+      return;
+    }
     uint32_t keep = 0;
     SA_NO_UNROLL
     for (int e = 0; e < NT * 4; ++e) {

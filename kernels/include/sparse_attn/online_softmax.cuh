@@ -43,30 +43,33 @@ struct SoftmaxRows {
     return st;
   }
 
-  // Folds one tile of scores `s` ([NT][4] accumulator layout, masked entries = -inf) into the
-  // state. Rewrites `s` in place as unnormalised probabilities exp2(s - m_new) and returns in
-  // `alpha` the factor by which each row's previous output accumulator must be rescaled.
-  // Fragment layout only (ROWS == 2: rows g and g + 8 of the warp's 16).
+  // Folds one tile of scores into the state. `s` ([NT][4] accumulator layout, masked entries
+  // -inf) holds raw scores and `mul` > 0 turns them into log2 units (scale * log2(e), folded
+  // into the exponent's FFMA: exp2(s * mul - m)), or `s` is already in log2 units and `mul` is
+  // 1. Rewrites `s` in place as unnormalised probabilities and returns in `alpha` the factor
+  // by which each row's previous output accumulator must be rescaled. Fragment layout only
+  // (ROWS == 2: rows g and g + 8 of the warp's 16).
   template <int NT>
-  SA_DEVICE void update(float (&s)[NT][4], float (&alpha)[kRows]) {
+  SA_DEVICE void update(float (&s)[NT][4], float mul, float (&alpha)[kRows]) {
     static_assert(kRows == 2, "the m16n8 accumulator layout gives each lane two rows");
     SA_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      float mx = m[r];
+      float mx = kNegInf;
       SA_UNROLL
       for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
       mx = fmaxf(mx, arch::shfl_xor(arch::kFullMask, mx, 1));
       mx = fmaxf(mx, arch::shfl_xor(arch::kFullMask, mx, 2));
+      const float m_new = fmaxf(m[r], mx * mul);
       // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so that
       // exp2(-inf - (-inf)) never produces NaN (its probabilities are then exactly 0).
-      const float base = mx == kNegInf ? 0.f : mx;
+      const float base = m_new == kNegInf ? 0.f : m_new;
       alpha[r] = arch::fast_exp2(m[r] - base);
-      m[r] = mx;
+      m[r] = m_new;
       float sum = 0.f;
       SA_UNROLL
       for (int nt = 0; nt < NT; ++nt) {
-        s[nt][2 * r] = arch::fast_exp2(s[nt][2 * r] - base);
-        s[nt][2 * r + 1] = arch::fast_exp2(s[nt][2 * r + 1] - base);
+        s[nt][2 * r] = arch::fast_exp2(fmaf(s[nt][2 * r], mul, -base));
+        s[nt][2 * r + 1] = arch::fast_exp2(fmaf(s[nt][2 * r + 1], mul, -base));
         sum += s[nt][2 * r] + s[nt][2 * r + 1];
       }
       l[r] = l[r] * alpha[r] + sum;

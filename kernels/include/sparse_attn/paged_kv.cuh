@@ -48,6 +48,23 @@ struct KvRows {
     const int in_page = j & ((1 << log2_page) - 1);
     return base + page * page_stride + head_offset + int64_t(in_page) * row_stride;
   }
+
+  // Keys j0, j0 + step, ... (`rows` of them) as one strided run of rows, when they are one:
+  // all inside the sequence and, paged, all in one resident page (step 1). Returns the first
+  // row and sets `pitch` (elements between rows), or nullptr, and the loader then maps key by
+  // key. One block-table read per tile.
+  SA_DEVICE const T* strided_run(const T* base, int64_t row_stride, int j0, int step, int rows,
+                                 int64_t& pitch) const {
+    const int j_last = j0 + (rows - 1) * step;
+    if (j0 < 0 || j_last >= kv_len) return nullptr;
+    if (block_table == nullptr) {
+      pitch = step * row_stride;
+      return base + j0 * row_stride;
+    }
+    if (step != 1 || (j0 >> log2_page) != (j_last >> log2_page)) return nullptr;
+    pitch = row_stride;
+    return row(base, row_stride, j0);  // nullptr when the page was evicted
+  }
 };
 
 }  // namespace sa

@@ -15,6 +15,40 @@ SA_HOST_DEVICE int swizzle_offset(int row, int chunk) {
   return row * (D * 2) + ((chunk ^ (row & 7)) << 4);
 }
 
+// Which chunks of a [ROWS, D] tile one of THREADS threads copies: chunk `chunk` (16 bytes) of
+// rows row0 + i * kRowStep, i < kRowsPerThread. kRowStep is a multiple of 8, so a thread's
+// rows share their swizzle (row & 7) and its destinations are one offset apart.
+template <int ROWS, int D, int THREADS>
+struct TileCopy {
+  static constexpr int kChunksPerRow = D / 8;  // 8 elements = 16 bytes
+  static constexpr int kRowStep = THREADS / kChunksPerRow;
+  static constexpr int kRowsPerThread = ROWS / kRowStep;
+  static_assert(THREADS % kChunksPerRow == 0 && kRowStep % 8 == 0, "rows share the swizzle");
+  static_assert(ROWS % kRowStep == 0, "tile rows split evenly over the block");
+  static constexpr int kDstStep = kRowStep * D * 2;  // bytes between a thread's destinations
+
+  int row0, chunk;
+  SA_DEVICE explicit TileCopy(int tid) : row0(tid / kChunksPerRow), chunk(tid % kChunksPerRow) {}
+  SA_DEVICE int row(int i) const { return row0 + i * kRowStep; }
+};
+
+// Issues cp.async copies of a [ROWS, D] tile whose rows lie at a constant pitch: row r at
+// `base + r * pitch` (elements), every row present. The fast path of the K/V loader
+// (contiguous or in-page keys, affine views, full tiles): a thread's addresses are computed
+// once and advance by constants. Does not commit.
+template <int ROWS, int D, int THREADS, typename T>
+SA_DEVICE void load_tile_strided(Smem smem_tile, const T* base, int64_t pitch, int tid) {
+  using Copy = TileCopy<ROWS, D, THREADS>;
+  const Copy c(tid);
+  const Smem dst = smem_tile + swizzle_offset<D>(c.row0, c.chunk);
+  const T* src = base + c.row0 * pitch + c.chunk * 8;
+  const int64_t src_step = Copy::kRowStep * pitch;
+  SA_UNROLL
+  for (int i = 0; i < Copy::kRowsPerThread; ++i) {
+    arch::cp_async_cg16(dst + i * Copy::kDstStep, src + i * src_step);
+  }
+}
+
 // Issues cp.async copies of a [ROWS, D] tile whose row r starts at `row_src(r)` (nullptr:
 // the row is zero-filled with src-size 0, naming `idle_src`, an aligned address inside the
 // tensor such as its base, as the never-read source). Each of the THREADS threads copies
@@ -22,17 +56,14 @@ SA_HOST_DEVICE int swizzle_offset(int row, int chunk) {
 template <int ROWS, int D, int THREADS, typename T, typename RowSrc>
 SA_DEVICE void load_tile_async(Smem smem_tile, const RowSrc& row_src, const T* idle_src,
                                int tid) {
-  constexpr int kChunksPerRow = D / 8;  // 8 elements = 16 bytes
-  constexpr int kChunks = ROWS * kChunksPerRow;
-  static_assert(kChunks % THREADS == 0, "tile chunks split evenly over the block");
+  using Copy = TileCopy<ROWS, D, THREADS>;
+  const Copy c(tid);
+  const Smem dst = smem_tile + swizzle_offset<D>(c.row0, c.chunk);
   SA_UNROLL
-  for (int i = 0; i < kChunks / THREADS; ++i) {
-    const int c = tid + i * THREADS;
-    const int row = c / kChunksPerRow;
-    const int chunk = c % kChunksPerRow;
-    const T* src = row_src(row);
-    arch::cp_async_cg16(smem_tile + swizzle_offset<D>(row, chunk),
-                        src != nullptr ? src + chunk * 8 : idle_src, src != nullptr ? 16 : 0);
+  for (int i = 0; i < Copy::kRowsPerThread; ++i) {
+    const T* src = row_src(c.row(i));
+    arch::cp_async_cg16(dst + i * Copy::kDstStep, src != nullptr ? src + c.chunk * 8 : idle_src,
+                        src != nullptr ? 16 : 0);
   }
 }
 
