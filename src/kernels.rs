@@ -79,10 +79,12 @@ impl<P: Copy> Launch<P> {
 
 mod entries {
     extern "C" {
-        pub fn sa_attn_fwd_f16_hd64(p: *const std::ffi::c_void);
-        pub fn sa_attn_fwd_f16_hd128(p: *const std::ffi::c_void);
-        pub fn sa_attn_fwd_bf16_hd64(p: *const std::ffi::c_void);
-        pub fn sa_attn_fwd_bf16_hd128(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd64_m128(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd64_m128(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd64_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd64_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd128_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd128_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd64(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd128(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd64(p: *const std::ffi::c_void);
@@ -101,12 +103,15 @@ macro_rules! kernel {
     };
 }
 
-/// Every kernel instantiation: dtype x head_dim for the forward pass.
-pub static KERNELS: [KernelDesc; 9] = [
-    kernel!(sa_attn_fwd_f16_hd64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd128, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd128, Module::AttnFwd),
+/// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
+/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append.
+pub static KERNELS: [KernelDesc; 11] = [
+    kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd64_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd128_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd128_m64, Module::AttnFwd),
     kernel!(sa_attn_combine_f16_hd64, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd64, Module::AttnCombine),
@@ -116,21 +121,28 @@ pub static KERNELS: [KernelDesc; 9] = [
 
 /// The K/V append kernel (copies bits: every dtype and head_dim).
 pub fn kv_append() -> &'static KernelDesc {
-    &KERNELS[8]
+    &KERNELS[10]
 }
 
-/// The forward kernel for a dtype and head dimension. Exhaustive: `HeadDim` only holds
-/// supported values.
-pub fn attn_fwd(dtype: DType, head_dim: HeadDim) -> &'static KernelDesc {
-    &KERNELS[instance(dtype, head_dim)]
+/// The forward kernel for a dtype and tile configuration (from [`fwd_tiles`]). Exhaustive:
+/// `HeadDim` only holds supported values and `fwd_tiles` only supported shapes.
+pub fn attn_fwd(dtype: DType, tiles: &FwdTiles) -> &'static KernelDesc {
+    let bf16 = usize::from(dtype == DType::BF16);
+    let shape = match (tiles.head_dim, tiles.block_m) {
+        (64, 128) => 0,
+        (64, 64) => 1,
+        (128, 64) => 2,
+        (d, m) => unreachable!("fwd_tiles yields no {m}-row tile at head_dim {d}"),
+    };
+    &KERNELS[2 * shape + bf16]
 }
 
 /// The split-KV combine kernel for a dtype and head dimension.
 pub fn attn_combine(dtype: DType, head_dim: HeadDim) -> &'static KernelDesc {
-    &KERNELS[4 + instance(dtype, head_dim)]
+    &KERNELS[6 + instance(dtype, head_dim)]
 }
 
-/// Position of a (dtype, head_dim) instantiation within its kernel family in [`KERNELS`].
+/// Position of a (dtype, head_dim) combine instantiation in [`KERNELS`]' combine family.
 /// Exhaustive: `HeadDim` only holds supported values.
 fn instance(dtype: DType, head_dim: HeadDim) -> usize {
     match (dtype, head_dim.get()) {
@@ -146,28 +158,153 @@ fn instance(dtype: DType, head_dim: HeadDim) -> usize {
 /// of `params.h`.
 pub const COMBINE_THREADS: u32 = ffi::SA_COMBINE_THREADS;
 
+/// What a forward launch is for: long query tiles (prefill, chunked prefill) or short ones
+/// (decode steps and GQA-packed blocks), which pick different tile shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FwdPhase {
+    /// Query tiles of many rows.
+    Prefill,
+    /// A few query rows per (sequence, head), or GQA packing.
+    Decode,
+}
+
 /// Tile configuration of the forward kernel: the launch constants of
 /// `kernels/include/sparse_attn/params.h`, which `kernel_traits.cuh` reads too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FwdTiles {
-    /// Query rows per block.
+    /// The head dimension the tiles are for.
+    pub head_dim: u32,
+    /// Query rows per block: 128 (4 warps x 32 rows) or 64 (4 warps x 16 rows).
     pub block_m: u32,
     /// Keys per kv tile.
     pub block_n: u32,
     /// Threads per block.
     pub threads: u32,
-    /// Dynamic shared memory: `SA_FWD_SMEM_ROWS` rows of `head_dim` 16-bit elements (the Q
-    /// tile and the K and V stages).
+    /// Dynamic shared memory: `SA_FWD_SMEM_ROWS_*` rows of `head_dim` 16-bit elements (the Q
+    /// tile, one K tile and one V tile).
     pub smem_bytes: u32,
 }
 
-/// Pure function choosing the forward tiles for a head dimension.
-pub fn fwd_tiles(head_dim: HeadDim) -> FwdTiles {
-    let (bm, bn) = (ffi::SA_FWD_BLOCK_M, ffi::SA_FWD_BLOCK_N);
+/// The forward tiles for a head dimension and phase: a pure function, mirrored by
+/// `FwdTraits` (kernel_traits.cuh) through params.h's constants.
+///
+/// - Prefill at head_dim 64: 128-row blocks, 32 rows per warp, so every K/V fragment read
+///   from shared memory feeds two MMAs (FlashAttention-2's geometry).
+/// - Decode (and head_dim 128 for now): 64-row blocks, 16 rows per warp. At head_dim 128 the
+///   32-row warp tile needs O (128) and S (64) registers beside the kernel's state and spills
+///   168 bytes at the 255-register limit; it stays the next step.
+pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
+    let d = head_dim.get();
+    let (block_m, rows) = match (phase, d) {
+        (FwdPhase::Prefill, 64) => (ffi::SA_FWD_BLOCK_M_PREFILL, ffi::SA_FWD_SMEM_ROWS_PREFILL),
+        _ => (ffi::SA_FWD_BLOCK_M_DECODE, ffi::SA_FWD_SMEM_ROWS_DECODE),
+    };
     FwdTiles {
-        block_m: bm,
-        block_n: bn,
+        head_dim: d,
+        block_m,
+        block_n: ffi::SA_FWD_BLOCK_N,
         threads: ffi::SA_FWD_THREADS,
-        smem_bytes: ffi::SA_FWD_SMEM_ROWS * head_dim.get() * 2,
+        smem_bytes: rows * d * 2,
+    }
+}
+
+/// Launch descriptions of the test-only kernels (`kernels/tests/`, feature `test-kernels`):
+/// the emulator self-tests, for running them on a GPU against the emulator's vectors, and the
+/// canaries, deliberately broken forward kernels the tests must see fail
+/// (`AttnPlan::with_kernel`).
+#[cfg(feature = "test-kernels")]
+#[doc(hidden)]
+pub mod test_kernels {
+    use super::{FwdTiles, KernelDesc, Module};
+    use crate::emu::selftest as st;
+
+    macro_rules! test_kernel {
+        ($static:ident, $name:ident, $stem:literal) => {
+            /// The launchable description of this test kernel (GPU or emulator).
+            pub static $static: KernelDesc = KernelDesc {
+                name: stringify!($name),
+                module: Module::Test($stem),
+                emu_entry: st::$name,
+            };
+        };
+    }
+
+    test_kernel!(MMA_KERNEL, sa_selftest_mma, "selftest_mma");
+    test_kernel!(GEMM_KERNEL, sa_selftest_gemm, "selftest_gemm");
+    test_kernel!(LDMATRIX_KERNEL, sa_selftest_ldmatrix, "selftest_ldmatrix");
+    test_kernel!(CP_ASYNC_KERNEL, sa_selftest_cp_async, "selftest_cp_async");
+    test_kernel!(WARP_KERNEL, sa_selftest_warp, "selftest_warp");
+    test_kernel!(CONVERT_KERNEL, sa_selftest_convert, "selftest_convert");
+    test_kernel!(
+        CANARY_SWAP_M128,
+        sa_test_attn_fwd_canary_f16_hd64_m128,
+        "attention_canary"
+    );
+    test_kernel!(
+        CANARY_SWAP_M64,
+        sa_test_attn_fwd_canary_f16_hd64_m64,
+        "attention_canary"
+    );
+    test_kernel!(
+        CANARY_SKIP_M128,
+        sa_test_attn_fwd_skip_empty_rows_f16_hd64_m128,
+        "attention_canary"
+    );
+    test_kernel!(
+        CANARY_SKIP_M64,
+        sa_test_attn_fwd_skip_empty_rows_f16_hd64_m64,
+        "attention_canary"
+    );
+
+    /// The f16/hd64 forward kernel with P's a2 and a4 swapped, in the shape of `tiles` (the
+    /// plan's [`FwdTiles`], head_dim 64).
+    pub fn canary_swap_a2a4(tiles: &FwdTiles) -> &'static KernelDesc {
+        assert_eq!(tiles.head_dim, 64, "the canaries are f16/hd64 kernels");
+        if tiles.block_m == 128 {
+            &CANARY_SWAP_M128
+        } else {
+            &CANARY_SWAP_M64
+        }
+    }
+
+    /// The f16/hd64 forward kernel that skips the output store of empty rows, in the shape
+    /// of `tiles` (head_dim 64).
+    pub fn canary_skip_empty_rows(tiles: &FwdTiles) -> &'static KernelDesc {
+        assert_eq!(tiles.head_dim, 64, "the canaries are f16/hd64 kernels");
+        if tiles.block_m == 128 {
+            &CANARY_SKIP_M128
+        } else {
+            &CANARY_SKIP_M64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_are_a_pure_function_of_head_dim_and_phase() {
+        for d in HeadDim::SUPPORTED {
+            let hd = HeadDim::new(d).unwrap();
+            for phase in [FwdPhase::Prefill, FwdPhase::Decode] {
+                let t = fwd_tiles(hd, phase);
+                assert_eq!(t, fwd_tiles(hd, phase));
+                assert_eq!((t.head_dim, t.block_n, t.threads), (d, 64, 128));
+                // Q tile + one K and one V tile of 16-bit elements.
+                assert_eq!(t.smem_bytes, (t.block_m + 2 * t.block_n) * d * 2);
+                for dtype in [DType::F16, DType::BF16] {
+                    let k = attn_fwd(dtype, &t);
+                    let dt = if dtype == DType::F16 { "f16" } else { "bf16" };
+                    assert_eq!(k.name, format!("sa_attn_fwd_{dt}_hd{d}_m{}", t.block_m));
+                }
+            }
+        }
+        let hd64 = HeadDim::new(64).unwrap();
+        assert_eq!(fwd_tiles(hd64, FwdPhase::Prefill).block_m, 128);
+        assert_eq!(fwd_tiles(hd64, FwdPhase::Decode).block_m, 64);
+        // Every tile fits the smallest per-block shared memory of the targets (99 KB).
+        let hd128 = HeadDim::new(128).unwrap();
+        assert!(fwd_tiles(hd128, FwdPhase::Prefill).smem_bytes <= 99 * 1024);
     }
 }

@@ -260,91 +260,70 @@ fn every_schedule_gives_identical_bits() {
 
 #[test]
 fn work_accounting_matches_the_ideal_tile_count() {
-    // Dense: every query block visits every kv tile; causal with q_len == kv_len: block m
-    // visits m + 1 tiles (block-aligned lengths, so nothing beyond the ideal).
+    // Dense: every query block visits every kv tile; causal with q_len == kv_len: a block of
+    // `bm` rows ending at row r visits the ceil(r / 64) kv tiles up to its diagonal
+    // (block-aligned lengths, so nothing beyond the ideal). Both tile shapes: head_dim 64
+    // prefill runs 128-row blocks, head_dim 128 64-row blocks.
     let seed = base_seed();
     let heads = 2usize;
-    let dense = check::<f16>(
-        &Case::uniform(256, 320, 64, false),
-        seed,
-        &crate::common::emu_run(),
-    );
-    assert_eq!(dense, (heads * 4 * 5) as u64);
-    let causal = check::<f16>(
-        &Case::uniform(256, 256, 64, true),
-        seed,
-        &crate::common::emu_run(),
-    );
-    assert_eq!(causal, (heads * (1 + 2 + 3 + 4)) as u64);
+    for (head_dim, bm) in [(64u32, 128usize), (128, 64)] {
+        let dense = check::<f16>(
+            &Case::uniform(256, 320, head_dim, false),
+            seed,
+            &crate::common::emu_run(),
+        );
+        assert_eq!(dense, (heads * (256 / bm) * 5) as u64, "hd{head_dim} dense");
+        let causal = check::<f16>(
+            &Case::uniform(256, 256, head_dim, true),
+            seed,
+            &crate::common::emu_run(),
+        );
+        let ideal: usize = (1..=256 / bm).map(|m| m * bm / 64).sum();
+        assert_eq!(causal, (heads * ideal) as u64, "hd{head_dim} causal");
+    }
 }
-
-extern "C" {
-    fn sa_test_attn_fwd_canary_f16_hd64(p: *const std::ffi::c_void);
-}
-
-static CANARY: sparse_attn::kernels::KernelDesc = sparse_attn::kernels::KernelDesc {
-    name: "sa_test_attn_fwd_canary_f16_hd64",
-    module: sparse_attn::kernels::Module::Test("attention_canary"),
-    emu_entry: sa_test_attn_fwd_canary_f16_hd64,
-};
 
 #[test]
 fn a2_a4_fragment_swap_canary_fails_end_to_end() {
-    use sparse_attn::attention::TensorAddrs;
-    use sparse_attn::emu::GuardedBuffer;
+    use sparse_attn::kernels::test_kernels::canary_swap_a2a4;
     let seed = base_seed();
-    let problem = AttnProblem::new(
-        SeqLens::Uniform {
-            batch: 1,
-            q_len: 64,
-            kv_len: 64,
-        },
-        1,
-        1,
-        64,
-        DType::F16,
-    )
-    .unwrap();
-    let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
-    let mut rng = Rng::new(seed);
-    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
-    let (qb, kb, vb) = (
-        GuardedBuffer::from_slice(&q, "q").unwrap(),
-        GuardedBuffer::from_slice(&k, "k").unwrap(),
-        GuardedBuffer::from_slice(&v, "v").unwrap(),
-    );
-    let ob = GuardedBuffer::<f16>::zeroed(problem.q_elems(), "out").unwrap();
-    let lb = GuardedBuffer::<f32>::zeroed(problem.lse_elems(), "lse").unwrap();
-    let meta = plan.meta().upload_emulated().unwrap();
-    let mut launch = plan.launch(&TensorAddrs {
-        meta: meta.addrs(),
-        paged: Default::default(),
-        q: qb.as_ptr() as u64,
-        k: kb.as_ptr() as u64,
-        v: vb.as_ptr() as u64,
-        out: ob.as_ptr() as u64,
-        lse: lb.as_ptr() as u64,
-        cu_q: 0,
-        cu_k: 0,
-        tiles_visited: 0,
-        o_partial: 0,
-        lse_partial: 0,
-    });
-    launch.kernel = &CANARY;
-    // SAFETY: same params type and buffers as the production f16/hd64 kernel.
-    unsafe { launch.run_emulated(&Default::default()) }.unwrap();
-    let want = reference_for(&plan, &q, &k, &v, |_, _, _, _| true);
-    let err = common::rel_error(&ob.to_vec(), &want.out);
-    assert!(
-        err > 4e-3,
-        "the a2/a4-swapped kernel passed the tolerance (error {err:.3e}): the emulator's \
-         fragment layouts would not catch a layout bug"
-    );
-    // The production kernel on the same data passes.
-    let (out, _) = plan
-        .run_emulated(&q, &k, &v, &crate::common::emu_run())
+    // q_len 64 runs the 64-row (decode) tile, 200 the 128-row (prefill) tile: both canaries.
+    for q_len in [64, 200] {
+        let problem = AttnProblem::new(
+            SeqLens::Uniform {
+                batch: 1,
+                q_len,
+                kv_len: q_len,
+            },
+            1,
+            1,
+            64,
+            DType::F16,
+        )
         .unwrap();
-    assert!(common::rel_error(&out, &want.out) <= 4e-3);
+        let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
+        let mut rng = Rng::new(seed);
+        let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+        // SAFETY: the canary is this plan's f16/hd64 kernel, in its shape, with one fragment
+        // swapped: same params and launch geometry.
+        let canary = unsafe { plan.clone().with_kernel(canary_swap_a2a4(plan.tiles())) };
+        let (bad, _) = canary
+            .run_emulated(&q, &k, &v, &crate::common::emu_run())
+            .unwrap();
+        let want = reference_for(&plan, &q, &k, &v, |_, _, _, _| true);
+        let err = common::rel_error(&bad, &want.out);
+        assert!(
+            err > 4e-3,
+            "the a2/a4-swapped {}-row kernel passed the tolerance (error {err:.3e}): the \
+             emulator's fragment layouts would not catch a layout bug",
+            plan.tiles().block_m
+        );
+        // The production kernel on the same data passes.
+        let (out, _) = plan
+            .run_emulated(&q, &k, &v, &crate::common::emu_run())
+            .unwrap();
+        assert!(common::rel_error(&out, &want.out) <= 4e-3);
+    }
 }
 
 #[test]

@@ -210,7 +210,7 @@ fn bad_scale_and_softcap() {
 fn kernels_report_runs_with_or_without_nvcc() {
     let stdout = assert_success(&run(&["kernels"]), "kernels");
     if sparse_attn::backend::cuda_build().built {
-        assert!(stdout.contains("sa_attn_fwd_f16_hd64"), "{stdout}");
+        assert!(stdout.contains("sa_attn_fwd_f16_hd64_m128"), "{stdout}");
         assert!(stdout.contains("regs"), "{stdout}");
     } else {
         assert!(stdout.contains("CUDA build was skipped"), "{stdout}");

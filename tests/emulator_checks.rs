@@ -15,7 +15,7 @@ use sparse_attn::emu::selftest::{
 use sparse_attn::emu::{
     self, EmuError, GuardedBuffer, KernelFn, LaunchConfig, Numerics, Plain, Schedule, TargetArch,
 };
-use sparse_attn::kernels::{KernelDesc, Module};
+use sparse_attn::kernels::test_kernels::canary_skip_empty_rows;
 use sparse_attn::reference::causal_allowed;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, EmuRun, SeqLens};
 
@@ -55,18 +55,6 @@ macro_rules! assert_fault {
 
 // ---- poisoned outputs --------------------------------------------------------------------
 
-extern "C" {
-    fn sa_test_attn_fwd_skip_empty_rows_f16_hd64(p: *const std::ffi::c_void);
-}
-
-/// The forward kernel with the output store of empty rows dropped (kernels/tests/
-/// attention_canary.cu): right whenever outputs start zeroed.
-static SKIP_EMPTY_ROWS: KernelDesc = KernelDesc {
-    name: "sa_test_attn_fwd_skip_empty_rows_f16_hd64",
-    module: Module::Test("attention_canary"),
-    emu_entry: sa_test_attn_fwd_skip_empty_rows_f16_hd64,
-};
-
 #[test]
 fn unwritten_outputs_are_poisoned_not_zero() {
     // Causal with q_len > kv_len: rows 0..32 sit before the first key (p < 0) and are empty,
@@ -92,8 +80,12 @@ fn unwritten_outputs_are_poisoned_not_zero() {
     check_causal(&plan, &q, &k, &v, &out, &lse);
     assert!(out[..32 * 2 * 64].iter().all(|x| x.to_bits() == 0));
     // The canary's empty rows keep the poison: NaN, not the zero a zeroed buffer would show.
-    // SAFETY: the canary is this plan's f16/hd64 forward kernel with one store dropped.
-    let canary = unsafe { plan.clone().with_kernel(&SKIP_EMPTY_ROWS) };
+    // SAFETY: the canary is this plan's f16/hd64 forward kernel, in its tile shape, with one
+    // store dropped.
+    let canary = unsafe {
+        plan.clone()
+            .with_kernel(canary_skip_empty_rows(plan.tiles()))
+    };
     let (out, lse) = canary.run_emulated(&q, &k, &v, &run).unwrap();
     assert!(out[..32 * 2 * 64].iter().all(|x| x.is_nan()));
     assert!(out[32 * 2 * 64..].iter().all(|x| !x.is_nan()));

@@ -26,6 +26,7 @@ use sparse_attn::backend::cublas::dense_reference;
 use sparse_attn::backend::{self, Gpu};
 use sparse_attn::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use sparse_attn::emu::selftest::*;
+use sparse_attn::kernels::test_kernels::*;
 use sparse_attn::kernels::{KernelDesc, Launch};
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, SeqLens};
 
@@ -106,7 +107,8 @@ fn self_test_kernels_are_embedded_when_the_kernels_are_built() {
         &LDMATRIX_KERNEL,
         &WARP_KERNEL,
         &CONVERT_KERNEL,
-        &CANARY_F16_HD64_KERNEL,
+        &CANARY_SWAP_M64,
+        &CANARY_SWAP_M128,
     ] {
         assert!(
             backend::fatbin(k.module.stem()).is_some(),
@@ -543,7 +545,7 @@ fn gpu_a2_a4_fragment_swap_canary_differs_from_cublas() {
 
     // SAFETY: the canary is the f16/hd64 forward kernel with one fragment swapped: same params
     // struct and launch geometry as this plan's kernel.
-    let canary_plan = unsafe { plan.clone().with_kernel(&CANARY_F16_HD64_KERNEL) };
+    let canary_plan = unsafe { plan.clone().with_kernel(canary_swap_a2a4(plan.tiles())) };
     let (canary, _) = canary_plan.run_cuda_host(&gpu, &q, &k, &v).unwrap();
     let err = common::rel_error(&canary, &want);
     assert!(

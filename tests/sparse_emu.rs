@@ -149,6 +149,8 @@ fn rows_left_empty_by_the_pattern() {
 
 #[test]
 fn work_accounting_equals_metadata_and_the_ideal() {
+    // head_dim 128: the 64-row tile the counts below are written for (head_dim 64 prefill
+    // runs 128-row tiles; interval_masks_at_tile_edges checks its accounting).
     let seed = base_seed();
     // Block-aligned window of exactly one tile to the left (left = 63, right = 0, causal):
     // query tile m needs tiles m-1 and m (tile 0 only itself) = 2T - 1 per head.
@@ -157,7 +159,7 @@ fn work_accounting_equals_metadata_and_the_ideal() {
         r#"{"causal": true, "components": [{"sliding_window": {"size": 64}}]}"#,
         uniform(256, 256),
         (2, 1),
-        64,
+        128,
         seed,
     );
     assert_eq!(visited, listed);
@@ -167,7 +169,7 @@ fn work_accounting_equals_metadata_and_the_ideal() {
         r#"{"causal": false, "components": [{"block_mask": {"block_q": 64, "block_k": 64, "mask": [[1,0,0,1],[0,1,0,0],[1,1,1,1],[0,0,0,1]]}}]}"#,
         uniform(256, 256),
         (2, 1),
-        64,
+        128,
         seed,
     );
     assert_eq!(visited, listed);
@@ -243,6 +245,8 @@ fn invalid_patterns_are_typed_errors() {
 /// are proportional to what the pattern allows, not to q_len * kv_len.
 #[test]
 fn dilated_and_global_work_is_proportional_to_what_they_allow() {
+    // head_dim 128: the 64-row tile the counts below are written for (head_dim 64 prefill
+    // runs 128-row tiles; interval_masks_at_tile_edges checks its accounting).
     let seed = base_seed();
     // Stride 4, causal, 512 tokens: 4 classes of 128 rows, each a 2-tile causal triangle (3
     // visits): 12 per head instead of the 36 tiles of causal attention.
@@ -250,7 +254,7 @@ fn dilated_and_global_work_is_proportional_to_what_they_allow() {
         r#"{"causal": true, "components": [{"dilated": {"stride": 4}}]}"#,
         uniform(512, 512),
         (2, 1),
-        64,
+        128,
         seed,
     );
     assert_eq!((visited, listed), (2 * 12, 2 * 12));
@@ -269,7 +273,7 @@ fn dilated_and_global_work_is_proportional_to_what_they_allow() {
         r#"{"causal": false, "components": [{"global": {"tokens": [3, 130, 260, 390, 520, 650, 780, 1000]}}]}"#,
         uniform(1024, 1024),
         (1, 1),
-        64,
+        128,
         seed + 2,
     );
     assert_eq!((visited, listed), (32, 32));

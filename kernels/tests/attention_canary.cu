@@ -1,13 +1,16 @@
 // Deliberately broken forward kernels (sa::Canary in attention_fwd.cuh), one bug each, that the
-// emulator tests must catch end to end through the library's own run path
-// (tests/attention_emu.rs):
+// tests must catch end to end through the library's own run paths (AttnPlan::with_kernel):
 // - a2/a4 swapped in P's A fragment: the exact fragment layouts make the output wrong;
 // - empty rows left unwritten: the poisoned outputs of an emulated launch expose them.
+// f16, head_dim 64, in both tile shapes (128-row prefill blocks, 64-row decode blocks).
 #include "sparse_attn/attention_fwd.cuh"
 
-SA_KERNEL(sa_test_attn_fwd_canary_f16_hd64, SaAttnFwdParams, SA_FWD_THREADS) {
-  sa::attn_fwd<sa::f16, 64, sa::Canary::SwapA2A4>(params);
-}
-SA_KERNEL(sa_test_attn_fwd_skip_empty_rows_f16_hd64, SaAttnFwdParams, SA_FWD_THREADS) {
-  sa::attn_fwd<sa::f16, 64, sa::Canary::SkipEmptyRowStore>(params);
-}
+#define SA_CANARY_ENTRY(name, WARP_ROWS, CANARY)                                     \
+  SA_KERNEL(name, SaAttnFwdParams, SA_FWD_THREADS) {                                 \
+    sa::attn_fwd<sa::FwdTraits<sa::f16, 64, WARP_ROWS>, sa::Canary::CANARY>(params); \
+  }
+
+SA_CANARY_ENTRY(sa_test_attn_fwd_canary_f16_hd64_m128, 32, SwapA2A4)
+SA_CANARY_ENTRY(sa_test_attn_fwd_canary_f16_hd64_m64, 16, SwapA2A4)
+SA_CANARY_ENTRY(sa_test_attn_fwd_skip_empty_rows_f16_hd64_m128, 32, SkipEmptyRowStore)
+SA_CANARY_ENTRY(sa_test_attn_fwd_skip_empty_rows_f16_hd64_m64, 16, SkipEmptyRowStore)

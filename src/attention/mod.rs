@@ -144,11 +144,11 @@ impl AttnPlan {
         softcap: f32,
         gqa_pack: u32,
     ) -> Result<Self> {
-        let tiles = kernels::fwd_tiles(problem.head_dim());
+        let tiles = kernels::fwd_tiles(problem.head_dim(), fwd_phase(&problem, gqa_pack));
         let meta = PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?;
         let num_splits = default_num_splits(&problem, gqa_pack, &meta);
         let plan = AttnPlan {
-            kernel: kernels::attn_fwd(problem.dtype(), problem.head_dim()),
+            kernel: kernels::attn_fwd(problem.dtype(), &tiles),
             problem,
             scale,
             softcap,
@@ -270,6 +270,12 @@ impl AttnPlan {
     /// The forward kernel this plan launches.
     pub fn kernel(&self) -> &'static KernelDesc {
         self.kernel
+    }
+
+    /// The forward kernel's tile configuration (rows per block, keys per tile, threads,
+    /// shared memory): [`kernels::fwd_tiles`] for this plan's head_dim and phase.
+    pub fn tiles(&self) -> &FwdTiles {
+        &self.tiles
     }
     /// The effective score scale.
     pub fn scale(&self) -> f32 {
@@ -446,6 +452,17 @@ fn default_num_splits(problem: &AttnProblem, gqa_pack: u32, meta: &PlanMeta) -> 
     }
     let want = (2 * TARGET_BLOCKS).div_ceil(blocks);
     want.min(max_row_tiles / 2).min(MAX_SPLITS as usize).max(1) as u32
+}
+
+/// The tile shape's phase: decode blocks (64 rows) for GQA packing and for queries of at most
+/// 64 rows, where 128-row blocks would be half padding; prefill blocks otherwise.
+fn fwd_phase(problem: &AttnProblem, gqa_pack: u32) -> kernels::FwdPhase {
+    let (max_q, _) = problem.seqs().max_lens();
+    if gqa_pack > 1 || max_q <= crate::ffi::SA_FWD_BLOCK_M_DECODE as usize {
+        kernels::FwdPhase::Decode
+    } else {
+        kernels::FwdPhase::Prefill
+    }
 }
 
 /// Whether the heads of every kv group can share packed blocks: a power-of-two group size up

@@ -193,7 +193,9 @@ ptxas info    : Used 32 registers, 1024 bytes smem, used 1 barriers, 8 bytes cum
             assert!(fatbin("attention_fwd").is_some());
             assert!(fatbin("ref_softmax").is_some());
             let report = parse_ptxas_report(ptxas_report().unwrap());
-            assert!(report.iter().any(|k| k.kernel == "sa_attn_fwd_f16_hd64"));
+            assert!(report
+                .iter()
+                .any(|k| k.kernel == "sa_attn_fwd_f16_hd64_m128"));
             assert!(report.iter().all(|k| k.spill_store_bytes == 0));
         } else {
             assert!(b.modules.is_empty() && ptxas_report().is_none());

@@ -1,6 +1,7 @@
 //! The emulator's self-test kernels (`kernels/tests/selftest_*.cu`): entry points and params
 //! mirrors. `tests/emulator.rs` runs them on the emulator and `tests/emulator_gpu.rs` on a GPU
-//! (through the [`KernelDesc`]s below and `Gpu::launch`), against the same expected vectors;
+//! (through the `KernelDesc`s of `kernels::test_kernels` and `Gpu::launch`), against the same
+//! expected vectors;
 //! the layouts are asserted on both sides.
 //!
 //! Each params struct documents its fields in the `.cu` file; `mode` values are the enums
@@ -8,8 +9,6 @@
 //! addresses.
 
 use std::ffi::c_void;
-
-use crate::kernels::{KernelDesc, Module};
 
 extern "C" {
     pub fn sa_selftest_mma(p: *const c_void);
@@ -20,33 +19,11 @@ extern "C" {
     pub fn sa_selftest_memory(p: *const c_void);
     pub fn sa_selftest_convert(p: *const c_void);
     pub fn sa_test_mask_probe(p: *const c_void);
-    pub fn sa_test_attn_fwd_canary_f16_hd64(p: *const c_void);
+    pub fn sa_test_attn_fwd_canary_f16_hd64_m128(p: *const c_void);
+    pub fn sa_test_attn_fwd_canary_f16_hd64_m64(p: *const c_void);
+    pub fn sa_test_attn_fwd_skip_empty_rows_f16_hd64_m128(p: *const c_void);
+    pub fn sa_test_attn_fwd_skip_empty_rows_f16_hd64_m64(p: *const c_void);
 }
-
-macro_rules! test_kernel {
-    ($static:ident, $name:ident, $stem:literal) => {
-        /// The launchable description of this self-test kernel (GPU or emulator).
-        pub static $static: KernelDesc = KernelDesc {
-            name: stringify!($name),
-            module: Module::Test($stem),
-            emu_entry: $name,
-        };
-    };
-}
-
-test_kernel!(MMA_KERNEL, sa_selftest_mma, "selftest_mma");
-test_kernel!(GEMM_KERNEL, sa_selftest_gemm, "selftest_gemm");
-test_kernel!(LDMATRIX_KERNEL, sa_selftest_ldmatrix, "selftest_ldmatrix");
-test_kernel!(CP_ASYNC_KERNEL, sa_selftest_cp_async, "selftest_cp_async");
-test_kernel!(WARP_KERNEL, sa_selftest_warp, "selftest_warp");
-test_kernel!(CONVERT_KERNEL, sa_selftest_convert, "selftest_convert");
-// The forward kernel with the P fragment's a2 and a4 swapped (kernels/tests/attention_canary.cu):
-// takes `SaAttnFwdParams` and the f16/hd64 forward launch geometry.
-test_kernel!(
-    CANARY_F16_HD64_KERNEL,
-    sa_test_attn_fwd_canary_f16_hd64,
-    "attention_canary"
-);
 
 // SAFETY: plain #[repr(C)] structs of pointers and integers, passed by value as the kernel's
 // one parameter (sizes asserted against the C structs below).

@@ -1,7 +1,8 @@
 // Forward attention, FlashAttention-2 style, as named phases. One block = BLOCK_M query rows
-// of one (batch, head); K/V tiles are double-buffered through shared memory with cp.async;
-// S = Q.K^T and O += P.V run on tensor cores with P kept in registers; the online softmax
-// lives in registers (online_softmax.cuh); the tile walk is an iteration policy
+// of one (batch, head) (128 rows, 32 per warp, for prefill; 64 for decode); K and V tiles
+// stream through one shared buffer each with cp.async, their loads interleaved with the two
+// GEMMs; S = Q.K^T and O += P.V run on tensor cores with P kept in registers; the online
+// softmax lives in registers (online_softmax.cuh); the tile walk is an iteration policy
 // (block_iter.cuh), so sparsity never forks this mainloop.
 #pragma once
 
@@ -93,92 +94,110 @@ struct SeqSlice {
 // Scales raw Q.K^T accumulators into log2 units, with optional tanh softcap (docs/patterns.md:
 // s = c * tanh(s / c), applied before masking). Only for softcap or a non-positive scale:
 // otherwise the scale is folded into the softmax's exp2 FFMA (SoftmaxRows::update).
-template <int NT>
-SA_DEVICE void scale_scores(float (&s)[NT][4], float scale, float softcap) {
-  if (softcap > 0.f) {
-    const float pre = scale / softcap, post = softcap * kLog2e;
+template <int MT, int NT>
+SA_DEVICE void scale_scores(float (&s)[MT][NT][4], float scale, float softcap) {
+  const bool cap = softcap > 0.f;
+  const float pre = cap ? scale / softcap : scale * kLog2e, post = softcap * kLog2e;
+  SA_UNROLL
+  for (int mt = 0; mt < MT; ++mt) {
     SA_UNROLL
     for (int nt = 0; nt < NT; ++nt) {
       SA_UNROLL
-      for (int i = 0; i < 4; ++i) s[nt][i] = tanhf(s[nt][i] * pre) * post;
-    }
-  } else {
-    const float f = scale * kLog2e;
-    SA_UNROLL
-    for (int nt = 0; nt < NT; ++nt) {
-      SA_UNROLL
-      for (int i = 0; i < 4; ++i) s[nt][i] *= f;
+      for (int i = 0; i < 4; ++i) {
+        s[mt][nt][i] = cap ? tanhf(s[mt][nt][i] * pre) * post : s[mt][nt][i] * pre;
+      }
     }
   }
 }
 
-// Rescales this warp's output rows by the online-softmax correction factors.
-template <int NT>
-SA_DEVICE void rescale_o(float (&o)[NT][4], const float (&alpha)[SoftmaxState::kRows]) {
+// Rescales this warp's output rows by the online-softmax correction factors (row 2 * mt + h
+// is row g + 8h of m16 tile mt).
+template <int MT, int NT>
+SA_DEVICE void rescale_o(float (&o)[MT][NT][4], const float (&alpha)[2 * MT]) {
   SA_UNROLL
-  for (int nt = 0; nt < NT; ++nt) {
-    o[nt][0] *= alpha[0];
-    o[nt][1] *= alpha[0];
-    o[nt][2] *= alpha[1];
-    o[nt][3] *= alpha[1];
+  for (int mt = 0; mt < MT; ++mt) {
+    SA_UNROLL
+    for (int nt = 0; nt < NT; ++nt) {
+      o[mt][nt][0] *= alpha[2 * mt];
+      o[mt][nt][1] *= alpha[2 * mt];
+      o[mt][nt][2] *= alpha[2 * mt + 1];
+      o[mt][nt][3] *= alpha[2 * mt + 1];
+    }
   }
+}
+
+// The block row of this lane's fragment row r (= 2 * mt + h: row g + 8h of m16 tile mt).
+SA_DEVICE int fragment_row(int warp_row0, int r, int lane) {
+  return warp_row0 + (r / 2) * 16 + (lane >> 2) + 8 * (r % 2);
 }
 
 // Normalises and stores this warp's output rows (padding rows are dropped) and their LSE.
-// `row0` is the warp's first row in the block, mapped to (token, head) by `rows`.
-template <typename T, int D, Canary kCanary>
+// `warp_row0` is the warp's first row in the block, mapped to (token, head) by `rows`.
+template <typename T, int D, int MT, Canary kCanary>
 SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
-                           int row0, float (&o)[D / 8][4], SoftmaxState& state, int lane) {
-  float inv_l[SoftmaxState::kRows], lse[SoftmaxState::kRows];
+                           int warp_row0, float (&o)[MT][D / 8][4], SoftmaxState<MT>& state,
+                           int lane) {
+  float inv_l[2 * MT], lse[2 * MT];
   state.finalize(inv_l, lse);
-  const int g = lane >> 2, t = lane & 3;
+  const int t = lane & 3;
   SA_UNROLL
-  for (int r = 0; r < SoftmaxState::kRows; ++r) {
-    const int local = row0 + g + 8 * r;
+  for (int r = 0; r < 2 * MT; ++r) {
+    const int local = fragment_row(warp_row0, r, lane);
     const int token = rows.token(local), dh = rows.head_offset(local);
     if (token < 0) continue;
     if (t == 0) seq.lse[dh * p.lse_head_stride + token] = lse[r];
     if (kCanary == Canary::SkipEmptyRowStore && inv_l[r] == 0.f) continue;
     uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + token * p.o_row_stride +
                                                 dh * p.o_head_stride + 2 * t);
+    const float(&acc)[D / 8][4] = o[r / 2];
+    const int c = 2 * (r % 2);
     SA_UNROLL
     for (int nt = 0; nt < D / 8; ++nt) {
-      arch::stg(dst + nt * 4,
-                arch::pack2<T>(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]));
+      arch::stg(dst + nt * 4, arch::pack2<T>(acc[nt][c] * inv_l[r], acc[nt][c + 1] * inv_l[r]));
     }
   }
 }
 
 // Split-KV epilogue: stores this warp's normalised partial output rows and their LSE (f32)
 // for the combine kernel (attention_combine.cuh).
-template <typename T, int D>
+template <typename T, int D, int MT>
 SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
-                             int h, int split, int row0, float (&o)[D / 8][4],
-                             SoftmaxState& state, int lane) {
-  float inv_l[SoftmaxState::kRows], lse[SoftmaxState::kRows];
+                             int h, int split, int warp_row0, float (&o)[MT][D / 8][4],
+                             SoftmaxState<MT>& state, int lane) {
+  float inv_l[2 * MT], lse[2 * MT];
   state.finalize(inv_l, lse);
-  const int g = lane >> 2, t = lane & 3;
+  const int t = lane & 3;
   const int64_t total_rows = p.cu_seqlens_q != nullptr ? p.cu_seqlens_q[p.batch]
                                                        : int64_t(p.batch) * p.q_len;
   SA_UNROLL
-  for (int r = 0; r < SoftmaxState::kRows; ++r) {
-    const int local = row0 + g + 8 * r;
+  for (int r = 0; r < 2 * MT; ++r) {
+    const int local = fragment_row(warp_row0, r, lane);
     const int token = rows.token(local);
     if (token < 0) continue;
     const int64_t slot =
         (split * total_rows + seq.row0 + token) * p.num_heads + h + rows.head_offset(local);
     float2* dst = reinterpret_cast<float2*>(p.o_partial + slot * D + 2 * t);
+    const float(&acc)[D / 8][4] = o[r / 2];
+    const int c = 2 * (r % 2);
     SA_UNROLL
     for (int nt = 0; nt < D / 8; ++nt) {
-      arch::stg(dst + nt * 4, make_float2(o[nt][2 * r] * inv_l[r], o[nt][2 * r + 1] * inv_l[r]));
+      arch::stg(dst + nt * 4, make_float2(acc[nt][c] * inv_l[r], acc[nt][c + 1] * inv_l[r]));
     }
     if (t == 0) p.lse_partial[slot] = lse[r];
   }
 }
 
-template <typename T, int D, Canary kCanary = Canary::None>
+// The forward kernel of one instantiation (Tr = FwdTraits<T, D, WARP_ROWS>). The mainloop, per
+// kv tile, as FlashAttention-2 interleaves it with one K and one V buffer:
+//   wait for K_i; barrier (K_i visible, everyone done with V_{i-1});  load V_i
+//   S = Q . K_i^T; mask; online softmax; P in registers
+//   wait for V_i; barrier (V_i visible, everyone done with K_i);      load K_{i+1}
+//   O += P . V_i
+// so V_i's load overlaps Q.K_i^T and the softmax, and K_{i+1}'s overlaps P.V_i.
+template <typename Tr, Canary kCanary = Canary::None>
 SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
-  using Tr = FwdTraits<T, D>;
+  using T = typename Tr::Elem;
+  constexpr int D = Tr::kHeadDim, MT = Tr::kMTiles;
   const int num_splits = params.num_splits > 1 ? params.num_splits : 1;
   const int pack = params.gqa_pack > 1 ? params.gqa_pack : 1;
   const int m_block = blockIdx.x / num_splits, split = blockIdx.x % num_splits;
@@ -209,7 +228,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int i_begin = static_cast<int>(int64_t(tiles.count()) * split / num_splits);
   const int i_end = static_cast<int>(int64_t(tiles.count()) * (split + 1) / num_splits);
 
-  // Phase: produce Q and the first K/V tile (one cp.async group).
+  // Phase: produce Q and the first K tile (one cp.async group).
   load_tile_async<Tr::kBlockM, D, Tr::kThreads, T>(
       sQ,
       [&](int r) -> const T* {
@@ -223,99 +242,98 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const bool paged = params.paged.block_table != nullptr;
   const T* k_idle = static_cast<const T*>(paged ? params.paged.k_pages : params.k);
   const T* v_idle = static_cast<const T*>(paged ? params.paged.v_pages : params.v);
-  // Phase: produce K/V tile `tile` into buffer `buf`. Chosen once per tile, outside the chunk
-  // loop: a full regular tile whose keys are one strided run (contiguous K/V, an affine view,
-  // one resident page) is copied from addresses computed once; anything else (a tail, a
-  // gathered tile, pages smaller than a tile, evicted keys) maps key by key.
-  auto produce_kv = [&](int tile, int buf) {
-    const KvRows<T>& kv = seq.kv;
-    const Smem dk = sK + buf * Tr::kKvTileBytes, dv = sV + buf * Tr::kKvTileBytes;
-    int64_t k_pitch = 0, v_pitch = 0;
-    const T* k_run = nullptr;
-    const T* v_run = nullptr;
+  // Phase: produce the K (or V) rows of kv tile `tile` into `dst`. Chosen once per tile,
+  // outside the chunk loop: a full regular tile whose keys are one strided run (contiguous
+  // K/V, an affine view, one resident page) is copied from addresses computed once; anything
+  // else (a tail, a gathered tile, pages smaller than a tile, evicted keys) maps key by key.
+  const KvRows<T>& kv = seq.kv;
+  auto produce = [&](Smem dst, const T* base, int64_t row_stride, const T* idle, int tile) {
+    int64_t pitch = 0;
+    const T* run = nullptr;
     if (tile >= 0 && keys.valid(tile) >= Tr::kBlockN) {
-      const int j0 = keys.key(tile, 0);
-      k_run = kv.strided_run(kv.k, kv.k_row_stride, j0, keys.step, Tr::kBlockN, k_pitch);
-      v_run = kv.strided_run(kv.v, kv.v_row_stride, j0, keys.step, Tr::kBlockN, v_pitch);
+      run = kv.strided_run(base, row_stride, keys.key(tile, 0), keys.step, Tr::kBlockN, pitch);
     }
-    if (k_run != nullptr && v_run != nullptr) {
-      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(dk, k_run, k_pitch, tid);
-      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(dv, v_run, v_pitch, tid);
+    if (run != nullptr) {
+      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(dst, run, pitch, tid);
     } else {
       load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
-          dk, [&](int r) { return kv.row(kv.k, kv.k_row_stride, keys.key(tile, r)); }, k_idle,
-          tid);
-      load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
-          dv, [&](int r) { return kv.row(kv.v, kv.v_row_stride, keys.key(tile, r)); }, v_idle,
-          tid);
+          dst, [&](int r) { return kv.row(base, row_stride, keys.key(tile, r)); }, idle, tid);
     }
   };
   // Each tile index is read once: the prefetch reads the next one, the iteration reuses it.
   int tile = i_begin < i_end ? tiles.tile(i_begin) : 0;
-  if (i_begin < i_end) produce_kv(tile, i_begin & 1);
+  if (i_begin < i_end) produce(sK, kv.k, kv.k_row_stride, k_idle, tile);
   arch::cp_async_commit();
 
-  float o[Tr::kOTiles][4];  // [16, D] output accumulator of this warp
+  float o[MT][Tr::kOTiles][4];  // [MT x 16, D] output accumulator of this warp
   SA_UNROLL
-  for (int nt = 0; nt < Tr::kOTiles; ++nt) {
+  for (int mt = 0; mt < MT; ++mt) {
     SA_UNROLL
-    for (int i = 0; i < 4; ++i) o[nt][i] = 0.f;
+    for (int nt = 0; nt < Tr::kOTiles; ++nt) {
+      SA_UNROLL
+      for (int i = 0; i < 4; ++i) o[mt][nt][i] = 0.f;
+    }
   }
-  SoftmaxState state;
+  SoftmaxState<MT> state;
   state.init();
-  uint32_t qf[Tr::kKSteps][4];  // Q A-fragments, loaded once
-  const int warp_row0 = warp * 16;  // this warp's first row in the block
-  // Query rows of this lane's two fragment rows and their allowed keys in interval form, for
-  // the mask (constant over the walk).
-  const int row_tok[2] = {rows.token(warp_row0 + (lane >> 2)),
-                          rows.token(warp_row0 + (lane >> 2) + 8)};
-  const RowKeys row_keys[2] = {mask.row_keys(row_tok[0], keys), mask.row_keys(row_tok[1], keys)};
+  // Q A-fragments, loaded once (when they fit in registers; else re-read per k step).
+  uint32_t qf[Tr::kQInRegs ? MT : 1][Tr::kQInRegs ? Tr::kKSteps : 1][4];
+  const int warp_row0 = warp * Tr::kWarpRows;  // this warp's first row in the block
+  // Query rows of this lane's fragment rows, for the mask (constant over the walk).
+  int row_tok[2 * MT];
+  SA_UNROLL
+  for (int r = 0; r < 2 * MT; ++r) row_tok[r] = rows.token(fragment_row(warp_row0, r, lane));
   // The score scale folds into the exp2 FFMA unless softcap (or a non-positive scale) needs
   // the scores scaled first.
   const bool fold_scale = params.softcap == 0.f && params.scale > 0.f;
   const float exp2_mul = fold_scale ? params.scale * kLog2e : 1.f;
 
   for (int i = i_begin; i < i_end; ++i) {
-    // Phase: prefetch tile i + 1 into the other buffer (freed by the barrier that ended
-    // iteration i - 1), then wait for tile i (and Q) only: one group stays in flight.
-    const int next = i + 1 < i_end ? tiles.tile(i + 1) : 0;
-    if (i + 1 < i_end) produce_kv(next, (i + 1) & 1);
-    arch::cp_async_commit();
-    arch::cp_async_wait<1>();
+    // Phase: K_i (and, first, Q) landed; the barrier publishes it and frees V's buffer.
+    arch::cp_async_wait<0>();
     __syncthreads();
-    if (i == i_begin) load_q_frags<D>(qf, sQ, warp, lane);
+    produce(sV, kv.v, kv.v_row_stride, v_idle, tile);
+    arch::cp_async_commit();
+    if constexpr (Tr::kQInRegs) {
+      if (i == i_begin) load_q_frags<D, MT>(qf, sQ, warp_row0, lane);
+    }
 
-    const int buf = i & 1;
-    // Phase: S = Q . K^T  [16, BLOCK_N] per warp, masked on partial tiles.
-    float s[Tr::kSTiles][4];
-    qk_gemm<T, D, Tr::kBlockN>(s, qf, sK + buf * Tr::kKvTileBytes, lane);
+    // Phase: S = Q . K^T  [MT x 16, BLOCK_N] per warp, masked on partial tiles.
+    float s[MT][Tr::kSTiles][4];
+    qk_gemm<T, D, Tr::kBlockN, MT, Tr::kQInRegs>(s, qf, sQ, warp_row0, sK, lane);
     if (!fold_scale) scale_scores(s, params.scale, params.softcap);
     if (tiles.partial(i)) {
-      mask.apply(s, row_tok, row_keys, keys, tile, lane);
+      mask.apply(s, row_tok, keys, tile, lane);
     } else {
       const int valid = keys.valid(tile);
       if (valid < Tr::kBlockN) mask_kv_tail(s, valid, lane);
     }
 
-    // Phase: online softmax; S becomes P in place.
-    float alpha[SoftmaxState::kRows];
+    // Phase: online softmax; S becomes P, packed into A fragments in registers.
+    float alpha[2 * MT];
     state.update(s, exp2_mul, alpha);
     rescale_o(o, alpha);
+    uint32_t pf[MT][Tr::kPvKSteps][4];
+    p_to_a_frags<T, Tr::kBlockN, MT, kCanary == Canary::SwapA2A4>(pf, s);
+
+    // Phase: V_i landed; the barrier publishes it and frees K's buffer for tile i + 1.
+    arch::cp_async_wait<0>();
+    __syncthreads();
+    const int next = i + 1 < i_end ? tiles.tile(i + 1) : 0;
+    if (i + 1 < i_end) produce(sK, kv.k, kv.k_row_stride, k_idle, next);
+    arch::cp_async_commit();
 
     // Phase: O += P . V with P reused from registers.
-    uint32_t pf[Tr::kPvKSteps][4];
-    p_to_a_frags<T, Tr::kBlockN, kCanary == Canary::SwapA2A4>(pf, s);
-    pv_gemm<T, D, Tr::kBlockN>(o, pf, sV + buf * Tr::kKvTileBytes, lane);
-    __syncthreads();  // every warp is done with buffer `buf` before it is refilled
+    pv_gemm<T, D, Tr::kBlockN, MT>(o, pf, sV, lane);
     tile = next;
   }
   arch::cp_async_wait<0>();  // nothing may be in flight at exit (only empty groups remain)
 
   // Phase: epilogue.
   if (num_splits > 1) {
-    write_partial<T, D>(params, seq, rows, h, split, warp_row0, o, state, lane);
+    write_partial<T, D, MT>(params, seq, rows, h, split, warp_row0, o, state, lane);
   } else {
-    write_o_lse<T, D, kCanary>(params, seq, rows, warp_row0, o, state, lane);
+    write_o_lse<T, D, MT, kCanary>(params, seq, rows, warp_row0, o, state, lane);
   }
   if (tid == 0 && params.tiles_visited != nullptr) {
     arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));

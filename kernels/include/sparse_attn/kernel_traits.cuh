@@ -1,4 +1,6 @@
 // Tile configuration of the forward kernel: what is computed per block, per warp, per step.
+// The host twin is `src/kernels.rs: fwd_tiles`, a pure function of (head_dim, phase); both
+// read the constants of params.h and the static_asserts below keep them equal.
 #pragma once
 
 #include "sparse_attn/arch.cuh"
@@ -6,42 +8,56 @@
 
 namespace sa {
 
-// One forward instantiation: element type T (f16 / bf16) and head dimension D.
+// One forward instantiation: element type T (f16 / bf16), head dimension D, and the query
+// rows each of the 4 warps owns, WARP_ROWS = 16 (decode shape, 64-row blocks) or 32 (prefill
+// shape, 128-row blocks, FlashAttention-2's geometry).
 //
-// A block of 4 warps owns BLOCK_M = 64 query rows of one (batch, head); warp w owns rows
-// [16w, 16w + 16), exactly one m16 MMA tile, so softmax statistics never leave the warp.
-// K/V stream through shared memory in BLOCK_N = 64-key tiles, double-buffered with cp.async.
-template <typename T, int D>
+// A warp's rows are WARP_ROWS / 16 m16 MMA tiles, so softmax statistics never leave the warp,
+// and with two of them every K and V fragment loaded from shared memory feeds two MMAs (the
+// shared-memory traffic per MMA drops from 320 to ~190 bytes at head_dim 128). K/V stream
+// through shared memory in BLOCK_N = 64-key tiles, one buffer each: V's load overlaps Q.K^T
+// and the next K's load overlaps P.V.
+template <typename T, int D, int WARP_ROWS>
 struct FwdTraits {
   using Elem = T;
   static constexpr int kHeadDim = D;
-  static constexpr int kBlockM = SA_FWD_BLOCK_M;
-  static constexpr int kBlockN = SA_FWD_BLOCK_N;
   static constexpr int kThreads = SA_FWD_THREADS;
   static constexpr int kWarps = kThreads / 32;
-  static_assert(kBlockM == 16 * kWarps, "one m16 row tile per warp");
+  static constexpr int kWarpRows = WARP_ROWS;
+  static constexpr int kMTiles = WARP_ROWS / 16;  // m16 tiles per warp
+  static constexpr int kBlockM = kWarps * WARP_ROWS;
+  static constexpr int kBlockN = SA_FWD_BLOCK_N;
+  static_assert(WARP_ROWS == 16 || WARP_ROWS == 32, "one or two m16 tiles per warp");
+  static_assert(kBlockM == (kMTiles == 2 ? SA_FWD_BLOCK_M_PREFILL : SA_FWD_BLOCK_M_DECODE),
+                "block rows as params.h says");
   static_assert(D % 64 == 0, "head_dim must be a multiple of 64 (swizzle spans 8 chunks)");
   static_assert(sizeof(T) == 2, "16-bit elements");
 
+  // Q's A fragments stay in registers when they fit beside the accumulators: [MT][D/16][4]
+  // is 32 registers at head_dim 64 (or with one m16 tile per warp) but 64 at head_dim 128
+  // with two, where O (128) and S (64) already take most of the 255; there Q is re-read from
+  // shared memory at every k step (FlashAttention-2 does the same).
+  static constexpr bool kQInRegs = kMTiles == 1 || D <= 64;
+
   // MMA trip counts.
   static constexpr int kKSteps = D / 16;          // k16 steps of Q.K^T
-  static constexpr int kSTiles = kBlockN / 8;     // n8 tiles of S per warp  [16, BLOCK_N]
+  static constexpr int kSTiles = kBlockN / 8;     // n8 tiles of S per m16 tile  [16, BLOCK_N]
   static constexpr int kPvKSteps = kBlockN / 16;  // k16 steps of P.V
-  static constexpr int kOTiles = D / 8;           // n8 tiles of O per warp  [16, D]
+  static constexpr int kOTiles = D / 8;           // n8 tiles of O per m16 tile  [16, D]
 
-  // Shared memory: Q [BLOCK_M, D], K [STAGES][BLOCK_N, D], V [STAGES][BLOCK_N, D], 16-bit,
-  // swizzled.
-  static constexpr int kStages = SA_FWD_KV_STAGES;
+  // Shared memory: Q [BLOCK_M, D], K [BLOCK_N, D], V [BLOCK_N, D], 16-bit, swizzled.
   static constexpr int kRowBytes = D * 2;
   static constexpr int kQBytes = kBlockM * kRowBytes;
   static constexpr int kKvTileBytes = kBlockN * kRowBytes;
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQBytes;
-  static constexpr int kVOffset = kKOffset + kStages * kKvTileBytes;
-  static constexpr int kSmemBytes = kVOffset + kStages * kKvTileBytes;
-  // The Rust planner sizes the launch from SA_FWD_SMEM_ROWS (src/kernels.rs: fwd_tiles).
-  static_assert(kSmemBytes == SA_FWD_SMEM_ROWS * kRowBytes, "shared-memory layout");
-  static_assert(kStages == 2, "the mainloop double-buffers K and V (buffer = tile & 1)");
+  static constexpr int kVOffset = kKOffset + kKvTileBytes;
+  static constexpr int kSmemBytes = kVOffset + kKvTileBytes;
+  // The Rust planner sizes the launch from the same params.h rows (src/kernels.rs).
+  static_assert(kSmemBytes ==
+                    (kMTiles == 2 ? SA_FWD_SMEM_ROWS_PREFILL : SA_FWD_SMEM_ROWS_DECODE) *
+                        kRowBytes,
+                "shared-memory layout");
 };
 
 }  // namespace sa

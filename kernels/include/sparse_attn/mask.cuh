@@ -145,14 +145,17 @@ struct TokenMask {
     return rk;
   }
 
-  // The interval test of `apply`: `off` is the view key of this lane's column 0 (its columns
-  // are off + nt * 8 + i), so each element compares a constant against per-row bounds.
-  template <bool kTwo, int NT>
-  SA_DEVICE static void apply_intervals(float (&s)[NT][4], const RowKeys (&rk)[2], int off) {
+  // The interval test of `apply` for m16 tile `mt` of `s`: `off` is the view key of this
+  // lane's column 0 (its columns are off + nt * 8 + i), so each element compares a constant
+  // against per-row bounds.
+  template <bool kTwo, int MT, int NT>
+  SA_DEVICE void apply_intervals(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT],
+                                 const KeyMap& keys, int off) const {
     SA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      const int lo0 = rk[r].lo[0] - off, hi0 = rk[r].hi[0] - off;
-      const int lo1 = rk[r].lo[1] - off, hi1 = rk[r].hi[1] - off;
+    for (int r = 0; r < 2 * MT; ++r) {
+      const RowKeys rk = row_keys(row_tok[r], keys);
+      const int lo0 = rk.lo[0] - off, hi0 = rk.hi[0] - off;
+      const int lo1 = rk.lo[1] - off, hi1 = rk.hi[1] - off;
       SA_UNROLL
       for (int nt = 0; nt < NT; ++nt) {
         SA_UNROLL
@@ -160,45 +163,52 @@ struct TokenMask {
           const int c = nt * 8 + i;
           bool keep = c >= lo0 && c <= hi0;
           if (kTwo) keep = keep || (c >= lo1 && c <= hi1);
-          if (!keep) s[nt][2 * r + i] = kNegInf;
+          if (!keep) s[r / 2][nt][2 * (r % 2) + i] = kNegInf;
         }
       }
     }
   }
 
-  // Sets masked entries of this warp's S fragment ([NT][4] accumulator layout) to -inf.
-  // `row_tok` are the query rows of this lane's two fragment rows (g and g + 8 of the warp;
-  // -1 for padding) and `rk` their interval forms; `keys` maps column c of kv tile `tile` to
-  // its key. Regular tiles of an interval-form predicate cost two compares per interval and a
-  // select per element. Otherwise the predicate is interpreted in a rolled loop into a bit
-  // set first: evaluated inline, fully unrolled over the 32 entries, it spilled registers
-  // (260 B on hd64); the rolled loop leaves S untouched until one cheap unrolled select.
-  template <int NT>
-  SA_DEVICE void apply(float (&s)[NT][4], const int (&row_tok)[2], const RowKeys (&rk)[2],
-                       const KeyMap& keys, int tile, int lane) const {
+  // Sets masked entries of this warp's S fragments ([MT][NT][4] accumulator layout) to -inf.
+  // `row_tok[2 * mt + h]` is the query row of fragment row g + 8h of m16 tile mt (-1 for
+  // padding); `keys` maps column c of kv tile `tile` to its key. Regular tiles of an
+  // interval-form predicate cost, per row, its interval form (a few loads of the program,
+  // on partial tiles only: kept out of the mainloop's registers) and two compares per
+  // interval and a select per element. Otherwise the predicate is interpreted in a rolled
+  // loop into a bit set per m16 tile first: evaluated inline, fully unrolled over the 32
+  // entries, it spilled registers (260 B on hd64); the rolled loop leaves S untouched until
+  // one cheap unrolled select.
+  template <int MT, int NT>
+  SA_DEVICE void apply(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT], const KeyMap& keys,
+                       int tile, int lane) const {
     static_assert(NT * 4 <= 32, "one bit per fragment entry");
     const int t = lane & 3;
     if (intervals > 0 && tile >= 0) {
+      const int off = tile * SA_FWD_BLOCK_N + 2 * t;
       if (intervals == 1) {
-        apply_intervals<false>(s, rk, tile * SA_FWD_BLOCK_N + 2 * t);
+        apply_intervals<false>(s, row_tok, keys, off);
       } else {
-        apply_intervals<true>(s, rk, tile * SA_FWD_BLOCK_N + 2 * t);
+        apply_intervals<true>(s, row_tok, keys, off);
       }
       return;
     }
-    uint32_t keep = 0;
-    SA_NO_UNROLL
-    for (int e = 0; e < NT * 4; ++e) {
-      const int nt = e >> 2, i = e & 3;
-      const int row = (i >> 1) ? row_tok[1] : row_tok[0];  // a select: no local array
-      const int key = keys.key(tile, nt * 8 + 2 * t + (i & 1));
-      keep |= static_cast<uint32_t>(row >= 0 && allowed(row, key)) << e;
-    }
     SA_UNROLL
-    for (int nt = 0; nt < NT; ++nt) {
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row_g = row_tok[2 * mt], row_g8 = row_tok[2 * mt + 1];
+      uint32_t keep = 0;
+      SA_NO_UNROLL
+      for (int e = 0; e < NT * 4; ++e) {
+        const int nt = e >> 2, i = e & 3;
+        const int row = (i >> 1) ? row_g8 : row_g;  // a select: no local array
+        const int key = keys.key(tile, nt * 8 + 2 * t + (i & 1));
+        keep |= static_cast<uint32_t>(row >= 0 && allowed(row, key)) << e;
+      }
       SA_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        if (!((keep >> (nt * 4 + i)) & 1u)) s[nt][i] = kNegInf;
+      for (int nt = 0; nt < NT; ++nt) {
+        SA_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          if (!((keep >> (nt * 4 + i)) & 1u)) s[mt][nt][i] = kNegInf;
+        }
       }
     }
   }
@@ -208,14 +218,17 @@ struct TokenMask {
 // *existing* token is allowed, so the zero-filled columns past the end of a view (the last
 // tile of the keys, or of a gathered list) must still be excluded here; the test is one
 // compare per entry.
-template <int NT>
-SA_DEVICE void mask_kv_tail(float (&s)[NT][4], int valid, int lane) {
+template <int MT, int NT>
+SA_DEVICE void mask_kv_tail(float (&s)[MT][NT][4], int valid, int lane) {
   const int t = lane & 3;
   SA_UNROLL
-  for (int nt = 0; nt < NT; ++nt) {
+  for (int mt = 0; mt < MT; ++mt) {
     SA_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      if (nt * 8 + 2 * t + (i & 1) >= valid) s[nt][i] = kNegInf;
+    for (int nt = 0; nt < NT; ++nt) {
+      SA_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        if (nt * 8 + 2 * t + (i & 1) >= valid) s[mt][nt][i] = kNegInf;
+      }
     }
   }
 }

@@ -13,8 +13,8 @@ constexpr float kLog2e = 1.4426950408889634f;  // log2(e): exp(x) = exp2(x * log
 constexpr float kLn2 = 0.6931471805599453f;    // ln(2):   ln(x) = log2(x) * ln(2)
 constexpr float kNegInf = -__builtin_huge_valf();
 
-// The running state of ROWS query rows. The forward kernel's lanes hold two rows each
-// (SoftmaxState below); the split-KV combine holds one row per warp, every lane a copy.
+// The running state of ROWS query rows. The forward kernel's lanes hold two rows per m16
+// tile (SoftmaxState below); the split-KV combine holds one row per warp, every lane a copy.
 template <int ROWS>
 struct SoftmaxRows {
   static constexpr int kRows = ROWS;
@@ -43,20 +43,21 @@ struct SoftmaxRows {
     return st;
   }
 
-  // Folds one tile of scores into the state. `s` ([NT][4] accumulator layout, masked entries
-  // -inf) holds raw scores and `mul` > 0 turns them into log2 units (scale * log2(e), folded
-  // into the exponent's FFMA: exp2(s * mul - m)), or `s` is already in log2 units and `mul` is
-  // 1. Rewrites `s` in place as unnormalised probabilities and returns in `alpha` the factor
-  // by which each row's previous output accumulator must be rescaled. Fragment layout only
-  // (ROWS == 2: rows g and g + 8 of the warp's 16).
-  template <int NT>
-  SA_DEVICE void update(float (&s)[NT][4], float mul, float (&alpha)[kRows]) {
-    static_assert(kRows == 2, "the m16n8 accumulator layout gives each lane two rows");
+  // Folds one tile of scores into the state. `s` ([MT][NT][4] accumulator layout of MT m16
+  // tiles, masked entries -inf; row 2 * mt + h is row g + 8h of m16 tile mt) holds raw scores
+  // and `mul` > 0 turns them into log2 units (scale * log2(e), folded into the exponent's
+  // FFMA: exp2(s * mul - m)), or `s` is already in log2 units and `mul` is 1. Rewrites `s` in
+  // place as unnormalised probabilities and returns in `alpha` the factor by which each row's
+  // previous output accumulator must be rescaled. Fragment layout only (kRows == 2 * MT).
+  template <int MT, int NT>
+  SA_DEVICE void update(float (&s)[MT][NT][4], float mul, float (&alpha)[kRows]) {
+    static_assert(kRows == 2 * MT, "the m16n8 accumulator layout gives each lane two rows per tile");
     SA_UNROLL
     for (int r = 0; r < kRows; ++r) {
+      const int mt = r / 2, c = 2 * (r % 2);  // this row's m16 tile and accumulator columns
       float mx = kNegInf;
       SA_UNROLL
-      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][c], s[mt][nt][c + 1]));
       mx = fmaxf(mx, arch::shfl_xor(arch::kFullMask, mx, 1));
       mx = fmaxf(mx, arch::shfl_xor(arch::kFullMask, mx, 2));
       const float m_new = fmaxf(m[r], mx * mul);
@@ -68,9 +69,9 @@ struct SoftmaxRows {
       float sum = 0.f;
       SA_UNROLL
       for (int nt = 0; nt < NT; ++nt) {
-        s[nt][2 * r] = arch::fast_exp2(fmaf(s[nt][2 * r], mul, -base));
-        s[nt][2 * r + 1] = arch::fast_exp2(fmaf(s[nt][2 * r + 1], mul, -base));
-        sum += s[nt][2 * r] + s[nt][2 * r + 1];
+        s[mt][nt][c] = arch::fast_exp2(fmaf(s[mt][nt][c], mul, -base));
+        s[mt][nt][c + 1] = arch::fast_exp2(fmaf(s[mt][nt][c + 1], mul, -base));
+        sum += s[mt][nt][c] + s[mt][nt][c + 1];
       }
       l[r] = l[r] * alpha[r] + sum;
     }
@@ -115,7 +116,8 @@ struct SoftmaxRows {
   }
 };
 
-// The forward kernel's per-lane state: rows g and g + 8 of the warp's m16 tile.
-using SoftmaxState = SoftmaxRows<2>;
+// The forward kernel's per-lane state: rows g and g + 8 of each of the warp's MT m16 tiles.
+template <int MT>
+using SoftmaxState = SoftmaxRows<2 * MT>;
 
 }  // namespace sa

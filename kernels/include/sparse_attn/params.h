@@ -14,30 +14,32 @@ extern "C" {
 #endif
 
 /* Launch constants shared by the kernels and the Rust planner (the one definition of each).
- * Forward: a block of SA_FWD_THREADS threads (4 warps, 16 query rows each) owns SA_FWD_BLOCK_M
- * query rows of one head and streams kv tiles of SA_FWD_BLOCK_N keys through SA_FWD_KV_STAGES
- * shared-memory buffers each for K and V. Its dynamic shared memory is SA_FWD_SMEM_ROWS rows
- * of head_dim 16-bit elements: the Q tile, then the K stages, then the V stages.
+ * Forward: a block of SA_FWD_THREADS threads (4 warps) owns the query rows of one tile and
+ * streams kv tiles of SA_FWD_BLOCK_N keys. Two tile shapes (src/kernels.rs: fwd_tiles):
+ * prefill blocks hold SA_FWD_BLOCK_M_PREFILL rows (32 per warp, so each K/V fragment feeds two
+ * MMAs), decode blocks SA_FWD_BLOCK_M_DECODE rows (16 per warp: short queries and GQA-packed
+ * decode waste no rows). Dynamic shared memory is SA_FWD_SMEM_ROWS_* rows of head_dim 16-bit
+ * elements: the Q tile, one K tile and one V tile (K and V loads interleave with the two
+ * GEMMs, as in FlashAttention-2).
  * Combine: SA_COMBINE_THREADS threads per block, one warp per (query row, head). */
-/** Launch constants of the forward and combine kernels. */
+/** The launch constants of the forward and combine kernels. */
 typedef enum SaLaunchConsts {
-  /** Query rows per forward block (4 warps x 16 rows). */
-  SA_FWD_BLOCK_M = 64,
+  /** Query rows per prefill block (4 warps x 32 rows). */
+  SA_FWD_BLOCK_M_PREFILL = 128,
+  /** Query rows per decode block (4 warps x 16 rows). */
+  SA_FWD_BLOCK_M_DECODE = 64,
   /** Keys per kv tile. */
   SA_FWD_BLOCK_N = 64,
   /** Threads per forward block. */
   SA_FWD_THREADS = 128,
-  /** Shared-memory buffers each for K and V (double buffering). */
-  SA_FWD_KV_STAGES = 2,
-  /** Dynamic shared memory of a forward block, in rows of head_dim 16-bit elements. */
-  SA_FWD_SMEM_ROWS = SA_FWD_BLOCK_M + 2 * SA_FWD_KV_STAGES * SA_FWD_BLOCK_N,
+  /** Dynamic shared memory of a prefill block, in rows of head_dim 16-bit elements. */
+  SA_FWD_SMEM_ROWS_PREFILL = SA_FWD_BLOCK_M_PREFILL + 2 * SA_FWD_BLOCK_N,
+  /** Dynamic shared memory of a decode block, in rows of head_dim 16-bit elements. */
+  SA_FWD_SMEM_ROWS_DECODE = SA_FWD_BLOCK_M_DECODE + 2 * SA_FWD_BLOCK_N,
   /** Threads per combine block (one warp per (query row, head)). */
   SA_COMBINE_THREADS = 128
 } SaLaunchConsts;
 
-/* The token predicate of one row set, evaluated on partial tiles only (mask.cuh; the kinds'
- * meaning is documented on src/pattern/mask.rs's MaskKind, which takes its values from here): a key j is allowed for query position p iff
- * 0 <= j < kv_len, (not causal or j <= p), and some component admits it. */
 /** The kind of a SaMaskComponent. */
 typedef enum SaMaskKind {
   /** Every key. */
@@ -292,7 +294,8 @@ typedef struct SaAttnFwdParams {
   /* GQA packing (decode): > 1 packs the gqa_pack query heads of one kv head into the rows of
    * one block (blockIdx.y is then the kv head; row r is token r / gqa_pack of head
    * kv_head * gqa_pack + r % gqa_pack), so each K/V tile is loaded once for the whole group.
-   * The metadata is then compiled with SA_FWD_BLOCK_M / gqa_pack tokens per query tile. */
+   * The metadata is then compiled with SA_FWD_BLOCK_M_DECODE / gqa_pack tokens per query
+   * tile (packed plans use decode blocks). */
   /** Query heads packed per block (<= 1: none). */
   int32_t gqa_pack;
   /** Split-KV partial outputs, f32 `[num_splits, total_q, num_heads, head_dim]`. */

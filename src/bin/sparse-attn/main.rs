@@ -199,8 +199,9 @@ pub struct VizArgs {
     pub head: Option<HeadSel>,
     #[arg(long, value_enum, default_value_t = LevelArg::Token)]
     pub level: LevelArg,
-    /// Query rows per tile (tile level; default: the forward kernel's).
-    #[arg(long, default_value_t = sparse_attn::ffi::SA_FWD_BLOCK_M as usize)]
+    /// Query rows per tile (tile level; default: the forward kernel's 64-row tile, that of
+    /// decode and of head_dim 128; head_dim 64 prefill runs 128-row tiles).
+    #[arg(long, default_value_t = sparse_attn::ffi::SA_FWD_BLOCK_M_DECODE as usize)]
     pub block_m: usize,
     /// Keys per tile (tile level; default: the forward kernel's).
     #[arg(long, default_value_t = sparse_attn::ffi::SA_FWD_BLOCK_N as usize)]
@@ -625,12 +626,17 @@ fn cmd_kernels(a: &KernelsArgs) -> Result<(), CliError> {
     let tiles: Vec<String> = sparse_attn::HeadDim::SUPPORTED
         .iter()
         .filter_map(|&d| sparse_attn::HeadDim::new(d).ok())
-        .map(|d| {
-            format!(
-                "head_dim {}: {} bytes",
-                d.get(),
-                sparse_attn::kernels::fwd_tiles(d).smem_bytes
-            )
+        .flat_map(|d| {
+            use sparse_attn::kernels::{fwd_tiles, FwdPhase};
+            [FwdPhase::Prefill, FwdPhase::Decode].map(|phase| {
+                let t = fwd_tiles(d, phase);
+                format!(
+                    "head_dim {} {phase:?}: {}-row blocks, {} bytes",
+                    d.get(),
+                    t.block_m,
+                    t.smem_bytes
+                )
+            })
         })
         .collect();
     println!(
