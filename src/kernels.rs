@@ -191,8 +191,8 @@ pub struct FwdTiles {
 /// - Prefill at head_dim 64: 128-row blocks, 32 rows per warp, so every K/V fragment read
 ///   from shared memory feeds two MMAs (FlashAttention-2's geometry).
 /// - Decode (and head_dim 128 for now): 64-row blocks, 16 rows per warp. At head_dim 128 the
-///   32-row warp tile needs O (128) and S (64) registers beside the kernel's state and spills
-///   168 bytes at the 255-register limit; it stays the next step.
+///   32-row warp tile needs O (128) and S (64) registers beside the kernel's state and still
+///   spills 92 bytes at the 255-register limit on sm_90; it stays the next step.
 pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
     let d = head_dim.get();
     let (block_m, rows) = match (phase, d) {

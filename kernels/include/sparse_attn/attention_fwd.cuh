@@ -69,23 +69,14 @@ struct SeqSlice {
     s.lse = p.lse + lse_off;
     s.kv.kv_len = s.kv_len;
     if (p.paged.block_table != nullptr) {
-      s.kv.k = static_cast<const T*>(p.paged.k_pages);
-      s.kv.v = static_cast<const T*>(p.paged.v_pages);
-      s.kv.k_row_stride = s.kv.v_row_stride = p.head_dim;  // rows of a page are contiguous
+      const int64_t head_offset = hk * p.paged.page_head_stride;
+      s.kv.k = static_cast<const T*>(p.paged.k_pages) + head_offset;
+      s.kv.v = static_cast<const T*>(p.paged.v_pages) + head_offset;
       s.kv.block_table = p.paged.block_table + int64_t(b) * p.paged.block_table_stride;
-      s.kv.page_stride = p.paged.page_stride;
-      s.kv.head_offset = hk * p.paged.page_head_stride;
-      s.kv.log2_page = p.paged.log2_page_size;
-      s.kv.sink_pages = p.paged.sink_pages;
-      s.kv.ring_pages = p.paged.ring_pages;
     } else {
       s.kv.k = static_cast<const T*>(p.k) + k_batch + k_row0 * p.k_row_stride + hk * p.k_head_stride;
       s.kv.v = static_cast<const T*>(p.v) + v_batch + k_row0 * p.v_row_stride + hk * p.v_head_stride;
-      s.kv.k_row_stride = p.k_row_stride;
-      s.kv.v_row_stride = p.v_row_stride;
       s.kv.block_table = nullptr;
-      s.kv.page_stride = s.kv.head_offset = 0;
-      s.kv.log2_page = s.kv.sink_pages = s.kv.ring_pages = 0;
     }
     return s;
   }
@@ -222,8 +213,6 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const Smem sV = smem + Tr::kVOffset;
 
   const SparseTiles tiles = SparseTiles::make(params, row);
-  const TokenMask mask = TokenMask::make(params.mask_programs + set, params.mask_components,
-                                         params.mask_data, seq.q_len, seq.kv_len);
   // This block's share of the walk: split `split` of `num_splits` contiguous parts.
   const int i_begin = static_cast<int>(int64_t(tiles.count()) * split / num_splits);
   const int i_end = static_cast<int>(int64_t(tiles.count()) * (split + 1) / num_splits);
@@ -238,31 +227,36 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
                                  : nullptr;
       },
       static_cast<const T*>(params.q), tid);
-  // The never-read sources of zero-filled K/V rows: the bases of the tensors read.
   const bool paged = params.paged.block_table != nullptr;
-  const T* k_idle = static_cast<const T*>(paged ? params.paged.k_pages : params.k);
-  const T* v_idle = static_cast<const T*>(paged ? params.paged.v_pages : params.v);
   // Phase: produce the K (or V) rows of kv tile `tile` into `dst`. Chosen once per tile,
   // outside the chunk loop: a full regular tile whose keys are one strided run (contiguous
   // K/V, an affine view, one resident page) is copied from addresses computed once; anything
   // else (a tail, a gathered tile, pages smaller than a tile, evicted keys) maps key by key.
+  // `is_v` picks V (else K); the never-read source of zero-filled rows is the tensor's base.
   const KvRows<T>& kv = seq.kv;
-  auto produce = [&](Smem dst, const T* base, int64_t row_stride, const T* idle, int tile) {
+  auto produce = [&](Smem dst, bool is_v, int tile) {
+    const T* base = is_v ? kv.v : kv.k;
+    const int64_t row_stride = KvRows<T>::pitch(params, is_v ? params.v_row_stride
+                                                              : params.k_row_stride, paged);
     int64_t pitch = 0;
     const T* run = nullptr;
     if (tile >= 0 && keys.valid(tile) >= Tr::kBlockN) {
-      run = kv.strided_run(base, row_stride, keys.key(tile, 0), keys.step, Tr::kBlockN, pitch);
+      run = kv.strided_run(params, base, row_stride, keys.key(tile, 0), keys.step, Tr::kBlockN,
+                           pitch);
     }
     if (run != nullptr) {
       load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(dst, run, pitch, tid);
     } else {
+      const void* idle = paged ? (is_v ? params.paged.v_pages : params.paged.k_pages)
+                               : (is_v ? params.v : params.k);
       load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
-          dst, [&](int r) { return kv.row(base, row_stride, keys.key(tile, r)); }, idle, tid);
+          dst, [&](int r) { return kv.row(params, base, row_stride, keys.key(tile, r)); },
+          static_cast<const T*>(idle), tid);
     }
   };
   // Each tile index is read once: the prefetch reads the next one, the iteration reuses it.
   int tile = i_begin < i_end ? tiles.tile(i_begin) : 0;
-  if (i_begin < i_end) produce(sK, kv.k, kv.k_row_stride, k_idle, tile);
+  if (i_begin < i_end) produce(sK, false, tile);
   arch::cp_async_commit();
 
   float o[MT][Tr::kOTiles][4];  // [MT x 16, D] output accumulator of this warp
@@ -279,10 +273,6 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   // Q A-fragments, loaded once (when they fit in registers; else re-read per k step).
   uint32_t qf[Tr::kQInRegs ? MT : 1][Tr::kQInRegs ? Tr::kKSteps : 1][4];
   const int warp_row0 = warp * Tr::kWarpRows;  // this warp's first row in the block
-  // Query rows of this lane's fragment rows, for the mask (constant over the walk).
-  int row_tok[2 * MT];
-  SA_UNROLL
-  for (int r = 0; r < 2 * MT; ++r) row_tok[r] = rows.token(fragment_row(warp_row0, r, lane));
   // The score scale folds into the exp2 FFMA unless softcap (or a non-positive scale) needs
   // the scores scaled first.
   const bool fold_scale = params.softcap == 0.f && params.scale > 0.f;
@@ -292,7 +282,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     // Phase: K_i (and, first, Q) landed; the barrier publishes it and frees V's buffer.
     arch::cp_async_wait<0>();
     __syncthreads();
-    produce(sV, kv.v, kv.v_row_stride, v_idle, tile);
+    produce(sV, true, tile);
     arch::cp_async_commit();
     if constexpr (Tr::kQInRegs) {
       if (i == i_begin) load_q_frags<D, MT>(qf, sQ, warp_row0, lane);
@@ -303,6 +293,13 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     qk_gemm<T, D, Tr::kBlockN, MT, Tr::kQInRegs>(s, qf, sQ, warp_row0, sK, lane);
     if (!fold_scale) scale_scores(s, params.scale, params.softcap);
     if (tiles.partial(i)) {
+      // The predicate and this lane's query rows, built here (partial tiles only) rather
+      // than held in registers across the mainloop.
+      const TokenMask mask = TokenMask::make(params.mask_programs + set, params.mask_components,
+                                             params.mask_data, seq.q_len, seq.kv_len);
+      int row_tok[2 * MT];
+      SA_UNROLL
+      for (int r = 0; r < 2 * MT; ++r) row_tok[r] = rows.token(fragment_row(warp_row0, r, lane));
       mask.apply(s, row_tok, keys, tile, lane);
     } else {
       const int valid = keys.valid(tile);
@@ -320,7 +317,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     arch::cp_async_wait<0>();
     __syncthreads();
     const int next = i + 1 < i_end ? tiles.tile(i + 1) : 0;
-    if (i + 1 < i_end) produce(sK, kv.k, kv.k_row_stride, k_idle, next);
+    if (i + 1 < i_end) produce(sK, false, next);
     arch::cp_async_commit();
 
     // Phase: O += P . V with P reused from registers.

@@ -28,42 +28,52 @@ SA_HOST_DEVICE bool paged_resident(int j, int kv_len, int log2_page, int sink_pa
   return page > last_page - ring_pages;
 }
 
-// Row sources of one kv head of one sequence, for load_tile_async.
+// Row sources of one kv head of one sequence, for the K/V loaders. Only what differs per
+// (sequence, kv head) is held (in registers, across the mainloop); strides and the page
+// geometry are read from the params at use (constant memory, no registers).
 template <typename T>
 struct KvRows {
-  const T* k;  // contiguous: row 0 of this (sequence, kv head); paged: the page pool
-  const T* v;
-  int64_t k_row_stride, v_row_stride;  // contiguous layout
-  const int32_t* block_table;          // paged layout: this sequence's row, else nullptr
-  int64_t page_stride, head_offset;    // paged: elements per page, this head's offset
-  int log2_page, sink_pages, ring_pages;
+  const T* k;                   // contiguous: row 0 of this (sequence, kv head); paged: the
+  const T* v;                   //   page pool, offset to this kv head's rows within a page
+  const int32_t* block_table;   // paged: this sequence's row of the block table, else nullptr
   int kv_len;
 
-  // Physical row of key j in `base` (k or v), or nullptr when j is not readable (j < 0 is
-  // a column with no key).
-  SA_DEVICE const T* row(const T* base, int64_t row_stride, int j) const {
+  // The row stride of a pitch `row_stride` tensor: contiguous layouts pass theirs; pages
+  // hold a head's rows contiguously (head_dim apart).
+  SA_DEVICE static int64_t pitch(const SaAttnFwdParams& p, int64_t row_stride, bool paged) {
+    return paged ? p.head_dim : row_stride;
+  }
+
+  // Physical row of key j in `base` (k or v, of stride `row_stride` when contiguous), or
+  // nullptr when j is not readable (j < 0 is a column with no key).
+  SA_DEVICE const T* row(const SaAttnFwdParams& p, const T* base, int64_t row_stride,
+                         int j) const {
     if (block_table == nullptr) return j >= 0 && j < kv_len ? base + j * row_stride : nullptr;
-    if (!paged_resident(j, kv_len, log2_page, sink_pages, ring_pages)) return nullptr;
-    const int page = block_table[paged_slot(j >> log2_page, sink_pages, ring_pages)];
-    const int in_page = j & ((1 << log2_page) - 1);
-    return base + page * page_stride + head_offset + int64_t(in_page) * row_stride;
+    const SaPagedKv& pg = p.paged;
+    if (!paged_resident(j, kv_len, pg.log2_page_size, pg.sink_pages, pg.ring_pages)) {
+      return nullptr;
+    }
+    const int page = block_table[paged_slot(j >> pg.log2_page_size, pg.sink_pages, pg.ring_pages)];
+    const int in_page = j & ((1 << pg.log2_page_size) - 1);
+    return base + page * pg.page_stride + int64_t(in_page) * p.head_dim;
   }
 
   // Keys j0, j0 + step, ... (`rows` of them) as one strided run of rows, when they are one:
   // all inside the sequence and, paged, all in one resident page (step 1). Returns the first
   // row and sets `pitch` (elements between rows), or nullptr, and the loader then maps key by
   // key. One block-table read per tile.
-  SA_DEVICE const T* strided_run(const T* base, int64_t row_stride, int j0, int step, int rows,
-                                 int64_t& pitch) const {
+  SA_DEVICE const T* strided_run(const SaAttnFwdParams& p, const T* base, int64_t row_stride,
+                                 int j0, int step, int rows, int64_t& run_pitch) const {
     const int j_last = j0 + (rows - 1) * step;
     if (j0 < 0 || j_last >= kv_len) return nullptr;
     if (block_table == nullptr) {
-      pitch = step * row_stride;
+      run_pitch = step * row_stride;
       return base + j0 * row_stride;
     }
+    const int log2_page = p.paged.log2_page_size;
     if (step != 1 || (j0 >> log2_page) != (j_last >> log2_page)) return nullptr;
-    pitch = row_stride;
-    return row(base, row_stride, j0);  // nullptr when the page was evicted
+    run_pitch = p.head_dim;
+    return row(p, base, row_stride, j0);  // nullptr when the page was evicted
   }
 };
 

@@ -11,12 +11,29 @@
 
 namespace sa {
 
+// The swizzled offset of chunk 2 * step + half of `row` (swizzle_offset), split into a
+// per-lane part and a per-step XOR: since 2 * step has a clear bit 0,
+// (2 * step + half) ^ (row & 7) == (2 * step) ^ (half ^ (row & 7)), so the offset is
+// lane_offset(row, half) ^ (step << 5), the XOR touching only bits below the row pitch. One
+// LOP3 per ldmatrix instead of one register per step held across the mainloop: the
+// registers that 32-row warp tiles need (head_dim 128 x 32 rows per warp: 104 spilled bytes
+// instead of 168).
+template <int D>
+SA_HOST_DEVICE int lane_offset(int row, int half) {
+  return row * (D * 2) + ((half ^ (row & 7)) << 4);
+}
+template <int D>
+SA_HOST_DEVICE int step_offset(int lane_off, int step) {
+  static_assert(D / 16 <= 8, "step << 5 stays below the row pitch D * 2");
+  return lane_off ^ (step << 5);
+}
+
 // Q's A fragments of m16 tile `mt` and k16 step `kk` of this warp. Lane L addresses row
 // L % 16, chunk 2 * kk + L / 16, so x4 yields {a0a1, a2a3, a4a5, a6a7}.
 template <int D>
 SA_DEVICE void load_q_frag(uint32_t (&a)[4], Smem sQ, int warp_row0, int mt, int kk, int lane) {
-  const int row = warp_row0 + mt * 16 + (lane & 15);
-  arch::ldmatrix_x4(a, sQ + swizzle_offset<D>(row, 2 * kk + (lane >> 4)));
+  const int lane_off = lane_offset<D>(warp_row0 + (lane & 15), lane >> 4);
+  arch::ldmatrix_x4(a, sQ + (mt * 16 * D * 2 + step_offset<D>(lane_off, kk)));
 }
 
 // All of this warp's Q fragments: [MT][D/16][4] registers, loaded once per block and reused
@@ -47,7 +64,7 @@ SA_DEVICE void qk_gemm(float (&s)[MT][BN / 8][4], const QFrags& qf, Smem sQ, int
     }
   }
   const int key_in_pair = (lane & 7) + ((lane >> 4) << 3);
-  const int k_half = (lane >> 3) & 1;
+  const int k_lane_off = lane_offset<D>(key_in_pair, (lane >> 3) & 1);
   SA_UNROLL
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t a[MT][4];
@@ -63,7 +80,7 @@ SA_DEVICE void qk_gemm(float (&s)[MT][BN / 8][4], const QFrags& qf, Smem sQ, int
     SA_UNROLL
     for (int np = 0; np < BN / 16; ++np) {
       uint32_t b[4];
-      arch::ldmatrix_x4(b, sK + swizzle_offset<D>(np * 16 + key_in_pair, 2 * kk + k_half));
+      arch::ldmatrix_x4(b, sK + (np * 16 * D * 2 + step_offset<D>(k_lane_off, kk)));
       SA_UNROLL
       for (int mt = 0; mt < MT; ++mt) {
         arch::mma_m16n8k16<T>(s[mt][2 * np], a[mt], b, s[mt][2 * np]);
@@ -106,13 +123,13 @@ template <typename T, int D, int BN, int MT>
 SA_DEVICE void pv_gemm(float (&o)[MT][D / 8][4], const uint32_t (&pf)[MT][BN / 16][4], Smem sV,
                        int lane) {
   const int key_in_step = (lane & 7) + (((lane >> 3) & 1) << 3);
-  const int d_half = lane >> 4;
+  const int v_lane_off = lane_offset<D>(key_in_step, lane >> 4);
   SA_UNROLL
   for (int j = 0; j < BN / 16; ++j) {
     SA_UNROLL
     for (int np = 0; np < D / 16; ++np) {
       uint32_t b[4];
-      arch::ldmatrix_x4_trans(b, sV + swizzle_offset<D>(j * 16 + key_in_step, 2 * np + d_half));
+      arch::ldmatrix_x4_trans(b, sV + (j * 16 * D * 2 + step_offset<D>(v_lane_off, np)));
       SA_UNROLL
       for (int mt = 0; mt < MT; ++mt) {
         arch::mma_m16n8k16<T>(o[mt][2 * np], pf[mt][j], b, o[mt][2 * np]);
