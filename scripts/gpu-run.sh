@@ -7,12 +7,14 @@
 #                           tables, the failures' logs, sanitizer results, bench tables
 #   $OUT/gpu-logs.tar.gz    every step's complete log (and gpu-results.md)
 #   $OUT/criterion-NAME.tar.gz   (bench mode) criterion's data
+#   $OUT/bench-torch.md, bench-torch.json   (torch mode) sparse-attn vs FA2 and FlexAttention
 #
 # Usage (in the repository root on the GPU machine; `bash scripts/gpu-run.sh help`):
 #
 #   bash scripts/gpu-run.sh [first]            # the first call: everything but criterion, <= ~5.5 min
 #   bash scripts/gpu-run.sh bench attention    # a full criterion run of one bench (later calls)
 #   bash scripts/gpu-run.sh bench decode
+#   bash scripts/gpu-run.sh torch [--quick]    # scripts/bench-torch.py: sparse-attn vs PyTorch
 #   bash scripts/gpu-run.sh find-libs          # only the cuBLAS / driver / sanitizer search
 #   bash scripts/gpu-run.sh --dry-run [MODE]   # print what would run, run nothing on a GPU
 #
@@ -22,7 +24,8 @@
 #
 # Environment (defaults in brackets; mostly for tests):
 #   OUT                          where results go [/tmp/gpu-run-out]
-#   SPARSE_ATTN_GPU_BUDGET_S     hard wall-time budget of the whole script [first: 330, bench: 360]
+#   SPARSE_ATTN_GPU_BUDGET_S     hard wall-time budget of the whole script [first: 330, bench: 360,
+#                                torch: 420]
 #   SPARSE_ATTN_GPU_TEST_TIMEOUT_S   per GPU test [60]; self-tests get half of it
 #   SPARSE_ATTN_GPU_SAN_TIMEOUT_S    per compute-sanitizer run [40]
 #   SPARSE_ATTN_GPU_SEARCH_ROOTS     folders searched for libcublas.so.13, libcuda and
@@ -31,6 +34,9 @@
 #   SPARSE_ATTN_GPU_SANITIZER    path of compute-sanitizer (skips its search)
 #   SPARSE_ATTN_GPU_NVIDIA_SMI   the nvidia-smi to ask for GPUs [nvidia-smi]
 #   PYTHON                       the Python whose site-packages are searched [python3]
+#   SPARSE_ATTN_TORCH_PYTHON     the Python with torch that runs bench-torch.py [$PYTHON]
+#   SPARSE_ATTN_TORCH_ARGS       more arguments for bench-torch.py (torch mode), word-split:
+#                                "--patterns causal,mix --seq 16384 --iters 50"
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
@@ -51,7 +57,7 @@ BENCHES=(attention decode)
 
 usage() {
   cat <<'EOF'
-usage: bash scripts/gpu-run.sh [--dry-run] [first | bench attention | bench decode | find-libs | help]
+usage: bash scripts/gpu-run.sh [--dry-run] [first | bench attention | bench decode | torch [--quick] | find-libs | help]
   first              (default) ldd, nvidia-smi, kernel report, every GPU test in its own process,
                      the emulator self-tests and the canary on the GPU, compute-sanitizer
                      (memcheck, racecheck, synccheck, initcheck) on one forward and one decode
@@ -59,6 +65,10 @@ usage: bash scripts/gpu-run.sh [--dry-run] [first | bench attention | bench deco
                      (330 s)
   bench NAME         a full criterion run of benches/NAME.rs (attention or decode), one per call;
                      ends within SPARSE_ATTN_GPU_BUDGET_S (360 s; attention needs about 300)
+  torch [--quick]    scripts/bench-torch.py with the carried sparse-attn: sparse-attn against SDPA
+                     flash (FA2) and FlexAttention on the same tensors (--quick: a subset); ends
+                     within SPARSE_ATTN_GPU_BUDGET_S (420 s), keeping the cases done by then;
+                     brings back bench-torch.md and bench-torch.json
   find-libs          print where cuBLAS, the CUDA driver and compute-sanitizer were found
   --dry-run          print what would run; nothing runs on a GPU
 Results go to $OUT (gpu-results.md, gpu-logs.tar.gz).
@@ -70,11 +80,13 @@ EOF
 DRY=0
 MODE=
 BENCH=
+QUICK=0
 parse_args() {
   local args=()
   for a in "$@"; do
     case "$a" in
       --dry-run) DRY=1 ;;
+      --quick) QUICK=1 ;;
       -h | --help | help) MODE=help ;;
       -*) echo "gpu-run.sh: unknown option '$a'" >&2; usage >&2; exit 2 ;;
       *) args+=("$a") ;;
@@ -94,11 +106,17 @@ parse_args() {
       for b in "${BENCHES[@]}"; do [ "$b" = "$2" ] && ok=1; done
       [ $ok = 1 ] || { echo "gpu-run.sh: unknown bench '$2' (${BENCHES[*]})" >&2; usage >&2; exit 2; }
       MODE=bench BENCH="$2" ;;
+    torch)
+      [ $# -le 1 ] || { echo "gpu-run.sh: 'torch' takes no arguments but --quick" >&2; usage >&2; exit 2; }
+      MODE=torch ;;
     find-libs)
       [ $# -le 1 ] || { echo "gpu-run.sh: 'find-libs' takes no arguments" >&2; usage >&2; exit 2; }
       MODE=find-libs ;;
     *) echo "gpu-run.sh: unknown mode '$1'" >&2; usage >&2; exit 2 ;;
   esac
+  if [ "$QUICK" = 1 ] && [ "$MODE" != torch ]; then
+    echo "gpu-run.sh: --quick goes with 'torch' only" >&2; usage >&2; exit 2
+  fi
 }
 
 # ---- time budget ----------------------------------------------------------------------------
@@ -521,6 +539,43 @@ run_bench() {
   summary "bench $BENCH (criterion)" "$STEP_RESULT" "$STEP_S" "$limit"
 }
 
+# scripts/bench-torch.py with the carried binary; it writes bench-torch.md and .json into $OUT
+# itself after every case, so a run cut short keeps the cases it finished.
+run_torch() {
+  local limit log py budget extra=()
+  if [ "$QUICK" = 1 ]; then header "torch --quick"; else header torch; fi
+  machine_info
+  py="${SPARSE_ATTN_TORCH_PYTHON:-${PYTHON:-python3}}"
+  limit=$(timeout_for 100000)
+  # bench-torch.py stops itself 20 s before the step's limit and writes what it has.
+  budget=$((limit - 20))
+  [ "$budget" -ge 1 ] || budget=1
+  log="$LOGS/bench-torch.log"
+  [ "$QUICK" = 1 ] && extra+=(--quick)
+  # shellcheck disable=SC2206 # word splitting is the point
+  [ -n "${SPARSE_ATTN_TORCH_ARGS:-}" ] && extra+=(${SPARSE_ATTN_TORCH_ARGS})
+  md "## scripts/bench-torch.py: sparse-attn vs SDPA flash (FA2) and FlexAttention" ""
+  if ! carried sparse-attn; then
+    md "WARNING: .gpu-carry/sparse-attn was not carried (run scripts/gpu-pack.sh torch): only the PyTorch systems run." ""
+  fi
+  if [ "$DRY" = 0 ]; then mkdir -p "$WORK/torch"; rm -f "$OUTDIR/bench-torch.md" "$OUTDIR/bench-torch.json"; fi
+  run_step "bench-torch" "$limit" "$log" env PYTHONUNBUFFERED=1 "$py" "$ROOT/scripts/bench-torch.py" \
+    --binary "$CARRY/sparse-attn" --out-dir "$OUTDIR" --work-dir "$WORK/torch" --budget "$budget" \
+    "${extra[@]+"${extra[@]}"}"
+  md "Result: **$STEP_RESULT** (${STEP_S}s, limit ${limit}s)" ""
+  summary "bench-torch.py${extra[*]:+ ${extra[*]}}" "$STEP_RESULT" "$STEP_S" "$limit"
+  [ "$DRY" = 1 ] && return 0
+  if [ -f "$OUTDIR/bench-torch.md" ]; then
+    cat "$OUTDIR/bench-torch.md" >>"$RESULTS"
+    cp "$OUTDIR/bench-torch.md" "$OUTDIR/bench-torch.json" "$LOGS/" 2>/dev/null
+    md ""
+  else
+    md "bench-torch.py wrote no bench-torch.md." ""
+  fi
+  md "### bench-torch.py log" ""
+  md_file "$log"
+}
+
 bundle() {
   [ "$DRY" = 1 ] && return 0
   {
@@ -547,7 +602,11 @@ bundle() {
 
 main() {
   parse_args "$@"
-  if [ "$MODE" = first ]; then BUDGET=${SPARSE_ATTN_GPU_BUDGET_S:-330}; else BUDGET=${SPARSE_ATTN_GPU_BUDGET_S:-360}; fi
+  case $MODE in
+    first) BUDGET=${SPARSE_ATTN_GPU_BUDGET_S:-330} ;;
+    torch) BUDGET=${SPARSE_ATTN_GPU_BUDGET_S:-420} ;;
+    *) BUDGET=${SPARSE_ATTN_GPU_BUDGET_S:-360} ;;
+  esac
   DEADLINE=$((START + BUDGET))
   find_libs
   if [ "$MODE" = find-libs ]; then
@@ -573,15 +632,17 @@ main() {
     fi
   fi
   if [ "$DRY" = 1 ]; then
-    echo "mode: $MODE${BENCH:+ $BENCH}; budget ${BUDGET}s; GPU: $GPU_NOTE"
+    echo "mode: $MODE${BENCH:+ $BENCH}$([ "$QUICK" = 1 ] && echo ' --quick'); budget ${BUDGET}s; GPU: $GPU_NOTE"
     echo "$LIBS_REPORT"
-    local missing=() b
-    for b in "${GPU_BINARIES[@]}"; do carried "$b" || missing+=("$b"); done
+    local missing=() b needed=("${GPU_BINARIES[@]}")
+    [ "$MODE" = torch ] && needed=(sparse-attn)
+    for b in "${needed[@]}"; do carried "$b" || missing+=("$b"); done
     [ ${#missing[@]} -eq 0 ] || echo "missing from .gpu-carry: ${missing[*]}"
   fi
   case $MODE in
     first) run_first ;;
     bench) run_bench ;;
+    torch) run_torch ;;
   esac
   bundle
   return 0

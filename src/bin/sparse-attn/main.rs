@@ -16,6 +16,7 @@
 //! usage: status 2, as clap does); output files are only ever replaced by complete files
 //! (written next to them, then renamed), so nothing is written on failure.
 
+mod bench;
 mod decode;
 mod io;
 mod model;
@@ -53,6 +54,8 @@ enum Command {
     Run(RunArgs),
     /// Prefill then token-by-token decode through a paged KV cache (see docs/patterns.md).
     Decode(decode::DecodeArgs),
+    /// Times the forward kernel on the GPU for one case; prints one JSON line.
+    Bench(bench::BenchArgs),
     /// Per-layer pattern, density, attention FLOPs and KV-cache bytes of a Hugging Face model.
     Plan(PlanArgs),
     /// PNG pictures of a pattern (token and tile level, per head) or of a model's layers.
@@ -651,6 +654,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(a) => cmd_run(a),
         Command::Decode(a) => decode::cmd_decode(a),
+        Command::Bench(a) => bench::cmd_bench(a),
         Command::Plan(a) => cmd_plan(a),
         Command::Viz(a) => viz::cmd_viz(a),
         Command::Demo(a) => cmd_demo(a),
