@@ -10,30 +10,13 @@ use common::{
 };
 use half::{bf16, f16};
 use sparse_attn::backend::cublas::dense_reference;
-use sparse_attn::backend::{self, Gpu};
+use sparse_attn::backend::Gpu;
 use sparse_attn::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use sparse_attn::pattern::render_token_mask;
 use sparse_attn::reference::causal_allowed;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, Error, SeqLens};
 
-/// The GPU to test on, or `None` (after saying why) when the tests must be skipped.
-fn gpu(test: &str) -> Option<Gpu> {
-    let require = std::env::var("SPARSE_ATTN_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    let build = backend::cuda_build();
-    let why = if !build.built {
-        format!("the GPU kernels were not built ({})", build.skip_reason)
-    } else {
-        match Gpu::new(0) {
-            Ok(g) => return Some(g),
-            Err(e) => e.to_string(),
-        }
-    };
-    if require {
-        panic!("{test}: SPARSE_ATTN_REQUIRE_GPU=1 but {why}");
-    }
-    eprintln!("{test}: skipped, no GPU: {why}");
-    None
-}
+use common::gpu;
 
 /// Kernel vs oracle, relative to the largest reference value. Both round P to the element
 /// type before P·V, at different points, and the kernel rounds its output.

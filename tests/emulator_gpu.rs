@@ -30,24 +30,7 @@ use sparse_attn::kernels::test_kernels::*;
 use sparse_attn::kernels::{KernelDesc, Launch};
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, SeqLens};
 
-/// The GPU to test on, or `None` (after saying why) when the tests must be skipped.
-fn gpu(test: &str) -> Option<Gpu> {
-    let require = std::env::var("SPARSE_ATTN_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    let build = backend::cuda_build();
-    let why = if !build.built {
-        format!("the GPU kernels were not built ({})", build.skip_reason)
-    } else {
-        match Gpu::new(0) {
-            Ok(g) => return Some(g),
-            Err(e) => e.to_string(),
-        }
-    };
-    if require {
-        panic!("{test}: SPARSE_ATTN_REQUIRE_GPU=1 but {why}");
-    }
-    eprintln!("{test}: skipped, no GPU: {why}");
-    None
-}
+use common::gpu;
 
 fn up<T: DeviceRepr>(gpu: &Gpu, data: &[T]) -> CudaSlice<T> {
     gpu.stream().clone_htod(data).expect("upload")

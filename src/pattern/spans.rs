@@ -55,6 +55,17 @@ fn mask_row_spans(row: &[u8], block_k: i64, out: &mut Vec<Span>) {
     }
 }
 
+/// Allowed (query, key) pairs of `head` under `pattern` for query rows at positions
+/// `p = i + kv_len - q_len`, `0 <= i < q_len` (bottom-right aligned): interval arithmetic per
+/// row, milliseconds even at a million tokens.
+pub fn allowed_pairs(pattern: &Pattern, head: usize, q_len: usize, kv_len: usize) -> u128 {
+    let mut rows = RowSpans::new(pattern, head, kv_len);
+    let shift = kv_len as i64 - q_len as i64;
+    (0..q_len as i64)
+        .map(|i| span_len(rows.row(i + shift)) as u128)
+        .sum()
+}
+
 /// Allowed keys of one query head, row by row: `row(p)` is the set
 /// `{j : pattern.allowed(head, p, j, kv_len)}` as sorted, disjoint spans.
 pub struct RowSpans<'a> {

@@ -231,3 +231,23 @@ pub fn assert_matches<T: Element>(
         }
     }
 }
+
+/// A GPU for `test`, or `None` (printing why) when there is none or the kernels were not
+/// built; with `SPARSE_ATTN_REQUIRE_GPU=1` that is a failure instead.
+pub fn gpu(test: &str) -> Option<sparse_attn::backend::Gpu> {
+    let require = std::env::var("SPARSE_ATTN_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    let build = sparse_attn::backend::cuda_build();
+    let why = if !build.built {
+        format!("the GPU kernels were not built ({})", build.skip_reason)
+    } else {
+        match sparse_attn::backend::Gpu::new(0) {
+            Ok(g) => return Some(g),
+            Err(e) => e.to_string(),
+        }
+    };
+    if require {
+        panic!("{test}: SPARSE_ATTN_REQUIRE_GPU=1 but {why}");
+    }
+    eprintln!("{test}: skipped, no GPU: {why}");
+    None
+}

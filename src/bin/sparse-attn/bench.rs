@@ -19,7 +19,7 @@ use serde::Serialize;
 use sparse_attn::backend::{self, Gpu};
 use sparse_attn::cudarc::driver::sys::CUevent_flags;
 use sparse_attn::pattern::rng::SplitMix64;
-use sparse_attn::pattern::spans::{span_len, RowSpans};
+use sparse_attn::pattern::spans::allowed_pairs;
 use sparse_attn::pattern::{HeadPatterns, Pattern};
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Error, SeqLens};
 
@@ -139,15 +139,6 @@ enum Data {
     Random(u64),
 }
 
-/// Allowed pairs of one head over rows `p = i + kv_len - q_len`, `0 <= i < q_len`.
-fn head_allowed(pattern: &Pattern, head: usize, q_len: usize, kv_len: usize) -> u128 {
-    let mut rows = RowSpans::new(pattern, head, kv_len);
-    let shift = kv_len as i64 - q_len as i64;
-    (0..q_len as i64)
-        .map(|i| span_len(rows.row(i + shift)) as u128)
-        .sum()
-}
-
 /// Allowed pairs of one sequence summed over the heads (head-independent patterns counted
 /// once per distinct pattern).
 fn set_allowed(set: &HeadPatterns, heads: usize, q_len: usize, kv_len: usize) -> u128 {
@@ -156,13 +147,13 @@ fn set_allowed(set: &HeadPatterns, heads: usize, q_len: usize, kv_len: usize) ->
     for h in 0..heads {
         let p = set.pattern(h).expect("validated against num_heads");
         if p.is_head_dependent() {
-            total += head_allowed(p, h, q_len, kv_len);
+            total += allowed_pairs(p, h, q_len, kv_len);
             continue;
         }
         let a = match seen.iter().find(|(q, _)| *q == p) {
             Some((_, a)) => *a,
             None => {
-                let a = head_allowed(p, h, q_len, kv_len);
+                let a = allowed_pairs(p, h, q_len, kv_len);
                 seen.push((p, a));
                 a
             }

@@ -8,7 +8,7 @@ use crate::model::Model;
 use crate::pattern::{message, set_text};
 use crate::CliError;
 use sparse_attn::kv_cache::Retention;
-use sparse_attn::pattern::spans::{span_len, RowSpans};
+use sparse_attn::pattern::spans::allowed_pairs;
 
 /// Work and memory of one layer at prefill length `n` (`q_len = kv_len = n`).
 #[derive(Clone, Debug, Serialize)]
@@ -60,15 +60,6 @@ pub struct PlanReport {
     pub totals: Totals,
 }
 
-/// Allowed pairs of one head over rows `p = i + kv_len - q_len`, `0 <= i < q_len`.
-fn head_allowed(pattern: &Pattern, head: usize, q_len: usize, kv_len: usize) -> u128 {
-    let mut rows = RowSpans::new(pattern, head, kv_len);
-    let shift = kv_len as i64 - q_len as i64;
-    (0..q_len as i64)
-        .map(|i| span_len(rows.row(i + shift)) as u128)
-        .sum()
-}
-
 /// Pairs one head of a dense layer of the given causality allows: `q_len * kv_len`, or with
 /// `causal` row `p` sees `p + 1` keys, `p` from `kv_len - q_len` to `kv_len - 1` (rows with
 /// `p < 0` see none).
@@ -92,12 +83,12 @@ struct Cache {
 impl Cache {
     fn allowed(&mut self, pattern: &Pattern, head: usize, n: usize) -> u128 {
         if pattern.is_head_dependent() {
-            return head_allowed(pattern, head, n, n);
+            return allowed_pairs(pattern, head, n, n);
         }
         if let Some((_, a)) = self.allowed.iter().find(|(p, _)| p == pattern) {
             return *a;
         }
-        let a = head_allowed(pattern, head, n, n);
+        let a = allowed_pairs(pattern, head, n, n);
         self.allowed.push((pattern.clone(), a));
         a
     }
@@ -333,14 +324,14 @@ mod tests {
                         .flat_map(|i| (0..kv as i64).map(move |j| (i, j)))
                         .filter(|&(i, j)| p.allowed(head, i + kv as i64 - q as i64, j, kv))
                         .count() as u128;
-                    assert_eq!(head_allowed(&p, head, q, kv), want, "{json} {q}x{kv}");
+                    assert_eq!(allowed_pairs(&p, head, q, kv), want, "{json} {q}x{kv}");
                 }
             }
         }
         for (q, kv) in [(10, 10), (3, 10), (10, 3), (1, 1), (0, 5)] {
             for causal in [false, true] {
                 let p = Pattern::new(causal, Vec::new());
-                assert_eq!(dense_pairs(causal, q, kv), head_allowed(&p, 0, q, kv));
+                assert_eq!(dense_pairs(causal, q, kv), allowed_pairs(&p, 0, q, kv));
             }
         }
         assert_eq!(dense_pairs(true, 10, 10), 55);
