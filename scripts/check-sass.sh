@@ -10,6 +10,8 @@
 # Without arguments it checks the newest target/*/build/sparse-attn-*/out/attention_fwd.fatbin.
 # KERNEL_REGEX (default ^sa_attn_fwd_) selects the entry points that are checked.
 # Needs cuobjdump + nvdisasm: bash scripts/install-cuda.sh --with-cuobjdump.
+# How fast the mainloop is (instruction mix, occupancy, partial tiles) is scripts/sass-report.py
+# (docs/sass-report.md); this script only checks that the right instructions are there.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

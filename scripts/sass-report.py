@@ -1,0 +1,1406 @@
+#!/usr/bin/env python3
+"""Static SASS report of the attention forward kernels: the speed gauge while no GPU is lent.
+
+For every sa_attn_fwd_* kernel and architecture in the fatbin it reads the SASS that nvcc
+produced and reports resources (registers, shared memory, spills, occupancy), the instruction
+mix of one dense steady-state iteration of the mainloop, and the extra cost of a partial
+(masked) tile. The method -- how the loop and the paths are chosen, what each column means --
+is docs/sass-report.md; it automates the hand reading issue 11's figures came from.
+
+    python3 scripts/sass-report.py [--fatbin PATH] [--cuobjdump PATH] [--json] [--check]
+    python3 scripts/sass-report.py --sass DUMP.txt ...     # saved text, no CUDA toolchain
+
+--sass takes saved `cuobjdump -sass` text; resource usage and indirect-branch targets are
+read from the same file when present (save with `--save FILE`, or
+`cuobjdump -res-usage -elf -sass FATBIN > FILE`). Exit status: 0 report printed, 1 --check
+found a target missed (or a kernel that could not be analysed), 2 bad input.
+
+Standard library only (python3 >= 3.8).
+"""
+
+import argparse
+import ast
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL_RE_DEFAULT = r"^sa_attn_fwd_"
+
+# ---------------------------------------------------------------------------------------------
+# Hardware limits used by the occupancy formula (CUDA occupancy calculator / cuda_occupancy.h,
+# CUDA Programming Guide "Compute Capabilities" table). Registers: 64K 32-bit registers per SM
+# split over 4 sub-partitions, allocated per warp in units of 256 (= per thread rounded up to a
+# multiple of 8). Shared memory: the per-SM capacity (228 KB on sm_90, of which one block may
+# use 227 KB; 164 KB / 163 KB on sm_80), allocated in 128-byte units, plus 1 KB the driver
+# reserves per block.
+# ---------------------------------------------------------------------------------------------
+REGS_PER_SM = 65536
+REG_ALLOC_UNIT = 256          # registers, per warp
+SUB_PARTITIONS = 4            # each owns REGS_PER_SM / 4 and whole warps
+SMEM_ALLOC_UNIT = 128         # bytes
+SMEM_RESERVED_PER_BLOCK = 1024
+ARCH_LIMITS = {
+    # cc: (max warps/SM, max blocks/SM, shared memory per SM, max shared memory per block)
+    80: (64, 32, 164 * 1024, 163 * 1024),
+    86: (48, 16, 100 * 1024, 99 * 1024),
+    89: (48, 24, 100 * 1024, 99 * 1024),
+    90: (64, 32, 228 * 1024, 227 * 1024),
+    100: (64, 32, 228 * 1024, 227 * 1024),
+}
+
+# The issue-11 targets that --check enforces.
+TARGET_NON_HMMA_PER_HMMA = 3.0   # sm_90, head_dim 128, dense steady state
+TARGET_PARTIAL_RATIO = 1.3       # partial-tile iteration / full-tile iteration
+DEFAULT_MASK_TRIP = 32           # entries per thread of a 64-key S tile (16 rows x 64 / 32)
+DEFAULT_DETAIL = "sm_90:sa_attn_fwd_f16_hd128"
+
+# ---------------------------------------------------------------------------------------------
+# Instruction classes. Base opcode (text before the first '.') -> class; anything unlisted is
+# "other" (conversions, SHFL, S2R, uniform-datapath U* instructions, NOP, ...).
+# ---------------------------------------------------------------------------------------------
+CLASSES = ["hmma", "ldsm", "ldgsts", "mufu", "fp32", "int", "branch", "barrier", "mem", "other"]
+CLASS_TITLES = {
+    "hmma": "HMMA (tensor core)",
+    "ldsm": "LDSM (ldmatrix)",
+    "ldgsts": "LDGSTS (cp.async)",
+    "mufu": "MUFU (ex2, rcp, ...)",
+    "fp32": "FP32 (FMUL FADD FFMA FMNMX FSEL FSETP ...)",
+    "int": "integer / address (IMAD ISETP LEA SHF IADD3 LOP3 SEL MOV ...)",
+    "branch": "branch / convergence (BRA BSSY BSYNC BREAK WARPSYNC ...)",
+    "barrier": "barriers (BAR DEPBAR LDGDEPBAR ...)",
+    "mem": "other memory (LDG STG LDS STS LDC ...)",
+    "other": "other (F2FP SHFL S2R uniform U* NOP ...)",
+}
+_OPCLASS = {}
+for _cls, _ops in {
+    "hmma": "HMMA HGMMA IMMA DMMA BMMA",
+    "ldsm": "LDSM",
+    "ldgsts": "LDGSTS",
+    "mufu": "MUFU",
+    "fp32": "FADD FMUL FFMA FMNMX FSEL FSETP FSET FCHK FRND FSWZADD FADD32I FMUL32I FFMA32I "
+            "HADD2 HMUL2 HFMA2 HMNMX2 HSET2 HSETP2",
+    "int": "IMAD IMUL IMAD32I IMUL32I IADD IADD3 IADD32I ISCADD ISCADD32I ISETP ICMP IMNMX "
+           "IABS INEG LEA LEA32I SHF SHL SHR LOP LOP3 LOP32I SEL MOV MOV32I PRMT VIADD VIADDMNMX "
+           "VIMNMX VIMNMX3 POPC FLO BREV BMSK SGXT IDP IDP4A VABSDIFF VABSDIFF4 PLOP3 P2R R2P "
+           "CS2R",
+    "branch": "BRA BRX JMP JMX CALL RET EXIT BSSY BSYNC BREAK WARPSYNC BMOV KILL BPT YIELD "
+              "NANOSLEEP",
+    "barrier": "BAR DEPBAR LDGDEPBAR MEMBAR ERRBAR ARRIVES SYNCS",
+    "mem": "LDG STG LDS STS LDC LD ST ATOM ATOMS ATOMG RED REDG LDL STL STSM LDSS CCTL "
+           "UBLKCP UTMALDG UTMASTG",
+}.items():
+    for _op in _ops.split():
+        _OPCLASS[_op] = _cls
+
+
+def op_class(base):
+    return _OPCLASS.get(base, "other")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing the cuobjdump text
+# ---------------------------------------------------------------------------------------------
+class Ins:
+    """One SASS instruction: `/*0390*/  @!P0 BRA 0x350 ;`."""
+
+    __slots__ = ("addr", "guard", "op", "base", "args", "text", "cls")
+
+    def __init__(self, addr, text):
+        self.addr = addr
+        self.text = text
+        self.guard = None
+        m = re.match(r"(@!?U?P(?:[0-6]|T))\s+(.*)", text)
+        if m:
+            self.guard, text = m.group(1), m.group(2)
+        op, _, rest = text.partition(" ")
+        self.op = op
+        self.base = op.split(".")[0]
+        rest = rest.strip()
+        self.args = [a.strip() for a in rest.split(",")] if rest else []
+        self.cls = op_class(self.base)
+
+    @property
+    def never(self):
+        """`@!PT`: the guard is constant false, the instruction never executes."""
+        return self.guard in ("@!PT", "@!UPT")
+
+    def target(self):
+        """Branch / call target: the trailing hex operand (`BRA 0x350`, `BRA P1, 0x350`)."""
+        m = re.search(r"(0x[0-9a-f]+)\s*$", self.args[-1]) if self.args else None
+        return int(m.group(1), 16) if m else None
+
+
+_INS_RE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s*(.*?)\s*;")
+
+
+def parse_dump(text):
+    """Everything the report needs from cuobjdump text (-sass, optionally -res-usage, -elf).
+
+    Returns dict with
+      funcs:  {(arch, name): [Ins]}                  from -sass ("Function : NAME")
+      res:    {(arch, name): {"REG": .., ...}}         from -res-usage ("Function NAME:")
+      brx:    {(arch, name): {addr: [targets]}}        from -elf (EIATTR_INDIRECT_BRANCH_TARGETS)
+      max_threads: {(arch, name): (x, y, z)}           from -elf (EIATTR_MAX_THREADS)
+    `arch = sm_XX` lines (each ELF's header) set the architecture of what follows.
+    """
+    funcs, res, brx, max_threads = {}, {}, {}, {}
+    arch = None
+    cur = None          # SASS function being read
+    res_fn = None       # -res-usage function whose REG line comes next
+    info_fn = None      # .nv.info.<fn> section being read
+    info_attr = None
+    brx_off = None
+    for line in text.splitlines():
+        m = re.match(r"\s*arch = (sm_\w+)", line)
+        if m:
+            arch, cur, res_fn, info_fn = m.group(1), None, None, None
+            continue
+        m = re.match(r"\s*code for (sm_\w+)", line)
+        if m:
+            arch, cur = m.group(1), None
+            continue
+        m = re.match(r"\s*Function : (\S+)", line)
+        if m:
+            cur = (arch, m.group(1))
+            funcs[cur] = []
+            continue
+        m = re.match(r"\s*Function (\S+):\s*$", line)
+        if m:
+            res_fn, cur = m.group(1), None
+            continue
+        if res_fn is not None and "REG:" in line:
+            res[(arch, res_fn)] = {k: int(v) for k, v in re.findall(r"(\w+(?:\[\d+\])?):(\d+)", line)}
+            res_fn = None
+            continue
+        if line.startswith("."):
+            cur = None
+            info_fn = line.strip()[len(".nv.info."):] if line.startswith(".nv.info.") else None
+            info_attr = None
+            continue
+        if cur is not None:
+            m = _INS_RE.match(line)
+            if m:
+                funcs[cur].append(Ins(int(m.group(1), 16), m.group(2)))
+            continue
+        if info_fn is not None:
+            m = re.search(r"Attribute:\s+(\w+)", line)
+            if m:
+                info_attr = m.group(1)
+                continue
+            key = (arch, info_fn)
+            if info_attr == "EIATTR_INDIRECT_BRANCH_TARGETS":
+                m = re.search(r"Offset of Indirect Branch: (0x[0-9a-f]+)", line)
+                if m:
+                    brx_off = int(m.group(1), 16)
+                m = re.search(r"Targets: (.*)", line)
+                if m and brx_off is not None:
+                    brx.setdefault(key, {})[brx_off] = [int(t, 16) for t in m.group(1).split()]
+            elif info_attr == "EIATTR_MAX_THREADS":
+                m = re.search(r"Value:\s+(0x[0-9a-f]+) (0x[0-9a-f]+) (0x[0-9a-f]+)", line)
+                if m:
+                    max_threads[key] = tuple(int(v, 16) for v in m.groups())
+    return {"funcs": {k: v for k, v in funcs.items() if v}, "res": res, "brx": brx,
+            "max_threads": max_threads}
+
+
+def parse_ptxas_report(text):
+    """ptxas -v lines (the build's OUT_DIR/ptxas-report.txt): {(arch, fn): {...}}."""
+    out, key = {}, None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)' for '(sm_\w+)'", line)
+        if m:
+            key = (m.group(2), m.group(1))
+            out[key] = {}
+            continue
+        if key is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            out[key].update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
+                            spill_loads=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            out[key]["regs"] = int(m.group(1))
+    return out
+
+
+def parse_params_h(path):
+    """Integer constants of params.h: enumerators and #defines, expressions evaluated."""
+    text = open(path, encoding="utf-8").read()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", " ", text)
+    # Enumerators and #defines in the order they appear (an enumerator may use an earlier
+    # #define and vice versa); an enumerator without a value is the previous one plus 1.
+    raw = []
+    for m in re.finditer(r"enum\s+\w*\s*\{(.*?)\}|^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+([^\n]+)$",
+                         text, flags=re.S | re.M):
+        if m.group(1) is None:
+            raw.append((m.group(2), m.group(3), False))
+            continue
+        for item in m.group(1).split(","):
+            mi = re.match(r"\s*([A-Za-z_]\w*)\s*(?:=\s*(.+?))?\s*$", item, flags=re.S)
+            if mi:
+                raw.append((mi.group(1), mi.group(2), True))
+    consts = {}
+    last = -1
+    for name, expr, in_enum in raw:
+        try:
+            val = last + 1 if expr is None else _eval_int(expr, consts)
+        except ValueError:
+            continue
+        consts[name] = val
+        if in_enum:
+            last = val
+    return consts
+
+
+def _eval_int(expr, names):
+    """Integer C constant expression (+ - * / % << >> | & parentheses, known names)."""
+    expr = re.sub(r"\b(0x[0-9a-fA-F]+|\d+)[uUlL]*\b", r"\1", expr.strip())
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        raise ValueError(expr)
+
+    def ev(n):
+        if isinstance(n, ast.Expression):
+            return ev(n.body)
+        if isinstance(n, ast.Constant) and isinstance(n.value, int):
+            return n.value
+        if isinstance(n, ast.Name) and n.id in names:
+            return names[n.id]
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)):
+            return -ev(n.operand) if isinstance(n.op, ast.USub) else ev(n.operand)
+        if isinstance(n, ast.BinOp):
+            a, b = ev(n.left), ev(n.right)
+            ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
+                   ast.Div: lambda: int(a / b), ast.FloorDiv: lambda: a // b,
+                   ast.Mod: lambda: a % b, ast.LShift: lambda: a << b,
+                   ast.RShift: lambda: a >> b, ast.BitOr: lambda: a | b,
+                   ast.BitAnd: lambda: a & b}
+            if type(n.op) in ops:
+                return ops[type(n.op)]()
+        raise ValueError(expr)
+
+    return ev(tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Control flow
+# ---------------------------------------------------------------------------------------------
+_PRED = re.compile(r"^(U?P[0-6])$")
+_REG = re.compile(r"^(U?R)(\d+)")
+
+
+def pred_writes(ins):
+    """Predicates an instruction may write. Destinations come first in SASS: the leading run
+    of predicate operands (`ISETP P0, PT, ...`, `PLOP3 P0, PT, ...`) and a predicate right
+    after a register destination (carry out: `IADD3 R1, P0, ...`, `LEA R1, P2, ...`).
+    Over-approximating is safe: it only forgets what an earlier branch established."""
+    if ins.cls == "branch" or ins.base == "P2R":
+        return set()
+    out = set()
+    for i, a in enumerate(ins.args):
+        tok = a.split()[0] if a else ""
+        if tok == "PR":                        # R2P PR, R1, mask: any predicate
+            return {"*"}
+        if _PRED.match(tok):
+            out.add(tok)
+        elif tok in ("PT", "UPT"):
+            continue
+        elif i > 0:
+            break
+    return out
+
+
+def reg_writes(ins):
+    """Registers an instruction writes (its first operand), with the width of wide results."""
+    if not ins.args or ins.cls in ("branch", "barrier") or ins.base in ("STG", "STS", "ST", "STL", "RED", "REDG", "LDGSTS"):
+        return set()
+    dest = ins.args[0]
+    if (ins.base in ("SHFL", "LOP3") and _PRED.match(dest)) or dest == "PT":
+        dest = ins.args[1] if len(ins.args) > 1 else ""   # SHFL.BFLY PT, R1, ...; LOP3.LUT P0, R1, ...
+    m = _REG.match(dest)
+    if not m or dest in ("RZ", "URZ"):
+        return set()
+    kind, n = m.group(1), int(m.group(2))
+    width = 1
+    mods = ins.op.split(".")
+    if ins.base in ("HMMA", "IMMA", "DMMA"):
+        width = 4
+    elif ins.base == "LDSM":
+        width = int(mods[-1]) if mods[-1].isdigit() else 1
+    elif "128" in mods:
+        width = 4
+    elif "64" in mods or "WIDE" in mods or ins.base == "CS2R":
+        width = 2
+    return {f"{kind}{n + k}" for k in range(width)}
+
+
+_READ_RE = re.compile(r"(?<![A-Z_])(U?R)(\d+)(\.64|\.128)?")
+
+
+def reg_reads(ins):
+    """Registers an instruction reads: every register operand but a destination
+    (`[R120.64]` reads R120 and R121)."""
+    args = ins.args
+    if args and reg_writes(ins):
+        args = args[1:]
+    out = set()
+    for a in args:
+        for kind, n, wide in _READ_RE.findall(a):
+            n = int(n)
+            width = 2 if wide == ".64" else 4 if wide == ".128" else 1
+            out.update(f"{kind}{n + k}" for k in range(width))
+    return out
+
+
+_CONST_OPERAND = re.compile(r"^(-?0x[0-9a-f]+|-?\d+(\.\d+)?|RZ|URZ|-?INF)$")
+
+
+def const_move(ins):
+    """Registers an unguarded instruction sets to a constant (`IMAD.MOV.U32 R1, RZ, RZ, -0x1`,
+    `MOV R1, 0x0`, `CS2R R2, SRZ`, `HFMA2.MMA R1, -RZ, RZ, 0, 0`), else empty."""
+    if ins.guard is not None or not ins.args:
+        return set()
+    imm = _CONST_OPERAND
+    a = ins.args
+    ok = ((ins.base in ("MOV", "MOV32I", "UMOV") and len(a) == 2 and imm.match(a[1]))
+          or (ins.op.startswith("IMAD.MOV") and len(a) == 4 and a[1] == "RZ" and a[2] == "RZ"
+              and imm.match(a[3]))
+          or (ins.base == "CS2R" and len(a) == 2 and a[1] == "SRZ")
+          or (ins.op == "HFMA2.MMA" and a[1:3] == ["-RZ", "RZ"]))
+    return reg_writes(ins) if ok else set()
+
+
+def writes_neg_inf(ins):
+    """Sets a score to -inf: the effect of masking (`FSEL R1, R1, -INF, P0`)."""
+    return any(a in ("-INF", "0xff800000", "-0x800000") for a in ins.args[1:])
+
+
+class Edge:
+    """A CFG edge with the predicate facts that hold when it is taken.
+
+    need: [(pred, value)] that all hold on this edge (a taken `@!P0 BRA` gives P0=False);
+    not_all: [(pred, value)] that do not all hold (the fall-through of `@P0 BRA P1, X`)."""
+
+    __slots__ = ("dst", "need", "not_all")
+
+    def __init__(self, dst, need=(), not_all=()):
+        self.dst, self.need, self.not_all = dst, list(need), list(not_all)
+
+
+def _guard_fact(g):
+    if g is None or g in ("@PT", "@UPT"):
+        return None
+    return (g.lstrip("@!"), not g.startswith("@!"))
+
+
+class Cfg:
+    """Basic blocks of one function, their successor edges (with predicate facts), natural
+    loops, per-block counts; post-dominators and liveness on request."""
+
+    def __init__(self, ins, brx_targets=None):
+        self.ins = ins
+        self.unresolved = []          # addresses of indirect branches without known targets
+        brx_targets = brx_targets or {}
+        index = {x.addr: i for i, x in enumerate(ins)}
+        n = len(ins)
+        # CALL.REL.NOINC is a jump that pushes nothing: to a subroutine placed after the last
+        # EXIT (which returns with RET.REL.NODEC through a register set before the call) it is
+        # a call and execution continues after it; anywhere else it is a branch (sm_80 leaves
+        # loops with `@P0 CALL.REL.NOINC <after the back edge>`).
+        exits = [x.addr for x in ins if x.base == "EXIT"]
+        last_exit = max(exits) if exits else ins[-1].addr
+        self.subroutine_calls = set()
+        for i, x in enumerate(ins):
+            if x.base == "CALL" and (x.target() or 0) > last_exit:
+                self.subroutine_calls.add(i)
+        leaders = {0}
+        for i, x in enumerate(ins):
+            if x.cls != "branch" or x.base in ("BSSY", "BSYNC", "BREAK", "WARPSYNC", "BMOV", "NANOSLEEP", "YIELD"):
+                continue
+            t = x.target()
+            if x.base in ("BRA", "JMP", "CALL") and t in index:
+                leaders.add(index[t])
+            for t in brx_targets.get(x.addr, []) if x.base in ("BRX", "JMX") else []:
+                if t in index:
+                    leaders.add(index[t])
+            if i not in self.subroutine_calls:
+                leaders.add(i + 1)
+        self.starts = sorted(l for l in leaders if l < n)
+        self.blocks = []              # [ (first index, last index) ]
+        self.block_of = [0] * n
+        for k, s in enumerate(self.starts):
+            e = self.starts[k + 1] if k + 1 < len(self.starts) else n
+            self.blocks.append((s, e - 1))
+            for i in range(s, e):
+                self.block_of[i] = k
+        self.succ = [[] for _ in self.blocks]
+        for k, (s, e) in enumerate(self.blocks):
+            last = ins[e]
+            ft = self.block_of[e + 1] if e + 1 < n else None
+            fact = _guard_fact(last.guard)
+            edges = []
+            if last.never:
+                edges = [Edge(ft)] if ft is not None else []
+            elif last.base in ("BRA", "JMP") or (last.base == "CALL" and e not in self.subroutine_calls):
+                t = last.target()
+                conds = [fact] if fact else []
+                if len(last.args) > 1:                       # BRA P1, target: taken iff P1
+                    p = last.args[0]
+                    if p not in ("PT", "UPT"):
+                        conds.append((p.lstrip("!"), not p.startswith("!")))
+                if t in index:
+                    edges.append(Edge(self.block_of[index[t]], need=conds))
+                if conds and ft is not None:
+                    if len(conds) == 1:
+                        edges.append(Edge(ft, need=[(conds[0][0], not conds[0][1])]))
+                    else:
+                        edges.append(Edge(ft, not_all=conds))
+            elif last.base in ("BRX", "JMX"):
+                ts = brx_targets.get(last.addr)
+                if ts is None:
+                    self.unresolved.append(last.addr)
+                for t in ts or []:
+                    if t in index:
+                        edges.append(Edge(self.block_of[index[t]], need=[fact] if fact else []))
+                if fact and ft is not None:
+                    edges.append(Edge(ft, need=[(fact[0], not fact[1])]))
+            elif last.base in ("EXIT", "RET", "KILL", "BPT"):
+                if fact and ft is not None:
+                    edges.append(Edge(ft, need=[(fact[0], not fact[1])]))
+            elif ft is not None:
+                edges.append(Edge(ft))
+            # Two edges to one block (a branch to the next instruction): one, unconditional.
+            if len({e.dst for e in edges}) < len(edges):
+                edges = [Edge(d) for d in sorted({e.dst for e in edges})]
+            self.succ[k] = edges
+        self.pred = [[] for _ in self.blocks]
+        for k, es in enumerate(self.succ):
+            for e in es:
+                self.pred[e.dst].append(k)
+        # Per-block summaries: counts, registers written, predicates written (before / by the
+        # last instruction), all precomputed for the path search.
+        self.writes = []
+        self.kills = []
+        for s_, e_ in self.blocks:
+            w = set()
+            for x in ins[s_:e_ + 1]:
+                w |= reg_writes(x)
+            self.writes.append(w)
+            pre, last = set(), pred_writes(ins[e_])
+            for x in ins[s_:e_]:
+                pre |= pred_writes(x)
+            self.kills.append((frozenset(pre), frozenset(last)))
+        self.count = []
+        for s, e in self.blocks:
+            c = {"n": 0, "never": 0, "ldg": 0}
+            for cl in CLASSES:
+                c[cl] = 0
+            for x in ins[s:e + 1]:
+                if x.never:
+                    c["never"] += 1
+                    continue
+                c["n"] += 1
+                c[x.cls] += 1
+                if x.base in ("LDG", "LD"):
+                    c["ldg"] += 1
+            self.count.append(c)
+        # Loops: an edge to a block at or above its source is a back edge; a head's natural
+        # loop is the head plus every block that reaches one of its back-edge sources.
+        self.latches = {}
+        for u, es in enumerate(self.succ):
+            for e in es:
+                if e.dst <= u:
+                    self.latches.setdefault(e.dst, set()).add(u)
+        self.loops = {}
+        for h, us in self.latches.items():
+            body, stack = {h}, list(us)
+            while stack:
+                x = stack.pop()
+                if x not in body:
+                    body.add(x)
+                    stack.extend(self.pred[x])
+            self.loops[h] = body
+
+    def addr(self, k):
+        return self.ins[self.blocks[k][0]].addr
+
+    def block_ins(self, k):
+        s, e = self.blocks[k]
+        return self.ins[s:e + 1]
+
+    def forward(self, k, body):
+        """Edges of k that stay in `body` and go forward (back edges are never followed)."""
+        return [e for e in self.succ[k] if e.dst in body and e.dst > k]
+
+    def live_at(self, start, reg, body, limit=4000):
+        """Whether `reg` is read, on some forward path from block `start` inside `body`, before
+        an unguarded instruction writes it."""
+        seen, stack, steps = set(), [start], 0
+        while stack:
+            b = stack.pop()
+            if b in seen or b not in body:
+                continue
+            seen.add(b)
+            dead = False
+            for x in self.block_ins(b):
+                steps += 1
+                if reg in reg_reads(x):
+                    return True
+                if x.guard is None and reg in reg_writes(x):
+                    dead = True
+                    break
+            if steps > limit:
+                return True
+            if not dead:
+                stack.extend(f.dst for f in self.forward(b, body))
+        return False
+
+    def postdominators(self, body):
+        """Immediate post-dominators in the forward DAG of `body` (None: the virtual exit)."""
+        ipdom = {}
+        for k in sorted(body, reverse=True):
+            cur = "unset"
+            for e in self.succ[k]:
+                s = e.dst if (e.dst in body and e.dst > k) else None
+                cur = s if cur == "unset" else self._meet(cur, s, ipdom)
+            ipdom[k] = None if cur == "unset" else cur
+        return ipdom
+
+    @staticmethod
+    def _meet(a, b, ipdom):
+        while a != b:
+            if a is None or b is None:
+                return None
+            if a < b:
+                a = ipdom[a]
+            else:
+                b = ipdom[b]
+        return a
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+# ---------------------------------------------------------------------------------------------
+def shortcut_edges(cfg, body):
+    """Edges that skip the computation of a value set to a default just before:
+    `key = -1; if (exists) key = ...;  use(key)` -- taking the skip leaves the default in
+    place (a key that does not exist, a zero-filled row, a mask entry never evaluated). A
+    dense steady-state iteration computes every such value, so the path search avoids them.
+
+    For a block k ending in a two-way branch, the sides are the blocks between each successor
+    and k's immediate post-dominator (the join). The defaults at k are registers set to a
+    constant (const_move) in k or in the chain of blocks above it that each have a single
+    predecessor (its extended basic block: the value reaches k unchanged unless written on the
+    chain, which is checked). The edge into side A is a shortcut when a default is written on
+    side B, not on side A, and read after the join before being written (the default is
+    used). An edge that leaves an inner loop of `body` is never a shortcut."""
+    ipdom = cfg.postdominators(body)
+    head = min(body)
+    inner = [b for h, b in cfg.loops.items() if h in body and h != head]
+    out = set()
+    for k in body:
+        es = cfg.forward(k, body)
+        if len(es) != 2:
+            continue
+        # Leaving an inner loop (a search that found its answer, `break`) is how that loop
+        # ends, not a skipped computation.
+        es_in = [e for e in es if not any(k in b and e.dst not in b for b in inner)]
+        if len(es_in) != 2:
+            continue
+        defaults, killed, d = set(), set(), k
+        while True:
+            ins = cfg.block_ins(d)[:-1] if d == k else cfg.block_ins(d)
+            for x in reversed(ins):
+                defaults |= const_move(x) - killed
+                killed |= reg_writes(x)
+            preds = [p for p in cfg.pred[d] if p in body and p < d]
+            if len(preds) != 1 or len(cfg.pred[d]) != 1:
+                break
+            d = preds[0]
+        if not defaults:
+            continue
+        join = ipdom[k]
+        sides = []
+        for e in es:
+            seen, stack, writes = set(), [e.dst], set()
+            while stack:
+                b = stack.pop()
+                if b in seen or b == join or b not in body:
+                    continue
+                seen.add(b)
+                writes |= cfg.writes[b]
+                stack.extend(f.dst for f in cfg.forward(b, body))
+            sides.append(writes & defaults)
+        for i, e in enumerate(es):
+            skipped = sides[1 - i] - sides[i]
+            if skipped and (join is None or any(cfg.live_at(join, r, body) for r in skipped)):
+                out.add((k, e.dst))
+    return out
+
+
+def _apply_preds(state, kills):
+    """Forgets the facts on predicates in `kills` ("*": every non-uniform predicate)."""
+    if not kills:
+        return state
+    if "*" in kills:
+        return {q: v for q, v in state.items() if q.startswith("U") and q not in kills}
+    return {q: v for q, v in state.items() if q not in kills}
+
+
+def _take(state, edge):
+    """State after following `edge`, or None when it contradicts what is known."""
+    st = dict(state)
+    for p, v in edge.need:
+        if st.get(p, v) != v:
+            return None
+        st[p] = v
+    if edge.not_all:
+        if all(st.get(p) == v for p, v in edge.not_all):
+            return None
+        unknown = [(p, v) for p, v in edge.not_all if p not in st]
+        if len(unknown) == 1 and all(st.get(p) == v for p, v in edge.not_all if p in st):
+            st[unknown[0][0]] = not unknown[0][1]
+    return st
+
+
+MAX_STATES = 4096
+
+
+def best_path(cfg, body, head, ends, shortcuts, through=None):
+    """The path from `head` to a latch in `ends` (its back edge to `head` taken) that
+    maximises, in order: HMMA, LDGSTS; then minimises shortcut edges, global loads (LDG) and
+    instructions. Back edges of inner loops are not followed (each inner loop body is walked
+    once). A branch on a predicate that has not been rewritten since an earlier branch on it
+    goes the same way (one thread's run cannot take both). With `through`, only paths that
+    visit that block count. Returns (path blocks, score) or (None, None)."""
+    def gain(k):
+        c = cfg.count[k]
+        return (c["hmma"], c["ldgsts"], 0, -c["ldg"], -c["n"])
+
+    def add(a, b):
+        return tuple(x + y for x, y in zip(a, b))
+
+    # best[k] = {state key: (score, back pointer)}; state = predicate facts + `through` seen.
+    best = {head: {(frozenset(), head == through): (gain(head), None)}}
+    finals = []
+    for k in sorted(body):
+        if k not in best:
+            continue
+        if len(best[k]) > MAX_STATES:                  # keep the search bounded: best states
+            best[k] = dict(sorted(best[k].items(), key=lambda kv: kv[1][0])[-MAX_STATES:])
+        for key, (score, _) in best[k].items():
+            facts, seen = key
+            state = _apply_preds(dict(facts), cfg.kills[k][0])
+            for e in cfg.succ[k]:
+                if e.dst not in body:
+                    continue
+                st = _take(state, e)
+                if st is None:
+                    continue
+                st = _apply_preds(st, cfg.kills[k][1])
+                if e.dst == head:
+                    if k in ends and (through is None or seen):
+                        finals.append((score, k, key))
+                    continue
+                if e.dst <= k:
+                    continue                                 # an inner loop's back edge
+                sc = add(score, gain(e.dst))
+                if (k, e.dst) in shortcuts:
+                    sc = sc[:2] + (sc[2] - 1,) + sc[3:]
+                nkey = (frozenset(st.items()), seen or e.dst == through)
+                slot = best.setdefault(e.dst, {})
+                if nkey not in slot or sc > slot[nkey][0]:
+                    slot[nkey] = (sc, (k, key))
+    if not finals:
+        return None, None
+    score, k, key = max(finals, key=lambda f: f[0])
+    path = []
+    while True:
+        path.append(k)
+        bp = best[k][key][1]
+        if bp is None:
+            break
+        k, key = bp
+    path.reverse()
+    return path, score
+
+
+def tally(cfg, blocks):
+    """Instruction counts of a list of blocks (a path), by class, plus shared-memory bytes."""
+    t = {cl: 0 for cl in CLASSES}
+    t.update(n=0, never=0, smem_bytes=0, ops={})
+    for k in blocks:
+        for x in cfg.block_ins(k):
+            if x.never:
+                t["never"] += 1
+                continue
+            t["n"] += 1
+            t[x.cls] += 1
+            t["ops"][x.base] = t["ops"].get(x.base, 0) + 1
+            t["smem_bytes"] += smem_read_bytes(x)
+    return t
+
+
+def tally_add(t, u, times):
+    """t += times * u (tallies)."""
+    for key, v in u.items():
+        if key == "ops":
+            for op, c in v.items():
+                t["ops"][op] = t["ops"].get(op, 0) + times * c
+        else:
+            t[key] += times * v
+
+
+def smem_read_bytes(x):
+    """Bytes a warp reads from shared memory: ldmatrix .4/.2/.1 = 4/2/1 8x8 16-bit matrices
+    (128 B each: 32 lanes x 16 B for .4); LDS = its width x 32 lanes."""
+    mods = x.op.split(".")
+    if x.base == "LDSM":
+        return 128 * (int(mods[-1]) if mods[-1].isdigit() else 1)
+    if x.base == "LDS":
+        width = 4
+        for m in mods[1:]:
+            if m in ("U8", "S8"):
+                width = 1
+            elif m in ("U16", "S16"):
+                width = 2
+            elif m in ("64", "128"):
+                width = int(m) // 8
+        return 32 * width
+    return 0
+
+
+_IMM = re.compile(r"^-?0x[0-9a-f]+$|^-?\d+$")
+
+
+def loop_trip(cfg, head, body):
+    """Trip count of a counted loop `for (i = c; i < N; i += s)`: the branch that continues
+    or leaves the loop at its bottom -- the back edge itself (`@!P0 BRA head`), or on sm_80
+    an exit just above an unconditional back edge (`@P0 CALL.REL.NOINC out; BRA head`) --
+    tests a predicate set by comparing a counter with an immediate N (`ISETP.GE.U32.AND P0,
+    PT, R126, 0x20, PT`); the counter is stepped by an immediate s in the loop body
+    (`VIADD R126, R126, 0x1`, compared after the step) and starts at a constant c written
+    before the loop (`CS2R R126, SRZ`; 0 when none is found). Trip = (N - c) / s rounded up;
+    None when the loop does not have that shape."""
+    for latch in sorted(cfg.latches.get(head, ())):
+        # The latch and the blocks above it that flow only into it.
+        chain, b = [latch], latch
+        while len(chain) < 4:
+            preds = [p for p in cfg.pred[b] if p in body]
+            if len(preds) != 1 or preds[0] >= b:
+                break
+            b = preds[0]
+            chain.append(b)
+        for blk in chain:
+            ins = cfg.block_ins(blk)
+            br = ins[-1]
+            fact = _guard_fact(br.guard)
+            if br.cls != "branch" or not fact:
+                continue
+            for x in reversed(ins[:-1]):
+                if fact[0] not in pred_writes(x):
+                    continue
+                if x.base not in ("ISETP", "UISETP") or len(x.args) < 4 or not _IMM.match(x.args[3]):
+                    break
+                reg, lim = x.args[2].split(".")[0], int(x.args[3], 0)
+                step = None
+                for bb in body:
+                    for y in cfg.block_ins(bb):
+                        if (y.base in ("VIADD", "IADD3", "UIADD3") and len(y.args) >= 3
+                                and y.args[0] == reg and y.args[1].split(".")[0] == reg
+                                and _IMM.match(y.args[2])):
+                            step = int(y.args[2], 0)
+                init = 0
+                for y in reversed(cfg.ins[:cfg.blocks[head][0]]):
+                    if reg in reg_writes(y):
+                        if reg in const_move(y) and _IMM.match(y.args[-1]):
+                            init = int(y.args[-1], 0)
+                        break
+                if step and step > 0:
+                    trip = (lim - init + step - 1) // step
+                    if 1 < trip <= 4096:
+                        return trip
+                break
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-kernel analysis
+# ---------------------------------------------------------------------------------------------
+class AnalysisError(Exception):
+    pass
+
+
+def loop_info(cfg, h, cache):
+    """One inner loop: its iteration (the best path from its head to its back edge, by the
+    same rule as the mainloop's, shortcuts avoided), its cheapest iteration (the earliest way
+    round, shortcuts allowed), its trip count when the SASS shows it, the loops nested in it."""
+    if h not in cache:
+        lb = cfg.loops[h]
+        it, _ = best_path(cfg, lb, h, cfg.latches[h], shortcut_edges(cfg, lb))
+        cheap, _ = best_path(cfg, lb, h, cfg.latches[h], set())
+        cache[h] = {
+            "head": cfg.addr(h),
+            "tally": tally(cfg, it) if it else None,
+            "cheapest": tally(cfg, cheap)["n"] if cheap else None,
+            "trip": loop_trip(cfg, h, lb),
+            "nested": sorted(cfg.addr(g) for g in cfg.loops if g in lb and g != h),
+        }
+    return cache[h]
+
+
+def expand_loops(cfg, path, mainhead, default_trip, cache):
+    """Counts of one mainloop iteration along `path` with its inner loops run: the path walks
+    each inner loop once; a loop it enters directly (not nested in another loop of the path)
+    runs trip - 1 more iterations of its own iteration path. Loops nested in those run once
+    per pass: their trip counts are data (the components of a mask program, binary searches).
+    A loop whose trip count the SASS does not show runs `default_trip` times (None: once).
+    Returns (tally, cheapest total instructions, [loop summaries])."""
+    t = tally(cfg, path)
+    cheapest = t["n"]
+    onp = set(path)
+    heads = [h for h in sorted(cfg.loops) if h in onp and h != mainhead]
+    loops = []
+    for h in heads:
+        if any(h in cfg.loops[g] and g != h for g in heads):
+            continue                                   # nested: one pass per outer iteration
+        info = loop_info(cfg, h, cache)
+        trip, source = info["trip"], "sass"
+        if trip is None:
+            trip, source = default_trip, ("--mask-trip" if default_trip else "unknown, run once")
+        if info["tally"] and trip:
+            tally_add(t, info["tally"], trip - 1)
+            cheapest += (trip - 1) * (info["cheapest"] or info["tally"]["n"])
+        loops.append({"head": hex(info["head"]),
+                      "per_iteration": info["tally"]["n"] if info["tally"] else None,
+                      "cheapest_iteration": info["cheapest"], "trip": trip, "trip_source": source,
+                      "nested": [hex(a) for a in info["nested"]]})
+    return t, cheapest, loops
+
+
+def analyse_function(ins, brx_targets, mask_trip, all_detours=False):
+    """The mainloop of one kernel, its dense steady-state path and its detours (see docs)."""
+    cfg = Cfg(ins, brx_targets)
+    if not any(x.cls == "hmma" and not x.never for x in ins):
+        raise AnalysisError("no HMMA in the function")
+    # The mainloop: the loop whose back edge jumps above its first HMMA (its head) with the
+    # most HMMA in its body. Loops that also issue cp.async (LDGSTS) come first: the mainloop
+    # streams K/V tiles, a rolled loop over k-steps inside it does not. Among equals the
+    # innermost (a persistent outer loop would hold the same HMMAs and loads).
+    cands = []
+    for h, body in cfg.loops.items():
+        n = sum(cfg.count[k]["hmma"] for k in body)
+        if n:
+            loads = any(cfg.count[k]["ldgsts"] for k in body)
+            cands.append((loads, n, -len(body), h))
+    if not cands:
+        raise AnalysisError("no loop contains an HMMA")
+    head = max(cands)[-1]
+    body = cfg.loops[head]
+    ends = cfg.latches[head]
+    shortcuts = shortcut_edges(cfg, body)
+    cache = {}
+
+    dense, _ = best_path(cfg, body, head, ends, shortcuts)
+    if dense is None:
+        raise AnalysisError("no path from the mainloop head to its back edge")
+    d, _, dense_loops = expand_loops(cfg, dense, head, None, cache)
+    on_dense = set(dense)
+    # The loader: dense-path instructions up to the last LDGSTS, less the math scheduled among
+    # them (meaningful while the loads are issued together, as in the baseline kernel).
+    loader = 0
+    last_ld = max((i for i, k in enumerate(dense) if cfg.count[k]["ldgsts"]), default=None)
+    if last_ld is not None:
+        for k in dense[:last_ld + 1]:
+            ks = cfg.block_ins(k)
+            if k == dense[last_ld]:
+                ks = ks[:max(i for i, x in enumerate(ks) if x.base == "LDGSTS") + 1]
+            loader += sum(1 for x in ks if not x.never and x.cls not in ("hmma", "ldsm", "mufu", "fp32"))
+
+    # Detours: regions the dense path skips, entered from one of its conditional branches;
+    # each is costed as the best whole iteration through its entry block.
+    detours = []
+    for k in dense:
+        for e in cfg.forward(k, body):
+            if e.dst in on_dense:
+                continue
+            region, stack = set(), [e.dst]
+            while stack:
+                b = stack.pop()
+                if b in region or b in on_dense or b not in body:
+                    continue
+                region.add(b)
+                stack.extend(f.dst for f in cfg.forward(b, body))
+            region_ins = [x for b in region for x in cfg.block_ins(b)]
+            det = {"entry": e.dst, "region": region,
+                   "masks": any(writes_neg_inf(x) for x in region_ins),
+                   "tanh": any(x.op == "MUFU.TANH" for x in region_ins)}
+            detours.append(det)
+            if not (det["masks"] or all_detours):
+                continue                          # only masking detours matter for the table
+            path, _ = best_path(cfg, body, head, ends, shortcuts, through=e.dst)
+            if path is not None:
+                t, cheapest, loops = expand_loops(cfg, path, head, mask_trip, cache)
+                det.update(path=path, path_once=tally(cfg, path)["n"], total=t["n"],
+                           total_min=cheapest, loops=loops)
+    # The partial tile: of the detours that write -inf into the scores (masking), the
+    # costliest whole iteration.
+    partial = max((x for x in detours if x["masks"] and "total" in x), key=lambda x: x["total"],
+                  default=None)
+    return cfg, head, dense, d, dense_loops, loader, detours, partial, shortcuts
+
+
+def arch_cc(arch):
+    """sm_90a -> 90."""
+    m = re.match(r"sm_(\d+)", arch or "")
+    return int(m.group(1)) if m else 0
+
+
+def occupancy(arch, regs, threads, smem_block):
+    """CTAs and warps per SM from registers, threads and shared memory (see docs)."""
+    lim = ARCH_LIMITS.get(arch_cc(arch))
+    if lim is None or regs is None or threads is None:
+        return None
+    max_warps, max_blocks, smem_sm, smem_block_max = lim
+    warps_per_block = -(-threads // 32)
+    regs_per_warp = -(-max(regs, 1) * 32 // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
+    warps_by_regs = (REGS_PER_SM // SUB_PARTITIONS // regs_per_warp) * SUB_PARTITIONS
+    by = {
+        "threads": max_warps // warps_per_block,
+        "blocks": max_blocks,
+        "registers": warps_by_regs // warps_per_block,
+    }
+    if smem_block is not None:
+        alloc = -(-(smem_block + SMEM_RESERVED_PER_BLOCK) // SMEM_ALLOC_UNIT) * SMEM_ALLOC_UNIT
+        by["shared memory"] = smem_sm // alloc if smem_block <= smem_block_max else 0
+    ctas = min(by.values())
+    limiter = min(by, key=lambda k: (by[k], k != "registers"))
+    return {"ctas_per_sm": ctas, "warps_per_sm": ctas * warps_per_block, "limited_by": limiter,
+            "regs_per_warp": regs_per_warp, "by": by}
+
+
+def block_m_of(kernel):
+    """Query rows per block from a `_m<N>` name suffix (`sa_attn_fwd_f16_hd64_m128`), or None."""
+    m = re.search(r"_m(\d+)(?:_|$)", kernel)
+    return int(m.group(1)) if m else None
+
+
+def smem_rows_for(kernel, consts):
+    """params.h's dynamic shared-memory rows for a kernel, as (constant name, rows).
+
+    params.h defines SA_FWD_SMEM_ROWS, or one SA_FWD_SMEM_ROWS_<SHAPE> per tile shape with
+    SA_FWD_BLOCK_M_<SHAPE> query rows. The shape is the one the kernel's name carries: its
+    `_m<N>` suffix matched against SA_FWD_BLOCK_M_<SHAPE> (or SA_FWD_BLOCK_M), or the shape's
+    name as a word (`..._decode_...`). An untagged name takes SA_FWD_SMEM_ROWS, else the
+    PREFILL shape, else the only one. (None, None) when nothing fits."""
+    rows = {k[len("SA_FWD_SMEM_ROWS"):].lstrip("_"): v for k, v in consts.items()
+            if re.match(r"^SA_FWD_SMEM_ROWS(_[A-Z0-9]+)?$", k)}
+    name = lambda shape: "SA_FWD_SMEM_ROWS" + (f"_{shape}" if shape else "")
+    bm = block_m_of(kernel)
+    if bm is not None:
+        for shape in sorted(rows):
+            if consts.get("SA_FWD_BLOCK_M" + (f"_{shape}" if shape else "")) == bm:
+                return name(shape), rows[shape]
+    tokens = set(kernel.lower().split("_"))
+    for shape in sorted(rows):
+        if shape and shape.lower() in tokens:
+            return name(shape), rows[shape]
+    for shape in ("", "PREFILL"):
+        if shape in rows:
+            return name(shape), rows[shape]
+    if len(rows) == 1:
+        shape = next(iter(rows))
+        return name(shape), rows[shape]
+    return None, None
+
+
+def analyse(dump, ptxas, consts, kernel_re, opts):
+    """One report row (a dict, the JSON's `kernels[]`) per selected kernel and architecture."""
+    rows = []
+    for (arch, name), ins in sorted(dump["funcs"].items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        if not re.search(kernel_re, name):
+            continue
+        row = {"arch": arch, "kernel": name}
+        m = re.search(r"_(f16|bf16)_hd(\d+)", name)
+        head_dim = int(m.group(2)) if m else None
+        row["dtype"], row["head_dim"] = (m.group(1), head_dim) if m else (None, None)
+        # Resources.
+        res = dump["res"].get((arch, name), {})
+        px = ptxas.get((arch, name), {})
+        row["registers"] = res.get("REG", px.get("regs"))
+        row["stack"] = res.get("STACK", px.get("stack"))
+        row["local"] = res.get("LOCAL")
+        row["spill_stores"] = px.get("spill_stores")
+        row["spill_loads"] = px.get("spill_loads")
+        row["ldl_stl"] = sum(1 for x in ins if x.base in ("LDL", "STL") and not x.never)
+        # cuobjdump counts the driver's 1 KB per-block reservation as static shared memory on
+        # sm_90 and newer (a kernel without __shared__ shows SHARED:1024 there, 0 on sm_80);
+        # the occupancy formula adds the reservation itself, so it is taken out here.
+        shared = res.get("SHARED")
+        if shared is not None and arch_cc(arch) >= 90 and shared >= SMEM_RESERVED_PER_BLOCK:
+            shared -= SMEM_RESERVED_PER_BLOCK
+        row["static_smem"] = shared
+        threads = opts.threads if opts.threads else consts.get("SA_FWD_THREADS")
+        row["threads"] = threads
+        mt = dump["max_threads"].get((arch, name))
+        row["max_threads"] = mt[0] * mt[1] * mt[2] if mt else None
+        rows_name, smem_rows = ("--smem-rows", opts.smem_rows) if opts.smem_rows else smem_rows_for(name, consts)
+        row["smem_rows_from"] = rows_name
+        # params.h: dynamic shared memory is SA_FWD_SMEM_ROWS* rows of head_dim 16-bit elements.
+        dyn = smem_rows * head_dim * 2 if (smem_rows and head_dim and name.startswith("sa_attn_fwd")) else None
+        row["dynamic_smem"] = dyn
+        block_smem = dyn + (shared or 0) if dyn is not None else None
+        row["smem_per_block"] = block_smem
+        row["occupancy"] = occupancy(arch, row["registers"], threads, block_smem)
+        # Mainloop.
+        try:
+            cfg, head, dense, d, dense_loops, loader, detours, partial, shortcuts = analyse_function(
+                ins, dump["brx"].get((arch, name), {}), opts.mask_trip,
+                all_detours=(arch, name) == opts.detail_key)
+        except AnalysisError as e:
+            row["error"] = str(e)
+            rows.append(row)
+            continue
+        row["unresolved_indirect_branches"] = [hex(a) for a in cfg.unresolved]
+        row["mainloop"] = {"head": hex(cfg.addr(head)), "blocks": len(cfg.loops[head]),
+                           "back_edges": [hex(cfg.ins[cfg.blocks[u][1]].addr) for u in sorted(cfg.latches[head])]}
+        hm = d["hmma"]
+        row["dense"] = {k: d[k] for k in CLASSES + ["n", "never"]}
+        row["dense"]["ops"] = dict(sorted(d["ops"].items(), key=lambda kv: -kv[1]))
+        row["dense"]["non_hmma_per_hmma"] = round((d["n"] - hm) / hm, 3) if hm else None
+        row["dense"]["smem_bytes_per_hmma"] = round(d["smem_bytes"] / hm, 1) if hm else None
+        row["dense"]["loader"] = loader
+        row["dense"]["loader_per_ldgsts"] = round(loader / d["ldgsts"], 1) if d["ldgsts"] else None
+        row["dense"]["path"] = [hex(cfg.addr(k)) for k in dense]
+        row["dense"]["loops"] = dense_loops
+        row["detours"] = []
+        for det in detours:
+            row["detours"].append({
+                "entry": hex(cfg.addr(det["entry"])), "blocks": len(det["region"]),
+                "writes_neg_inf": det["masks"], "tanh": det["tanh"],
+                "iteration": det.get("total"), "iteration_min": det.get("total_min"),
+                "extra": det["total"] - d["n"] if det.get("total") is not None else None,
+            })
+        if partial:
+            row["partial"] = {
+                "entry": hex(cfg.addr(partial["entry"])),
+                "path_once": partial["path_once"],
+                "iteration": partial["total"],
+                "iteration_min": partial["total_min"],
+                "ratio": round(partial["total"] / d["n"], 3),
+                "ratio_min": round(partial["total_min"] / d["n"], 3),
+                "loops": partial["loops"],
+                "path": [hex(cfg.addr(k)) for k in partial["path"]],
+            }
+        else:
+            row["partial"] = None
+        row["_trace"] = (cfg, dense, shortcuts, partial)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets and output
+# ---------------------------------------------------------------------------------------------
+def resolve_detail(spec, keys):
+    """The (arch, kernel) of the per-class breakdown: ARCH:KERNEL as given; the default names
+    sm_90 f16 hd128, whose largest tile shape (`_m<N>`) is taken when names carry shapes."""
+    arch, _, kern = (spec or "").partition(":")
+    if (arch, kern) in keys or spec != DEFAULT_DETAIL:
+        return (arch, kern) if spec else None
+    cands = [k for k in keys if k[0] == "sm_90" and re.search(r"_f16_hd128(_|$)", k[1])]
+    return max(cands, key=lambda k: block_m_of(k[1]) or 0, default=None)
+
+
+def check_targets(rows):
+    """Issue 11's targets; returns a list of (ok, text). The non-HMMA-per-HMMA target is held
+    by the sm_90 head_dim-128 kernels of the largest tile shape (block rows from the name's
+    `_m<N>`; names without it count as one shape), the dense prefill steady state; smaller
+    (decode) shapes are reported only."""
+    largest = {}
+    for r in rows:
+        key = (r["arch"], r["dtype"], r["head_dim"])
+        largest[key] = max(largest.get(key, 0), block_m_of(r["kernel"]) or 0)
+    out = []
+    for r in rows:
+        tag = f"{r['arch']} {r['kernel']}"
+        if "error" in r:
+            out.append((False, f"{tag}: not analysed: {r['error']}"))
+            continue
+        key = (r["arch"], r["dtype"], r["head_dim"])
+        if (r["arch"].startswith("sm_90") and r["head_dim"] == 128
+                and (block_m_of(r["kernel"]) or 0) == largest[key]):
+            v = r["dense"]["non_hmma_per_hmma"]
+            out.append((v is not None and v <= TARGET_NON_HMMA_PER_HMMA,
+                        f"{tag}: {v} non-HMMA instructions per HMMA (target <= {TARGET_NON_HMMA_PER_HMMA})"))
+        p = r["partial"]
+        if p is not None:
+            out.append((p["ratio"] <= TARGET_PARTIAL_RATIO,
+                        f"{tag}: partial tile {p['ratio']}x a full tile (target <= {TARGET_PARTIAL_RATIO})"))
+        spills = (r["spill_stores"] or 0) + (r["spill_loads"] or 0)
+        out.append((spills == 0 and (r["stack"] or 0) == 0,
+                    f"{tag}: {spills} bytes spilled, stack {r['stack']}"
+                    + ("" if r["spill_stores"] is not None else " (no ptxas report: stack frame only)")))
+        out.append((r["ldl_stl"] == 0 and (r["local"] or 0) == 0,
+                    f"{tag}: {r['ldl_stl']} LDL/STL, LOCAL {r['local']}"))
+    return out
+
+
+def fmt_kb(b):
+    return "?" if b is None else f"{b / 1024:.1f}K"
+
+
+def print_table(rows, detail, out):
+    """One line per kernel and architecture, then the detail kernel's breakdown."""
+    head = (f"{'arch':<6} {'kernel':<28} {'REG':>4} {'spill':>5} {'LDL':>4} {'smem':>6} "
+            f"{'CTA':>3} {'warp':>4} | {'HMMA':>4} {'LDSM':>4} {'LDGSTS':>6} {'instr':>5} "
+            f"{'/HMMA':>5} {'smB/H':>5} {'loader':>6} | {'partial':>7} {'xfull':>5} {'mask/it':>7} {'trip':>4}")
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        occ = r["occupancy"] or {}
+        spill = "?" if r["spill_stores"] is None else str(r["spill_stores"] + r["spill_loads"])
+        left = (f"{r['arch']:<6} {r['kernel']:<28} {r['registers'] if r['registers'] is not None else '?':>4} "
+                f"{spill:>5} {r['ldl_stl']:>4} {fmt_kb(r['smem_per_block']):>6} "
+                f"{occ.get('ctas_per_sm', '?'):>3} {occ.get('warps_per_sm', '?'):>4}")
+        if "error" in r:
+            print(f"{left} | not analysed: {r['error']}", file=out)
+            continue
+        d, p = r["dense"], r["partial"]
+        mid = (f"{d['hmma']:>4} {d['ldsm']:>4} {d['ldgsts']:>6} {d['n']:>5} "
+               f"{d['non_hmma_per_hmma']:>5.2f} {d['smem_bytes_per_hmma']:>5.0f} {d['loader']:>6}")
+        if p:
+            lp = p["loops"][0] if p["loops"] else None
+            right = (f"{p['iteration']:>7} {p['ratio']:>5.2f} "
+                     f"{(lp['per_iteration'] if lp else '-'):>7} {(lp['trip'] if lp else '-'):>4}")
+        else:
+            right = f"{'-':>7} {'-':>5} {'-':>7} {'-':>4}"
+        print(f"{left} | {mid} | {right}", file=out)
+    if detail is None:
+        return
+    r, d = detail, detail["dense"]
+    print(f"\n{r['arch']} {r['kernel']}: one dense steady-state iteration of the mainloop "
+          f"(head {r['mainloop']['head']}, {len(d['path'])} blocks)", file=out)
+    for cl in CLASSES:
+        ops = [f"{o} {c}" for o, c in d["ops"].items() if op_class(o) == cl]
+        extra = f"  ({', '.join(ops[:8])}{', ...' if len(ops) > 8 else ''})" if cl not in ("hmma", "ldsm", "ldgsts", "mufu") and ops else ""
+        print(f"  {CLASS_TITLES[cl]:<62} {d[cl]:>5}{extra}", file=out)
+    print(f"  {'total executed':<62} {d['n']:>5}  = {d['non_hmma_per_hmma']:.2f} non-HMMA per HMMA", file=out)
+    print(f"  {'never executed (@!PT), not in the total':<62} {d['never']:>5}", file=out)
+    print(f"  shared memory read: {d['smem_bytes_per_hmma']:.0f} B per HMMA; loader: {d['loader']} "
+          f"instructions, {d['loader_per_ldgsts']} per LDGSTS", file=out)
+    occ = r["occupancy"]
+    if occ:
+        print(f"  occupancy: {occ['ctas_per_sm']} CTAs, {occ['warps_per_sm']} warps per SM "
+              f"(limited by {occ['limited_by']}; {r['registers']} registers -> {occ['regs_per_warp']} "
+              f"per warp; {r['threads']} threads; {fmt_kb(r['smem_per_block'])} shared per block "
+              f"from {r['smem_rows_from']})", file=out)
+    for lp in d["loops"]:
+        print(f"  inner loop {lp['head']} on the dense path: {lp['per_iteration']} instructions per "
+              f"iteration, {lp['trip']} iterations ({lp['trip_source']})", file=out)
+    p = r["partial"]
+    if p:
+        print(f"  partial tile: the mask detour at {p['entry']}: {p['iteration']} instructions per "
+              f"iteration = {p['ratio']:.2f}x full (every entry evaluated; cheapest exits: "
+              f"{p['iteration_min']} = {p['ratio_min']:.2f}x)", file=out)
+        for lp in p["loops"]:
+            print(f"    inner loop {lp['head']}: {lp['per_iteration']} instructions per entry "
+                  f"(cheapest exit {lp['cheapest_iteration']}), {lp['trip']} entries per thread "
+                  f"({'from the SASS loop compare' if lp['trip_source'] == 'sass' else lp['trip_source']})"
+                  + (f"; loops nested in it ({', '.join(lp['nested'])}) run once per entry"
+                     if lp["nested"] else ""), file=out)
+    # The other detours, grouped by cost (the baseline loader has one paged branch per chunk).
+    groups = {}
+    for x in r["detours"]:
+        if x["extra"] is not None and x["entry"] != (p or {}).get("entry"):
+            tag = (x["extra"], x["writes_neg_inf"], x["tanh"])
+            groups.setdefault(tag, []).append(x["entry"])
+    if groups:
+        print("  other detours of the dense path (extra instructions per iteration, entry): "
+              + ", ".join(f"+{extra} at {es[0]}" + (f" and {len(es) - 1} more" if len(es) > 1 else "")
+                          + (" (writes -inf)" if neg else "") + (" (tanh)" if tanh else "")
+                          for (extra, neg, tanh), es in sorted(groups.items(), key=lambda g: int(g[1][0], 16))),
+              file=out)
+    if r.get("unresolved_indirect_branches"):
+        print(f"  warning: indirect branches without targets (no -elf text): "
+              f"{', '.join(r['unresolved_indirect_branches'])}", file=out)
+
+
+def print_trace(row, out):
+    """The detail kernel's dense path block by block, and what the partial path adds."""
+    cfg, dense, shortcuts, partial = row["_trace"]
+    print(f"\ntrace {row['arch']} {row['kernel']}: dense path", file=out)
+    onp = set(dense)
+    for i, k in enumerate(dense):
+        c = cfg.count[k]
+        last = cfg.block_ins(k)[-1]
+        nxt = dense[i + 1] if i + 1 < len(dense) else None
+        skipped = [cfg.addr(e.dst) for e in cfg.succ[k] if e.dst != nxt and e.dst > k and e.dst in cfg.loops[dense[0]]]
+        avoided = [cfg.addr(e.dst) for e in cfg.succ[k] if (k, e.dst) in shortcuts]
+        print(f"  {cfg.addr(k):#07x} {c['n']:4d} instr  HMMA {c['hmma']:3d} LDGSTS {c['ldgsts']:2d}  "
+              f"ends {last.text[:48]:<48}"
+              + (f" skips {', '.join(hex(a) for a in skipped)}" if skipped else "")
+              + (f" (shortcut avoided: {', '.join(hex(a) for a in avoided)})" if avoided else ""),
+              file=out)
+    if partial:
+        extra = [k for k in partial["path"] if k not in onp]
+        print(f"  partial path adds blocks: {', '.join(hex(cfg.addr(k)) for k in extra)}", file=out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def find_cuobjdump(explicit):
+    if explicit:
+        return explicit
+    local = os.path.join(ROOT, ".toolchain", "cuobjdump", "nvidia", "cu13", "bin", "cuobjdump")
+    if os.access(local, os.X_OK):
+        return local
+    return shutil.which("cuobjdump")
+
+
+def newest_fatbin():
+    pats = [os.path.join(ROOT, "target", "release", "build", "sparse-attn-*", "out", "attention_fwd.fatbin")]
+    if os.environ.get("CARGO_TARGET_DIR"):
+        pats.append(os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "build", "sparse-attn-*",
+                                 "out", "attention_fwd.fatbin"))
+    found = [p for pat in pats for p in glob.glob(pat)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def dump_fatbin(fatbin, cuobjdump):
+    """`cuobjdump -res-usage`, `-elf` (for the .nv.info attributes) and `-sass` of the fatbin.
+    cuobjdump runs nvdisasm for -sass: its folder goes first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(os.path.abspath(cuobjdump)) + os.pathsep + env.get("PATH", "")
+    parts = []
+    for flag in ("-res-usage", "-elf", "-sass"):
+        p = subprocess.run([cuobjdump, flag, fatbin], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=env, universal_newlines=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"{cuobjdump} {flag} {fatbin} failed: {p.stderr.strip()}")
+        if flag == "-elf":
+            # Only the .nv.info attribute sections matter; the rest (hex dumps) is large.
+            keep, lines = False, []
+            for line in p.stdout.splitlines():
+                if re.match(r"\s*arch = ", line):
+                    lines.append(line)
+                    continue
+                if line.startswith("."):
+                    keep = line.startswith(".nv.info.")
+                if keep:
+                    lines.append(line)
+            parts.append("\n".join(lines))
+        else:
+            parts.append(p.stdout)
+    return "\n".join(parts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--fatbin", help="attention_fwd.fatbin (default: the newest under target/release)")
+    src.add_argument("--sass", help="saved cuobjdump text instead of a fatbin (-sass; -res-usage, -elf optional)")
+    ap.add_argument("--cuobjdump", help="cuobjdump binary (default: .toolchain/cuobjdump, then PATH)")
+    ap.add_argument("--ptxas-report", help="ptxas -v output (default: ptxas-report.txt beside the fatbin)")
+    ap.add_argument("--params", default=os.path.join(ROOT, "kernels", "include", "sparse_attn", "params.h"),
+                    help="params.h for SA_FWD_THREADS and SA_FWD_SMEM_ROWS*")
+    ap.add_argument("--threads", type=int, help="threads per block (default: SA_FWD_THREADS)")
+    ap.add_argument("--smem-rows", type=int, help="dynamic shared memory rows (default: SA_FWD_SMEM_ROWS*)")
+    ap.add_argument("--mask-trip", type=int, default=DEFAULT_MASK_TRIP,
+                    help="entries per thread of an inner mask loop whose trip count the SASS does not show")
+    ap.add_argument("--kernels", default=KERNEL_RE_DEFAULT, help="regex of the kernels reported")
+    ap.add_argument("--detail", default=DEFAULT_DETAIL,
+                    help="ARCH:KERNEL of the per-class breakdown ('' for none)")
+    ap.add_argument("--trace", action="store_true", help="print the detail kernel's paths block by block")
+    ap.add_argument("--save", help="also write the cuobjdump text read from the fatbin to this file")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless issue 11's targets hold")
+    a = ap.parse_args(argv)
+
+    ptxas_text = None
+    if a.sass:
+        try:
+            text = open(a.sass, encoding="utf-8", errors="replace").read()
+        except OSError as e:
+            print(f"sass-report: {e}", file=sys.stderr)
+            return 2
+        source = a.sass
+    else:
+        fatbin = a.fatbin or newest_fatbin()
+        if not fatbin or not os.path.exists(fatbin):
+            print("sass-report: no attention_fwd.fatbin (build with nvcc: cargo build --release, "
+                  "or pass --fatbin / --sass)", file=sys.stderr)
+            return 2
+        tool = find_cuobjdump(a.cuobjdump)
+        if not tool:
+            print("sass-report: cuobjdump not found; run scripts/install-cuda.sh --with-cuobjdump "
+                  "or pass --cuobjdump", file=sys.stderr)
+            return 2
+        try:
+            text = dump_fatbin(fatbin, tool)
+        except (RuntimeError, OSError) as e:
+            print(f"sass-report: {e}", file=sys.stderr)
+            return 2
+        if a.save:
+            with open(a.save, "w", encoding="utf-8") as f:
+                f.write(text)
+        source = fatbin
+        beside = os.path.join(os.path.dirname(fatbin), "ptxas-report.txt")
+        if not a.ptxas_report and os.path.exists(beside):
+            a.ptxas_report = beside
+    if a.ptxas_report:
+        try:
+            ptxas_text = open(a.ptxas_report, encoding="utf-8", errors="replace").read()
+        except OSError as e:
+            print(f"sass-report: {e}", file=sys.stderr)
+            return 2
+    try:
+        consts = parse_params_h(a.params)
+    except OSError as e:
+        print(f"sass-report: {e}", file=sys.stderr)
+        return 2
+
+    dump = parse_dump(text)
+    ptxas = parse_ptxas_report(ptxas_text) if ptxas_text else {}
+    a.detail_key = resolve_detail(a.detail, [k for k in dump["funcs"] if re.search(a.kernels, k[1])])
+    rows = analyse(dump, ptxas, consts, a.kernels, a)
+    if not rows:
+        print(f"sass-report: no kernel matching /{a.kernels}/ in {source}", file=sys.stderr)
+        return 2
+    checks = check_targets(rows)
+    detail = next((r for r in rows if (r["arch"], r["kernel"]) == a.detail_key and "error" not in r), None)
+
+    if a.json:
+        for r in rows:
+            r.pop("_trace", None)
+        print(json.dumps({"source": source, "params": {k: v for k, v in consts.items() if k.startswith("SA_FWD_")},
+                          "kernels": rows,
+                          "targets": [{"ok": ok, "what": t} for ok, t in checks],
+                          "targets_met": all(ok for ok, _ in checks)}, indent=1))
+    else:
+        out = sys.stdout
+        shown = os.path.abspath(source)
+        print(f"sass-report: {os.path.relpath(shown, ROOT) if shown.startswith(ROOT + os.sep) else shown}", file=out)
+        print_table(rows, detail, out)
+        if a.trace and detail:
+            print_trace(detail, out)
+        print("\nissue-11 targets:", file=out)
+        for ok, t in checks:
+            print(f"  {'ok  ' if ok else 'MISS'} {t}", file=out)
+    if a.check and not all(ok for ok, _ in checks):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,464 @@
+//! scripts/sass-report.py, the static SASS report (docs/sass-report.md): its counts, chosen
+//! paths, occupancy and `--json` / `--check` behaviour on hand-written cuobjdump text
+//! (tests/fixtures/sass/, figures derived in the comments below), and, when this build has a
+//! fatbin and cuobjdump is installed, a run on the real attention kernels. Every test skips
+//! with a message when python3 is missing.
+
+#[allow(dead_code)]
+#[path = "common/tempdir.rs"]
+mod tempdir;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tempdir::TempDir;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    root()
+        .join("tests/fixtures/sass")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Whether python3 runs here; says why the calling test is skipped when not.
+fn have_python(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("{test}: skipped, python3 not found");
+    }
+    ok
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg(root().join("scripts/sass-report.py"))
+        .args(args)
+        .output()
+        .expect("run python3 scripts/sass-report.py")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `--json` output of a run that must exit with `status`.
+fn json(args: &[&str], status: i32) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = run(&all);
+    assert_eq!(out.status.code(), Some(status), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", text(&out)))
+}
+
+fn kernel<'a>(report: &'a Value, arch: &str, name: &str) -> &'a Value {
+    report["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["arch"] == arch && k["kernel"] == name)
+        .unwrap_or_else(|| panic!("no {arch} {name} in {report}"))
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect()
+}
+
+const TINY: &str = "tiny.sass";
+const TARGETS_MET: &str = "targets-met.sass";
+
+fn tiny() -> Value {
+    json(
+        &["--sass", &fixture(TINY), "--params", &fixture("params.h")],
+        0,
+    )
+}
+
+/// tiny.sass, sm_90 sa_attn_fwd_f16_hd128: a mainloop at 0x40 whose back edge is at 0x360.
+/// The dense steady-state path, block by block (instructions in brackets):
+///   0x40 [2]  `@P0 BRA 0x1b0` skips the prefetch: not taken (2 LDGSTS beat 0).
+///   0x60 [3]  `R21 = -1; @!P1 BRA 0xa0` would skip computing the key R21, which 0xb0 reads:
+///             a shortcut, so the path goes through 0x90 [1] (33 instructions without it).
+///   0xa0 [1]  `@P6 BRA 0xe0`: paged (6) or contiguous 0xb0 [3] for chunk 1; P6 is not
+///             rewritten before 0x140 [2] `@P6 BRA 0x190`, where paged is 1 and contiguous
+///             0x160 [3]: mixing contiguous then paged (32) is impossible, all-contiguous (34)
+///             beats all-paged (35).
+///   0x1a0 [1] the second LDGSTS; 0x1b0 [9] LDSM x2, HMMA x2, `@!P2 BRA 0x2d0` skips the mask
+///             (fewest instructions); 0x2d0 [9 + 1 never-executed @!PT LDS] MUFU, HMMA, back
+///             edge.
+/// By class: HMMA 3, LDSM 2, LDGSTS 2, MUFU 1, FP32 2 (FMNMX, FMUL), integer 11 (ISETP x4, IMAD
+/// x2, LEA x2, IADD3 x2, VIADD), branches 8, barriers 4, other 1 (F2FP): 34, (34 - 3) / 3 =
+/// 10.33 per HMMA; 2 x 512 B of ldmatrix.x4 per 3 HMMA = 341.3 B; the loader (up to the last
+/// LDGSTS) is 2 + 3 + 1 + 1 + 3 + 2 + 3 + 1 = 16.
+#[test]
+fn dense_path_takes_prefetch_computed_keys_consistent_branches_and_no_mask() {
+    if !have_python("dense_path_takes_prefetch_computed_keys_consistent_branches_and_no_mask") {
+        return;
+    }
+    let r = tiny();
+    let k = kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128");
+    assert_eq!(k["mainloop"]["head"], "0x40");
+    assert_eq!(strs(&k["mainloop"]["back_edges"]), ["0x360"]);
+    let d = &k["dense"];
+    assert_eq!(
+        strs(&d["path"]),
+        ["0x40", "0x60", "0x90", "0xa0", "0xb0", "0x140", "0x160", "0x1a0", "0x1b0", "0x2d0"]
+    );
+    for (class, n) in [
+        ("hmma", 3),
+        ("ldsm", 2),
+        ("ldgsts", 2),
+        ("mufu", 1),
+        ("fp32", 2),
+        ("int", 11),
+        ("branch", 8),
+        ("barrier", 4),
+        ("mem", 0),
+        ("other", 1),
+        ("n", 34),
+        ("never", 1),
+        ("loader", 16),
+    ] {
+        assert_eq!(d[class], n, "{class}: {d}");
+    }
+    assert_eq!(d["non_hmma_per_hmma"], 10.333);
+    assert_eq!(d["smem_bytes_per_hmma"], 341.3);
+    assert_eq!(d["ops"]["ISETP"], 4);
+    // The detours of the paged branches cost one more instruction each (35 vs 34).
+    let extra = |entry: &str| {
+        k["detours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["entry"] == entry)
+            .unwrap_or_else(|| panic!("no detour {entry}"))["extra"]
+            .clone()
+    };
+    assert_eq!(extra("0xe0"), 1);
+    assert_eq!(extra("0x190"), 1);
+}
+
+/// tiny.sass sm_90 sa_attn_fwd_bf16_hd64: the HMMA sits in a rolled loop at 0x50 (`MOV R40, RZ`
+/// ... `VIADD R40, R40, 0x1; ISETP.GE.U32.AND P4, PT, R40, 0x4`) inside the kv loop at 0x10.
+/// The mainloop is the loop that also issues the LDGSTS (the kv loop, though the inner loop
+/// holds as many HMMA), and the inner loop runs its 4 trips: 4 + 5 + 3 = 12 once through, + 3 x
+/// 5 = 27 instructions, 4 HMMA, 4 LDSM.
+#[test]
+fn rolled_inner_loop_runs_its_trip_count_on_the_dense_path() {
+    if !have_python("rolled_inner_loop_runs_its_trip_count_on_the_dense_path") {
+        return;
+    }
+    let r = tiny();
+    let k = kernel(&r, "sm_90", "sa_attn_fwd_bf16_hd64");
+    assert_eq!(k["mainloop"]["head"], "0x10");
+    let d = &k["dense"];
+    assert_eq!(d["n"], 27);
+    assert_eq!(d["hmma"], 4);
+    assert_eq!(d["ldsm"], 4);
+    assert_eq!(d["loops"][0]["head"], "0x50");
+    assert_eq!(d["loops"][0]["trip"], 4);
+    assert_eq!(d["loops"][0]["per_iteration"], 5);
+}
+
+/// The partial tile of tiny.sass sm_90: the detour at 0x240 (it writes -inf) runs the counted
+/// loop at 0x250 (`MOV R40, RZ` ... `VIADD R40, R40, 0x1; ISETP.GE.U32.AND P4, PT, R40, 0x20`:
+/// 32 trips of 7 instructions) and an FSEL: once through, 34 + 1 + 7 + 1 = 43; with the other
+/// 31 trips 43 + 31 x 7 = 260 = 7.647 x the full tile.
+#[test]
+fn partial_tile_runs_the_mask_loop_its_trip_count() {
+    if !have_python("partial_tile_runs_the_mask_loop_its_trip_count") {
+        return;
+    }
+    let r = tiny();
+    let p = &kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128")["partial"];
+    assert_eq!(p["entry"], "0x240");
+    assert_eq!(p["path_once"], 43);
+    assert_eq!(p["iteration"], 260);
+    assert_eq!(p["ratio"], 7.647);
+    let lp = &p["loops"][0];
+    assert_eq!(lp["head"], "0x250");
+    assert_eq!(lp["per_iteration"], 7);
+    assert_eq!(lp["trip"], 32);
+    assert_eq!(lp["trip_source"], "sass");
+}
+
+/// Resources of tiny.sass sm_90: 168 registers -> 168 x 32 = 5376 per warp, 3 warps per
+/// sub-partition (16384 / 5376), 12 warps = 3 CTAs of 4 warps; shared memory: params.h's 320
+/// rows x 128 x 2 B = 80 KB (SHARED:1024 is sm_90's per-block reservation, not the kernel's),
+/// plus the 1 KB reserved = 82944 B, 233472 / 82944 = 2 CTAs: 2 CTAs, 8 warps, limited by
+/// shared memory. One STL in the epilogue.
+#[test]
+fn occupancy_and_local_memory() {
+    if !have_python("occupancy_and_local_memory") {
+        return;
+    }
+    let r = tiny();
+    let k = kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128");
+    assert_eq!(k["registers"], 168);
+    assert_eq!(k["threads"], 128);
+    assert_eq!(k["static_smem"], 0);
+    assert_eq!(k["dynamic_smem"], 81920);
+    assert_eq!(k["smem_rows_from"], "SA_FWD_SMEM_ROWS");
+    let o = &k["occupancy"];
+    assert_eq!(o["regs_per_warp"], 5376);
+    assert_eq!(o["by"]["registers"], 3);
+    assert_eq!(o["by"]["shared memory"], 2);
+    assert_eq!(o["ctas_per_sm"], 2);
+    assert_eq!(o["warps_per_sm"], 8);
+    assert_eq!(o["limited_by"], "shared memory");
+    assert_eq!(k["ldl_stl"], 1);
+}
+
+/// tiny.sass sm_80 sa_attn_fwd_bf16_hd64, sm_80's idioms: `CALL.REL.NOINC` to a subroutine
+/// after EXIT is a call (the prologue continues), `@P5 CALL.REL.NOINC 0x240; BRA 0x40` leaves
+/// and closes the loop. Dense path 0x40 [9] 0x1d0 [6] 0x230 [1] = 16. The mask detour at 0xd0
+/// dispatches with `BRX R30` to 0xf0 (6 FSEL + BRA) or 0x160 (a loop of 5 instructions left
+/// by `@P4 CALL.REL.NOINC` when R40 reaches 8): the cheaper way once through is 0x160, 2 + 1 +
+/// 4 + 1 = 8 beside 2 + 7, so 16 + 8 + 7 x 5 = 59. 255 registers: 8192 per warp, 2 CTAs.
+/// Without the -elf text the BRX has no known targets and no partial path is found.
+#[test]
+fn sm80_calls_loop_exits_and_indirect_branches() {
+    if !have_python("sm80_calls_loop_exits_and_indirect_branches") {
+        return;
+    }
+    let r = tiny();
+    let k = kernel(&r, "sm_80", "sa_attn_fwd_bf16_hd64");
+    assert_eq!(strs(&k["dense"]["path"]), ["0x40", "0x1d0", "0x230"]);
+    assert_eq!(k["dense"]["n"], 16);
+    assert_eq!(k["dense"]["smem_bytes_per_hmma"], 85.3);
+    assert_eq!(k["max_threads"], 128);
+    let p = &k["partial"];
+    assert_eq!(p["entry"], "0xd0");
+    assert_eq!(p["iteration"], 59);
+    assert_eq!(p["loops"][0]["trip"], 8);
+    assert_eq!(p["loops"][0]["per_iteration"], 5);
+    assert_eq!(k["dynamic_smem"], 40960);
+    assert_eq!(k["occupancy"]["ctas_per_sm"], 2);
+    assert_eq!(k["occupancy"]["limited_by"], "registers");
+    assert_eq!(strs(&k["unresolved_indirect_branches"]), Vec::<&str>::new());
+
+    let dir = TempDir::new();
+    let full = std::fs::read_to_string(fixture(TINY)).unwrap();
+    let mut no_elf = String::new();
+    let mut skip = false;
+    for line in full.lines() {
+        if line.starts_with(".nv.info.") {
+            skip = true;
+        } else if line.starts_with("Resource usage") {
+            skip = false;
+        }
+        if !skip {
+            no_elf.push_str(line);
+            no_elf.push('\n');
+        }
+    }
+    let path = dir.write("no-elf.sass", no_elf);
+    let r = json(
+        &[
+            "--sass",
+            path.to_str().unwrap(),
+            "--params",
+            &fixture("params.h"),
+        ],
+        0,
+    );
+    let k = kernel(&r, "sm_80", "sa_attn_fwd_bf16_hd64");
+    assert_eq!(strs(&k["unresolved_indirect_branches"]), ["0xe0"]);
+    assert!(k["partial"].is_null(), "{}", k["partial"]);
+    assert_eq!(k["dense"]["n"], 16);
+}
+
+/// The text report: one line per kernel and architecture, the per-class breakdown of the
+/// detail kernel, the targets; the combine kernel is not an sa_attn_fwd_* kernel.
+#[test]
+fn text_report() {
+    if !have_python("text_report") {
+        return;
+    }
+    let out = run(&[
+        "--sass",
+        &fixture(TINY),
+        "--params",
+        &fixture("params.h"),
+        "--trace",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("sm_80  sa_attn_fwd_bf16_hd64"), "{s}");
+    assert!(s.contains("sm_90  sa_attn_fwd_f16_hd128"), "{s}");
+    assert!(!s.contains("sa_attn_combine"), "{s}");
+    assert!(s.contains("total executed"), "{s}");
+    assert!(s.contains("= 10.33 non-HMMA per HMMA"), "{s}");
+    assert!(
+        s.contains("32 entries per thread (from the SASS loop compare)"),
+        "{s}"
+    );
+    assert!(s.contains("(shortcut avoided: 0xa0)"), "{s}");
+    assert!(
+        s.contains("MISS sm_90 sa_attn_fwd_f16_hd128: 1 LDL/STL"),
+        "{s}"
+    );
+}
+
+/// `--check` exits 1 unless every target holds: tiny.sass misses three; targets-met.sass's
+/// sa_attn_fwd_f16_hd128_m128 meets them (22 instructions per 8 HMMA: 1.75; a 2-FSEL tail
+/// mask: 24 / 22 = 1.09) and its _m64 sibling (7 per HMMA) is a smaller shape, reported but
+/// not held to 3.0; the same with a ptxas report of 16 spilled bytes fails. Shared memory
+/// comes from the shape of each name (params-shapes.h: _m128 = PREFILL 256 rows, _m64 = DECODE
+/// 192 rows).
+#[test]
+fn check_exit_status() {
+    if !have_python("check_exit_status") {
+        return;
+    }
+    let out = run(&[
+        "--sass",
+        &fixture(TINY),
+        "--params",
+        &fixture("params.h"),
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("MISS sm_90 sa_attn_fwd_f16_hd128: 10.333 non-HMMA"),
+        "{s}"
+    );
+    assert!(
+        s.contains("MISS sm_90 sa_attn_fwd_f16_hd128: partial tile 7.647x"),
+        "{s}"
+    );
+
+    let (met_sass, shapes) = (fixture(TARGETS_MET), fixture("params-shapes.h"));
+    let met = ["--sass", met_sass.as_str(), "--params", shapes.as_str()];
+    let r = json(&[&met[..], &["--check"]].concat(), 0);
+    assert_eq!(r["targets_met"], true);
+    let big = kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128_m128");
+    assert_eq!(big["dense"]["non_hmma_per_hmma"], 1.75);
+    assert_eq!(big["partial"]["ratio"], 1.091);
+    assert_eq!(big["dynamic_smem"], 256 * 128 * 2);
+    let small = kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128_m64");
+    assert_eq!(small["dense"]["non_hmma_per_hmma"], 7.0);
+    assert_eq!(small["smem_rows_from"], "SA_FWD_SMEM_ROWS_DECODE");
+    assert_eq!(small["dynamic_smem"], 192 * 128 * 2);
+    let targets = r["targets"].as_array().unwrap();
+    assert!(
+        !targets
+            .iter()
+            .any(|t| t["what"].as_str().unwrap().contains("_m64: 7.0")),
+        "{targets:?}"
+    );
+    // The default detail kernel is sm_90 f16 hd128's largest shape.
+    let out = run(&met);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("sm_90 sa_attn_fwd_f16_hd128_m128: one dense"),
+        "{s}"
+    );
+
+    let spill = fixture("ptxas-spill.txt");
+    let out = run(&[&met[..], &["--check", "--ptxas-report", &spill]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("MISS sm_90 sa_attn_fwd_f16_hd128_m128: 16 bytes spilled"),
+        "{s}"
+    );
+}
+
+/// Kernel selection and bad input: a selected kernel without HMMA is reported as not analysed
+/// (and fails --check); no matching kernel or a missing file is status 2.
+#[test]
+fn selection_and_bad_input() {
+    if !have_python("selection_and_bad_input") {
+        return;
+    }
+    let (sass, params) = (fixture(TINY), fixture("params.h"));
+    let base = ["--sass", sass.as_str(), "--params", params.as_str()];
+    let r = json(&[&base[..], &["--kernels", "combine"]].concat(), 0);
+    let k = kernel(&r, "sm_80", "sa_attn_combine_f16_hd128");
+    assert_eq!(k["error"], "no HMMA in the function");
+    let out = run(&[&base[..], &["--kernels", "combine", "--check"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = run(&[&base[..], &["--kernels", "no_such_kernel"]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = run(&["--sass", "/nonexistent/sass.txt"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// This build's attention_fwd.fatbin (target/<profile>/build/sparse-attn-*/out/), newest.
+fn built_fatbin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile = exe.parent()?.parent()?; // target/<profile>/deps/<test> -> target/<profile>
+    std::fs::read_dir(profile.join("build"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("sparse-attn-"))
+        .map(|e| e.path().join("out/attention_fwd.fatbin"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+}
+
+fn have_cuobjdump() -> bool {
+    root()
+        .join(".toolchain/cuobjdump/nvidia/cu13/bin/cuobjdump")
+        .exists()
+        || Command::new("cuobjdump")
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+}
+
+/// On the real kernels: every sa_attn_fwd_* kernel of every architecture in the fatbin has a
+/// mainloop with HMMA and a dense path with LDSM and LDGSTS.
+#[test]
+fn real_fatbin_every_forward_kernel_has_a_mainloop() {
+    let test = "real_fatbin_every_forward_kernel_has_a_mainloop";
+    if !have_python(test) {
+        return;
+    }
+    let Some(fatbin) = built_fatbin() else {
+        eprintln!("{test}: skipped, no attention_fwd.fatbin in this build (nvcc missing)");
+        return;
+    };
+    if !have_cuobjdump() {
+        eprintln!("{test}: skipped, no cuobjdump (scripts/install-cuda.sh --with-cuobjdump)");
+        return;
+    }
+    let r = json(&["--fatbin", fatbin.to_str().unwrap()], 0);
+    let kernels = r["kernels"].as_array().unwrap();
+    assert!(!kernels.is_empty(), "{r}");
+    for k in kernels {
+        let tag = format!("{} {}", k["arch"], k["kernel"]);
+        assert!(
+            k["kernel"].as_str().unwrap().starts_with("sa_attn_fwd_"),
+            "{tag}"
+        );
+        assert!(k.get("error").is_none(), "{tag}: {}", k["error"]);
+        assert!(k["mainloop"]["head"].is_string(), "{tag}");
+        let d = &k["dense"];
+        assert!(d["hmma"].as_u64().unwrap() > 0, "{tag}: {d}");
+        assert!(d["ldsm"].as_u64().unwrap() > 0, "{tag}: {d}");
+        assert!(d["ldgsts"].as_u64().unwrap() > 0, "{tag}: {d}");
+        assert!(k["registers"].as_u64().is_some(), "{tag}");
+    }
+}
