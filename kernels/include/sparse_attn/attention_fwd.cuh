@@ -233,19 +233,27 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   // K/V, an affine view, one resident page) is copied from addresses computed once; anything
   // else (a tail, a gathered tile, pages smaller than a tile, evicted keys) maps key by key.
   // `is_v` picks V (else K); the never-read source of zero-filled rows is the tensor's base.
+  // The strided path's per-thread offset and row step are fixed for the block (a view's key
+  // step, the row strides and the page geometry do not change between tiles): computed once.
   const KvRows<T>& kv = seq.kv;
+  using Copy = TileCopy<Tr::kBlockN, D, Tr::kThreads>;
+  const int64_t k_stride = KvRows<T>::pitch(params, params.k_row_stride, paged);
+  const int64_t v_stride = KvRows<T>::pitch(params, params.v_row_stride, paged);
+  const int64_t k_pitch = paged ? D : keys.step * k_stride;
+  const int64_t v_pitch = paged ? D : keys.step * v_stride;
+  const Copy copy(tid);
+  const int64_t k_thread = copy.offset(k_pitch), v_thread = copy.offset(v_pitch);
   auto produce = [&](Smem dst, bool is_v, int tile) {
     const T* base = is_v ? kv.v : kv.k;
-    const int64_t row_stride = KvRows<T>::pitch(params, is_v ? params.v_row_stride
-                                                              : params.k_row_stride, paged);
-    int64_t pitch = 0;
+    const int64_t row_stride = is_v ? v_stride : k_stride;
     const T* run = nullptr;
     if (tile >= 0 && keys.valid(tile) >= Tr::kBlockN) {
-      run = kv.strided_run(params, base, row_stride, keys.key(tile, 0), keys.step, Tr::kBlockN,
-                           pitch);
+      run = kv.strided_run(params, base, row_stride, keys.key(tile, 0), keys.step, Tr::kBlockN);
     }
     if (run != nullptr) {
-      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(dst, run, pitch, tid);
+      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(
+          dst, run + (is_v ? v_thread : k_thread), Copy::kRowStep * (is_v ? v_pitch : k_pitch),
+          tid);
     } else {
       const void* idle = paged ? (is_v ? params.paged.v_pages : params.paged.k_pages)
                                : (is_v ? params.v : params.k);

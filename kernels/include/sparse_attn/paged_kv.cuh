@@ -60,19 +60,16 @@ struct KvRows {
 
   // Keys j0, j0 + step, ... (`rows` of them) as one strided run of rows, when they are one:
   // all inside the sequence and, paged, all in one resident page (step 1). Returns the first
-  // row and sets `pitch` (elements between rows), or nullptr, and the loader then maps key by
-  // key. One block-table read per tile.
+  // row, or nullptr, and the loader then maps key by key. The run's pitch is fixed for the
+  // block: step * row_stride when contiguous, head_dim in a page. One block-table read per
+  // tile.
   SA_DEVICE const T* strided_run(const SaAttnFwdParams& p, const T* base, int64_t row_stride,
-                                 int j0, int step, int rows, int64_t& run_pitch) const {
+                                 int j0, int step, int rows) const {
     const int j_last = j0 + (rows - 1) * step;
     if (j0 < 0 || j_last >= kv_len) return nullptr;
-    if (block_table == nullptr) {
-      run_pitch = step * row_stride;
-      return base + j0 * row_stride;
-    }
+    if (block_table == nullptr) return base + j0 * row_stride;
     const int log2_page = p.paged.log2_page_size;
     if (step != 1 || (j0 >> log2_page) != (j_last >> log2_page)) return nullptr;
-    run_pitch = p.head_dim;
     return row(p, base, row_stride, j0);  // nullptr when the page was evicted
   }
 };

@@ -30,19 +30,20 @@ struct TileCopy {
   int row0, chunk;
   SA_DEVICE explicit TileCopy(int tid) : row0(tid / kChunksPerRow), chunk(tid % kChunksPerRow) {}
   SA_DEVICE int row(int i) const { return row0 + i * kRowStep; }
+  // Elements from a tile's first row to this thread's first source, rows `pitch` apart.
+  SA_DEVICE int64_t offset(int64_t pitch) const { return row0 * pitch + chunk * 8; }
 };
 
-// Issues cp.async copies of a [ROWS, D] tile whose rows lie at a constant pitch: row r at
-// `base + r * pitch` (elements), every row present. The fast path of the K/V loader
-// (contiguous or in-page keys, affine views, full tiles): a thread's addresses are computed
-// once and advance by constants. Does not commit.
+// Issues cp.async copies of a [ROWS, D] tile whose rows lie at a constant pitch, every row
+// present: the fast path of the K/V loader (contiguous or in-page keys, affine views, full
+// tiles). `src` is this thread's first source (row row0, chunk `chunk`: the tile's first row
+// plus TileCopy::offset, computed once per block) and `src_step` the distance between its
+// rows (kRowStep * pitch), so each copy costs one 64-bit add. Does not commit.
 template <int ROWS, int D, int THREADS, typename T>
-SA_DEVICE void load_tile_strided(Smem smem_tile, const T* base, int64_t pitch, int tid) {
+SA_DEVICE void load_tile_strided(Smem smem_tile, const T* src, int64_t src_step, int tid) {
   using Copy = TileCopy<ROWS, D, THREADS>;
   const Copy c(tid);
   const Smem dst = smem_tile + swizzle_offset<D>(c.row0, c.chunk);
-  const T* src = base + c.row0 * pitch + c.chunk * 8;
-  const int64_t src_step = Copy::kRowStep * pitch;
   SA_UNROLL
   for (int i = 0; i < Copy::kRowsPerThread; ++i) {
     arch::cp_async_cg16(dst + i * Copy::kDstStep, src + i * src_step);
