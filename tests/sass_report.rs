@@ -84,6 +84,7 @@ fn strs(v: &Value) -> Vec<&str> {
 
 const TINY: &str = "tiny.sass";
 const TARGETS_MET: &str = "targets-met.sass";
+const INTERVAL_MASK: &str = "interval-mask.sass";
 
 fn tiny() -> Value {
     json(
@@ -200,6 +201,179 @@ fn partial_tile_runs_the_mask_loop_its_trip_count() {
     assert_eq!(lp["trip_source"], "sass");
 }
 
+fn interval_mask() -> Value {
+    json(
+        &[
+            "--sass",
+            &fixture(INTERVAL_MASK),
+            "--params",
+            &fixture("params-shapes.h"),
+        ],
+        0,
+    )
+}
+
+/// One mask path of a `mask` report: the interval path of `intervals` intervals.
+fn interval_path(k: &Value, intervals: u64) -> &Value {
+    k["mask"]["interval"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["intervals"] == intervals)
+        .unwrap_or_else(|| panic!("no {intervals}-interval path in {}", k["mask"]))
+}
+
+/// interval-mask.sass sm_90 sa_attn_fwd_f16_hd128_m64: TokenMask::apply's two paths in the
+/// kernel's layout. Dense path 0x0 [8] 0x5c0 [7] = 15: a full tile skips the mask detour at
+/// 0x80. The detour: TokenMask::make 0x80 [5] `intervals = n` (a copy of the n that `@!P0 BRA`
+/// tests, so skipping the kinds 0xd0 [3] leaves intervals = n < 1: a shortcut), 0x100 [4], the
+/// dispatch `@P1 BRA P0, 0x1d0`: its fall-through 0x140 holds the rolled loop 0x150 (the
+/// interpreter), its target 0x1d0 none (the interval form). In that side the split 0x1d0 [2]
+/// `ISETP.NE.AND P0, PT, R116, 0x1, PT; @!P0 BRA 0x2e0`: 0x2e0's side has 13 ISETP for 4 -inf
+/// writes (3.25), 0x1f0's 8 for 2 (4.0): one interval at 0x2e0 (the compare agrees), two at
+/// 0x1f0. Per iteration (8 + 5 + 3 + 4 = 20 to the dispatch):
+///  - 2 intervals: 20 + 2 + 0x1f0 [15] + 7 = 44 = 2.933 x 15, 15 in the -inf selecting block.
+///  - 1 interval: 20 + 2 + 0x2e0 [6] + 0x340 [3] + 0x3c0 [7] (the 32-bit division: the call
+///    at 0x370 costs its 5 + the subroutine's 8 to RET) + 0x430 [3] + 0x460 [10] + 0x500 [3]
+///    (row 1's padding defaults are set at 0x2e0, above row 0, and still make the skip a
+///    shortcut) + 0x530 [9] + 7 = 70 = 4.667 x 15, 19 in the -inf selecting blocks.
+///  - interpreted: 20 + 0x140 [1] + 0x150 [5] + 0x1a0 [3] + 7 = 36 once, + 31 x 5 = 191 =
+///    12.733 x 15: the `partial` figures, as before the interval form.
+#[test]
+fn interval_and_interpreted_mask_paths_are_told_apart() {
+    if !have_python("interval_and_interpreted_mask_paths_are_told_apart") {
+        return;
+    }
+    let r = interval_mask();
+    let k = kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128_m64");
+    assert_eq!(strs(&k["dense"]["path"]), ["0x0", "0x5c0"]);
+    assert_eq!(k["dense"]["n"], 15);
+    let m = &k["mask"];
+    assert_eq!(m["detour"], "0x80");
+    assert_eq!(m["dispatch"]["at"], "0x130");
+    assert_eq!(m["dispatch"]["test"], "@P1 BRA P0, 0x1d0");
+    assert_eq!(m["split"]["at"], "0x1e0");
+    assert_eq!(m["split"]["compare"], "ISETP.NE.AND P0, PT, R116, 0x1, PT");
+    assert_eq!(m["split"]["compare_agrees"], true);
+    assert_eq!(m["interpreted"]["entry"], "0x140");
+
+    let two = interval_path(k, 2);
+    assert_eq!(two["entry"], "0x1f0");
+    assert_eq!(two["isetp_per_neg_inf"], 4.0);
+    assert_eq!(two["iteration"], 44);
+    assert_eq!(two["extra"], 29);
+    assert_eq!(two["ratio"], 2.933);
+    assert_eq!(two["selecting"], 15);
+    let one = interval_path(k, 1);
+    assert_eq!(one["entry"], "0x2e0");
+    assert_eq!(one["isetp_per_neg_inf"], 3.25);
+    assert_eq!(
+        strs(&one["path"]),
+        [
+            "0x0", "0x80", "0xd0", "0x100", "0x1d0", "0x2e0", "0x340", "0x3c0", "0x430", "0x460",
+            "0x500", "0x530", "0x5c0"
+        ]
+    );
+    assert_eq!(one["iteration"], 70);
+    assert_eq!(one["ratio"], 4.667);
+    assert_eq!(one["selecting"], 19);
+    assert_eq!(one["loops"].as_array().unwrap().len(), 0);
+
+    let p = &k["partial"];
+    assert_eq!(p["mask_path"], "interpreted");
+    assert_eq!(p["entry"], "0x80");
+    assert_eq!(p["via"], "0x140");
+    assert_eq!(p["path_once"], 36);
+    assert_eq!(p["iteration"], 191);
+    assert_eq!(p["ratio"], 12.733);
+    assert_eq!(p["loops"][0]["head"], "0x150");
+    assert_eq!(p["loops"][0]["trip"], 32);
+}
+
+/// interval-mask.sass sm_90 sa_attn_fwd_bf16_hd128_m64, the mirrored layout: `tile >= 0` and
+/// `intervals > 0` as two branches to the interpreter at 0x2f0, the interval form falling
+/// through. The first (0x130) has the interpreter on both sides (0x140 reaches it too), so the
+/// dispatch is the second, 0x140 `@!P0 BRA 0x2f0`. The split `ISETP.EQ.AND P0, PT, R116, 0x1;
+/// @!P0 BRA 0x200` falls through to one interval (0x170: 4 ISETP, 2 -inf) and jumps to two
+/// (0x200: 8, 2). One: 20 + 0x140 [1] + 0x150 [2] + 0x170 [9] + 7 = 39 = 2.6 x 15; two: 20 + 1 +
+/// 2 + 15 + 7 = 45 = 3.0 x; the interpreter through 0x130's branch: 20 + 1 + 5 + 3 + 7 = 36 once,
+/// 191 in all.
+#[test]
+fn mask_paths_in_the_mirrored_layout() {
+    if !have_python("mask_paths_in_the_mirrored_layout") {
+        return;
+    }
+    let r = interval_mask();
+    let k = kernel(&r, "sm_90", "sa_attn_fwd_bf16_hd128_m64");
+    let m = &k["mask"];
+    assert_eq!(m["dispatch"]["at"], "0x140");
+    assert_eq!(m["dispatch"]["test"], "@!P0 BRA 0x2f0");
+    assert_eq!(m["interpreted"]["entry"], "0x2f0");
+    assert_eq!(m["split"]["at"], "0x160");
+    assert_eq!(m["split"]["compare"], "ISETP.EQ.AND P0, PT, R116, 0x1, PT");
+    assert_eq!(m["split"]["compare_agrees"], true);
+    let one = interval_path(k, 1);
+    assert_eq!(one["entry"], "0x170");
+    assert_eq!(one["iteration"], 39);
+    assert_eq!(one["ratio"], 2.6);
+    let two = interval_path(k, 2);
+    assert_eq!(two["entry"], "0x200");
+    assert_eq!(two["iteration"], 45);
+    assert_eq!(two["ratio"], 3.0);
+    assert_eq!(k["partial"]["via"], "0x2f0");
+    assert_eq!(k["partial"]["path_once"], 36);
+    assert_eq!(k["partial"]["iteration"], 191);
+}
+
+/// `--check` holds the interval mask (1 and 2 intervals) to 1.3x where the mask detour has the
+/// two paths, and reports the interpreted mask only; the text report labels both.
+#[test]
+fn check_and_text_report_of_the_mask_paths() {
+    if !have_python("check_and_text_report_of_the_mask_paths") {
+        return;
+    }
+    let (sass, shapes) = (fixture(INTERVAL_MASK), fixture("params-shapes.h"));
+    let base = ["--sass", sass.as_str(), "--params", shapes.as_str()];
+    let out = run(&[&base[..], &["--check"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "MISS sm_90 sa_attn_fwd_f16_hd128_m64: partial tile, interval mask (1 interval) 4.667x",
+        "MISS sm_90 sa_attn_fwd_f16_hd128_m64: partial tile, interval mask (2 intervals) 2.933x",
+        "--   sm_90 sa_attn_fwd_f16_hd128_m64: partial tile, interpreted mask 12.733x a full tile \
+         (reported only",
+        "| HMMA LDSM LDGSTS instr /HMMA smB/H loader |  ivl1 xfull  ivl2 xfull | interp xfull",
+        "|    70  4.67    44  2.93 |    191 12.73       5   32",
+        "    1 interval  at 0x2e0: 70 instructions per iteration = 4.67x full (+55: 19 in",
+        "    2 intervals at 0x1f0: 44 instructions per iteration = 2.93x full",
+        "partial tile, interpreted mask (the rolled general interpreter) at 0x140 in the mask \
+         detour at 0x80: 191 instructions",
+    ] {
+        assert!(s.contains(line), "{line}\n{s}");
+    }
+    assert!(
+        !s.contains("MISS sm_90 sa_attn_fwd_f16_hd128_m64: partial tile 12.733x"),
+        "{s}"
+    );
+    let r = json(&base, 0);
+    let what = |key: &str| -> Vec<String> {
+        r[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.get("what").unwrap_or(t).as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(what("targets").iter().all(|t| !t.contains("interpreted")));
+    assert_eq!(
+        what("reported_only")
+            .iter()
+            .filter(|t| t.contains("interpreted mask 12.733x"))
+            .count(),
+        2
+    );
+}
+
 /// Resources of tiny.sass sm_90: 168 registers -> 168 x 32 = 5376 per warp, 3 warps per
 /// sub-partition (16384 / 5376), 12 warps = 3 CTAs of 4 warps; shared memory: params.h's 320
 /// rows x 128 x 2 B = 80 KB (SHARED:1024 is sm_90's per-block reservation, not the kernel's),
@@ -254,6 +428,10 @@ fn sm80_calls_loop_exits_and_indirect_branches() {
     assert_eq!(k["occupancy"]["ctas_per_sm"], 2);
     assert_eq!(k["occupancy"]["limited_by"], "registers");
     assert_eq!(strs(&k["unresolved_indirect_branches"]), Vec::<&str>::new());
+    // A BRX between a loop and a select is no interval/interpreter dispatch: `partial` is the
+    // costliest mask path, as without the interval form.
+    assert!(k["mask"].is_null(), "{}", k["mask"]);
+    assert!(k["partial"]["mask_path"].is_null());
 
     let dir = TempDir::new();
     let full = std::fs::read_to_string(fixture(TINY)).unwrap();
@@ -460,5 +638,20 @@ fn real_fatbin_every_forward_kernel_has_a_mainloop() {
         assert!(d["ldsm"].as_u64().unwrap() > 0, "{tag}: {d}");
         assert!(d["ldgsts"].as_u64().unwrap() > 0, "{tag}: {d}");
         assert!(k["registers"].as_u64().is_some(), "{tag}");
+        // TokenMask::apply's two paths: the interval form (1 and 2 intervals, cheaper than
+        // the interpreter and dearer than a full tile) and the interpreter's rolled loop.
+        let m = &k["mask"];
+        assert!(m["dispatch"].is_object(), "{tag}: no mask dispatch: {m}");
+        assert_eq!(m["split"]["compare_agrees"], true, "{tag}: {m}");
+        let p = &k["partial"];
+        assert_eq!(p["mask_path"], "interpreted", "{tag}: {p}");
+        let full = d["n"].as_u64().unwrap();
+        let mut last = full;
+        for n in [1, 2] {
+            let it = interval_path(k, n)["iteration"].as_u64().unwrap();
+            assert!(last < it, "{tag}: {n} intervals: {it} after {last}");
+            last = it;
+        }
+        assert!(last < p["iteration"].as_u64().unwrap(), "{tag}: {m} {p}");
     }
 }
