@@ -122,6 +122,34 @@ SA_DEVICE int fragment_row(int warp_row0, int r, int lane) {
   return warp_row0 + (r / 2) * 16 + (lane >> 2) + 8 * (r % 2);
 }
 
+// What the mask of a partial tile needs for this lane's fragment rows: the predicate, the
+// rows' query tokens and (make_with_keys) their interval forms.
+template <typename T, int MT>
+struct PartialMask {
+  TokenMask mask;
+  int row_tok[2 * MT];
+  RowKeys rk[2 * MT];
+
+  SA_DEVICE static PartialMask make(const SaAttnFwdParams& p, int set, const SeqSlice<T>& seq,
+                                    const RowMap& rows, int warp_row0, int lane) {
+    PartialMask m;
+    m.mask = TokenMask::make(p.mask_programs + set, p.mask_components, p.mask_data, seq.q_len,
+                             seq.kv_len);
+    SA_UNROLL
+    for (int r = 0; r < 2 * MT; ++r) m.row_tok[r] = rows.token(fragment_row(warp_row0, r, lane));
+    return m;
+  }
+
+  SA_DEVICE static PartialMask make_with_keys(const SaAttnFwdParams& p, int set,
+                                              const SeqSlice<T>& seq, const RowMap& rows,
+                                              const KeyMap& keys, int warp_row0, int lane) {
+    PartialMask m = make(p, set, seq, rows, warp_row0, lane);
+    SA_UNROLL
+    for (int r = 0; r < 2 * MT; ++r) m.rk[r] = m.mask.row_keys(m.row_tok[r], keys);
+    return m;
+  }
+};
+
 // Normalises and stores this warp's output rows (padding rows are dropped) and their LSE.
 // `warp_row0` is the warp's first row in the block, mapped to (token, head) by `rows`.
 template <typename T, int D, int MT, Canary kCanary>
@@ -281,6 +309,12 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   // Q A-fragments, loaded once (when they fit in registers; else re-read per k step).
   uint32_t qf[Tr::kQInRegs ? MT : 1][Tr::kQInRegs ? Tr::kKSteps : 1][4];
   const int warp_row0 = warp * Tr::kWarpRows;  // this warp's first row in the block
+  // The mask of partial tiles: built once here where registers allow (64-row tiles), else on
+  // each partial tile.
+  using MaskRows = PartialMask<T, MT>;
+  const MaskRows hoisted =
+      Tr::kHoistMask ? MaskRows::make_with_keys(params, set, seq, rows, keys, warp_row0, lane)
+                     : MaskRows{};
   // The score scale folds into the exp2 FFMA unless softcap (or a non-positive scale) needs
   // the scores scaled first.
   const bool fold_scale = params.softcap == 0.f && params.scale > 0.f;
@@ -301,14 +335,14 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     qk_gemm<T, D, Tr::kBlockN, MT, Tr::kQInRegs>(s, qf, sQ, warp_row0, sK, lane);
     if (!fold_scale) scale_scores(s, params.scale, params.softcap);
     if (tiles.partial(i)) {
-      // The predicate and this lane's query rows, built here (partial tiles only) rather
-      // than held in registers across the mainloop.
-      const TokenMask mask = TokenMask::make(params.mask_programs + set, params.mask_components,
-                                             params.mask_data, seq.q_len, seq.kv_len);
-      int row_tok[2 * MT];
-      SA_UNROLL
-      for (int r = 0; r < 2 * MT; ++r) row_tok[r] = rows.token(fragment_row(warp_row0, r, lane));
-      mask.apply(s, row_tok, keys, tile, lane);
+      if constexpr (Tr::kHoistMask) {
+        hoisted.mask.apply(s, hoisted.row_tok, hoisted.rk, keys, tile, lane);
+      } else {
+        // The predicate and this lane's query rows, built here (partial tiles only) rather
+        // than held in registers across the mainloop.
+        const MaskRows mr = MaskRows::make(params, set, seq, rows, warp_row0, lane);
+        mr.mask.apply(s, mr.row_tok, keys, tile, lane);
+      }
     } else {
       const int valid = keys.valid(tile);
       if (valid < Tr::kBlockN) mask_kv_tail(s, valid, lane);

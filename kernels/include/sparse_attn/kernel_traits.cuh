@@ -39,6 +39,11 @@ struct FwdTraits {
   // shared memory at every k step (FlashAttention-2 does the same).
   static constexpr bool kQInRegs = kMTiles == 1 || D <= 64;
 
+  // The partial-tile mask (its program and this lane's rows' allowed-key intervals) is built
+  // once per block when it fits: 2 rows x 5 registers beside a 16-row warp tile; with 32 rows
+  // the accumulators leave no room and it is rebuilt on each partial tile.
+  static constexpr bool kHoistMask = kMTiles == 1;
+
   // MMA trip counts.
   static constexpr int kKSteps = D / 16;          // k16 steps of Q.K^T
   static constexpr int kSTiles = kBlockN / 8;     // n8 tiles of S per m16 tile  [16, BLOCK_N]

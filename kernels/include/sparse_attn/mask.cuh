@@ -123,39 +123,42 @@ struct TokenMask {
     for (int i = 0; i < 2; ++i) {  // unrolled: rk's indices are constants (no local memory)
       if (i >= intervals) break;
       const SaMaskComponent& c = components[program->first_component + i];
-      // Key interval [lo, hi] of the component (64-bit: p +- a window can leave int32).
-      int64_t lo = 0, hi = j_max;
+      // Key interval [lo, hi] of the component, clipped to [0, j_max] without leaving int32
+      // (p - left and p + right may).
+      int lo = 0, hi = j_max;
       if (c.kind == SA_MASK_WINDOW) {
-        lo = int64_t(p) - c.window_left;
-        hi = int64_t(p) + c.window_right;
+        lo = p > c.window_left ? p - c.window_left : 0;
+        hi = c.window_right < j_max - p ? p + c.window_right : j_max;
       } else if (c.kind == SA_MASK_SINKS) {
-        hi = c.sink_count - 1;
+        hi = c.sink_count - 1 < j_max ? c.sink_count - 1 : j_max;
       }
-      if (lo < 0) lo = 0;
-      if (hi > j_max) hi = j_max;
-      // To view keys v: key = first + v * step, v < count.
-      int64_t vlo = lo - keys.first, vhi = hi - keys.first;
-      vlo = vlo <= 0 ? 0 : (vlo + keys.step - 1) / keys.step;
-      vhi = vhi < 0 ? -1 : vhi / keys.step;
+      // To view keys: key = first + v * step, v < count (step 1 is the natural order and
+      // needs no division).
+      int vlo = lo - keys.first, vhi = hi - keys.first;
+      if (keys.step != 1) {
+        vlo = vlo <= 0 ? 0 : (vlo + keys.step - 1) / keys.step;
+        vhi = vhi < 0 ? -1 : vhi / keys.step;
+      } else if (vlo < 0) {
+        vlo = 0;
+      }
       if (vhi > keys.count - 1) vhi = keys.count - 1;
       if (lo > hi || vlo > vhi) vlo = 1, vhi = 0;
-      rk.lo[i] = static_cast<int>(vlo);
-      rk.hi[i] = static_cast<int>(vhi);
+      rk.lo[i] = vlo;
+      rk.hi[i] = vhi;
     }
     return rk;
   }
 
-  // The interval test of `apply` for m16 tile `mt` of `s`: `off` is the view key of this
-  // lane's column 0 (its columns are off + nt * 8 + i), so each element compares a constant
-  // against per-row bounds.
+  // The interval test of `apply`: `rk[r]` bounds fragment row r (row g + 8h of m16 tile mt for
+  // r = 2 * mt + h) and `off` is the view key of this lane's column 0 (its columns are
+  // off + nt * 8 + i), so each element compares a constant against per-row bounds.
   template <bool kTwo, int MT, int NT>
-  SA_DEVICE void apply_intervals(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT],
-                                 const KeyMap& keys, int off) const {
+  SA_DEVICE static void apply_intervals(float (&s)[MT][NT][4], const RowKeys (&rk)[2 * MT],
+                                        int off) {
     SA_UNROLL
     for (int r = 0; r < 2 * MT; ++r) {
-      const RowKeys rk = row_keys(row_tok[r], keys);
-      const int lo0 = rk.lo[0] - off, hi0 = rk.hi[0] - off;
-      const int lo1 = rk.lo[1] - off, hi1 = rk.hi[1] - off;
+      const int lo0 = rk[r].lo[0] - off, hi0 = rk[r].hi[0] - off;
+      const int lo1 = rk[r].lo[1] - off, hi1 = rk[r].hi[1] - off;
       SA_UNROLL
       for (int nt = 0; nt < NT; ++nt) {
         SA_UNROLL
@@ -181,14 +184,27 @@ struct TokenMask {
   template <int MT, int NT>
   SA_DEVICE void apply(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT], const KeyMap& keys,
                        int tile, int lane) const {
+    RowKeys rk[2 * MT];
+    if (intervals > 0) {
+      SA_UNROLL
+      for (int r = 0; r < 2 * MT; ++r) rk[r] = row_keys(row_tok[r], keys);
+    }
+    apply(s, row_tok, rk, keys, tile, lane);
+  }
+
+  // `apply` with the rows' interval forms already computed (`rk`, meaningful when `intervals`
+  // > 0): kernels whose registers allow it build them once per block.
+  template <int MT, int NT>
+  SA_DEVICE void apply(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT],
+                       const RowKeys (&rk)[2 * MT], const KeyMap& keys, int tile, int lane) const {
     static_assert(NT * 4 <= 32, "one bit per fragment entry");
     const int t = lane & 3;
     if (intervals > 0 && tile >= 0) {
       const int off = tile * SA_FWD_BLOCK_N + 2 * t;
       if (intervals == 1) {
-        apply_intervals<false>(s, row_tok, keys, off);
+        apply_intervals<false>(s, rk, off);
       } else {
-        apply_intervals<true>(s, row_tok, keys, off);
+        apply_intervals<true>(s, rk, off);
       }
       return;
     }
