@@ -3,7 +3,7 @@
 // the decode tile (64 rows, 16 per warp: short queries and GQA-packed decode waste no rows).
 // head_dim 128 runs the 64-row tile in both phases for now: with 32 rows per warp its
 // accumulators (O 128 + S 64 registers) and the kernel's state still spill 92 bytes at 255
-// registers on sm_90 (52 on sm_80), down from 168 before the split swizzle of tile_mma.cuh
+// registers on sm_90 (36 on sm_80), down from 168 before the split swizzle of tile_mma.cuh
 // and the lean KvRows. src/kernels.rs (fwd_tiles) picks the shape; causal, windows and patterns are
 // runtime data, so this is the whole instantiation set of the forward pass.
 #include "sparse_attn/attention_fwd.cuh"
