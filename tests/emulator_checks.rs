@@ -29,6 +29,26 @@ fn buf<T: Plain>(data: &[T], label: &str) -> GuardedBuffer<T> {
     GuardedBuffer::from_slice(data, label).unwrap()
 }
 
+/// A causal f16 plan over one sequence (q_len x kv_len, heads / kv heads, head_dim) with
+/// random q, k, v of amplitude `qk` (v: 1).
+fn causal_case(
+    (q_len, kv_len): (usize, usize),
+    (heads, kv_heads): (usize, usize),
+    head_dim: u32,
+    qk: f32,
+) -> (AttnPlan, Vec<f16>, Vec<f16>, Vec<f16>) {
+    let seqs = SeqLens::Uniform {
+        batch: 1,
+        q_len,
+        kv_len,
+    };
+    let problem = AttnProblem::new(seqs, heads, kv_heads, head_dim, DType::F16).unwrap();
+    let plan = AttnPlan::new(&problem, &AttnOptions::causal()).unwrap();
+    let mut rng = Rng::new(base_seed());
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, qk, 1.0);
+    (plan, q, k, v)
+}
+
 /// Checks a causal run of `plan` against the f64 reference at the dtype's tolerance.
 fn check_causal(plan: &AttnPlan, q: &[f16], k: &[f16], v: &[f16], out: &[f16], lse: &[f32]) {
     let (q_len, kv_len) = plan.problem().seqs().max_lens();
@@ -59,21 +79,7 @@ macro_rules! assert_fault {
 fn unwritten_outputs_are_poisoned_not_zero() {
     // Causal with q_len > kv_len: rows 0..32 sit before the first key (p < 0) and are empty,
     // so the contract wants out = 0 and lse = -inf there.
-    let problem = AttnProblem::new(
-        SeqLens::Uniform {
-            batch: 1,
-            q_len: 96,
-            kv_len: 64,
-        },
-        2,
-        1,
-        64,
-        DType::F16,
-    )
-    .unwrap();
-    let plan = AttnPlan::new(&problem, &AttnOptions::causal()).unwrap();
-    let mut rng = Rng::new(base_seed());
-    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    let (plan, q, k, v) = causal_case((96, 64), (2, 1), 64, 1.0);
     let run = EmuRun::default();
     // The production kernel writes every row, empty ones as exact zeros.
     let (out, lse) = plan.run_emulated(&q, &k, &v, &run).unwrap();
@@ -257,21 +263,7 @@ fn shared_memory_limits_follow_the_target_architecture() {
 fn every_shipped_launch_fits_every_target() {
     // The forward kernel's largest tile (head_dim 128) on the strictest targets.
     for arch in TargetArch::ALL {
-        let problem = AttnProblem::new(
-            SeqLens::Uniform {
-                batch: 1,
-                q_len: 80,
-                kv_len: 80,
-            },
-            2,
-            2,
-            128,
-            DType::F16,
-        )
-        .unwrap();
-        let plan = AttnPlan::new(&problem, &AttnOptions::causal()).unwrap();
-        let mut rng = Rng::new(base_seed());
-        let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+        let (plan, q, k, v) = causal_case((80, 80), (2, 2), 128, 1.0);
         let run = EmuRun {
             arch,
             ..Default::default()
@@ -412,21 +404,7 @@ fn pessimistic_mma_truncates_its_partial_sums() {
 fn attention_passes_its_tolerances_under_pessimistic_numerics() {
     // The suites run under both modes (CI sets SPARSE_ATTN_EMU_NUMERICS=pessimistic for a
     // second run); here one case checks that the mode reaches the attention kernels at all.
-    let problem = AttnProblem::new(
-        SeqLens::Uniform {
-            batch: 1,
-            q_len: 130,
-            kv_len: 130,
-        },
-        2,
-        1,
-        64,
-        DType::F16,
-    )
-    .unwrap();
-    let plan = AttnPlan::new(&problem, &AttnOptions::causal()).unwrap();
-    let mut rng = Rng::new(base_seed());
-    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 2.0, 1.0);
+    let (plan, q, k, v) = causal_case((130, 130), (2, 1), 64, 2.0);
     let exact = plan.run_emulated(&q, &k, &v, &EmuRun::default()).unwrap();
     let run = EmuRun {
         numerics: Numerics::Pessimistic,

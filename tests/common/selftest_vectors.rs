@@ -165,6 +165,22 @@ pub fn mma_random_cases() -> Vec<MmaCase> {
     cases
 }
 
+/// Asserts an mma's row-major D (16 x 8) equals the exact triple loop over a, b, c (integers:
+/// exact in f32 on every backend).
+pub fn assert_mma_exact(d: &[f32], a: &[f32], b: &[f32], c: &[f32], k: usize, is_bf16: bool) {
+    let want = mma_triple_loop(a, b, c, k);
+    assert_eq!(d.len(), want.len(), "D length");
+    for m in 0..16 {
+        for n in 0..8 {
+            assert_eq!(
+                d[m * 8 + n],
+                want[m * 8 + n],
+                "k{k} bf16={is_bf16} D[{m}][{n}]"
+            );
+        }
+    }
+}
+
 /// D = A[:, :k] · B[:k, :] + C, exact (integer data), [16][8] row-major.
 pub fn mma_triple_loop(a: &[f32], b: &[f32], c: &[f32], k: usize) -> Vec<f32> {
     let mut d = vec![0.0f32; 128];
