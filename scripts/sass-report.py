@@ -534,6 +534,27 @@ class Cfg:
                 if x.base in ("LDG", "LD"):
                     c["ldg"] += 1
             self.count.append(c)
+        # Instructions of a block guarded by a predicate that an outgoing edge contradicts
+        # (`@P0 LDGSTS ...; @P0 BRA X`: on the fall-through P0 is false, so the guarded copies
+        # do not run there): per (block, successor), their counts, subtracted by the path
+        # search and the tallies. The predicate must not be rewritten after the instruction.
+        self.dead = {}
+        for k, (s_, e_) in enumerate(self.blocks):
+            for e in self.succ[k]:
+                if not e.need:
+                    continue
+                facts = dict(e.need)
+                dead = []
+                for i in range(s_, e_):                   # the branch itself still issues
+                    x = ins[i]
+                    f = _guard_fact(x.guard)
+                    if x.never or f is None or facts.get(f[0], f[1]) == f[1]:
+                        continue
+                    if any(f[0] in pred_writes(y) for y in ins[i:e_ + 1]):
+                        continue
+                    dead.append(x)
+                if dead:
+                    self.dead[(k, e.dst)] = dead
         # Loops: an edge to a block at or above its source is a back edge; a head's natural
         # loop is the head plus every block that reaches one of its back-edge sources.
         self.latches = {}
@@ -806,6 +827,9 @@ def best_path(cfg, body, head, ends, shortcuts, through=None):
                 if e.dst <= k:
                     continue                                 # an inner loop's back edge
                 sc = add(score, gain(e.dst))
+                for x in cfg.dead.get((k, e.dst), ()):      # guarded off on this edge
+                    sc = add(sc, (-(x.base == "HMMA"), -(x.base == "LDGSTS"), 0,
+                                  x.base in ("LDG", "LD"), 1))
                 if (k, e.dst) in shortcuts:
                     sc = sc[:2] + (sc[2] - 1,) + sc[3:]
                 nkey = (frozenset(st.items()), seen or e.dst == through)
@@ -830,8 +854,12 @@ def tally(cfg, blocks):
     """Instruction counts of a list of blocks (a path), by class, plus shared-memory bytes."""
     t = {cl: 0 for cl in CLASSES}
     t.update(n=0, never=0, smem_bytes=0, ops={})
-    for k in blocks:
+    for i, k in enumerate(blocks):
+        nxt = blocks[i + 1] if i + 1 < len(blocks) else blocks[0]
+        dead = {id(x) for x in cfg.dead.get((k, nxt), ())}
         for x in cfg.exec_ins(k):
+            if id(x) in dead:
+                continue                                  # guarded off on the edge taken
             if x.never:
                 t["never"] += 1
                 continue

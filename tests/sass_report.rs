@@ -655,3 +655,28 @@ fn real_fatbin_every_forward_kernel_has_a_mainloop() {
         assert!(last < p["iteration"].as_u64().unwrap(), "{tag}: {m} {p}");
     }
 }
+
+/// predicated.sass: `@P0 LDGSTS x2; @P0 BRA 0xa0` over a row-by-row path of two LDGSTS. On
+/// the fall-through P0 is false, so the guarded copies do not run there: both ways issue 2
+/// LDGSTS, and the path is the strided one (block 0x10 [6], 0xa0 [5]: 11 instructions), not
+/// the impossible 4-LDGSTS walk through both that counting guarded instructions would pick
+/// (4 of 0x10 + 3 of 0x70 + 5 = 12 instructions with the guarded ones dropped).
+#[test]
+fn instructions_guarded_off_on_the_edge_taken_do_not_count() {
+    if !have_python("instructions_guarded_off_on_the_edge_taken_do_not_count") {
+        return;
+    }
+    let r = json(
+        &[
+            "--sass",
+            &fixture("predicated.sass"),
+            "--params",
+            &fixture("params.h"),
+        ],
+        0,
+    );
+    let d = &kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128_m64")["dense"];
+    assert_eq!(strs(&d["path"]), ["0x10", "0xa0"]);
+    assert_eq!(d["ldgsts"], 2, "{d}");
+    assert_eq!(d["n"], 11, "{d}");
+}
