@@ -255,6 +255,16 @@ pub mod test_kernels {
         sa_test_attn_fwd_skip_empty_rows_f16_hd64_m64,
         "attention_canary"
     );
+    test_kernel!(
+        CANARY_RESCALE_M128,
+        sa_test_attn_fwd_skip_rescale_f16_hd64_m128,
+        "attention_canary"
+    );
+    test_kernel!(
+        CANARY_RESCALE_M64,
+        sa_test_attn_fwd_skip_rescale_f16_hd64_m64,
+        "attention_canary"
+    );
 
     /// The f16/hd64 forward kernel with P's a2 and a4 swapped, in the shape of `tiles` (the
     /// plan's [`FwdTiles`], head_dim 64).
@@ -264,6 +274,17 @@ pub mod test_kernels {
             &CANARY_SWAP_M128
         } else {
             &CANARY_SWAP_M64
+        }
+    }
+
+    /// The f16/hd64 forward kernel that does not rescale the output when a row's running max
+    /// moves, in the shape of `tiles` (head_dim 64).
+    pub fn canary_skip_rescale(tiles: &FwdTiles) -> &'static KernelDesc {
+        assert_eq!(tiles.head_dim, 64, "the canaries are f16/hd64 kernels");
+        if tiles.block_m == 128 {
+            &CANARY_RESCALE_M128
+        } else {
+            &CANARY_RESCALE_M64
         }
     }
 

@@ -327,6 +327,59 @@ fn a2_a4_fragment_swap_canary_fails_end_to_end() {
 }
 
 #[test]
+fn maxima_growing_along_the_keys_rescale_mid_row() {
+    // Keys scaled by 2^(j / 24): each 64-key tile's logits outgrow the last by far more than
+    // the rescale slack (2^8), so the running max moves on every tile, mid-row, after output
+    // has accumulated. The production kernel matches the reference; the canary that skips the
+    // rescale does not, though on plain random logits (max settled after the first tile) it
+    // passes: the slack keeps it silent there.
+    use sparse_attn::kernels::test_kernels::canary_skip_rescale;
+    let seed = base_seed();
+    for q_len in [64, 200] {
+        let kv_len = 256;
+        let problem = AttnProblem::new(
+            SeqLens::Uniform {
+                batch: 1,
+                q_len,
+                kv_len,
+            },
+            1,
+            1,
+            64,
+            DType::F16,
+        )
+        .unwrap();
+        let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
+        let mut rng = Rng::new(seed ^ q_len as u64);
+        let (q, mut k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+        let plain = k.clone();
+        for (j, row) in k.chunks_mut(64).enumerate() {
+            let g = (j as f32 / 24.0).exp2() / 8.0;
+            for x in row {
+                *x = f16::from_f32(x.to_f32() * g);
+            }
+        }
+        let run = crate::common::emu_run();
+        // SAFETY: the canary is this plan's f16/hd64 kernel, in its shape, with the rescale
+        // dropped: same params and launch geometry.
+        let canary = unsafe { plan.clone().with_kernel(canary_skip_rescale(plan.tiles())) };
+        let want = reference_for(&plan, &q, &k, &v, |_, _, _, _| true);
+        let (out, _) = plan.run_emulated(&q, &k, &v, &run).unwrap();
+        assert!(common::rel_error(&out, &want.out) <= 4e-3);
+        let (bad, _) = canary.run_emulated(&q, &k, &v, &run).unwrap();
+        let err = common::rel_error(&bad, &want.out);
+        assert!(
+            err > 4e-3,
+            "the rescale-dropping {}-row kernel passed on growing maxima (error {err:.3e})",
+            plan.tiles().block_m
+        );
+        let want = reference_for(&plan, &q, &plain, &v, |_, _, _, _| true);
+        let (bad, _) = canary.run_emulated(&q, &plain, &v, &run).unwrap();
+        assert!(common::rel_error(&bad, &want.out) <= 4e-3);
+    }
+}
+
+#[test]
 fn bad_inputs_are_typed_errors() {
     use sparse_attn::Error;
     let seqs = SeqLens::Uniform {

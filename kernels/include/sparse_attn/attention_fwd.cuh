@@ -28,6 +28,10 @@ enum class Canary {
   // Empty rows (no allowed key) get their LSE but no output store: passes if outputs start
   // zeroed, fails once the emulator poisons them.
   SkipEmptyRowStore,
+  // The output accumulator not rescaled when a row's running max moves: passes while maxima
+  // stay within the rescale slack after the first tile (small random logits), fails once
+  // they grow mid-row.
+  SkipRescale,
 };
 
 // Where one (batch, head) lives in the q/out/lse tensors (uniform or varlen) and where its
@@ -209,7 +213,7 @@ SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, c
 // The forward kernel of one instantiation (Tr = FwdTraits<T, D, WARP_ROWS>). The mainloop, per
 // kv tile, as FlashAttention-2 interleaves it with one K and one V buffer:
 //   wait for K_i; barrier (K_i visible, everyone done with V_{i-1});  load V_i
-//   S = Q . K_i^T; mask; online softmax; P in registers
+//   S = Q . K_i^T; mask; online softmax (O rescaled only when a row's max moved); P in registers
 //   wait for V_i; barrier (V_i visible, everyone done with K_i);      load K_{i+1}
 //   O += P . V_i
 // so V_i's load overlaps Q.K_i^T and the softmax, and K_{i+1}'s overlaps P.V_i.
@@ -245,7 +249,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int i_begin = static_cast<int>(int64_t(tiles.count()) * split / num_splits);
   const int i_end = static_cast<int>(int64_t(tiles.count()) * (split + 1) / num_splits);
 
-  // Phase: produce Q and the first K tile (one cp.async group).
+  // Phase: produce Q (one cp.async group) and the first K tile (the next).
   load_tile_async<Tr::kBlockM, D, Tr::kThreads, T>(
       sQ,
       [&](int r) -> const T* {
@@ -255,14 +259,16 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
                                  : nullptr;
       },
       static_cast<const T*>(params.q), tid);
+  arch::cp_async_commit();
   const bool paged = params.paged.block_table != nullptr;
-  // Phase: produce the K (or V) rows of kv tile `tile` into `dst`. Chosen once per tile,
-  // outside the chunk loop: a full regular tile whose keys are one strided run (contiguous
-  // K/V, an affine view, one resident page) is copied from addresses computed once; anything
-  // else (a tail, a gathered tile, pages smaller than a tile, evicted keys) maps key by key.
-  // `is_v` picks V (else K); the never-read source of zero-filled rows is the tensor's base.
-  // The strided path's per-thread offset and row step are fixed for the block (a view's key
-  // step, the row strides and the page geometry do not change between tiles): computed once.
+  // Phase: produce the K and V rows of kv tile `tile`. Chosen once per tile, outside the
+  // chunk loop, and for K and V together (when K is produced): a full regular tile whose keys
+  // are one strided run (contiguous K/V, an affine view, one resident page) is copied from
+  // addresses computed once; anything else (a tail, a gathered tile, pages smaller than a
+  // tile, evicted keys) maps key by key. The strided path's per-thread offset and row step
+  // are fixed for the block (a view's key step, the row strides and the page geometry do not
+  // change between tiles): computed once. The never-read source of zero-filled rows is the
+  // tensor's base.
   const KvRows<T>& kv = seq.kv;
   using Copy = TileCopy<Tr::kBlockN, D, Tr::kThreads>;
   const int64_t k_stride = KvRows<T>::pitch(params, params.k_row_stride, paged);
@@ -271,28 +277,45 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int64_t v_pitch = paged ? D : keys.step * v_stride;
   const Copy copy(tid);
   const int64_t k_thread = copy.offset(k_pitch), v_thread = copy.offset(v_pitch);
-  auto produce = [&](Smem dst, bool is_v, int tile) {
+  auto produce_rows = [&](Smem dst, bool is_v, int tile) {
     const T* base = is_v ? kv.v : kv.k;
     const int64_t row_stride = is_v ? v_stride : k_stride;
-    const T* run = nullptr;
-    if (tile >= 0 && keys.valid(tile) >= Tr::kBlockN) {
-      run = kv.strided_run(params, base, row_stride, keys.key(tile, 0), keys.step, Tr::kBlockN);
-    }
-    if (run != nullptr) {
-      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(
-          dst, run + (is_v ? v_thread : k_thread), Copy::kRowStep * (is_v ? v_pitch : k_pitch),
-          tid);
+    const void* idle = paged ? (is_v ? params.paged.v_pages : params.paged.k_pages)
+                             : (is_v ? params.v : params.k);
+    load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
+        dst, [&](int r) { return kv.row(params, base, row_stride, keys.key(tile, r)); },
+        static_cast<const T*>(idle), tid);
+  };
+  // Regular tiles [0, run_tiles) are strided runs (KvRows::run_tiles: decided once here).
+  const int run_tiles =
+      kv.run_tiles(params, keys.first, keys.step, keys.count, Tr::kBlockN);
+  const int k_row = static_cast<int>(k_stride), v_row = static_cast<int>(v_stride);
+  // This thread's first V source of the tile whose K was produced last (nullptr: row by row).
+  const T* v_run = nullptr;
+  auto produce_k = [&](int tile) {
+    int64_t k_off = 0, v_off = 0;
+    const bool run = static_cast<unsigned>(tile) < static_cast<unsigned>(run_tiles) &&
+                     kv.run_offsets(params, k_row, v_row, keys.first + tile * Tr::kBlockN * keys.step,
+                                    k_off, v_off);
+    v_run = run ? kv.v + (v_off + v_thread) : nullptr;
+    if (run) {
+      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(sK, kv.k + (k_off + k_thread),
+                                                         Copy::kRowStep * k_pitch, tid);
     } else {
-      const void* idle = paged ? (is_v ? params.paged.v_pages : params.paged.k_pages)
-                               : (is_v ? params.v : params.k);
-      load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
-          dst, [&](int r) { return kv.row(params, base, row_stride, keys.key(tile, r)); },
-          static_cast<const T*>(idle), tid);
+      produce_rows(sK, false, tile);
+    }
+  };
+  auto produce_v = [&](int tile) {
+    if (v_run != nullptr) {
+      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(sV, v_run, Copy::kRowStep * v_pitch,
+                                                         tid);
+    } else {
+      produce_rows(sV, true, tile);
     }
   };
   // Each tile index is read once: the prefetch reads the next one, the iteration reuses it.
   int tile = i_begin < i_end ? tiles.tile(i_begin) : 0;
-  if (i_begin < i_end) produce(sK, false, tile);
+  if (i_begin < i_end) produce_k(tile);
   arch::cp_async_commit();
 
   float o[MT][Tr::kOTiles][4];  // [MT x 16, D] output accumulator of this warp
@@ -306,15 +329,46 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   }
   SoftmaxState<MT> state;
   state.init();
-  // Q A-fragments, loaded once (when they fit in registers; else re-read per k step).
-  uint32_t qf[Tr::kQInRegs ? MT : 1][Tr::kQInRegs ? Tr::kKSteps : 1][4];
   const int warp_row0 = warp * Tr::kWarpRows;  // this warp's first row in the block
-  // The mask of partial tiles: built once here where registers allow (64-row tiles), else on
-  // each partial tile.
+  // The mask of partial tiles: built once here where registers allow (64-row tiles). With
+  // 32-row warp tiles whose Q lives in registers, the rows' interval forms are built once
+  // here too, into the warp's own rows of the Q buffer (dead once the Q fragments are read):
+  // each lane stores its rows' bounds and alone reads them back, at 16 bytes per row, so a
+  // partial tile costs 2 * MT shared loads instead of the program's global loads and the
+  // bounds arithmetic. Otherwise the mask is rebuilt on each partial tile.
   using MaskRows = PartialMask<T, MT>;
+  constexpr bool kMaskInSmem = !Tr::kHoistMask && Tr::kQInRegs;
+  static_assert(!kMaskInSmem || 32 * (2 * MT * 16 + 4) <= Tr::kWarpRows * Tr::kRowBytes,
+                "a lane's row bounds fit in its warp's rows of the Q buffer");
   const MaskRows hoisted =
       Tr::kHoistMask ? MaskRows::make_with_keys(params, set, seq, rows, keys, warp_row0, lane)
                      : MaskRows{};
+  // This lane's row bounds (kMaskInSmem), a fixed slot: recomputed at use, not held.
+  auto s_bounds = [&] { return sQ + (warp_row0 * Tr::kRowBytes + lane * 2 * MT * 16); };
+  // The interval count of the block's mask (kMaskInSmem), after the warp's bounds: read
+  // back on partial tiles rather than held in a register across the mainloop.
+  auto s_intervals = [&] { return sQ + (warp_row0 * Tr::kRowBytes + 32 * 2 * MT * 16 + lane * 4); };
+  // Built before the Q fragments are loaded (fewer live registers), stored after.
+  const MaskRows built =
+      kMaskInSmem ? MaskRows::make_with_keys(params, set, seq, rows, keys, warp_row0, lane)
+                  : MaskRows{};
+  // Q A-fragments, loaded once before the mainloop when they fit in registers (else re-read
+  // per k step): Q is its own cp.async group, so this waits for Q only, not for K_0.
+  uint32_t qf[Tr::kQInRegs ? MT : 1][Tr::kQInRegs ? Tr::kKSteps : 1][4];
+  if constexpr (Tr::kQInRegs) {
+    arch::cp_async_wait<1>();
+    __syncthreads();
+    load_q_frags<D, MT>(qf, sQ, warp_row0, lane);
+  }
+  if constexpr (kMaskInSmem) {
+    arch::syncwarp();  // every lane's ldmatrix of the warp's Q rows is done
+    arch::sts(s_intervals(), built.mask.intervals);
+    SA_UNROLL
+    for (int r = 0; r < 2 * MT; ++r) {
+      const RowKeys& k = built.rk[r];
+      arch::sts(s_bounds() + r * 16, make_uint4(k.lo[0], k.hi[0], k.lo[1], k.hi[1]));
+    }
+  }
   // The score scale folds into the exp2 FFMA unless softcap (or a non-positive scale) needs
   // the scores scaled first.
   const bool fold_scale = params.softcap == 0.f && params.scale > 0.f;
@@ -324,11 +378,8 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     // Phase: K_i (and, first, Q) landed; the barrier publishes it and frees V's buffer.
     arch::cp_async_wait<0>();
     __syncthreads();
-    produce(sV, true, tile);
+    produce_v(tile);
     arch::cp_async_commit();
-    if constexpr (Tr::kQInRegs) {
-      if (i == i_begin) load_q_frags<D, MT>(qf, sQ, warp_row0, lane);
-    }
 
     // Phase: S = Q . K^T  [MT x 16, BLOCK_N] per warp, masked on partial tiles.
     float s[MT][Tr::kSTiles][4];
@@ -337,21 +388,38 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     if (tiles.partial(i)) {
       if constexpr (Tr::kHoistMask) {
         hoisted.mask.apply(s, hoisted.row_tok, hoisted.rk, keys, tile, lane);
+      } else if (kMaskInSmem && tile >= 0 && arch::lds<int>(s_intervals()) > 0) {
+        const int mask_intervals = arch::lds<int>(s_intervals());
+        const int off = tile * Tr::kBlockN + 2 * (lane & 3);
+        SA_UNROLL
+        for (int r = 0; r < 2 * MT; ++r) {
+          const uint4 b = arch::lds<uint4>(s_bounds() + r * 16);
+          const RowKeys rk{{int(b.x), int(b.z)}, {int(b.y), int(b.w)}};
+          if (mask_intervals == 1) {
+            TokenMask::apply_interval_row<false>(s, r, rk, off);
+          } else {
+            TokenMask::apply_interval_row<true>(s, r, rk, off);
+          }
+        }
       } else {
         // The predicate and this lane's query rows, built here (partial tiles only) rather
         // than held in registers across the mainloop.
         const MaskRows mr = MaskRows::make(params, set, seq, rows, warp_row0, lane);
-        mr.mask.apply(s, mr.row_tok, keys, tile, lane);
+        if constexpr (kMaskInSmem) {
+          mr.mask.apply_interpreted(s, mr.row_tok, keys, tile, lane);  // bounds: above
+        } else {
+          mr.mask.apply(s, mr.row_tok, keys, tile, lane);
+        }
       }
-    } else {
+    } else if (static_cast<unsigned>(tile) >= static_cast<unsigned>(run_tiles)) {
+      // Run tiles have every column; others may end inside the tile.
       const int valid = keys.valid(tile);
       if (valid < Tr::kBlockN) mask_kv_tail(s, valid, lane);
     }
 
     // Phase: online softmax; S becomes P, packed into A fragments in registers.
     float alpha[2 * MT];
-    state.update(s, exp2_mul, alpha);
-    rescale_o(o, alpha);
+    if (state.update(s, exp2_mul, alpha) && kCanary != Canary::SkipRescale) rescale_o(o, alpha);
     uint32_t pf[MT][Tr::kPvKSteps][4];
     p_to_a_frags<T, Tr::kBlockN, MT, kCanary == Canary::SwapA2A4>(pf, s);
 
@@ -359,7 +427,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     arch::cp_async_wait<0>();
     __syncthreads();
     const int next = i + 1 < i_end ? tiles.tile(i + 1) : 0;
-    if (i + 1 < i_end) produce(sK, false, next);
+    if (i + 1 < i_end) produce_k(next);
     arch::cp_async_commit();
 
     // Phase: O += P . V with P reused from registers.

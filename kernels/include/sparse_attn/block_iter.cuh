@@ -62,8 +62,13 @@ struct KeyMap {
 };
 
 struct SparseTiles {
-  const int32_t* full_list;     // ascending kv tile indices, no mask work
-  const int32_t* partial_list;  // ascending kv tile indices, token-exact mask
+  // Tile i of the walk is partial_tiles[partial_first + i] for i < n_partial (ascending kv
+  // tile indices, token-exact mask) and full_tiles[full_first + i] after (ascending, no mask
+  // work): full_first is offset by -n_partial, so either is one indexed load from a selected
+  // base.
+  const int32_t* partial_tiles;
+  const int32_t* full_tiles;
+  int partial_first, full_first;
   int n_full;
   int n_partial;
 
@@ -71,17 +76,22 @@ struct SparseTiles {
   SA_DEVICE static SparseTiles make(const SaAttnFwdParams& p, int row) {
     SparseTiles t;
     const int f0 = p.full_row_ptr[row], p0 = p.partial_row_ptr[row];
-    t.full_list = p.full_tiles + f0;
-    t.partial_list = p.partial_tiles + p0;
+    t.partial_tiles = p.partial_tiles;
+    t.full_tiles = p.full_tiles;
     t.n_full = p.full_row_ptr[row + 1] - f0;
     t.n_partial = p.partial_row_ptr[row + 1] - p0;
+    t.partial_first = p0;
+    t.full_first = f0 - t.n_partial;
     return t;
   }
 
   SA_DEVICE int count() const { return n_partial + n_full; }
   // Partial tiles first: the masked work happens while the row max is being established.
   SA_DEVICE bool partial(int i) const { return i < n_partial; }
-  SA_DEVICE int tile(int i) const { return partial(i) ? partial_list[i] : full_list[i - n_partial]; }
+  SA_DEVICE int tile(int i) const {
+    const bool part = partial(i);
+    return (part ? partial_tiles : full_tiles)[(part ? partial_first : full_first) + i];
+  }
 };
 
 }  // namespace sa

@@ -156,18 +156,24 @@ struct TokenMask {
   SA_DEVICE static void apply_intervals(float (&s)[MT][NT][4], const RowKeys (&rk)[2 * MT],
                                         int off) {
     SA_UNROLL
-    for (int r = 0; r < 2 * MT; ++r) {
-      const int lo0 = rk[r].lo[0] - off, hi0 = rk[r].hi[0] - off;
-      const int lo1 = rk[r].lo[1] - off, hi1 = rk[r].hi[1] - off;
+    for (int r = 0; r < 2 * MT; ++r) apply_interval_row<kTwo>(s, r, rk[r], off);
+  }
+
+  // The interval test of fragment row r alone (its bounds `rk`): callers that fetch the
+  // bounds row by row keep one row's in registers at a time.
+  template <bool kTwo, int MT, int NT>
+  SA_DEVICE static void apply_interval_row(float (&s)[MT][NT][4], int r, const RowKeys& rk,
+                                           int off) {
+    const int lo0 = rk.lo[0] - off, hi0 = rk.hi[0] - off;
+    const int lo1 = rk.lo[1] - off, hi1 = rk.hi[1] - off;
+    SA_UNROLL
+    for (int nt = 0; nt < NT; ++nt) {
       SA_UNROLL
-      for (int nt = 0; nt < NT; ++nt) {
-        SA_UNROLL
-        for (int i = 0; i < 2; ++i) {
-          const int c = nt * 8 + i;
-          bool keep = c >= lo0 && c <= hi0;
-          if (kTwo) keep = keep || (c >= lo1 && c <= hi1);
-          if (!keep) s[r / 2][nt][2 * (r % 2) + i] = kNegInf;
-        }
+      for (int i = 0; i < 2; ++i) {
+        const int c = nt * 8 + i;
+        bool keep = c >= lo0 && c <= hi0;
+        if (kTwo) keep = keep || (c >= lo1 && c <= hi1);
+        if (!keep) s[r / 2][nt][2 * (r % 2) + i] = kNegInf;
       }
     }
   }
@@ -208,6 +214,16 @@ struct TokenMask {
       }
       return;
     }
+    apply_interpreted(s, row_tok, keys, tile, lane);
+  }
+
+  // The general interpreter of `apply`: every entry's predicate evaluated (any program, any
+  // tile, gathered ones included).
+  template <int MT, int NT>
+  SA_DEVICE void apply_interpreted(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT],
+                                   const KeyMap& keys, int tile, int lane) const {
+    static_assert(NT * 4 <= 32, "one bit per fragment entry");
+    const int t = lane & 3;
     SA_UNROLL
     for (int mt = 0; mt < MT; ++mt) {
       const int row_g = row_tok[2 * mt], row_g8 = row_tok[2 * mt + 1];

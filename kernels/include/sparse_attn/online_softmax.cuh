@@ -12,6 +12,9 @@ namespace sa {
 constexpr float kLog2e = 1.4426950408889634f;  // log2(e): exp(x) = exp2(x * log2(e))
 constexpr float kLn2 = 0.6931471805599453f;    // ln(2):   ln(x) = log2(x) * ln(2)
 constexpr float kNegInf = -__builtin_huge_valf();
+// How far (log2 units) a row's max may grow before the running max and the output are
+// rescaled (SoftmaxRows::update): probabilities stay below 2^8 = 256.
+constexpr float kRescaleSlack = 8.f;
 
 // The running state of ROWS query rows. The forward kernel's lanes hold two rows per m16
 // tile (SoftmaxState below); the split-KV combine holds one row per warp, every lane a copy.
@@ -47,11 +50,20 @@ struct SoftmaxRows {
   // tiles, masked entries -inf; row 2 * mt + h is row g + 8h of m16 tile mt) holds raw scores
   // and `mul` > 0 turns them into log2 units (scale * log2(e), folded into the exponent's
   // FFMA: exp2(s * mul - m)), or `s` is already in log2 units and `mul` is 1. Rewrites `s` in
-  // place as unnormalised probabilities and returns in `alpha` the factor by which each row's
-  // previous output accumulator must be rescaled. Fragment layout only (kRows == 2 * MT).
+  // place as unnormalised probabilities. Fragment layout only (kRows == 2 * MT).
+  //
+  // The running max moves only when some row of this lane grows by more than
+  // kRescaleSlack (log2 units; FlashAttention-4's conditional rescaling): otherwise the stale
+  // max stays the exponent base, probabilities stay below 2^kRescaleSlack (exact in f16 and
+  // bf16 P fragments, no f32 overflow in O or l), and the output needs no rescaling -- the
+  // steady state of long rows, where the max rarely moves. Returns whether it moved; then
+  // `alpha` holds the factor by which each row's previous output accumulator must be
+  // rescaled. The quad's four lanes see the same row maxima, so they decide alike.
   template <int MT, int NT>
-  SA_DEVICE void update(float (&s)[MT][NT][4], float mul, float (&alpha)[kRows]) {
+  SA_DEVICE bool update(float (&s)[MT][NT][4], float mul, float (&alpha)[kRows]) {
     static_assert(kRows == 2 * MT, "the m16n8 accumulator layout gives each lane two rows per tile");
+    float m_new[kRows];
+    bool grow = false;
     SA_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const int mt = r / 2, c = 2 * (r % 2);  // this row's m16 tile and accumulator columns
@@ -60,12 +72,21 @@ struct SoftmaxRows {
       for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][c], s[mt][nt][c + 1]));
       mx = fmaxf(mx, arch::shfl_xor(arch::kFullMask, mx, 1));
       mx = fmaxf(mx, arch::shfl_xor(arch::kFullMask, mx, 2));
-      const float m_new = fmaxf(m[r], mx * mul);
-      // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so that
-      // exp2(-inf - (-inf)) never produces NaN (its probabilities are then exactly 0).
-      const float base = m_new == kNegInf ? 0.f : m_new;
-      alpha[r] = arch::fast_exp2(m[r] - base);
-      m[r] = m_new;
+      m_new[r] = fmaxf(m[r], mx * mul);
+      // -inf - (-inf) is NaN, and NaN > x is false: a row that is still empty never grows.
+      grow |= m_new[r] - m[r] > kRescaleSlack;
+    }
+    SA_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const int mt = r / 2, c = 2 * (r % 2);
+      if (grow) {
+        // A row that has seen only masked keys keeps m = -inf; subtract 0 instead so that
+        // exp2(-inf - (-inf)) never produces NaN (its probabilities are then exactly 0).
+        const float base = m_new[r] == kNegInf ? 0.f : m_new[r];
+        alpha[r] = arch::fast_exp2(m[r] - base);
+        m[r] = m_new[r];
+      }
+      const float base = m[r] == kNegInf ? 0.f : m[r];
       float sum = 0.f;
       SA_UNROLL
       for (int nt = 0; nt < NT; ++nt) {
@@ -73,8 +94,9 @@ struct SoftmaxRows {
         s[mt][nt][c + 1] = arch::fast_exp2(fmaf(s[mt][nt][c + 1], mul, -base));
         sum += s[mt][nt][c] + s[mt][nt][c + 1];
       }
-      l[r] = l[r] * alpha[r] + sum;
+      l[r] = grow ? l[r] * alpha[r] + sum : l[r] + sum;
     }
+    return grow;
   }
 
   // Combines this state with another over disjoint key sets (split-KV partials). Returns the

@@ -58,19 +58,41 @@ struct KvRows {
     return base + page * pg.page_stride + int64_t(in_page) * p.head_dim;
   }
 
-  // Keys j0, j0 + step, ... (`rows` of them) as one strided run of rows, when they are one:
-  // all inside the sequence and, paged, all in one resident page (step 1). Returns the first
-  // row, or nullptr, and the loader then maps key by key. The run's pitch is fixed for the
-  // block: step * row_stride when contiguous, head_dim in a page. One block-table read per
-  // tile.
-  SA_DEVICE const T* strided_run(const SaAttnFwdParams& p, const T* base, int64_t row_stride,
-                                 int j0, int step, int rows) const {
-    const int j_last = j0 + (rows - 1) * step;
-    if (j0 < 0 || j_last >= kv_len) return nullptr;
-    if (block_table == nullptr) return base + j0 * row_stride;
-    const int log2_page = p.paged.log2_page_size;
-    if (step != 1 || (j0 >> log2_page) != (j_last >> log2_page)) return nullptr;
-    return row(p, base, row_stride, j0);  // nullptr when the page was evicted
+  // How many leading regular tiles of `rows` keys (key_first + (t * rows + c) * step,
+  // c < rows, of a view with key_count keys) are each one strided run of rows: every key
+  // exists (inside the view and the sequence) and, paged, the tile lies in one page, which for
+  // every tile at once needs step 1, a tile-aligned first key and pages of at least a tile.
+  // Computed once per block: the loader then tests a tile with one unsigned compare.
+  SA_DEVICE int run_tiles(const SaAttnFwdParams& p, int key_first, int key_step, int key_count,
+                          int rows) const {
+    if (key_first < 0 || key_first >= kv_len) return 0;
+    if (block_table != nullptr &&
+        (key_step != 1 || (key_first & (rows - 1)) != 0 || (1 << p.paged.log2_page_size) < rows)) {
+      return 0;
+    }
+    const int in_view = key_count / rows;                          // tiles with every column
+    const int last = (kv_len - 1 - key_first) / key_step;          // last view key inside
+    const int in_seq = last >= rows - 1 ? (last - (rows - 1)) / rows + 1 : 0;
+    return in_view < in_seq ? in_view : in_seq;
+  }
+
+  // The element offsets from `k` and from `v` of the first row of run tile `tile` (one of
+  // the run_tiles above; first key j0), decided for K and V together: one decision and, paged,
+  // one residency test and one block-table read per tile. False when a ring has evicted the
+  // page (then the loader maps key by key). Row strides fit in 32 bits (the host checks), so
+  // each offset is one wide multiply.
+  SA_DEVICE bool run_offsets(const SaAttnFwdParams& p, int k_stride, int v_stride, int j0,
+                             int64_t& k_off, int64_t& v_off) const {
+    if (block_table == nullptr) {
+      k_off = arch::mul_wide(j0, k_stride);
+      v_off = arch::mul_wide(j0, v_stride);
+      return true;
+    }
+    const SaPagedKv& pg = p.paged;
+    if (!paged_resident(j0, kv_len, pg.log2_page_size, pg.sink_pages, pg.ring_pages)) return false;
+    const int page = block_table[paged_slot(j0 >> pg.log2_page_size, pg.sink_pages, pg.ring_pages)];
+    k_off = v_off = page * pg.page_stride + int64_t(j0 & ((1 << pg.log2_page_size) - 1)) * p.head_dim;
+    return true;
   }
 };
 

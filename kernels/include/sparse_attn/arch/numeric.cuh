@@ -168,6 +168,18 @@ SA_HOST_DEVICE float unpack_hi(uint32_t r) {
   return to_float(T{static_cast<uint16_t>(r >> 16)});
 }
 
+// a * b as a 64-bit product of two 32-bit factors (`mul.wide.s32`: one IMAD.WIDE where the
+// compiler would otherwise multiply in 64 bits).
+SA_HOST_DEVICE int64_t mul_wide(int a, int b) {
+#if defined(SA_DEVICE_PASS)
+  int64_t d;
+  asm("mul.wide.s32 %0, %1, %2;" : "=l"(d) : "r"(a), "r"(b));
+  return d;
+#else
+  return static_cast<int64_t>(a) * b;
+#endif
+}
+
 // 2^x. On the GPU `ex2.approx.ftz.f32` (max 2 ulp error, subnormal inputs and results
 // flushed to zero); in the emulator the exact value, or in its pessimistic numerics mode a
 // flushed value perturbed by up to 2 ulp; in nvcc's host pass the libm value.
