@@ -85,10 +85,14 @@ mod entries {
         pub fn sa_attn_fwd_bf16_hd64_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd128_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd128_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd256_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd256_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd64(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd128(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd64(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd128(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_f16_hd256(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_bf16_hd256(p: *const std::ffi::c_void);
         pub fn sa_kv_append(p: *const std::ffi::c_void);
     }
 }
@@ -105,23 +109,27 @@ macro_rules! kernel {
 
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
 /// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append.
-pub static KERNELS: [KernelDesc; 11] = [
+pub static KERNELS: [KernelDesc; 15] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd128_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd128_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd256_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd256_m64, Module::AttnFwd),
     kernel!(sa_attn_combine_f16_hd64, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
+    kernel!(sa_attn_combine_f16_hd256, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd64, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd128, Module::AttnCombine),
+    kernel!(sa_attn_combine_bf16_hd256, Module::AttnCombine),
     kernel!(sa_kv_append, Module::KvAppend),
 ];
 
 /// The K/V append kernel (copies bits: every dtype and head_dim).
 pub fn kv_append() -> &'static KernelDesc {
-    &KERNELS[10]
+    &KERNELS[14]
 }
 
 /// The forward kernel for a dtype and tile configuration (from [`fwd_tiles`]). Exhaustive:
@@ -132,6 +140,7 @@ pub fn attn_fwd(dtype: DType, tiles: &FwdTiles) -> &'static KernelDesc {
         (64, 128) => 0,
         (64, 64) => 1,
         (128, 64) => 2,
+        (256, 64) => 3,
         (d, m) => unreachable!("fwd_tiles yields no {m}-row tile at head_dim {d}"),
     };
     &KERNELS[2 * shape + bf16]
@@ -139,7 +148,7 @@ pub fn attn_fwd(dtype: DType, tiles: &FwdTiles) -> &'static KernelDesc {
 
 /// The split-KV combine kernel for a dtype and head dimension.
 pub fn attn_combine(dtype: DType, head_dim: HeadDim) -> &'static KernelDesc {
-    &KERNELS[6 + instance(dtype, head_dim)]
+    &KERNELS[8 + instance(dtype, head_dim)]
 }
 
 /// Position of a (dtype, head_dim) combine instantiation in [`KERNELS`]' combine family.
@@ -148,8 +157,10 @@ fn instance(dtype: DType, head_dim: HeadDim) -> usize {
     match (dtype, head_dim.get()) {
         (DType::F16, 64) => 0,
         (DType::F16, 128) => 1,
-        (DType::BF16, 64) => 2,
-        (DType::BF16, 128) => 3,
+        (DType::F16, 256) => 2,
+        (DType::BF16, 64) => 3,
+        (DType::BF16, 128) => 4,
+        (DType::BF16, 256) => 5,
         (_, d) => unreachable!("HeadDim admits only supported values, got {d}"),
     }
 }
@@ -190,9 +201,11 @@ pub struct FwdTiles {
 ///
 /// - Prefill at head_dim 64: 128-row blocks, 32 rows per warp, so every K/V fragment read
 ///   from shared memory feeds two MMAs (FlashAttention-2's geometry).
-/// - Decode (and head_dim 128 for now): 64-row blocks, 16 rows per warp. At head_dim 128 the
+/// - Decode (and head_dim 128 and 256): 64-row blocks, 16 rows per warp. At head_dim 128 the
 ///   32-row warp tile needs O (128) and S (64) registers beside the kernel's state and still
-///   spills 92 bytes at the 255-register limit on sm_90; it stays the next step.
+///   spills 92 bytes at the 255-register limit on sm_90; at head_dim 256 a 16-row warp tile
+///   already holds a 128-register O, with Q re-read from shared memory (96 KB per block:
+///   2 CTAs per SM on sm_90, 1 on sm_80).
 pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
     let d = head_dim.get();
     let (block_m, rows) = match (phase, d) {
@@ -325,7 +338,9 @@ mod tests {
         assert_eq!(fwd_tiles(hd64, FwdPhase::Prefill).block_m, 128);
         assert_eq!(fwd_tiles(hd64, FwdPhase::Decode).block_m, 64);
         // Every tile fits the smallest per-block shared memory of the targets (99 KB).
-        let hd128 = HeadDim::new(128).unwrap();
-        assert!(fwd_tiles(hd128, FwdPhase::Prefill).smem_bytes <= 99 * 1024);
+        for d in HeadDim::SUPPORTED {
+            let hd = HeadDim::new(d).unwrap();
+            assert!(fwd_tiles(hd, FwdPhase::Prefill).smem_bytes <= 99 * 1024);
+        }
     }
 }

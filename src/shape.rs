@@ -28,7 +28,7 @@ pub struct HeadDim(u32);
 
 impl HeadDim {
     /// Head dimensions with a compiled kernel.
-    pub const SUPPORTED: [u32; 2] = [64, 128];
+    pub const SUPPORTED: [u32; 3] = [64, 128, 256];
 
     /// The head dimension `d`, or `Error::Unsupported`.
     pub fn new(d: u32) -> Result<Self> {

@@ -436,11 +436,13 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   }
   arch::cp_async_wait<0>();  // nothing may be in flight at exit (only empty groups remain)
 
-  // Phase: epilogue.
+  // Phase: epilogue. The sequence's output pointers are derived again here rather than held
+  // across the mainloop (at head_dim 256 the accumulators leave no register for them).
+  const SeqSlice<T> out_seq = SeqSlice<T>::make(params, b, h);
   if (num_splits > 1) {
-    write_partial<T, D, MT>(params, seq, rows, h, split, warp_row0, o, state, lane);
+    write_partial<T, D, MT>(params, out_seq, rows, h, split, warp_row0, o, state, lane);
   } else {
-    write_o_lse<T, D, MT, kCanary>(params, seq, rows, warp_row0, o, state, lane);
+    write_o_lse<T, D, MT, kCanary>(params, out_seq, rows, warp_row0, o, state, lane);
   }
   if (tid == 0 && params.tiles_visited != nullptr) {
     arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));

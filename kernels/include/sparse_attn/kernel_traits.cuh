@@ -34,15 +34,15 @@ struct FwdTraits {
   static_assert(sizeof(T) == 2, "16-bit elements");
 
   // Q's A fragments stay in registers when they fit beside the accumulators: [MT][D/16][4]
-  // is 32 registers at head_dim 64 (or with one m16 tile per warp) but 64 at head_dim 128
-  // with two, where O (128) and S (64) already take most of the 255; there Q is re-read from
-  // shared memory at every k step (FlashAttention-2 does the same).
-  static constexpr bool kQInRegs = kMTiles == 1 || D <= 64;
+  // is at most 32 registers (head_dim 64, or one m16 tile per warp up to head_dim 128); at 64
+  // (two m16 tiles at head_dim 128, or head_dim 256) O and S already take most of the 255 and
+  // Q is re-read from shared memory at every k step (FlashAttention-2 does the same).
+  static constexpr bool kQInRegs = kMTiles * (D / 16) * 4 <= 32;
 
   // The partial-tile mask (its program and this lane's rows' allowed-key intervals) is built
   // once per block when it fits: 2 rows x 5 registers beside a 16-row warp tile; with 32 rows
   // the accumulators leave no room and it is rebuilt on each partial tile.
-  static constexpr bool kHoistMask = kMTiles == 1;
+  static constexpr bool kHoistMask = kMTiles == 1 && D <= 128;
 
   // MMA trip counts.
   static constexpr int kKSteps = D / 16;          // k16 steps of Q.K^T

@@ -16,22 +16,33 @@ SA_HOST_DEVICE int swizzle_offset(int row, int chunk) {
 }
 
 // Which chunks of a [ROWS, D] tile one of THREADS threads copies: chunk `chunk` (16 bytes) of
-// rows row0 + i * kRowStep, i < kRowsPerThread. kRowStep is a multiple of 8, so a thread's
-// rows share their swizzle (row & 7) and its destinations are one offset apart.
+// rows row0 + i * kRowStep, i < kRowsPerThread. When kRowStep is a multiple of 8 (head_dim up
+// to 128) a thread's rows share their swizzle (row & 7) and its destinations are one offset
+// apart; wider rows (head_dim 256: 4 rows per pass) alternate between swizzle phases, and
+// each destination is computed from its row (constants folded per i).
 template <int ROWS, int D, int THREADS>
 struct TileCopy {
   static constexpr int kChunksPerRow = D / 8;  // 8 elements = 16 bytes
   static constexpr int kRowStep = THREADS / kChunksPerRow;
   static constexpr int kRowsPerThread = ROWS / kRowStep;
-  static_assert(THREADS % kChunksPerRow == 0 && kRowStep % 8 == 0, "rows share the swizzle");
+  static constexpr bool kSharedSwizzle = kRowStep % 8 == 0;
+  static_assert(THREADS % kChunksPerRow == 0 && kRowStep >= 1, "whole rows per pass");
   static_assert(ROWS % kRowStep == 0, "tile rows split evenly over the block");
-  static constexpr int kDstStep = kRowStep * D * 2;  // bytes between a thread's destinations
+  static constexpr int kDstStep = kRowStep * D * 2;  // bytes between a thread's rows
 
   int row0, chunk;
   SA_DEVICE explicit TileCopy(int tid) : row0(tid / kChunksPerRow), chunk(tid % kChunksPerRow) {}
   SA_DEVICE int row(int i) const { return row0 + i * kRowStep; }
   // Elements from a tile's first row to this thread's first source, rows `pitch` apart.
   SA_DEVICE int64_t offset(int64_t pitch) const { return row0 * pitch + chunk * 8; }
+  // This thread's destination of copy i in `tile`.
+  SA_DEVICE Smem dst(Smem tile, int i) const {
+    if constexpr (kSharedSwizzle) {
+      return tile + (swizzle_offset<D>(row0, chunk) + i * kDstStep);
+    } else {
+      return tile + swizzle_offset<D>(row(i), chunk);
+    }
+  }
 };
 
 // Issues cp.async copies of a [ROWS, D] tile whose rows lie at a constant pitch, every row
@@ -43,10 +54,9 @@ template <int ROWS, int D, int THREADS, typename T>
 SA_DEVICE void load_tile_strided(Smem smem_tile, const T* src, int64_t src_step, int tid) {
   using Copy = TileCopy<ROWS, D, THREADS>;
   const Copy c(tid);
-  const Smem dst = smem_tile + swizzle_offset<D>(c.row0, c.chunk);
   SA_UNROLL
   for (int i = 0; i < Copy::kRowsPerThread; ++i) {
-    arch::cp_async_cg16(dst + i * Copy::kDstStep, src + i * src_step);
+    arch::cp_async_cg16(c.dst(smem_tile, i), src + i * src_step);
   }
 }
 
@@ -59,11 +69,10 @@ SA_DEVICE void load_tile_async(Smem smem_tile, const RowSrc& row_src, const T* i
                                int tid) {
   using Copy = TileCopy<ROWS, D, THREADS>;
   const Copy c(tid);
-  const Smem dst = smem_tile + swizzle_offset<D>(c.row0, c.chunk);
   SA_UNROLL
   for (int i = 0; i < Copy::kRowsPerThread; ++i) {
     const T* src = row_src(c.row(i));
-    arch::cp_async_cg16(dst + i * Copy::kDstStep, src != nullptr ? src + c.chunk * 8 : idle_src,
+    arch::cp_async_cg16(c.dst(smem_tile, i), src != nullptr ? src + c.chunk * 8 : idle_src,
                         src != nullptr ? 16 : 0);
   }
 }
