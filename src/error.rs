@@ -15,6 +15,16 @@ pub enum Error {
     /// An attention pattern whose parameters are invalid or do not fit the shapes.
     #[error("invalid pattern: {0}")]
     Pattern(String),
+    /// A model configuration (a Hugging Face `config.json`) with a field that is malformed or
+    /// missing, or that asks for something this crate cannot honour; `field` names it
+    /// (`layer_types[3]` for one entry of a list), and so does `message`.
+    #[error("config.json: {message}")]
+    Config {
+        /// The field, as the config spells it.
+        field: String,
+        /// What is wrong with it, naming the field.
+        message: String,
+    },
     /// A paged KV cache operation that cannot be done (pool exhausted, sequence unknown,
     /// capacity exceeded, malformed block table); the cache is unchanged after it.
     #[error("KV cache: {0}")]

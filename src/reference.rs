@@ -36,6 +36,25 @@ pub fn causal_allowed(i: usize, j: usize, q_len: usize, kv_len: usize) -> bool {
     (j as i64) <= query_position(i, q_len, kv_len)
 }
 
+/// The chunked predicate (docs/patterns.md, `chunked`): key `j` visible from query row `i`
+/// iff the query position `p` and `j` lie in the same chunk of `size` positions counted from
+/// position 0, `floor(p / size) == floor(j / size)`, and with `causal` also `j <= p`. A row
+/// with a negative position sees nothing (its chunk holds no key). `size >= 1`.
+pub fn chunked_allowed(
+    i: usize,
+    j: usize,
+    q_len: usize,
+    kv_len: usize,
+    size: usize,
+    causal: bool,
+) -> bool {
+    let p = query_position(i, q_len, kv_len);
+    if p < 0 || (causal && j as i64 > p) {
+        return false;
+    }
+    p as usize / size == j / size
+}
+
 /// Exact attention. `allowed(b, h, i, j)` says whether query row `i` of sequence `b`, head `h`
 /// may attend to key `j` (indices local to the sequence).
 pub fn attention<F>(problem: &AttnProblem, x: &RefInputs<'_>, allowed: F) -> RefOutput
@@ -103,4 +122,25 @@ where
         }
     }
     RefOutput { out, lse }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_predicate_by_hand() {
+        // Chunks of 4 over 10 keys, q_len == kv_len: row 5 sees keys 4 and 5 causally, 4..=7 not.
+        let row = |i: usize, causal: bool| -> Vec<usize> {
+            (0..10)
+                .filter(|&j| chunked_allowed(i, j, 10, 10, 4, causal))
+                .collect()
+        };
+        assert_eq!(row(5, true), vec![4, 5]);
+        assert_eq!(row(5, false), vec![4, 5, 6, 7]);
+        assert_eq!(row(9, false), vec![8, 9]);
+        // q_len 3 > kv_len 2: row 0 sits at position -1 and sees nothing.
+        assert!((0..2).all(|j| !chunked_allowed(0, j, 3, 2, 4, false)));
+        assert!(chunked_allowed(2, 0, 3, 2, 4, true));
+    }
 }

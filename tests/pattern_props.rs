@@ -1,7 +1,8 @@
 //! Property tests of the pattern compiler against the token-level predicate (the compiler
 //! against a rendered dense mask, docs/patterns.md).
 //!
-//! For random patterns (every component, unions, causal or not, per-head sets) and random
+//! For random patterns (every component, unions, causal or not, per-head sets; chunked
+//! attention alone and with sinks or a window, the interval forms of the kernel mask) and random
 //! shapes (q_len and kv_len 1..300 either way round, tiles 16/32/64/128):
 //! (a) the metadata renders to exactly the predicate's token mask;
 //! (b) every full tile is really full; (c) every partial tile has an allowed and a disallowed
@@ -30,6 +31,7 @@ fn component(kv_len: usize) -> impl Strategy<Value = Component> {
         (1i64..70).prop_map(|s| Component::sinks(s).unwrap()),
         prop::collection::vec(0..kv, 1..6).prop_map(|t| Component::global(t).unwrap()),
         prop_oneof![1i64..13, 14i64..200].prop_map(|k| Component::dilated(k).unwrap()),
+        chunk_size().prop_map(|c| Component::chunked(c).unwrap()),
         (
             prop_oneof![1i64..9, Just(16i64), Just(32), Just(64), 9i64..100],
             prop_oneof![1i64..9, Just(16i64), Just(32), Just(64), 9i64..100],
@@ -49,6 +51,43 @@ fn component(kv_len: usize) -> impl Strategy<Value = Component> {
                 BigBird::new(b, w, g, r, seed).unwrap()
             )),
     ]
+}
+
+/// Chunk sizes: below, at and above the tile sizes, and odd ones whose edges fall inside tiles.
+fn chunk_size() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        1i64..9,
+        Just(16i64),
+        Just(32),
+        Just(64),
+        Just(128),
+        9i64..300
+    ]
+}
+
+/// Chunked attention alone or with one more interval component (the kernel's two-interval
+/// form): rare among random unions of up to four components.
+fn chunk_pattern() -> impl Strategy<Value = Pattern> {
+    (
+        any::<bool>(),
+        chunk_size(),
+        prop_oneof![
+            Just(None),
+            (1i64..70).prop_map(|s| Some(Component::sinks(s).unwrap())),
+            (1i64..130).prop_map(|w| Some(Component::window_size(w).unwrap())),
+            Just(Some(Component::dense())),
+        ],
+        any::<bool>(),
+    )
+        .prop_map(|(causal, size, other, first)| {
+            let chunk = Component::chunked(size).unwrap();
+            let c = match other {
+                None => vec![chunk],
+                Some(o) if first => vec![o, chunk],
+                Some(o) => vec![chunk, o],
+            };
+            Pattern::new(causal, c)
+        })
 }
 
 /// A dilated stride with or without sinks and global tokens: the shapes that run through tile
@@ -75,7 +114,7 @@ fn pattern(kv_len: usize) -> impl Strategy<Value = Pattern> {
         prop::collection::vec(component(kv_len), 0..4),
     )
         .prop_map(|(causal, components)| Pattern::new(causal, components));
-    prop_oneof![3 => union, 1 => view_pattern(kv_len)]
+    prop_oneof![3 => union, 1 => view_pattern(kv_len), 1 => chunk_pattern()]
 }
 
 fn head_set(num_heads: usize, kv_len: usize) -> impl Strategy<Value = HeadPatterns> {

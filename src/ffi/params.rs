@@ -32,6 +32,8 @@ pub const SA_MASK_DILATED: SaMaskKind = 4;
 pub const SA_MASK_BLOCK_MASK: SaMaskKind = 5;
 #[doc = " BigBird: block window, global blocks and a table of random blocks."]
 pub const SA_MASK_BIGBIRD: SaMaskKind = 6;
+#[doc = " Chunked (Llama 4): keys of the query's own chunk of block_q positions,\n floor(p / block_q) == floor(j / block_q)."]
+pub const SA_MASK_CHUNKED: SaMaskKind = 7;
 #[doc = " The kind of a SaMaskComponent."]
 pub type SaMaskKind = ::core::ffi::c_uint;
 #[doc = " One pattern component as kernel data (fields a kind does not use are 0)."]

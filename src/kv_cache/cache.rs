@@ -14,6 +14,7 @@ use crate::shape::DType;
 /// How many pages each layer's pool holds. Pools are per layer because a windowed layer
 /// needs far fewer pages than a dense one (a Gemma-3 cache would waste most of a uniform
 /// pool); every pool is fixed at construction, as device memory will be.
+/// A layer without KV ([`LayerCapacity::NoKv`]) has no pages whatever the pool size says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PoolSize {
     /// The same number of pages in every layer.
@@ -82,7 +83,8 @@ pub struct Placement {
     pub start: usize,
     /// Number of new positions.
     pub len: usize,
-    /// `layers[l][t]`: the slot of position `start + t` in layer `l`.
+    /// `layers[l][t]`: the slot of position `start + t` in layer `l` (empty for a layer
+    /// without KV, [`LayerCapacity::NoKv`]).
     pub layers: Vec<Vec<TokenSlot>>,
 }
 
@@ -109,7 +111,9 @@ struct Sequence {
 ///
 /// Windowed layers ([`LayerCapacity::Windowed`]) keep their sink pages and a ring: once a
 /// sequence's ring is full, appends overwrite its oldest pages in place and take no new page.
-/// Full layers keep every page up to `max_seq_len`. Every operation validates first and
+/// Full layers keep every page up to `max_seq_len`. Layers that are not softmax attention
+/// ([`LayerCapacity::NoKv`]) hold no page: appends place nothing there and they have no block
+/// table. Every operation validates first and
 /// changes nothing when it fails (`Error::Cache` for cache state, `Error::Shape` for
 /// shapes); `Clone + PartialEq` make that checkable.
 ///
@@ -206,6 +210,7 @@ impl KvCache {
             let capacity = cap.normalized(max_pages);
             let stride = capacity.pages_per_sequence(max_pages);
             let num_pages = match &config.pool {
+                _ if capacity == LayerCapacity::NoKv => 0,
                 PoolSize::PagesPerLayer(n) => *n,
                 PoolSize::Sequences(n) => n.checked_mul(stride).ok_or_else(overflow)?,
                 PoolSize::PerLayer(v) => v[l],
@@ -235,8 +240,13 @@ impl KvCache {
         })
     }
 
-    /// A cache whose capacities come from `plan` (one head pattern set per layer) via
-    /// [`LayerCapacity::from_patterns`] with the config's `page_size` and `max_chunk`.
+    /// A cache whose capacities come from `plan` via [`LayerCapacity::from_plan`] with the
+    /// config's `page_size` and `max_chunk`: attention layers from their head patterns, layers
+    /// that are not softmax attention with no pages ([`LayerCapacity::NoKv`]).
+    ///
+    /// Errors: those of [`KvCache::new`]; a plan with another layer count, or an attention
+    /// layer whose own head_dim or kv heads differ from the config's (`Error::Shape`: every
+    /// layer's pages have the config's shape).
     pub fn for_plan(config: KvCacheConfig, plan: &LayerPlan) -> Result<Self> {
         if plan.layers.len() != config.num_layers {
             return Err(shape(format!(
@@ -244,6 +254,22 @@ impl KvCache {
                 plan.layers.len(),
                 config.num_layers
             )));
+        }
+        for (l, a) in plan.attention_layers() {
+            if let Some(d) = a.head_dim.filter(|&d| d != config.head_dim) {
+                return Err(shape(format!(
+                    "layer {l} has head_dim {d}, the cache's pages {} (one page shape for all \
+                     layers)",
+                    config.head_dim
+                )));
+            }
+            if let Some(hk) = a.num_kv_heads.filter(|&hk| hk != config.num_kv_heads) {
+                return Err(shape(format!(
+                    "layer {l} has {hk} kv heads, the cache's pages {} (one page shape for all \
+                     layers)",
+                    config.num_kv_heads
+                )));
+            }
         }
         let page_size = PageSize::new(config.page_size)?;
         let caps = LayerCapacity::from_plan(plan, page_size, config.max_chunk)?;
@@ -422,6 +448,9 @@ impl KvCache {
         }
         let ps = self.page_size;
         let need = |layer: &LayerState, pages: &Vec<u32>| {
+            if layer.capacity == LayerCapacity::NoKv {
+                return 0;
+            }
             let (sink, ring) = layer.capacity.sink_ring();
             used_slots(new_len, ps, sink, ring) - pages.len()
         };
@@ -438,6 +467,10 @@ impl KvCache {
         let start = s.len;
         let mut placed = Vec::with_capacity(self.layers.len());
         for (layer, pages) in self.layers.iter_mut().zip(s.pages.iter_mut()) {
+            if layer.capacity == LayerCapacity::NoKv {
+                placed.push(Vec::new());
+                continue;
+            }
             let n = need(layer, pages);
             let from = layer.free.len() - n;
             pages.extend(layer.free.drain(from..).rev());
@@ -464,10 +497,16 @@ impl KvCache {
     /// layer's `sink_pages` / `ring_pages` and unused slots set to `-1`. It passes
     /// [`BlockTable::validate`] against the layer's pool.
     ///
-    /// Errors: a layer out of range (`Error::Shape`); an unknown, freed or repeated sequence
+    /// Errors: a layer out of range (`Error::Shape`); a layer without KV
+    /// ([`LayerCapacity::NoKv`]: no kernel attends it), an unknown, freed or repeated sequence
     /// (`Error::Cache`: its pages would appear twice).
     pub fn block_table(&self, layer: usize, seqs: &[SeqId]) -> Result<BlockTable> {
         let st = self.layer(layer)?;
+        if st.capacity == LayerCapacity::NoKv {
+            return Err(Error::Cache(format!(
+                "layer {layer} keeps no KV cache (it is not softmax attention): no block table"
+            )));
+        }
         let mut table = vec![-1i32; seqs.len() * st.stride];
         let mut kv_lens = Vec::with_capacity(seqs.len());
         for (b, &id) in seqs.iter().enumerate() {

@@ -3,19 +3,22 @@
 
 use super::layout::PageSize;
 use crate::error::{Error, Result};
-use crate::pattern::{Component, HeadPatterns, LayerPlan, Pattern};
+use crate::pattern::{Component, HeadPatterns, Layer, LayerPlan, Pattern};
 
 /// Which past keys a layer must keep so that every later query still finds the keys its
 /// pattern allows: the one answer to "what must a layer keep", from which the cache's page
 /// layout ([`LayerCapacity`]) and the CLI's `plan` figures are both derived.
 ///
-/// A layer is [`Retention::SinksWindow`] only when **every** head's pattern is causal and made
-/// of nothing but [`Sinks`](crate::pattern::Sinks) and
-/// [`SlidingWindow`](crate::pattern::SlidingWindow) components (a window's `right` does not
-/// matter: causality already excludes `j > p`). A pattern with no components (dense), a
-/// non-causal one, or one with any other component keeps everything: dense and dilated
-/// patterns recur over all positions, BigBird may draw any earlier block, block masks may
-/// name any column in later rows, and a global query attends every earlier key.
+/// A layer is [`Retention::Chunk`] when every head's pattern is causal and one
+/// [`Chunked`](crate::pattern::Chunked) component of the same size, and
+/// [`Retention::SinksWindow`] when **every** head's pattern is causal and made of nothing but
+/// [`Sinks`](crate::pattern::Sinks), [`SlidingWindow`](crate::pattern::SlidingWindow) and
+/// [`Chunked`](crate::pattern::Chunked) components (a window's `right` does not matter:
+/// causality already excludes `j > p`; a causal chunk of `C` positions lies within the window
+/// `left = C - 1`). A pattern with no components (dense), a non-causal one, or one with any
+/// other component keeps everything: dense and dilated patterns recur over all positions,
+/// BigBird may draw any earlier block, block masks may name any column in later rows, and a
+/// global query attends every earlier key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Retention {
     /// Every key is kept.
@@ -25,8 +28,15 @@ pub enum Retention {
     SinksWindow {
         /// The largest sink count over the heads.
         sinks: usize,
-        /// The largest window `left` over the heads (0 when no head has a window).
+        /// The largest window `left` over the heads (0 when no head has a window; a chunk of
+        /// `C` positions counts as `C - 1`).
         left: usize,
+    },
+    /// Chunked attention (Llama 4): only the keys of the newest query's chunk,
+    /// `j >= floor(p / size) * size`; a query in a later chunk needs none of them.
+    Chunk {
+        /// Positions per chunk.
+        size: usize,
     },
 }
 
@@ -42,6 +52,8 @@ impl Retention {
             return Err(Error::Pattern("head pattern set has no patterns".into()));
         }
         let (mut sinks, mut left) = (0usize, 0usize);
+        let mut chunks: Option<i64> = None;
+        let mut only_chunks = true;
         for p in patterns {
             if !p.causal || p.components.is_empty() {
                 return Ok(Retention::All);
@@ -50,19 +62,35 @@ impl Retention {
                 match c {
                     Component::Sinks(s) => sinks = sinks.max(s.count() as usize),
                     Component::SlidingWindow(w) => left = left.max(w.left() as usize),
+                    Component::Chunked(ch) => {
+                        left = left.max(ch.size() as usize - 1);
+                        only_chunks &= chunks.map_or(true, |size| size == ch.size());
+                        chunks = Some(ch.size());
+                        continue;
+                    }
                     _ => return Ok(Retention::All),
                 }
+                only_chunks = false;
             }
+            only_chunks &= p.components.len() == 1;
         }
-        Ok(Retention::SinksWindow { sinks, left })
+        Ok(match chunks {
+            Some(size) if only_chunks => Retention::Chunk {
+                size: size as usize,
+            },
+            _ => Retention::SinksWindow { sinks, left },
+        })
     }
 
     /// Keys of a sequence of `n` tokens that must be resident for its last query
-    /// (`p = n - 1`) and every later one: `n` for [`Retention::All`], else the sinks plus the
+    /// (`p = n - 1`) and every later one: `n` for [`Retention::All`], the keys of the last
+    /// query's chunk (`(n - 1) % size + 1`) for [`Retention::Chunk`], else the sinks plus the
     /// window's `left + 1` most recent keys, counted once where they overlap.
     pub fn kept_tokens(&self, n: usize) -> usize {
         match *self {
             Retention::All => n,
+            Retention::Chunk { .. } if n == 0 => 0,
+            Retention::Chunk { size } => (n - 1) % size + 1,
             Retention::SinksWindow { sinks, left } => {
                 let recent_start = n.saturating_sub(left.saturating_add(1));
                 sinks.min(n) + (n - recent_start.max(sinks.min(n)))
@@ -89,6 +117,10 @@ pub enum LayerCapacity {
         /// Pages of the ring of most recent positions.
         ring_pages: usize,
     },
+    /// The layer keeps no K/V: it is not softmax attention (a Mamba or linear-attention layer
+    /// of a hybrid, [`Layer::NonAttention`]). It has no pages and no block table, and appends
+    /// place nothing in it.
+    NoKv,
 }
 
 impl LayerCapacity {
@@ -106,6 +138,12 @@ impl LayerCapacity {
     /// the ring holds the last `ring_pages` logical pages. Earlier keys are never allowed
     /// (sinks aside, which have their own pages), so nothing the pattern allows is evicted.
     ///
+    /// A chunked layer ([`Retention::Chunk`], chunks of `C`) is the window `L = C - 1`, except
+    /// when pages divide the chunks (`C % page_size == 0`): a step's oldest key is then its
+    /// chunk's first, at the start of a page, and the ring holds
+    /// `floor((C + max_chunk - 2) / page_size) + 1` pages: the chunk's `C / page_size` for
+    /// decode, plus the pages the chunk under way spills into.
+    ///
     /// Errors: `max_chunk == 0` (`Error::Cache`), an empty per-head list (`Error::Pattern`).
     pub fn from_patterns(
         set: &HeadPatterns,
@@ -118,6 +156,14 @@ impl LayerCapacity {
         let ps = page_size.get();
         Ok(match Retention::of(set)? {
             Retention::All => LayerCapacity::Full,
+            Retention::Chunk { size } if size % ps == 0 => LayerCapacity::Windowed {
+                sink_pages: 0,
+                ring_pages: (size + max_chunk - 2) / ps + 1,
+            },
+            Retention::Chunk { size } => LayerCapacity::Windowed {
+                sink_pages: 0,
+                ring_pages: (size - 1 + max_chunk - 1).div_ceil(ps) + 1,
+            },
             Retention::SinksWindow { sinks, left } => LayerCapacity::Windowed {
                 sink_pages: sinks.div_ceil(ps),
                 ring_pages: (left + max_chunk - 1).div_ceil(ps) + 1,
@@ -125,18 +171,28 @@ impl LayerCapacity {
         })
     }
 
-    /// [`LayerCapacity::from_patterns`] for every layer of `plan`.
+    /// [`LayerCapacity::from_patterns`] for every attention layer of `plan`,
+    /// [`LayerCapacity::NoKv`] for the layers that are not softmax attention.
     pub fn from_plan(plan: &LayerPlan, page_size: PageSize, max_chunk: usize) -> Result<Vec<Self>> {
+        if max_chunk == 0 {
+            return Err(Error::Cache("max_chunk must be at least 1".into()));
+        }
         plan.layers
             .iter()
-            .map(|set| LayerCapacity::from_patterns(set, page_size, max_chunk))
+            .map(|layer| match layer {
+                Layer::Attention(a) => {
+                    LayerCapacity::from_patterns(&a.patterns, page_size, max_chunk)
+                }
+                Layer::NonAttention(_) => Ok(LayerCapacity::NoKv),
+            })
             .collect()
     }
 
-    /// `(sink_pages, ring_pages)` as `SaPagedKv` takes them (`(0, 0)` for [`LayerCapacity::Full`]).
+    /// `(sink_pages, ring_pages)` as `SaPagedKv` takes them (`(0, 0)` for [`LayerCapacity::Full`]
+    /// and [`LayerCapacity::NoKv`]).
     pub fn sink_ring(&self) -> (usize, usize) {
         match *self {
-            LayerCapacity::Full => (0, 0),
+            LayerCapacity::Full | LayerCapacity::NoKv => (0, 0),
             LayerCapacity::Windowed {
                 sink_pages,
                 ring_pages,
@@ -149,6 +205,7 @@ impl LayerCapacity {
     pub fn pages_per_sequence(&self, max_pages: usize) -> usize {
         match *self {
             LayerCapacity::Full => max_pages,
+            LayerCapacity::NoKv => 0,
             LayerCapacity::Windowed {
                 sink_pages,
                 ring_pages,
@@ -248,6 +305,112 @@ mod tests {
     }
 
     #[test]
+    fn chunk_rings_are_sufficient_and_tight() {
+        for page in [8, 16] {
+            for size in 1..(3 * page + 2) {
+                for max_chunk in 1..=4 {
+                    let pat = Pattern::causal_chunked(size as i64).unwrap();
+                    let cap =
+                        LayerCapacity::from_patterns(&pat.clone().into(), ps(page), max_chunk)
+                            .unwrap();
+                    let LayerCapacity::Windowed {
+                        sink_pages: 0,
+                        ring_pages,
+                    } = cap
+                    else {
+                        panic!("{cap:?}")
+                    };
+                    let horizon = 2 * size + max_chunk + 3 * page;
+                    assert!(
+                        ring_keeps_everything(&pat, ps(page), max_chunk, 0, ring_pages, horizon),
+                        "page {page} chunk {size} max_chunk {max_chunk}: ring {ring_pages}"
+                    );
+                    // Aligned chunks need no spare page: one page fewer loses a key.
+                    if size % page == 0 && ring_pages >= 2 {
+                        assert!(
+                            !ring_keeps_everything(
+                                &pat,
+                                ps(page),
+                                max_chunk,
+                                0,
+                                ring_pages - 1,
+                                horizon
+                            ),
+                            "page {page} chunk {size} max_chunk {max_chunk}"
+                        );
+                    }
+                }
+            }
+        }
+        // Llama 4's 8192-token chunks in pages of 16: the chunk's 512 pages for decode.
+        let llama4: HeadPatterns = Pattern::causal_chunked(8192).unwrap().into();
+        assert_eq!(
+            LayerCapacity::from_patterns(&llama4, ps(16), 1).unwrap(),
+            LayerCapacity::Windowed {
+                sink_pages: 0,
+                ring_pages: 512
+            }
+        );
+        assert_eq!(
+            Retention::of(&llama4).unwrap(),
+            Retention::Chunk { size: 8192 }
+        );
+        assert_eq!(
+            Retention::Chunk { size: 8192 }.kept_tokens(10000),
+            10000 - 8192
+        );
+        assert_eq!(Retention::Chunk { size: 8192 }.kept_tokens(8192), 8192);
+        assert_eq!(Retention::Chunk { size: 8192 }.kept_tokens(0), 0);
+        // Mixed with a window over the heads, a chunk counts as the window C - 1.
+        let mixed = HeadPatterns::PerHead(vec![
+            Pattern::causal_chunked(100).unwrap(),
+            Pattern::causal_window(20).unwrap(),
+        ]);
+        assert_eq!(
+            Retention::of(&mixed).unwrap(),
+            Retention::SinksWindow { sinks: 0, left: 99 }
+        );
+        let two_sizes = HeadPatterns::PerHead(vec![
+            Pattern::causal_chunked(100).unwrap(),
+            Pattern::causal_chunked(30).unwrap(),
+        ]);
+        assert_eq!(
+            Retention::of(&two_sizes).unwrap(),
+            Retention::SinksWindow { sinks: 0, left: 99 }
+        );
+        // A non-causal chunk keeps everything.
+        let open: HeadPatterns = Pattern::new(false, vec![Component::chunked(8).unwrap()]).into();
+        assert_eq!(Retention::of(&open).unwrap(), Retention::All);
+    }
+
+    #[test]
+    fn plans_give_layers_that_are_not_attention_no_kv() {
+        let plan = LayerPlan::periodic(
+            4,
+            Layer::non_attention("linear_attention").unwrap(),
+            Pattern::causal_chunked(32).unwrap(),
+            2,
+            1,
+        )
+        .unwrap();
+        let caps = LayerCapacity::from_plan(&plan, ps(8), 1).unwrap();
+        assert_eq!(caps[0], LayerCapacity::NoKv);
+        assert_eq!(
+            caps[1],
+            LayerCapacity::Windowed {
+                sink_pages: 0,
+                ring_pages: 4
+            }
+        );
+        assert_eq!(LayerCapacity::NoKv.pages_per_sequence(100), 0);
+        assert_eq!(LayerCapacity::NoKv.sink_ring(), (0, 0));
+        assert!(matches!(
+            LayerCapacity::from_plan(&plan, ps(8), 0),
+            Err(Error::Cache(_))
+        ));
+    }
+
+    #[test]
     fn sinks_and_windows_over_heads() {
         let set = HeadPatterns::PerHead(vec![
             Pattern::streaming(4, 256).unwrap(),
@@ -319,12 +482,19 @@ mod tests {
                 ],
             ),
             Pattern::new(true, vec![Component::dilated(3).unwrap()]),
+            Pattern::causal_chunked(4).unwrap(),
+            Pattern::causal_chunked(1).unwrap(),
+            Pattern::new(
+                true,
+                vec![Component::chunked(6).unwrap(), Component::sinks(2).unwrap()],
+            ),
         ];
         for pat in &patterns {
             let r = Retention::of(&pat.clone().into()).unwrap();
             for n in [1usize, 4, 7, 13, 30] {
                 let kept = |j: i64| match r {
                     Retention::All => true,
+                    Retention::Chunk { size } => j >= ((n - 1) / size * size) as i64,
                     Retention::SinksWindow { sinks, left } => {
                         (j as usize) < sinks || j >= n as i64 - 1 - left as i64
                     }

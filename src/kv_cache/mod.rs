@@ -7,8 +7,10 @@
 //!   [`slot_of_logical_page`], [`resident`], [`PageLayout`] (`[num_pages, num_kv_heads,
 //!   page_size, head_dim]` pages).
 //! - [`LayerCapacity`]: what a layer keeps, derived from its head patterns. A layer whose heads
-//!   are all causal sinks + sliding windows keeps its sink pages and a ring of recent pages;
-//!   anything else keeps every page.
+//!   are all causal sinks + sliding windows keeps its sink pages and a ring of recent pages, a
+//!   causal chunked layer (Llama 4) a ring of one chunk, a layer that is not softmax attention
+//!   (Mamba, linear attention) nothing ([`LayerCapacity::NoKv`]); anything else keeps every
+//!   page.
 //! - [`KvCache`]: the bookkeeping (no K/V memory): one fixed pool per layer with a free list,
 //!   sequences ([`SeqId`]), all-or-nothing [`KvCache::reserve_append`] returning a
 //!   [`Placement`] per layer, [`KvCache::block_table`] and per-layer page/byte accounting.

@@ -300,6 +300,56 @@ impl Dilated {
     }
 }
 
+// ---- chunked ----------------------------------------------------------------------------------
+
+/// Chunked local attention (Llama 4's `attention_chunk_size`): the sequence is cut into chunks
+/// of `size` positions from position 0 and a query sees the keys of its own chunk,
+/// `floor(p / size) == floor(j / size)` (block-diagonal; with causality keys
+/// `floor(p / size) * size ..= p`). Negative query positions (`q_len > kv_len`) lie in negative
+/// chunks, which hold no key. JSON: `{"size": C}`, `C >= 1`; size 1 allows only `j == p`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawChunked")]
+pub struct Chunked {
+    size: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChunked {
+    size: i64,
+}
+
+impl TryFrom<RawChunked> for Chunked {
+    type Error = String;
+    fn try_from(r: RawChunked) -> std::result::Result<Self, String> {
+        Chunked::new(r.size).map_err(message)
+    }
+}
+
+impl Chunked {
+    /// Chunks of `size >= 1` positions.
+    pub fn new(size: i64) -> Result<Self> {
+        Ok(Chunked {
+            size: bounded("chunked size", size, 1)?,
+        })
+    }
+
+    /// Positions per chunk, `C`.
+    pub fn size(&self) -> i64 {
+        self.size
+    }
+
+    /// The first position of the chunk holding position `x` (`floor(x / C) * C`).
+    pub fn chunk_start(&self, x: i64) -> i64 {
+        x.div_euclid(self.size) * self.size
+    }
+
+    /// `floor(p / C) == floor(j / C)`.
+    pub fn admits(&self, p: i64, j: i64) -> bool {
+        p.div_euclid(self.size) == j.div_euclid(self.size)
+    }
+}
+
 // ---- block mask -------------------------------------------------------------------------------
 
 /// A block-level mask: `mask[floor(p / block_q)][floor(j / block_k)] == 1`. Query blocks
@@ -636,6 +686,8 @@ pub enum Component {
     Global(GlobalTokens),
     /// `{"dilated": {"stride": K}}`
     Dilated(Dilated),
+    /// `{"chunked": {"size": C}}`
+    Chunked(Chunked),
     /// `{"block_mask": {"block_q": BQ, "block_k": BK, "mask": [[...], ...]}}`
     BlockMask(BlockMask),
     /// `{"bigbird": {"block": B, "window_blocks": W, "global_blocks": G, "random_blocks": R, "seed": S}}`
@@ -674,6 +726,11 @@ impl Component {
         Dilated::new(stride).map(Component::Dilated)
     }
 
+    /// Chunks of `size` positions.
+    pub fn chunked(size: i64) -> Result<Self> {
+        Chunked::new(size).map(Component::Chunked)
+    }
+
     /// Whether this component admits key `j` for query head `head` at position `p`. `kv_len`
     /// and `causal` only matter for BigBird's random blocks. Does not check `j < kv_len` or
     /// causality; [`super::Pattern::allowed`] does.
@@ -684,6 +741,7 @@ impl Component {
             Component::Sinks(s) => s.admits(j),
             Component::Global(g) => g.admits(p, j),
             Component::Dilated(d) => d.admits(p, j),
+            Component::Chunked(c) => c.admits(p, j),
             Component::BlockMask(m) => m.admits(p, j),
             Component::BigBird(b) => b.admits(head, p, j, kv_len, causal),
         }

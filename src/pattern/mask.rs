@@ -38,11 +38,14 @@ pub enum MaskKind {
     /// of `P` (a CSR table at `data_offset`: `rand_q_blocks + 1` row offsets, then the blocks;
     /// row `P - rand_first_q_block`).
     BigBird = ffi::SA_MASK_BIGBIRD as i32,
+    /// `floor(p / block_q) == floor(j / block_q)`: keys of the query's chunk of `block_q`
+    /// positions (Llama 4's chunked attention).
+    Chunked = ffi::SA_MASK_CHUNKED as i32,
 }
 
 impl MaskKind {
     /// Every kind, in tag order.
-    pub const ALL: [MaskKind; 7] = [
+    pub const ALL: [MaskKind; 8] = [
         MaskKind::Dense,
         MaskKind::Window,
         MaskKind::Sinks,
@@ -50,6 +53,7 @@ impl MaskKind {
         MaskKind::Dilated,
         MaskKind::BlockMask,
         MaskKind::BigBird,
+        MaskKind::Chunked,
     ];
 
     /// The kind of a raw tag, `None` for an unknown one.
@@ -137,6 +141,10 @@ impl MaskTables {
                 let word = self.table(c)[(qb * words + kb / 32) as usize] as u32;
                 (word >> (kb % 32)) & 1 == 1
             }
+            MaskKind::Chunked => {
+                let size = c.block_q as i64;
+                p.div_euclid(size) == j.div_euclid(size)
+            }
             MaskKind::BigBird => {
                 let b = c.block_q as i64;
                 let (qb, kb) = (p.div_euclid(b), j / b);
@@ -170,10 +178,11 @@ mod tests {
 
     #[test]
     fn kind_tags_round_trip() {
-        for k in 0..7 {
+        for k in 0..8 {
             assert_eq!(MaskKind::from_i32(k).map(|k| k as i32), Some(k));
         }
-        assert_eq!(MaskKind::from_i32(7), None);
+        assert_eq!(MaskKind::from_i32(8), None);
         assert_eq!(MaskKind::BigBird as i32, crate::ffi::SA_MASK_BIGBIRD as i32);
+        assert_eq!(MaskKind::Chunked as i32, crate::ffi::SA_MASK_CHUNKED as i32);
     }
 }

@@ -13,12 +13,16 @@
 //!   `0 <= j < kv_len and (union of components) and (not causal or j <= p)`; no components
 //!   means dense. The [`Component`]s are [`Dense`], [`SlidingWindow`] (`left`/`right`, or
 //!   `size` W = the W most recent tokens including the query's own), [`Sinks`],
-//!   [`GlobalTokens`], [`Dilated`], [`BlockMask`] and [`BigBird`] (random blocks from the
+//!   [`GlobalTokens`], [`Dilated`], [`Chunked`] (Llama 4's chunked local attention,
+//!   `floor(p / C) == floor(j / C)`), [`BlockMask`] and [`BigBird`] (random blocks from the
 //!   documented generator in [`rng`]).
 //! - A [`HeadPatterns`] set is one pattern for all heads or `{"heads": [...]}` with one per
-//!   query head; a [`LayerPlan`] is `{"layers": [...]}` with one set per layer ([`plans`]
-//!   builds the plans of Mistral, Gemma 2/3, Qwen2 and hybrids, also from a Hugging Face
-//!   `config.json`).
+//!   query head; a [`LayerPlan`] is `{"layers": [...]}` with one [`Layer`] per layer: softmax
+//!   attention (a set, with per-layer head_dim, kv heads, scale, softcap, learnable sinks and
+//!   ALiBi flags when a model sets them) or a layer that is not softmax attention (Mamba,
+//!   linear attention: no kernel, no KV pages). [`plans`] builds the plans of Mistral, Gemma
+//!   2/3/4, Qwen2, Llama 4, gpt-oss and the hybrids (Jamba, MiniMax-01, Qwen3-Next), also from
+//!   a Hugging Face `config.json`.
 //!
 //! Where the contract is silent this module decides, and says so on the item: `causal` is
 //! required in JSON and `components` defaults to `[]`; window bounds and counts must be
@@ -54,6 +58,7 @@
 
 mod compile;
 mod component;
+mod layer;
 mod mask;
 pub mod plans;
 mod render;
@@ -67,9 +72,11 @@ mod tests;
 
 pub use compile::{BlockSparseMeta, CompiledPlan, SparseShape};
 pub use component::{
-    BigBird, BlockMask, Component, Dense, Dilated, GlobalTokens, Sinks, SlidingWindow, MAX_PARAM,
+    BigBird, BlockMask, Chunked, Component, Dense, Dilated, GlobalTokens, Sinks, SlidingWindow,
+    MAX_PARAM,
 };
+pub use layer::{AttentionLayer, Layer, LayerPlan, NonAttentionLayer};
 pub use mask::{MaskComponent, MaskKind, MaskProgram, MaskTables};
 pub use render::{render_from_meta, render_token_mask};
-pub use set::{HeadPatterns, LayerPlan, Pattern};
+pub use set::{HeadPatterns, Pattern};
 pub use view::TileView;

@@ -1,4 +1,5 @@
-//! Patterns, head pattern sets and layer plans (docs/patterns.md, "Patterns, heads and layers").
+//! Patterns and head pattern sets (docs/patterns.md, "Patterns, heads and layers"); layer
+//! plans are in [`super::layer`].
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,12 @@ impl Pattern {
     /// position: Mistral's and Hugging Face's `sliding_window`.
     pub fn causal_window(size: i64) -> Result<Self> {
         Ok(Pattern::new(true, vec![Component::window_size(size)?]))
+    }
+
+    /// Causal chunked attention (Llama 4): the keys of the query's own chunk of `size`
+    /// positions, up to the query.
+    pub fn causal_chunked(size: i64) -> Result<Self> {
+        Ok(Pattern::new(true, vec![Component::chunked(size)?]))
     }
 
     /// StreamingLLM: `sinks` leading tokens plus a causal `size` window.
@@ -231,42 +238,5 @@ pub(crate) fn strip(e: Error) -> String {
     match e {
         Error::Pattern(m) => m,
         other => other.to_string(),
-    }
-}
-
-/// `{"layers": [head_pattern_set, ...]}`: one head pattern set per layer. Builders for the
-/// plans of real models live in [`super::plans`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LayerPlan {
-    /// Layer `l` uses entry `l`.
-    pub layers: Vec<HeadPatterns>,
-}
-
-impl LayerPlan {
-    /// Checks every layer against a problem (see [`HeadPatterns::validate`]); the plan must
-    /// have at least one layer.
-    pub fn validate(&self, num_heads: usize, kv_len: usize) -> Result<()> {
-        if self.layers.is_empty() {
-            return Err(Error::Pattern("layer plan has no layers".into()));
-        }
-        self.layers.iter().enumerate().try_for_each(|(l, s)| {
-            s.validate(num_heads, kv_len)
-                .map_err(|e| Error::Pattern(format!("layer {l}: {}", strip(e))))
-        })
-    }
-
-    /// Parses a layer plan from JSON.
-    pub fn from_json(s: &str) -> Result<Self> {
-        let plan: LayerPlan = serde_json::from_str(s).map_err(|e| Error::Pattern(e.to_string()))?;
-        if plan.layers.is_empty() {
-            return Err(Error::Pattern("layer plan has no layers".into()));
-        }
-        Ok(plan)
-    }
-
-    /// The JSON form.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("patterns always serialize")
     }
 }

@@ -132,6 +132,10 @@ impl<'a> RowSpans<'a> {
                         j += k;
                     }
                 }
+                Component::Chunked(c) => {
+                    let start = c.chunk_start(p);
+                    spans.push((start, start.saturating_add(c.size())));
+                }
                 Component::BlockMask(m) => {
                     if let Some(row) = m.row(p.div_euclid(m.block_q())) {
                         mask_row_spans(row, m.block_k(), spans);
@@ -204,6 +208,14 @@ mod tests {
             vec![Component::dilated(3).unwrap()],
             vec![
                 Component::dilated(4).unwrap(),
+                Component::window_size(3).unwrap(),
+            ],
+            vec![Component::chunked(1).unwrap()],
+            vec![Component::chunked(4).unwrap()],
+            vec![Component::chunked(7).unwrap()],
+            vec![Component::chunked(8).unwrap(), Component::sinks(3).unwrap()],
+            vec![
+                Component::chunked(5).unwrap(),
                 Component::window_size(3).unwrap(),
             ],
             vec![Component::BlockMask(

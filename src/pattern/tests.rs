@@ -578,7 +578,8 @@ fn layer_plans_compile_each_distinct_layer_once() {
     .unwrap();
     let c = plan.compile(shape(8, 2048, 2048, 64, 64)).unwrap();
     assert_eq!(c.metas.len(), 2);
-    assert_eq!(c.layer_meta, vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
+    let ids: Vec<usize> = c.layer_meta.iter().map(|m| m.unwrap()).collect();
+    assert_eq!(ids, vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
     assert_eq!(c.layer(5).unwrap().tiles_listed(), 32 * 33 / 2);
 }
 
@@ -786,5 +787,227 @@ fn dilated_with_sinks_gathers_the_sinks_of_other_classes() {
         let meta = compile(set.clone(), shape(2, q, kv, 64, 64));
         let truth = render_token_mask(&set, 2, q, kv).unwrap();
         assert_eq!(render_from_meta(&meta).unwrap(), truth, "q {q} kv {kv}");
+    }
+}
+
+// ---- chunked attention (Llama 4) -----------------------------------------------------------------
+
+#[test]
+fn chunked_predicate_is_block_diagonal_and_causal() {
+    let c = pat(json!({"causal": false, "components": [{"chunked": {"size": 4}}]}));
+    // Position 5 is in chunk 1 (positions 4..7).
+    assert_eq!(allowed_keys(&c, 0, 5, 20), vec![4, 5, 6, 7]);
+    assert_eq!(allowed_keys(&c, 0, 8, 20), vec![8, 9, 10, 11]);
+    // The last chunk is cut by kv_len.
+    assert_eq!(allowed_keys(&c, 0, 17, 18), vec![16, 17]);
+    // Negative positions (q_len > kv_len) lie in chunks without keys.
+    assert!(allowed_keys(&c, 0, -1, 20).is_empty());
+    assert!(allowed_keys(&c, 0, -4, 20).is_empty());
+    let causal = Pattern::causal_chunked(4).unwrap();
+    assert_eq!(allowed_keys(&causal, 0, 5, 20), vec![4, 5]);
+    assert_eq!(allowed_keys(&causal, 0, 4, 20), vec![4]);
+    assert_eq!(allowed_keys(&causal, 0, 7, 20), vec![4, 5, 6, 7]);
+    // Size 1: only the query's own key.
+    let one = Pattern::causal_chunked(1).unwrap();
+    assert_eq!(allowed_keys(&one, 0, 9, 20), vec![9]);
+}
+
+#[test]
+fn chunked_json_and_bad_sizes() {
+    let v = json!({"causal": true, "components": [{"chunked": {"size": 8192}}]});
+    let p = pat(v.clone());
+    assert_eq!(p, Pattern::causal_chunked(8192).unwrap());
+    assert_eq!(serde_json::from_str::<Value>(&p.to_json()).unwrap(), v);
+    for (bad, needle) in [
+        (
+            json!({"chunked": {"size": 0}}),
+            "chunked size must be at least 1 (got 0)",
+        ),
+        (
+            json!({"chunked": {"size": -3}}),
+            "chunked size must be at least 1",
+        ),
+        (
+            json!({"chunked": {"size": 4294967296i64}}),
+            "chunked size must be at most",
+        ),
+        (json!({"chunked": {}}), "size"),
+        (json!({"chunked": {"size": 4, "left": 1}}), "unknown field"),
+    ] {
+        let m = err(json!({"causal": true, "components": [bad]}));
+        assert!(m.contains(needle), "{m}");
+    }
+    assert!(matches!(Component::chunked(0), Err(Error::Pattern(_))));
+}
+
+#[test]
+fn chunked_tiles_inside_a_chunk_are_full_and_chunk_edges_partial() {
+    // Chunks of 128 over 64 x 64 tiles, causal: query tile m sees its chunk's earlier tile
+    // (full) and its diagonal tile (partial); nothing of the previous chunk.
+    let meta = compile(
+        Pattern::causal_chunked(128).unwrap(),
+        shape(2, 1024, 1024, 64, 64),
+    );
+    for m in 0..16i32 {
+        if m % 2 == 0 {
+            assert_eq!(meta.full(0, m as usize), &[] as &[i32], "m {m}");
+        } else {
+            assert_eq!(meta.full(0, m as usize), &[m - 1], "m {m}");
+        }
+        assert_eq!(meta.partial(0, m as usize), &[m], "m {m}");
+    }
+    // Non-causal chunks of 128: both tiles of the chunk are full, nothing partial.
+    let meta = compile(
+        Pattern::new(false, vec![Component::chunked(128).unwrap()]),
+        shape(1, 512, 512, 64, 64),
+    );
+    assert_eq!(meta.partial_tiles().len(), 0);
+    assert_eq!(meta.full(0, 3), &[2, 3]);
+    // A chunk edge inside a tile (chunks of 96): query tile 1 (positions 64..127) holds the
+    // end of chunk 0 (keys 0..95) and the start of chunk 1 (keys 96..191), so each of its kv
+    // tiles is seen by some rows only.
+    let meta = compile(
+        Pattern::new(false, vec![Component::chunked(96).unwrap()]),
+        shape(1, 256, 256, 64, 64),
+    );
+    assert_eq!(meta.full(0, 1), &[] as &[i32]);
+    assert_eq!(meta.partial(0, 1), &[0, 1, 2]);
+    // Tile 2 (positions 128..191) lies in chunk 1 (96..191): keys 96..127 of tile 1 and all of
+    // tile 2.
+    assert_eq!(meta.full(0, 2), &[2]);
+    assert_eq!(meta.partial(0, 2), &[1]);
+    // Chunks smaller than a tile: only diagonal tiles, partial.
+    let meta = compile(
+        Pattern::causal_chunked(8).unwrap(),
+        shape(1, 256, 256, 64, 64),
+    );
+    for m in 0..4 {
+        assert_eq!(meta.partial(0, m), &[m as i32]);
+        assert!(meta.full(0, m).is_empty());
+    }
+    // Every case renders to the predicate, including bottom-right alignment (q_len < kv_len
+    // puts chunk edges at shifted rows) and a union with sinks.
+    for (set, q, k) in [
+        (Pattern::causal_chunked(96).unwrap(), 200, 333),
+        (Pattern::causal_chunked(50).unwrap(), 333, 200),
+        (
+            Pattern::new(
+                true,
+                vec![
+                    Component::sinks(5).unwrap(),
+                    Component::chunked(40).unwrap(),
+                ],
+            ),
+            150,
+            150,
+        ),
+        (
+            Pattern::new(
+                false,
+                vec![
+                    Component::chunked(33).unwrap(),
+                    Component::global(vec![3, 77]).unwrap(),
+                ],
+            ),
+            100,
+            120,
+        ),
+    ] {
+        let set: HeadPatterns = set.into();
+        let meta = BlockSparseMeta::compile(&set, shape(1, q, k, 32, 64)).unwrap();
+        meta.check().unwrap();
+        let truth = render_token_mask(&set, 1, q, k).unwrap();
+        assert_eq!(
+            render_from_meta(&meta).unwrap(),
+            truth,
+            "{} q {q} kv {k}",
+            set.to_json()
+        );
+    }
+}
+
+#[test]
+fn chunked_mask_program_and_host_twin() {
+    let meta = compile(
+        Pattern::causal_chunked(100).unwrap(),
+        shape(1, 300, 300, 64, 64),
+    );
+    let m = meta.mask();
+    assert_eq!(m.components().len(), 1);
+    assert_eq!(m.components()[0].kind, MaskKind::Chunked as i32);
+    assert_eq!(m.components()[0].block_q, 100);
+    for p in -5..300i64 {
+        for j in 0..300i64 {
+            assert_eq!(
+                m.allowed(0, p, j, 300),
+                p >= 0 && j <= p && p / 100 == j / 100,
+                "p {p} j {j}"
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_plan_json_with_settings_and_other_layers() {
+    let v = json!({"layers": [
+        {"causal": true, "components": [{"chunked": {"size": 8192}}]},
+        {"attention": {"patterns": {"causal": true, "components": []}, "head_dim": 512, "num_kv_heads": 4,
+                       "scale": 1.0, "softcap": 50.0, "learnable_sinks": true, "alibi": true}},
+        {"non_attention": {"kind": "mamba"}},
+    ]});
+    let p = LayerPlan::from_json(&v.to_string()).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&p.to_json()).unwrap(), v);
+    assert_eq!(p.layers.len(), 3);
+    let a = p.attention(1).unwrap();
+    assert_eq!(
+        (a.head_dim, a.num_kv_heads, a.scale, a.softcap),
+        (Some(512), Some(4), Some(1.0), Some(50.0))
+    );
+    assert!(a.learnable_sinks && a.alibi);
+    assert!(p.attention(2).is_none() && !p.layers[2].is_attention());
+    assert_eq!(
+        p.attention_layers().map(|(l, _)| l).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    // A plain attention entry serializes as its bare head pattern set.
+    let plain =
+        json!({"layers": [{"attention": {"patterns": {"causal": true, "components": []}}}]});
+    let p = LayerPlan::from_json(&plain.to_string()).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&p.to_json()).unwrap(),
+        json!({"layers": [{"causal": true, "components": []}]})
+    );
+    // A layer's kv heads must divide the query heads.
+    let p = LayerPlan::from_json(
+        &json!({"layers": [{"attention": {"patterns": {"causal": true}, "num_kv_heads": 3}}]})
+            .to_string(),
+    )
+    .unwrap();
+    let e = p.validate(8, 16).unwrap_err().to_string();
+    assert!(e.contains("layer 0: 3 kv heads do not divide 8"), "{e}");
+    for (bad, needle) in [
+        (json!({"non_attention": {"kind": ""}}), "kind is empty"),
+        (json!({"non_attention": {}}), "kind"),
+        (
+            json!({"non_attention": {"kind": "mamba", "state": 16}}),
+            "unknown field",
+        ),
+        (json!({"attention": {"head_dim": 64}}), "patterns"),
+        (
+            json!({"attention": {"patterns": {"causal": true}, "head_dim": 0}}),
+            "head_dim must be at least 1",
+        ),
+        (
+            json!({"attention": {"patterns": {"causal": true}, "softcap": -1.0}}),
+            "softcap",
+        ),
+        (
+            json!({"attention": {"patterns": {"causal": true}, "bias": 1}}),
+            "unknown field",
+        ),
+    ] {
+        let e = LayerPlan::from_json(&json!({"layers": [bad]}).to_string()).unwrap_err();
+        assert!(matches!(e, Error::Pattern(_)), "{e}");
+        assert!(e.to_string().contains(needle), "{bad}: {e}");
     }
 }

@@ -28,7 +28,7 @@ struct TokenMask {
   int q_len;
   int kv_len;
   // Read once per block from the program: whether the predicate has the interval form (at
-  // most two components, each dense, a window or sinks) and how many intervals it has.
+  // most two components, each dense, a window, sinks or a chunk) and how many intervals it has.
   int intervals;  // 0: not interval form (the general interpreter runs), else 1 or 2
 
   SA_DEVICE static TokenMask make(const SaMaskProgram* program, const SaMaskComponent* comps,
@@ -38,7 +38,10 @@ struct TokenMask {
     int intervals = n;
     for (int i = 0; i < n && i < 2; ++i) {
       const int kind = comps[program->first_component + i].kind;
-      if (kind != SA_MASK_DENSE && kind != SA_MASK_WINDOW && kind != SA_MASK_SINKS) intervals = 0;
+      if (kind != SA_MASK_DENSE && kind != SA_MASK_WINDOW && kind != SA_MASK_SINKS &&
+          kind != SA_MASK_CHUNKED) {
+        intervals = 0;
+      }
     }
     m.intervals = n <= 2 ? intervals : 0;
     return m;
@@ -79,6 +82,13 @@ struct TokenMask {
         const int words = (c.mask_cols + 31) / 32;
         const uint32_t w = static_cast<uint32_t>(data[c.data_offset + qb * words + kb / 32]);
         return (w >> (kb % 32)) & 1u;
+      }
+      case SA_MASK_CHUNKED: {
+        // floor(p / C) == floor(j / C): with r = p mod C (in [0, C)), j - p lies in
+        // [-r, C - 1 - r]; compared as differences so nothing leaves int32.
+        int r = p % c.block_q;
+        if (r < 0) r += c.block_q;
+        return j - p >= -r && j - p <= c.block_q - 1 - r;
       }
       case SA_MASK_BIGBIRD: {
         const int qb = floor_div(p, c.block_q), kb = j / c.block_q;
@@ -131,6 +141,14 @@ struct TokenMask {
         hi = c.window_right < j_max - p ? p + c.window_right : j_max;
       } else if (c.kind == SA_MASK_SINKS) {
         hi = c.sink_count - 1 < j_max ? c.sink_count - 1 : j_max;
+      } else if (c.kind == SA_MASK_CHUNKED) {
+        // The query's chunk [p - r, p - r + C - 1], r = p mod C in [0, C): one interval (with
+        // causality [p - r, p]); a negative p's chunk holds no key (p - r + C - 1 < 0).
+        int r = p % c.block_q;
+        if (r < 0) r += c.block_q;
+        const int after = c.block_q - 1 - r;  // chunk keys after p
+        lo = p > r ? p - r : 0;
+        hi = after < j_max - p ? p + after : j_max;
       }
       // To view keys: key = first + v * step, v < count (step 1 is the natural order and
       // needs no division).

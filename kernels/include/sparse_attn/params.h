@@ -55,7 +55,10 @@ typedef enum SaMaskKind {
   /** A bit table over (query block, key block). */
   SA_MASK_BLOCK_MASK = 5,
   /** BigBird: block window, global blocks and a table of random blocks. */
-  SA_MASK_BIGBIRD = 6
+  SA_MASK_BIGBIRD = 6,
+  /** Chunked (Llama 4): keys of the query's own chunk of block_q positions,
+   * floor(p / block_q) == floor(j / block_q). */
+  SA_MASK_CHUNKED = 7
 } SaMaskKind;
 
 /** One pattern component as kernel data (fields a kind does not use are 0). */

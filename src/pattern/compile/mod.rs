@@ -6,14 +6,16 @@
 //! # How
 //!
 //! For one query tile (positions `p0..=p1`) each component lists the key intervals it touches,
-//! analytically (a window is one interval, sinks the leading keys, causality a bound, global
+//! analytically (a window is one interval, sinks the leading keys, chunks the keys of the chunks
+//! the tile's rows lie in, causality a bound, global
 //! query rows the whole row and global keys their columns, a dilated stride either every tile
 //! or one interval per multiple of the stride, block masks and BigBird their allowed cells).
 //! The intervals become kv-tile intervals, are sorted and merged, and only those tiles are
 //! classified. Each component classifies a tile's token rectangle exactly and in O(1)
 //! (O(cells) for block-level components): windows and dilation through the range of `j - p`,
-//! sinks and causality through corner tests, global tokens by counting the sorted list. Dense,
-//! window and sink components also name the run of tiles they cover fully, which is appended
+//! sinks and causality through corner tests, chunks by the chunks of the tile's rows and keys,
+//! global tokens by counting the sorted list. Dense, window, sink and chunk components also name
+//! the run of tiles they cover fully, which is appended
 //! in bulk without per-tile work. A tile is full when one component covers it; when two or
 //! more cover it partially, their union is checked row by row with bitsets (rare: window
 //! edges, sink/window overlaps). Cost is
@@ -37,8 +39,9 @@ mod prep;
 
 use self::layout::Work;
 use self::prep::Prepared;
+use super::layer::LayerPlan;
 use super::mask::MaskTables;
-use super::set::{HeadPatterns, LayerPlan, Pattern};
+use super::set::{HeadPatterns, Pattern};
 use super::view::TileView;
 use crate::error::{Error, Result};
 
@@ -462,37 +465,48 @@ fn pattern_of(patterns: &HeadPatterns, head: usize) -> &Pattern {
         .expect("validated: one pattern per head")
 }
 
-/// A layer plan compiled for one shape: one [`BlockSparseMeta`] per distinct head pattern set.
+/// A layer plan compiled for one shape: one [`BlockSparseMeta`] per distinct head pattern set
+/// of its attention layers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPlan {
     /// Distinct metadata, in order of first use.
     pub metas: Vec<BlockSparseMeta>,
-    /// Index into `metas` of each layer.
-    pub layer_meta: Vec<usize>,
+    /// Index into `metas` of each layer; `None` for a layer that is not softmax attention.
+    pub layer_meta: Vec<Option<usize>>,
 }
 
 impl CompiledPlan {
-    /// The metadata of layer `layer`.
+    /// The metadata of layer `layer`; `None` when it does not exist or is not softmax
+    /// attention.
     pub fn layer(&self, layer: usize) -> Option<&BlockSparseMeta> {
-        self.layer_meta.get(layer).map(|&i| &self.metas[i])
+        self.layer_meta
+            .get(layer)
+            .copied()
+            .flatten()
+            .map(|i| &self.metas[i])
     }
 }
 
 impl LayerPlan {
-    /// Compiles every distinct layer once (Gemma 3's 62 layers compile to two metadata sets).
+    /// Compiles every distinct attention layer once (Gemma 3's 62 layers compile to two
+    /// metadata sets); layers that are not softmax attention get none.
     pub fn compile(&self, shape: SparseShape) -> Result<CompiledPlan> {
         self.validate(shape.num_heads, shape.kv_len)?;
-        let mut distinct: Vec<usize> = Vec::new();
+        let mut distinct: Vec<&HeadPatterns> = Vec::new();
         let mut plan = CompiledPlan {
             metas: Vec::new(),
             layer_meta: Vec::with_capacity(self.layers.len()),
         };
-        for (l, set) in self.layers.iter().enumerate() {
-            if let Some(i) = distinct.iter().position(|&d| self.layers[d] == *set) {
-                plan.layer_meta.push(i);
+        for layer in &self.layers {
+            let Some(set) = layer.patterns() else {
+                plan.layer_meta.push(None);
+                continue;
+            };
+            if let Some(i) = distinct.iter().position(|d| *d == set) {
+                plan.layer_meta.push(Some(i));
             } else {
-                plan.layer_meta.push(plan.metas.len());
-                distinct.push(l);
+                plan.layer_meta.push(Some(plan.metas.len()));
+                distinct.push(set);
                 plan.metas.push(BlockSparseMeta::compile(set, shape)?);
             }
         }

@@ -102,6 +102,9 @@ pub(crate) enum Prep<'a> {
     Dilated {
         stride: i64,
     },
+    Chunked {
+        size: i64,
+    },
     BlockMask(&'a BlockMask),
     BigBird {
         bb: &'a BigBird,
@@ -135,6 +138,7 @@ impl<'a> Prepared<'a> {
                     // Stride 1 admits every key: dense (so full tiles come in bulk runs).
                     Component::Dilated(d) if d.stride() == 1 => Prep::Dense,
                     Component::Dilated(d) => Prep::Dilated { stride: d.stride() },
+                    Component::Chunked(c) => Prep::Chunked { size: c.size() },
                     Component::BlockMask(m) => Prep::BlockMask(m),
                     Component::BigBird(b) => Prep::BigBird {
                         bb: b,
@@ -297,6 +301,11 @@ impl Prep<'_> {
                     a += stride;
                 }
             }
+            Prep::Chunked { size } => {
+                // Positions p0..=p1 cover consecutive chunks, whose keys are one interval.
+                let (first, last) = (p0.div_euclid(size), p1.div_euclid(size));
+                push_keys(out, first * size, last * size + size - 1, kmax, bn)
+            }
             Prep::BlockMask(m) => {
                 let (bq, bk) = (m.block_q(), m.block_k());
                 let qb_first = p0.div_euclid(bq).max(0);
@@ -355,7 +364,7 @@ impl Prep<'_> {
         }
     }
 
-    /// For components whose fully covered tiles form one run (dense, windows, sinks), that
+    /// For components whose fully covered tiles form one run (dense, windows, sinks, chunks), that
     /// run of kv tiles for query positions `p0..=p1`, if non-empty. Every tile of it is one
     /// [`Prep::classify`] would call full; this only saves classifying them one by one.
     pub(super) fn full_run(
@@ -372,6 +381,15 @@ impl Prep<'_> {
             // `right` is already 0 under causality.
             Prep::Window { left, right } => (p1 - left, p0 + right),
             Prep::Sinks { count } => (0, (count - 1).min(if causal { p0 } else { last_key })),
+            // Rows of one chunk share its keys (up to the first row under causality); rows of
+            // two chunks share none, so no tile is full.
+            Prep::Chunked { size } => {
+                let start = p0.div_euclid(size) * size;
+                if p1.div_euclid(size) * size != start {
+                    return None;
+                }
+                (start, if causal { p0 } else { start + size - 1 })
+            }
             _ => return None,
         };
         // Tiles whose existing keys all lie in lo..=hi.
@@ -435,6 +453,18 @@ impl Prep<'_> {
                 let hit = lo <= hi && lo + (-lo).rem_euclid(stride) <= hi;
                 cover(hit && fully_causal && (stride == 1 || lo == hi), hit)
             }
+            Prep::Chunked { size } => {
+                let (q0, q1) = (r.p0.div_euclid(size), r.p1.div_euclid(size));
+                let (c0, c1) = (r.k0.div_euclid(size), r.k1.div_euclid(size));
+                // Full: rows and keys all in one chunk. Some: a chunk c holding rows and keys
+                // (lo..=hi) whose first key of the tile is visible to its last row of the
+                // tile; a chunk strictly inside lo..hi always is (all its rows and keys lie
+                // inside the tile), so only the two ends need the test.
+                let full = q0 == q1 && c0 == c1 && q0 == c0 && fully_causal;
+                let (lo, hi) = (q0.max(c0), q1.min(c1));
+                let sees = |c: i64| !causal || r.k0.max(c * size) <= r.p1.min(c * size + size - 1);
+                cover(full, lo <= hi && (hi - lo >= 2 || sees(lo) || sees(hi)))
+            }
             Prep::BlockMask(m) => {
                 classify_cells(r, causal, m.block_q(), m.block_k(), |qb, kb| m.get(qb, kb))
             }
@@ -480,6 +510,10 @@ impl Prep<'_> {
                     span(j, j);
                     j += stride;
                 }
+            }
+            Prep::Chunked { size } => {
+                let start = p.div_euclid(size) * size;
+                span(start, start + size - 1);
             }
             Prep::BlockMask(m) => {
                 let (qb, bk) = (p.div_euclid(m.block_q()), m.block_k());
@@ -533,6 +567,10 @@ impl Prep<'_> {
             Prep::Dilated { stride } => {
                 c.kind = MaskKind::Dilated as i32;
                 c.dilation_stride = stride as i32;
+            }
+            Prep::Chunked { size } => {
+                c.kind = MaskKind::Chunked as i32;
+                c.block_q = size as i32;
             }
             Prep::BlockMask(m) => {
                 c.kind = MaskKind::BlockMask as i32;
