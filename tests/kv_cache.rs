@@ -90,7 +90,9 @@ impl Harness {
         assert_eq!((placement.start, placement.len), (start, n));
         let (k, v) = (rows(seq, start, n, false), rows(seq, start, n, true));
         for l in 0..self.cache.num_layers() {
-            self.store.write_kv(l, &placement, &k, &v).unwrap();
+            if self.plan.layers[l].is_attention() {
+                self.store.write_kv(l, &placement, &k, &v).unwrap();
+            }
         }
     }
 
@@ -101,11 +103,13 @@ impl Harness {
         let kv_len = self.cache.seq_len(seq).unwrap();
         let (true_k, true_v) = (rows(seq, 0, kv_len, false), rows(seq, 0, kv_len, true));
         for l in 0..self.cache.num_layers() {
+            let Some(set) = self.plan.layers[l].patterns() else {
+                continue; // not softmax attention: no pages (tests of their own below)
+            };
             let (k, v) = self.store.gather_contiguous(&self.cache, l, seq).unwrap();
             let table = self.cache.block_table(l, &[seq]).unwrap();
             table.validate(self.cache.num_pages(l).unwrap()).unwrap();
             let ps = self.cache.page_size();
-            let set: &HeadPatterns = &self.plan.layers[l];
             for j in 0..kv_len {
                 let r = j * ROW..(j + 1) * ROW;
                 if resident(j, kv_len, ps, table.sink_pages, table.ring_pages) {
@@ -752,8 +756,12 @@ fn emulated_attention_reads_the_cache() {
     let k: Vec<f16> = truth.iter().flat_map(|t| t.0.iter().copied()).collect();
     let v: Vec<f16> = truth.iter().flat_map(|t| t.1.iter().copied()).collect();
     for l in 0..2 {
-        let attn =
-            AttnPlan::with_patterns(&problem, &plan.layers[l], &AttnOptions::default()).unwrap();
+        let attn = AttnPlan::with_patterns(
+            &problem,
+            plan.layers[l].patterns().unwrap(),
+            &AttnOptions::default(),
+        )
+        .unwrap();
         let table = cache.block_table(l, &seqs).unwrap();
         let kv = store.paged_kv(l, &table).unwrap();
         let (out, lse) = attn
@@ -765,4 +773,133 @@ fn emulated_attention_reads_the_cache() {
         let lb = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(lb(&lse), lb(&c_lse), "layer {l}: lse");
     }
+}
+
+// ---- chunked layers and layers without KV (hybrids) -------------------------------------------
+
+#[test]
+fn chunked_layer_keeps_one_chunk_in_a_ring() {
+    // Llama-4-like: a causal chunk of 64 (page 16) keeps a ring of 4 pages for decode, the
+    // chunk's own; a dense layer keeps everything; a Mamba layer keeps nothing.
+    let plan = LayerPlan {
+        layers: vec![
+            Pattern::causal_chunked(64).unwrap().into(),
+            sparse_attn::pattern::Layer::non_attention("mamba").unwrap(),
+            Pattern::causal().into(),
+        ],
+    };
+    let mut h = Harness::new(plan, 16, 1000, 1, PoolSize::Sequences(1));
+    assert_eq!(
+        h.cache.capacity(0).unwrap(),
+        LayerCapacity::Windowed {
+            sink_pages: 0,
+            ring_pages: 4
+        }
+    );
+    assert_eq!(h.cache.capacity(1).unwrap(), LayerCapacity::NoKv);
+    assert_eq!(h.cache.num_pages(1).unwrap(), 0);
+    let seq = h.cache.add_sequence();
+    for t in 0..1000 {
+        h.append(seq, 1);
+        h.check(seq, 1);
+        assert_eq!(h.cache.pages_used(0).unwrap(), (t / 16 + 1).min(4));
+        assert_eq!(h.cache.pages_used(1).unwrap(), 0);
+        assert_eq!(h.cache.pages_used(2).unwrap(), t / 16 + 1);
+    }
+    // The Mamba layer has no block table and its placements are empty.
+    let e = h.cache.block_table(1, &[seq]).unwrap_err();
+    assert!(matches!(e, Error::Cache(_)), "{e}");
+    assert!(e.to_string().contains("not softmax attention"), "{e}");
+    h.cache.free_sequence(seq).unwrap();
+    let seq2 = h.cache.add_sequence();
+    let p = h.cache.reserve_append(seq2, 1).unwrap();
+    assert!(p.layers[1].is_empty() && p.layers[0].len() == 1 && p.layers[2].len() == 1);
+}
+
+#[test]
+fn chunked_prefill_across_chunk_boundaries() {
+    // Chunks of 48 keys with pages of 16 (aligned) and of 40 keys (not aligned), prefill steps
+    // of 1..=9 tokens that cross chunk edges: every allowed key stays resident (`check`).
+    for (size, want_ring) in [
+        (48usize, (48 + 9 - 2) / 16 + 1),
+        (40, (40 - 1 + 9 - 1usize).div_ceil(16) + 1),
+    ] {
+        let plan = LayerPlan {
+            layers: vec![Pattern::causal_chunked(size as i64).unwrap().into()],
+        };
+        let mut h = Harness::new(plan, 16, 2000, 9, PoolSize::Sequences(1));
+        assert_eq!(
+            h.cache.capacity(0).unwrap(),
+            LayerCapacity::Windowed {
+                sink_pages: 0,
+                ring_pages: want_ring
+            },
+            "chunk {size}"
+        );
+        let seq = h.cache.add_sequence();
+        let mut rng = Rng::new(size as u64);
+        while h.cache.seq_len(seq).unwrap() + 9 <= 2000 {
+            let n = 1 + rng.below(9) as usize;
+            h.append(seq, n);
+            h.check(seq, n);
+        }
+    }
+}
+
+#[test]
+fn a_ring_one_page_short_loses_a_chunk_key() {
+    // The chunk ring is tight: with one page fewer some step's query finds a key of its chunk
+    // evicted. Page 8, chunk 32, steps of 1: the ring of 4 pages is exactly the chunk.
+    let set: HeadPatterns = Pattern::causal_chunked(32).unwrap().into();
+    let page = sparse_attn::kv_cache::PageSize::new(8).unwrap();
+    let cap = LayerCapacity::from_patterns(&set, page, 1).unwrap();
+    assert_eq!(
+        cap,
+        LayerCapacity::Windowed {
+            sink_pages: 0,
+            ring_pages: 4
+        }
+    );
+    let lost = |ring: usize| {
+        (1..200usize).any(|kv_len| {
+            let p = kv_len as i64 - 1;
+            (0..kv_len)
+                .any(|j| set.allowed(0, p, j as i64, kv_len) && !resident(j, kv_len, page, 0, ring))
+        })
+    };
+    assert!(!lost(4));
+    assert!(lost(3));
+}
+
+#[test]
+fn hybrid_plans_size_only_their_attention_layers() {
+    // Jamba-shaped: one attention layer in 8, the rest Mamba; the pool holds pages for the
+    // attention layers only.
+    let plan = LayerPlan::periodic(
+        16,
+        sparse_attn::pattern::Layer::non_attention("mamba").unwrap(),
+        Pattern::causal(),
+        8,
+        4,
+    )
+    .unwrap();
+    let cache = KvCache::for_plan(config(16, 16, 4096, 1, PoolSize::Sequences(2)), &plan).unwrap();
+    for l in 0..16 {
+        let want = if l % 8 == 4 { 2 * 4096 / 16 } else { 0 };
+        assert_eq!(cache.num_pages(l).unwrap(), want, "layer {l}");
+    }
+    // Per-layer page shapes the cache cannot hold are refused, naming the layer.
+    let mut wide = plan.clone();
+    if let sparse_attn::pattern::Layer::Attention(a) = &mut wide.layers[4] {
+        a.head_dim = Some(2 * DIM);
+    }
+    let e = KvCache::for_plan(config(16, 16, 4096, 1, PoolSize::Sequences(2)), &wide).unwrap_err();
+    assert!(matches!(e, Error::Shape(_)), "{e}");
+    assert!(e.to_string().contains("layer 4 has head_dim 16"), "{e}");
+    let mut kv = plan;
+    if let sparse_attn::pattern::Layer::Attention(a) = &mut kv.layers[12] {
+        a.num_kv_heads = Some(1);
+    }
+    let e = KvCache::for_plan(config(16, 16, 4096, 1, PoolSize::Sequences(2)), &kv).unwrap_err();
+    assert!(e.to_string().contains("layer 12 has 1 kv heads"), "{e}");
 }

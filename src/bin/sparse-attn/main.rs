@@ -5,9 +5,10 @@
 //! - `decode`: prefill then token-by-token decode through a paged KV cache (GPU or emulator);
 //!   the output equals `run`'s over all tokens, and the cache's pages and bytes are printed.
 //! - `plan`: a Hugging Face model's layer plan at a sequence length: per-layer pattern,
-//!   density, attention FLOPs and KV-cache bytes against dense (table or `--json`).
+//!   head_dim, density, attention FLOPs and KV-cache bytes against dense (table or `--json`);
+//!   layers that are not softmax attention are listed and count nothing.
 //! - `viz`: PNG pictures of a pattern (token and/or tile level, per head) or of a model's
-//!   layer plan (one panel per layer).
+//!   layer plan (one panel per layer; layers that are not softmax attention in lavender).
 //! - `demo`: random inputs, dense and causal attention on a backend, checked against the f64
 //!   reference (works on any machine through the CPU emulator).
 //! - `kernels`: the ptxas resource report build.rs captured.
@@ -157,13 +158,16 @@ struct PlanArgs {
     /// Query heads (default: num_attention_heads of the config).
     #[arg(long, value_name = "H")]
     num_heads: Option<usize>,
-    /// KV heads (default: num_key_value_heads, else as many as query heads).
+    /// KV heads of every layer (default: num_key_value_heads, else as many as query heads; a
+    /// layer's own, as in Gemma 4's global layers, where the config gives one).
     #[arg(long, value_name = "HK")]
     num_kv_heads: Option<usize>,
-    /// Head dimension (default: head_dim, else hidden_size / num_attention_heads).
+    /// Head dimension of every layer (default: head_dim, else hidden_size /
+    /// num_attention_heads; a layer's own where the config gives one).
     #[arg(long, value_name = "D")]
     head_dim: Option<usize>,
-    /// KV-cache element type (default: torch_dtype of the config when f16/bf16, else bf16).
+    /// KV-cache element type (default: torch_dtype of the config, f16 or bf16; bf16 when the
+    /// config has none; any other torch_dtype needs this flag).
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
     /// Machine-readable JSON instead of the table.

@@ -52,6 +52,7 @@ pub fn component_text(c: &Component) -> String {
             }
         }
         Component::Dilated(d) => format!("dilated({})", d.stride()),
+        Component::Chunked(c) => format!("chunked({})", c.size()),
         Component::BlockMask(m) => {
             let ones: usize = (0..m.rows() as i64)
                 .filter_map(|r| m.row(r))

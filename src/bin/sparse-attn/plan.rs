@@ -1,8 +1,10 @@
 //! `sparse-attn plan`: what a model's layer plan costs at a sequence length — per layer the
-//! pattern, its density, attention FLOPs and KV-cache bytes, against dense attention.
+//! pattern, its head_dim, density, attention FLOPs and KV-cache bytes, against dense attention.
+//! Layers that are not softmax attention (Mamba, linear attention) are listed as such and
+//! count no FLOPs and no KV bytes: their state is not this crate's.
 
 use serde::Serialize;
-use sparse_attn::pattern::{HeadPatterns, Pattern};
+use sparse_attn::pattern::{AttentionLayer, Layer, Pattern};
 
 use crate::model::Model;
 use crate::pattern::{message, set_text};
@@ -14,10 +16,22 @@ use sparse_attn::pattern::spans::allowed_pairs;
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerStats {
     pub layer: usize,
-    /// The compact text of the layer's head pattern set.
+    /// `attention`, or what a layer that is not softmax attention is (`mamba`,
+    /// `linear_attention`); such a layer has no pattern and counts nothing below.
+    pub kind: String,
+    /// The compact text of the layer's head pattern set (the kind for other layers).
     pub pattern: String,
-    /// The set itself, as docs/patterns.md JSON.
+    /// The set itself, as docs/patterns.md JSON (null for other layers).
     pub patterns: serde_json::Value,
+    /// The layer's head_dim and kv heads (its own, or the model's).
+    pub head_dim: Option<usize>,
+    pub num_kv_heads: Option<usize>,
+    /// The layer's score scale and softcap when the config sets them.
+    pub scale: Option<f32>,
+    pub softcap: Option<f32>,
+    /// Learnable sink logits (gpt-oss) and ALiBi, recorded (the kernels do not run them yet).
+    pub learnable_sinks: bool,
+    pub alibi: bool,
     /// Allowed (query, key) pairs, summed over query heads.
     pub allowed_pairs: u128,
     /// Pairs a dense layer of the same causality allows (`n(n+1)/2` causal, `n^2` not).
@@ -51,6 +65,8 @@ pub struct PlanReport {
     pub model_type: Option<String>,
     pub seq_len: usize,
     pub num_layers: usize,
+    /// Layers that are softmax attention (the others count nothing).
+    pub attention_layers: usize,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -102,15 +118,46 @@ fn ratio(a: u128, b: u128) -> f64 {
     }
 }
 
+/// A layer that is not softmax attention: its kind, and nothing counted.
+fn other_stats(layer: usize, kind: &str) -> LayerStats {
+    LayerStats {
+        layer,
+        kind: kind.to_string(),
+        pattern: format!("{kind} (not softmax attention)"),
+        patterns: serde_json::Value::Null,
+        head_dim: None,
+        num_kv_heads: None,
+        scale: None,
+        softcap: None,
+        learnable_sinks: false,
+        alibi: false,
+        allowed_pairs: 0,
+        dense_pairs: 0,
+        density: 0.0,
+        flops: 0,
+        dense_flops: 0,
+        kv_tokens_per_kv_head: Vec::new(),
+        kv_bytes: 0,
+        dense_kv_bytes: 0,
+    }
+}
+
 fn layer_stats(
     layer: usize,
-    set: &HeadPatterns,
+    a: &AttentionLayer,
     m: &Model,
     n: usize,
     bytes: usize,
     cache: &mut Cache,
-) -> LayerStats {
-    let (h, hk, d) = (m.num_heads, m.num_kv_heads, m.head_dim as u128);
+) -> Result<LayerStats, CliError> {
+    let set = &a.patterns;
+    let hd = m.layer_head_dim(a).ok_or_else(|| {
+        crate::input_err(
+            &m.path,
+            format!("layer {layer} has no head_dim; pass --head-dim"),
+        )
+    })?;
+    let (h, hk, d) = (m.num_heads, m.layer_kv_heads(a), hd as u128);
     let pattern = |head: usize| set.pattern(head).expect("validated against num_heads");
     let mut allowed = 0u128;
     let mut dense = 0u128;
@@ -123,10 +170,17 @@ fn layer_stats(
     let kept = Retention::of(set).map_or(n, |r| r.kept_tokens(n)) as u64;
     let kv_tokens = vec![kept; hk];
     let per_token = 2 * d * bytes as u128;
-    LayerStats {
+    Ok(LayerStats {
         layer,
+        kind: "attention".into(),
         pattern: set_text(set),
         patterns: serde_json::to_value(set).unwrap_or(serde_json::Value::Null),
+        head_dim: Some(hd),
+        num_kv_heads: Some(hk),
+        scale: a.scale,
+        softcap: a.softcap,
+        learnable_sinks: a.learnable_sinks,
+        alibi: a.alibi,
         allowed_pairs: allowed,
         dense_pairs: dense,
         density: ratio(allowed, dense),
@@ -135,7 +189,7 @@ fn layer_stats(
         kv_bytes: kv_tokens.iter().map(|&t| t as u128).sum::<u128>() * per_token,
         dense_kv_bytes: n as u128 * hk as u128 * per_token,
         kv_tokens_per_kv_head: kv_tokens,
-    }
+    })
 }
 
 /// The largest sequence length: positions and `q_len + kv_len` stay within the kernels' `i32`.
@@ -157,8 +211,14 @@ pub fn report(m: &Model, n: usize) -> Result<PlanReport, CliError> {
         .layers
         .iter()
         .enumerate()
-        .map(|(l, set)| layer_stats(l, set, m, n, bytes, &mut cache))
-        .collect();
+        .map(|(l, layer)| match layer {
+            Layer::Attention(a) => layer_stats(l, a, m, n, bytes, &mut cache),
+            Layer::NonAttention(o) => Ok(other_stats(l, &o.kind)),
+        })
+        .collect::<Result<_, _>>()?;
+    let head_dim = m
+        .head_dim
+        .ok_or_else(|| crate::input_err(&m.path, "has no head_dim; pass --head-dim"))?;
     let sum = |f: fn(&LayerStats) -> u128| layers.iter().map(f).sum::<u128>();
     let totals = Totals {
         allowed_pairs: sum(|l| l.allowed_pairs),
@@ -176,9 +236,10 @@ pub fn report(m: &Model, n: usize) -> Result<PlanReport, CliError> {
         model_type: m.model_type.clone(),
         seq_len: n,
         num_layers: layers.len(),
+        attention_layers: layers.iter().filter(|l| l.kind == "attention").count(),
         num_heads: m.num_heads,
         num_kv_heads: m.num_kv_heads,
-        head_dim: m.head_dim,
+        head_dim,
         dtype: m.dtype.name(),
         dtype_bytes: bytes,
         layers,
@@ -218,20 +279,55 @@ fn bytes_text(x: u128) -> String {
     format!("{x:.0} B")
 }
 
+/// The settings a layer's row notes: scale, softcap, sink logits, ALiBi.
+fn notes(l: &LayerStats) -> String {
+    let mut v = Vec::new();
+    if let Some(x) = l.scale {
+        v.push(format!("scale {x}"));
+    }
+    if let Some(c) = l.softcap {
+        v.push(format!("softcap {c}"));
+    }
+    if l.learnable_sinks {
+        v.push("sink logits (not run yet)".to_string());
+    }
+    if l.alibi {
+        v.push("ALiBi (not run yet)".to_string());
+    }
+    v.join(", ")
+}
+
 /// The human-readable table.
 pub fn table(r: &PlanReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
+    let mut dims: Vec<usize> = r.layers.iter().filter_map(|l| l.head_dim).collect();
+    dims.sort_unstable();
+    dims.dedup();
+    let per_layer = if dims.len() > 1 || dims.first().is_some_and(|&d| d != r.head_dim) {
+        let list: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+        format!(" (per layer: {})", list.join(", "))
+    } else {
+        String::new()
+    };
+    let others = r.num_layers - r.attention_layers;
+    let layers_text = if others > 0 {
+        format!(
+            "{} layers ({} softmax attention, {others} not: no FLOPs or KV counted for them)",
+            r.num_layers, r.attention_layers
+        )
+    } else {
+        format!("{} layers", r.num_layers)
+    };
     let _ = writeln!(
         s,
-        "{}{}: {} layers, {} query heads, {} kv heads, head_dim {}, {}; seq-len N = {} \
-         (prefill: q_len = kv_len = N)",
+        "{}{}: {layers_text}, {} query heads, {} kv heads, head_dim {}{per_layer}, {}; seq-len \
+         N = {} (prefill: q_len = kv_len = N)",
         r.model,
         r.model_type
             .as_deref()
             .map(|t| format!(" ({t})"))
             .unwrap_or_default(),
-        r.num_layers,
         r.num_heads,
         r.num_kv_heads,
         r.head_dim,
@@ -263,28 +359,39 @@ pub fn table(r: &PlanReport) -> String {
         .max(16);
     let _ = writeln!(
         s,
-        "{:>5}  {:<width$}  {:>8}  {:>12}  {:>8}  {:>10}  {:>8}",
-        "layer", "pattern", "density", "FLOPs", "x dense", "KV cache", "x dense"
+        "{:>5}  {:<width$}  {:>8}  {:>8}  {:>12}  {:>8}  {:>10}  {:>8}  notes",
+        "layer", "pattern", "head_dim", "density", "FLOPs", "x dense", "KV cache", "x dense"
     );
     for l in &r.layers {
-        let _ = writeln!(
-            s,
-            "{:>5}  {:<width$}  {:>8.4}  {:>12}  {:>8.4}  {:>10}  {:>8.4}",
+        if l.kind != "attention" {
+            let _ = writeln!(
+                s,
+                "{:>5}  {:<width$}  {:>8}  {:>8}  {:>12}  {:>8}  {:>10}  {:>8}",
+                l.layer, l.pattern, "-", "-", "-", "-", "-", "-"
+            );
+            continue;
+        }
+        let line = format!(
+            "{:>5}  {:<width$}  {:>8}  {:>8.4}  {:>12}  {:>8.4}  {:>10}  {:>8.4}  {}",
             l.layer,
             l.pattern,
+            l.head_dim.map_or("-".into(), |d| d.to_string()),
             l.density,
             flops_text(l.flops),
             ratio(l.flops, l.dense_flops),
             bytes_text(l.kv_bytes),
-            ratio(l.kv_bytes, l.dense_kv_bytes)
+            ratio(l.kv_bytes, l.dense_kv_bytes),
+            notes(l)
         );
+        let _ = writeln!(s, "{}", line.trim_end());
     }
     let t = &r.totals;
     let _ = writeln!(
         s,
-        "{:>5}  {:<width$}  {:>8.4}  {:>12}  {:>8.4}  {:>10}  {:>8.4}",
+        "{:>5}  {:<width$}  {:>8}  {:>8.4}  {:>12}  {:>8.4}  {:>10}  {:>8.4}",
         "total",
         "all layers",
+        "",
         t.density,
         flops_text(t.flops),
         t.flops_ratio,
@@ -293,9 +400,10 @@ pub fn table(r: &PlanReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>5}  {:<width$}  {:>8.4}  {:>12}  {:>8.4}  {:>10}  {:>8.4}",
+        "{:>5}  {:<width$}  {:>8}  {:>8.4}  {:>12}  {:>8.4}  {:>10}  {:>8.4}",
         "dense",
         "all layers dense",
+        "",
         1.0,
         flops_text(t.dense_flops),
         1.0,

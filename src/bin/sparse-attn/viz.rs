@@ -10,6 +10,9 @@
 //!   tile is at least [`MIN_TILE_PX_FOR_LINES`] pixels;
 //! - both: the two side by side (tokens left).
 //!
+//! With `--model`, a layer that is not softmax attention (Mamba, linear attention) is a panel
+//! filled with [`OTHER`] (lavender): no pattern, no tiles.
+//!
 //! Panels larger than `--max-px` are max-pooled: one pixel covers `pool x pool` tokens and is
 //! dark when any of them is allowed (at tile level: blue when every tile it touches is full,
 //! white when none is listed, orange otherwise). Small panels are enlarged to about 256 pixels
@@ -18,7 +21,7 @@
 
 use std::path::Path;
 
-use sparse_attn::pattern::{BlockSparseMeta, HeadPatterns, SparseShape};
+use sparse_attn::pattern::{BlockSparseMeta, HeadPatterns, Layer, SparseShape};
 
 use crate::io::Staged;
 use crate::model::{self, Model};
@@ -32,13 +35,16 @@ pub const DARK: u8 = 1;
 pub const FULL: u8 = 2;
 pub const PARTIAL: u8 = 3;
 pub const BACKGROUND: u8 = 4;
+/// A layer that is not softmax attention (`--model`).
+pub const OTHER: u8 = 5;
 /// RGB of each palette index, in index order.
-pub const PALETTE: [[u8; 3]; 5] = [
+pub const PALETTE: [[u8; 3]; 6] = [
     [255, 255, 255],
     [32, 32, 32],
     [49, 104, 189],
     [243, 156, 18],
     [200, 200, 200],
+    [214, 196, 232],
 ];
 /// Margin around and between panels, in pixels.
 pub const GAP: usize = 4;
@@ -90,6 +96,7 @@ impl Scale {
 }
 
 /// A panel before zooming: one palette index per cell.
+#[derive(Clone)]
 struct Raster {
     w: usize,
     h: usize,
@@ -230,9 +237,10 @@ fn view_raster(meta: &BlockSparseMeta, head: usize, scale: Scale) -> Result<Rast
     Ok(r)
 }
 
-/// One grid cell: the panels of one head or layer.
+/// One grid cell: the panels of one head or layer (`set` is `None` for a layer that is not
+/// softmax attention).
 struct Panel {
-    set: HeadPatterns,
+    set: Option<HeadPatterns>,
     head: usize,
 }
 
@@ -278,11 +286,22 @@ fn compile(set: &HeadPatterns, pic: &Picture) -> Result<BlockSparseMeta, CliErro
 fn render(pic: &Picture) -> Result<(usize, usize, Vec<u8>), CliError> {
     let mut metas: Vec<(HeadPatterns, BlockSparseMeta)> = Vec::new();
     let mut cells: Vec<Vec<Raster>> = Vec::with_capacity(pic.panels.len());
+    let levels = match pic.level {
+        LevelArg::Token | LevelArg::Tile => 1,
+        LevelArg::Both => 2,
+    };
     for panel in &pic.panels {
+        let Some(set) = &panel.set else {
+            let pool = pic.scale.pool;
+            let mut r = Raster::new(pic.q_len.div_ceil(pool), pic.kv_len.div_ceil(pool));
+            r.cells.fill(OTHER);
+            cells.push((0..levels).map(|_| r.clone()).collect());
+            continue;
+        };
         let mut row = Vec::new();
         if matches!(pic.level, LevelArg::Token | LevelArg::Both) {
             row.push(token_raster(
-                &panel.set,
+                set,
                 panel.head,
                 pic.q_len,
                 pic.kv_len,
@@ -290,10 +309,10 @@ fn render(pic: &Picture) -> Result<(usize, usize, Vec<u8>), CliError> {
             ));
         }
         if matches!(pic.level, LevelArg::Tile | LevelArg::Both) {
-            let idx = match metas.iter().position(|(s, _)| s == &panel.set) {
+            let idx = match metas.iter().position(|(s, _)| s == set) {
                 Some(i) => i,
                 None => {
-                    metas.push((panel.set.clone(), compile(&panel.set, pic)?));
+                    metas.push((set.clone(), compile(set, pic)?));
                     metas.len() - 1
                 }
             };
@@ -430,7 +449,7 @@ fn pattern_picture(a: &VizArgs, path: &Path) -> Result<(Picture, String), CliErr
         panels: heads
             .into_iter()
             .map(|head| Panel {
-                set: set.clone(),
+                set: Some(set.clone()),
                 head,
             })
             .collect(),
@@ -490,8 +509,8 @@ fn model_picture(a: &VizArgs, path: &Path) -> Result<(Picture, String), CliError
             .plan
             .layers
             .iter()
-            .map(|set| Panel {
-                set: set.clone(),
+            .map(|layer| Panel {
+                set: layer.patterns().cloned(),
                 head,
             })
             .collect(),
@@ -504,9 +523,16 @@ fn model_picture(a: &VizArgs, path: &Path) -> Result<(Picture, String), CliError
         scale: Scale::new(n, n, a.max_px.unwrap_or(128)),
         columns: a.columns.unwrap_or(layers.min(16)),
     };
+    // Each distinct layer once, with its head_dim (Gemma 4's global layers have their own).
     let mut kinds: Vec<String> = Vec::new();
-    for set in &m.plan.layers {
-        let t = set_text(set);
+    for layer in &m.plan.layers {
+        let t = match layer {
+            Layer::Attention(a) => match m.layer_head_dim(a) {
+                Some(d) => format!("{} [head_dim {d}]", set_text(&a.patterns)),
+                None => set_text(&a.patterns),
+            },
+            Layer::NonAttention(o) => format!("{}: not softmax attention, lavender", o.kind),
+        };
         if !kinds.contains(&t) {
             kinds.push(t);
         }
