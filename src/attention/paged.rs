@@ -51,8 +51,11 @@ pub struct PagedKv<'a, T> {
 
 impl AttnPlan {
     /// Validates a paged cache for this plan: page size, pool shape, block-table extent and
-    /// entries, and that the ring still holds every key the pattern allows.
-    pub(crate) fn check_paged(
+    /// entries, and that the ring still holds every key the pattern allows. `k_len` and
+    /// `v_len` are the pools' lengths in elements. Every paged launch (CUDA and emulated) runs
+    /// this on the host first; it is public so that cost can be measured on its own
+    /// (benches/host_overhead.rs).
+    pub fn check_paged(
         &self,
         k_len: usize,
         v_len: usize,
