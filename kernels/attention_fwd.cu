@@ -1,16 +1,22 @@
-// Forward attention entry points: one per (dtype, head_dim, tile shape). The shapes are the
-// prefill tile (128 query rows per block, 32 per warp: each K/V fragment feeds two MMAs) and
-// the decode tile (64 rows, 16 per warp: short queries and GQA-packed decode waste no rows).
-// head_dim 128 runs the 64-row tile in both phases for now: with 32 rows per warp its
-// accumulators (O 128 + S 64 registers) and the kernel's state still spill 92 bytes at 255
-// registers on sm_90 (36 on sm_80), down from 168 before the split swizzle of tile_mma.cuh
-// and the lean KvRows. src/kernels.rs (fwd_tiles) picks the shape; causal, windows and patterns are
-// runtime data, so this is the whole instantiation set of the forward pass.
+// Forward attention entry points: one per (dtype, head_dim, tile shape, walk). The shapes are
+// the prefill tile (128 query rows per block, 32 per warp: each K/V fragment feeds two MMAs)
+// and the decode tile (64 rows, 16 per warp: short queries and GQA-packed decode waste no
+// rows). head_dim 128 and 256 run the 64-row tile in both phases for now: at 128 with 32 rows
+// per warp the accumulators (O 128 + S 64 registers) and the kernel's state still spill 92
+// bytes at 255 registers on sm_90 (36 on sm_80). src/kernels.rs (fwd_tiles) picks the shape
+// and the walk; causal, windows and patterns are run-time data, so this is the whole
+// instantiation set of the forward pass.
 #include "sparse_attn/attention_fwd.cuh"
 
-#define SA_FWD_ENTRY(name, T, D, WARP_ROWS)                   \
-  SA_KERNEL(name, SaAttnFwdParams, SA_FWD_THREADS) {          \
-    sa::attn_fwd<sa::FwdTraits<sa::T, D, WARP_ROWS>>(params); \
+// Each (dtype, head_dim, tile shape) in both walks (tile_walk.cuh): the compiled lists and,
+// suffixed _rt, the run-time walk of one plan for every length.
+#define SA_FWD_ENTRY(name, T, D, WARP_ROWS)                                              \
+  SA_KERNEL(name, SaAttnFwdParams, SA_FWD_THREADS) {                                     \
+    sa::attn_fwd<sa::FwdTraits<sa::T, D, WARP_ROWS>>(params);                            \
+  }                                                                                      \
+  SA_KERNEL(name##_rt, SaAttnFwdParams, SA_FWD_THREADS) {                                \
+    sa::attn_fwd<sa::FwdTraits<sa::T, D, WARP_ROWS>, sa::Canary::None, sa::IntervalWalk>( \
+        params);                                                                         \
   }
 
 SA_FWD_ENTRY(sa_attn_fwd_f16_hd64_m128, f16, 64, 32)

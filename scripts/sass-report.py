@@ -1454,7 +1454,8 @@ def fmt_kb(b):
 
 def print_table(rows, detail, out):
     """One line per kernel and architecture, then the detail kernel's breakdown."""
-    head = (f"{'arch':<6} {'kernel':<28} {'REG':>4} {'spill':>5} {'LDL':>4} {'smem':>6} "
+    kw = max([28] + [len(r["kernel"]) for r in rows])   # the kernel column's width
+    head = (f"{'arch':<6} {'kernel':<{kw}} {'REG':>4} {'spill':>5} {'LDL':>4} {'smem':>6} "
             f"{'CTA':>3} {'warp':>4} | {'HMMA':>4} {'LDSM':>4} {'LDGSTS':>6} {'instr':>5} "
             f"{'/HMMA':>5} {'smB/H':>5} {'loader':>6} | {'ivl1':>5} {'xfull':>5} {'ivl2':>5} {'xfull':>5} "
             f"| {'interp':>6} {'xfull':>5} {'mask/it':>7} {'trip':>4}")
@@ -1463,7 +1464,7 @@ def print_table(rows, detail, out):
     for r in rows:
         occ = r["occupancy"] or {}
         spill = "?" if r["spill_stores"] is None else str(r["spill_stores"] + r["spill_loads"])
-        left = (f"{r['arch']:<6} {r['kernel']:<28} {r['registers'] if r['registers'] is not None else '?':>4} "
+        left = (f"{r['arch']:<6} {r['kernel']:<{kw}} {r['registers'] if r['registers'] is not None else '?':>4} "
                 f"{spill:>5} {r['ldl_stl']:>4} {fmt_kb(r['smem_per_block']):>6} "
                 f"{occ.get('ctas_per_sm', '?'):>3} {occ.get('warps_per_sm', '?'):>4}")
         if "error" in r:

@@ -87,6 +87,14 @@ mod entries {
         pub fn sa_attn_fwd_bf16_hd128_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd256_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd256_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd64_m128_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd64_m128_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd64_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd64_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd128_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd128_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd256_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd256_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd64(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd128(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd64(p: *const std::ffi::c_void);
@@ -109,7 +117,7 @@ macro_rules! kernel {
 
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
 /// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append.
-pub static KERNELS: [KernelDesc; 15] = [
+pub static KERNELS: [KernelDesc; 23] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
@@ -118,6 +126,14 @@ pub static KERNELS: [KernelDesc; 15] = [
     kernel!(sa_attn_fwd_bf16_hd128_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd256_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd256_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd64_m128_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd64_m128_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd64_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd64_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd128_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd128_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd256_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd256_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_combine_f16_hd64, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd256, Module::AttnCombine),
@@ -129,12 +145,48 @@ pub static KERNELS: [KernelDesc; 15] = [
 
 /// The K/V append kernel (copies bits: every dtype and head_dim).
 pub fn kv_append() -> &'static KernelDesc {
-    &KERNELS[14]
+    &KERNELS[22]
 }
 
-/// The forward kernel for a dtype and tile configuration (from [`fwd_tiles`]). Exhaustive:
-/// `HeadDim` only holds supported values and `fwd_tiles` only supported shapes.
+/// Where the forward kernel's kv-tile walk comes from (`SaWalk` of params.h;
+/// kernels/include/sparse_attn/tile_walk.cuh). Each (dtype, tile configuration) has a kernel
+/// per walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FwdWalk {
+    /// The block-sparse lists compiled on the host for the plan's lengths.
+    Lists,
+    /// Derived on the device from the run-time lengths: one plan serves every length up to
+    /// its maxima (suffix `_rt`).
+    Runtime,
+}
+
+impl FwdWalk {
+    /// The `SaWalk` value of the params.
+    pub fn code(self) -> i32 {
+        match self {
+            FwdWalk::Lists => ffi::SA_WALK_LISTS as i32,
+            FwdWalk::Runtime => ffi::SA_WALK_RUNTIME as i32,
+        }
+    }
+}
+
+/// The forward kernel for a dtype, tile configuration (from [`fwd_tiles`]) and walk.
+/// Exhaustive: `HeadDim` only holds supported values and `fwd_tiles` only supported shapes.
+pub fn attn_fwd_walk(dtype: DType, tiles: &FwdTiles, walk: FwdWalk) -> &'static KernelDesc {
+    // The run-time kernels follow the eight list kernels in the same order.
+    let base = if walk == FwdWalk::Runtime { 8 } else { 0 };
+    &KERNELS[base + fwd_index(dtype, tiles)]
+}
+
+/// The forward kernel (compiled lists) for a dtype and tile configuration (from
+/// [`fwd_tiles`]).
 pub fn attn_fwd(dtype: DType, tiles: &FwdTiles) -> &'static KernelDesc {
+    &KERNELS[fwd_index(dtype, tiles)]
+}
+
+/// Position of a (dtype, tile configuration) among the forward kernels of one walk.
+/// Exhaustive: `HeadDim` only holds supported values and `fwd_tiles` only supported shapes.
+fn fwd_index(dtype: DType, tiles: &FwdTiles) -> usize {
     let bf16 = usize::from(dtype == DType::BF16);
     let shape = match (tiles.head_dim, tiles.block_m) {
         (64, 128) => 0,
@@ -143,12 +195,12 @@ pub fn attn_fwd(dtype: DType, tiles: &FwdTiles) -> &'static KernelDesc {
         (256, 64) => 3,
         (d, m) => unreachable!("fwd_tiles yields no {m}-row tile at head_dim {d}"),
     };
-    &KERNELS[2 * shape + bf16]
+    2 * shape + bf16
 }
 
 /// The split-KV combine kernel for a dtype and head dimension.
 pub fn attn_combine(dtype: DType, head_dim: HeadDim) -> &'static KernelDesc {
-    &KERNELS[8 + instance(dtype, head_dim)]
+    &KERNELS[16 + instance(dtype, head_dim)]
 }
 
 /// Position of a (dtype, head_dim) combine instantiation in [`KERNELS`]' combine family.
@@ -331,6 +383,9 @@ mod tests {
                     let k = attn_fwd(dtype, &t);
                     let dt = if dtype == DType::F16 { "f16" } else { "bf16" };
                     assert_eq!(k.name, format!("sa_attn_fwd_{dt}_hd{d}_m{}", t.block_m));
+                    assert!(std::ptr::eq(k, attn_fwd_walk(dtype, &t, FwdWalk::Lists)));
+                    let rt = attn_fwd_walk(dtype, &t, FwdWalk::Runtime);
+                    assert_eq!(rt.name, format!("{}_rt", k.name));
                 }
             }
         }

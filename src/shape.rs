@@ -131,6 +131,20 @@ impl SeqLens {
         }
     }
 
+    /// The `cu_seqlens_q` and `cu_seqlens_k` prefix sums (`batch + 1` entries each) of these
+    /// lengths, as a varlen launch reads them (lengths validated: they fit i32).
+    pub fn cu_seqlens(&self) -> (Vec<i32>, Vec<i32>) {
+        match self {
+            SeqLens::Varlen { cu_q, cu_k } => (cu_q.clone(), cu_k.clone()),
+            SeqLens::Uniform { .. } => (0..=self.batch())
+                .map(|b| {
+                    let (q, k) = self.offsets(b);
+                    (q as i32, k as i32)
+                })
+                .unzip(),
+        }
+    }
+
     /// Longest (q_len, kv_len) over the batch.
     pub fn max_lens(&self) -> (usize, usize) {
         (0..self.batch()).fold((0, 0), |(mq, mk), b| {

@@ -4,7 +4,8 @@
 use super::paged::{PagedAddrs, PagedKv, PagedLayout};
 use super::{AttnPlan, Element, Result, SeqLens, TensorAddrs};
 use crate::emu::{self, GuardedBuffer};
-use crate::kernels::KernelDesc;
+use crate::error::Error;
+use crate::kernels::{FwdWalk, KernelDesc};
 
 impl AttnPlan {
     /// This plan with its forward kernel replaced by `kernel`: for the canary kernels of
@@ -54,13 +55,123 @@ impl AttnPlan {
         self.emulate(q, KvInput::Paged(kv), run)
     }
 
+    /// Runs one step of a run-time plan ([`AttnPlan::for_max_lengths`]) on the emulator:
+    /// `seqs` are the step's lengths (the plan's batch, each sequence within the plan's
+    /// maxima), q and k/v packed as varlen tensors of those lengths (`[total_q, num_heads,
+    /// head_dim]`, `[total_k, num_kv_heads, head_dim]`). Returns `(out, lse)` laid out as
+    /// varlen (`[total_q, num_heads, head_dim]`, `[num_heads, total_q]`). The plan and its
+    /// metadata are the same for every step; only the lengths change.
+    pub fn run_emulated_step<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        run: &EmuRun,
+    ) -> Result<(Vec<T>, Vec<f32>)> {
+        self.check_step::<T>(seqs)?;
+        let p = &self.problem;
+        let (tq, tk) = seqs.totals();
+        let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize);
+        for (name, got, want) in [
+            ("q", q.len(), tq * h * d),
+            ("k", k.len(), tk * hk * d),
+            ("v", v.len(), tk * hk * d),
+        ] {
+            if got != want {
+                return Err(Error::Shape(format!(
+                    "{name} has {got} elements, the step's lengths need {want}"
+                )));
+            }
+        }
+        self.emulate_for(seqs, q, KvInput::Contiguous { k, v }, run)
+    }
+
+    /// [`AttnPlan::run_emulated_step`] with K/V read from a paged cache holding each
+    /// sequence's `kv_len` keys of `seqs`; the layout and every block-table entry the step
+    /// can read are checked first, and that no key the pattern allows has left a ring.
+    pub fn run_emulated_paged_step<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        kv: &PagedKv<'_, T>,
+        run: &EmuRun,
+    ) -> Result<(Vec<T>, Vec<f32>)> {
+        self.check_step::<T>(seqs)?;
+        let p = &self.problem;
+        let want = seqs.totals().0 * p.num_heads() * p.head_dim().get() as usize;
+        if q.len() != want {
+            return Err(Error::Shape(format!(
+                "q has {} elements, the step's lengths need {want}",
+                q.len()
+            )));
+        }
+        self.check_paged_for(
+            seqs,
+            kv.k_pages.len(),
+            kv.v_pages.len(),
+            kv.block_table,
+            &kv.layout,
+        )?;
+        self.emulate_for(seqs, q, KvInput::Paged(kv), run)
+    }
+
+    /// A step's lengths against a run-time plan: the plan's batch, every sequence within the
+    /// maxima it was compiled for, the plan's element type.
+    pub(crate) fn check_step<T: Element>(&self, seqs: &SeqLens) -> Result<()> {
+        if self.walk() != FwdWalk::Runtime {
+            return Err(Error::Unsupported(
+                "steps of other lengths need a run-time plan (AttnPlan::for_max_lengths)".into(),
+            ));
+        }
+        let p = &self.problem;
+        if T::DTYPE != p.dtype() {
+            return Err(Error::Shape(format!(
+                "element type {} does not match the plan's {}",
+                T::DTYPE.name(),
+                p.dtype().name()
+            )));
+        }
+        seqs.validate()?;
+        if seqs.batch() != p.seqs().batch() {
+            return Err(Error::Shape(format!(
+                "the step has {} sequences, the plan {} (pad with empty sequences)",
+                seqs.batch(),
+                p.seqs().batch()
+            )));
+        }
+        let (max_q, max_k) = p.seqs().max_lens();
+        for b in 0..seqs.batch() {
+            let (q, k) = seqs.lens(b);
+            if q > max_q || k > max_k {
+                return Err(Error::Shape(format!(
+                    "sequence {b} has {q} queries and {k} keys, above the plan's maxima \
+                     ({max_q}, {max_k})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn emulate<T: Element>(
         &self,
         q: &[T],
         kv: KvInput<'_, T>,
         run: &EmuRun,
     ) -> Result<(Vec<T>, Vec<f32>)> {
+        self.emulate_for(self.problem.seqs(), q, kv, run)
+    }
+
+    /// One emulated launch for the sequences `seqs` (the problem's, or a run-time step's).
+    fn emulate_for<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        kv: KvInput<'_, T>,
+        run: &EmuRun,
+    ) -> Result<(Vec<T>, Vec<f32>)> {
         let p = &self.problem;
+        let runtime = self.walk() == FwdWalk::Runtime;
         let qb = GuardedBuffer::from_slice(q, "q")?;
         let (k, v, table, layout) = match kv {
             KvInput::Contiguous { k, v } => (k, v, None, PagedLayout::default()),
@@ -78,15 +189,33 @@ impl AttnPlan {
             .transpose()?;
         // Outputs start poisoned (NaN), so an element the kernels forget to write cannot pass
         // for an empty row's out = 0 (or for anything else).
-        let ob = GuardedBuffer::filled(p.q_elems(), T::from_f32(f32::NAN), "out")?;
-        let lb = GuardedBuffer::filled(p.lse_elems(), f32::NAN, "lse")?;
+        // A run-time plan's LSE rows are laid out for its capacity (batch x max q_len) and
+        // compacted to the step's rows below.
+        let (total_q, _) = seqs.totals();
+        let capacity = p.seqs().totals().0;
+        let out_elems = total_q * p.num_heads() * p.head_dim().get() as usize;
+        let lse_elems = if runtime {
+            capacity * p.num_heads()
+        } else {
+            p.lse_elems()
+        };
+        let ob = GuardedBuffer::filled(out_elems, T::from_f32(f32::NAN), "out")?;
+        let lb = GuardedBuffer::filled(lse_elems, f32::NAN, "lse")?;
         let counter = GuardedBuffer::<u64>::zeroed(1, "tiles_visited")?;
-        let (cu_q, cu_k) = match &p.seqs() {
-            SeqLens::Varlen { cu_q, cu_k } => (
+        // Run-time plans always read the lengths from cu_seqlens.
+        let (cu_q, cu_k) = match (seqs, runtime) {
+            (SeqLens::Varlen { cu_q, cu_k }, _) => (
                 Some(GuardedBuffer::from_slice(cu_q, "cu_seqlens_q")?),
                 Some(GuardedBuffer::from_slice(cu_k, "cu_seqlens_k")?),
             ),
-            SeqLens::Uniform { .. } => (None, None),
+            (SeqLens::Uniform { .. }, true) => {
+                let (cq, ck) = seqs.cu_seqlens();
+                (
+                    Some(GuardedBuffer::from_slice(&cq, "cu_seqlens_q")?),
+                    Some(GuardedBuffer::from_slice(&ck, "cu_seqlens_k")?),
+                )
+            }
+            (SeqLens::Uniform { .. }, false) => (None, None),
         };
         let meta = self.meta.upload_emulated()?;
         let (o_ws, lse_ws) = self.split_workspace();
@@ -136,7 +265,15 @@ impl AttnPlan {
         if let Some(slot) = run.tiles_visited {
             slot.set(counter.to_vec()[0]);
         }
-        Ok((ob.to_vec(), lb.to_vec()))
+        let mut lse = lb.to_vec();
+        if runtime {
+            // [num_heads, capacity] -> [num_heads, total_q]
+            lse = lse
+                .chunks(capacity.max(1))
+                .flat_map(|row| row[..total_q].iter().copied())
+                .collect();
+        }
+        Ok((ob.to_vec(), lse))
     }
 }
 

@@ -22,7 +22,7 @@ use std::ffi::c_void;
 use crate::emu;
 use crate::error::{Error, Result};
 use crate::ffi::SaAttnFwdParams;
-use crate::kernels::{self, FwdTiles, KernelDesc, Launch};
+use crate::kernels::{self, FwdTiles, FwdWalk, KernelDesc, Launch};
 use crate::pattern::{HeadPatterns, Pattern};
 use crate::shape::{AttnOptions, AttnProblem, DType, SeqLens};
 
@@ -106,6 +106,7 @@ pub struct AttnPlan {
     meta: PlanMeta,
     num_splits: u32,
     gqa_pack: u32,
+    walk: FwdWalk,
 }
 
 impl AttnPlan {
@@ -137,6 +138,41 @@ impl AttnPlan {
         Self::build(problem.clone(), patterns, scale, softcap, pack)
     }
 
+    /// A plan that serves every step up to the lengths of `problem`, which are maxima: batch
+    /// sequences of at most `max_lens()` query and key tokens. Its kernels derive each query
+    /// tile's kv-tile walk on the device from the lengths the step passes (run-time
+    /// `cu_seqlens`, [`AttnPlan::run_emulated_step`]) and the mask programs compiled here, once
+    /// (kernels/include/sparse_attn/tile_walk.cuh): no per-step compilation. Interval-form
+    /// patterns (dense, causal, windows, sinks, chunks: at most two components) walk exactly
+    /// the tiles they touch, full tiles unmasked; any other pattern is exact but walks every
+    /// tile through the token mask (table-driven kinds indexed per block are the next step).
+    pub fn for_max_lengths(
+        problem: &AttnProblem,
+        patterns: &HeadPatterns,
+        opts: &AttnOptions,
+    ) -> Result<Self> {
+        problem.seqs().validate()?;
+        let (max_q, max_kv) = problem.seqs().max_lens();
+        let uniform = AttnProblem::new(
+            SeqLens::Uniform {
+                batch: problem.seqs().batch(),
+                q_len: max_q,
+                kv_len: max_kv,
+            },
+            problem.num_heads(),
+            problem.num_kv_heads(),
+            problem.head_dim().get(),
+            problem.dtype(),
+        )?;
+        Self::with_patterns(&uniform, patterns, opts)?.with_walk(FwdWalk::Runtime)
+    }
+
+    /// Where the plan's kv-tile walk comes from: compiled for its lengths, or derived at run
+    /// time ([`AttnPlan::for_max_lengths`]).
+    pub fn walk(&self) -> FwdWalk {
+        self.walk
+    }
+
     fn build(
         problem: AttnProblem,
         patterns: HeadPatterns,
@@ -157,6 +193,7 @@ impl AttnPlan {
             meta,
             num_splits,
             gqa_pack,
+            walk: FwdWalk::Lists,
         };
         plan.check_grids()?;
         Ok(plan)
@@ -208,7 +245,14 @@ impl AttnPlan {
         } else {
             1
         };
-        Self::build(self.problem, self.patterns, self.scale, self.softcap, pack)
+        let walk = self.walk;
+        Self::build(self.problem, self.patterns, self.scale, self.softcap, pack)?.with_walk(walk)
+    }
+
+    fn with_walk(mut self, walk: FwdWalk) -> Result<Self> {
+        self.walk = walk;
+        self.kernel = kernels::attn_fwd_walk(self.problem.dtype(), &self.tiles, walk);
+        Ok(self)
     }
 
     /// Query heads packed into one block (1 = not packed).
@@ -320,23 +364,27 @@ impl AttnPlan {
             SeqLens::Uniform { q_len, kv_len, .. } => (*q_len, *kv_len),
             SeqLens::Varlen { .. } => (max_q, max_k),
         };
-        let varlen = matches!(p.seqs(), SeqLens::Varlen { .. });
+        // Run-time walks read every sequence's lengths from cu_seqlens (varlen layout); their
+        // LSE rows are laid out for the plan's capacity (batch x max q_len), so nothing in the
+        // params depends on a step's lengths.
+        let runtime = self.walk == FwdWalk::Runtime;
+        let varlen = runtime || matches!(p.seqs(), SeqLens::Varlen { .. });
         let params = SaAttnFwdParams {
             q: a.q as *const c_void,
             k: a.k as *const c_void,
             v: a.v as *const c_void,
             out: a.out as *mut c_void,
             lse: a.lse as *mut f32,
-            q_batch_stride: q_len as i64 * h * d,
+            q_batch_stride: if runtime { 0 } else { q_len as i64 * h * d },
             q_row_stride: h * d,
             q_head_stride: d,
-            k_batch_stride: kv_len as i64 * hk * d,
+            k_batch_stride: if runtime { 0 } else { kv_len as i64 * hk * d },
             k_row_stride: hk * d,
             k_head_stride: d,
-            v_batch_stride: kv_len as i64 * hk * d,
+            v_batch_stride: if runtime { 0 } else { kv_len as i64 * hk * d },
             v_row_stride: hk * d,
             v_head_stride: d,
-            o_batch_stride: q_len as i64 * h * d,
+            o_batch_stride: if runtime { 0 } else { q_len as i64 * h * d },
             o_row_stride: h * d,
             o_head_stride: d,
             lse_batch_stride: if varlen { 0 } else { h * q_len as i64 },
@@ -355,6 +403,8 @@ impl AttnPlan {
             paged: paged::paged_params(a, hk, d),
             num_splits: self.num_splits as i32,
             gqa_pack: self.gqa_pack as i32,
+            walk: self.walk.code(),
+            _reserved_walk: 0,
             o_partial: a.o_partial as *mut f32,
             lse_partial: a.lse_partial as *mut f32,
             head_set: a.meta.0[0] as *const i32,

@@ -3,8 +3,9 @@
 
 use std::ffi::c_void;
 
-use super::{AttnPlan, Result, TensorAddrs};
+use super::{AttnPlan, Result, SeqLens, TensorAddrs};
 use crate::error::Error;
+use crate::kernels::FwdWalk;
 
 /// How a paged KV cache is laid out for one call (the `SaPagedKv` contract of params.h):
 /// pages are `[num_pages, num_kv_heads, page_size, head_dim]`; sequence `b`'s logical page `L`
@@ -62,6 +63,19 @@ impl AttnPlan {
         block_table: &[i32],
         l: &PagedLayout,
     ) -> Result<()> {
+        self.check_paged_for(self.problem.seqs(), k_len, v_len, block_table, l)
+    }
+
+    /// [`AttnPlan::check_paged`] for the sequences `seqs` (a run-time step's lengths, or the
+    /// problem's).
+    pub(crate) fn check_paged_for(
+        &self,
+        seqs: &SeqLens,
+        k_len: usize,
+        v_len: usize,
+        block_table: &[i32],
+        l: &PagedLayout,
+    ) -> Result<()> {
         let p = &self.problem;
         let bad = |m: String| Err(Error::Cache(m));
         if !(8..=256).contains(&l.page_size) || !l.page_size.is_power_of_two() {
@@ -78,7 +92,7 @@ impl AttnPlan {
             ));
         }
         let num_pages = k_len / page_elems;
-        let batch = p.seqs().batch();
+        let batch = seqs.batch();
         if num_pages > i32::MAX as usize || l.block_table_stride > i32::MAX as usize {
             return bad("page pool or block table too large for i32 indices".into());
         }
@@ -91,7 +105,7 @@ impl AttnPlan {
             ));
         }
         for b in 0..batch {
-            let (_, kv_len) = p.seqs().lens(b);
+            let (q_len, kv_len) = seqs.lens(b);
             let logical = kv_len.div_ceil(l.page_size);
             let slots = if l.ring_pages == 0 {
                 logical
@@ -118,7 +132,37 @@ impl AttnPlan {
             if l.ring_pages > 0 && logical > l.sink_pages + l.ring_pages {
                 let lo = l.sink_pages * l.page_size;
                 let hi = (logical - l.ring_pages) * l.page_size;
-                self.check_not_allowed(b, lo, hi)?;
+                if self.walk() == FwdWalk::Runtime {
+                    self.check_not_allowed_brute(b, q_len, kv_len, lo, hi)?;
+                } else {
+                    self.check_not_allowed(b, lo, hi)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `check_not_allowed` for a run-time plan, which has no lists for the step's lengths:
+    /// every (query, evicted key) pair through the pattern's predicate (emulated runs only, a
+    /// testing path; the device path relies on the cache's retention, see `KvCache`).
+    fn check_not_allowed_brute(
+        &self,
+        b: usize,
+        q_len: usize,
+        kv_len: usize,
+        lo: usize,
+        hi: usize,
+    ) -> Result<()> {
+        for h in 0..self.problem.num_heads() {
+            for i in 0..q_len {
+                let p = i as i64 + kv_len as i64 - q_len as i64;
+                if let Some(j) = (lo..hi).find(|&j| self.patterns().allowed(h, p, j as i64, kv_len))
+                {
+                    return Err(Error::Cache(format!(
+                        "sequence {b}: head {h} query {i} may attend key {j}, which the ring has \
+                         evicted (sink and ring pages too few for the pattern)"
+                    )));
+                }
             }
         }
         Ok(())

@@ -321,9 +321,16 @@ impl AttnPlan {
             .iter()
             .map(|(_, a)| stream.clone_htod(a.as_slice()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Run-time walks read the lengths from cu_seqlens (here the plan's maxima; an
+        // engine's own device lengths per step are issue 12's engine API).
+        let runtime = self.walk() == crate::kernels::FwdWalk::Runtime;
         let cu = match &self.problem().seqs() {
             SeqLens::Varlen { cu_q, cu_k } => {
                 Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
+            }
+            seqs @ SeqLens::Uniform { .. } if runtime => {
+                let (cq, ck) = seqs.cu_seqlens();
+                Some((stream.clone_htod(&cq)?, stream.clone_htod(&ck)?))
             }
             SeqLens::Uniform { .. } => None,
         };
@@ -483,6 +490,53 @@ impl GpuPlan<'_> {
         )
     }
 
+    /// One step of a run-time plan ([`AttnPlan::for_max_lengths`]) at the lengths `seqs`,
+    /// K/V read from a paged cache: q and out `[total_q, num_heads, head_dim]` of the step,
+    /// lse `[num_heads, batch x max q_len]` (the plan's capacity; the step's rows first in
+    /// each head's row). The step's `cu_seqlens` are uploaded for the launch (the plan and its
+    /// metadata are not: they serve every step); lengths, the layout and every block-table
+    /// entry the step can read are checked on the host first.
+    pub fn run_paged_step<T: Element + DeviceRepr>(
+        &self,
+        seqs: &SeqLens,
+        q: &CudaSlice<T>,
+        kv: &DevicePagedKv<'_, T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let plan = self.plan;
+        plan.check_step::<T>(seqs)?;
+        plan.check_paged_for(
+            seqs,
+            kv.k_pages.len(),
+            kv.v_pages.len(),
+            kv.block_table,
+            &kv.layout,
+        )?;
+        check_buffer(&self.gpu, "k_pages", kv.k_pages, kv.k_pages.len())?;
+        check_buffer(&self.gpu, "v_pages", kv.v_pages, kv.v_pages.len())?;
+        let stream = self.gpu.stream();
+        let (cq, ck) = seqs.cu_seqlens();
+        let lens = (stream.clone_htod(&cq)?, stream.clone_htod(&ck)?);
+        let table = stream.clone_htod(kv.block_table)?;
+        let p = plan.problem();
+        let q_elems = seqs.totals().0 * p.num_heads() * p.head_dim().get() as usize;
+        let lse_elems = p.seqs().totals().0 * p.num_heads();
+        self.launch_with(
+            q,
+            KvSlices::Paged {
+                k: kv.k_pages,
+                v: kv.v_pages,
+                table: &table,
+                layout: kv.layout,
+            },
+            out,
+            lse,
+            Some(&lens),
+            (q_elems, lse_elems),
+        )
+    }
+
     fn run_with<T: Element + DeviceRepr>(
         &self,
         q: &CudaSlice<T>,
@@ -490,12 +544,27 @@ impl GpuPlan<'_> {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        let p = self.plan.problem();
+        self.launch_with(q, kv, out, lse, None, (p.q_elems(), p.lse_elems()))
+    }
+
+    /// The launches over q, K/V, out and lse of `elems` = (q and out elements, lse elements),
+    /// with the plan's cu_seqlens or a step's (`lens`).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_with<T: Element + DeviceRepr>(
+        &self,
+        q: &CudaSlice<T>,
+        kv: KvSlices<'_, T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+        lens: Option<&(CudaSlice<i32>, CudaSlice<i32>)>,
+        elems: (usize, usize),
+    ) -> Result<()> {
         let (plan, gpu) = (self.plan, &self.gpu);
-        let p = plan.problem();
-        check_buffer(gpu, "q", q, p.q_elems())?;
-        check_buffer(gpu, "out", out, p.q_elems())?;
-        check_buffer(gpu, "lse", lse, p.lse_elems())?;
-        if p.q_elems() == 0 {
+        check_buffer(gpu, "q", q, elems.0)?;
+        check_buffer(gpu, "out", out, elems.0)?;
+        check_buffer(gpu, "lse", lse, elems.1)?;
+        if elems.0 == 0 {
             return Ok(());
         }
         let stream = gpu.stream();
@@ -528,9 +597,8 @@ impl GpuPlan<'_> {
         };
         let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
         let (lse_ptr, _lse_guard) = lse.device_ptr_mut(stream);
-        let cu_ptrs = self
-            .cu
-            .as_ref()
+        let cu_ptrs = lens
+            .or(self.cu.as_ref())
             .map(|(cq, ck)| (cq.device_ptr(stream), ck.device_ptr(stream)));
         let (cu_q, cu_k) = cu_ptrs
             .as_ref()
@@ -561,7 +629,7 @@ impl GpuPlan<'_> {
         };
         // SAFETY: the launches come from this plan (kernels and params agree); q, k, v, out and
         // lse were checked to be on this context with exactly the lengths the validated
-        // problem needs; cu_seqlens, the metadata and the split workspace were uploaded or
+        // problem (or the validated step, within the plan's maxima) needs; cu_seqlens, the metadata and the split workspace were uploaded or
         // allocated from the validated plan on this context; all guards live until after the
         // launches are queued (in order, on one stream) and cudarc's events order the
         // buffers' other uses.

@@ -18,6 +18,12 @@ pub const SA_FWD_SMEM_ROWS_DECODE: SaLaunchConsts = 192;
 pub const SA_COMBINE_THREADS: SaLaunchConsts = 128;
 #[doc = " The launch constants of the forward and combine kernels."]
 pub type SaLaunchConsts = ::core::ffi::c_uint;
+#[doc = " The compiled CSR lists and tile views of the plan's lengths."]
+pub const SA_WALK_LISTS: SaWalk = 0;
+#[doc = " Derived on the device from the run-time lengths and the mask program."]
+pub const SA_WALK_RUNTIME: SaWalk = 1;
+#[doc = " Where a forward block's kv-tile walk comes from (SaAttnFwdParams::walk)."]
+pub type SaWalk = ::core::ffi::c_uint;
 #[doc = " Every key."]
 pub const SA_MASK_DENSE: SaMaskKind = 0;
 #[doc = " Keys within window_left before and window_right after the query."]
@@ -330,6 +336,10 @@ pub struct SaAttnFwdParams {
     pub num_splits: i32,
     #[doc = " Query heads packed per block (<= 1: none)."]
     pub gqa_pack: i32,
+    #[doc = " A SaWalk: where the tile walk comes from."]
+    pub walk: i32,
+    #[doc = " Keeps the struct's layout 8-byte aligned; always 0."]
+    pub _reserved_walk: i32,
     #[doc = " Split-KV partial outputs, f32 `[num_splits, total_q, num_heads, head_dim]`."]
     pub o_partial: *mut f32,
     #[doc = " Split-KV partial LSEs, f32 `[num_splits, total_q, num_heads]`."]
@@ -339,7 +349,7 @@ pub struct SaAttnFwdParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 392usize];
+    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 400usize];
     ["Alignment of SaAttnFwdParams"][::core::mem::align_of::<SaAttnFwdParams>() - 8usize];
     ["Offset of field: SaAttnFwdParams::q"][::core::mem::offset_of!(SaAttnFwdParams, q) - 0usize];
     ["Offset of field: SaAttnFwdParams::k"][::core::mem::offset_of!(SaAttnFwdParams, k) - 8usize];
@@ -426,12 +436,16 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 360usize];
     ["Offset of field: SaAttnFwdParams::gqa_pack"]
         [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 364usize];
+    ["Offset of field: SaAttnFwdParams::walk"]
+        [::core::mem::offset_of!(SaAttnFwdParams, walk) - 368usize];
+    ["Offset of field: SaAttnFwdParams::_reserved_walk"]
+        [::core::mem::offset_of!(SaAttnFwdParams, _reserved_walk) - 372usize];
     ["Offset of field: SaAttnFwdParams::o_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 368usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 376usize];
     ["Offset of field: SaAttnFwdParams::lse_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 376usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 384usize];
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 384usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 392usize];
 };
 #[doc = " Appending new tokens' K and V rows to a paged cache (the slots come from the cache's\n bookkeeping in src/kv_cache: one (physical page, row in page) pair per new token). Copies\n bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32."]
 #[repr(C)]

@@ -16,6 +16,7 @@
 #include "sparse_attn/params_layout.h"  // layout asserted against the Rust mirror
 #include "sparse_attn/tile_io.cuh"
 #include "sparse_attn/tile_mma.cuh"
+#include "sparse_attn/tile_walk.cuh"
 
 namespace sa {
 
@@ -217,7 +218,7 @@ SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, c
 //   wait for V_i; barrier (V_i visible, everyone done with K_i);      load K_{i+1}
 //   O += P . V_i
 // so V_i's load overlaps Q.K_i^T and the softmax, and K_{i+1}'s overlaps P.V_i.
-template <typename Tr, Canary kCanary = Canary::None>
+template <typename Tr, Canary kCanary = Canary::None, typename Walk = ListWalk>
 SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   using T = typename Tr::Elem;
   constexpr int D = Tr::kHeadDim, MT = Tr::kMTiles;
@@ -227,24 +228,49 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int h = blockIdx.y * pack, b = blockIdx.z;  // packed: first head of the kv group
   const int tid = threadIdx.x, warp = tid / 32, lane = static_cast<int>(arch::lane_id());
 
-  // This block's CSR row, the last first: rows are in query order, so with causal patterns
-  // the heaviest query tiles are scheduled first and the light ones fill the tail of the
-  // grid. The grid covers the longest (sequence, set), so others exit here (whole block:
-  // uniform exit, no barrier yet).
+  // This block's query tile, the last first: tiles are in query order, so with causal
+  // patterns the heaviest are scheduled first and the light ones fill the tail of the grid.
+  // The grid covers the longest (sequence, set), so others exit here (whole block: uniform
+  // exit, no barrier yet). Compiled walk: the m_block-th CSR row from the end of the set's;
+  // run-time walk: the m_block-th query tile from the end of the sequence's, natural rows and
+  // keys.
+  // An instantiation serves one walk (params.walk, which the launcher sets with the kernel).
+  if (params.walk != (Walk::kRuntime ? SA_WALK_RUNTIME : SA_WALK_LISTS)) return;
   const int set = params.seq_program_base[b] + params.head_set[h];
-  const int row = params.set_row_ptr[set + 1] - 1 - m_block;
-  if (row < params.set_row_ptr[set]) return;
-  const SaTileView& view = params.tile_views[row];
+  const SeqSlice<T> seq = SeqSlice<T>::make(params, b, h);
+  int row = 0;
+  SaTileView view;
+  if constexpr (Walk::kRuntime) {
+    // A sequence past the plan's maxima is not read (its rows stay unwritten).
+    if (seq.q_len > params.q_len || seq.kv_len > params.kv_len) return;
+    const int per_tile = Tr::kBlockM / pack;  // query tokens per tile
+    const int m = (seq.q_len + per_tile - 1) / per_tile - 1 - m_block;
+    if (m < 0) return;
+    const int first = m * per_tile;
+    const int count = seq.q_len - first < per_tile ? seq.q_len - first : per_tile;
+    view = SaTileView{first, 1, count, 0, 0, 1, seq.kv_len, 0, 0, 0};
+  } else {
+    row = params.set_row_ptr[set + 1] - 1 - m_block;
+    if (row < params.set_row_ptr[set]) return;
+    view = params.tile_views[row];
+  }
   const RowMap rows = RowMap::make(view, params.view_data, pack);
   const KeyMap keys = KeyMap::make(view, params.view_data);
-  const SeqSlice<T> seq = SeqSlice<T>::make(params, b, h);
+  const Walk tiles = [&] {
+    if constexpr (Walk::kRuntime) {
+      const TokenMask m = TokenMask::make(params.mask_programs + set, params.mask_components,
+                                          params.mask_data, seq.q_len, seq.kv_len);
+      return Walk::make(m, view.row_first, view.row_first + view.row_count - 1, keys);
+    } else {
+      return Walk::make(params, row);
+    }
+  }();
 
   const Smem smem = dynamic_smem();
   const Smem sQ = smem + Tr::kQOffset;
   const Smem sK = smem + Tr::kKOffset;
   const Smem sV = smem + Tr::kVOffset;
 
-  const SparseTiles tiles = SparseTiles::make(params, row);
   // This block's share of the walk: split `split` of `num_splits` contiguous parts.
   const int i_begin = static_cast<int>(int64_t(tiles.count()) * split / num_splits);
   const int i_end = static_cast<int>(int64_t(tiles.count()) * (split + 1) / num_splits);
@@ -385,7 +411,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     float s[MT][Tr::kSTiles][4];
     qk_gemm<T, D, Tr::kBlockN, MT, Tr::kQInRegs>(s, qf, sQ, warp_row0, sK, lane);
     if (!fold_scale) scale_scores(s, params.scale, params.softcap);
-    if (tiles.partial(i)) {
+    if (tiles.partial(i, tile)) {
       if constexpr (Tr::kHoistMask) {
         hoisted.mask.apply(s, hoisted.row_tok, hoisted.rk, keys, tile, lane);
       } else if (kMaskInSmem && tile >= 0 && arch::lds<int>(s_intervals()) > 0) {

@@ -40,6 +40,14 @@ typedef enum SaLaunchConsts {
   SA_COMBINE_THREADS = 128
 } SaLaunchConsts;
 
+/** Where a forward block's kv-tile walk comes from (SaAttnFwdParams::walk). */
+typedef enum SaWalk {
+  /** The compiled CSR lists and tile views of the plan's lengths. */
+  SA_WALK_LISTS = 0,
+  /** Derived on the device from the run-time lengths and the mask program. */
+  SA_WALK_RUNTIME = 1
+} SaWalk;
+
 /** The kind of a SaMaskComponent. */
 typedef enum SaMaskKind {
   /** Every key. */
@@ -301,6 +309,17 @@ typedef struct SaAttnFwdParams {
    * tile (packed plans use decode blocks). */
   /** Query heads packed per block (<= 1: none). */
   int32_t gqa_pack;
+  /* The tile walk (kernels/include/sparse_attn/tile_walk.cuh). SA_WALK_LISTS: the compiled
+   * CSR lists and views above, for the lengths the plan was compiled for. SA_WALK_RUNTIME:
+   * each block derives its walk from its sequence's lengths (cu_seqlens_q / cu_seqlens_k, read
+   * at run time) and its row set's mask program; queries and keys are natural (no views),
+   * query tile m of sequence b is tokens m * (SA_FWD_BLOCK_M_* / gqa_pack) onwards, the grid
+   * covers q_len (the plan's maximum query length), and a sequence longer than q_len or kv_len
+   * (the plan's maxima) is not read at all: its rows are left unwritten. */
+  /** A SaWalk: where the tile walk comes from. */
+  int32_t walk;
+  /** Keeps the struct's layout 8-byte aligned; always 0. */
+  int32_t _reserved_walk;
   /** Split-KV partial outputs, f32 `[num_splits, total_q, num_heads, head_dim]`. */
   float* o_partial;
   /** Split-KV partial LSEs, f32 `[num_splits, total_q, num_heads]`. */

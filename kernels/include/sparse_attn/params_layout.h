@@ -69,7 +69,7 @@ SA_LAYOUT_ASSERT(offsetof(SaPagedKv, log2_page_size) == 48, "offset of SaPagedKv
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, sink_pages) == 52, "offset of SaPagedKv::sink_pages");
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, ring_pages) == 56, "offset of SaPagedKv::ring_pages");
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, _reserved) == 60, "offset of SaPagedKv::_reserved");
-SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 392, "size of SaAttnFwdParams");
+SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 400, "size of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(SA_ALIGNOF(SaAttnFwdParams) == 8, "alignment of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, q) == 0, "offset of SaAttnFwdParams::q");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, k) == 8, "offset of SaAttnFwdParams::k");
@@ -115,9 +115,11 @@ SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, view_data) == 288, "offset of SaAttnF
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, paged) == 296, "offset of SaAttnFwdParams::paged");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, num_splits) == 360, "offset of SaAttnFwdParams::num_splits");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, gqa_pack) == 364, "offset of SaAttnFwdParams::gqa_pack");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, o_partial) == 368, "offset of SaAttnFwdParams::o_partial");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, lse_partial) == 376, "offset of SaAttnFwdParams::lse_partial");
-SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 384, "offset of SaAttnFwdParams::tiles_visited");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, walk) == 368, "offset of SaAttnFwdParams::walk");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, _reserved_walk) == 372, "offset of SaAttnFwdParams::_reserved_walk");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, o_partial) == 376, "offset of SaAttnFwdParams::o_partial");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, lse_partial) == 384, "offset of SaAttnFwdParams::lse_partial");
+SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, tiles_visited) == 392, "offset of SaAttnFwdParams::tiles_visited");
 SA_LAYOUT_ASSERT(sizeof(SaKvAppendParams) == 80, "size of SaKvAppendParams");
 SA_LAYOUT_ASSERT(SA_ALIGNOF(SaKvAppendParams) == 8, "alignment of SaKvAppendParams");
 SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, k_new) == 0, "offset of SaKvAppendParams::k_new");

@@ -1,0 +1,338 @@
+//! One plan for every step (issue 12): a plan compiled once for maximum lengths
+//! (`AttnPlan::for_max_lengths`) whose kernels derive each query tile's kv-tile walk on the
+//! device from the step's run-time lengths (kernels/include/sparse_attn/tile_walk.cuh), on
+//! the CPU emulator. Every step is checked against the f64 reference of its own lengths, and
+//! its work against the lists compiled for exactly those lengths: for interval-form patterns
+//! the run-time walk visits the very same number of kv tiles.
+
+mod common;
+
+use common::paged::build_pool;
+use common::{assert_matches, base_seed, random_tensor, reference_for, tol, Rng};
+use half::{bf16, f16};
+use sparse_attn::attention::PagedKv;
+use sparse_attn::kernels::FwdWalk;
+use sparse_attn::pattern::HeadPatterns;
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, EmuRun, Error, SeqLens};
+
+const CAUSAL: &str = r#"{"causal": true, "components": []}"#;
+const DENSE: &str = r#"{"causal": false, "components": []}"#;
+const STREAMING: &str = r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 100}}]}"#;
+const WINDOW: &str =
+    r#"{"causal": false, "components": [{"sliding_window": {"left": 70, "right": 9}}]}"#;
+const CHUNKED: &str = r#"{"causal": true, "components": [{"chunked": {"size": 96}}]}"#;
+// Not interval form: exact through the token mask on every tile.
+const DILATED: &str =
+    r#"{"causal": true, "components": [{"dilated": {"stride": 3}}, {"sinks": {"count": 2}}]}"#;
+
+struct Shape {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: u32,
+}
+
+/// The run-time plan for `max` (batch and maxima), its patterns.
+fn runtime_plan<T: Element>(pattern: &str, max: SeqLens, s: &Shape) -> AttnPlan {
+    let problem = AttnProblem::new(max, s.heads, s.kv_heads, s.head_dim, T::DTYPE).unwrap();
+    let set = HeadPatterns::from_json(pattern).unwrap();
+    let plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default()).unwrap();
+    assert_eq!(plan.walk(), FwdWalk::Runtime);
+    assert!(
+        plan.kernel().name.ends_with("_rt"),
+        "{}",
+        plan.kernel().name
+    );
+    plan
+}
+
+/// Runs one step of `plan` at `seqs` and checks it against the reference of those lengths;
+/// returns (kv tiles the run-time walk visited, the tiles the walk should visit: per block of
+/// the plan's tiling, the kv tiles holding an allowed pair, or for a pattern without the
+/// interval form every tile of the keys).
+fn step<T: Element>(
+    plan: &AttnPlan,
+    pattern: &str,
+    seqs: &SeqLens,
+    s: &Shape,
+    seed: u64,
+) -> (u64, u64) {
+    let problem =
+        AttnProblem::new(seqs.clone(), s.heads, s.kv_heads, s.head_dim, T::DTYPE).unwrap();
+    let set = HeadPatterns::from_json(pattern).unwrap();
+    let lists = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+    let mut rng = Rng::new(seed);
+    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let counter = std::cell::Cell::new(0);
+    let run = EmuRun {
+        tiles_visited: Some(&counter),
+        ..common::emu_run()
+    };
+    let (out, lse) = plan.run_emulated_step(seqs, &q, &k, &v, &run).unwrap();
+    let want = reference_for(&lists, &q, &k, &v, |b, h, i, j| lists.allowed(b, h, i, j));
+    let what = format!(
+        "{} hd{} {pattern} {seqs:?} seed {seed}",
+        T::DTYPE.name(),
+        s.head_dim
+    );
+    assert_matches(&what, &problem, &out, &lse, &want, tol(T::DTYPE));
+    (
+        counter.get(),
+        ideal_tiles(plan, &lists, seqs, pattern != DILATED),
+    )
+}
+
+/// The kv tiles the run-time walk of `plan` must visit at `seqs` (see `step`); `lists` is a
+/// plan of those lengths, for the predicate.
+fn ideal_tiles(plan: &AttnPlan, lists: &AttnPlan, seqs: &SeqLens, interval: bool) -> u64 {
+    let pack = plan.gqa_pack() as usize;
+    let per_tile = plan.tiles().block_m as usize / pack;
+    let bn = plan.tiles().block_n as usize;
+    let heads = plan.problem().num_heads();
+    let mut n = 0;
+    for b in 0..seqs.batch() {
+        let (ql, kl) = seqs.lens(b);
+        for g in (0..heads).step_by(pack) {
+            for m in 0..ql.div_ceil(per_tile) {
+                let rows = m * per_tile..((m + 1) * per_tile).min(ql);
+                for t in 0..kl.div_ceil(bn) {
+                    let cols = t * bn..((t + 1) * bn).min(kl);
+                    let hit = !interval
+                        || (g..g + pack).any(|h| {
+                            rows.clone()
+                                .any(|i| cols.clone().any(|j| lists.allowed(b, h, i, j)))
+                        });
+                    n += u64::from(hit);
+                }
+            }
+        }
+    }
+    n
+}
+
+fn varlen(lens: &[(usize, usize)]) -> SeqLens {
+    SeqLens::varlen_from_lens(lens).unwrap()
+}
+
+#[test]
+fn one_plan_for_4096_tokens_runs_every_length() {
+    let seed = base_seed();
+    let s = Shape {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+    };
+    for (n, pattern) in [CAUSAL, DENSE, STREAMING, WINDOW, CHUNKED]
+        .into_iter()
+        .enumerate()
+    {
+        let plan = runtime_plan::<f16>(pattern, varlen(&[(4096, 4096)]), &s);
+        let before = format!("{:?}", plan.meta().arrays());
+        for (m, lens) in [
+            (1, 1),
+            (63, 63),
+            (64, 64),
+            (65, 65),
+            (1, 4095),
+            (65, 4095),
+            (200, 700),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (got, lists) = step::<f16>(
+                &plan,
+                pattern,
+                &varlen(&[lens]),
+                &s,
+                seed + (10 * n + m) as u64,
+            );
+            assert_eq!(
+                got, lists,
+                "{pattern} at {lens:?}: run-time walk vs compiled lists"
+            );
+        }
+        // The plan (its metadata) never changed between steps.
+        assert_eq!(before, format!("{:?}", plan.meta().arrays()));
+    }
+}
+
+#[test]
+fn mixed_decode_and_prefill_rows_in_one_launch() {
+    // Decode rows, prefill chunks and an idle (empty) slot in one batch, GQA 4:2, bf16 and
+    // head_dim 128; then the same plan for the next step's lengths.
+    let seed = base_seed();
+    let s = Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 128,
+    };
+    for (n, pattern) in [CAUSAL, STREAMING, CHUNKED].into_iter().enumerate() {
+        let plan = runtime_plan::<bf16>(pattern, varlen(&[(256, 2048); 4]), &s);
+        for (m, lens) in [
+            [(1, 1500), (130, 130), (0, 0), (17, 900)],
+            [(1, 1501), (64, 194), (5, 5), (1, 901)],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (got, lists) = step::<bf16>(
+                &plan,
+                pattern,
+                &varlen(&lens),
+                &s,
+                seed + (10 * n + m) as u64,
+            );
+            assert_eq!(got, lists, "{pattern} {lens:?}");
+        }
+    }
+}
+
+#[test]
+fn decode_steps_with_gqa_packing_and_split_kv() {
+    // A decode plan (one query per sequence: GQA-packed, split-KV) stepped through growing
+    // caches; the combine merges the splits of each step.
+    let seed = base_seed();
+    let s = Shape {
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    for pattern in [CAUSAL, STREAMING] {
+        let plan = runtime_plan::<f16>(pattern, varlen(&[(1, 3000), (1, 3000)]), &s)
+            .with_num_splits(5)
+            .unwrap();
+        assert!(plan.gqa_pack() > 1, "decode shape");
+        for (m, kv) in [1usize, 64, 65, 700, 2999, 3000].into_iter().enumerate() {
+            let lens = [(1, kv), (1, (kv * 7) % 3000 + 1)];
+            let (got, lists) = step::<f16>(&plan, pattern, &varlen(&lens), &s, seed + m as u64);
+            assert_eq!(got, lists, "{pattern} {lens:?}");
+        }
+    }
+}
+
+#[test]
+fn patterns_without_interval_form_stay_exact() {
+    let seed = base_seed();
+    let s = Shape {
+        heads: 2,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let plan = runtime_plan::<f16>(DILATED, varlen(&[(300, 300)]), &s);
+    for (m, lens) in [(1, 1), (65, 130), (300, 300)].into_iter().enumerate() {
+        let (got, lists) = step::<f16>(&plan, DILATED, &varlen(&[lens]), &s, seed + m as u64);
+        // Every tile of the keys, through the token mask: exact, more work than the lists.
+        assert_eq!(got, lists, "{lens:?}");
+    }
+}
+
+#[test]
+fn paged_steps_through_a_wrapping_ring() {
+    // Sinks + window over a paged cache with 1 sink page and a ring of 16-token pages: steps
+    // before and after the ring wraps, one plan.
+    let seed = base_seed();
+    let s = Shape {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+    };
+    let plan = runtime_plan::<f16>(STREAMING, varlen(&[(64, 1024)]), &s);
+    for (m, lens) in [(1, 50), (64, 200), (1, 300), (1, 1000), (17, 1024)]
+        .into_iter()
+        .enumerate()
+    {
+        let seqs = varlen(&[lens]);
+        let problem = AttnProblem::new(seqs.clone(), 2, 1, 64, f16::DTYPE).unwrap();
+        let set = HeadPatterns::from_json(STREAMING).unwrap();
+        let lists = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+        let mut rng = Rng::new(seed + m as u64);
+        let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+        let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        // 1 sink page + 9 ring pages of 16 hold the window (100 + 64 queries) and the sinks.
+        let pool = build_pool(&mut rng, &seqs, 1, 64, &k, &v, 16, 1, 12);
+        let kv = PagedKv {
+            k_pages: &pool.k,
+            v_pages: &pool.v,
+            block_table: &pool.table,
+            layout: pool.layout,
+        };
+        let (out, lse) = plan
+            .run_emulated_paged_step(&seqs, &q, &kv, &common::emu_run())
+            .unwrap();
+        let want = reference_for(&lists, &q, &k, &v, |b, h, i, j| lists.allowed(b, h, i, j));
+        assert_matches(
+            &format!("paged {lens:?}"),
+            &problem,
+            &out,
+            &lse,
+            &want,
+            tol(f16::DTYPE),
+        );
+    }
+    // A ring too small for the window is refused before the launch.
+    let seqs = varlen(&[(1, 1000)]);
+    let problem = AttnProblem::new(seqs.clone(), 2, 1, 64, f16::DTYPE).unwrap();
+    let mut rng = Rng::new(seed);
+    let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let pool = build_pool(&mut rng, &seqs, 1, 64, &k, &k, 16, 1, 3);
+    let kv = PagedKv {
+        k_pages: &pool.k,
+        v_pages: &pool.v,
+        block_table: &pool.table,
+        layout: pool.layout,
+    };
+    let err = plan.run_emulated_paged_step(&seqs, &q, &kv, &common::emu_run());
+    assert!(matches!(err, Err(Error::Cache(_))), "{err:?}");
+}
+
+#[test]
+fn bad_steps_are_typed_errors() {
+    let s = Shape {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+    };
+    let plan = runtime_plan::<f16>(CAUSAL, varlen(&[(64, 512), (64, 512)]), &s);
+    let run = common::emu_run();
+    let none: Vec<f16> = Vec::new();
+    let shape_err =
+        |r: sparse_attn::Result<(Vec<f16>, Vec<f32>)>| matches!(r, Err(Error::Shape(_)));
+    // Above the plan's maxima, another batch, tensors of other lengths.
+    assert!(shape_err(plan.run_emulated_step(
+        &varlen(&[(65, 65), (1, 1)]),
+        &none,
+        &none,
+        &none,
+        &run
+    )));
+    assert!(shape_err(plan.run_emulated_step(
+        &varlen(&[(1, 513), (1, 1)]),
+        &none,
+        &none,
+        &none,
+        &run
+    )));
+    assert!(shape_err(plan.run_emulated_step(
+        &varlen(&[(1, 1)]),
+        &none,
+        &none,
+        &none,
+        &run
+    )));
+    assert!(shape_err(plan.run_emulated_step(
+        &varlen(&[(1, 1), (1, 1)]),
+        &none,
+        &none,
+        &none,
+        &run
+    )));
+    // A plan compiled for its lengths takes no steps of others.
+    let problem = AttnProblem::new(varlen(&[(1, 1), (1, 1)]), 2, 1, 64, f16::DTYPE).unwrap();
+    let lists = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
+    let r = lists.run_emulated_step(&varlen(&[(1, 1), (1, 1)]), &none, &none, &none, &run);
+    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+}
