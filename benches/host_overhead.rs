@@ -22,6 +22,13 @@
 //!    it uploads the table;
 //! 6. **launch params**: `AttnPlan::launch` and `combine_launch` (pure).
 //!
+//! The `..., one plan` rows are the same steps with the decode driver as it is now: one
+//! run-time plan ([`AttnPlan::for_max_lengths`], built once outside the timing) serves every
+//! step, so stages 2 and 4 are gone (the step's `SeqLens` only), stage 5 is
+//! `AttnPlan::check_paged_step` (the step's lengths against the plan, then the block table
+//! and, for a ring, the evicted keys against each row's allowed spans), stage 6 the launch
+//! params with the step's cu_seqlens.
+//!
 //! Left out: every copy, allocation and launch on the device (the q/k/v row uploads, the
 //! metadata, table and slot uploads, `alloc_zeros` of out, lse and the split workspace, the
 //! append, forward and combine launches with their driver calls), and the driver's host-side
@@ -124,10 +131,13 @@ struct Engine {
     seqs: Vec<SeqId>,
     /// Steps left before `cache` must be restored.
     room: usize,
+    /// `Some`: the run-time plan ([`AttnPlan::for_max_lengths`]) every step reuses, built once
+    /// for the largest kv_len the steps see; `None`: a plan per step, as the decode driver did.
+    one_plan: Option<AttnPlan>,
 }
 
 impl Engine {
-    fn new(patterns: &HeadPatterns, batch: usize, kv_len: usize) -> Self {
+    fn new(patterns: &HeadPatterns, batch: usize, kv_len: usize, one_plan: bool) -> Self {
         let capacity =
             LayerCapacity::from_patterns(patterns, PageSize::new(PAGE).expect("page size"), 1)
                 .expect("capacity");
@@ -152,7 +162,23 @@ impl Engine {
                 cache.reserve_append(seq, 1).expect("prefill");
             }
         }
+        let one_plan = one_plan.then(|| {
+            let max = AttnProblem::new(
+                SeqLens::Uniform {
+                    batch,
+                    q_len: 1,
+                    kv_len: kv_len - 1 + HEADROOM,
+                },
+                HEADS,
+                KV_HEADS,
+                HEAD_DIM as u32,
+                DType::BF16,
+            )
+            .expect("problem");
+            AttnPlan::for_max_lengths(&max, patterns, &AttnOptions::default()).expect("plan")
+        });
         Engine {
+            one_plan,
             patterns: patterns.clone(),
             opts: AttnOptions::default(),
             batch,
@@ -197,8 +223,11 @@ impl Engine {
         }
         marks.mark(0);
 
-        // 2. plan for this step's kv_len.
         let kv_len = self.cache.seq_len(self.seqs[0]).expect("seq");
+        if let Some(plan) = &self.one_plan {
+            return sum + self.step_one_plan(plan, kv_len, marks);
+        }
+        // 2. plan for this step's kv_len.
         let problem = AttnProblem::new(
             SeqLens::Uniform {
                 batch: self.batch,
@@ -244,6 +273,40 @@ impl Engine {
         sum += black_box(&launch).grid[0] as usize + black_box(&combine).is_some() as usize;
         sum += black_box(&table).table.len();
         drop((arrays, table, plan, step_set, problem));
+        marks.mark(5);
+        sum
+    }
+
+    /// Stages 2-6 of a step with the one run-time plan: no plan and no metadata per step;
+    /// the step's lengths, the paged check at those lengths, the launch params.
+    fn step_one_plan(&self, plan: &AttnPlan, kv_len: usize, marks: &mut impl Marks) -> usize {
+        let seqs = SeqLens::Uniform {
+            batch: self.batch,
+            q_len: 1,
+            kv_len,
+        };
+        marks.mark(1);
+        let table = self.cache.block_table(0, &self.seqs).expect("table");
+        marks.mark(2);
+        marks.mark(3);
+        let pool = self.num_pages * self.layout.page_stride();
+        plan.check_paged_step(&seqs, pool, pool, &table.table, &table.paged_layout())
+            .expect("paged check");
+        marks.mark(4);
+        let addrs = TensorAddrs {
+            paged: PagedAddrs {
+                layout: table.paged_layout(),
+                ..FAKE.paged
+            },
+            cu_q: 0xa000,
+            cu_k: 0xb000,
+            ..FAKE
+        };
+        let launch = plan.launch(&addrs);
+        let combine = plan.combine_launch(&addrs);
+        let sum = black_box(&launch).grid[0] as usize
+            + black_box(&combine).is_some() as usize
+            + black_box(&table).table.len();
         marks.mark(5);
         sum
     }
@@ -433,14 +496,21 @@ fn main() {
     let mut rows = Vec::new();
     for &batch in batches {
         for &kv_len in kv_lens {
-            for (name, json) in [
-                ("dense causal", dense),
-                ("4 sinks + window 4096", streaming),
+            for (name, json, one_plan) in [
+                ("dense causal", dense, false),
+                ("4 sinks + window 4096", streaming, false),
+                ("dense causal, one plan", dense, true),
+                ("4 sinks + window, one plan", streaming, true),
             ] {
                 let set = HeadPatterns::from_json(json).expect("pattern");
-                let mut engine = Engine::new(&set, batch, kv_len);
+                let mut engine = Engine::new(&set, batch, kv_len, one_plan);
                 if let Some(c) = c.as_mut() {
-                    let short = if json == dense { "dense" } else { "streaming" };
+                    let short = match (json == dense, one_plan) {
+                        (true, false) => "dense",
+                        (false, false) => "streaming",
+                        (true, true) => "dense-one-plan",
+                        (false, true) => "streaming-one-plan",
+                    };
                     let mut group =
                         c.benchmark_group(format!("host_overhead/{short}/batch{batch}"));
                     group.bench_function(BenchmarkId::new("step", kv_len), |b| {
@@ -450,7 +520,7 @@ fn main() {
                 }
                 let row = table_row(&mut engine, name, kv_len, rounds);
                 println!(
-                    "{name:<21} batch {batch:>3} kv_len {kv_len:>6}: {:>9.1} µs/step",
+                    "{name:<26} batch {batch:>3} kv_len {kv_len:>6}: {:>9.1} µs/step",
                     row.step_us
                 );
                 rows.push(row);

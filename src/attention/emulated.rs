@@ -119,11 +119,6 @@ impl AttnPlan {
     /// A step's lengths against a run-time plan: the plan's batch, every sequence within the
     /// maxima it was compiled for, the plan's element type.
     pub(crate) fn check_step<T: Element>(&self, seqs: &SeqLens) -> Result<()> {
-        if self.walk() != FwdWalk::Runtime {
-            return Err(Error::Unsupported(
-                "steps of other lengths need a run-time plan (AttnPlan::for_max_lengths)".into(),
-            ));
-        }
         let p = &self.problem;
         if T::DTYPE != p.dtype() {
             return Err(Error::Shape(format!(
@@ -132,6 +127,17 @@ impl AttnPlan {
                 p.dtype().name()
             )));
         }
+        self.check_step_lens(seqs)
+    }
+
+    /// A step's lengths against a run-time plan (batch, maxima).
+    pub(crate) fn check_step_lens(&self, seqs: &SeqLens) -> Result<()> {
+        if self.walk() != FwdWalk::Runtime {
+            return Err(Error::Unsupported(
+                "steps of other lengths need a run-time plan (AttnPlan::for_max_lengths)".into(),
+            ));
+        }
+        let p = &self.problem;
         seqs.validate()?;
         if seqs.batch() != p.seqs().batch() {
             return Err(Error::Shape(format!(

@@ -119,6 +119,36 @@ impl PlanMeta {
         })
     }
 
+    /// The metadata of a run-time walk ([`super::AttnPlan::for_max_lengths`]): row sets and
+    /// mask programs only (no tile lists: the kernels derive the walk from the lengths), one
+    /// compilation for the batch, tables drawn for every query position up to `max_kv`. The
+    /// grid covers `max_q` query tokens per sequence; tiles visited depend on each step's
+    /// lengths (reported as 0 here).
+    pub fn compile_runtime(
+        problem: &AttnProblem,
+        patterns: &HeadPatterns,
+        tiles: &FwdTiles,
+        gqa_pack: u32,
+    ) -> Result<Self> {
+        let (max_q, max_kv) = problem.seqs().max_lens();
+        let shape = SparseShape {
+            num_heads: problem.num_heads(),
+            q_len: max_kv,
+            kv_len: max_kv,
+            block_m: (tiles.block_m / gqa_pack.max(1)) as usize,
+            block_n: tiles.block_n as usize,
+        };
+        let meta = BlockSparseMeta::compile_masks(patterns, shape)?;
+        let per_tile = (tiles.block_m / gqa_pack.max(1)) as usize;
+        Ok(PlanMeta {
+            metas: vec![meta],
+            seq_meta: vec![0; problem.seqs().batch()],
+            tiles_visited: 0,
+            max_tiles: max_q.div_ceil(per_tile),
+            max_row_tiles: max_kv.div_ceil(tiles.block_n as usize),
+        })
+    }
+
     /// The arrays to upload, in the order of [`MetaAddrs`]: head_set, set_row_ptr,
     /// seq_program_base, full_row_ptr, full_tiles, partial_row_ptr, partial_tiles,
     /// mask_programs, mask_components, mask_data, tile_views, view_data: the compilations

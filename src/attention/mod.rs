@@ -123,6 +123,15 @@ impl AttnPlan {
         patterns: &HeadPatterns,
         opts: &AttnOptions,
     ) -> Result<Self> {
+        Self::with_patterns_walk(problem, patterns, opts, FwdWalk::Lists)
+    }
+
+    fn with_patterns_walk(
+        problem: &AttnProblem,
+        patterns: &HeadPatterns,
+        opts: &AttnOptions,
+        walk: FwdWalk,
+    ) -> Result<Self> {
         let (scale, softcap) = opts.resolve(problem.head_dim())?;
         problem.seqs().validate()?;
         let patterns = if opts.causal {
@@ -135,7 +144,7 @@ impl AttnPlan {
             patterns.clone()
         };
         let pack = default_gqa_pack(problem, &patterns);
-        Self::build(problem.clone(), patterns, scale, softcap, pack)
+        Self::build(problem.clone(), patterns, scale, softcap, pack, walk)
     }
 
     /// A plan that serves every step up to the lengths of `problem`, which are maxima: batch
@@ -164,7 +173,8 @@ impl AttnPlan {
             problem.head_dim().get(),
             problem.dtype(),
         )?;
-        Self::with_patterns(&uniform, patterns, opts)?.with_walk(FwdWalk::Runtime)
+        let plan = Self::with_patterns_walk(&uniform, patterns, opts, FwdWalk::Runtime)?;
+        Ok(plan)
     }
 
     /// Where the plan's kv-tile walk comes from: compiled for its lengths, or derived at run
@@ -179,12 +189,16 @@ impl AttnPlan {
         scale: f32,
         softcap: f32,
         gqa_pack: u32,
+        walk: FwdWalk,
     ) -> Result<Self> {
         let tiles = kernels::fwd_tiles(problem.head_dim(), fwd_phase(&problem, gqa_pack));
-        let meta = PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?;
+        let meta = match walk {
+            FwdWalk::Lists => PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?,
+            FwdWalk::Runtime => PlanMeta::compile_runtime(&problem, &patterns, &tiles, gqa_pack)?,
+        };
         let num_splits = default_num_splits(&problem, gqa_pack, &meta);
         let plan = AttnPlan {
-            kernel: kernels::attn_fwd(problem.dtype(), &tiles),
+            kernel: kernels::attn_fwd_walk(problem.dtype(), &tiles, walk),
             problem,
             scale,
             softcap,
@@ -193,7 +207,7 @@ impl AttnPlan {
             meta,
             num_splits,
             gqa_pack,
-            walk: FwdWalk::Lists,
+            walk,
         };
         plan.check_grids()?;
         Ok(plan)
@@ -245,14 +259,14 @@ impl AttnPlan {
         } else {
             1
         };
-        let walk = self.walk;
-        Self::build(self.problem, self.patterns, self.scale, self.softcap, pack)?.with_walk(walk)
-    }
-
-    fn with_walk(mut self, walk: FwdWalk) -> Result<Self> {
-        self.walk = walk;
-        self.kernel = kernels::attn_fwd_walk(self.problem.dtype(), &self.tiles, walk);
-        Ok(self)
+        Self::build(
+            self.problem,
+            self.patterns,
+            self.scale,
+            self.softcap,
+            pack,
+            self.walk,
+        )
     }
 
     /// Query heads packed into one block (1 = not packed).

@@ -6,6 +6,7 @@ use std::ffi::c_void;
 use super::{AttnPlan, Result, SeqLens, TensorAddrs};
 use crate::error::Error;
 use crate::kernels::FwdWalk;
+use crate::pattern::spans::RowSpans;
 
 /// How a paged KV cache is laid out for one call (the `SaPagedKv` contract of params.h):
 /// pages are `[num_pages, num_kv_heads, page_size, head_dim]`; sequence `b`'s logical page `L`
@@ -64,6 +65,21 @@ impl AttnPlan {
         l: &PagedLayout,
     ) -> Result<()> {
         self.check_paged_for(self.problem.seqs(), k_len, v_len, block_table, l)
+    }
+
+    /// [`AttnPlan::check_paged`] for one step of a run-time plan ([`AttnPlan::for_max_lengths`])
+    /// at the lengths `seqs` (what [`crate::backend::GpuPlan::run_paged_step`] checks on the
+    /// host before its launch; public so that cost can be measured on its own).
+    pub fn check_paged_step(
+        &self,
+        seqs: &SeqLens,
+        k_len: usize,
+        v_len: usize,
+        block_table: &[i32],
+        l: &PagedLayout,
+    ) -> Result<()> {
+        self.check_step_lens(seqs)?;
+        self.check_paged_for(seqs, k_len, v_len, block_table, l)
     }
 
     /// [`AttnPlan::check_paged`] for the sequences `seqs` (a run-time step's lengths, or the
@@ -133,7 +149,7 @@ impl AttnPlan {
                 let lo = l.sink_pages * l.page_size;
                 let hi = (logical - l.ring_pages) * l.page_size;
                 if self.walk() == FwdWalk::Runtime {
-                    self.check_not_allowed_brute(b, q_len, kv_len, lo, hi)?;
+                    self.check_not_allowed_spans(b, q_len, kv_len, lo, hi)?;
                 } else {
                     self.check_not_allowed(b, lo, hi)?;
                 }
@@ -143,9 +159,9 @@ impl AttnPlan {
     }
 
     /// `check_not_allowed` for a run-time plan, which has no lists for the step's lengths:
-    /// every (query, evicted key) pair through the pattern's predicate (emulated runs only, a
-    /// testing path; the device path relies on the cache's retention, see `KvCache`).
-    fn check_not_allowed_brute(
+    /// each query row's allowed keys as intervals (`pattern::spans::RowSpans`), per distinct
+    /// head pattern: a few interval tests per row, independent of kv_len for windows and sinks.
+    fn check_not_allowed_spans(
         &self,
         b: usize,
         q_len: usize,
@@ -153,14 +169,23 @@ impl AttnPlan {
         lo: usize,
         hi: usize,
     ) -> Result<()> {
+        let set = self.patterns();
         for h in 0..self.problem.num_heads() {
+            let Some(pattern) = set.pattern(h) else {
+                continue;
+            };
+            if (0..h).any(|e| set.pattern(e) == Some(pattern) && !pattern.is_head_dependent()) {
+                continue; // an earlier head with the same pattern: same answer
+            }
+            let mut rows = RowSpans::new(pattern, h, kv_len);
             for i in 0..q_len {
                 let p = i as i64 + kv_len as i64 - q_len as i64;
-                if let Some(j) = (lo..hi).find(|&j| self.patterns().allowed(h, p, j as i64, kv_len))
-                {
+                let (lo, hi) = (lo as i64, hi as i64);
+                if let Some(&(s, e)) = rows.row(p).iter().find(|&&(s, e)| s < hi && e > lo) {
                     return Err(Error::Cache(format!(
-                        "sequence {b}: head {h} query {i} may attend key {j}, which the ring has \
-                         evicted (sink and ring pages too few for the pattern)"
+                        "sequence {b}: head {h} query {i} may attend key {}, which the ring \
+                         has evicted (sink and ring pages too few for the pattern)",
+                        s.max(lo).min(e - 1)
                     )));
                 }
             }

@@ -16,7 +16,7 @@ use super::table::BlockTable;
 use crate::attention::{AttnPlan, Element, EmuRun};
 use crate::backend::Gpu;
 use crate::error::{Error, Result};
-use crate::pattern::{BlockMask, Component, GlobalTokens, HeadPatterns, Pattern};
+use crate::pattern::HeadPatterns;
 use crate::shape::{AttnOptions, AttnProblem, SeqLens};
 
 /// How [`decode_emulated`] feeds the tokens to the cache.
@@ -52,7 +52,7 @@ pub struct DecodeOutput<T> {
     pub dense_bytes: u64,
     /// Steps run (prefill chunks plus decode steps).
     pub steps: usize,
-    /// Plans built; a step whose `(q_len, kv_len)` equals the previous step's reuses its plan.
+    /// Plans built: one per run ([`AttnPlan::for_max_lengths`]); every step reuses it.
     pub plans_built: usize,
 }
 
@@ -73,43 +73,6 @@ pub fn check_causal(set: &HeadPatterns) -> Result<()> {
     }
 }
 
-/// The patterns of a step with `kv_len` keys: global tokens at or past `kv_len` are dropped.
-/// With causal patterns they change nothing there (such a token is neither a key of the step
-/// nor the position of one of its queries), but the compiler rejects globals outside the keys.
-/// A pattern left with no components allows nothing (an all-zero block mask), not everything.
-fn for_keys(set: &HeadPatterns, kv_len: usize) -> Result<HeadPatterns> {
-    let last = kv_len as i64;
-    let fix = |p: &Pattern| -> Result<Pattern> {
-        if !p.components.iter().any(
-            |c| matches!(c, Component::Global(g) if g.tokens().last().is_some_and(|&t| t >= last)),
-        ) {
-            return Ok(p.clone());
-        }
-        let mut components = Vec::with_capacity(p.components.len());
-        for c in &p.components {
-            match c {
-                Component::Global(g) => {
-                    let kept: Vec<i64> = g.tokens().iter().copied().filter(|&t| t < last).collect();
-                    if !kept.is_empty() {
-                        components.push(Component::Global(GlobalTokens::new(kept)?));
-                    }
-                }
-                other => components.push(other.clone()),
-            }
-        }
-        if components.is_empty() {
-            components.push(Component::BlockMask(BlockMask::new(1, 1, vec![vec![0]])?));
-        }
-        Ok(Pattern::new(p.causal, components))
-    };
-    Ok(match set {
-        HeadPatterns::All(p) => HeadPatterns::All(fix(p)?),
-        HeadPatterns::PerHead(v) => {
-            HeadPatterns::PerHead(v.iter().map(fix).collect::<Result<_>>()?)
-        }
-    })
-}
-
 /// Runs `problem` (uniform, `q_len == kv_len == T`) as a prefill of `config.prefill` tokens
 /// in chunks of at most `config.chunk`, then `T - prefill` decode steps of one token, through
 /// a fresh one-layer [`KvCache`] sized by [`LayerCapacity::from_patterns`] and a
@@ -117,9 +80,9 @@ fn for_keys(set: &HeadPatterns, kv_len: usize) -> Result<HeadPatterns> {
 /// `[batch, T, num_kv_heads, head_dim]`.
 ///
 /// Each step appends the step's K/V rows for every sequence, then runs its queries against
-/// the cache with [`AttnPlan::with_patterns`] on the uniform problem `q_len = step tokens`,
-/// `kv_len = tokens so far`. A plan is reused while that shape does not change; decode steps
-/// change `kv_len` every time, so they build one each (plans keyed by length are a follow-up).
+/// the cache through one run-time plan ([`AttnPlan::for_max_lengths`], compiled once for the
+/// longest step over all `T` keys) at the step's lengths (`q_len = step tokens`, `kv_len =
+/// tokens so far`): no plan is built per step.
 ///
 /// Errors: a pattern that is not causal on every head, or does not fit the shapes
 /// (`Error::Pattern`); a non-uniform problem, `q_len != kv_len`, `T == 0`, `prefill > T`,
@@ -165,10 +128,13 @@ pub fn decode_cuda<T: Element + DeviceRepr + ValidAsZeroBits>(
 trait StepBackend<T> {
     /// Writes one sequence's new K/V rows (`[placement.len, kv_heads, head_dim]`).
     fn write(&mut self, placement: &Placement, k_rows: &[T], v_rows: &[T]) -> Result<()>;
-    /// Runs one step's queries against the cache through `table`; returns (out, lse).
+    /// Runs one step's queries (lengths `seqs`) against the cache through `table` with the
+    /// run's one plan; returns (out `[total_q, num_heads, head_dim]`, lse `[num_heads,
+    /// total_q]`).
     fn attend(
         &mut self,
         plan: &AttnPlan,
+        seqs: &SeqLens,
         q: &[T],
         table: &BlockTable,
     ) -> Result<(Vec<T>, Vec<f32>)>;
@@ -186,11 +152,12 @@ impl<T: Element> StepBackend<T> for EmuSteps<'_, T> {
     fn attend(
         &mut self,
         plan: &AttnPlan,
+        seqs: &SeqLens,
         q: &[T],
         table: &BlockTable,
     ) -> Result<(Vec<T>, Vec<f32>)> {
         let kv = self.store.paged_kv(0, table)?;
-        plan.run_emulated_paged(q, &kv, self.run)
+        plan.run_emulated_paged_step(seqs, q, &kv, self.run)
     }
 }
 
@@ -208,17 +175,29 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> StepBackend<T> for CudaSteps<'_,
     fn attend(
         &mut self,
         plan: &AttnPlan,
+        seqs: &SeqLens,
         q: &[T],
         table: &BlockTable,
     ) -> Result<(Vec<T>, Vec<f32>)> {
         let stream = self.gpu.stream();
+        let p = plan.problem();
+        let total_q = seqs.totals().0;
+        let capacity = p.seqs().totals().0;
         let qd = stream.clone_htod(q)?;
-        let mut out = stream.alloc_zeros::<T>(plan.problem().q_elems())?;
-        let mut lse = stream.alloc_zeros::<f32>(plan.problem().lse_elems())?;
+        let mut out = stream.alloc_zeros::<T>(q.len())?;
+        let mut lse = stream.alloc_zeros::<f32>(capacity * p.num_heads())?;
         let kv = self.store.paged(0, table)?;
+        // The metadata upload per step is what issue 12's engine API (a plan uploaded once,
+        // run on device lengths) removes; the plan itself is one for the whole run.
         plan.upload(self.gpu)?
-            .run_paged(&qd, &kv, &mut out, &mut lse)?;
-        Ok((stream.clone_dtoh(&out)?, stream.clone_dtoh(&lse)?))
+            .run_paged_step(seqs, &qd, &kv, &mut out, &mut lse)?;
+        // [num_heads, capacity] -> [num_heads, total_q]
+        let lse: Vec<f32> = stream
+            .clone_dtoh(&lse)?
+            .chunks(capacity.max(1))
+            .flat_map(|row| row[..total_q].iter().copied())
+            .collect();
+        Ok((stream.clone_dtoh(&out)?, lse))
     }
 }
 
@@ -315,8 +294,25 @@ fn decode_with<T: Element, B: StepBackend<T>>(
     let mut out = vec![T::default(); problem.q_elems()];
     let mut lse = vec![0.0f32; problem.lse_elems()];
     let (q_row, kv_row) = (h * d, hk * d);
-    let mut plan: Option<AttnPlan> = None;
-    let (mut steps, mut plans_built) = (0usize, 0usize);
+    // One plan for the whole run: compiled for the longest step (a prefill chunk, or one
+    // token) over all T keys; every step derives its tile walk from its own lengths.
+    let max_step = chunk.min(config.prefill).max(1);
+    let plan = AttnPlan::for_max_lengths(
+        &AttnProblem::new(
+            SeqLens::Uniform {
+                batch,
+                q_len: max_step,
+                kv_len: total,
+            },
+            h,
+            hk,
+            d as u32,
+            problem.dtype(),
+        )?,
+        patterns,
+        &opts,
+    )?;
+    let mut steps = 0usize;
     let mut start = 0usize;
     while start < total {
         let n = if start < config.prefill {
@@ -330,43 +326,24 @@ fn decode_with<T: Element, B: StepBackend<T>>(
             let rows = (b * total + start) * kv_row..(b * total + end) * kv_row;
             backend.write(&placement, &k[rows.clone()], &v[rows])?;
         }
-        let reuse = plan.as_ref().is_some_and(|p| {
-            *p.problem().seqs()
-                == SeqLens::Uniform {
-                    batch,
-                    q_len: n,
-                    kv_len: end,
-                }
-        });
-        if !reuse {
-            let step = AttnProblem::new(
-                SeqLens::Uniform {
-                    batch,
-                    q_len: n,
-                    kv_len: end,
-                },
-                h,
-                hk,
-                d as u32,
-                problem.dtype(),
-            )?;
-            let step_set = for_keys(patterns, end)?;
-            plan = Some(AttnPlan::with_patterns(&step, &step_set, &opts)?);
-            plans_built += 1;
-        }
-        let plan_ref = plan.as_ref().expect("built above");
+        let step = SeqLens::Uniform {
+            batch,
+            q_len: n,
+            kv_len: end,
+        };
         let step_q: Vec<T> = (0..batch)
             .flat_map(|b| q[(b * total + start) * q_row..(b * total + end) * q_row].iter())
             .copied()
             .collect();
         let table = cache.block_table(0, &seqs)?;
-        let (o, l) = backend.attend(plan_ref, &step_q, &table)?;
+        let (o, l) = backend.attend(&plan, &step, &step_q, &table)?;
         for b in 0..batch {
             out[(b * total + start) * q_row..(b * total + end) * q_row]
                 .copy_from_slice(&o[b * n * q_row..(b + 1) * n * q_row]);
             for head in 0..h {
+                // lse of the step: [num_heads, batch * n] (varlen rows).
                 let dst = (b * h + head) * total + start;
-                let src = (b * h + head) * n;
+                let src = head * batch * n + b * n;
                 lse[dst..dst + n].copy_from_slice(&l[src..src + n]);
             }
         }
@@ -381,6 +358,6 @@ fn decode_with<T: Element, B: StepBackend<T>>(
         pool_bytes: cache.pool_bytes(0)?,
         dense_bytes: cache.dense_bytes(total).saturating_mul(batch as u64),
         steps,
-        plans_built,
+        plans_built: 1,
     })
 }

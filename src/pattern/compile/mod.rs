@@ -127,6 +127,19 @@ pub struct BlockSparseMeta {
 impl BlockSparseMeta {
     /// Compiles `patterns` for `shape` (validating both).
     pub fn compile(patterns: &HeadPatterns, shape: SparseShape) -> Result<Self> {
+        Self::compile_with(patterns, shape, true)
+    }
+
+    /// The row sets and mask programs of `patterns` alone, no tile lists or views: what a
+    /// run-time tile walk (kernels/include/sparse_attn/tile_walk.cuh) reads. Every set owns
+    /// zero CSR rows. `shape` is the maximum a plan serves; table-driven components whose
+    /// tables follow the query positions (BigBird's random blocks) are drawn for query
+    /// positions 0 .. kv_len, so compile with `q_len == kv_len` to cover every step.
+    pub fn compile_masks(patterns: &HeadPatterns, shape: SparseShape) -> Result<Self> {
+        Self::compile_with(patterns, shape, false)
+    }
+
+    fn compile_with(patterns: &HeadPatterns, shape: SparseShape, lists: bool) -> Result<Self> {
         shape.validate()?;
         patterns.validate(shape.num_heads, shape.kv_len)?;
 
@@ -170,7 +183,9 @@ impl BlockSparseMeta {
         let mut work = Work::default();
         for &rep in &reps {
             let prep = Prepared::new(pattern_of(patterns, rep), rep, &shape);
-            prep.compile_set(&shape, &mut meta, &mut work)?;
+            if lists {
+                prep.compile_set(&shape, &mut meta, &mut work)?;
+            }
             meta.set_row_ptr.push(to_i32(meta.views.len())?);
             meta.mask.push_program(&prep);
         }
