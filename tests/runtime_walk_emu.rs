@@ -336,3 +336,151 @@ fn bad_steps_are_typed_errors() {
     let r = lists.run_emulated_step(&varlen(&[(1, 1), (1, 1)]), &none, &none, &none, &run);
     assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
 }
+
+/// The graph-safety property on the emulator: the forward and combine launches of a run-time
+/// plan are built ONCE over buffers sized for the plan's capacity, then replayed step after
+/// step while only the buffers' contents change -- the lengths (cu_seqlens), the block table,
+/// the pages (a ring that wraps) and q -- as a captured CUDA graph replays its kernels with
+/// the same parameters. Every step matches the reference of its own lengths.
+#[test]
+fn launches_built_once_replay_over_changing_lengths_and_tables() {
+    use sparse_attn::attention::{PagedAddrs, TensorAddrs};
+    use sparse_attn::emu::GuardedBuffer;
+    use sparse_attn::kv_cache::{
+        HostKvStorage, KvCache, KvCacheConfig, LayerCapacity, PageSize, PoolSize,
+    };
+    let seed = base_seed();
+    let (batch, heads, kv_heads, d, max_kv) = (2usize, 4usize, 2usize, 64usize, 400usize);
+    let set = HeadPatterns::from_json(STREAMING).unwrap();
+    let max = SeqLens::Uniform {
+        batch,
+        q_len: 1,
+        kv_len: max_kv,
+    };
+    let problem = AttnProblem::new(max, heads, kv_heads, d as u32, f16::DTYPE).unwrap();
+    let plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default())
+        .unwrap()
+        .with_num_splits(3)
+        .unwrap();
+    // The cache: one sink page and a ring of 16-token pages for the 100-token window.
+    let page = PageSize::new(16).unwrap();
+    let capacity = LayerCapacity::from_patterns(&set, page, 1).unwrap();
+    let mut cache = KvCache::new(
+        KvCacheConfig {
+            num_layers: 1,
+            num_kv_heads: kv_heads,
+            head_dim: d,
+            dtype: f16::DTYPE,
+            page_size: 16,
+            max_seq_len: max_kv,
+            max_chunk: 1,
+            pool: PoolSize::Sequences(batch),
+        },
+        vec![capacity],
+    )
+    .unwrap();
+    let mut store = HostKvStorage::<f16>::new(&cache).unwrap();
+    let ids: Vec<_> = (0..batch).map(|_| cache.add_sequence()).collect();
+
+    // "Device" buffers at capacity, written in place between steps.
+    let stride = cache.stride(0).unwrap();
+    let pool = cache.num_pages(0).unwrap() * cache.layout().page_stride();
+    let mut qb = GuardedBuffer::<f16>::zeroed(batch * heads * d, "q").unwrap();
+    let ob = GuardedBuffer::<f16>::zeroed(batch * heads * d, "out").unwrap();
+    let lb = GuardedBuffer::<f32>::zeroed(batch * heads, "lse").unwrap();
+    let mut cu_q = GuardedBuffer::<i32>::zeroed(batch + 1, "cu_seqlens_q").unwrap();
+    let mut cu_k = GuardedBuffer::<i32>::zeroed(batch + 1, "cu_seqlens_k").unwrap();
+    let mut table_b = GuardedBuffer::<i32>::zeroed(batch * stride, "block_table").unwrap();
+    let mut kp = GuardedBuffer::<f16>::zeroed(pool, "k_pages").unwrap();
+    let mut vp = GuardedBuffer::<f16>::zeroed(pool, "v_pages").unwrap();
+    let (o_ws, l_ws) = plan.split_workspace();
+    let ow = GuardedBuffer::<f32>::zeroed(o_ws, "o_partial").unwrap();
+    let lw = GuardedBuffer::<f32>::zeroed(l_ws, "lse_partial").unwrap();
+    let meta = plan.meta().upload_emulated().unwrap();
+    let layout = cache.block_table(0, &ids).unwrap().paged_layout();
+    let addrs = TensorAddrs {
+        meta: meta.addrs(),
+        paged: PagedAddrs {
+            k_pages: kp.as_ptr() as u64,
+            v_pages: vp.as_ptr() as u64,
+            block_table: table_b.as_ptr() as u64,
+            layout,
+        },
+        q: qb.as_ptr() as u64,
+        k: 0,
+        v: 0,
+        out: ob.as_ptr() as u64,
+        lse: lb.as_ptr() as u64,
+        cu_q: cu_q.as_ptr() as u64,
+        cu_k: cu_k.as_ptr() as u64,
+        tiles_visited: 0,
+        o_partial: ow.as_ptr() as u64,
+        lse_partial: lw.as_ptr() as u64,
+    };
+    // Built once, replayed every step.
+    let fwd = plan.launch(&addrs);
+    let combine = plan.combine_launch(&addrs).expect("a split plan combines");
+    let opts = common::emu_run().options();
+
+    // Each sequence's whole K/V history (for the reference), one new token per step; the
+    // second sequence idles (no new token) every third step.
+    let mut rng = Rng::new(seed);
+    let mut hist: Vec<(Vec<f16>, Vec<f16>)> = vec![(Vec::new(), Vec::new()); batch];
+    let mut lens = vec![0usize; batch];
+    for step in 0..330 {
+        for b in 0..batch {
+            if b == 1 && step % 3 == 2 && lens[b] > 0 {
+                continue;
+            }
+            let k_row: Vec<f16> = random_tensor(&mut rng, kv_heads * d, 1.0);
+            let v_row: Vec<f16> = random_tensor(&mut rng, kv_heads * d, 1.0);
+            let placement = cache.reserve_append(ids[b], 1).unwrap();
+            store.write_kv(0, &placement, &k_row, &v_row).unwrap();
+            hist[b].0.extend_from_slice(&k_row);
+            hist[b].1.extend_from_slice(&v_row);
+            lens[b] += 1;
+        }
+        // Checking every step costs the reference; the replay runs at each, checks at some.
+        let table = cache.block_table(0, &ids).unwrap();
+        let q: Vec<f16> = random_tensor(&mut rng, batch * heads * d, 1.0);
+        // The step's "device" writes: lengths, table, pages, q.
+        let seqs = varlen(&lens.iter().map(|&k| (1, k)).collect::<Vec<_>>());
+        let (cq, ck) = seqs.cu_seqlens();
+        cu_q.as_mut_slice().copy_from_slice(&cq);
+        cu_k.as_mut_slice().copy_from_slice(&ck);
+        table_b.as_mut_slice().copy_from_slice(&table.table);
+        let kv = store.paged_kv(0, &table).unwrap();
+        kp.as_mut_slice().copy_from_slice(kv.k_pages);
+        vp.as_mut_slice().copy_from_slice(kv.v_pages);
+        qb.as_mut_slice().copy_from_slice(&q);
+        // SAFETY: every address in the launches points at a live guarded buffer of the plan's
+        // capacity (q, out, lse for batch x 1 rows, the pool, the table, the split workspace,
+        // the uploaded metadata); the step's lengths are within the plan's maxima.
+        unsafe {
+            fwd.run_emulated(&opts).unwrap();
+            combine.run_emulated(&opts).unwrap();
+        }
+        if step % 29 != 0 && step < 320 {
+            continue;
+        }
+        let step_problem =
+            AttnProblem::new(seqs.clone(), heads, kv_heads, d as u32, f16::DTYPE).unwrap();
+        let lists = AttnPlan::with_patterns(&step_problem, &set, &AttnOptions::default()).unwrap();
+        let (k_all, v_all): (Vec<f16>, Vec<f16>) = (
+            hist.iter().flat_map(|h| h.0.iter().copied()).collect(),
+            hist.iter().flat_map(|h| h.1.iter().copied()).collect(),
+        );
+        let want = reference_for(&lists, &q, &k_all, &v_all, |b, h, i, j| {
+            lists.allowed(b, h, i, j)
+        });
+        assert_matches(
+            &format!("replayed step {step} at {lens:?}"),
+            &step_problem,
+            &ob.to_vec(),
+            &lb.to_vec(),
+            &want,
+            tol(f16::DTYPE),
+        );
+    }
+    assert!(lens[0] > 116 + 100, "the ring wrapped");
+}

@@ -307,7 +307,8 @@ pub struct EmuRun<'a> {
 }
 
 impl EmuRun<'_> {
-    fn options(&self) -> emu::EmuOptions {
+    /// The emulator options of these run options (for launches an engine drives itself).
+    pub fn options(&self) -> emu::EmuOptions {
         emu::EmuOptions {
             schedule: self.schedule,
             eager_cp_async: self.eager_cp_async,
