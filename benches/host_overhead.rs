@@ -375,6 +375,7 @@ const FAKE: TensorAddrs = TensorAddrs {
             sink_pages: 0,
             ring_pages: 0,
         },
+        num_pages: 0,
     },
     o_partial: 0x8000,
     lse_partial: 0x9000,

@@ -405,6 +405,7 @@ fn launches_built_once_replay_over_changing_lengths_and_tables() {
             v_pages: vp.as_ptr() as u64,
             block_table: table_b.as_ptr() as u64,
             layout,
+            num_pages: cache.num_pages(0).unwrap(),
         },
         q: qb.as_ptr() as u64,
         k: 0,
@@ -483,4 +484,30 @@ fn launches_built_once_replay_over_changing_lengths_and_tables() {
         );
     }
     assert!(lens[0] > 116 + 100, "the ring wrapped");
+
+    // Bad data already on the device: a block-table entry outside the pool. The launch reads
+    // no page outside it (the emulator faults on any access past a guarded buffer): it runs,
+    // sequence 0 is untouched, and the keys of the bad page count as zero-filled rows.
+    let good = table_b.to_vec();
+    let mut bad = good.clone();
+    bad[stride + 1] = 1 << 20;
+    table_b.as_mut_slice().copy_from_slice(&bad);
+    let before = ob.to_vec();
+    // SAFETY: as above; the table holds one entry outside the pool, which the run-time walk's
+    // kernels never follow.
+    unsafe {
+        fwd.run_emulated(&opts).unwrap();
+        combine.run_emulated(&opts).unwrap();
+    }
+    let after = ob.to_vec();
+    let row = heads * d;
+    assert_eq!(
+        after[..row].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        before[..row]
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>(),
+        "sequence 0 does not depend on sequence 1's table"
+    );
+    assert!(after[row..].iter().all(|x| x.is_finite()));
 }

@@ -238,6 +238,7 @@ impl AttnPlan {
                 v_pages: vb.as_ptr() as u64,
                 block_table: t.as_ptr() as u64,
                 layout,
+                num_pages: pool_pages(kb.len(), p, &layout),
             },
             None => PagedAddrs::default(),
         };
@@ -317,4 +318,15 @@ impl EmuRun<'_> {
             numerics: self.numerics,
         }
     }
+}
+
+/// Pages in a pool of `elems` elements of `problem`'s kv heads and head_dim at `layout`'s page
+/// size (0 for a degenerate layout: the host checks reject it first).
+pub(crate) fn pool_pages(
+    elems: usize,
+    problem: &crate::AttnProblem,
+    layout: &PagedLayout,
+) -> usize {
+    let page = layout.page_size * problem.num_kv_heads() * problem.head_dim().get() as usize;
+    elems.checked_div(page).unwrap_or(0)
 }

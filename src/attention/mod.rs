@@ -30,6 +30,7 @@ mod emulated;
 mod meta;
 mod paged;
 
+pub(crate) use emulated::pool_pages;
 pub use emulated::EmuRun;
 pub use meta::{EmuMeta, MetaAddrs, PlanMeta};
 pub use paged::{PagedAddrs, PagedKv, PagedLayout};

@@ -36,6 +36,9 @@ pub struct PagedAddrs {
     pub block_table: u64,
     /// Page size, pool shape and ring of the cache.
     pub layout: PagedLayout,
+    /// Pages in the pool (`SaPagedKv::num_pages`): the kernels read no page outside it; 0
+    /// trusts the table.
+    pub num_pages: usize,
 }
 
 /// A paged KV cache in host memory, as the emulator reads it (see [`PagedLayout`]).
@@ -239,6 +242,6 @@ pub(super) fn paged_params(
         log2_page_size: l.page_size.max(1).trailing_zeros() as i32,
         sink_pages: l.sink_pages as i32,
         ring_pages: l.ring_pages as i32,
-        _reserved: 0,
+        num_pages: a.paged.num_pages.min(i32::MAX as usize) as i32,
     }
 }

@@ -408,6 +408,25 @@ pub struct DevicePagedKv<'a, T> {
     pub layout: PagedLayout,
 }
 
+/// What one step of a run-time plan reads that an engine owns on the device and updates
+/// between steps ([`GpuPlan::launch_step`]): the lengths and the paged cache with its block
+/// table. Sized for the plan's capacity, never reallocated.
+#[derive(Clone, Copy)]
+pub struct DeviceStep<'a, T> {
+    /// int32 `[batch + 1]`: prefix sums of the step's query lengths.
+    pub cu_seqlens_q: &'a CudaSlice<i32>,
+    /// int32 `[batch + 1]`: prefix sums of the step's key lengths (tokens in the cache).
+    pub cu_seqlens_k: &'a CudaSlice<i32>,
+    /// `[num_pages, num_kv_heads, page_size, head_dim]`
+    pub k_pages: &'a CudaSlice<T>,
+    /// Same shape as `k_pages`.
+    pub v_pages: &'a CudaSlice<T>,
+    /// int32 `[batch, layout.block_table_stride]`, on the device.
+    pub block_table: &'a CudaSlice<i32>,
+    /// Page size, pool shape and ring of the cache.
+    pub layout: PagedLayout,
+}
+
 /// Where a GPU call reads K/V from.
 enum KvSlices<'a, T> {
     Contiguous {
@@ -532,8 +551,88 @@ impl GpuPlan<'_> {
             },
             out,
             lse,
-            Some(&lens),
+            Some((&lens.0, &lens.1)),
             (q_elems, lse_elems),
+        )
+    }
+
+    /// Queues one step of a run-time plan ([`AttnPlan::for_max_lengths`]) on the plan's
+    /// stream and nothing else: no allocation, no host-to-device copy, no synchronisation,
+    /// no host read of device data, so it can be captured in a CUDA graph and replayed while
+    /// the engine rewrites the lengths, the block table and the pages between replays. q and
+    /// out are `[batch x max q_len, num_heads, head_dim]` (the plan's capacity; the step's
+    /// rows packed first), lse `[num_heads, batch x max q_len]`. What is checked here is only
+    /// what the host knows: buffer sizes and contexts, the layout against the plan's pool.
+    /// Device data is the engine's: a sequence longer than the plan's maxima is not read and a
+    /// block-table entry outside the pool reads nothing (the kernels' checked no-read path;
+    /// the affected rows are unspecified, the cache is never written).
+    pub fn launch_step<T: Element + DeviceRepr>(
+        &self,
+        step: &DeviceStep<'_, T>,
+        q: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let plan = self.plan;
+        if plan.walk() != crate::kernels::FwdWalk::Runtime {
+            return Err(Error::Unsupported(
+                "launch_step needs a run-time plan (AttnPlan::for_max_lengths)".into(),
+            ));
+        }
+        if T::DTYPE != plan.problem().dtype() {
+            return Err(Error::Shape(format!(
+                "element type {} does not match the plan's {}",
+                T::DTYPE.name(),
+                plan.problem().dtype().name()
+            )));
+        }
+        let p = plan.problem();
+        let batch = p.seqs().batch();
+        let l = &step.layout;
+        let page_elems = l.page_size * p.num_kv_heads() * p.head_dim().get() as usize;
+        if !(8..=256).contains(&l.page_size) || !l.page_size.is_power_of_two() {
+            return Err(Error::Cache(format!(
+                "page size {} is not a power of two in 8..=256",
+                l.page_size
+            )));
+        }
+        if step.k_pages.len() != step.v_pages.len() || step.k_pages.len() % page_elems != 0 {
+            return Err(Error::Cache(format!(
+                "k/v pages have {}/{} elements, not the same multiple of {page_elems}",
+                step.k_pages.len(),
+                step.v_pages.len()
+            )));
+        }
+        for (name, buf, want) in [
+            ("cu_seqlens_q", step.cu_seqlens_q, batch + 1),
+            ("cu_seqlens_k", step.cu_seqlens_k, batch + 1),
+            (
+                "block_table",
+                step.block_table,
+                batch * l.block_table_stride,
+            ),
+        ] {
+            check_buffer(&self.gpu, name, buf, want)?;
+        }
+        check_buffer(&self.gpu, "k_pages", step.k_pages, step.k_pages.len())?;
+        check_buffer(&self.gpu, "v_pages", step.v_pages, step.v_pages.len())?;
+        let capacity = p.seqs().totals().0;
+        let elems = (
+            capacity * p.num_heads() * p.head_dim().get() as usize,
+            capacity * p.num_heads(),
+        );
+        self.launch_with(
+            q,
+            KvSlices::Paged {
+                k: step.k_pages,
+                v: step.v_pages,
+                table: step.block_table,
+                layout: step.layout,
+            },
+            out,
+            lse,
+            Some((step.cu_seqlens_q, step.cu_seqlens_k)),
+            elems,
         )
     }
 
@@ -557,7 +656,7 @@ impl GpuPlan<'_> {
         kv: KvSlices<'_, T>,
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
-        lens: Option<&(CudaSlice<i32>, CudaSlice<i32>)>,
+        lens: Option<(&CudaSlice<i32>, &CudaSlice<i32>)>,
         elems: (usize, usize),
     ) -> Result<()> {
         let (plan, gpu) = (self.plan, &self.gpu);
@@ -582,11 +681,12 @@ impl GpuPlan<'_> {
             KvSlices::Contiguous { .. } => None,
         };
         let paged = match (&kv, &table_ptr) {
-            (KvSlices::Paged { layout, .. }, Some((t, _))) => PagedAddrs {
+            (KvSlices::Paged { layout, k, .. }, Some((t, _))) => PagedAddrs {
                 k_pages: k_ptr,
                 v_pages: v_ptr,
                 block_table: *t,
                 layout: *layout,
+                num_pages: crate::attention::pool_pages(k.len(), plan.problem(), layout),
             },
             _ => PagedAddrs::default(),
         };
@@ -598,7 +698,7 @@ impl GpuPlan<'_> {
         let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
         let (lse_ptr, _lse_guard) = lse.device_ptr_mut(stream);
         let cu_ptrs = lens
-            .or(self.cu.as_ref())
+            .or(self.cu.as_ref().map(|(q, k)| (q, k)))
             .map(|(cq, ck)| (cq.device_ptr(stream), ck.device_ptr(stream)));
         let (cu_q, cu_k) = cu_ptrs
             .as_ref()

@@ -17,7 +17,7 @@ pub mod cublas;
 pub mod cuda;
 pub mod ref_softmax;
 
-pub use cuda::{DevicePagedKv, Gpu, GpuPlan};
+pub use cuda::{DevicePagedKv, DeviceStep, Gpu, GpuPlan};
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));

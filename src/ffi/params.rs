@@ -216,8 +216,8 @@ pub struct SaPagedKv {
     pub sink_pages: i32,
     #[doc = " Pages of the ring of most recent positions; 0: every logical page has its own slot."]
     pub ring_pages: i32,
-    #[doc = " Keeps the struct's size a multiple of 8; always 0."]
-    pub _reserved: i32,
+    #[doc = " Pages in the pool; > 0: a block-table entry outside [0, num_pages) is never read (the\n keys it would hold are zero-filled, as evicted ones), so bad table data already on the\n device cannot make a launch read outside the pool; 0: entries are trusted (checked on\n the host)."]
+    pub num_pages: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -241,8 +241,8 @@ const _: () = {
         [::core::mem::offset_of!(SaPagedKv, sink_pages) - 52usize];
     ["Offset of field: SaPagedKv::ring_pages"]
         [::core::mem::offset_of!(SaPagedKv, ring_pages) - 56usize];
-    ["Offset of field: SaPagedKv::_reserved"]
-        [::core::mem::offset_of!(SaPagedKv, _reserved) - 60usize];
+    ["Offset of field: SaPagedKv::num_pages"]
+        [::core::mem::offset_of!(SaPagedKv, num_pages) - 60usize];
 };
 #[doc = " Forward attention over a batch: out = softmax(mask(scale * q k^T)) v, plus the row LSE."]
 #[repr(C)]

@@ -175,7 +175,7 @@ impl BlockTable {
             log2_page_size: page_size.log2() as i32,
             sink_pages: i32_of("sink_pages", self.sink_pages)?,
             ring_pages: i32_of("ring_pages", self.ring_pages)?,
-            _reserved: 0,
+            num_pages: 0,
         })
     }
 }

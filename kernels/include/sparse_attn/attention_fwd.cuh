@@ -309,7 +309,10 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     const void* idle = paged ? (is_v ? params.paged.v_pages : params.paged.k_pages)
                              : (is_v ? params.v : params.k);
     load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
-        dst, [&](int r) { return kv.row(params, base, row_stride, keys.key(tile, r)); },
+        dst,
+        [&](int r) {
+          return kv.template row<Walk::kRuntime>(params, base, row_stride, keys.key(tile, r));
+        },
         static_cast<const T*>(idle), tid);
   };
   // Regular tiles [0, run_tiles) are strided runs (KvRows::run_tiles: decided once here).
@@ -321,7 +324,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   auto produce_k = [&](int tile) {
     int64_t k_off = 0, v_off = 0;
     const bool run = static_cast<unsigned>(tile) < static_cast<unsigned>(run_tiles) &&
-                     kv.run_offsets(params, k_row, v_row, keys.first + tile * Tr::kBlockN * keys.step,
+                     kv.template run_offsets<Walk::kRuntime>(params, k_row, v_row, keys.first + tile * Tr::kBlockN * keys.step,
                                     k_off, v_off);
     v_run = run ? kv.v + (v_off + v_thread) : nullptr;
     if (run) {

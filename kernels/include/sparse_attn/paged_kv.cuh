@@ -28,6 +28,12 @@ SA_HOST_DEVICE bool paged_resident(int j, int kv_len, int log2_page, int sink_pa
   return page > last_page - ring_pages;
 }
 
+// Whether a block-table entry names a page of the pool (always, when the pool size is not
+// given): bad device data reads nothing.
+SA_DEVICE bool page_in_pool(const SaPagedKv& pg, int page) {
+  return pg.num_pages <= 0 || static_cast<unsigned>(page) < static_cast<unsigned>(pg.num_pages);
+}
+
 // Row sources of one kv head of one sequence, for the K/V loaders. Only what differs per
 // (sequence, kv head) is held (in registers, across the mainloop); strides and the page
 // geometry are read from the params at use (constant memory, no registers).
@@ -46,6 +52,9 @@ struct KvRows {
 
   // Physical row of key j in `base` (k or v, of stride `row_stride` when contiguous), or
   // nullptr when j is not readable (j < 0 is a column with no key).
+  // kCheckPages: test the table entry against the pool (SaPagedKv::num_pages), for tables
+  // the host has not checked (run-time walks read the engine's device data).
+  template <bool kCheckPages>
   SA_DEVICE const T* row(const SaAttnFwdParams& p, const T* base, int64_t row_stride,
                          int j) const {
     if (block_table == nullptr) return j >= 0 && j < kv_len ? base + j * row_stride : nullptr;
@@ -54,6 +63,7 @@ struct KvRows {
       return nullptr;
     }
     const int page = block_table[paged_slot(j >> pg.log2_page_size, pg.sink_pages, pg.ring_pages)];
+    if (kCheckPages && !page_in_pool(pg, page)) return nullptr;
     const int in_page = j & ((1 << pg.log2_page_size) - 1);
     return base + page * pg.page_stride + int64_t(in_page) * p.head_dim;
   }
@@ -81,6 +91,7 @@ struct KvRows {
   // one residency test and one block-table read per tile. False when a ring has evicted the
   // page (then the loader maps key by key). Row strides fit in 32 bits (the host checks), so
   // each offset is one wide multiply.
+  template <bool kCheckPages>
   SA_DEVICE bool run_offsets(const SaAttnFwdParams& p, int k_stride, int v_stride, int j0,
                              int64_t& k_off, int64_t& v_off) const {
     if (block_table == nullptr) {
@@ -91,6 +102,7 @@ struct KvRows {
     const SaPagedKv& pg = p.paged;
     if (!paged_resident(j0, kv_len, pg.log2_page_size, pg.sink_pages, pg.ring_pages)) return false;
     const int page = block_table[paged_slot(j0 >> pg.log2_page_size, pg.sink_pages, pg.ring_pages)];
+    if (kCheckPages && !page_in_pool(pg, page)) return false;
     k_off = v_off = page * pg.page_stride + int64_t(j0 & ((1 << pg.log2_page_size) - 1)) * p.head_dim;
     return true;
   }

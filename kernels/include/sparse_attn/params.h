@@ -183,8 +183,11 @@ typedef struct SaPagedKv {
   int32_t sink_pages;
   /** Pages of the ring of most recent positions; 0: every logical page has its own slot. */
   int32_t ring_pages;
-  /** Keeps the struct's size a multiple of 8; always 0. */
-  int32_t _reserved;
+  /** Pages in the pool; > 0: a block-table entry outside [0, num_pages) is never read (the
+   * keys it would hold are zero-filled, as evicted ones), so bad table data already on the
+   * device cannot make a launch read outside the pool; 0: entries are trusted (checked on
+   * the host). */
+  int32_t num_pages;
 } SaPagedKv;
 
 /** Forward attention over a batch: out = softmax(mask(scale * q k^T)) v, plus the row LSE. */

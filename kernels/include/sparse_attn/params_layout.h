@@ -68,7 +68,7 @@ SA_LAYOUT_ASSERT(offsetof(SaPagedKv, page_size) == 44, "offset of SaPagedKv::pag
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, log2_page_size) == 48, "offset of SaPagedKv::log2_page_size");
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, sink_pages) == 52, "offset of SaPagedKv::sink_pages");
 SA_LAYOUT_ASSERT(offsetof(SaPagedKv, ring_pages) == 56, "offset of SaPagedKv::ring_pages");
-SA_LAYOUT_ASSERT(offsetof(SaPagedKv, _reserved) == 60, "offset of SaPagedKv::_reserved");
+SA_LAYOUT_ASSERT(offsetof(SaPagedKv, num_pages) == 60, "offset of SaPagedKv::num_pages");
 SA_LAYOUT_ASSERT(sizeof(SaAttnFwdParams) == 400, "size of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(SA_ALIGNOF(SaAttnFwdParams) == 8, "alignment of SaAttnFwdParams");
 SA_LAYOUT_ASSERT(offsetof(SaAttnFwdParams, q) == 0, "offset of SaAttnFwdParams::q");
