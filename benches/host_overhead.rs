@@ -379,6 +379,8 @@ const FAKE: TensorAddrs = TensorAddrs {
     },
     o_partial: 0x8000,
     lse_partial: 0x9000,
+    sink_logits: 0,
+    alibi_slopes: 0,
 };
 
 const FAKE_APPEND: AppendAddrs = AppendAddrs {

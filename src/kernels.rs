@@ -330,6 +330,16 @@ pub mod test_kernels {
         sa_test_attn_fwd_skip_rescale_f16_hd64_m64,
         "attention_canary"
     );
+    test_kernel!(
+        CANARY_ALIBI_M128,
+        sa_test_attn_fwd_alibi_top_left_f16_hd64_m128,
+        "attention_canary"
+    );
+    test_kernel!(
+        CANARY_ALIBI_M64,
+        sa_test_attn_fwd_alibi_top_left_f16_hd64_m64,
+        "attention_canary"
+    );
 
     /// The f16/hd64 forward kernel with P's a2 and a4 swapped, in the shape of `tiles` (the
     /// plan's [`FwdTiles`], head_dim 64).
@@ -350,6 +360,18 @@ pub mod test_kernels {
             &CANARY_RESCALE_M128
         } else {
             &CANARY_RESCALE_M64
+        }
+    }
+
+    /// The f16/hd64 forward kernel whose ALiBi distances use top-left aligned query
+    /// positions (the row index) instead of bottom-right aligned ones, in the shape of
+    /// `tiles` (head_dim 64).
+    pub fn canary_alibi_top_left(tiles: &FwdTiles) -> &'static KernelDesc {
+        assert_eq!(tiles.head_dim, 64, "the canaries are f16/hd64 kernels");
+        if tiles.block_m == 128 {
+            &CANARY_ALIBI_M128
+        } else {
+            &CANARY_ALIBI_M64
         }
     }
 

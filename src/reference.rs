@@ -15,6 +15,12 @@ pub struct RefInputs<'a> {
     pub scale: f32,
     /// 0 = off.
     pub softcap: f32,
+    /// Learnable sink logits, one per query head: each row's denominator gains
+    /// `exp(sink_logits[h])` (`None`: no sink term).
+    pub sink_logits: Option<&'a [f32]>,
+    /// ALiBi slopes, one per query head: `s -= slope * |p - j|` after the softcap (`None`: no
+    /// position bias).
+    pub alibi_slopes: Option<&'a [f32]>,
 }
 
 /// Reference output: `out` laid out like q, `lse` like the kernel's
@@ -56,7 +62,11 @@ pub fn chunked_allowed(
 }
 
 /// Exact attention. `allowed(b, h, i, j)` says whether query row `i` of sequence `b`, head `h`
-/// may attend to key `j` (indices local to the sequence).
+/// may attend to key `j` (indices local to the sequence). Scores are `scale * q.k`, capped
+/// (`c * tanh(s / c)`), then biased (`- slope_h * |p - j|`, `p` the row's position), as
+/// [`crate::AttnOptions`] defines them; with sink logits each row's softmax denominator
+/// holds `exp(sink_h)` besides its keys' terms, and a row with no allowed key has
+/// `out = 0` and `lse = sink_h` (without them: `-inf`).
 pub fn attention<F>(problem: &AttnProblem, x: &RefInputs<'_>, allowed: F) -> RefOutput
 where
     F: Fn(usize, usize, usize, usize) -> bool + Sync,
@@ -92,6 +102,10 @@ where
                         let c = x.softcap as f64;
                         s = c * (s / c).tanh();
                     }
+                    if let Some(slopes) = x.alibi_slopes {
+                        let p = query_position(i, q_len, kv_len);
+                        s -= slopes[h] as f64 * (p - j as i64).abs() as f64;
+                    }
                     scores.push((j, s));
                 }
                 let lse_idx = if varlen {
@@ -100,12 +114,15 @@ where
                     (b * h_q + h) * q_len + i
                 };
                 let orow = &mut out[((q0 + i) * h_q + h) * d..][..d];
+                let sink = x.sink_logits.map(|s| s[h] as f64);
                 if scores.is_empty() {
-                    lse[lse_idx] = f64::NEG_INFINITY;
+                    lse[lse_idx] = sink.unwrap_or(f64::NEG_INFINITY);
                     continue;
                 }
                 let m = scores.iter().fold(f64::NEG_INFINITY, |m, &(_, s)| m.max(s));
-                let mut l = 0.0;
+                let m = sink.map_or(m, |k| m.max(k));
+                // The sink term: a key of logit sink_h and value 0.
+                let mut l = sink.map_or(0.0, |k| (k - m).exp());
                 for &(j, s) in &scores {
                     let p = (s - m).exp();
                     l += p;
@@ -127,6 +144,52 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sink_logits_and_alibi_by_hand() {
+        // One query (q = 0, so every dot product is 0) at position p = 1 over two keys whose
+        // values are all 1 and all 3. Slope ln 2: key 0 (distance 1) gets e^-ln2 = 1/2, key 1
+        // (distance 0) gets 1; the sink logit 0 adds e^0 = 1 to the denominator:
+        // out = (1/2 * 1 + 1 * 3) / (1 + 1/2 + 1) = 1.4, lse = ln 2.5.
+        let problem = crate::AttnProblem::new(
+            SeqLens::Uniform {
+                batch: 1,
+                q_len: 1,
+                kv_len: 2,
+            },
+            1,
+            1,
+            64,
+            crate::DType::F16,
+        )
+        .unwrap();
+        let (q, v) = (vec![0.0f32; 64], [vec![1.0f32; 64], vec![3.0; 64]].concat());
+        let slopes = [std::f32::consts::LN_2];
+        let x = RefInputs {
+            q: &q,
+            k: &v,
+            v: &v,
+            scale: 0.125,
+            softcap: 0.0,
+            sink_logits: Some(&[0.0]),
+            alibi_slopes: Some(&slopes),
+        };
+        let r = attention(&problem, &x, |_, _, _, _| true);
+        assert!(
+            r.out.iter().all(|&o| (o - 1.4).abs() < 1e-6),
+            "{:?}",
+            &r.out[..2]
+        );
+        assert!((r.lse[0] - 2.5f64.ln()).abs() < 1e-6, "{}", r.lse[0]);
+        // With no allowed key the row is out = 0 and lse = the sink logit.
+        let x = RefInputs {
+            sink_logits: Some(&[-1.5]),
+            ..x
+        };
+        let r = attention(&problem, &x, |_, _, _, _| false);
+        assert!(r.out.iter().all(|&o| o == 0.0));
+        assert_eq!(r.lse[0], -1.5);
+    }
 
     #[test]
     fn chunked_predicate_by_hand() {

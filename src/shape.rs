@@ -289,7 +289,19 @@ impl AttnProblem {
 }
 
 /// Options of one forward call. `scale` defaults to `1/sqrt(head_dim)`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+///
+/// The scores of query row `i` (position `p`, docs/patterns.md "Positions") of head `h` and
+/// key `j` are, in this order (FlashAttention-2's):
+///
+/// 1. `s = scale * q_i . k_j`;
+/// 2. with a softcap `c`: `s = c * tanh(s / c)`;
+/// 3. with ALiBi slopes: `s -= alibi_slopes[h] * |p - j|` (the bias is not capped);
+/// 4. the pattern's mask (`-inf` where a key is not allowed).
+///
+/// With sink logits the softmax of row `i` is `exp(s_ij) / (exp(sink_logits[h]) +
+/// sum_j exp(s_ij))` and `lse` includes the sink term, so a row with no allowed key has
+/// `out = 0` and `lse = sink_logits[h]` (not `-inf`).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AttnOptions {
     /// Bottom-right aligned causal masking.
     pub causal: bool,
@@ -297,6 +309,14 @@ pub struct AttnOptions {
     pub scale: Option<f32>,
     /// Tanh soft-capping of the scores: `s = c * tanh(s / c)`; `None` or 0 disables it.
     pub softcap: Option<f32>,
+    /// Learnable sink logits, one per query head (gpt-oss's `sinks`), in natural-log units:
+    /// each row's softmax denominator gains `exp(sink_logits[h])` once. Independent of the
+    /// `sinks` pattern component (StreamingLLM's sink *tokens*). `None`: no sink term.
+    pub sink_logits: Option<Vec<f32>>,
+    /// ALiBi slopes, one per query head (BLOOM, MPT; [`alibi_slopes`] gives the standard
+    /// ones): the bias `-slope * |p - j|` is added to the (capped) scores before masking.
+    /// `None`: no position bias.
+    pub alibi_slopes: Option<Vec<f32>>,
 }
 
 impl AttnOptions {
@@ -322,4 +342,53 @@ impl AttnOptions {
         }
         Ok((scale, softcap))
     }
+
+    /// Checks the per-head vectors against a problem with `num_heads` query heads: the sink
+    /// logits and the ALiBi slopes must each hold exactly `num_heads` finite values
+    /// (`Error::Shape` naming the vector, the head and the value otherwise).
+    pub fn check_head_vectors(&self, num_heads: usize) -> Result<()> {
+        for (name, v) in [
+            ("sink_logits", &self.sink_logits),
+            ("alibi_slopes", &self.alibi_slopes),
+        ] {
+            let Some(v) = v else { continue };
+            if v.len() != num_heads {
+                return Err(Error::Shape(format!(
+                    "{name} has {} values, the problem has {num_heads} query heads (one each)",
+                    v.len()
+                )));
+            }
+            if let Some((h, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                return Err(Error::Shape(format!(
+                    "{name}[{h}] must be finite (got {x})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The standard ALiBi slopes of `num_heads` heads (Press et al., "Train Short, Test Long",
+/// and its reference code, as BLOOM and MPT use them): for a power of two `n`, head `h` has
+/// slope `2^(-8 (h + 1) / n)`, a geometric sequence from `2^(-8/n)` down to `2^-8`. For
+/// other head counts, with `n` the largest power of two below `num_heads`: the `n` slopes of
+/// `n` heads, then the first `num_heads - n` of the even-indexed (0, 2, 4, ...) slopes of
+/// `2n` heads. Empty for 0 heads.
+///
+/// ```
+/// let s = sparse_attn::shape::alibi_slopes(8);
+/// assert_eq!(s, [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625]);
+/// ```
+pub fn alibi_slopes(num_heads: usize) -> Vec<f32> {
+    fn power_of_two(n: usize) -> impl Iterator<Item = f64> {
+        (1..=n).map(move |h| (-8.0 * h as f64 / n as f64).exp2())
+    }
+    if num_heads == 0 {
+        return Vec::new();
+    }
+    let n = 1usize << num_heads.ilog2();
+    power_of_two(n)
+        .chain(power_of_two(2 * n).step_by(2).take(num_heads - n))
+        .map(|x| x as f32)
+        .collect()
 }

@@ -99,6 +99,7 @@ fn check<T: Element + DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, case: &Case, seed
         causal: case.causal,
         scale: None,
         softcap: case.softcap,
+        ..Default::default()
     };
     let plan = AttnPlan::new(&problem, &opts).unwrap();
     let mut rng = Rng::new(seed);
@@ -550,8 +551,7 @@ fn decode_cuda_equals_one_shot_run() {
         page_size: 16,
         prefill: 500,
         chunk: Some(100),
-        scale: None,
-        softcap: None,
+        ..Default::default()
     };
     let r = decode_cuda(&gpu, &problem, &set, &config, &q, &k, &v).unwrap();
     let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
@@ -636,8 +636,7 @@ fn small_decode_cuda_against_f64() {
         page_size: 8,
         prefill: 24,
         chunk: Some(8),
-        scale: None,
-        softcap: None,
+        ..Default::default()
     };
     let r = decode_cuda(&gpu, &problem, &set, &config, &q, &k, &v).unwrap();
     let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
@@ -778,5 +777,84 @@ fn decode_step_captured_in_a_cuda_graph_replays_bit_for_bit() {
     assert!(
         lens.iter().all(|&k| k > 16 + 512 + 16),
         "every ring wrapped"
+    );
+}
+
+#[test]
+fn sink_logits_and_alibi_match_the_reference() {
+    // Prefill (split and not), GQA-packed split decode rows, every head_dim; then the decode
+    // driver with the append kernel: each against the f64 reference.
+    use sparse_attn::kv_cache::{decode_cuda, DecodeConfig};
+    let Some(gpu) = gpu("sink_logits_and_alibi_match_the_reference") else {
+        return;
+    };
+    let seed = base_seed();
+    let mut rng = Rng::new(seed);
+    let heads = 8;
+    let opts = AttnOptions {
+        sink_logits: Some((0..heads).map(|_| 3.0 * rng.unit()).collect()),
+        alibi_slopes: Some(sparse_attn::shape::alibi_slopes(heads)),
+        ..Default::default()
+    };
+    let streaming = sparse_attn::pattern::HeadPatterns::from_json(
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 100}}]}"#,
+    )
+    .unwrap();
+    for head_dim in [64, 128, 256] {
+        for (q_len, kv_len) in [(200, 260), (1, 700)] {
+            let problem = AttnProblem::new(
+                SeqLens::Uniform {
+                    batch: 2,
+                    q_len,
+                    kv_len,
+                },
+                heads,
+                2,
+                head_dim,
+                DType::BF16,
+            )
+            .unwrap();
+            let plan = AttnPlan::with_patterns(&problem, &streaming, &opts).unwrap();
+            let (q, k, v) = random_qkv::<bf16>(&mut rng, &problem, 1.0, 1.0);
+            let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+            for splits in [1, 4] {
+                let p = plan.clone().with_num_splits(splits).unwrap();
+                let (out, lse) = p.run_cuda_host(&gpu, &q, &k, &v).unwrap();
+                let what = format!("hd{head_dim} q {q_len} kv {kv_len} splits {splits}");
+                assert_matches(&what, &problem, &out, &lse, &want, tol(DType::BF16));
+            }
+        }
+    }
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 2,
+            q_len: 150,
+            kv_len: 150,
+        },
+        heads,
+        2,
+        64,
+        DType::F16,
+    )
+    .unwrap();
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    let config = DecodeConfig {
+        page_size: 16,
+        prefill: 100,
+        chunk: Some(40),
+        sink_logits: opts.sink_logits.clone(),
+        alibi_slopes: opts.alibi_slopes.clone(),
+        ..Default::default()
+    };
+    let r = decode_cuda(&gpu, &problem, &streaming, &config, &q, &k, &v).unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &streaming, &opts).unwrap();
+    let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+    assert_matches(
+        "decode driver",
+        &problem,
+        &r.out,
+        &r.lse,
+        &want,
+        tol(DType::F16),
     );
 }

@@ -218,7 +218,7 @@ fn plan_shows_per_layer_head_dim_and_settings() {
         .lines()
         .find(|l| l.split_whitespace().next() == Some("1"))
         .unwrap();
-    assert!(row1.ends_with("sink logits (not run yet)"), "{row1}");
+    assert!(row1.ends_with("sink logits"), "{row1}");
     let r = plan_json(&data("mpt-7b.json"), &["--seq-len", "64"]);
     assert_eq!(r["layers"][0]["alibi"], true);
 }

@@ -136,6 +136,8 @@ fn check<T: Element>(c: &Case, seed: u64) {
             v: &vf,
             scale,
             softcap: c.softcap,
+            sink_logits: None,
+            alibi_slopes: None,
         },
         |_, h, i, j| {
             (!c.causal || reference::causal_allowed(i, j, c.q_len, c.kv_len))

@@ -417,6 +417,8 @@ fn launches_built_once_replay_over_changing_lengths_and_tables() {
         tiles_visited: 0,
         o_partial: ow.as_ptr() as u64,
         lse_partial: lw.as_ptr() as u64,
+        sink_logits: 0,
+        alibi_slopes: 0,
     };
     // Built once, replayed every step.
     let fwd = plan.launch(&addrs);

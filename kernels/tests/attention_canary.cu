@@ -2,7 +2,9 @@
 // tests must catch end to end through the library's own run paths (AttnPlan::with_kernel):
 // - a2/a4 swapped in P's A fragment: the exact fragment layouts make the output wrong;
 // - empty rows left unwritten: the poisoned outputs of an emulated launch expose them;
-// - the output not rescaled when a row's max moves: logits that grow along the keys expose it.
+// - the output not rescaled when a row's max moves: logits that grow along the keys expose it;
+// - ALiBi distances from top-left aligned query positions: decode rows (q_len < kv_len)
+//   expose it.
 // f16, head_dim 64, in both tile shapes (128-row prefill blocks, 64-row decode blocks).
 #include "sparse_attn/attention_fwd.cuh"
 
@@ -17,3 +19,5 @@ SA_CANARY_ENTRY(sa_test_attn_fwd_skip_empty_rows_f16_hd64_m128, 32, SkipEmptyRow
 SA_CANARY_ENTRY(sa_test_attn_fwd_skip_empty_rows_f16_hd64_m64, 16, SkipEmptyRowStore)
 SA_CANARY_ENTRY(sa_test_attn_fwd_skip_rescale_f16_hd64_m128, 32, SkipRescale)
 SA_CANARY_ENTRY(sa_test_attn_fwd_skip_rescale_f16_hd64_m64, 16, SkipRescale)
+SA_CANARY_ENTRY(sa_test_attn_fwd_alibi_top_left_f16_hd64_m128, 32, AlibiTopLeft)
+SA_CANARY_ENTRY(sa_test_attn_fwd_alibi_top_left_f16_hd64_m64, 16, AlibiTopLeft)

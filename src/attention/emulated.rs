@@ -227,6 +227,12 @@ impl AttnPlan {
         let (o_ws, lse_ws) = self.split_workspace();
         let o_part = GuardedBuffer::filled(o_ws, f32::NAN, "o_partial")?;
         let lse_part = GuardedBuffer::filled(lse_ws, f32::NAN, "lse_partial")?;
+        // The plan's sink logits and ALiBi slopes (absent ones stay null in the params).
+        let [sinks, slopes] = self
+            .head_vectors()
+            .map(|(name, v)| v.map(|v| GuardedBuffer::from_slice(v, name)).transpose());
+        let (sinks, slopes) = (sinks?, slopes?);
+        let addr = |b: &Option<GuardedBuffer<f32>>| b.as_ref().map_or(0, |b| b.as_ptr() as u64);
         let (contig_k, contig_v) = if tb.is_some() {
             (0, 0)
         } else {
@@ -259,10 +265,13 @@ impl AttnPlan {
             } else {
                 0
             },
+            sink_logits: addr(&sinks),
+            alibi_slopes: addr(&slopes),
         };
         // SAFETY: every pointer in the params refers to a live guarded buffer sized exactly as
         // the validated problem (and, when paged, the validated page layout; when split, the
-        // plan's workspace) requires; the kernels match the params type.
+        // plan's workspace; the per-head vectors, num_heads values) requires; the kernels
+        // match the params type.
         unsafe {
             self.launch(&addrs).run_emulated(&run.options())?;
             if let Some(combine) = self.combine_launch(&addrs) {

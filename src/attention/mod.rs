@@ -93,14 +93,41 @@ pub struct TensorAddrs {
     pub o_partial: u64,
     /// See `o_partial`.
     pub lse_partial: u64,
+    /// The plan's sink logits (f32 `[num_heads]`, [`AttnPlan::sink_logits`]) on the device;
+    /// 0 exactly when the plan has none.
+    pub sink_logits: u64,
+    /// The plan's ALiBi slopes (f32 `[num_heads]`, [`AttnPlan::alibi_slopes`]) on the device;
+    /// 0 exactly when the plan has none.
+    pub alibi_slopes: u64,
+}
+
+/// What a plan does to the scores besides the mask (see [`AttnOptions`]), validated.
+#[derive(Clone, Debug, PartialEq)]
+struct ScoreMods {
+    scale: f32,
+    softcap: f32,
+    sink_logits: Option<Vec<f32>>,
+    alibi_slopes: Option<Vec<f32>>,
+}
+
+impl ScoreMods {
+    fn resolve(problem: &AttnProblem, opts: &AttnOptions) -> Result<Self> {
+        let (scale, softcap) = opts.resolve(problem.head_dim())?;
+        opts.check_head_vectors(problem.num_heads())?;
+        Ok(ScoreMods {
+            scale,
+            softcap,
+            sink_logits: opts.sink_logits.clone(),
+            alibi_slopes: opts.alibi_slopes.clone(),
+        })
+    }
 }
 
 /// A validated forward-attention plan.
 #[derive(Clone, Debug)]
 pub struct AttnPlan {
     problem: AttnProblem,
-    scale: f32,
-    softcap: f32,
+    scores: ScoreMods,
     patterns: HeadPatterns,
     kernel: &'static KernelDesc,
     tiles: FwdTiles,
@@ -119,6 +146,9 @@ impl AttnPlan {
     /// A plan for any pattern set of docs/patterns.md (one pattern for all heads or one per
     /// head). `opts.causal = true` intersects every head's pattern with causal. The
     /// block-sparse metadata is compiled here, once, for every sequence of the batch.
+    /// `opts`' scale, softcap, sink logits and ALiBi slopes are validated here
+    /// (`Error::Shape`: a non-finite value, a per-head vector whose length is not
+    /// `num_heads`).
     pub fn with_patterns(
         problem: &AttnProblem,
         patterns: &HeadPatterns,
@@ -133,7 +163,7 @@ impl AttnPlan {
         opts: &AttnOptions,
         walk: FwdWalk,
     ) -> Result<Self> {
-        let (scale, softcap) = opts.resolve(problem.head_dim())?;
+        let scores = ScoreMods::resolve(problem, opts)?;
         problem.seqs().validate()?;
         let patterns = if opts.causal {
             let causal = |p: &Pattern| Pattern::new(true, p.components.clone());
@@ -145,7 +175,7 @@ impl AttnPlan {
             patterns.clone()
         };
         let pack = default_gqa_pack(problem, &patterns);
-        Self::build(problem.clone(), patterns, scale, softcap, pack, walk)
+        Self::build(problem.clone(), patterns, scores, pack, walk)
     }
 
     /// A plan that serves every step up to the lengths of `problem`, which are maxima: batch
@@ -187,8 +217,7 @@ impl AttnPlan {
     fn build(
         problem: AttnProblem,
         patterns: HeadPatterns,
-        scale: f32,
-        softcap: f32,
+        scores: ScoreMods,
         gqa_pack: u32,
         walk: FwdWalk,
     ) -> Result<Self> {
@@ -201,8 +230,7 @@ impl AttnPlan {
         let plan = AttnPlan {
             kernel: kernels::attn_fwd_walk(problem.dtype(), &tiles, walk),
             problem,
-            scale,
-            softcap,
+            scores,
             patterns,
             tiles,
             meta,
@@ -260,14 +288,7 @@ impl AttnPlan {
         } else {
             1
         };
-        Self::build(
-            self.problem,
-            self.patterns,
-            self.scale,
-            self.softcap,
-            pack,
-            self.walk,
-        )
+        Self::build(self.problem, self.patterns, self.scores, pack, self.walk)
     }
 
     /// Query heads packed into one block (1 = not packed).
@@ -338,11 +359,27 @@ impl AttnPlan {
     }
     /// The effective score scale.
     pub fn scale(&self) -> f32 {
-        self.scale
+        self.scores.scale
     }
     /// The effective softcap (0: off).
     pub fn softcap(&self) -> f32 {
-        self.softcap
+        self.scores.softcap
+    }
+    /// The learnable sink logits, one per query head (`None`: no sink term).
+    pub fn sink_logits(&self) -> Option<&[f32]> {
+        self.scores.sink_logits.as_deref()
+    }
+    /// The ALiBi slopes, one per query head (`None`: no position bias).
+    pub fn alibi_slopes(&self) -> Option<&[f32]> {
+        self.scores.alibi_slopes.as_deref()
+    }
+    /// The per-head f32 vectors a launch reads, each with its name, for the backends to
+    /// upload: `[sink_logits, alibi_slopes]`, as [`TensorAddrs`] names them.
+    pub fn head_vectors(&self) -> [(&'static str, Option<&[f32]>); 2] {
+        [
+            ("sink_logits", self.sink_logits()),
+            ("alibi_slopes", self.alibi_slopes()),
+        ]
     }
     /// The head patterns this plan runs (after `opts.causal` was applied).
     pub fn patterns(&self) -> &HeadPatterns {
@@ -368,8 +405,20 @@ impl AttnPlan {
         self.patterns.allowed(h, p, j as i64, kv_len)
     }
 
-    /// The launch for given tensor addresses. Pure: no memory is touched.
+    /// The launch for given tensor addresses. Pure: no memory is touched. `a.sink_logits`
+    /// and `a.alibi_slopes` must hold the plan's vectors ([`AttnPlan::head_vectors`]) when
+    /// it has them and be 0 otherwise.
     pub fn launch(&self, a: &TensorAddrs) -> Launch<SaAttnFwdParams> {
+        debug_assert_eq!(
+            a.sink_logits != 0,
+            self.sink_logits().is_some(),
+            "sink_logits"
+        );
+        debug_assert_eq!(
+            a.alibi_slopes != 0,
+            self.alibi_slopes().is_some(),
+            "alibi_slopes"
+        );
         let p = &self.problem;
         let d = p.head_dim().get() as i64;
         let (h, hk) = (p.num_heads() as i64, p.num_kv_heads() as i64);
@@ -412,8 +461,10 @@ impl AttnPlan {
             head_dim: d as i32,
             q_len: q_len as i32,
             kv_len: kv_len as i32,
-            scale: self.scale,
-            softcap: self.softcap,
+            scale: self.scores.scale,
+            softcap: self.scores.softcap,
+            sink_logits: a.sink_logits as *const f32,
+            alibi_slopes: a.alibi_slopes as *const f32,
             tiles_visited: a.tiles_visited as *mut _,
             paged: paged::paged_params(a, hk, d),
             num_splits: self.num_splits as i32,
@@ -609,6 +660,8 @@ mod tests {
                 paged: PagedAddrs::default(),
                 o_partial: 0,
                 lse_partial: 0,
+                sink_logits: 0,
+                alibi_slopes: 0,
             };
             let l = plan.launch(&a);
             assert_eq!(l.grid[2], 65535);

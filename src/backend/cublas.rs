@@ -106,8 +106,16 @@ pub struct DenseReference<T> {
 }
 
 impl<T: Element + DeviceRepr + ValidAsZeroBits> DenseReference<T> {
-    /// Validates the problem (as [`AttnPlan::new`] does) and allocates the workspaces.
+    /// Validates the problem (as [`AttnPlan::new`] does) and allocates the workspaces. The
+    /// oracle computes scale, softcap and mask only: sink logits or ALiBi slopes in `opts`
+    /// are `Error::Unsupported` (the f64 reference, [`crate::reference`], covers them).
     pub fn new(gpu: &Gpu, problem: &AttnProblem, opts: &AttnOptions) -> Result<Self> {
+        if opts.sink_logits.is_some() || opts.alibi_slopes.is_some() {
+            return Err(Error::Unsupported(
+                "the cuBLAS oracle has no sink logits or ALiBi; compare with the f64 reference"
+                    .into(),
+            ));
+        }
         let plan = AttnPlan::new(problem, opts)?;
         if T::DTYPE != problem.dtype() {
             return Err(Error::Shape(format!(

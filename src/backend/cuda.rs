@@ -334,6 +334,10 @@ impl AttnPlan {
             }
             SeqLens::Uniform { .. } => None,
         };
+        let [sinks, slopes] = self
+            .head_vectors()
+            .map(|(_, v)| v.map(|v| stream.clone_htod(v)).transpose());
+        let head_vectors = [sinks?, slopes?];
         let (o_ws, lse_ws) = self.split_workspace();
         let workspace = if o_ws > 0 {
             Some((
@@ -349,6 +353,7 @@ impl AttnPlan {
             meta,
             cu,
             workspace,
+            head_vectors,
         })
     }
 
@@ -385,13 +390,29 @@ impl AttnPlan {
     }
 }
 
-/// The result when no sequence has a key: every row is empty (out = 0, lse = -inf).
+/// The result when no sequence has a key: every row is empty (out = 0, lse = -inf, or the
+/// head's sink logit when the plan has them).
 fn empty_kv_result<T: Element>(plan: &AttnPlan) -> (Vec<T>, Vec<f32>) {
     let p = plan.problem();
-    (
-        vec![T::from_f32(0.0); p.q_elems()],
-        vec![f32::NEG_INFINITY; p.lse_elems()],
-    )
+    let lse = match plan.sink_logits() {
+        None => vec![f32::NEG_INFINITY; p.lse_elems()],
+        // lse is [batch, num_heads, q_len] (varlen: [num_heads, total_q]): head-major runs.
+        Some(sinks) => {
+            let (rows, h) = (p.seqs().totals().0, p.num_heads());
+            let varlen = matches!(p.seqs(), SeqLens::Varlen { .. });
+            (0..p.lse_elems())
+                .map(|idx| {
+                    let head = if varlen {
+                        idx / rows.max(1)
+                    } else {
+                        idx / p.seqs().max_lens().0.max(1) % h
+                    };
+                    sinks[head]
+                })
+                .collect()
+        }
+    };
+    (vec![T::from_f32(0.0); p.q_elems()], lse)
 }
 
 /// A paged KV cache on the GPU for [`GpuPlan::run_paged`] (the device twin of
@@ -450,6 +471,8 @@ pub struct GpuPlan<'p> {
     cu: Option<(CudaSlice<i32>, CudaSlice<i32>)>,
     /// Split-KV partial outputs and LSEs (see [`AttnPlan::split_workspace`]).
     workspace: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
+    /// The plan's sink logits and ALiBi slopes ([`AttnPlan::head_vectors`]), when it has them.
+    head_vectors: [Option<CudaSlice<f32>>; 2],
 }
 
 impl GpuPlan<'_> {
@@ -713,6 +736,13 @@ impl GpuPlan<'_> {
         for (slot, (ptr, _)) in meta.0.iter_mut().zip(&meta_ptrs) {
             *slot = *ptr;
         }
+        let head_ptrs = self
+            .head_vectors
+            .each_ref()
+            .map(|b| b.as_ref().map(|b| b.device_ptr(stream)));
+        let [sink_logits, alibi_slopes] = head_ptrs
+            .each_ref()
+            .map(|p| p.as_ref().map_or(0, |(p, _)| *p));
         let addrs = TensorAddrs {
             meta,
             paged,
@@ -726,11 +756,14 @@ impl GpuPlan<'_> {
             tiles_visited: 0,
             o_partial,
             lse_partial,
+            sink_logits,
+            alibi_slopes,
         };
         // SAFETY: the launches come from this plan (kernels and params agree); q, k, v, out and
         // lse were checked to be on this context with exactly the lengths the validated
-        // problem (or the validated step, within the plan's maxima) needs; cu_seqlens, the metadata and the split workspace were uploaded or
-        // allocated from the validated plan on this context; all guards live until after the
+        // problem (or the validated step, within the plan's maxima) needs; cu_seqlens, the
+        // metadata, the per-head vectors and the split workspace were uploaded or allocated
+        // from the validated plan on this context; all guards live until after the
         // launches are queued (in order, on one stream) and cudarc's events order the
         // buffers' other uses.
         unsafe {

@@ -306,6 +306,10 @@ pub struct SaAttnFwdParams {
     pub scale: f32,
     #[doc = " > 0: s = softcap * tanh(s / softcap) before masking; 0: off."]
     pub softcap: f32,
+    #[doc = " Learnable sink logits (gpt-oss), f32 `[num_heads]`, natural-log units; NULL: none. Row\n i of head h normalises by `exp(sink_logits[h]) + sum_j exp(s_ij)` (a key with value 0),\n so an empty row has out 0 and lse `sink_logits[h]`. With split-KV only the combine\n kernel adds the term (the partials exclude it)."]
+    pub sink_logits: *const f32,
+    #[doc = " ALiBi slopes, f32 `[num_heads]`; NULL: none. `s_ij -= alibi_slopes[h] * |p - j|` after\n the softcap and before masking (FlashAttention-2's order), p = i + kv_len - q_len the\n query's bottom-right aligned position."]
+    pub alibi_slopes: *const f32,
     #[doc = " `[num_heads]`: the row set of each query head."]
     pub head_set: *const i32,
     #[doc = " `[programs + 1]`: the CSR rows of each (sequence, set) program."]
@@ -349,7 +353,7 @@ pub struct SaAttnFwdParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 400usize];
+    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 416usize];
     ["Alignment of SaAttnFwdParams"][::core::mem::align_of::<SaAttnFwdParams>() - 8usize];
     ["Offset of field: SaAttnFwdParams::q"][::core::mem::offset_of!(SaAttnFwdParams, q) - 0usize];
     ["Offset of field: SaAttnFwdParams::k"][::core::mem::offset_of!(SaAttnFwdParams, k) - 8usize];
@@ -406,46 +410,50 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, scale) - 192usize];
     ["Offset of field: SaAttnFwdParams::softcap"]
         [::core::mem::offset_of!(SaAttnFwdParams, softcap) - 196usize];
+    ["Offset of field: SaAttnFwdParams::sink_logits"]
+        [::core::mem::offset_of!(SaAttnFwdParams, sink_logits) - 200usize];
+    ["Offset of field: SaAttnFwdParams::alibi_slopes"]
+        [::core::mem::offset_of!(SaAttnFwdParams, alibi_slopes) - 208usize];
     ["Offset of field: SaAttnFwdParams::head_set"]
-        [::core::mem::offset_of!(SaAttnFwdParams, head_set) - 200usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, head_set) - 216usize];
     ["Offset of field: SaAttnFwdParams::set_row_ptr"]
-        [::core::mem::offset_of!(SaAttnFwdParams, set_row_ptr) - 208usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, set_row_ptr) - 224usize];
     ["Offset of field: SaAttnFwdParams::seq_program_base"]
-        [::core::mem::offset_of!(SaAttnFwdParams, seq_program_base) - 216usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, seq_program_base) - 232usize];
     ["Offset of field: SaAttnFwdParams::full_row_ptr"]
-        [::core::mem::offset_of!(SaAttnFwdParams, full_row_ptr) - 224usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, full_row_ptr) - 240usize];
     ["Offset of field: SaAttnFwdParams::full_tiles"]
-        [::core::mem::offset_of!(SaAttnFwdParams, full_tiles) - 232usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, full_tiles) - 248usize];
     ["Offset of field: SaAttnFwdParams::partial_row_ptr"]
-        [::core::mem::offset_of!(SaAttnFwdParams, partial_row_ptr) - 240usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_row_ptr) - 256usize];
     ["Offset of field: SaAttnFwdParams::partial_tiles"]
-        [::core::mem::offset_of!(SaAttnFwdParams, partial_tiles) - 248usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_tiles) - 264usize];
     ["Offset of field: SaAttnFwdParams::mask_programs"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_programs) - 256usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_programs) - 272usize];
     ["Offset of field: SaAttnFwdParams::mask_components"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 264usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 280usize];
     ["Offset of field: SaAttnFwdParams::mask_data"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 272usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 288usize];
     ["Offset of field: SaAttnFwdParams::tile_views"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tile_views) - 280usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tile_views) - 296usize];
     ["Offset of field: SaAttnFwdParams::view_data"]
-        [::core::mem::offset_of!(SaAttnFwdParams, view_data) - 288usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, view_data) - 304usize];
     ["Offset of field: SaAttnFwdParams::paged"]
-        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 296usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 312usize];
     ["Offset of field: SaAttnFwdParams::num_splits"]
-        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 360usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 376usize];
     ["Offset of field: SaAttnFwdParams::gqa_pack"]
-        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 364usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 380usize];
     ["Offset of field: SaAttnFwdParams::walk"]
-        [::core::mem::offset_of!(SaAttnFwdParams, walk) - 368usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, walk) - 384usize];
     ["Offset of field: SaAttnFwdParams::_reserved_walk"]
-        [::core::mem::offset_of!(SaAttnFwdParams, _reserved_walk) - 372usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, _reserved_walk) - 388usize];
     ["Offset of field: SaAttnFwdParams::o_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 376usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 392usize];
     ["Offset of field: SaAttnFwdParams::lse_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 384usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 400usize];
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 392usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 408usize];
 };
 #[doc = " Appending new tokens' K and V rows to a paged cache (the slots come from the cache's\n bookkeeping in src/kv_cache: one (physical page, row in page) pair per new token). Copies\n bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32."]
 #[repr(C)]

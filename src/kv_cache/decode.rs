@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 use crate::pattern::HeadPatterns;
 use crate::shape::{AttnOptions, AttnProblem, SeqLens};
 
-/// How [`decode_emulated`] feeds the tokens to the cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// How [`decode_emulated`] feeds the tokens to the cache, and the layer's score settings.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DecodeConfig {
     /// Tokens per page: a power of two in `8..=256`.
     pub page_size: usize,
@@ -33,6 +33,10 @@ pub struct DecodeConfig {
     pub scale: Option<f32>,
     /// Tanh soft-capping of the scores (default off).
     pub softcap: Option<f32>,
+    /// Learnable sink logits, one per query head ([`AttnOptions::sink_logits`]).
+    pub sink_logits: Option<Vec<f32>>,
+    /// ALiBi slopes, one per query head ([`AttnOptions::alibi_slopes`]).
+    pub alibi_slopes: Option<Vec<f32>>,
 }
 
 /// What [`decode_emulated`] returns.
@@ -86,7 +90,9 @@ pub fn check_causal(set: &HeadPatterns) -> Result<()> {
 ///
 /// Errors: a pattern that is not causal on every head, or does not fit the shapes
 /// (`Error::Pattern`); a non-uniform problem, `q_len != kv_len`, `T == 0`, `prefill > T`,
-/// wrong tensor lengths (`Error::Shape`); a bad page size or chunk (`Error::Cache`).
+/// wrong tensor lengths, a non-finite scale or softcap, sink logits or ALiBi slopes that are
+/// not one finite value per query head (`Error::Shape`); a bad page size or chunk
+/// (`Error::Cache`).
 pub fn decode_emulated<T: Element>(
     problem: &AttnProblem,
     patterns: &HeadPatterns,
@@ -267,6 +273,16 @@ fn decode_with<T: Element, B: StepBackend<T>>(
             )));
         }
     }
+    let opts = AttnOptions {
+        causal: false,
+        scale: config.scale,
+        softcap: config.softcap,
+        sink_logits: config.sink_logits.clone(),
+        alibi_slopes: config.alibi_slopes.clone(),
+    };
+    // Checked here, before any cache exists, rather than by the first step's plan.
+    opts.resolve(problem.head_dim())?;
+    opts.check_head_vectors(h)?;
 
     let page_size = PageSize::new(config.page_size)?;
     let capacity = LayerCapacity::from_patterns(patterns, page_size, chunk)?;
@@ -285,11 +301,6 @@ fn decode_with<T: Element, B: StepBackend<T>>(
     )?;
     let mut backend = make_backend(&cache)?;
     let seqs: Vec<SeqId> = (0..batch).map(|_| cache.add_sequence()).collect();
-    let opts = AttnOptions {
-        causal: false,
-        scale: config.scale,
-        softcap: config.softcap,
-    };
 
     let mut out = vec![T::default(); problem.q_elems()];
     let mut lse = vec![0.0f32; problem.lse_elems()];

@@ -33,11 +33,12 @@ pub struct AttentionLayer {
     /// Tanh soft-capping of the scores, `c > 0` (Gemma 2's `attn_logit_softcapping`).
     pub softcap: Option<f32>,
     /// The layer has learnable per-head sink logits (gpt-oss): a row's softmax denominator
-    /// gains `exp(sink_h)`. Recorded for the engine; the kernels do not execute them yet.
+    /// gains `exp(sink_h)`. The logits are model weights: the engine passes them as
+    /// [`crate::AttnOptions::sink_logits`].
     pub learnable_sinks: bool,
     /// The layer adds the ALiBi position bias with the standard slopes of its head count
-    /// (BLOOM, MPT), added to the scaled scores. Recorded for the engine; the kernels do not
-    /// execute it yet.
+    /// (BLOOM, MPT), added to the scaled scores: [`crate::AttnOptions::alibi_slopes`] with
+    /// [`crate::shape::alibi_slopes`] of the layer's head count.
     pub alibi: bool,
 }
 

@@ -868,9 +868,12 @@ impl LayerPlan {
     /// Gemma 4 scores are unscaled (scale 1), MPT's `attn_config.softmax_scale` is the scale;
     /// `attn_logit_softcapping` (Gemma 2) the softcap; Gemma 4's `global_head_dim` and, with
     /// `attention_k_eq_v`, `num_global_key_value_heads` the head_dim and kv heads of the full
-    /// layers; `model_type: gpt_oss` sets learnable sinks, BLOOM and MPT's `attn_config.alibi`
-    /// set ALiBi (both recorded in the plan; the kernels do not run them yet). Fields the engine applies outside the attention kernel (RoPE and NoPE, QK norms,
-    /// Llama 4's temperature tuning, output gates, shared K/V projections) are not read.
+    /// layers; `model_type: gpt_oss` sets learnable sinks (the logits themselves are weights,
+    /// given to the kernels as [`crate::AttnOptions::sink_logits`]), BLOOM and MPT's
+    /// `attn_config.alibi` set ALiBi with the standard slopes
+    /// ([`crate::shape::alibi_slopes`]). Fields the engine applies outside the attention
+    /// kernel (RoPE and NoPE, QK norms, Llama 4's temperature tuning, output gates, shared K/V
+    /// projections) are not read.
     ///
     /// Errors (`Error::Config` naming the field): a missing or zero `num_hidden_layers`
     /// (BLOOM `n_layer`, MPT `n_layers`), a list of the wrong length, an unknown layer type,

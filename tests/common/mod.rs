@@ -101,6 +101,8 @@ where
             v: &v,
             scale: plan.scale(),
             softcap: plan.softcap(),
+            sink_logits: plan.sink_logits(),
+            alibi_slopes: plan.alibi_slopes(),
         },
         allowed,
     )

@@ -3,7 +3,8 @@
 // SoftmaxRows::merge, the same operation that folds kv tiles: each partial is the state
 // (m = lse, l = 1) of a normalised output, so out = sum_s w_s O_s / sum_s w_s with
 // w_s = exp(lse_s - max lse) and lse = max lse + ln(sum_s w_s). Splits that saw no allowed
-// key have lse = -inf and weight 0; a row no split saw gets out = 0, lse = -inf.
+// key have lse = -inf and weight 0; a row no split saw gets out = 0, lse = -inf (with sink
+// logits: out = 0, lse = the head's sink logit, the one term its denominator then holds).
 #pragma once
 
 #include "sparse_attn/arch.cuh"
@@ -40,8 +41,14 @@ SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
     SA_UNROLL
     for (int c = 0; c < D / 32; ++c) acc[c] = acc[c] * keep[0] + add[0] * o[lane + 32 * c];
   }
+  // Learnable sink logits enter here, once per row (the partials exclude them).
   float inv_l[1], lse[1];
-  state.normalizers(inv_l, lse);
+  if (p.sink_logits != nullptr) {
+    const float sink[1] = {p.sink_logits[h]};
+    state.normalizers(sink, inv_l, lse);
+  } else {
+    state.normalizers(inv_l, lse);
+  }
 
   int64_t o_off, lse_off;
   if (varlen) {

@@ -33,6 +33,9 @@ enum class Canary {
   // stay within the rescale slack after the first tile (small random logits), fails once
   // they grow mid-row.
   SkipRescale,
+  // ALiBi distances from top-left aligned query positions (p = i, the row index, instead of
+  // i + kv_len - q_len): passes while q_len == kv_len, fails for decode and chunked prefill.
+  AlibiTopLeft,
 };
 
 // Where one (batch, head) lives in the q/out/lse tensors (uniform or varlen) and where its
@@ -88,8 +91,9 @@ struct SeqSlice {
 };
 
 // Scales raw Q.K^T accumulators into log2 units, with optional tanh softcap (docs/patterns.md:
-// s = c * tanh(s / c), applied before masking). Only for softcap or a non-positive scale:
-// otherwise the scale is folded into the softmax's exp2 FFMA (SoftmaxRows::update).
+// s = c * tanh(s / c), applied before masking). Only for softcap, a non-positive scale or
+// ALiBi (whose bias adds to scaled scores): otherwise the scale is folded into the softmax's
+// exp2 FFMA (SoftmaxRows::update).
 template <int MT, int NT>
 SA_DEVICE void scale_scores(float (&s)[MT][NT][4], float scale, float softcap) {
   const bool cap = softcap > 0.f;
@@ -127,6 +131,72 @@ SA_DEVICE int fragment_row(int warp_row0, int r, int lane) {
   return warp_row0 + (r / 2) * 16 + (lane >> 2) + 8 * (r % 2);
 }
 
+// Query row i of sequence b sits at position p = i + shift, shift = kv_len - q_len (bottom-right
+// aligned, docs/patterns.md "Positions").
+SA_DEVICE int position_shift(const SaAttnFwdParams& p, int b) {
+  if (p.cu_seqlens_q == nullptr) return p.kv_len - p.q_len;
+  return (p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b]) - (p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b]);
+}
+
+// Adds the ALiBi bias -slope_h * |p - j| to this warp's scores of kv tile `tile`, p the
+// position of the fragment row's query (`row_tok[r]`: query row of fragment row r, -1 for
+// padding) and j the column's key; h is the row's query head (the block's first head `h0`
+// plus the row's packing offset). Called after scale_scores, so `s` is in log2 units (the
+// bias is scaled by log2(e)) and capped: FlashAttention-2's order,
+// s = c * tanh(scale * q.k / c) - slope * |p - j|, then the mask (masked entries become -inf
+// whatever their bias). Recomputed per tile from params, the rows' tokens and keys rather
+// than held in registers across the mainloop: only layers with slopes pay. Columns past the
+// keys get a finite bias and are masked afterwards like every missing column.
+template <bool kTopLeft, int MT, int NT>
+SA_DEVICE void add_alibi(float (&s)[MT][NT][4], const SaAttnFwdParams& p, int b, int h0,
+                         const int (&row_tok)[2 * MT], const RowMap& rows, const KeyMap& keys,
+                         int tile, int warp_row0, int lane) {
+  const int t = lane & 3;
+  const int shift = kTopLeft ? 0 : position_shift(p, b);
+  if (tile >= 0) {
+    // Regular tile: column c = nt * 8 + 2t + i holds key j0 + (nt * 8 + i) * step, so per
+    // element the distance is one FFMA off the row's distance to the lane's first column
+    // (exact in f32 below 2^24 positions).
+    const int j0 = keys.first + (tile * SA_FWD_BLOCK_N + 2 * t) * keys.step;
+    const float step = static_cast<float>(keys.step);
+    SA_UNROLL
+    for (int r = 0; r < 2 * MT; ++r) {
+      const int local = fragment_row(warp_row0, r, lane);
+      const float d0 = static_cast<float>(row_tok[r] + shift - j0);
+      const float coef = -p.alibi_slopes[h0 + rows.head_offset(local)] * kLog2e;
+      SA_UNROLL
+      for (int nt = 0; nt < NT; ++nt) {
+        SA_UNROLL
+        for (int i = 0; i < 2; ++i) {
+          float& x = s[r / 2][nt][2 * (r % 2) + i];
+          x = fmaf(fabsf(fmaf(-step, static_cast<float>(nt * 8 + i), d0)), coef, x);
+        }
+      }
+    }
+  } else {
+    // Gathered tile (global key columns): each column's key from the view's list.
+    float pos[2 * MT], coef[2 * MT];
+    SA_UNROLL
+    for (int r = 0; r < 2 * MT; ++r) {
+      const int local = fragment_row(warp_row0, r, lane);
+      pos[r] = static_cast<float>(row_tok[r] + shift);
+      coef[r] = -p.alibi_slopes[h0 + rows.head_offset(local)] * kLog2e;
+    }
+    SA_UNROLL
+    for (int nt = 0; nt < NT; ++nt) {
+      SA_UNROLL
+      for (int i = 0; i < 2; ++i) {
+        const float j = static_cast<float>(keys.key(tile, nt * 8 + 2 * t + i));
+        SA_UNROLL
+        for (int r = 0; r < 2 * MT; ++r) {
+          float& x = s[r / 2][nt][2 * (r % 2) + i];
+          x = fmaf(fabsf(pos[r] - j), coef[r], x);
+        }
+      }
+    }
+  }
+}
+
 // What the mask of a partial tile needs for this lane's fragment rows: the predicate, the
 // rows' query tokens and (make_with_keys) their interval forms.
 template <typename T, int MT>
@@ -156,13 +226,24 @@ struct PartialMask {
 };
 
 // Normalises and stores this warp's output rows (padding rows are dropped) and their LSE.
-// `warp_row0` is the warp's first row in the block, mapped to (token, head) by `rows`.
+// `warp_row0` is the warp's first row in the block, mapped to (token, head offset from the
+// block's first head h) by `rows`. Learnable sink logits, when the layer has them, enter the
+// denominators here (SoftmaxRows::add_sinks).
 template <typename T, int D, int MT, Canary kCanary>
 SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
-                           int warp_row0, float (&o)[MT][D / 8][4], SoftmaxState<MT>& state,
-                           int lane) {
+                           int h, int warp_row0, float (&o)[MT][D / 8][4],
+                           SoftmaxState<MT>& state, int lane) {
   float inv_l[2 * MT], lse[2 * MT];
-  state.finalize(inv_l, lse);
+  if (p.sink_logits != nullptr) {
+    float sink[2 * MT];
+    SA_UNROLL
+    for (int r = 0; r < 2 * MT; ++r) {
+      sink[r] = p.sink_logits[h + rows.head_offset(fragment_row(warp_row0, r, lane))];
+    }
+    state.finalize(sink, inv_l, lse);
+  } else {
+    state.finalize(inv_l, lse);
+  }
   const int t = lane & 3;
   SA_UNROLL
   for (int r = 0; r < 2 * MT; ++r) {
@@ -183,7 +264,7 @@ SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, con
 }
 
 // Split-KV epilogue: stores this warp's normalised partial output rows and their LSE (f32)
-// for the combine kernel (attention_combine.cuh).
+// for the combine kernel (attention_combine.cuh), which alone adds sink logits.
 template <typename T, int D, int MT>
 SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
                              int h, int split, int warp_row0, float (&o)[MT][D / 8][4],
@@ -399,8 +480,10 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     }
   }
   // The score scale folds into the exp2 FFMA unless softcap (or a non-positive scale) needs
-  // the scores scaled first.
-  const bool fold_scale = params.softcap == 0.f && params.scale > 0.f;
+  // the scores scaled first, or ALiBi adds its bias to scaled scores (so the dense path still
+  // tests one flag per tile).
+  const bool fold_scale =
+      params.softcap == 0.f && params.scale > 0.f && params.alibi_slopes == nullptr;
   const float exp2_mul = fold_scale ? params.scale * kLog2e : 1.f;
 
   for (int i = i_begin; i < i_end; ++i) {
@@ -413,7 +496,23 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     // Phase: S = Q . K^T  [MT x 16, BLOCK_N] per warp, masked on partial tiles.
     float s[MT][Tr::kSTiles][4];
     qk_gemm<T, D, Tr::kBlockN, MT, Tr::kQInRegs>(s, qf, sQ, warp_row0, sK, lane);
-    if (!fold_scale) scale_scores(s, params.scale, params.softcap);
+    if (!fold_scale) {
+      scale_scores(s, params.scale, params.softcap);
+      if (params.alibi_slopes != nullptr) {
+        // The rows' query tokens: the hoisted mask holds them where registers allow.
+        int tok[2 * MT];
+        SA_UNROLL
+        for (int r = 0; r < 2 * MT; ++r) {
+          if constexpr (Tr::kHoistMask) {
+            tok[r] = hoisted.row_tok[r];
+          } else {
+            tok[r] = rows.token(fragment_row(warp_row0, r, lane));
+          }
+        }
+        add_alibi<kCanary == Canary::AlibiTopLeft>(s, params, b, h, tok, rows, keys, tile,
+                                                   warp_row0, lane);
+      }
+    }
     if (tiles.partial(i, tile)) {
       if constexpr (Tr::kHoistMask) {
         hoisted.mask.apply(s, hoisted.row_tok, hoisted.rk, keys, tile, lane);
@@ -471,7 +570,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   if (num_splits > 1) {
     write_partial<T, D, MT>(params, out_seq, rows, h, split, warp_row0, o, state, lane);
   } else {
-    write_o_lse<T, D, MT, kCanary>(params, out_seq, rows, warp_row0, o, state, lane);
+    write_o_lse<T, D, MT, kCanary>(params, out_seq, rows, h, warp_row0, o, state, lane);
   }
   if (tid == 0 && params.tiles_visited != nullptr) {
     arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));

@@ -126,15 +126,50 @@ struct SoftmaxRows {
     }
   }
 
+  // The one definition of learnable sink logits (gpt-oss; docs/patterns.md "Sink logits"):
+  // each row's softmax denominator gains exp(sink) once, i.e. the row sees one more key with
+  // logit `sink` (natural log, finite) and value 0. Folded in as a merge with that key's
+  // state (m = sink * log2(e), l = 1), so a sink far above the row's max cannot overflow.
+  // `l` must be complete (after the quad reduction), and the term must enter once per row:
+  // split-KV partials leave it to the combine. `o_scale` receives the factor by which the
+  // output accumulator must be rescaled (the base may move); an empty row gets 0, so its
+  // output stays exactly 0 and its LSE becomes `sink`.
+  SA_HOST_DEVICE void add_sinks(const float (&sink)[kRows], float (&o_scale)[kRows]) {
+    float unused[kRows];  // the sink key's value is 0: nothing to rescale
+    merge(from_lse(sink), o_scale, unused);
+  }
+
+  // normalizers() of rows whose denominators also hold their sink terms (add_sinks): inv_l
+  // includes the accumulator's rescale factor.
+  SA_HOST_DEVICE void normalizers(const float (&sink)[kRows], float (&inv_l)[kRows],
+                                  float (&lse)[kRows]) {
+    float o_scale[kRows];
+    add_sinks(sink, o_scale);
+    normalizers(inv_l, lse);
+    SA_UNROLL
+    for (int r = 0; r < kRows; ++r) inv_l[r] *= o_scale[r];
+  }
+
   // Completes the row sums across the quad (the four lanes sharing a row in the fragment
-  // layout), then gives the normalizers.
-  SA_DEVICE void finalize(float (&inv_l)[kRows], float (&lse)[kRows]) {
+  // layout).
+  SA_DEVICE void reduce_quads() {
     SA_UNROLL
     for (int r = 0; r < kRows; ++r) {
       l[r] += arch::shfl_xor(arch::kFullMask, l[r], 1);
       l[r] += arch::shfl_xor(arch::kFullMask, l[r], 2);
     }
+  }
+
+  // Completes the row sums across the quad, then gives the normalizers.
+  SA_DEVICE void finalize(float (&inv_l)[kRows], float (&lse)[kRows]) {
+    reduce_quads();
     normalizers(inv_l, lse);
+  }
+
+  // finalize() with each row's sink logit in its denominator (add_sinks).
+  SA_DEVICE void finalize(const float (&sink)[kRows], float (&inv_l)[kRows], float (&lse)[kRows]) {
+    reduce_quads();
+    normalizers(sink, inv_l, lse);
   }
 };
 

@@ -259,6 +259,15 @@ typedef struct SaAttnFwdParams {
   float scale;
   /** > 0: s = softcap * tanh(s / softcap) before masking; 0: off. */
   float softcap;
+  /** Learnable sink logits (gpt-oss), f32 `[num_heads]`, natural-log units; NULL: none. Row
+   * i of head h normalises by `exp(sink_logits[h]) + sum_j exp(s_ij)` (a key with value 0),
+   * so an empty row has out 0 and lse `sink_logits[h]`. With split-KV only the combine
+   * kernel adds the term (the partials exclude it). */
+  const float* sink_logits;
+  /** ALiBi slopes, f32 `[num_heads]`; NULL: none. `s_ij -= alibi_slopes[h] * |p - j|` after
+   * the softcap and before masking (FlashAttention-2's order), p = i + kv_len - q_len the
+   * query's bottom-right aligned position. */
+  const float* alibi_slopes;
 
   /* Block-sparse metadata compiled on the host by src/pattern (dense and causal included).
    * Heads sharing a pattern share a row set; (sequence b, set of head h) is program

@@ -245,11 +245,15 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<(), CliError> {
     let (q_len, kv_len) = problem.seqs().lens(0);
     let batch = problem.seqs().batch();
     let (heads, head_dim) = (problem.num_heads(), problem.head_dim().get() as usize);
-    // Causality is the pattern's own (as in `run`).
-    let opts = AttnOptions {
-        causal: false,
-        scale: None,
-        softcap: None,
+    // Causality is the pattern's own (as in `run`); an input file's sink logits and ALiBi
+    // slopes apply as they do there.
+    let opts = match &data {
+        Data::File(inputs) => AttnOptions {
+            sink_logits: inputs.sinks.clone(),
+            alibi_slopes: inputs.alibi_slopes.clone(),
+            ..AttnOptions::default()
+        },
+        Data::Random(_) => AttnOptions::default(),
     };
     let t0 = Instant::now();
     let plan = AttnPlan::with_patterns(&problem, &set, &opts)?;

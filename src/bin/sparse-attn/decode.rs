@@ -11,14 +11,16 @@ use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::{AttnProblem, DType, EmuRun};
 
 use super::io::{self, OutTensor, Staged, Storage};
+use super::setup::SourceArgs;
 use super::{fit_problem, input_err, pattern, Backend, BackendArg, CliError};
 
 #[derive(Args)]
 pub struct DecodeArgs {
-    /// A causal pattern or head pattern set (JSON).
-    #[arg(long, value_name = "P.json")]
-    pattern: PathBuf,
-    /// q, k, v: [batch, T, heads, head_dim], F16 or BF16, with q_len == kv_len == T.
+    /// The pattern (causal on every head) or the model layer, as for `run`.
+    #[command(flatten)]
+    source: SourceArgs,
+    /// q, k, v: [batch, T, heads, head_dim], F16 or BF16, with q_len == kv_len == T;
+    /// optional `sinks` and `alibi_slopes`, each F32 [num_heads].
     #[arg(long, value_name = "IN.safetensors")]
     input: PathBuf,
     /// Receives `out` ([batch, T, num_heads, head_dim]) and `lse` (F32, [batch, num_heads, T]).
@@ -43,8 +45,8 @@ pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
     if a.chunk == Some(0) {
         return Err(CliError::Arg("--chunk must be at least 1".into()));
     }
-    let set = pattern::read_head_patterns(&a.pattern)?;
-    check_causal(&set).map_err(|e| input_err(&a.pattern, pattern::message(e)))?;
+    let patterns = a.source.patterns()?;
+    check_causal(&patterns.0).map_err(|e| input_err(a.source.path(), pattern::message(e)))?;
     let bytes =
         std::fs::read(&a.input).map_err(|e| input_err(&a.input, format!("cannot read ({e})")))?;
     let inputs = io::read_inputs(&bytes).map_err(|e| input_err(&a.input, e))?;
@@ -68,19 +70,23 @@ pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
             ),
         ));
     }
-    let problem = fit_problem(&a.input, &a.pattern, &inputs, &set)?;
+    let setup = a.source.setup(patterns, None, None, &a.input, &inputs)?;
+    let set = &setup.set;
+    let problem = fit_problem(&a.input, &setup.source, &inputs, set)?;
     let config = DecodeConfig {
         page_size: a.page_size,
         prefill: a.prefill,
         chunk: a.chunk,
-        scale: None,
-        softcap: None,
+        scale: setup.opts.scale,
+        softcap: setup.opts.softcap,
+        sink_logits: setup.opts.sink_logits.clone(),
+        alibi_slopes: setup.opts.alibi_slopes.clone(),
     };
     let backend = Backend::select(a.backend)?;
     let start = Instant::now();
     let r = match inputs.dtype {
-        DType::F16 => decode_to_tensors::<f16>(&backend, &problem, &set, &config, &inputs)?,
-        DType::BF16 => decode_to_tensors::<bf16>(&backend, &problem, &set, &config, &inputs)?,
+        DType::F16 => decode_to_tensors::<f16>(&backend, &problem, set, &config, &inputs)?,
+        DType::BF16 => decode_to_tensors::<bf16>(&backend, &problem, set, &config, &inputs)?,
     };
     let elapsed = start.elapsed();
     let lse = OutTensor::from_f32("lse", vec![batch, num_heads, t], &r.lse);
@@ -89,10 +95,12 @@ pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
         .map_err(CliError::Output)?;
     let chunk = a.chunk.unwrap_or(a.prefill).max(1);
     println!(
-        "sparse-attn decode: {}; {} q [{batch}, {t}, {num_heads}, {head_dim}], {num_kv_heads} kv \
-         heads; prefill {} ({} chunks of <= {chunk}) + {} decode steps, {} plans; on {} \
+        "sparse-attn decode: {}{}{}; {} q [{batch}, {t}, {num_heads}, {head_dim}], {num_kv_heads} \
+         kv heads; prefill {} ({} chunks of <= {chunk}) + {} decode steps, {} plans; on {} \
          in {:.3} s -> {}",
-        pattern::set_text(&set),
+        setup.label,
+        pattern::set_text(set),
+        setup.notes(),
         inputs.dtype.name(),
         a.prefill,
         a.prefill.div_ceil(chunk),

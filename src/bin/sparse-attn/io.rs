@@ -1,5 +1,6 @@
-//! The CLI's safetensors files (docs/patterns.md, "CLI file formats"): reading q/k/v with every
-//! check a user needs a clear message for, and writing outputs atomically.
+//! The CLI's safetensors files (docs/patterns.md, "CLI file formats"): reading q/k/v (and the
+//! optional per-head `sinks` and `alibi_slopes`) with every check a user needs a clear
+//! message for, and writing outputs atomically.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,10 @@ pub struct Inputs {
     pub q: Vec<u16>,
     pub k: Vec<u16>,
     pub v: Vec<u16>,
+    /// `sinks`: learnable sink logits, F32 `[num_heads]`, finite (absent: none).
+    pub sinks: Option<Vec<f32>>,
+    /// `alibi_slopes`: ALiBi slopes, F32 `[num_heads]`, finite (absent: none).
+    pub alibi_slopes: Option<Vec<f32>>,
 }
 
 impl Inputs {
@@ -127,6 +132,7 @@ pub fn read_inputs(bytes: &[u8]) -> Result<Inputs, String> {
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect()
     };
+    let num_heads = qs[2];
     Ok(Inputs {
         dtype: dtype_of(q.dtype()).expect("checked"),
         q_shape: qs,
@@ -134,7 +140,45 @@ pub fn read_inputs(bytes: &[u8]) -> Result<Inputs, String> {
         q: words(q),
         k: words(k),
         v: words(v),
+        sinks: per_head(&st, "sinks", "sink logit", num_heads)?,
+        alibi_slopes: per_head(&st, "alibi_slopes", "ALiBi slope", num_heads)?,
     })
+}
+
+/// The optional per-head tensor `name` (F32, `[num_heads]`, finite values); `what` names one
+/// value in messages.
+fn per_head(
+    st: &SafeTensors<'_>,
+    name: &str,
+    what: &str,
+    num_heads: usize,
+) -> Result<Option<Vec<f32>>, String> {
+    let Ok(t) = st.tensor(name) else {
+        return Ok(None);
+    };
+    if t.dtype() != Dtype::F32 {
+        return Err(format!(
+            "tensor `{name}` has dtype {:?}; expected F32",
+            t.dtype()
+        ));
+    }
+    if t.shape() != [num_heads] {
+        return Err(format!(
+            "tensor `{name}` has shape {:?}; expected [{num_heads}] (one {what} per query head)",
+            t.shape()
+        ));
+    }
+    let values: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if let Some((h, x)) = values.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        return Err(format!(
+            "tensor `{name}` holds {x} at [{h}]; every {what} must be finite"
+        ));
+    }
+    Ok(Some(values))
 }
 
 /// One output tensor: raw little-endian bytes with its safetensors dtype and shape.

@@ -1,7 +1,9 @@
 //! `sparse-attn`: the command line of the crate.
 //!
 //! - `run`: attention over q/k/v from a safetensors file with any pattern or head pattern set,
-//!   exactly per docs/patterns.md "CLI file formats" (`--mask-out` writes the applied token mask).
+//!   exactly per docs/patterns.md "CLI file formats" (`--mask-out` writes the applied token
+//!   mask), or as one layer of a Hugging Face model attends (`--model`, `--layer`), with the
+//!   input's optional sink logits and ALiBi slopes.
 //! - `decode`: prefill then token-by-token decode through a paged KV cache (GPU or emulator);
 //!   the output equals `run`'s over all tokens, and the cache's pages and bytes are printed.
 //! - `plan`: a Hugging Face model's layer plan at a sequence length: per-layer pattern,
@@ -23,6 +25,7 @@ mod io;
 mod model;
 mod pattern;
 mod plan;
+mod setup;
 mod viz;
 
 use std::path::{Path, PathBuf};
@@ -124,10 +127,10 @@ fn parse_head(s: &str) -> Result<HeadSel, String> {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A pattern or head pattern set (JSON).
-    #[arg(long, value_name = "P.json")]
-    pattern: PathBuf,
-    /// q, k, v: [batch, len, heads, head_dim], F16 or BF16.
+    #[command(flatten)]
+    source: setup::SourceArgs,
+    /// q, k, v: [batch, len, heads, head_dim], F16 or BF16; optional `sinks` (learnable sink
+    /// logits) and `alibi_slopes`, each F32 [num_heads].
     #[arg(long, value_name = "IN.safetensors")]
     input: PathBuf,
     /// Receives `out` (dtype of q) and `lse` (F32, [batch, num_heads, q_len]).
@@ -135,11 +138,22 @@ struct RunArgs {
     output: PathBuf,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
-    /// Score scale (default 1/sqrt(head_dim)).
-    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    /// Score scale (default 1/sqrt(head_dim); with --model, the layer's).
+    #[arg(
+        long,
+        value_name = "S",
+        allow_negative_numbers = true,
+        conflicts_with = "model"
+    )]
     scale: Option<f32>,
-    /// Tanh soft-capping of the scores, s = C * tanh(s / C) (default off).
-    #[arg(long, value_name = "C", allow_negative_numbers = true)]
+    /// Tanh soft-capping of the scores, s = C * tanh(s / C) (default off; with --model, the
+    /// layer's).
+    #[arg(
+        long,
+        value_name = "C",
+        allow_negative_numbers = true,
+        conflicts_with = "model"
+    )]
     softcap: Option<f32>,
     /// Also write the token mask that was applied: `mask`, U8 [num_heads, q_len, kv_len],
     /// 1 = allowed. Every sequence of a batch has the same shape, hence the same mask.
@@ -378,20 +392,19 @@ fn fit_problem(
 }
 
 fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
-    let set = pattern::read_head_patterns(&a.pattern)?;
+    let patterns = a.source.patterns()?;
     let bytes =
         std::fs::read(&a.input).map_err(|e| input_err(&a.input, format!("cannot read ({e})")))?;
     let inputs = io::read_inputs(&bytes).map_err(|e| input_err(&a.input, e))?;
     let [batch, q_len, num_heads, head_dim] = inputs.q_shape;
     let [_, kv_len, num_kv_heads, _] = inputs.kv_shape;
-    let problem = fit_problem(&a.input, &a.pattern, &inputs, &set)?;
-    // Causality is the pattern's own; AttnOptions::causal would add it to every head.
-    let opts = AttnOptions {
-        causal: false,
-        scale: a.scale,
-        softcap: a.softcap,
-    };
-    let plan = AttnPlan::with_patterns(&problem, &set, &opts)?;
+    // Causality is the pattern's own (the setup's options leave AttnOptions::causal off,
+    // which would add it to every head).
+    let setup = a
+        .source
+        .setup(patterns, a.scale, a.softcap, &a.input, &inputs)?;
+    let problem = fit_problem(&a.input, &setup.source, &inputs, &setup.set)?;
+    let plan = AttnPlan::with_patterns(&problem, &setup.set, &setup.opts)?;
     // Rendered before anything runs or is written: a mask too large to hold is an error, not
     // a half-written output.
     let mask = match &a.mask_out {
@@ -424,9 +437,11 @@ fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
         s.commit().map_err(CliError::Output)?;
     }
     println!(
-        "sparse-attn: {}; {} q [{batch}, {q_len}, {num_heads}, {head_dim}] x kv [{batch}, \
+        "sparse-attn: {}{}{}; {} q [{batch}, {q_len}, {num_heads}, {head_dim}] x kv [{batch}, \
          {kv_len}, {num_kv_heads}, {head_dim}]; {} kv tiles visited; on {} in {:.3} s -> {}",
+        setup.label,
         pattern::set_text(plan.patterns()),
+        setup.notes(),
         inputs.dtype.name(),
         plan.meta().tiles_visited(),
         backend.describe(),
@@ -568,6 +583,8 @@ fn demo_typed<T: Storage>(a: &DemoArgs) -> Result<(), CliError> {
                 v: &vf,
                 scale: plan.scale(),
                 softcap: plan.softcap(),
+                sink_logits: plan.sink_logits(),
+                alibi_slopes: plan.alibi_slopes(),
             },
             |_, _, i, j| !causal || reference::causal_allowed(i, j, a.seq_len, kv_len),
         );

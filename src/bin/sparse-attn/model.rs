@@ -62,14 +62,7 @@ impl Model {
 /// `need_shapes` false, missing head counts
 /// default to 1 and a missing head_dim stays unknown (pictures need only the layer plan).
 pub fn load(path: &Path, o: &Overrides, need_shapes: bool) -> Result<Model, CliError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| input_err(path, format!("cannot read ({e})")))?;
-    let root: Value = serde_json::from_str(&text)
-        .map_err(|e| input_err(path, format!("malformed JSON ({e})")))?;
-    let cfg = HfAttentionConfig::from_json(&root).map_err(|e| {
-        let m = message(e);
-        input_err(path, m.strip_prefix("config.json: ").unwrap_or(&m))
-    })?;
+    let cfg = read_config(path)?;
     let missing =
         |what: &str, flag: &str| input_err(path, format!("has no \"{what}\"; pass {flag}"));
     let num_heads = match (o.num_heads, cfg.num_attention_heads) {
@@ -144,5 +137,17 @@ pub fn load(path: &Path, o: &Overrides, need_shapes: bool) -> Result<Model, CliE
         dtype,
         head_dim_flag: o.head_dim,
         kv_heads_flag: o.num_kv_heads,
+    })
+}
+
+/// Reads and parses `path` (`HfAttentionConfig::from_json`); every error names the file.
+pub fn read_config(path: &Path) -> Result<HfAttentionConfig, CliError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| input_err(path, format!("cannot read ({e})")))?;
+    let root: Value = serde_json::from_str(&text)
+        .map_err(|e| input_err(path, format!("malformed JSON ({e})")))?;
+    HfAttentionConfig::from_json(&root).map_err(|e| {
+        let m = message(e);
+        input_err(path, m.strip_prefix("config.json: ").unwrap_or(&m))
     })
 }

@@ -29,7 +29,7 @@ pub struct LayerStats {
     /// The layer's score scale and softcap when the config sets them.
     pub scale: Option<f32>,
     pub softcap: Option<f32>,
-    /// Learnable sink logits (gpt-oss) and ALiBi, recorded (the kernels do not run them yet).
+    /// Learnable sink logits (gpt-oss) and ALiBi (run by `run` and `decode` with `--model`).
     pub learnable_sinks: bool,
     pub alibi: bool,
     /// Allowed (query, key) pairs, summed over query heads.
@@ -289,10 +289,10 @@ fn notes(l: &LayerStats) -> String {
         v.push(format!("softcap {c}"));
     }
     if l.learnable_sinks {
-        v.push("sink logits (not run yet)".to_string());
+        v.push("sink logits".to_string());
     }
     if l.alibi {
-        v.push("ALiBi (not run yet)".to_string());
+        v.push("ALiBi".to_string());
     }
     v.join(", ")
 }
