@@ -513,3 +513,48 @@ fn launches_built_once_replay_over_changing_lengths_and_tables() {
     );
     assert!(after[row..].iter().all(|x| x.is_finite()));
 }
+
+#[test]
+fn sink_logits_and_alibi_under_the_run_time_walk() {
+    // gpt-oss-style sink logits and ALiBi slopes through one run-time plan, decode and
+    // prefill steps, against the reference of each step with the same options.
+    let seed = base_seed();
+    let (heads, kv_heads, d) = (4usize, 2usize, 64u32);
+    let opts = AttnOptions {
+        sink_logits: Some(vec![0.5, -1.0, 2.0, 0.0]),
+        alibi_slopes: Some(sparse_attn::shape::alibi_slopes(heads)),
+        ..AttnOptions::default()
+    };
+    let set = HeadPatterns::from_json(STREAMING).unwrap();
+    let max = varlen(&[(128, 900), (128, 900)]);
+    let problem = AttnProblem::new(max, heads, kv_heads, d, f16::DTYPE).unwrap();
+    let plan = AttnPlan::for_max_lengths(&problem, &set, &opts).unwrap();
+    for (m, lens) in [
+        [(1, 1), (1, 300)],
+        [(100, 500), (0, 0)],
+        [(65, 65), (1, 900)],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seqs = varlen(&lens);
+        let step = AttnProblem::new(seqs.clone(), heads, kv_heads, d, f16::DTYPE).unwrap();
+        let lists = AttnPlan::with_patterns(&step, &set, &opts).unwrap();
+        let mut rng = Rng::new(seed + m as u64);
+        let q: Vec<f16> = random_tensor(&mut rng, step.q_elems(), 1.0);
+        let k: Vec<f16> = random_tensor(&mut rng, step.kv_elems(), 1.0);
+        let v: Vec<f16> = random_tensor(&mut rng, step.kv_elems(), 1.0);
+        let (out, lse) = plan
+            .run_emulated_step(&seqs, &q, &k, &v, &common::emu_run())
+            .unwrap();
+        let want = reference_for(&lists, &q, &k, &v, |b, h, i, j| lists.allowed(b, h, i, j));
+        assert_matches(
+            &format!("{lens:?}"),
+            &step,
+            &out,
+            &lse,
+            &want,
+            tol(f16::DTYPE),
+        );
+    }
+}
