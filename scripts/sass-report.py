@@ -1319,6 +1319,11 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
         row["dense"]["smem_bytes_per_hmma"] = round(d["smem_bytes"] / hm, 1) if hm else None
         row["dense"]["loader"] = loader
         row["dense"]["loader_per_ldgsts"] = round(loader / d["ldgsts"], 1) if d["ldgsts"] else None
+        # K/V bytes a block streams per iteration (each LDGSTS.128 copies 16 bytes per thread)
+        # and instructions per K/V byte (every warp runs the same path: n over its 32 x 16 B per
+        # LDGSTS): the decode kernels' bandwidth gauge -- a memory-bound launch wants few.
+        row["dense"]["kv_bytes_per_iteration"] = d["ldgsts"] * 16 * threads if threads else None
+        row["dense"]["instr_per_kv_byte"] = round(d["n"] / (d["ldgsts"] * 512), 4) if d["ldgsts"] else None
         row["dense"]["path"] = [hex(cfg.addr(k)) for k in dense]
         row["dense"]["loops"] = dense_loops
         row["detours"] = []
@@ -1496,6 +1501,11 @@ def print_table(rows, detail, out):
     print(f"  {'never executed (@!PT), not in the total':<62} {d['never']:>5}", file=out)
     print(f"  shared memory read: {d['smem_bytes_per_hmma']:.0f} B per HMMA; loader: {d['loader']} "
           f"instructions, {d['loader_per_ldgsts']} per LDGSTS", file=out)
+    if d.get("instr_per_kv_byte") is not None:
+        kvb = d.get("kv_bytes_per_iteration")
+        per_block = f"{kvb} B of K/V per iteration per block, " if kvb else ""
+        print(f"  K/V streamed: {per_block}{d['instr_per_kv_byte']:.4f} instructions per K/V byte "
+              f"(per warp: instr / (LDGSTS x 512 B))", file=out)
     occ = r["occupancy"]
     if occ:
         print(f"  occupancy: {occ['ctas_per_sm']} CTAs, {occ['warps_per_sm']} warps per SM "

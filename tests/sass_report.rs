@@ -141,6 +141,8 @@ fn dense_path_takes_prefetch_computed_keys_consistent_branches_and_no_mask() {
         assert_eq!(d[class], n, "{class}: {d}");
     }
     assert_eq!(d["non_hmma_per_hmma"], 10.333);
+    // 34 instructions per warp over 2 LDGSTS x 32 lanes x 16 B of K/V.
+    assert_eq!(d["instr_per_kv_byte"], 0.0332);
     assert_eq!(d["smem_bytes_per_hmma"], 341.3);
     assert_eq!(d["ops"]["ISETP"], 4);
     // The detours of the paged branches cost one more instruction each (35 vs 34).
