@@ -163,18 +163,7 @@ impl Engine {
             }
         }
         let one_plan = one_plan.then(|| {
-            let max = AttnProblem::new(
-                SeqLens::Uniform {
-                    batch,
-                    q_len: 1,
-                    kv_len: kv_len - 1 + HEADROOM,
-                },
-                HEADS,
-                KV_HEADS,
-                HEAD_DIM as u32,
-                DType::BF16,
-            )
-            .expect("problem");
+            let max = decode_problem(batch, kv_len - 1 + HEADROOM);
             AttnPlan::for_max_lengths(&max, patterns, &AttnOptions::default()).expect("plan")
         });
         Engine {
@@ -228,18 +217,7 @@ impl Engine {
             return sum + self.step_one_plan(plan, kv_len, marks);
         }
         // 2. plan for this step's kv_len.
-        let problem = AttnProblem::new(
-            SeqLens::Uniform {
-                batch: self.batch,
-                q_len: 1,
-                kv_len,
-            },
-            HEADS,
-            KV_HEADS,
-            HEAD_DIM as u32,
-            DType::BF16,
-        )
-        .expect("problem");
+        let problem = decode_problem(self.batch, kv_len);
         let step_set = self.patterns.clone();
         let plan = AttnPlan::with_patterns(&problem, &step_set, &self.opts).expect("plan");
         marks.mark(1);
@@ -314,18 +292,7 @@ impl Engine {
     /// The plan of a step with `kv_len` keys, for the table: (kv tiles it visits, block-table
     /// entries, metadata words, splits).
     fn info(&self, kv_len: usize) -> (u64, usize, usize, u32) {
-        let problem = AttnProblem::new(
-            SeqLens::Uniform {
-                batch: self.batch,
-                q_len: 1,
-                kv_len,
-            },
-            HEADS,
-            KV_HEADS,
-            HEAD_DIM as u32,
-            DType::BF16,
-        )
-        .expect("problem");
+        let problem = decode_problem(self.batch, kv_len);
         let plan = AttnPlan::with_patterns(&problem, &self.patterns, &self.opts).expect("plan");
         let words = plan.meta().arrays().iter().map(|(_, a)| a.len()).sum();
         let stride = self.cache.stride(0).expect("layer 0");
@@ -352,6 +319,22 @@ impl Engine {
         }
         total
     }
+}
+
+/// A decode step's problem: one query per sequence, `kv_len` keys, the bench's heads and dtype.
+fn decode_problem(batch: usize, kv_len: usize) -> AttnProblem {
+    AttnProblem::new(
+        SeqLens::Uniform {
+            batch,
+            q_len: 1,
+            kv_len,
+        },
+        HEADS,
+        KV_HEADS,
+        HEAD_DIM as u32,
+        DType::BF16,
+    )
+    .expect("problem")
 }
 
 /// Stand-in device addresses: the launch descriptions are built from them, nothing reads them.
