@@ -262,22 +262,26 @@ mod tests {
         true
     }
 
+    /// The ring of a causal pattern's layer without sink pages (panics on anything else).
+    fn ring_of(pat: &Pattern, page: usize, max_chunk: usize) -> usize {
+        let cap = LayerCapacity::from_patterns(&pat.clone().into(), ps(page), max_chunk).unwrap();
+        let LayerCapacity::Windowed {
+            sink_pages: 0,
+            ring_pages,
+        } = cap
+        else {
+            panic!("{cap:?}")
+        };
+        ring_pages
+    }
+
     #[test]
     fn ring_bound_is_sufficient_and_tight() {
         for page in [8, 16] {
             for left in 0..(2 * page + 2) {
                 for max_chunk in 1..=4 {
                     let pat = Pattern::new(true, vec![Component::window(left as i64, 0).unwrap()]);
-                    let cap =
-                        LayerCapacity::from_patterns(&pat.clone().into(), ps(page), max_chunk)
-                            .unwrap();
-                    let LayerCapacity::Windowed {
-                        sink_pages: 0,
-                        ring_pages,
-                    } = cap
-                    else {
-                        panic!("{cap:?}")
-                    };
+                    let ring_pages = ring_of(&pat, page, max_chunk);
                     assert_eq!(ring_pages, (left + max_chunk - 1).div_ceil(page) + 1);
                     let horizon = left + max_chunk + 3 * page;
                     assert!(
@@ -310,16 +314,7 @@ mod tests {
             for size in 1..(3 * page + 2) {
                 for max_chunk in 1..=4 {
                     let pat = Pattern::causal_chunked(size as i64).unwrap();
-                    let cap =
-                        LayerCapacity::from_patterns(&pat.clone().into(), ps(page), max_chunk)
-                            .unwrap();
-                    let LayerCapacity::Windowed {
-                        sink_pages: 0,
-                        ring_pages,
-                    } = cap
-                    else {
-                        panic!("{cap:?}")
-                    };
+                    let ring_pages = ring_of(&pat, page, max_chunk);
                     let horizon = 2 * size + max_chunk + 3 * page;
                     assert!(
                         ring_keeps_everything(&pat, ps(page), max_chunk, 0, ring_pages, horizon),
