@@ -902,6 +902,32 @@ def smem_read_bytes(x):
 _IMM = re.compile(r"^-?0x[0-9a-f]+$|^-?\d+$")
 
 
+def _counted_trip(cfg, head, body, x):
+    """The trip count of `for (i = c; i < N; i += s)` whose exit compare is `x` (`ISETP ...
+    Rcounter, N` with an immediate N), or None when the loop does not have that shape."""
+    if x.base not in ("ISETP", "UISETP") or len(x.args) < 4 or not _IMM.match(x.args[3]):
+        return None
+    reg, lim = x.args[2].split(".")[0], int(x.args[3], 0)
+    step = None
+    for bb in body:
+        for y in cfg.block_ins(bb):
+            if (y.base in ("VIADD", "IADD3", "UIADD3") and len(y.args) >= 3
+                    and y.args[0] == reg and y.args[1].split(".")[0] == reg
+                    and _IMM.match(y.args[2])):
+                step = int(y.args[2], 0)
+    init = 0
+    for y in reversed(cfg.ins[:cfg.blocks[head][0]]):
+        if reg in reg_writes(y):
+            if reg in const_move(y) and _IMM.match(y.args[-1]):
+                init = int(y.args[-1], 0)
+            break
+    if step and step > 0:
+        trip = (lim - init + step - 1) // step
+        if 1 < trip <= 4096:
+            return trip
+    return None
+
+
 def loop_trip(cfg, head, body):
     """Trip count of a counted loop `for (i = c; i < N; i += s)`: the branch that continues
     or leaves the loop at its bottom -- the back edge itself (`@!P0 BRA head`), or on sm_80
@@ -910,7 +936,15 @@ def loop_trip(cfg, head, body):
     PT, R126, 0x20, PT`); the counter is stepped by an immediate s in the loop body
     (`VIADD R126, R126, 0x1`, compared after the step) and starts at a constant c written
     before the loop (`CS2R R126, SRZ`; 0 when none is found). Trip = (N - c) / s rounded up;
-    None when the loop does not have that shape."""
+    None when the loop does not have that shape. The compare is looked for in the latch and
+    the blocks above it that flow only into it; a uniform compare moved into the predicate
+    (`PLOP3.LUT P0, PT, PT, PT, UP2, 0x80, 0x0`) is followed; failing both, a rotated loop's
+    compare is the last write of the predicate above the latch outside nested loops (the
+    counter tested at the top of the body, the branch at its bottom)."""
+    nested = set()
+    for g, lb in cfg.loops.items():
+        if g != head and g in body:
+            nested |= lb
     for latch in sorted(cfg.latches.get(head, ())):
         # The latch and the blocks above it that flow only into it.
         chain, b = [latch], latch
@@ -920,36 +954,37 @@ def loop_trip(cfg, head, body):
                 break
             b = preds[0]
             chain.append(b)
+        fact_latch = None
         for blk in chain:
             ins = cfg.block_ins(blk)
             br = ins[-1]
             fact = _guard_fact(br.guard)
             if br.cls != "branch" or not fact:
                 continue
+            fact_latch = fact_latch or (blk, fact[0])
+            want = fact[0]
             for x in reversed(ins[:-1]):
-                if fact[0] not in pred_writes(x):
+                if want not in pred_writes(x):
                     continue
-                if x.base not in ("ISETP", "UISETP") or len(x.args) < 4 or not _IMM.match(x.args[3]):
-                    break
-                reg, lim = x.args[2].split(".")[0], int(x.args[3], 0)
-                step = None
-                for bb in body:
-                    for y in cfg.block_ins(bb):
-                        if (y.base in ("VIADD", "IADD3", "UIADD3") and len(y.args) >= 3
-                                and y.args[0] == reg and y.args[1].split(".")[0] == reg
-                                and _IMM.match(y.args[2])):
-                            step = int(y.args[2], 0)
-                init = 0
-                for y in reversed(cfg.ins[:cfg.blocks[head][0]]):
-                    if reg in reg_writes(y):
-                        if reg in const_move(y) and _IMM.match(y.args[-1]):
-                            init = int(y.args[-1], 0)
-                        break
-                if step and step > 0:
-                    trip = (lim - init + step - 1) // step
-                    if 1 < trip <= 4096:
-                        return trip
+                if (x.base == "PLOP3" and len(x.args) >= 5 and x.args[1:4] == ["PT", "PT", "PT"]
+                        and x.args[4].startswith("UP") and x.args[5:6] == ["0x80"]):
+                    want = x.args[4]             # P0 = UP2: a uniform compare moved over
+                    continue
+                trip = _counted_trip(cfg, head, body, x)
+                if trip:
+                    return trip
                 break
+            else:
+                continue
+            break
+        if fact_latch:
+            blk, want = fact_latch
+            writers = [x for bb in sorted(body) if bb not in nested and bb <= blk
+                       for x in cfg.block_ins(bb) if want in pred_writes(x)]
+            if writers and writers[-1] not in cfg.block_ins(blk):
+                trip = _counted_trip(cfg, head, body, writers[-1])
+                if trip:
+                    return trip
     return None
 
 
@@ -1080,17 +1115,35 @@ def analyse_function(ins, brx_targets, mask_trip, all_detours=False):
     # two intervals) and the general interpreter, each costed as the best whole iteration
     # through its own side of the dispatch.
     mask = None
-    for det in sorted((x for x in detours if x["masks"]), key=lambda x: x is not partial):
+    # Masking detours first (the select form), then those holding a loop (the bits form).
+    def order(x):
+        return (not x["masks"], x is not partial)
+    for det in sorted((x for x in detours if x["masks"] or any(h in x["region"] for h in cfg.loops)),
+                      key=order):
         mask = split_mask(cfg, body, det["region"])
         if mask is not None:
             mask["detour"] = det["entry"]
             mshort = shortcuts | shortcut_edges(cfg, body, within=det["region"])
-            for m in mask["interval"] + [mask["interpreted"]]:
+            # The bits form selects -inf in a detour of its own after the scores, entered on a
+            # flag the compiler keeps in a register bit (no predicate ties the two): each path
+            # is charged that detour's extra, the select of every entry.
+            select = None
+            if mask["form"] == "bits":
+                sels = [x for x in detours if x["masks"] and "total" in x]
+                if sels:
+                    select = max(sels, key=lambda x: sum(
+                        writes_neg_inf(y) for b in x["region"] for y in cfg.block_ins(b)))
+                    mask["select"] = {"entry": select["entry"],
+                                      "extra": select["total"] - d["n"]}
+            for m in mask["interval"] + [mask["interpreted"]] + [t for t in [mask["table"]] if t]:
                 path, _ = best_path(cfg, body, head, ends, mshort, through=m["entry"])
                 if path is not None:
                     t, cheapest, loops = expand_loops(cfg, path, head, mask_trip, cache)
-                    m.update(path=path, path_once=tally(cfg, path)["n"], total=t["n"],
-                             total_min=cheapest, loops=loops)
+                    add = mask["select"]["extra"] if select else 0
+                    if select:
+                        path = path + sorted(b for b in select["path"] if b not in set(path))
+                    m.update(path=path, path_once=tally(cfg, path)["n"], total=t["n"] + add,
+                             total_min=cheapest + add, loops=loops)
             break
     return cfg, head, dense, d, dense_loops, loader, detours, partial, shortcuts, mask
 
@@ -1108,30 +1161,51 @@ def _side(cfg, body, within, start, join):
 
 
 def _side_facts(cfg, side, loop_heads):
-    """(-inf writes, holds a loop, ISETP count) of a set of blocks; @!PT instructions aside."""
-    neg = cmp = 0
+    """(-inf writes, holds a loop, ISETP count, instruction count) of a set of blocks; @!PT
+    instructions aside."""
+    neg = cmp = n = 0
     for b in side:
         for x in cfg.block_ins(b):
             if x.never:
                 continue
+            n += 1
             neg += writes_neg_inf(x)
             cmp += x.base == "ISETP"
-    return neg, any(b in loop_heads for b in side), cmp
+    return neg, any(b in loop_heads for b in side), cmp, n
+
+
+# An unrolled mask either compares every entry it selects (the compare form: as many ISETP as
+# -inf selects) or selects -inf into at least this many entries of a thread's S fragments (the
+# bit-set form; one m16 row pair of 8 n8 tiles holds 16).
+_MIN_UNROLLED_SELECTS = 16
 
 
 def split_mask(cfg, body, region):
-    """The two mask paths of a masking detour (TokenMask::apply, see docs).
+    """The paths of a masking detour (TokenMask, see docs), in one of two forms.
 
+    The **select form** (older kernels, the fixtures): the mask writes -inf inside the detour.
     The dispatch `if (intervals > 0 && tile >= 0)` is the first block of the region (by
-    address) ending in a two-way branch whose sides (the blocks between each successor and
-    the branch's immediate post-dominator, inside the region) both write -inf, one holding a
-    loop -- the interpreter's rolled loop over the fragment entries -- and the other none --
-    apply_intervals, unrolled. In that loop-free side, the split `if (intervals == 1)` is the
-    first two-way branch whose sides both write -inf and hold no loop; two intervals make the
-    side with more ISETP per -inf write (per element two compares per interval, per row the
-    bounds of each interval). Returns None without a dispatch, else a dict with the branch
-    blocks and, per path, its first block (`entry`); `interval` lists one path per side of the
-    split (`intervals` 1 and 2), or the one side (`intervals` None) when there is no split."""
+    address) ending in a two-way branch whose sides (the blocks between each successor and the
+    branch's immediate post-dominator, inside the region) both write -inf, one holding a loop
+    -- the interpreter's rolled loop over the fragment entries -- and the other none, which
+    compares every entry it selects (or selects at least _MIN_UNROLLED_SELECTS). In that
+    loop-free side the split `if (intervals == 1)` is the first two-way branch whose sides both
+    write -inf and hold no loop; two intervals make the side with more ISETP per -inf (two
+    compares per element and interval).
+
+    The **bits form** (TokenMask::bits, today's kernels): the detour computes the tile's mask
+    bits before the scores exist and writes no -inf (one select after the scores does). The
+    dispatch is the first branch (by address) whose one side holds every loop of the region
+    (the table-driven kinds and the interpreter) and whose other side holds none (both
+    interval paths); in it the split is the first branch with two loop-free sides of unequal
+    size (at least 8 instructions each), two intervals the larger.
+
+    In both forms the looped side's outermost loops are the interpreter's (the largest trip
+    count: 32 entries) and, where the kernel has it, the table-driven kinds' row loop (a
+    smaller trip count, the lane's fragment rows). Returns None without a dispatch, else a
+    dict with the branch blocks and, per path, its first block (`entry`); `interval` lists one
+    path per side of the split (`intervals` 1 and 2), or the one side (`intervals` None) when
+    there is no split."""
     ipdom = cfg.postdominators(body)
     heads = {h for h in cfg.loops if h in region}
 
@@ -1142,29 +1216,67 @@ def split_mask(cfg, body, region):
         sides = [_side(cfg, body, within, e.dst, ipdom[k]) for e in es]
         return [(e.dst, s, _side_facts(cfg, s, heads)) for e, s in zip(es, sides)]
 
+    def facts(f):
+        return {"isetp_per_neg_inf": round(f[2] / f[0], 2) if f[0] else None,
+                "instr_per_neg_inf": round(f[3] / f[0], 2) if f[0] else None,
+                "instructions": f[3]}
+
+    # The outermost loops of the region: the table-driven kinds' row loop (a small trip count
+    # the SASS shows: the lane's 2 or 4 fragment rows) and the interpreter's (the largest
+    # trip, 32 entries, or one the SASS does not show).
+    outer = [h for h in sorted(heads) if not any(h in cfg.loops[g] and g != h for g in heads)]
+    trips = {h: loop_trip(cfg, h, cfg.loops[h]) for h in outer}
+    rowloops = [h for h in outer if trips[h] is not None and trips[h] <= 8]
+    table_head = min(rowloops, key=lambda h: (trips[h], h)) if rowloops else None
+    others = [h for h in outer if h != table_head]
+    interp_head = max(others, key=lambda h: (trips[h] or 32, -h)) if others else None
+
+    select_form, bits_form = [], []
     for k in sorted(region):
         sides = two_sides(k, region)
-        if sides is None or not all(f[0] for _, _, f in sides):
+        if sides is None:
             continue
         looped = [sd for sd in sides if sd[2][1]]
-        if len(looped) != 1 or any(f[2] < f[0] for _, _, f in sides if not f[1]):
-            continue                         # the interval side compares every element
-        (ientry, _, _), = looped
-        vent, vside, vfacts = next(sd for sd in sides if not sd[2][1])
-        out = {"dispatch": k, "split": None, "split_compare": None, "split_agrees": None,
-               "interpreted": {"entry": ientry},
-               "interval": [{"entry": vent, "intervals": None,
-                             "isetp_per_neg_inf": round(vfacts[2] / vfacts[0], 2)}]}
+        if len(looped) != 1:
+            continue
+        free = next(sd for sd in sides if not sd[2][1])
+        if all(f[0] for _, _, f in sides):
+            if free[2][2] >= free[2][0] or free[2][0] >= _MIN_UNROLLED_SELECTS:
+                select_form.append((-free[2][0], k, looped[0], free))
+        elif not any(f[0] for _, _, f in sides):
+            if table_head is None:
+                bits_form.append((0, k, looped[0], free))
+            elif table_head in looped[0][1]:
+                bits_form.append((-free[2][3], k, looped[0], free))
+    # The interval side holds both interval paths: of the candidates, the one whose loop-free
+    # side selects the most entries (select form), or (bits form) whose other side enters the
+    # table-driven kinds' row loop and which is largest, the first by address among equals.
+    form = "select" if select_form else "bits"
+    for _, k, (ientry, lside, _), (vent, vside, vfacts) in sorted(select_form or bits_form)[:1]:
+        table = None
+        if table_head is not None and interp_head is not None:
+            table = {"entry": table_head, "trip": trips[table_head]}
+            ientry = interp_head
+        out = {"dispatch": k, "form": form, "split": None, "split_compare": None,
+               "split_agrees": None, "interpreted": {"entry": ientry}, "table": table,
+               "interval": [dict(entry=vent, intervals=None, **facts(vfacts))]}
         for j in sorted(vside):
             sub = two_sides(j, vside)
-            if sub is None or not all(f[0] and not f[1] and f[2] >= f[0] for _, _, f in sub):
+            if sub is None or any(f[1] for _, _, f in sub):
                 continue
-            sub.sort(key=lambda sd: sd[2][2] / sd[2][0])
-            if sub[0][2][2] * sub[1][2][0] == sub[1][2][2] * sub[0][2][0]:
-                continue                     # as many compares per element: not the split
+            if form == "select":
+                if not all(f[0] for _, _, f in sub):
+                    continue
+                key = lambda sd: sd[2][2] / sd[2][0]   # ISETP per -inf: two compares per interval
+            else:
+                if any(f[0] or f[3] < 8 for _, _, f in sub):
+                    continue
+                key = lambda sd: sd[2][3]
+            sub.sort(key=key)
+            if key(sub[0]) == key(sub[1]):
+                continue                     # as many instructions: not the split
             out["split"] = j
-            out["interval"] = [{"entry": e, "intervals": n + 1,
-                                "isetp_per_neg_inf": round(f[2] / f[0], 2)}
+            out["interval"] = [dict(entry=e, intervals=n + 1, **facts(f))
                                for n, (e, _, f) in enumerate(sub)]
             out["split_compare"], out["split_agrees"] = _compare_with_one(cfg, j, sub[0][0])
             break
@@ -1378,6 +1490,7 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
                     "intervals": m["intervals"],
                     "entry": hex(cfg.addr(m["entry"])),
                     "isetp_per_neg_inf": m["isetp_per_neg_inf"],
+                    "instr_per_neg_inf": m["instr_per_neg_inf"],
                     "iteration": m.get("total"),
                     "extra": m["total"] - d["n"] if "total" in m else None,
                     "ratio": round(m["total"] / d["n"], 3) if "total" in m else None,
@@ -1386,6 +1499,18 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
                     "path": [hex(cfg.addr(k)) for k in m.get("path", [])],
                 } for m in mask["interval"]],
                 "interpreted": {"entry": hex(cfg.addr(mask["interpreted"]["entry"]))},
+                "form": mask["form"],
+                "select": ({"entry": hex(cfg.addr(mask["select"]["entry"])),
+                            "extra": mask["select"]["extra"]} if mask.get("select") else None),
+                "table": ({
+                    "entry": hex(cfg.addr(mask["table"]["entry"])),
+                    "rows": mask["table"]["trip"],
+                    "iteration": mask["table"].get("total"),
+                    "ratio": (round(mask["table"]["total"] / d["n"], 3)
+                              if "total" in mask["table"] else None),
+                    "loops": mask["table"].get("loops", []),
+                    "path": [hex(cfg.addr(k)) for k in mask["table"].get("path", [])],
+                } if mask.get("table") else None),
             }
         row["_trace"] = (cfg, dense, shortcuts, partial, mask)
         rows.append(row)
@@ -1411,7 +1536,8 @@ def check_targets(rows):
     tile shape (block rows from the name's `_m<N>`; names without it count as one shape), the
     dense prefill steady state; smaller (decode) shapes are reported only. The partial-tile
     target is held by the interval mask (1 and 2 intervals) where the mask detour dispatches
-    between the two paths (the interpreted mask is reported only), else by the partial tile."""
+    between its paths (the table-driven kinds' bits and the interpreted mask of gathered tiles
+    are reported only), else by the partial tile."""
     largest = {}
     for r in rows:
         key = (r["arch"], r["dtype"], r["head_dim"])
@@ -1438,9 +1564,14 @@ def check_targets(rows):
                 out.append((m["ratio"] is not None and m["ratio"] <= TARGET_PARTIAL_RATIO,
                             f"{tag}: partial tile, interval mask ({n}) {m['ratio']}x a full tile "
                             f"(target <= {TARGET_PARTIAL_RATIO})"))
+            tb = mk.get("table")
+            if tb and tb.get("ratio") is not None:
+                out.append((None, f"{tag}: partial tile, table-driven kinds {tb['ratio']}x a full "
+                                  f"tile (reported only: each row's cheapest component once)"))
             if p is not None:
+                what = "gathered tiles" if tb else "the table-driven kinds"
                 out.append((None, f"{tag}: partial tile, interpreted mask {p['ratio']}x a full tile "
-                                  f"(reported only: the table-driven kinds)"))
+                                  f"(reported only: {what})"))
         elif p is not None:
             out.append((p["ratio"] <= TARGET_PARTIAL_RATIO,
                         f"{tag}: partial tile {p['ratio']}x a full tile (target <= {TARGET_PARTIAL_RATIO})"))
@@ -1463,7 +1594,7 @@ def print_table(rows, detail, out):
     head = (f"{'arch':<6} {'kernel':<{kw}} {'REG':>4} {'spill':>5} {'LDL':>4} {'smem':>6} "
             f"{'CTA':>3} {'warp':>4} | {'HMMA':>4} {'LDSM':>4} {'LDGSTS':>6} {'instr':>5} "
             f"{'/HMMA':>5} {'smB/H':>5} {'loader':>6} | {'ivl1':>5} {'xfull':>5} {'ivl2':>5} {'xfull':>5} "
-            f"| {'interp':>6} {'xfull':>5} {'mask/it':>7} {'trip':>4}")
+            f"| {'table':>5} {'xfull':>5} | {'interp':>6} {'xfull':>5} {'mask/it':>7} {'trip':>4}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in rows:
@@ -1481,13 +1612,16 @@ def print_table(rows, detail, out):
         ivl = {m["intervals"]: m for m in (r["mask"] or {}).get("interval", []) if m["iteration"] is not None}
         ivs = " ".join(f"{ivl[n]['iteration']:>5} {ivl[n]['ratio']:>5.2f}" if n in ivl else f"{'-':>5} {'-':>5}"
                        for n in (1, 2))
+        tb = (r["mask"] or {}).get("table") or {}
+        tbs = (f"{tb['iteration']:>5} {tb['ratio']:>5.2f}" if tb.get("iteration") is not None
+               else f"{'-':>5} {'-':>5}")
         if p:
             lp = p["loops"][0] if p["loops"] else None
             right = (f"{p['iteration']:>6} {p['ratio']:>5.2f} "
                      f"{(lp['per_iteration'] if lp else '-'):>7} {(lp['trip'] if lp else '-'):>4}")
         else:
             right = f"{'-':>6} {'-':>5} {'-':>7} {'-':>4}"
-        print(f"{left} | {mid} | {ivs} | {right}", file=out)
+        print(f"{left} | {mid} | {ivs} | {tbs} | {right}", file=out)
     if detail is None:
         return
     r, d = detail, detail["dense"]
@@ -1518,7 +1652,7 @@ def print_table(rows, detail, out):
     p, mk = r["partial"], r["mask"]
     if mk:
         sp = mk["split"]
-        print(f"  partial tile, interval mask (apply_intervals: causal, windows, sinks): dispatch "
+        print(f"  partial tile, interval mask (causal, windows, sinks, chunks): dispatch "
               f"`{mk['dispatch']['test']}` at {mk['dispatch']['at']}"
               + (f", split `{sp['test']}` at {sp['at']}" if sp else ", no split between 1 and 2 intervals")
               + (f" (`{sp['compare']}`)" if sp and sp["compare"] else ""), file=out)
@@ -1527,13 +1661,28 @@ def print_table(rows, detail, out):
             if m["iteration"] is None:
                 print(f"    {what} at {m['entry']}: no path", file=out)
                 continue
+            if mk.get("form") == "bits":
+                sel = mk["select"]
+                print(f"    {what} at {m['entry']}: {m['iteration']} instructions per iteration = "
+                      f"{m['ratio']:.2f}x full (+{m['extra']}: "
+                      + (f"+{m['extra'] - sel['extra']} the bits, +{sel['extra']} the select at "
+                         f"{sel['entry']}" if sel else "the bits; no select found")
+                      + ")", file=out)
+                continue
             print(f"    {what} at {m['entry']}: {m['iteration']} instructions per iteration = "
                   f"{m['ratio']:.2f}x full (+{m['extra']}: {m['selecting']} in the blocks selecting "
-                  f"-inf, {m['isetp_per_neg_inf']} ISETP per -inf; the rest per-row bounds and "
-                  f"the program's loads)", file=out)
+                  f"-inf, {m['instr_per_neg_inf']} instructions and {m['isetp_per_neg_inf']} ISETP per "
+                  f"-inf; the rest per-row bounds and the program's loads)", file=out)
+        tb = mk.get("table")
+        if tb and tb["iteration"] is not None:
+            print(f"  partial tile, table-driven kinds (table_bits: global tokens, dilation, block "
+                  f"masks, BigBird) at {tb['entry']}: {tb['iteration']} instructions per iteration = "
+                  f"{tb['ratio']:.2f}x full ({tb['rows']} fragment rows, each with its cheapest "
+                  f"component once: every further component, key block or listed key adds its own "
+                  f"pass)", file=out)
         if sp and sp["compare_agrees"] is False:
             print(f"    warning: the split's compare sends `intervals == 1` the other way "
-                  f"({sp['compare']}): the sides are told apart by their ISETP per -inf", file=out)
+                  f"({sp['compare']}): the sides are told apart by their instructions per -inf", file=out)
     if p:
         what = (f"partial tile, interpreted mask (the rolled general interpreter) at {p['via']} in the "
                 f"mask detour at {p['entry']}" if p["mask_path"] == "interpreted"

@@ -210,7 +210,8 @@ fn check_tiles(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCaseError
 
 /// The kernel's own mask predicate (`kernels/include/sparse_attn/mask.cuh`) over every (row,
 /// key) of row set `set`, run on the emulator: bit 0 the interpreter (`TokenMask::allowed`),
-/// bit 1 the interval form (`TokenMask::row_keys`).
+/// bit 1 the interval form's lane bits (`TokenMask::interval_row_bits`), bit 2 the
+/// table-driven kinds' lane bits (`TokenMask::row_tile_bits`).
 fn kernel_mask(meta: &BlockSparseMeta, set: usize) -> Result<Vec<u8>, TestCaseError> {
     let s = *meta.shape();
     let fail = |e: sparse_attn::emu::EmuError| TestCaseError::fail(e.to_string());
@@ -271,9 +272,17 @@ fn check_mask_tables(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCas
                     j
                 );
                 prop_assert_eq!(
-                    got >> 1,
+                    (got >> 1) & 1,
                     want,
                     "kernel interval form differs at head {} row {} key {}",
+                    h,
+                    i,
+                    j
+                );
+                prop_assert_eq!(
+                    got >> 2,
+                    want,
+                    "kernel table-driven bits differ at head {} row {} key {}",
                     h,
                     i,
                     j

@@ -344,8 +344,8 @@ fn check_and_text_report_of_the_mask_paths() {
         "MISS sm_90 sa_attn_fwd_f16_hd128_m64: partial tile, interval mask (2 intervals) 2.933x",
         "--   sm_90 sa_attn_fwd_f16_hd128_m64: partial tile, interpreted mask 12.733x a full tile \
          (reported only",
-        "| HMMA LDSM LDGSTS instr /HMMA smB/H loader |  ivl1 xfull  ivl2 xfull | interp xfull",
-        "|    70  4.67    44  2.93 |    191 12.73       5   32",
+        "| HMMA LDSM LDGSTS instr /HMMA smB/H loader |  ivl1 xfull  ivl2 xfull | table xfull | interp xfull",
+        "|    70  4.67    44  2.93 |     -     - |    191 12.73       5   32",
         "    1 interval  at 0x2e0: 70 instructions per iteration = 4.67x full (+55: 19 in",
         "    2 intervals at 0x1f0: 44 instructions per iteration = 2.93x full",
         "partial tile, interpreted mask (the rolled general interpreter) at 0x140 in the mask \

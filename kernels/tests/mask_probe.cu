@@ -1,7 +1,10 @@
 // Test kernel: the forward kernel's partial-tile predicate (mask.cuh) evaluated for every
-// (query row, key) of one row set, both ways the kernel evaluates it: bit 0 is the general
-// interpreter (TokenMask::allowed), bit 1 the interval form (TokenMask::row_keys over the
-// natural key order; equal to bit 0 when the program has no interval form).
+// (query row, key) of one row set, every way the kernel evaluates it, over the natural key
+// order: bit 0 is the general interpreter (TokenMask::allowed, gathered tiles), bit 1 the
+// interval form's lane bits (row_keys -> row_cols -> interval_row_bits; equal to bit 0 when
+// the program has no interval form), bit 2 the table-driven kinds' lane bits (row_tile_bits,
+// any program). Key j is column c = j % BLOCK_N of kv tile j / BLOCK_N, held by the lane with
+// lane % 4 = (c / 2) % 4 as bit 2 * (c / 8) + c % 2.
 // tests/pattern_props.rs runs it on the emulator and compares both bits token by token with
 // the pattern contract, so the property test checks the code the kernel runs.
 #include "sparse_attn/mask.cuh"
@@ -10,7 +13,7 @@ struct SaMaskProbeParams {
   const SaMaskProgram* programs;      // [sets] (BlockSparseMeta::mask().programs())
   const SaMaskComponent* components;  // every set's components
   const int32_t* data;                // the components' tables
-  uint8_t* allowed;                   // [q_len, kv_len]: bit 0 interpreter, bit 1 intervals
+  uint8_t* allowed;                   // [q_len, kv_len]: bits 0-2, see above
   int32_t set;                        // the row set whose program is evaluated
   int32_t q_len;
   int32_t kv_len;
@@ -27,12 +30,19 @@ SA_KERNEL(sa_test_mask_probe, SaMaskProbeParams, 128) {
   const sa::KeyMap natural{nullptr, 0, 1, p.kv_len, 0};  // view key v = key v
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
     const int row = static_cast<int>(e / p.kv_len), key = static_cast<int>(e % p.kv_len);
+    constexpr int kNT = SA_FWD_BLOCK_N / 8;
+    const int tile = key / SA_FWD_BLOCK_N, c = key % SA_FWD_BLOCK_N;
+    const int lane = (c >> 1) & 3, bit = 2 * (c >> 3) + (c & 1);
     const bool general = mask.allowed(row, key);
     bool fast = general;
     if (mask.intervals > 0) {
-      const sa::RowKeys rk = mask.row_keys(row, natural);
-      fast = (key >= rk.lo[0] && key <= rk.hi[0]) || (key >= rk.lo[1] && key <= rk.hi[1]);
+      const sa::RowCols rc = sa::TokenMask::row_cols(mask.row_keys(row, natural), lane);
+      const uint32_t bits = mask.intervals == 1
+                                ? sa::TokenMask::interval_row_bits<false, kNT>(rc, 0, tile)
+                                : sa::TokenMask::interval_row_bits<true, kNT>(rc, 0, tile);
+      fast = (bits >> bit) & 1u;
     }
-    p.allowed[e] = static_cast<uint8_t>((general ? 1 : 0) | (fast ? 2 : 0));
+    const bool table = (mask.row_tile_bits<kNT>(row, natural, tile, lane) >> bit) & 1u;
+    p.allowed[e] = static_cast<uint8_t>((general ? 1 : 0) | (fast ? 2 : 0) | (table ? 4 : 0));
   }
 }

@@ -197,13 +197,30 @@ SA_DEVICE void add_alibi(float (&s)[MT][NT][4], const SaAttnFwdParams& p, int b,
   }
 }
 
+// The interval mask bits of a partial tile from this lane's row views stored in shared memory
+// (its RowCols, 16 bytes per fragment row: upto_hi[0], below_lo[0], upto_hi[1], below_lo[1]),
+// one row's in registers at a time.
+template <bool kTwo, int NT, int MT>
+SA_DEVICE void stored_interval_bits(uint32_t (&keep)[MT], Smem views, int tile) {
+  SA_UNROLL
+  for (int mt = 0; mt < MT; ++mt) {
+    keep[mt] = 0u;
+    SA_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const uint4 b = arch::lds<uint4>(views + (2 * mt + h) * 16);
+      const RowCols rc{{int(b.x), int(b.z)}, {int(b.y), int(b.w)}};
+      keep[mt] |= TokenMask::interval_row_bits<kTwo, NT>(rc, h, tile);
+    }
+  }
+}
+
 // What the mask of a partial tile needs for this lane's fragment rows: the predicate, the
-// rows' query tokens and (make_with_keys) their interval forms.
+// rows' query tokens and (make_with_keys) the lane's view of their interval forms.
 template <typename T, int MT>
 struct PartialMask {
   TokenMask mask;
   int row_tok[2 * MT];
-  RowKeys rk[2 * MT];
+  RowCols cols[2 * MT];
 
   SA_DEVICE static PartialMask make(const SaAttnFwdParams& p, int set, const SeqSlice<T>& seq,
                                     const RowMap& rows, int warp_row0, int lane) {
@@ -219,8 +236,7 @@ struct PartialMask {
                                               const SeqSlice<T>& seq, const RowMap& rows,
                                               const KeyMap& keys, int warp_row0, int lane) {
     PartialMask m = make(p, set, seq, rows, warp_row0, lane);
-    SA_UNROLL
-    for (int r = 0; r < 2 * MT; ++r) m.rk[r] = m.mask.row_keys(m.row_tok[r], keys);
+    m.mask.rows_cols(m.cols, m.row_tok, keys, lane);
     return m;
   }
 };
@@ -475,8 +491,9 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     arch::sts(s_intervals(), built.mask.intervals);
     SA_UNROLL
     for (int r = 0; r < 2 * MT; ++r) {
-      const RowKeys& k = built.rk[r];
-      arch::sts(s_bounds() + r * 16, make_uint4(k.lo[0], k.hi[0], k.lo[1], k.hi[1]));
+      const RowCols& c = built.cols[r];
+      arch::sts(s_bounds() + r * 16,
+                make_uint4(c.upto_hi[0], c.below_lo[0], c.upto_hi[1], c.below_lo[1]));
     }
   }
   // The score scale folds into the exp2 FFMA unless softcap (or a non-positive scale) needs
@@ -492,6 +509,38 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     __syncthreads();
     produce_v(tile);
     arch::cp_async_commit();
+
+    // A partial tile's mask, as bits computed before its scores exist (S is not live yet).
+    const bool partial = tiles.partial(i, tile);
+    uint32_t keep[MT];
+    if (partial) {
+      if constexpr (Tr::kHoistMask) {
+        hoisted.mask.template bits<Tr::kSTiles>(keep, hoisted.row_tok, hoisted.cols, keys, tile,
+                                                lane);
+      } else if (kMaskInSmem && tile >= 0 && arch::lds<int>(s_intervals()) > 0) {
+        // Row by row from the stored views, with the interval count tested once per tile.
+        if (arch::lds<int>(s_intervals()) == 1) {
+          stored_interval_bits<false, Tr::kSTiles>(keep, s_bounds(), tile);
+        } else {
+          stored_interval_bits<true, Tr::kSTiles>(keep, s_bounds(), tile);
+        }
+      } else if (kMaskInSmem && tile >= 0) {
+        // Table-driven kinds (the interval form: above): the rows' tokens one at a time, the
+        // predicate built here (partial tiles only) rather than held across the mainloop.
+        const TokenMask mask = TokenMask::make(params.mask_programs + set, params.mask_components,
+                                               params.mask_data, seq.q_len, seq.kv_len);
+        mask.table_bits<Tr::kSTiles>(
+            keep, [&](int r) { return rows.token(fragment_row(warp_row0, r, lane)); }, keys,
+            tile, lane);
+      } else {
+        const MaskRows mr = MaskRows::make(params, set, seq, rows, warp_row0, lane);
+        if constexpr (kMaskInSmem) {
+          mr.mask.template interpreted_bits<Tr::kSTiles>(keep, mr.row_tok, keys, tile, lane);
+        } else {
+          mr.mask.template bits<Tr::kSTiles>(keep, mr.row_tok, keys, tile, lane);
+        }
+      }
+    }
 
     // Phase: S = Q . K^T  [MT x 16, BLOCK_N] per warp, masked on partial tiles.
     float s[MT][Tr::kSTiles][4];
@@ -513,32 +562,8 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
                                                    warp_row0, lane);
       }
     }
-    if (tiles.partial(i, tile)) {
-      if constexpr (Tr::kHoistMask) {
-        hoisted.mask.apply(s, hoisted.row_tok, hoisted.rk, keys, tile, lane);
-      } else if (kMaskInSmem && tile >= 0 && arch::lds<int>(s_intervals()) > 0) {
-        const int mask_intervals = arch::lds<int>(s_intervals());
-        const int off = tile * Tr::kBlockN + 2 * (lane & 3);
-        SA_UNROLL
-        for (int r = 0; r < 2 * MT; ++r) {
-          const uint4 b = arch::lds<uint4>(s_bounds() + r * 16);
-          const RowKeys rk{{int(b.x), int(b.z)}, {int(b.y), int(b.w)}};
-          if (mask_intervals == 1) {
-            TokenMask::apply_interval_row<false>(s, r, rk, off);
-          } else {
-            TokenMask::apply_interval_row<true>(s, r, rk, off);
-          }
-        }
-      } else {
-        // The predicate and this lane's query rows, built here (partial tiles only) rather
-        // than held in registers across the mainloop.
-        const MaskRows mr = MaskRows::make(params, set, seq, rows, warp_row0, lane);
-        if constexpr (kMaskInSmem) {
-          mr.mask.apply_interpreted(s, mr.row_tok, keys, tile, lane);  // bounds: above
-        } else {
-          mr.mask.apply(s, mr.row_tok, keys, tile, lane);
-        }
-      }
+    if (partial) {
+      TokenMask::select(s, keep);
     } else if (static_cast<unsigned>(tile) >= static_cast<unsigned>(run_tiles)) {
       // Run tiles have every column; others may end inside the tile.
       const int valid = keys.valid(tile);

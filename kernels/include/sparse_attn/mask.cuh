@@ -15,10 +15,15 @@ namespace sa {
 
 // The interval form of one query row's allowed keys, in view-key coordinates (key position =
 // KeyMap::first + v * KeyMap::step): v in [lo[0], hi[0]] or [lo[1], hi[1]] (an empty interval
-// has lo > hi). Computed once per row per block; a regular kv tile t then tests column c as
-// lo <= c + t * BLOCK_N <= hi: two compares per interval and a select per element.
+// has lo > hi). Computed once per row per block and turned into the lane's view, RowCols.
 struct RowKeys {
   int lo[2], hi[2];
+};
+
+// A row's interval form as one lane sees it (TokenMask::row_cols): per interval, how many of
+// the lane's columns of kv tile 0 lie at or below its upper bound and below its lower bound.
+struct RowCols {
+  int upto_hi[2], below_lo[2];
 };
 
 struct TokenMask {
@@ -121,6 +126,49 @@ struct TokenMask {
     return false;
   }
 
+  // The last key query position p may see: the last existing key, and with causality p.
+  SA_DEVICE int last_key(int p) const {
+    return program->causal ? (p < kv_len - 1 ? p : kv_len - 1) : kv_len - 1;
+  }
+
+  // The key interval [lo, hi] of an interval-kind component (dense, window, sinks, chunk) for
+  // query position p, clipped to [0, j_max] without leaving int32 (p - left and p + right
+  // may); empty when lo > hi.
+  SA_DEVICE static void key_interval(const SaMaskComponent& c, int p, int j_max, int& lo,
+                                     int& hi) {
+    lo = 0;
+    hi = j_max;
+    if (c.kind == SA_MASK_WINDOW) {
+      lo = p > c.window_left ? p - c.window_left : 0;
+      hi = c.window_right < j_max - p ? p + c.window_right : j_max;
+    } else if (c.kind == SA_MASK_SINKS) {
+      hi = c.sink_count - 1 < j_max ? c.sink_count - 1 : j_max;
+    } else if (c.kind == SA_MASK_CHUNKED) {
+      // The query's chunk [p - r, p - r + C - 1], r = p mod C in [0, C): one interval (with
+      // causality [p - r, p]); a negative p's chunk holds no key (p - r + C - 1 < 0).
+      int r = p % c.block_q;
+      if (r < 0) r += c.block_q;
+      const int after = c.block_q - 1 - r;  // chunk keys after p
+      lo = p > r ? p - r : 0;
+      hi = after < j_max - p ? p + after : j_max;
+    }
+  }
+
+  // Key interval [lo, hi] to view keys [vlo, vhi] of `keys` (key = first + v * step, v <
+  // count; step 1 is the natural order and needs no division); empty as (1, 0).
+  SA_DEVICE static void view_interval(int lo, int hi, const KeyMap& keys, int& vlo, int& vhi) {
+    vlo = lo - keys.first;
+    vhi = hi - keys.first;
+    if (keys.step != 1) {
+      vlo = vlo <= 0 ? 0 : (vlo + keys.step - 1) / keys.step;
+      vhi = vhi < 0 ? -1 : vhi / keys.step;
+    } else if (vlo < 0) {
+      vlo = 0;
+    }
+    if (vhi > keys.count - 1) vhi = keys.count - 1;
+    if (lo > hi || vlo > vhi) vlo = 1, vhi = 0;
+  }
+
   // The interval form of query row `row` (-1: padding, nothing allowed) over the view keys of
   // `keys` (meaningful only when `intervals` > 0). Positions are clipped to the existing keys
   // (j < kv_len, v < key_count) and, causal, to j <= p.
@@ -128,138 +176,305 @@ struct TokenMask {
     RowKeys rk{{1, 1}, {0, 0}};
     if (intervals == 0 || row < 0) return rk;
     const int p = row + (kv_len - q_len);
-    const int j_max = program->causal ? (p < kv_len - 1 ? p : kv_len - 1) : kv_len - 1;
+    const int j_max = last_key(p);
     SA_UNROLL
     for (int i = 0; i < 2; ++i) {  // unrolled: rk's indices are constants (no local memory)
       if (i >= intervals) break;
-      const SaMaskComponent& c = components[program->first_component + i];
-      // Key interval [lo, hi] of the component, clipped to [0, j_max] without leaving int32
-      // (p - left and p + right may).
-      int lo = 0, hi = j_max;
-      if (c.kind == SA_MASK_WINDOW) {
-        lo = p > c.window_left ? p - c.window_left : 0;
-        hi = c.window_right < j_max - p ? p + c.window_right : j_max;
-      } else if (c.kind == SA_MASK_SINKS) {
-        hi = c.sink_count - 1 < j_max ? c.sink_count - 1 : j_max;
-      } else if (c.kind == SA_MASK_CHUNKED) {
-        // The query's chunk [p - r, p - r + C - 1], r = p mod C in [0, C): one interval (with
-        // causality [p - r, p]); a negative p's chunk holds no key (p - r + C - 1 < 0).
-        int r = p % c.block_q;
-        if (r < 0) r += c.block_q;
-        const int after = c.block_q - 1 - r;  // chunk keys after p
-        lo = p > r ? p - r : 0;
-        hi = after < j_max - p ? p + after : j_max;
-      }
-      // To view keys: key = first + v * step, v < count (step 1 is the natural order and
-      // needs no division).
-      int vlo = lo - keys.first, vhi = hi - keys.first;
-      if (keys.step != 1) {
-        vlo = vlo <= 0 ? 0 : (vlo + keys.step - 1) / keys.step;
-        vhi = vhi < 0 ? -1 : vhi / keys.step;
-      } else if (vlo < 0) {
-        vlo = 0;
-      }
-      if (vhi > keys.count - 1) vhi = keys.count - 1;
-      if (lo > hi || vlo > vhi) vlo = 1, vhi = 0;
-      rk.lo[i] = vlo;
-      rk.hi[i] = vhi;
+      int lo, hi;
+      key_interval(components[program->first_component + i], p, j_max, lo, hi);
+      view_interval(lo, hi, keys, rk.lo[i], rk.hi[i]);
     }
     return rk;
   }
 
-  // The interval test of `apply`: `rk[r]` bounds fragment row r (row g + 8h of m16 tile mt for
-  // r = 2 * mt + h) and `off` is the view key of this lane's column 0 (its columns are
-  // off + nt * 8 + i), so each element compares a constant against per-row bounds.
-  template <bool kTwo, int MT, int NT>
-  SA_DEVICE static void apply_intervals(float (&s)[MT][NT][4], const RowKeys (&rk)[2 * MT],
-                                        int off) {
-    SA_UNROLL
-    for (int r = 0; r < 2 * MT; ++r) apply_interval_row<kTwo>(s, r, rk[r], off);
+  // This lane's columns of a kv tile in fragment order: bit k = 2 * nt + i of a row's bit set
+  // is column 2t + 8 * nt + i (t = lane % 4), so the columns rise with k and the columns at or
+  // below a bound form a prefix of the bits. Its length for x = bound - 2t (the bound relative
+  // to the lane's column 0 of kv tile 0), with y = x + 8: floor(y / 8) columns 8 * nt <= x and
+  // floor((y - 1) / 8) columns 8 * nt + 1 <= x -- a count of 0 or less means none. In kv tile
+  // `tile` the bound moves down by tile * BLOCK_N keys, a multiple of 8, and the count by
+  // exactly tile * BLOCK_N / 4 = tile * 2 * NT.
+  SA_DEVICE static int cols_count(int x) {
+    const int y = x + 8;  // cannot overflow: bounds lie below kv_len
+    return (y >> 3) + ((y - 1) >> 3);
   }
 
-  // The interval test of fragment row r alone (its bounds `rk`): callers that fetch the
-  // bounds row by row keep one row's in registers at a time.
-  template <bool kTwo, int MT, int NT>
-  SA_DEVICE static void apply_interval_row(float (&s)[MT][NT][4], int r, const RowKeys& rk,
-                                           int off) {
-    const int lo0 = rk.lo[0] - off, hi0 = rk.hi[0] - off;
-    const int lo1 = rk.lo[1] - off, hi1 = rk.hi[1] - off;
+  // The interval form of a row as this lane sees it, built once per row (`rows_cols`): for
+  // each interval, the count of the lane's columns of kv tile 0 at or below its upper bound
+  // and below its lower bound. A partial tile's bit set then costs an add, a clip and a shift
+  // per bound (prefix_bits), and each element a bit test and a select, which ptxas turns into
+  // one R2P per 7 elements and a select each.
+  SA_DEVICE static RowCols row_cols(const RowKeys& rk, int lane) {
+    const int c0 = 2 * (lane & 3);
+    RowCols rc;
     SA_UNROLL
-    for (int nt = 0; nt < NT; ++nt) {
+    for (int i = 0; i < 2; ++i) {
+      rc.upto_hi[i] = cols_count(rk.hi[i] - c0);
+      rc.below_lo[i] = cols_count(rk.lo[i] - 1 - c0);  // empty (lo > hi): the same count
+    }
+    return rc;
+  }
+
+  // The first n bits (none when n <= 0, all 32 from 32 on).
+  SA_DEVICE static uint32_t count_bits(int n) {
+    return ~arch::shl_clamped(~0u, static_cast<uint32_t>(n > 0 ? n : 0));
+  }
+
+  // The first `count0 - tile * 2 * NT` bits: a RowCols count moved to kv tile `tile`.
+  template <int NT>
+  SA_DEVICE static uint32_t prefix_bits(int count0, int tile) {
+    static_assert(2 * NT <= 32, "one bit per column of a lane");
+    return count_bits(count0 - tile * (2 * NT));
+  }
+
+  // This lane's bits of the tile columns [lo, hi] (relative to the tile's column 0, any ints
+  // that do not overflow when 8 is added; none when lo > hi).
+  SA_DEVICE static uint32_t lane_cols(int lo, int hi, int lane) {
+    const int c0 = 2 * (lane & 3);
+    return count_bits(cols_count(hi - c0)) & ~count_bits(cols_count(lo - 1 - c0));
+  }
+
+  // The tile column of this lane's bit k.
+  SA_DEVICE static int lane_col(int k, int lane) { return 2 * (lane & 3) + 8 * (k >> 1) + (k & 1); }
+
+  // A tile's mask as bits (TokenMask::bits): keep[mt] holds this lane's entries of m16 tile
+  // mt, fragment row g in bits 0-15 and row g + 8 in bits 16-31, column bit k = 2 * nt + i as
+  // above. Sets the entries whose bit is clear to -inf: a bit test and a select each, which
+  // ptxas turns into one R2P per 7 entries and an FSEL each.
+  template <int MT, int NT>
+  SA_DEVICE static void select(float (&s)[MT][NT][4], const uint32_t (&keep)[MT]) {
+    static_assert(2 * NT <= 16, "a row's bits in 16");
+    SA_UNROLL
+    for (int mt = 0; mt < MT; ++mt) {
       SA_UNROLL
-      for (int i = 0; i < 2; ++i) {
-        const int c = nt * 8 + i;
-        bool keep = c >= lo0 && c <= hi0;
-        if (kTwo) keep = keep || (c >= lo1 && c <= hi1);
-        if (!keep) s[r / 2][nt][2 * (r % 2) + i] = kNegInf;
+      for (int nt = 0; nt < NT; ++nt) {
+        SA_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          if (!((keep[mt] >> (16 * (i >> 1) + 2 * nt + (i & 1))) & 1u)) s[mt][nt][i] = kNegInf;
+        }
       }
     }
   }
 
-  // Sets masked entries of this warp's S fragments ([MT][NT][4] accumulator layout) to -inf.
-  // `row_tok[2 * mt + h]` is the query row of fragment row g + 8h of m16 tile mt (-1 for
-  // padding); `keys` maps column c of kv tile `tile` to its key. Regular tiles of an
-  // interval-form predicate cost, per row, its interval form (a few loads of the program,
-  // on partial tiles only: kept out of the mainloop's registers) and two compares per
-  // interval and a select per element. Otherwise the predicate is interpreted in a rolled
-  // loop into a bit set per m16 tile first: evaluated inline, fully unrolled over the 32
-  // entries, it spilled registers (260 B on hd64); the rolled loop leaves S untouched until
-  // one cheap unrolled select.
-  template <int MT, int NT>
-  SA_DEVICE void apply(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT], const KeyMap& keys,
-                       int tile, int lane) const {
-    RowKeys rk[2 * MT];
-    if (intervals > 0) {
-      SA_UNROLL
-      for (int r = 0; r < 2 * MT; ++r) rk[r] = row_keys(row_tok[r], keys);
-    }
-    apply(s, row_tok, rk, keys, tile, lane);
+  // The bits of fragment row r (row g + 8h of m16 tile mt for r = 2 * mt + h) in kv tile
+  // `tile` from its lane view `rc` (interval form), placed at the row's half of keep[mt].
+  template <bool kTwo, int NT>
+  SA_DEVICE static uint32_t interval_row_bits(const RowCols& rc, int r, int tile) {
+    uint32_t b = prefix_bits<NT>(rc.upto_hi[0], tile) & ~prefix_bits<NT>(rc.below_lo[0], tile);
+    if (kTwo) b |= prefix_bits<NT>(rc.upto_hi[1], tile) & ~prefix_bits<NT>(rc.below_lo[1], tile);
+    return (b & 0xffffu) << (16 * (r & 1));
   }
 
-  // `apply` with the rows' interval forms already computed (`rk`, meaningful when `intervals`
-  // > 0): kernels whose registers allow it build them once per block.
-  template <int MT, int NT>
-  SA_DEVICE void apply(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT],
-                       const RowKeys (&rk)[2 * MT], const KeyMap& keys, int tile, int lane) const {
-    static_assert(NT * 4 <= 32, "one bit per fragment entry");
-    const int t = lane & 3;
+  // The interval form's bits of every fragment row of this lane.
+  template <bool kTwo, int NT, int MT>
+  SA_DEVICE static void interval_bits(uint32_t (&keep)[MT], const RowCols (&rc)[2 * MT],
+                                      int tile) {
+    SA_UNROLL
+    for (int mt = 0; mt < MT; ++mt) {
+      keep[mt] = interval_row_bits<kTwo, NT>(rc[2 * mt], 0, tile) |
+                 interval_row_bits<kTwo, NT>(rc[2 * mt + 1], 1, tile);
+    }
+  }
+
+  // This lane's view of its fragment rows' interval forms (meaningful when `intervals` > 0).
+  template <int R>
+  SA_DEVICE void rows_cols(RowCols (&rc)[R], const int (&row_tok)[R], const KeyMap& keys,
+                           int lane) const {
+    SA_UNROLL
+    for (int r = 0; r < R; ++r) rc[r] = row_cols(row_keys(row_tok[r], keys), lane);
+  }
+
+  // The columns component `c` admits for query position p (last visible key j_max) in the
+  // regular kv tile whose column 0 is view key v0, as this lane's bits: an interval kind its
+  // interval; with the natural key order (step 1) a block-granular kind one interval per
+  // admitted key block of the tile (one table word each) and global tokens the listed keys
+  // inside the tile (one binary search per tile); otherwise (dilation, strided views of the
+  // table kinds) the lane's columns one by one.
+  template <int NT>
+  SA_DEVICE uint32_t component_bits(const SaMaskComponent& c, int p, int j_max,
+                                    const KeyMap& keys, int v0, int lane) const {
+    const int kind = c.kind;
+    if (kind == SA_MASK_DENSE) return ~0u;
+    if (kind == SA_MASK_WINDOW || kind == SA_MASK_SINKS || kind == SA_MASK_CHUNKED) {
+      int lo, hi, vlo, vhi;
+      key_interval(c, p, j_max, lo, hi);
+      view_interval(lo, hi, keys, vlo, vhi);
+      return lane_cols(vlo - v0, vhi - v0, lane);
+    }
+    if (keys.step == 1) {
+      const int j0 = keys.first + v0;  // the key of the tile's column 0 (>= 0)
+      const int j_end = j0 + SA_FWD_BLOCK_N;
+      if (kind == SA_MASK_GLOBAL) {
+        const int32_t* t = data + c.data_offset;
+        if (p >= 0 && contains_sorted(t, c.data_len, p)) return ~0u;  // a global query
+        int lo = 0, hi = c.data_len;  // the first listed key >= j0
+        while (lo < hi) {
+          const int mid = (lo + hi) >> 1;
+          if (t[mid] < j0) lo = mid + 1; else hi = mid;
+        }
+        uint32_t bits = 0u;
+        SA_NO_UNROLL
+        for (int i = lo; i < c.data_len && t[i] < j_end; ++i) {
+          const int col = t[i] - j0;
+          if (((col >> 1) & 3) == (lane & 3)) bits |= 1u << (2 * (col >> 3) + (col & 1));
+        }
+        return bits;
+      }
+      if (kind == SA_MASK_BLOCK_MASK) {
+        const int qb = floor_div(p, c.block_q);
+        if (qb < 0 || qb >= c.mask_rows) return 0u;
+        const int32_t* words = data + c.data_offset + qb * ((c.mask_cols + 31) / 32);
+        const int kb_last = (j_end - 1) / c.block_k;
+        uint32_t bits = 0u;
+        SA_NO_UNROLL
+        for (int kb = j0 / c.block_k; kb <= kb_last && kb < c.mask_cols; ++kb) {
+          if ((static_cast<uint32_t>(words[kb / 32]) >> (kb % 32)) & 1u) {
+            bits |= lane_cols(kb * c.block_k - j0, kb * c.block_k + c.block_k - 1 - j0, lane);
+          }
+        }
+        return bits;
+      }
+      if (kind == SA_MASK_BIGBIRD) {
+        const int bq = c.block_q;
+        const int qb = floor_div(p, bq);
+        if (qb < c.bigbird_global_blocks) return ~0u;  // a global query block
+        const int32_t* t = data + c.data_offset;
+        const int rrow = qb - c.rand_first_q_block;
+        const bool drawn = rrow >= 0 && rrow < c.rand_q_blocks;
+        const int32_t* blocks = t + c.rand_q_blocks + 1;
+        uint32_t bits = 0u;
+        SA_NO_UNROLL
+        for (int kb = j0 / bq; kb <= (j_end - 1) / bq; ++kb) {
+          const int dq = qb - kb;
+          bool ok = (dq < 0 ? -dq : dq) <= c.bigbird_window_half || kb < c.bigbird_global_blocks;
+          if (!ok && drawn) {
+            SA_NO_UNROLL
+            for (int i = t[rrow]; i < t[rrow + 1]; ++i) ok = ok || blocks[i] == kb;
+          }
+          if (ok) bits |= lane_cols(kb * bq - j0, kb * bq + bq - 1 - j0, lane);
+        }
+        return bits;
+      }
+    }
+    uint32_t bits = 0u;
+    SA_NO_UNROLL
+    for (int k = 0; k < 2 * NT; ++k) {
+      const int j = keys.first + (v0 + lane_col(k, lane)) * keys.step;
+      if (admits(c, p, j)) bits |= 1u << k;
+    }
+    return bits;
+  }
+
+  // Query row `row` (-1: padding) in the regular kv tile `tile` of any program: this lane's
+  // keep bits, the union of the components' bits (component_bits) bounded by the keys that
+  // exist and, causal, precede the query.
+  template <int NT>
+  SA_DEVICE uint32_t row_tile_bits(int row, const KeyMap& keys, int tile, int lane) const {
+    if (row < 0) return 0u;
+    const int p = row + (kv_len - q_len);
+    const int j_max = last_key(p);
+    const int v0 = tile * SA_FWD_BLOCK_N;
+    int vlo, vhi;
+    view_interval(0, j_max, keys, vlo, vhi);
+    const uint32_t exists = lane_cols(vlo - v0, vhi - v0, lane);
+    uint32_t any = 0u;
+    SA_NO_UNROLL
+    for (int i = 0; i < program->num_components && (any & exists) != exists; ++i) {
+      any |= component_bits<NT>(components[program->first_component + i], p, j_max, keys, v0,
+                                lane);
+    }
+    return any & exists;
+  }
+
+  // The bits of a regular tile (tile >= 0) the interval form does not cover (programs with
+  // table-driven kinds): each row's bit set (row_tile_bits), in a rolled loop over the rows
+  // (one copy of the row's code), packed two rows to a register. `token_of(r)` is fragment
+  // row r's query row.
+  template <int NT, int MT, typename TokenOf>
+  SA_DEVICE void table_bits(uint32_t (&keep)[MT], const TokenOf& token_of, const KeyMap& keys,
+                            int tile, int lane) const {
+    static_assert(MT <= 2, "two registers of bits");
+    uint32_t keep01 = 0u, keep23 = 0u;
+    SA_NO_UNROLL
+    for (int r = 0; r < 2 * MT; ++r) {
+      const uint32_t bits = (row_tile_bits<NT>(token_of(r), keys, tile, lane) & 0xffffu)
+                            << (16 * (r & 1));
+      if (r < 2) keep01 |= bits; else keep23 |= bits;
+    }
+    keep[0] = keep01;
+    if (MT > 1) keep[MT - 1] = keep23;
+  }
+
+  // The bits of a tile the interval form does not cover: a regular tile's from table_bits, a
+  // gathered one's from the interpreter.
+  template <int NT, int MT>
+  SA_DEVICE void general_bits(uint32_t (&keep)[MT], const int (&row_tok)[2 * MT],
+                              const KeyMap& keys, int tile, int lane) const {
+    if (tile >= 0) {
+      table_bits<NT>(keep, [&](int r) {
+        int tok = row_tok[0];
+        SA_UNROLL
+        for (int q = 1; q < 2 * MT; ++q) tok = r == q ? row_tok[q] : tok;  // no local array
+        return tok;
+      }, keys, tile, lane);
+      return;
+    }
+    interpreted_bits<NT>(keep, row_tok, keys, tile, lane);
+  }
+
+  // The mask of a partial tile as bits (`select` applies them), computed before the tile's
+  // scores exist (fewer live registers). `row_tok[2 * mt + h]` is the query row of fragment
+  // row g + 8h of m16 tile mt (-1 for padding); `keys` maps column c of kv tile `tile` to its
+  // key. Regular tiles of an interval-form predicate cost, per row, its interval form (a few
+  // loads of the program, on partial tiles only: kept out of the mainloop's registers) and
+  // its bits (an add, a clip and a shift per bound). Regular tiles of other predicates build
+  // each row's bits component by component (table_bits: rolled loops over rows, components,
+  // key blocks and listed keys). Gathered tiles are interpreted entry by entry in a rolled
+  // loop (evaluated inline, fully unrolled over the 32 entries, it spilled registers: 260 B
+  // on hd64).
+  template <int NT, int MT>
+  SA_DEVICE void bits(uint32_t (&keep)[MT], const int (&row_tok)[2 * MT], const KeyMap& keys,
+                      int tile, int lane) const {
+    RowCols rc[2 * MT];
+    if (intervals > 0) rows_cols(rc, row_tok, keys, lane);
+    bits<NT>(keep, row_tok, rc, keys, tile, lane);
+  }
+
+  // `bits` with this lane's view of the rows' interval forms already built (`rc`, meaningful
+  // when `intervals` > 0): kernels whose registers allow it build them once per block.
+  template <int NT, int MT>
+  SA_DEVICE void bits(uint32_t (&keep)[MT], const int (&row_tok)[2 * MT],
+                      const RowCols (&rc)[2 * MT], const KeyMap& keys, int tile,
+                      int lane) const {
     if (intervals > 0 && tile >= 0) {
-      const int off = tile * SA_FWD_BLOCK_N + 2 * t;
       if (intervals == 1) {
-        apply_intervals<false>(s, rk, off);
+        interval_bits<false, NT>(keep, rc, tile);
       } else {
-        apply_intervals<true>(s, rk, off);
+        interval_bits<true, NT>(keep, rc, tile);
       }
       return;
     }
-    apply_interpreted(s, row_tok, keys, tile, lane);
+    general_bits<NT>(keep, row_tok, keys, tile, lane);
   }
 
-  // The general interpreter of `apply`: every entry's predicate evaluated (any program, any
-  // tile, gathered ones included).
-  template <int MT, int NT>
-  SA_DEVICE void apply_interpreted(float (&s)[MT][NT][4], const int (&row_tok)[2 * MT],
-                                   const KeyMap& keys, int tile, int lane) const {
-    static_assert(NT * 4 <= 32, "one bit per fragment entry");
+  // The general interpreter: every entry's predicate evaluated (any program, any tile;
+  // gathered tiles use it), in a rolled loop per m16 tile.
+  template <int NT, int MT>
+  SA_DEVICE void interpreted_bits(uint32_t (&keep)[MT], const int (&row_tok)[2 * MT],
+                                  const KeyMap& keys, int tile, int lane) const {
     const int t = lane & 3;
     SA_UNROLL
     for (int mt = 0; mt < MT; ++mt) {
       const int row_g = row_tok[2 * mt], row_g8 = row_tok[2 * mt + 1];
-      uint32_t keep = 0;
+      uint32_t k = 0;
       SA_NO_UNROLL
       for (int e = 0; e < NT * 4; ++e) {
         const int nt = e >> 2, i = e & 3;
         const int row = (i >> 1) ? row_g8 : row_g;  // a select: no local array
         const int key = keys.key(tile, nt * 8 + 2 * t + (i & 1));
-        keep |= static_cast<uint32_t>(row >= 0 && allowed(row, key)) << e;
+        k |= static_cast<uint32_t>(row >= 0 && allowed(row, key)) << (16 * (i >> 1) + 2 * nt + (i & 1));
       }
-      SA_UNROLL
-      for (int nt = 0; nt < NT; ++nt) {
-        SA_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          if (!((keep >> (nt * 4 + i)) & 1u)) s[mt][nt][i] = kNegInf;
-        }
-      }
+      keep[mt] = k;
     }
   }
 };

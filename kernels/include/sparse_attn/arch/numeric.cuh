@@ -180,6 +180,18 @@ SA_HOST_DEVICE int64_t mul_wide(int a, int b) {
 #endif
 }
 
+// a << n with the shift clamped as PTX's shl.b32 does (n >= 32: 0), which a C++ shift by 32
+// or more is not.
+SA_HOST_DEVICE uint32_t shl_clamped(uint32_t a, uint32_t n) {
+#if defined(SA_DEVICE_PASS)
+  uint32_t d;
+  asm("shl.b32 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(n));
+  return d;
+#else
+  return n >= 32 ? 0u : a << n;
+#endif
+}
+
 // 2^x. On the GPU `ex2.approx.ftz.f32` (max 2 ulp error, subnormal inputs and results
 // flushed to zero); in the emulator the exact value, or in its pessimistic numerics mode a
 // flushed value perturbed by up to 2 ulp; in nvcc's host pass the libm value.
