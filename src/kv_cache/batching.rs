@@ -382,7 +382,7 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> Backend<T> for CudaBackend<'_, T
     }
 }
 
-/// A plan of the run and its index, per layer.
+/// One plan of the run and the layers that run it.
 struct RunPlan {
     plan: AttnPlan,
     layers: Vec<usize>,
