@@ -6,6 +6,7 @@
 //! device pointers from cudarc buffers and keeps their guards alive across the launch, so
 //! stream ordering protects the memory.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -340,47 +341,14 @@ impl AttnPlan {
     /// any number of [`GpuPlan::run`] calls: plan once, upload once, run many (every decode
     /// step of a layer, every layer that shares the plan).
     pub fn upload(&self, gpu: &Gpu) -> Result<GpuPlan<'_>> {
-        let stream = gpu.stream();
-        let meta = self
-            .meta()
-            .arrays()
-            .iter()
-            .map(|(_, a)| stream.clone_htod(a.as_slice()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        // Run-time walks read the lengths from cu_seqlens (here the plan's maxima; an
-        // engine's own device lengths per step are issue 12's engine API).
-        let runtime = self.walk() == crate::kernels::FwdWalk::Runtime;
-        let cu = match &self.problem().seqs() {
-            SeqLens::Varlen { cu_q, cu_k } => {
-                Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
-            }
-            seqs @ SeqLens::Uniform { .. } if runtime => {
-                let (cq, ck) = seqs.cu_seqlens();
-                Some((stream.clone_htod(&cq)?, stream.clone_htod(&ck)?))
-            }
-            SeqLens::Uniform { .. } => None,
-        };
-        let [sinks, slopes] = self
-            .head_vectors()
-            .map(|(_, v)| v.map(|v| stream.clone_htod(v)).transpose());
-        let head_vectors = [sinks?, slopes?];
-        let (o_ws, lse_ws) = self.split_workspace();
-        let workspace = if o_ws > 0 {
-            Some((
-                stream.alloc_zeros::<f32>(o_ws)?,
-                stream.alloc_zeros::<f32>(lse_ws)?,
-            ))
-        } else {
-            None
-        };
-        Ok(GpuPlan {
-            plan: self,
-            gpu: gpu.clone(),
-            meta,
-            cu,
-            workspace,
-            head_vectors,
-        })
+        GpuPlan::new(Cow::Borrowed(self), gpu)
+    }
+
+    /// [`AttnPlan::upload`] into a GPU plan that owns this plan: no borrowed lifetime, so an
+    /// engine (or a driver that builds its plan before its device state) keeps it beside its
+    /// other device buffers and runs every step through it.
+    pub fn into_gpu(self, gpu: &Gpu) -> Result<GpuPlan<'static>> {
+        GpuPlan::new(Cow::Owned(self), gpu)
     }
 
     /// [`AttnPlan::run_cuda`] from and to host memory: uploads q, k, v, runs, and returns
@@ -490,9 +458,11 @@ enum KvSlices<'a, T> {
     Raw((u64, u64)),
 }
 
-/// An [`AttnPlan`] whose metadata lives on one GPU (see [`AttnPlan::upload`]).
+/// An [`AttnPlan`] whose metadata lives on one GPU (see [`AttnPlan::upload`] and
+/// [`AttnPlan::into_gpu`]).
 pub struct GpuPlan<'p> {
-    plan: &'p AttnPlan,
+    /// Borrowed ([`AttnPlan::upload`]) or owned ([`AttnPlan::into_gpu`]).
+    plan: Cow<'p, AttnPlan>,
     gpu: Gpu,
     /// The arrays of [`crate::attention::PlanMeta::arrays`], in order.
     meta: Vec<CudaSlice<i32>>,
@@ -503,10 +473,58 @@ pub struct GpuPlan<'p> {
     head_vectors: [Option<CudaSlice<f32>>; 2],
 }
 
+impl<'p> GpuPlan<'p> {
+    /// Uploads `plan`'s metadata, lengths, per-head vectors and split workspace to `gpu`.
+    fn new(plan: Cow<'p, AttnPlan>, gpu: &Gpu) -> Result<Self> {
+        let this: &AttnPlan = &plan;
+        let stream = gpu.stream();
+        let meta = this
+            .meta()
+            .arrays()
+            .iter()
+            .map(|(_, a)| stream.clone_htod(a.as_slice()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Run-time walks read the lengths from cu_seqlens (here the plan's maxima; an
+        // engine's own device lengths per step are issue 12's engine API).
+        let runtime = this.walk() == crate::kernels::FwdWalk::Runtime;
+        let cu = match &this.problem().seqs() {
+            SeqLens::Varlen { cu_q, cu_k } => {
+                Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
+            }
+            seqs @ SeqLens::Uniform { .. } if runtime => {
+                let (cq, ck) = seqs.cu_seqlens();
+                Some((stream.clone_htod(&cq)?, stream.clone_htod(&ck)?))
+            }
+            SeqLens::Uniform { .. } => None,
+        };
+        let [sinks, slopes] = this
+            .head_vectors()
+            .map(|(_, v)| v.map(|v| stream.clone_htod(v)).transpose());
+        let head_vectors = [sinks?, slopes?];
+        let (o_ws, lse_ws) = this.split_workspace();
+        let workspace = if o_ws > 0 {
+            Some((
+                stream.alloc_zeros::<f32>(o_ws)?,
+                stream.alloc_zeros::<f32>(lse_ws)?,
+            ))
+        } else {
+            None
+        };
+        Ok(GpuPlan {
+            plan,
+            gpu: gpu.clone(),
+            meta,
+            cu,
+            workspace,
+            head_vectors,
+        })
+    }
+}
+
 impl GpuPlan<'_> {
     /// The plan this was uploaded from.
     pub fn plan(&self) -> &AttnPlan {
-        self.plan
+        &self.plan
     }
 
     /// Runs the forward pass, queued on the GPU's stream; see [`AttnPlan::run_cuda`]. Every
@@ -582,7 +600,7 @@ impl GpuPlan<'_> {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let plan = self.plan;
+        let plan: &AttnPlan = &self.plan;
         plan.check_step::<T>(seqs)?;
         plan.check_paged_for(
             seqs,
@@ -642,7 +660,7 @@ impl GpuPlan<'_> {
         K: DevicePtr<T> + DeviceSlice<T>,
         O: DevicePtrMut<T> + DeviceSlice<T>,
     {
-        let plan = self.plan;
+        let plan: &AttnPlan = &self.plan;
         plan.check_step::<T>(seqs)?;
         let p = plan.problem();
         let (tq, tk) = seqs.totals();
@@ -796,7 +814,7 @@ impl GpuPlan<'_> {
     /// What the host can check of a device step: the plan's walk and element type, the page
     /// layout against the pool, the lengths' and the table's buffers.
     fn check_device_step<T: Element>(&self, step: &DeviceStep<'_, T>) -> Result<()> {
-        let plan = self.plan;
+        let plan: &AttnPlan = &self.plan;
         if plan.walk() != crate::kernels::FwdWalk::Runtime {
             return Err(Error::Unsupported(
                 "launch_step needs a run-time plan (AttnPlan::for_max_lengths)".into(),
@@ -873,7 +891,7 @@ impl GpuPlan<'_> {
         Q: DevicePtr<T> + DeviceSlice<T>,
         O: DevicePtrMut<T> + DeviceSlice<T>,
     {
-        let (plan, gpu) = (self.plan, &self.gpu);
+        let (plan, gpu): (&AttnPlan, _) = (&self.plan, &self.gpu);
         if q.len() == 0 || out.len() == 0 {
             return Ok(());
         }
