@@ -1021,3 +1021,36 @@ fn strided_steps_and_optional_lse_on_the_gpu() {
     );
     assert!(matches!(r, Err(Error::Layout { .. })), "{r:?}");
 }
+
+/// The continuous-batching example's CUDA path (`kv_cache::batching::run_cuda`: pages written
+/// by the append kernel, each plan uploaded once, every layer of every step through
+/// `GpuPlan::launch_step` over buffers sized once) against the f64 reference, layer by layer
+/// and step by step, on the example's own workload.
+#[test]
+fn continuous_batching_on_the_gpu_matches_the_reference() {
+    use sparse_attn::kv_cache::batching::{self, BatchingConfig, ReferenceCheck};
+    let Some(gpu) = gpu("continuous_batching_on_the_gpu_matches_the_reference") else {
+        return;
+    };
+    let seed = base_seed();
+    let config = BatchingConfig {
+        seed,
+        ..BatchingConfig::gemma3_small().unwrap()
+    };
+    let requests = batching::demo_requests(8, seed);
+    let mut check = ReferenceCheck::new();
+    let report = batching::run_cuda::<bf16>(&gpu, &config, &requests, |s| {
+        let e = check.check(s).unwrap();
+        assert!(
+            e.out <= tol(DType::BF16) && e.lse <= 1e-3,
+            "seed {seed} step {} layer {} lens {:?}: {e:?}",
+            s.step,
+            s.layer,
+            s.seqs
+        );
+    })
+    .unwrap();
+    assert_eq!(report.plans_built(), 2);
+    assert_eq!(report.finished, requests.len());
+    assert_eq!(check.checked, report.launches);
+}
