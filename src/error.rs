@@ -25,6 +25,16 @@ pub enum Error {
         /// What is wrong with it, naming the field.
         message: String,
     },
+    /// A tensor layout the kernels cannot read or write safely (strides that overlap
+    /// elements, are not whole 16-byte chunks, or reach past the buffer); `tensor` names the
+    /// tensor (`q`, `k`, `v`, `out`, `lse`) and so does the message.
+    #[error("layout of {tensor}: {message}")]
+    Layout {
+        /// The tensor.
+        tensor: &'static str,
+        /// What is wrong with its layout.
+        message: String,
+    },
     /// A paged KV cache operation that cannot be done (pool exhausted, sequence unknown,
     /// capacity exceeded, malformed block table); the cache is unchanged after it.
     #[error("KV cache: {0}")]

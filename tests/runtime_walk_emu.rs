@@ -558,3 +558,106 @@ fn sink_logits_and_alibi_under_the_run_time_walk() {
         );
     }
 }
+
+/// A batch mixing prefill chunks, decode rows and idle slots of different sequences through
+/// launches built ONCE over buffers of the plan's capacity (the emulator twin of
+/// `GpuPlan::launch_step`: q and out `[batch x max q_len, heads, head_dim]` with the step's
+/// rows packed first, lse `[heads, batch x max q_len]`), GQA-packed and split: only the
+/// buffers' contents change between steps, and each step matches the reference of its own
+/// lengths.
+#[test]
+fn mixed_rows_through_launches_built_once() {
+    use sparse_attn::attention::{PagedAddrs, TensorAddrs};
+    use sparse_attn::emu::GuardedBuffer;
+    let seed = base_seed();
+    let (batch, heads, kv_heads, d) = (3usize, 4usize, 2usize, 64usize);
+    let (max_q, max_kv) = (24usize, 300usize);
+    let set = HeadPatterns::from_json(STREAMING).unwrap();
+    let max = SeqLens::Uniform {
+        batch,
+        q_len: max_q,
+        kv_len: max_kv,
+    };
+    let problem = AttnProblem::new(max, heads, kv_heads, d as u32, f16::DTYPE).unwrap();
+    let plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default())
+        .unwrap()
+        .with_num_splits(3)
+        .unwrap();
+    assert!(plan.gqa_pack() > 1, "short queries pack");
+    let rows = batch * max_q;
+    let mut qb = GuardedBuffer::<f16>::zeroed(rows * heads * d, "q").unwrap();
+    let mut kb = GuardedBuffer::<f16>::zeroed(batch * max_kv * kv_heads * d, "k").unwrap();
+    let mut vb = GuardedBuffer::<f16>::zeroed(batch * max_kv * kv_heads * d, "v").unwrap();
+    let ob = GuardedBuffer::<f16>::zeroed(rows * heads * d, "out").unwrap();
+    let lb = GuardedBuffer::<f32>::zeroed(rows * heads, "lse").unwrap();
+    let mut cu_q = GuardedBuffer::<i32>::zeroed(batch + 1, "cu_seqlens_q").unwrap();
+    let mut cu_k = GuardedBuffer::<i32>::zeroed(batch + 1, "cu_seqlens_k").unwrap();
+    let (o_ws, l_ws) = plan.split_workspace();
+    let ow = GuardedBuffer::<f32>::zeroed(o_ws, "o_partial").unwrap();
+    let lw = GuardedBuffer::<f32>::zeroed(l_ws, "lse_partial").unwrap();
+    let meta = plan.meta().upload_emulated().unwrap();
+    let addrs = TensorAddrs {
+        meta: meta.addrs(),
+        paged: PagedAddrs::default(),
+        q: qb.as_ptr() as u64,
+        k: kb.as_ptr() as u64,
+        v: vb.as_ptr() as u64,
+        out: ob.as_ptr() as u64,
+        lse: lb.as_ptr() as u64,
+        cu_q: cu_q.as_ptr() as u64,
+        cu_k: cu_k.as_ptr() as u64,
+        tiles_visited: 0,
+        o_partial: ow.as_ptr() as u64,
+        lse_partial: lw.as_ptr() as u64,
+        sink_logits: 0,
+        alibi_slopes: 0,
+    };
+    let fwd = plan.launch(&addrs);
+    let combine = plan.combine_launch(&addrs).expect("a split plan combines");
+    let opts = common::emu_run().options();
+    for (m, lens) in [
+        [(24, 24), (1, 200), (0, 0)],
+        [(1, 25), (24, 224), (5, 5)],
+        [(17, 300), (0, 0), (1, 6)],
+        [(1, 1), (1, 225), (24, 30)],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seqs = varlen(&lens);
+        let step = AttnProblem::new(seqs.clone(), heads, kv_heads, d as u32, f16::DTYPE).unwrap();
+        let lists = AttnPlan::with_patterns(&step, &set, &AttnOptions::default()).unwrap();
+        let mut rng = Rng::new(seed + m as u64);
+        let q: Vec<f16> = random_tensor(&mut rng, step.q_elems(), 1.0);
+        let k: Vec<f16> = random_tensor(&mut rng, step.kv_elems(), 1.0);
+        let v: Vec<f16> = random_tensor(&mut rng, step.kv_elems(), 1.0);
+        let (cq, ck) = seqs.cu_seqlens();
+        cu_q.as_mut_slice().copy_from_slice(&cq);
+        cu_k.as_mut_slice().copy_from_slice(&ck);
+        qb.as_mut_slice()[..q.len()].copy_from_slice(&q);
+        kb.as_mut_slice()[..k.len()].copy_from_slice(&k);
+        vb.as_mut_slice()[..v.len()].copy_from_slice(&v);
+        // SAFETY: every address in the launches points at a live guarded buffer of the plan's
+        // capacity; the step's lengths are within the plan's maxima and batch.
+        unsafe {
+            fwd.run_emulated(&opts).unwrap();
+            combine.run_emulated(&opts).unwrap();
+        }
+        let total_q = seqs.totals().0;
+        let out = ob.to_vec()[..q.len()].to_vec();
+        let lse: Vec<f32> = lb
+            .to_vec()
+            .chunks(rows)
+            .flat_map(|row| row[..total_q].to_vec())
+            .collect();
+        let want = reference_for(&lists, &q, &k, &v, |b, h, i, j| lists.allowed(b, h, i, j));
+        assert_matches(
+            &format!("mixed step {lens:?}"),
+            &step,
+            &out,
+            &lse,
+            &want,
+            tol(f16::DTYPE),
+        );
+    }
+}

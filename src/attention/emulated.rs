@@ -1,6 +1,7 @@
 //! Running a plan on the CPU emulator: the kernels' own source, one fiber per CUDA thread,
 //! over guarded copies of the inputs.
 
+use super::layout::TensorLayout;
 use super::paged::{PagedAddrs, PagedKv, PagedLayout};
 use super::{AttnPlan, Element, Result, SeqLens, TensorAddrs};
 use crate::emu::{self, GuardedBuffer};
@@ -116,6 +117,80 @@ impl AttnPlan {
         self.emulate_for(seqs, q, KvInput::Paged(kv), run)
     }
 
+    /// One step of a run-time plan ([`AttnPlan::for_max_lengths`]) at the lengths `seqs`
+    /// over tensors at explicit strides, written into the caller's buffers: the emulator twin
+    /// of [`crate::backend::GpuPlan::launch_step_strided`] and
+    /// [`crate::backend::GpuPlan::run_step_strided`].
+    ///
+    /// `q`, `out` (and, for [`StepKv::Contiguous`], `k` and `v`) start at their tensor's
+    /// first element and hold the step's `[total_q, num_heads, head_dim]` (`[total_k,
+    /// num_kv_heads, head_dim]`) at `layout`'s strides: slices of one fused QKV buffer
+    /// ([`TensorLayout::fused_qkv`]) or of a padded activation tensor. Only `out`'s elements
+    /// of the step are written; everything else in `out` is left as it was. `lse`, when
+    /// given, is `[num_heads, batch x max q_len]` (the plan's capacity; the step's rows first
+    /// in each head's row, the rest untouched); `None` skips the LSE store altogether (a null
+    /// pointer in the params). Lengths, layouts ([`super::TensorStrides::check`]) and, paged,
+    /// the cache are checked before anything runs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_emulated_step_into<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        kv: StepKv<'_, T>,
+        layout: &TensorLayout,
+        out: &mut [T],
+        lse: Option<&mut [f32]>,
+        run: &EmuRun,
+    ) -> Result<()> {
+        self.check_step::<T>(seqs)?;
+        let p = &self.problem;
+        let (tq, tk) = seqs.totals();
+        let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize);
+        layout.q.check("q", tq, h, d, q.len())?;
+        layout.out.check("out", tq, h, d, out.len())?;
+        let input = match kv {
+            StepKv::Contiguous { k, v } => {
+                layout.k.check("k", tk, hk, d, k.len())?;
+                layout.v.check("v", tk, hk, d, v.len())?;
+                KvInput::Contiguous { k, v }
+            }
+            StepKv::Paged(c) => {
+                self.check_paged_for(
+                    seqs,
+                    c.k_pages.len(),
+                    c.v_pages.len(),
+                    c.block_table,
+                    &c.layout,
+                )?;
+                KvInput::Paged(c)
+            }
+        };
+        let lse_len = p.seqs().totals().0 * h;
+        if let Some(l) = &lse {
+            if l.len() != lse_len {
+                return Err(Error::Layout {
+                    tensor: "lse",
+                    message: format!(
+                        "{} elements, the plan's capacity needs num_heads x batch x max q_len = \
+                         {lse_len}",
+                        l.len()
+                    ),
+                });
+            }
+        }
+        let ob = GuardedBuffer::from_slice(out, "out")?;
+        let lb = match &lse {
+            Some(l) => Some(GuardedBuffer::from_slice(l, "lse")?),
+            None => None,
+        };
+        self.emulate_into(seqs, q, input, layout, &ob, lb.as_ref(), run)?;
+        out.copy_from_slice(ob.as_slice());
+        if let (Some(dst), Some(b)) = (lse, &lb) {
+            dst.copy_from_slice(b.as_slice());
+        }
+        Ok(())
+    }
+
     /// A step's lengths against a run-time plan: the plan's batch, every sequence within the
     /// maxima it was compiled for, the plan's element type.
     pub(crate) fn check_step<T: Element>(&self, seqs: &SeqLens) -> Result<()> {
@@ -168,7 +243,8 @@ impl AttnPlan {
         self.emulate_for(self.problem.seqs(), q, kv, run)
     }
 
-    /// One emulated launch for the sequences `seqs` (the problem's, or a run-time step's).
+    /// One emulated launch for the sequences `seqs` (the problem's, or a run-time step's),
+    /// packed tensors, into fresh outputs.
     fn emulate_for<T: Element>(
         &self,
         seqs: &SeqLens,
@@ -178,21 +254,6 @@ impl AttnPlan {
     ) -> Result<(Vec<T>, Vec<f32>)> {
         let p = &self.problem;
         let runtime = self.walk() == FwdWalk::Runtime;
-        let qb = GuardedBuffer::from_slice(q, "q")?;
-        let (k, v, table, layout) = match kv {
-            KvInput::Contiguous { k, v } => (k, v, None, PagedLayout::default()),
-            KvInput::Paged(c) => (c.k_pages, c.v_pages, Some(c.block_table), c.layout),
-        };
-        let (k_label, v_label) = if table.is_some() {
-            ("k_pages", "v_pages")
-        } else {
-            ("k", "v")
-        };
-        let kb = GuardedBuffer::from_slice(k, k_label)?;
-        let vb = GuardedBuffer::from_slice(v, v_label)?;
-        let tb = table
-            .map(|t| GuardedBuffer::from_slice(t, "block_table"))
-            .transpose()?;
         // Outputs start poisoned (NaN), so an element the kernels forget to write cannot pass
         // for an empty row's out = 0 (or for anything else).
         // A run-time plan's LSE rows are laid out for its capacity (batch x max q_len) and
@@ -207,6 +268,48 @@ impl AttnPlan {
         };
         let ob = GuardedBuffer::filled(out_elems, T::from_f32(f32::NAN), "out")?;
         let lb = GuardedBuffer::filled(lse_elems, f32::NAN, "lse")?;
+        self.emulate_into(seqs, q, kv, &self.packed_layout(), &ob, Some(&lb), run)?;
+        let mut lse = lb.to_vec();
+        if runtime {
+            // [num_heads, capacity] -> [num_heads, total_q]
+            lse = lse
+                .chunks(capacity.max(1))
+                .flat_map(|row| row[..total_q].iter().copied())
+                .collect();
+        }
+        Ok((ob.to_vec(), lse))
+    }
+
+    /// The launches of one emulated call into the output buffers `ob` and `lb` (`None`: no
+    /// LSE), q, k, v and out at `layout`'s strides (checked by the caller).
+    #[allow(clippy::too_many_arguments)]
+    fn emulate_into<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        kv: KvInput<'_, T>,
+        layout: &TensorLayout,
+        ob: &GuardedBuffer<T>,
+        lb: Option<&GuardedBuffer<f32>>,
+        run: &EmuRun,
+    ) -> Result<()> {
+        let p = &self.problem;
+        let runtime = self.walk() == FwdWalk::Runtime;
+        let qb = GuardedBuffer::from_slice(q, "q")?;
+        let (k, v, table, page_layout) = match kv {
+            KvInput::Contiguous { k, v } => (k, v, None, PagedLayout::default()),
+            KvInput::Paged(c) => (c.k_pages, c.v_pages, Some(c.block_table), c.layout),
+        };
+        let (k_label, v_label) = if table.is_some() {
+            ("k_pages", "v_pages")
+        } else {
+            ("k", "v")
+        };
+        let kb = GuardedBuffer::from_slice(k, k_label)?;
+        let vb = GuardedBuffer::from_slice(v, v_label)?;
+        let tb = table
+            .map(|t| GuardedBuffer::from_slice(t, "block_table"))
+            .transpose()?;
         let counter = GuardedBuffer::<u64>::zeroed(1, "tiles_visited")?;
         // Run-time plans always read the lengths from cu_seqlens.
         let (cu_q, cu_k) = match (seqs, runtime) {
@@ -243,8 +346,8 @@ impl AttnPlan {
                 k_pages: kb.as_ptr() as u64,
                 v_pages: vb.as_ptr() as u64,
                 block_table: t.as_ptr() as u64,
-                layout,
-                num_pages: pool_pages(kb.len(), p, &layout),
+                layout: page_layout,
+                num_pages: pool_pages(kb.len(), p, &page_layout),
             },
             None => PagedAddrs::default(),
         };
@@ -255,7 +358,7 @@ impl AttnPlan {
             k: contig_k,
             v: contig_v,
             out: ob.as_ptr() as u64,
-            lse: lb.as_ptr() as u64,
+            lse: lb.map_or(0, |b| b.as_ptr() as u64),
             cu_q: cu_q.as_ref().map_or(0, |b| b.as_ptr() as u64),
             cu_k: cu_k.as_ref().map_or(0, |b| b.as_ptr() as u64),
             tiles_visited: counter.as_ptr() as u64,
@@ -268,34 +371,44 @@ impl AttnPlan {
             sink_logits: addr(&sinks),
             alibi_slopes: addr(&slopes),
         };
-        // SAFETY: every pointer in the params refers to a live guarded buffer sized exactly as
-        // the validated problem (and, when paged, the validated page layout; when split, the
-        // plan's workspace; the per-head vectors, num_heads values) requires; the kernels
-        // match the params type.
+        // SAFETY: every pointer in the params refers to a live guarded buffer that holds every
+        // element the launch touches: q, k, v and out at `layout`'s strides, checked against
+        // their lengths by the caller (packed: sized exactly as the validated problem), the
+        // LSE of the plan's rows or none (null), when paged the validated page layout, when
+        // split the plan's workspace, the per-head vectors num_heads values; the kernels match
+        // the params type.
         unsafe {
-            self.launch(&addrs).run_emulated(&run.options())?;
-            if let Some(combine) = self.combine_launch(&addrs) {
+            self.launch_with_layout(&addrs, layout)
+                .run_emulated(&run.options())?;
+            if let Some(combine) = self.combine_launch_with_layout(&addrs, layout) {
                 combine.run_emulated(&run.options())?;
             }
         }
         if let Some(slot) = run.tiles_visited {
             slot.set(counter.to_vec()[0]);
         }
-        let mut lse = lb.to_vec();
-        if runtime {
-            // [num_heads, capacity] -> [num_heads, total_q]
-            lse = lse
-                .chunks(capacity.max(1))
-                .flat_map(|row| row[..total_q].iter().copied())
-                .collect();
-        }
-        Ok((ob.to_vec(), lse))
+        Ok(())
     }
 }
 
 /// Where an emulated call reads K/V from.
 enum KvInput<'a, T> {
     Contiguous { k: &'a [T], v: &'a [T] },
+    Paged(&'a PagedKv<'a, T>),
+}
+
+/// Where one step of [`AttnPlan::run_emulated_step_into`] reads K/V from.
+#[derive(Clone, Copy, Debug)]
+pub enum StepKv<'a, T> {
+    /// The step's keys and values, each starting at its tensor's first element, at the
+    /// layout's `k` and `v` strides (for example two parts of a fused QKV buffer).
+    Contiguous {
+        /// Keys.
+        k: &'a [T],
+        /// Values.
+        v: &'a [T],
+    },
+    /// A paged cache (the layout's `k` and `v` strides are unused).
     Paged(&'a PagedKv<'a, T>),
 }
 

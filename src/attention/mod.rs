@@ -27,11 +27,13 @@ use crate::pattern::{HeadPatterns, Pattern};
 use crate::shape::{AttnOptions, AttnProblem, DType, SeqLens};
 
 mod emulated;
+mod layout;
 mod meta;
 mod paged;
 
 pub(crate) use emulated::pool_pages;
-pub use emulated::EmuRun;
+pub use emulated::{EmuRun, StepKv};
+pub use layout::{TensorLayout, TensorStrides};
 pub use meta::{EmuMeta, MetaAddrs, PlanMeta};
 pub use paged::{PagedAddrs, PagedKv, PagedLayout};
 
@@ -76,7 +78,7 @@ pub struct TensorAddrs {
     pub v: u64,
     /// Output, laid out like `q`.
     pub out: u64,
-    /// Row LSE (f32).
+    /// Row LSE (f32); 0: not written (the kernels skip the store).
     pub lse: u64,
     /// `cu_seqlens` arrays on the device (0 for uniform batches).
     pub cu_q: u64,
@@ -329,11 +331,21 @@ impl AttnPlan {
     /// The combine launch that merges split-KV partials into `out` and `lse` (`None` when
     /// the plan does not split). Runs after [`AttnPlan::launch`] on the same addresses.
     pub fn combine_launch(&self, a: &TensorAddrs) -> Option<Launch<SaAttnFwdParams>> {
+        self.combine_launch_with_layout(a, &self.packed_layout())
+    }
+
+    /// [`AttnPlan::combine_launch`] writing `out` at `layout.out`'s strides (see
+    /// [`AttnPlan::launch_with_layout`]).
+    pub fn combine_launch_with_layout(
+        &self,
+        a: &TensorAddrs,
+        layout: &TensorLayout,
+    ) -> Option<Launch<SaAttnFwdParams>> {
         let total_q = self.problem.seqs().totals().0;
         if self.num_splits <= 1 || total_q == 0 {
             return None;
         }
-        let mut l = self.launch(a);
+        let mut l = self.launch_with_layout(a, layout);
         let warps = (kernels::COMBINE_THREADS / 32) as usize;
         let pairs = total_q * self.problem.num_heads();
         l.kernel = kernels::attn_combine(self.problem.dtype(), self.problem.head_dim());
@@ -409,6 +421,25 @@ impl AttnPlan {
     /// and `a.alibi_slopes` must hold the plan's vectors ([`AttnPlan::head_vectors`]) when
     /// it has them and be 0 otherwise.
     pub fn launch(&self, a: &TensorAddrs) -> Launch<SaAttnFwdParams> {
+        self.launch_with_layout(a, &self.packed_layout())
+    }
+
+    /// Every tensor of this plan's problem packed ([`TensorLayout::packed`]): what
+    /// [`AttnPlan::launch`] assumes.
+    pub fn packed_layout(&self) -> TensorLayout {
+        let p = &self.problem;
+        TensorLayout::packed(p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize)
+    }
+
+    /// [`AttnPlan::launch`] with q, k, v and out at the strides of `layout` (k and v unused
+    /// when K/V are paged); uniform batches put sequence `b`'s tokens `b * q_len` (`b *
+    /// kv_len`) rows in. Pure, like `launch`: the caller validates the layout against its
+    /// buffers first ([`TensorStrides::check`]).
+    pub fn launch_with_layout(
+        &self,
+        a: &TensorAddrs,
+        layout: &TensorLayout,
+    ) -> Launch<SaAttnFwdParams> {
         debug_assert_eq!(
             a.sink_logits != 0,
             self.sink_logits().is_some(),
@@ -433,24 +464,26 @@ impl AttnPlan {
         // params depends on a step's lengths.
         let runtime = self.walk == FwdWalk::Runtime;
         let varlen = runtime || matches!(p.seqs(), SeqLens::Varlen { .. });
+        let [q_row, k_row, v_row, o_row] =
+            [layout.q, layout.k, layout.v, layout.out].map(|s| s.row as i64);
         let params = SaAttnFwdParams {
             q: a.q as *const c_void,
             k: a.k as *const c_void,
             v: a.v as *const c_void,
             out: a.out as *mut c_void,
             lse: a.lse as *mut f32,
-            q_batch_stride: if runtime { 0 } else { q_len as i64 * h * d },
-            q_row_stride: h * d,
-            q_head_stride: d,
-            k_batch_stride: if runtime { 0 } else { kv_len as i64 * hk * d },
-            k_row_stride: hk * d,
-            k_head_stride: d,
-            v_batch_stride: if runtime { 0 } else { kv_len as i64 * hk * d },
-            v_row_stride: hk * d,
-            v_head_stride: d,
-            o_batch_stride: if runtime { 0 } else { q_len as i64 * h * d },
-            o_row_stride: h * d,
-            o_head_stride: d,
+            q_batch_stride: if runtime { 0 } else { q_len as i64 * q_row },
+            q_row_stride: q_row,
+            q_head_stride: layout.q.head as i64,
+            k_batch_stride: if runtime { 0 } else { kv_len as i64 * k_row },
+            k_row_stride: k_row,
+            k_head_stride: layout.k.head as i64,
+            v_batch_stride: if runtime { 0 } else { kv_len as i64 * v_row },
+            v_row_stride: v_row,
+            v_head_stride: layout.v.head as i64,
+            o_batch_stride: if runtime { 0 } else { q_len as i64 * o_row },
+            o_row_stride: o_row,
+            o_head_stride: layout.out.head as i64,
             lse_batch_stride: if varlen { 0 } else { h * q_len as i64 },
             lse_head_stride: if varlen { total_q as i64 } else { q_len as i64 },
             cu_seqlens_q: a.cu_q as *const i32,

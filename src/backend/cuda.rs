@@ -6,17 +6,21 @@
 //! device pointers from cudarc buffers and keeps their guards alive across the launch, so
 //! stream ordering protects the memory.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
+    DevicePtrMut, DeviceRepr, DeviceSlice, DriverError, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::attention::{AttnPlan, Element, MetaAddrs, PagedAddrs, PagedLayout, TensorAddrs};
+use crate::attention::{
+    AttnPlan, Element, MetaAddrs, PagedAddrs, PagedLayout, TensorAddrs, TensorLayout,
+};
 use crate::error::{Error, Result};
 use crate::kernels::{KernelDesc, Launch};
 use crate::shape::SeqLens;
@@ -292,6 +296,29 @@ fn check_buffer<T>(gpu: &Gpu, name: &str, buf: &CudaSlice<T>, want: usize) -> Re
     Ok(())
 }
 
+/// Checks that a view (any cudarc device slice) lives on `gpu`'s context.
+fn check_context<T, B: DeviceSlice<T>>(gpu: &Gpu, name: &str, buf: &B) -> Result<()> {
+    if buf.stream().context() != gpu.context() {
+        return Err(Error::WrongDevice(format!(
+            "{name} lives on CUDA device {} but the Gpu is device {}",
+            buf.stream().context().ordinal(),
+            gpu.context().ordinal()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a device address for the kernels' 16-byte row copies.
+fn check_aligned(name: &'static str, ptr: u64) -> Result<()> {
+    if ptr % 16 != 0 {
+        return Err(Error::Layout {
+            tensor: name,
+            message: format!("starts at device address {ptr:#x}, not 16-byte aligned"),
+        });
+    }
+    Ok(())
+}
+
 impl AttnPlan {
     /// Runs the forward pass on the GPU, queued on `gpu`'s stream. `q`, `k`, `v` and `out`
     /// are laid out as in [`AttnPlan::run_emulated`]; `lse` is `[batch, num_heads, q_len]`
@@ -314,47 +341,14 @@ impl AttnPlan {
     /// any number of [`GpuPlan::run`] calls: plan once, upload once, run many (every decode
     /// step of a layer, every layer that shares the plan).
     pub fn upload(&self, gpu: &Gpu) -> Result<GpuPlan<'_>> {
-        let stream = gpu.stream();
-        let meta = self
-            .meta()
-            .arrays()
-            .iter()
-            .map(|(_, a)| stream.clone_htod(a.as_slice()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        // Run-time walks read the lengths from cu_seqlens (here the plan's maxima; an
-        // engine's own device lengths per step are issue 12's engine API).
-        let runtime = self.walk() == crate::kernels::FwdWalk::Runtime;
-        let cu = match &self.problem().seqs() {
-            SeqLens::Varlen { cu_q, cu_k } => {
-                Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
-            }
-            seqs @ SeqLens::Uniform { .. } if runtime => {
-                let (cq, ck) = seqs.cu_seqlens();
-                Some((stream.clone_htod(&cq)?, stream.clone_htod(&ck)?))
-            }
-            SeqLens::Uniform { .. } => None,
-        };
-        let [sinks, slopes] = self
-            .head_vectors()
-            .map(|(_, v)| v.map(|v| stream.clone_htod(v)).transpose());
-        let head_vectors = [sinks?, slopes?];
-        let (o_ws, lse_ws) = self.split_workspace();
-        let workspace = if o_ws > 0 {
-            Some((
-                stream.alloc_zeros::<f32>(o_ws)?,
-                stream.alloc_zeros::<f32>(lse_ws)?,
-            ))
-        } else {
-            None
-        };
-        Ok(GpuPlan {
-            plan: self,
-            gpu: gpu.clone(),
-            meta,
-            cu,
-            workspace,
-            head_vectors,
-        })
+        GpuPlan::new(Cow::Borrowed(self), gpu)
+    }
+
+    /// [`AttnPlan::upload`] into a GPU plan that owns this plan: no borrowed lifetime, so an
+    /// engine (or a driver that builds its plan before its device state) keeps it beside its
+    /// other device buffers and runs every step through it.
+    pub fn into_gpu(self, gpu: &Gpu) -> Result<GpuPlan<'static>> {
+        GpuPlan::new(Cow::Owned(self), gpu)
     }
 
     /// [`AttnPlan::run_cuda`] from and to host memory: uploads q, k, v, runs, and returns
@@ -451,8 +445,8 @@ pub struct DeviceStep<'a, T> {
 /// Where a GPU call reads K/V from.
 enum KvSlices<'a, T> {
     Contiguous {
-        k: &'a CudaSlice<T>,
-        v: &'a CudaSlice<T>,
+        k: CudaView<'a, T>,
+        v: CudaView<'a, T>,
     },
     Paged {
         k: &'a CudaSlice<T>,
@@ -460,11 +454,15 @@ enum KvSlices<'a, T> {
         table: &'a CudaSlice<i32>,
         layout: PagedLayout,
     },
+    /// Contiguous K/V whose device addresses the caller took (and whose guards it holds).
+    Raw((u64, u64)),
 }
 
-/// An [`AttnPlan`] whose metadata lives on one GPU (see [`AttnPlan::upload`]).
+/// An [`AttnPlan`] whose metadata lives on one GPU (see [`AttnPlan::upload`] and
+/// [`AttnPlan::into_gpu`]).
 pub struct GpuPlan<'p> {
-    plan: &'p AttnPlan,
+    /// Borrowed ([`AttnPlan::upload`]) or owned ([`AttnPlan::into_gpu`]).
+    plan: Cow<'p, AttnPlan>,
     gpu: Gpu,
     /// The arrays of [`crate::attention::PlanMeta::arrays`], in order.
     meta: Vec<CudaSlice<i32>>,
@@ -475,10 +473,58 @@ pub struct GpuPlan<'p> {
     head_vectors: [Option<CudaSlice<f32>>; 2],
 }
 
+impl<'p> GpuPlan<'p> {
+    /// Uploads `plan`'s metadata, lengths, per-head vectors and split workspace to `gpu`.
+    fn new(plan: Cow<'p, AttnPlan>, gpu: &Gpu) -> Result<Self> {
+        let this: &AttnPlan = &plan;
+        let stream = gpu.stream();
+        let meta = this
+            .meta()
+            .arrays()
+            .iter()
+            .map(|(_, a)| stream.clone_htod(a.as_slice()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Run-time walks read the lengths from cu_seqlens (here the plan's maxima; an
+        // engine's own device lengths per step are issue 12's engine API).
+        let runtime = this.walk() == crate::kernels::FwdWalk::Runtime;
+        let cu = match &this.problem().seqs() {
+            SeqLens::Varlen { cu_q, cu_k } => {
+                Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
+            }
+            seqs @ SeqLens::Uniform { .. } if runtime => {
+                let (cq, ck) = seqs.cu_seqlens();
+                Some((stream.clone_htod(&cq)?, stream.clone_htod(&ck)?))
+            }
+            SeqLens::Uniform { .. } => None,
+        };
+        let [sinks, slopes] = this
+            .head_vectors()
+            .map(|(_, v)| v.map(|v| stream.clone_htod(v)).transpose());
+        let head_vectors = [sinks?, slopes?];
+        let (o_ws, lse_ws) = this.split_workspace();
+        let workspace = if o_ws > 0 {
+            Some((
+                stream.alloc_zeros::<f32>(o_ws)?,
+                stream.alloc_zeros::<f32>(lse_ws)?,
+            ))
+        } else {
+            None
+        };
+        Ok(GpuPlan {
+            plan,
+            gpu: gpu.clone(),
+            meta,
+            cu,
+            workspace,
+            head_vectors,
+        })
+    }
+}
+
 impl GpuPlan<'_> {
     /// The plan this was uploaded from.
     pub fn plan(&self) -> &AttnPlan {
-        self.plan
+        &self.plan
     }
 
     /// Runs the forward pass, queued on the GPU's stream; see [`AttnPlan::run_cuda`]. Every
@@ -495,7 +541,15 @@ impl GpuPlan<'_> {
         let p = self.plan.problem();
         check_buffer(&self.gpu, "k", k, p.kv_elems())?;
         check_buffer(&self.gpu, "v", v, p.kv_elems())?;
-        self.run_with(q, KvSlices::Contiguous { k, v }, out, lse)
+        self.run_with(
+            q,
+            KvSlices::Contiguous {
+                k: k.as_view(),
+                v: v.as_view(),
+            },
+            out,
+            lse,
+        )
     }
 
     /// Runs with K/V read from a paged cache on the GPU (see
@@ -546,7 +600,7 @@ impl GpuPlan<'_> {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let plan = self.plan;
+        let plan: &AttnPlan = &self.plan;
         plan.check_step::<T>(seqs)?;
         plan.check_paged_for(
             seqs,
@@ -564,6 +618,7 @@ impl GpuPlan<'_> {
         let p = plan.problem();
         let q_elems = seqs.totals().0 * p.num_heads() * p.head_dim().get() as usize;
         let lse_elems = p.seqs().totals().0 * p.num_heads();
+        self.check_packed(q, out, lse, (q_elems, lse_elems))?;
         self.launch_with(
             q,
             KvSlices::Paged {
@@ -573,10 +628,101 @@ impl GpuPlan<'_> {
                 layout: kv.layout,
             },
             out,
+            Some(lse),
+            Some((&lens.0, &lens.1)),
+            &plan.packed_layout(),
+        )
+    }
+
+    /// One step of a run-time plan at the lengths `seqs`, K/V contiguous, every tensor at
+    /// explicit strides: q, k, v and out are views (for example `fused.slice(k_offset..)` of
+    /// one fused QKV buffer, [`TensorLayout::fused_qkv`], or a padded activation tensor)
+    /// holding the step's `[total_q, num_heads, head_dim]` and `[total_k, num_kv_heads,
+    /// head_dim]` at `layout`'s strides, each starting at its tensor's first element (16-byte
+    /// aligned). Only out's elements of the step are written. `lse`: `[num_heads, batch x
+    /// max q_len]` (the plan's capacity), or `None` to skip the LSE store. The step's
+    /// `cu_seqlens` are uploaded for the launch; lengths, layouts (`Error::Layout`) and
+    /// contexts are checked first. The emulator twin is [`AttnPlan::run_emulated_step_into`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_step_strided<T, Q, K, O>(
+        &self,
+        seqs: &SeqLens,
+        q: &Q,
+        k: &K,
+        v: &K,
+        out: &mut O,
+        lse: Option<&mut CudaSlice<f32>>,
+        layout: &TensorLayout,
+    ) -> Result<()>
+    where
+        T: Element + DeviceRepr,
+        Q: DevicePtr<T> + DeviceSlice<T>,
+        K: DevicePtr<T> + DeviceSlice<T>,
+        O: DevicePtrMut<T> + DeviceSlice<T>,
+    {
+        let plan: &AttnPlan = &self.plan;
+        plan.check_step::<T>(seqs)?;
+        let p = plan.problem();
+        let (tq, tk) = seqs.totals();
+        let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize);
+        layout.q.check("q", tq, h, d, q.len())?;
+        layout.k.check("k", tk, hk, d, k.len())?;
+        layout.v.check("v", tk, hk, d, v.len())?;
+        layout.out.check("out", tq, h, d, out.len())?;
+        check_context(&self.gpu, "k", k)?;
+        check_context(&self.gpu, "v", v)?;
+        self.check_step_outputs(q, out, lse.as_deref())?;
+        let stream = self.gpu.stream();
+        let (cq, ck) = seqs.cu_seqlens();
+        let lens = (stream.clone_htod(&cq)?, stream.clone_htod(&ck)?);
+        // Views of the whole of k and v: the kernels read them at the layout's strides.
+        let (k_ptr, _kg) = k.device_ptr(stream);
+        let (v_ptr, _vg) = v.device_ptr(stream);
+        check_aligned("k", k_ptr)?;
+        check_aligned("v", v_ptr)?;
+        let addrs = (k_ptr, v_ptr);
+        self.launch_with(
+            q,
+            KvSlices::Raw(addrs),
+            out,
             lse,
             Some((&lens.0, &lens.1)),
-            (q_elems, lse_elems),
+            layout,
         )
+    }
+
+    /// The context, element count and alignment checks of a strided step's q, out and lse
+    /// (`lse`: the plan's capacity, `[num_heads, batch x max q_len]`).
+    fn check_step_outputs<T, Q, O>(
+        &self,
+        q: &Q,
+        out: &O,
+        lse: Option<&CudaSlice<f32>>,
+    ) -> Result<()>
+    where
+        Q: DeviceSlice<T>,
+        O: DeviceSlice<T>,
+    {
+        check_context(&self.gpu, "q", q)?;
+        check_context(&self.gpu, "out", out)?;
+        if let Some(l) = lse {
+            let p = self.plan.problem();
+            check_buffer(&self.gpu, "lse", l, p.seqs().totals().0 * p.num_heads())?;
+        }
+        Ok(())
+    }
+
+    /// q, out and lse of a packed call: exactly `elems` = (q and out elements, lse elements).
+    fn check_packed<T>(
+        &self,
+        q: &CudaSlice<T>,
+        out: &CudaSlice<T>,
+        lse: &CudaSlice<f32>,
+        elems: (usize, usize),
+    ) -> Result<()> {
+        check_buffer(&self.gpu, "q", q, elems.0)?;
+        check_buffer(&self.gpu, "out", out, elems.0)?;
+        check_buffer(&self.gpu, "lse", lse, elems.1)
     }
 
     /// Queues one step of a run-time plan ([`AttnPlan::for_max_lengths`]) on the plan's
@@ -596,7 +742,79 @@ impl GpuPlan<'_> {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let plan = self.plan;
+        self.check_device_step(step)?;
+        let p = self.plan.problem();
+        let capacity = p.seqs().totals().0;
+        let elems = (
+            capacity * p.num_heads() * p.head_dim().get() as usize,
+            capacity * p.num_heads(),
+        );
+        self.check_packed(q, out, lse, elems)?;
+        self.launch_device_step(step, q, out, Some(lse), &self.plan.packed_layout())
+    }
+
+    /// [`GpuPlan::launch_step`] with q and out at explicit strides and the LSE optional: q and
+    /// out are views (say of a fused QKV buffer and of a padded activation tensor, see
+    /// [`TensorLayout`]) of the plan's capacity, `batch x max q_len` tokens at `layout.q` and
+    /// `layout.out` (the step's rows first; only the rows of the step are written); `lse`
+    /// `[num_heads, batch x max q_len]`, or `None` to skip the LSE store (a null pointer in
+    /// the params). K/V come from the step's pages (`layout.k` and `layout.v` are unused).
+    /// Queues launches only, like `launch_step`; layouts are checked first (`Error::Layout`).
+    pub fn launch_step_strided<T, Q, O>(
+        &self,
+        step: &DeviceStep<'_, T>,
+        q: &Q,
+        out: &mut O,
+        lse: Option<&mut CudaSlice<f32>>,
+        layout: &TensorLayout,
+    ) -> Result<()>
+    where
+        T: Element + DeviceRepr,
+        Q: DevicePtr<T> + DeviceSlice<T>,
+        O: DevicePtrMut<T> + DeviceSlice<T>,
+    {
+        self.check_device_step(step)?;
+        let p = self.plan.problem();
+        let (h, d) = (p.num_heads(), p.head_dim().get() as usize);
+        let capacity = p.seqs().totals().0;
+        layout.q.check("q", capacity, h, d, q.len())?;
+        layout.out.check("out", capacity, h, d, out.len())?;
+        self.check_step_outputs(q, out, lse.as_deref())?;
+        self.launch_device_step(step, q, out, lse, layout)
+    }
+
+    fn launch_device_step<T, Q, O>(
+        &self,
+        step: &DeviceStep<'_, T>,
+        q: &Q,
+        out: &mut O,
+        lse: Option<&mut CudaSlice<f32>>,
+        layout: &TensorLayout,
+    ) -> Result<()>
+    where
+        T: Element + DeviceRepr,
+        Q: DevicePtr<T> + DeviceSlice<T>,
+        O: DevicePtrMut<T> + DeviceSlice<T>,
+    {
+        self.launch_with(
+            q,
+            KvSlices::Paged {
+                k: step.k_pages,
+                v: step.v_pages,
+                table: step.block_table,
+                layout: step.layout,
+            },
+            out,
+            lse,
+            Some((step.cu_seqlens_q, step.cu_seqlens_k)),
+            layout,
+        )
+    }
+
+    /// What the host can check of a device step: the plan's walk and element type, the page
+    /// layout against the pool, the lengths' and the table's buffers.
+    fn check_device_step<T: Element>(&self, step: &DeviceStep<'_, T>) -> Result<()> {
+        let plan: &AttnPlan = &self.plan;
         if plan.walk() != crate::kernels::FwdWalk::Runtime {
             return Err(Error::Unsupported(
                 "launch_step needs a run-time plan (AttnPlan::for_max_lengths)".into(),
@@ -639,24 +857,7 @@ impl GpuPlan<'_> {
         }
         check_buffer(&self.gpu, "k_pages", step.k_pages, step.k_pages.len())?;
         check_buffer(&self.gpu, "v_pages", step.v_pages, step.v_pages.len())?;
-        let capacity = p.seqs().totals().0;
-        let elems = (
-            capacity * p.num_heads() * p.head_dim().get() as usize,
-            capacity * p.num_heads(),
-        );
-        self.launch_with(
-            q,
-            KvSlices::Paged {
-                k: step.k_pages,
-                v: step.v_pages,
-                table: step.block_table,
-                layout: step.layout,
-            },
-            out,
-            lse,
-            Some((step.cu_seqlens_q, step.cu_seqlens_k)),
-            elems,
-        )
+        Ok(())
     }
 
     fn run_with<T: Element + DeviceRepr>(
@@ -667,42 +868,51 @@ impl GpuPlan<'_> {
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let p = self.plan.problem();
-        self.launch_with(q, kv, out, lse, None, (p.q_elems(), p.lse_elems()))
+        self.check_packed(q, out, lse, (p.q_elems(), p.lse_elems()))?;
+        self.launch_with(q, kv, out, Some(lse), None, &self.plan.packed_layout())
     }
 
-    /// The launches over q, K/V, out and lse of `elems` = (q and out elements, lse elements),
-    /// with the plan's cu_seqlens or a step's (`lens`).
+    /// The launches over q, K/V, out and lse (`None`: not written) at `layout`'s strides,
+    /// with the plan's cu_seqlens or a step's (`lens`). The callers have checked every
+    /// tensor's extent against `layout` (or, packed, its exact length) and its context; the
+    /// device addresses' alignment is checked here.
     #[allow(clippy::too_many_arguments)]
-    fn launch_with<T: Element + DeviceRepr>(
+    fn launch_with<T, Q, O>(
         &self,
-        q: &CudaSlice<T>,
+        q: &Q,
         kv: KvSlices<'_, T>,
-        out: &mut CudaSlice<T>,
-        lse: &mut CudaSlice<f32>,
+        out: &mut O,
+        lse: Option<&mut CudaSlice<f32>>,
         lens: Option<(&CudaSlice<i32>, &CudaSlice<i32>)>,
-        elems: (usize, usize),
-    ) -> Result<()> {
-        let (plan, gpu) = (self.plan, &self.gpu);
-        check_buffer(gpu, "q", q, elems.0)?;
-        check_buffer(gpu, "out", out, elems.0)?;
-        check_buffer(gpu, "lse", lse, elems.1)?;
-        if elems.0 == 0 {
+        layout: &TensorLayout,
+    ) -> Result<()>
+    where
+        T: Element + DeviceRepr,
+        Q: DevicePtr<T> + DeviceSlice<T>,
+        O: DevicePtrMut<T> + DeviceSlice<T>,
+    {
+        let (plan, gpu): (&AttnPlan, _) = (&self.plan, &self.gpu);
+        if q.len() == 0 || out.len() == 0 {
             return Ok(());
         }
         let stream = gpu.stream();
         // The guards record the kernel's reads and writes on the buffers' events when dropped,
         // at the end of this function, after the launch is queued.
         let (q_ptr, _q_guard) = q.device_ptr(stream);
-        let (kb, vb) = match &kv {
-            KvSlices::Contiguous { k, v } => (*k, *v),
-            KvSlices::Paged { k, v, .. } => (*k, *v),
+        let (kv_ptrs, _k_guard, _v_guard, table_ptr) = match &kv {
+            KvSlices::Contiguous { k, v } => {
+                let (kp, kg) = k.device_ptr(stream);
+                let (vp, vg) = v.device_ptr(stream);
+                ((kp, vp), Some(kg), Some(vg), None)
+            }
+            KvSlices::Raw(ptrs) => (*ptrs, None, None, None),
+            KvSlices::Paged { k, v, table, .. } => {
+                let (kp, kg) = k.device_ptr(stream);
+                let (vp, vg) = v.device_ptr(stream);
+                ((kp, vp), Some(kg), Some(vg), Some(table.device_ptr(stream)))
+            }
         };
-        let (k_ptr, _k_guard) = kb.device_ptr(stream);
-        let (v_ptr, _v_guard) = vb.device_ptr(stream);
-        let table_ptr = match &kv {
-            KvSlices::Paged { table, .. } => Some(table.device_ptr(stream)),
-            KvSlices::Contiguous { .. } => None,
-        };
+        let (k_ptr, v_ptr) = kv_ptrs;
         let paged = match (&kv, &table_ptr) {
             (KvSlices::Paged { layout, k, .. }, Some((t, _))) => PagedAddrs {
                 k_pages: k_ptr,
@@ -719,7 +929,10 @@ impl GpuPlan<'_> {
             (k_ptr, v_ptr)
         };
         let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
-        let (lse_ptr, _lse_guard) = lse.device_ptr_mut(stream);
+        check_aligned("q", q_ptr)?;
+        check_aligned("out", out_ptr)?;
+        let lse_ptrs = lse.map(|l| l.device_ptr_mut(stream));
+        let lse_ptr = lse_ptrs.as_ref().map_or(0, |(p, _)| *p);
         let cu_ptrs = lens
             .or(self.cu.as_ref().map(|(q, k)| (q, k)))
             .map(|(cq, ck)| (cq.device_ptr(stream), ck.device_ptr(stream)));
@@ -761,14 +974,16 @@ impl GpuPlan<'_> {
         };
         // SAFETY: the launches come from this plan (kernels and params agree); q, k, v, out and
         // lse were checked to be on this context with exactly the lengths the validated
-        // problem (or the validated step, within the plan's maxima) needs; cu_seqlens, the
+        // problem (or the validated step, within the plan's maxima) needs, or, at explicit
+        // strides, to hold every element `layout` reaches for those rows, 16-byte aligned (a
+        // missing lse is null, which the kernels never write); cu_seqlens, the
         // metadata, the per-head vectors and the split workspace were uploaded or allocated
         // from the validated plan on this context; all guards live until after the
         // launches are queued (in order, on one stream) and cudarc's events order the
         // buffers' other uses.
         unsafe {
-            gpu.launch(&plan.launch(&addrs))?;
-            if let Some(combine) = plan.combine_launch(&addrs) {
+            gpu.launch(&plan.launch_with_layout(&addrs, layout))?;
+            if let Some(combine) = plan.combine_launch_with_layout(&addrs, layout) {
                 gpu.launch(&combine)?;
             }
         }

@@ -256,7 +256,7 @@ pub struct SaAttnFwdParams {
     pub v: *const ::core::ffi::c_void,
     #[doc = " Output, laid out like q."]
     pub out: *mut ::core::ffi::c_void,
-    #[doc = " Row LSE, f32, natural log: `[batch, num_heads, q_len]`; varlen: `[num_heads, total_q]`."]
+    #[doc = " Row LSE, f32, natural log: `[batch, num_heads, q_len]`; varlen: `[num_heads, total_q]`;\n NULL: not written (the forward and combine kernels skip the store)."]
     pub lse: *mut f32,
     #[doc = " q: elements between sequences."]
     pub q_batch_stride: i64,

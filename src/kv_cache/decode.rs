@@ -14,7 +14,7 @@ use super::host::HostKvStorage;
 use super::layout::PageSize;
 use super::table::BlockTable;
 use crate::attention::{AttnPlan, Element, EmuRun};
-use crate::backend::Gpu;
+use crate::backend::{Gpu, GpuPlan};
 use crate::error::{Error, Result};
 use crate::pattern::HeadPatterns;
 use crate::shape::{AttnOptions, AttnProblem, SeqLens};
@@ -112,7 +112,8 @@ pub fn decode_emulated<T: Element>(
 
 /// [`decode_emulated`] on a GPU: the K/V of each step go into the cache's pages with the
 /// append kernel ([`super::DeviceKvStorage`]) and every step runs the forward kernel through
-/// the block table ([`crate::backend::GpuPlan::run_paged`]).
+/// the block table with the run's one plan, uploaded once
+/// ([`crate::backend::GpuPlan::run_paged_step`]).
 pub fn decode_cuda<T: Element + DeviceRepr + ValidAsZeroBits>(
     gpu: &Gpu,
     problem: &AttnProblem,
@@ -126,6 +127,7 @@ pub fn decode_cuda<T: Element + DeviceRepr + ValidAsZeroBits>(
         Ok(CudaSteps {
             store: DeviceKvStorage::<T>::new(gpu, cache)?,
             gpu,
+            uploaded: None,
         })
     })
 }
@@ -170,6 +172,8 @@ impl<T: Element> StepBackend<T> for EmuSteps<'_, T> {
 struct CudaSteps<'g, T> {
     store: DeviceKvStorage<T>,
     gpu: &'g Gpu,
+    /// The run's one plan on the device, uploaded at the first step and reused by all.
+    uploaded: Option<GpuPlan<'static>>,
 }
 
 impl<T: Element + DeviceRepr + ValidAsZeroBits> StepBackend<T> for CudaSteps<'_, T> {
@@ -193,10 +197,13 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> StepBackend<T> for CudaSteps<'_,
         let mut out = stream.alloc_zeros::<T>(q.len())?;
         let mut lse = stream.alloc_zeros::<f32>(capacity * p.num_heads())?;
         let kv = self.store.paged(0, table)?;
-        // The metadata upload per step is what issue 12's engine API (a plan uploaded once,
-        // run on device lengths) removes; the plan itself is one for the whole run.
-        plan.upload(self.gpu)?
-            .run_paged_step(seqs, &qd, &kv, &mut out, &mut lse)?;
+        // Every step of a run passes the run's one plan: its metadata goes to the device once.
+        let gplan = match &mut self.uploaded {
+            Some(g) => g,
+            slot => slot.insert(plan.clone().into_gpu(self.gpu)?),
+        };
+        debug_assert_eq!(gplan.plan().kernel().name, plan.kernel().name);
+        gplan.run_paged_step(seqs, &qd, &kv, &mut out, &mut lse)?;
         // [num_heads, capacity] -> [num_heads, total_q]
         let lse: Vec<f32> = stream
             .clone_dtoh(&lse)?

@@ -20,11 +20,15 @@
 //!   [`HostKvStorage::gather_contiguous`]). A device storage follows the same placements.
 //! - [`decode_emulated`]: chunked prefill then token-by-token decode of one layer through a
 //!   fresh cache on the emulator ([`DecodeConfig`], [`DecodeOutput`]).
+//! - [`batching`]: continuous batching over a multi-layer cache (sequences join and leave,
+//!   prefill chunks beside decode rows, one run-time plan per layer setting), the core of
+//!   `examples/continuous_batching.rs`, with its f64 reference check.
 //!
 //! Failures are `Error::Cache` (pool exhausted, past `max_seq_len`, unknown sequence,
 //! malformed table) or `Error::Shape` (shapes, layer indices), and leave the cache unchanged.
 
 pub mod append;
+pub mod batching;
 mod cache;
 mod capacity;
 mod decode;

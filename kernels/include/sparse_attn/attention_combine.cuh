@@ -62,7 +62,7 @@ SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
   T* out = static_cast<T*>(p.out) + o_off + h * p.o_head_stride;
   SA_UNROLL
   for (int c = 0; c < D / 32; ++c) out[lane + 32 * c] = arch::from_float<T>(acc[c] * inv_l[0]);
-  if (lane == 0) p.lse[lse_off] = lse[0];
+  if (lane == 0 && p.lse != nullptr) p.lse[lse_off] = lse[0];
 }
 
 }  // namespace sa

@@ -46,7 +46,7 @@ struct SeqSlice {
   int64_t row0;  // row of this sequence's first query in out (b * q_len, or cu_seqlens_q[b])
   const T* q;    // [q_len, D] rows, pitch q_row_stride
   T* out;        // [q_len, D]
-  float* lse;    // [q_len], contiguous
+  int64_t lse0;  // offset in p.lse of this (sequence, head)'s [q_len] LSE row (when p.lse)
   KvRows<T> kv;  // key j of this sequence and kv head
 
   SA_DEVICE static SeqSlice make(const SaAttnFwdParams& p, int b, int h) {
@@ -74,7 +74,7 @@ struct SeqSlice {
     s.row0 = p.cu_seqlens_q != nullptr ? q_row0 : int64_t(b) * p.q_len;
     s.q = static_cast<const T*>(p.q) + q_batch + q_row0 * p.q_row_stride + h * p.q_head_stride;
     s.out = static_cast<T*>(p.out) + o_batch + q_row0 * p.o_row_stride + h * p.o_head_stride;
-    s.lse = p.lse + lse_off;
+    s.lse0 = lse_off;
     s.kv.kv_len = s.kv_len;
     if (p.paged.block_table != nullptr) {
       const int64_t head_offset = hk * p.paged.page_head_stride;
@@ -266,7 +266,8 @@ SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, con
     const int local = fragment_row(warp_row0, r, lane);
     const int token = rows.token(local), dh = rows.head_offset(local);
     if (token < 0) continue;
-    if (t == 0) seq.lse[dh * p.lse_head_stride + token] = lse[r];
+    // No LSE buffer (null): the caller did not ask for it.
+    if (t == 0 && p.lse != nullptr) p.lse[seq.lse0 + dh * p.lse_head_stride + token] = lse[r];
     if (kCanary == Canary::SkipEmptyRowStore && inv_l[r] == 0.f) continue;
     uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + token * p.o_row_stride +
                                                 dh * p.o_head_stride + 2 * t);

@@ -204,11 +204,17 @@ typedef struct SaAttnFwdParams {
   const void* v;
   /** Output, laid out like q. */
   void* out;
-  /** Row LSE, f32, natural log: `[batch, num_heads, q_len]`; varlen: `[num_heads, total_q]`. */
+  /** Row LSE, f32, natural log: `[batch, num_heads, q_len]`; varlen: `[num_heads, total_q]`;
+   * NULL: not written (the forward and combine kernels skip the store). */
   float* lse;
 
   /** q: elements between sequences. */
   int64_t q_batch_stride;
+  /* Strides, in elements, of each tensor's tokens and heads (a head's head_dim elements are
+   * contiguous): q, k, v and out may be views into larger buffers, such as the three parts
+   * of a fused QKV projection or a padded activation tensor (src/attention/layout.rs
+   * validates them: multiples of 8, no overlap, inside the buffer; k and v row strides below
+   * 2^31). They enter only each tile's base addresses. */
   /** q: elements between tokens. */
   int64_t q_row_stride;
   /** q: elements between heads. */
