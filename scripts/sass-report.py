@@ -1125,8 +1125,9 @@ def analyse_function(ins, brx_targets, mask_trip, all_detours=False):
             mask["detour"] = det["entry"]
             mshort = shortcuts | shortcut_edges(cfg, body, within=det["region"])
             # The bits form selects -inf in a detour of its own after the scores, entered on a
-            # flag the compiler keeps in a register bit (no predicate ties the two): each path
-            # is charged that detour's extra, the select of every entry.
+            # flag the compiler may keep in a register bit (then no predicate ties the two):
+            # each path that does not take it is charged that detour's extra, the select of
+            # every entry.
             select = None
             if mask["form"] == "bits":
                 sels = [x for x in detours if x["masks"] and "total" in x]
@@ -1139,8 +1140,10 @@ def analyse_function(ins, brx_targets, mask_trip, all_detours=False):
                 path, _ = best_path(cfg, body, head, ends, mshort, through=m["entry"])
                 if path is not None:
                     t, cheapest, loops = expand_loops(cfg, path, head, mask_trip, cache)
-                    add = mask["select"]["extra"] if select else 0
-                    if select:
+                    # Charged unless the path already takes the select (a predicate kept).
+                    charge = select is not None and select["entry"] not in path
+                    add = mask["select"]["extra"] if charge else 0
+                    if charge:
                         path = path + sorted(b for b in select["path"] if b not in set(path))
                     m.update(path=path, path_once=tally(cfg, path)["n"], total=t["n"] + add,
                              total_min=cheapest + add, loops=loops)

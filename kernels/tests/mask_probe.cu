@@ -4,7 +4,7 @@
 // interval form's lane bits (row_keys -> row_cols -> interval_row_bits; equal to bit 0 when
 // the program has no interval form), bit 2 the table-driven kinds' lane bits (row_tile_bits,
 // any program). Key j is column c = j % BLOCK_N of kv tile j / BLOCK_N, held by the lane with
-// lane % 4 = (c / 2) % 4 as bit 2 * (c / 8) + c % 2.
+// lane % 4 = (c / 2) % 4 as bit 4 * (c / 8) + c % 2 of fragment row g (mask.cuh's layout).
 // tests/pattern_props.rs runs it on the emulator and compares both bits token by token with
 // the pattern contract, so the property test checks the code the kernel runs.
 #include "sparse_attn/mask.cuh"
@@ -32,7 +32,7 @@ SA_KERNEL(sa_test_mask_probe, SaMaskProbeParams, 128) {
     const int row = static_cast<int>(e / p.kv_len), key = static_cast<int>(e % p.kv_len);
     constexpr int kNT = SA_FWD_BLOCK_N / 8;
     const int tile = key / SA_FWD_BLOCK_N, c = key % SA_FWD_BLOCK_N;
-    const int lane = (c >> 1) & 3, bit = 2 * (c >> 3) + (c & 1);
+    const int lane = (c >> 1) & 3, bit = 4 * (c >> 3) + (c & 1);  // row g's entry
     const bool general = mask.allowed(row, key);
     bool fast = general;
     if (mask.intervals > 0) {

@@ -20,8 +20,9 @@ struct RowKeys {
   int lo[2], hi[2];
 };
 
-// A row's interval form as one lane sees it (TokenMask::row_cols): per interval, how many of
-// the lane's columns of kv tile 0 lie at or below its upper bound and below its lower bound.
+// A row's interval form as one lane sees it (TokenMask::row_cols): per interval, the prefix
+// lengths (TokenMask::cols_count) of the lane's bits of kv tile 0 at or below its upper bound
+// and below its lower bound.
 struct RowCols {
   int upto_hi[2], below_lo[2];
 };
@@ -187,23 +188,30 @@ struct TokenMask {
     return rk;
   }
 
-  // This lane's columns of a kv tile in fragment order: bit k = 2 * nt + i of a row's bit set
-  // is column 2t + 8 * nt + i (t = lane % 4), so the columns rise with k and the columns at or
-  // below a bound form a prefix of the bits. Its length for x = bound - 2t (the bound relative
-  // to the lane's column 0 of kv tile 0), with y = x + 8: floor(y / 8) columns 8 * nt <= x and
-  // floor((y - 1) / 8) columns 8 * nt + 1 <= x -- a count of 0 or less means none. In kv tile
-  // `tile` the bound moves down by tile * BLOCK_N keys, a multiple of 8, and the count by
-  // exactly tile * BLOCK_N / 4 = tile * 2 * NT.
+  // A tile's mask as bits in fragment order: bit 4 * nt + i of keep[mt] is entry s[mt][nt][i]
+  // of this lane's S fragments -- row g (i = 0, 1) or g + 8 (i = 2, 3) and column
+  // 2t + 8 * nt + (i & 1), t = lane % 4. A row's own bits ("row bits") sit at 4 * nt + c for
+  // its columns c = 0, 1 (mask 0x33333333); row g + 8's are shifted up by 2. The row bits of
+  // the columns at or below a bound are then the first m bits, masked: for x = bound - 2t (the
+  // bound relative to the lane's column 0 of kv tile 0) and y = x + 8, n0 = floor(y / 8)
+  // columns 8 * nt <= x and n1 = floor((y - 1) / 8) columns 8 * nt + 1 <= x (n1 = n0 or
+  // n0 - 1), so m = 4 * n1 + (n0 - n1) -- at most 0 means none. In kv tile `tile` the bound
+  // moves down by tile * BLOCK_N keys, a multiple of 8: n0 and n1 by tile * NT, m by exactly
+  // tile * 4 * NT.
   SA_DEVICE static int cols_count(int x) {
     const int y = x + 8;  // cannot overflow: bounds lie below kv_len
-    return (y >> 3) + ((y - 1) >> 3);
+    const int n0 = y >> 3, n1 = (y - 1) >> 3;
+    return 3 * n1 + n0;
   }
+
+  // The row-bit positions: column c = 0, 1 of n8 tile nt.
+  static constexpr uint32_t kRowBits = 0x33333333u;
 
   // The interval form of a row as this lane sees it, built once per row (`rows_cols`): for
   // each interval, the count of the lane's columns of kv tile 0 at or below its upper bound
-  // and below its lower bound. A partial tile's bit set then costs an add, a clip and a shift
-  // per bound (prefix_bits), and each element a bit test and a select, which ptxas turns into
-  // one R2P per 7 elements and a select each.
+  // and below its lower bound (cols_count). A partial tile's bits then cost an add, a clip and
+  // a shift per bound (prefix_bits), and each element a bit test and a select, which ptxas
+  // turns into one R2P per few elements and a select each.
   SA_DEVICE static RowCols row_cols(const RowKeys& rk, int lane) {
     const int c0 = 2 * (lane & 3);
     RowCols rc;
@@ -220,49 +228,49 @@ struct TokenMask {
     return ~arch::shl_clamped(~0u, static_cast<uint32_t>(n > 0 ? n : 0));
   }
 
-  // The first `count0 - tile * 2 * NT` bits: a RowCols count moved to kv tile `tile`.
+  // The first `count0 - tile * 4 * NT` bits: a RowCols count moved to kv tile `tile` (row
+  // bits where masked with kRowBits).
   template <int NT>
   SA_DEVICE static uint32_t prefix_bits(int count0, int tile) {
-    static_assert(2 * NT <= 32, "one bit per column of a lane");
-    return count_bits(count0 - tile * (2 * NT));
+    static_assert(4 * NT <= 32, "one bit per fragment entry");
+    return count_bits(count0 - tile * (4 * NT));
   }
 
-  // This lane's bits of the tile columns [lo, hi] (relative to the tile's column 0, any ints
-  // that do not overflow when 8 is added; none when lo > hi).
+  // This lane's row bits of the tile columns [lo, hi] (relative to the tile's column 0, any
+  // ints that do not overflow when 8 is added; none when lo > hi).
   SA_DEVICE static uint32_t lane_cols(int lo, int hi, int lane) {
     const int c0 = 2 * (lane & 3);
-    return count_bits(cols_count(hi - c0)) & ~count_bits(cols_count(lo - 1 - c0));
+    return count_bits(cols_count(hi - c0)) & ~count_bits(cols_count(lo - 1 - c0)) & kRowBits;
   }
 
-  // The tile column of this lane's bit k.
+  // The tile column of this lane's k-th column (k = 2 * nt + c) and its row bit.
   SA_DEVICE static int lane_col(int k, int lane) { return 2 * (lane & 3) + 8 * (k >> 1) + (k & 1); }
+  SA_DEVICE static uint32_t row_bit(int k) { return 1u << (4 * (k >> 1) + (k & 1)); }
 
-  // A tile's mask as bits (TokenMask::bits): keep[mt] holds this lane's entries of m16 tile
-  // mt, fragment row g in bits 0-15 and row g + 8 in bits 16-31, column bit k = 2 * nt + i as
-  // above. Sets the entries whose bit is clear to -inf: a bit test and a select each, which
-  // ptxas turns into one R2P per 7 entries and an FSEL each.
+  // Sets the entries of S whose bit in keep (fragment order, above) is clear to -inf: a bit
+  // test and a select each, which ptxas turns into one R2P per few entries and an FSEL each.
   template <int MT, int NT>
   SA_DEVICE static void select(float (&s)[MT][NT][4], const uint32_t (&keep)[MT]) {
-    static_assert(2 * NT <= 16, "a row's bits in 16");
+    static_assert(4 * NT <= 32, "one bit per fragment entry");
     SA_UNROLL
     for (int mt = 0; mt < MT; ++mt) {
       SA_UNROLL
       for (int nt = 0; nt < NT; ++nt) {
         SA_UNROLL
         for (int i = 0; i < 4; ++i) {
-          if (!((keep[mt] >> (16 * (i >> 1) + 2 * nt + (i & 1))) & 1u)) s[mt][nt][i] = kNegInf;
+          if (!((keep[mt] >> (4 * nt + i)) & 1u)) s[mt][nt][i] = kNegInf;
         }
       }
     }
   }
 
   // The bits of fragment row r (row g + 8h of m16 tile mt for r = 2 * mt + h) in kv tile
-  // `tile` from its lane view `rc` (interval form), placed at the row's half of keep[mt].
+  // `tile` from its lane view `rc` (interval form), placed at the row's entries of keep[mt].
   template <bool kTwo, int NT>
   SA_DEVICE static uint32_t interval_row_bits(const RowCols& rc, int r, int tile) {
     uint32_t b = prefix_bits<NT>(rc.upto_hi[0], tile) & ~prefix_bits<NT>(rc.below_lo[0], tile);
     if (kTwo) b |= prefix_bits<NT>(rc.upto_hi[1], tile) & ~prefix_bits<NT>(rc.below_lo[1], tile);
-    return (b & 0xffffu) << (16 * (r & 1));
+    return (b & kRowBits) << (2 * (r & 1));
   }
 
   // The interval form's bits of every fragment row of this lane.
@@ -316,7 +324,7 @@ struct TokenMask {
         SA_NO_UNROLL
         for (int i = lo; i < c.data_len && t[i] < j_end; ++i) {
           const int col = t[i] - j0;
-          if (((col >> 1) & 3) == (lane & 3)) bits |= 1u << (2 * (col >> 3) + (col & 1));
+          if (((col >> 1) & 3) == (lane & 3)) bits |= row_bit(2 * (col >> 3) + (col & 1));
         }
         return bits;
       }
@@ -360,7 +368,7 @@ struct TokenMask {
     SA_NO_UNROLL
     for (int k = 0; k < 2 * NT; ++k) {
       const int j = keys.first + (v0 + lane_col(k, lane)) * keys.step;
-      if (admits(c, p, j)) bits |= 1u << k;
+      if (admits(c, p, j)) bits |= row_bit(k);
     }
     return bits;
   }
@@ -397,8 +405,8 @@ struct TokenMask {
     uint32_t keep01 = 0u, keep23 = 0u;
     SA_NO_UNROLL
     for (int r = 0; r < 2 * MT; ++r) {
-      const uint32_t bits = (row_tile_bits<NT>(token_of(r), keys, tile, lane) & 0xffffu)
-                            << (16 * (r & 1));
+      const uint32_t bits = (row_tile_bits<NT>(token_of(r), keys, tile, lane) & kRowBits)
+                            << (2 * (r & 1));
       if (r < 2) keep01 |= bits; else keep23 |= bits;
     }
     keep[0] = keep01;
@@ -472,7 +480,7 @@ struct TokenMask {
         const int nt = e >> 2, i = e & 3;
         const int row = (i >> 1) ? row_g8 : row_g;  // a select: no local array
         const int key = keys.key(tile, nt * 8 + 2 * t + (i & 1));
-        k |= static_cast<uint32_t>(row >= 0 && allowed(row, key)) << (16 * (i >> 1) + 2 * nt + (i & 1));
+        k |= static_cast<uint32_t>(row >= 0 && allowed(row, key)) << e;
       }
       keep[mt] = k;
     }
