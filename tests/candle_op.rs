@@ -138,6 +138,7 @@ fn pattern(json: &str) -> HeadPatterns {
     HeadPatterns::from_json(json).unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn qkv(
     b: usize,
     sq: usize,
@@ -518,6 +519,7 @@ fn bad_inputs_are_errors_naming_them() -> R {
 /// A two-layer model's cache: a windowed layer (16 most recent keys, a ring of pages) and a
 /// global causal layer with sinks-free dense history; two sequences with different prompts.
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn generation_through_the_paged_cache_equals_recomputation() -> R {
     let (h, hk, d, page) = (4, 2, 64, 8);
     let window = Pattern::causal_window(16).unwrap();
