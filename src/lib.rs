@@ -15,16 +15,11 @@
 //! Beside them: [`pattern`] (the pattern language of docs/patterns.md and its compiler to
 //! block-sparse metadata: where the sparsity is) and [`kv_cache`] (the paged cache, its rings
 //! for windowed layers, the append kernel and the decode driver: where the memory is).
-//!
-//! With the feature `candle`, the module `candle` makes the kernels a candle op over
-//! `candle_core::Tensor`s and gives the paged cache a step API over candle tensors.
 
 #![warn(missing_docs)]
 
 pub mod attention;
 pub mod backend;
-#[cfg(feature = "candle")]
-pub mod candle;
 pub mod emu;
 pub mod error;
 pub mod ffi;

@@ -1,4 +1,4 @@
-//! The op and the cache's pages on candle's CUDA tensors (feature `candle-cuda`): the kernels
+//! The op and the cache's pages on candle's CUDA tensors (feature `cuda`): the kernels
 //! run on candle's own stream, on candle's own buffers, with no host round trip for q, k, v or
 //! the output.
 
@@ -9,15 +9,15 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor, WithDType};
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use sparse_attn::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use super::cache::CacheStep;
 use super::op::{dtype_error, SparseAttn};
 use super::to_candle;
-use crate::attention::{AttnPlan, Element};
-use crate::backend::Gpu;
-use crate::error::Error;
-use crate::kv_cache::{BlockTable, DeviceKvStorage, KvCache};
+use sparse_attn::attention::{AttnPlan, Element};
+use sparse_attn::backend::Gpu;
+use sparse_attn::kv_cache::{BlockTable, DeviceKvStorage, KvCache};
+use sparse_attn::Error;
 
 type CResult<T> = candle_core::Result<T>;
 

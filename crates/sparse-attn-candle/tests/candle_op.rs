@@ -1,17 +1,17 @@
-//! The candle op ([`sparse_attn::candle::SparseAttn`], the candle-flash-attn-shaped functions)
-//! and the paged cache over candle tensors ([`sparse_attn::candle::CandleKvCache`]), on the
+//! The candle op ([`sparse_attn_candle::SparseAttn`], the candle-flash-attn-shaped functions)
+//! and the paged cache over candle tensors ([`sparse_attn_candle::CandleKvCache`]), on the
 //! CPU emulator, against candle's own masked softmax attention (matmul, a mask tensor built
 //! from the pattern, a softmax written with candle ops) in f32. The GPU test at the end runs
-//! the same op on candle's CUDA tensors and skips without one (feature `candle-cuda`).
+//! the same op on candle's CUDA tensors and skips without one (feature `cuda`).
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use sparse_attn::candle::{
+use sparse_attn::kv_cache::{KvCacheConfig, LayerCapacity, PoolSize};
+use sparse_attn::pattern::{HeadPatterns, LayerPlan, Pattern};
+use sparse_attn_candle::{
     flash_attn, flash_attn_alibi, flash_attn_alibi_windowed_softcap, flash_attn_varlen,
     flash_attn_varlen_windowed, flash_attn_windowed, window_pattern, CandleKvCache, SparseAttn,
     Varlen,
 };
-use sparse_attn::kv_cache::{KvCacheConfig, LayerCapacity, PoolSize};
-use sparse_attn::pattern::{HeadPatterns, LayerPlan, Pattern};
 
 type R<T = ()> = candle_core::Result<T>;
 
@@ -646,7 +646,7 @@ fn cache_rejects_bad_steps_and_leaves_state_unchanged() -> R {
 
 /// The op on candle's CUDA tensors against the same op on CPU (the emulator). Skips without a
 /// GPU unless `SPARSE_ATTN_REQUIRE_GPU=1`.
-#[cfg(feature = "candle-cuda")]
+#[cfg(feature = "cuda")]
 #[test]
 fn cuda_tensors_match_the_emulator() -> R {
     let require = std::env::var("SPARSE_ATTN_REQUIRE_GPU").is_ok_and(|v| v == "1");

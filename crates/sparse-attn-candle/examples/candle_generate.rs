@@ -15,16 +15,16 @@
 //! each whole sequence) and compares the logits.
 //!
 //! ```text
-//! cargo run --release --features candle --example candle_generate -- [--tokens N] [--chunk N] [--check]
-//! cargo run --release --features candle-cuda --example candle_generate   # on a GPU
+//! cargo run --release -p sparse-attn-candle --example candle_generate -- [--tokens N] [--chunk N] [--check]
+//! cargo run --release -p sparse-attn-candle --features cuda --example candle_generate  # on a GPU
 //! ```
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
-use sparse_attn::candle::{CandleKvCache, SparseAttn};
 use sparse_attn::kv_cache::{KvCacheConfig, PoolSize};
 use sparse_attn::pattern::{HeadPatterns, LayerPlan, Pattern};
+use sparse_attn_candle::{CandleKvCache, SparseAttn};
 
 /// The model's config.json, in Gemma 3's field names (Gemma-3-1B's head counts and ratios at
 /// a fraction of its widths and depth).
@@ -224,7 +224,7 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn device() -> Result<Device> {
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     if let Ok(d) = Device::new_cuda(0) {
         return Ok(d);
     }

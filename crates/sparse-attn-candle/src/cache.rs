@@ -1,7 +1,7 @@
 //! A paged KV cache with a step API over candle tensors: the bookkeeping of
-//! [`crate::kv_cache::KvCache`] (per-layer pools sized from the layer plan, rings for windowed
-//! layers), pages in [`crate::kv_cache::HostKvStorage`] on CPU (the emulator) or
-//! [`crate::kv_cache::DeviceKvStorage`] on candle's CUDA stream, and one run-time plan per
+//! [`sparse_attn::kv_cache::KvCache`] (per-layer pools sized from the layer plan, rings for windowed
+//! layers), pages in [`sparse_attn::kv_cache::HostKvStorage`] on CPU (the emulator) or
+//! [`sparse_attn::kv_cache::DeviceKvStorage`] on candle's CUDA stream, and one run-time plan per
 //! (layer, batch size) that serves every step.
 
 use std::collections::HashMap;
@@ -9,11 +9,13 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor, WithDType};
 
 use super::{elem_dtype, to_candle};
-use crate::attention::{AttnPlan, Element, EmuRun};
-use crate::error::Error;
-use crate::kv_cache::{check_causal, HostKvStorage, KvCache, KvCacheConfig, Placement, SeqId};
-use crate::pattern::LayerPlan;
-use crate::shape::{alibi_slopes, AttnOptions, AttnProblem, DType, SeqLens};
+use sparse_attn::attention::{AttnPlan, Element, EmuRun};
+use sparse_attn::kv_cache::{
+    check_causal, HostKvStorage, KvCache, KvCacheConfig, Placement, SeqId,
+};
+use sparse_attn::pattern::LayerPlan;
+use sparse_attn::shape::{alibi_slopes, AttnOptions, AttnProblem, DType, SeqLens};
+use sparse_attn::Error;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -58,7 +60,7 @@ impl CacheStep {
 /// The pages of every layer, on the cache's device.
 enum Store<T> {
     Host(HostKvStorage<T>),
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     Cuda(super::cuda::CudaPages<T>),
 }
 
@@ -69,7 +71,7 @@ enum Pages {
 
 /// A paged KV cache for a model: one page pool per layer of a [`LayerPlan`] (windowed layers
 /// keep their sinks and a ring, full layers every page, layers that are not softmax attention
-/// nothing; [`crate::kv_cache::LayerCapacity::from_plan`]), appended to and attended through
+/// nothing; [`sparse_attn::kv_cache::LayerCapacity::from_plan`]), appended to and attended through
 /// with candle tensors.
 ///
 /// A step is [`CandleKvCache::begin_step`] once (it reserves the new positions of every
@@ -80,7 +82,7 @@ enum Pages {
 /// learnable sinks) come from the plan.
 ///
 /// On CPU the pages are host memory and attention runs on the emulator (the testing path); on
-/// a CUDA device (feature `candle-cuda`) the pages are device memory on candle's stream,
+/// a CUDA device (feature `cuda`) the pages are device memory on candle's stream,
 /// written by the append kernel.
 pub struct CandleKvCache {
     cache: KvCache,
@@ -110,7 +112,7 @@ impl CandleKvCache {
     /// the rings); `config.max_seq_len` the sequences.
     ///
     /// Errors: those of [`KvCache::for_plan`]; a pattern that is not causal; a device other
-    /// than CPU (or CUDA with feature `candle-cuda`).
+    /// than CPU (or CUDA with feature `cuda`).
     pub fn new(
         config: KvCacheConfig,
         plan: LayerPlan,
@@ -271,7 +273,7 @@ impl CandleKvCache {
         self.cache.dense_bytes(tokens)
     }
 
-    fn attention(&self, layer: usize) -> CResult<&crate::pattern::AttentionLayer> {
+    fn attention(&self, layer: usize) -> CResult<&sparse_attn::pattern::AttentionLayer> {
         self.plan.attention(layer).ok_or_else(|| {
             to_candle(Error::Shape(format!(
                 "layer {layer} is not a softmax-attention layer of the plan ({} layers)",
@@ -372,11 +374,11 @@ impl<T: Element + WithDType> Store<T> {
     fn new(cache: &KvCache, device: &Device) -> CResult<Self> {
         match device {
             Device::Cpu => Ok(Store::Host(HostKvStorage::new(cache).map_err(to_candle)?)),
-            #[cfg(feature = "candle-cuda")]
+            #[cfg(feature = "cuda")]
             Device::Cuda(dev) => Ok(Store::Cuda(super::cuda::CudaPages::new(cache, dev)?)),
             other => Err(to_candle(Error::Unsupported(format!(
                 "a KV cache on {:?}: the pages live on the CPU (emulator) or, with feature \
-                 candle-cuda, on a CUDA device",
+                 cuda, on a CUDA device",
                 other.location()
             )))),
         }
@@ -388,7 +390,7 @@ impl<T: Element + WithDType> Store<T> {
         plan: &AttnPlan,
         step: &CacheStep,
         layer: usize,
-        table: &crate::kv_cache::BlockTable,
+        table: &sparse_attn::kv_cache::BlockTable,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
@@ -412,13 +414,13 @@ impl<T: Element + WithDType> Store<T> {
                     .map_err(to_candle)?;
                 Tensor::from_vec(out, q.shape(), q.device())
             }
-            #[cfg(feature = "candle-cuda")]
+            #[cfg(feature = "cuda")]
             Store::Cuda(pages) => pages.append_attend(plan, step, layer, table, q, k, v),
         }
     }
 }
 
-#[cfg(feature = "candle-cuda")]
+#[cfg(feature = "cuda")]
 impl CacheStep {
     /// The placements of the step, one per sequence.
     pub(crate) fn placements(&self) -> &[Placement] {

@@ -4,10 +4,12 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 
 use super::{elem_dtype, to_candle};
-use crate::attention::{AttnPlan, Element, EmuRun};
-use crate::error::Error;
-use crate::pattern::{AttentionLayer, Component, HeadPatterns, Pattern, SlidingWindow, MAX_PARAM};
-use crate::shape::{alibi_slopes, AttnOptions, AttnProblem, SeqLens};
+use sparse_attn::attention::{AttnPlan, Element, EmuRun};
+use sparse_attn::pattern::{
+    AttentionLayer, Component, HeadPatterns, Pattern, SlidingWindow, MAX_PARAM,
+};
+use sparse_attn::shape::{alibi_slopes, AttnOptions, AttnProblem, SeqLens};
+use sparse_attn::Error;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -43,7 +45,7 @@ pub struct Varlen {
 /// ```
 /// # fn main() -> candle_core::Result<()> {
 /// use candle_core::{DType, Device, Tensor};
-/// use sparse_attn::candle::SparseAttn;
+/// use sparse_attn_candle::SparseAttn;
 /// use sparse_attn::pattern::Pattern;
 ///
 /// let dev = Device::Cpu; // the emulator: exact and slow, for tests
@@ -83,8 +85,8 @@ impl SparseAttn {
         }
     }
 
-    /// The op of one layer of a [`crate::pattern::LayerPlan`] (for example from
-    /// [`crate::pattern::LayerPlan::from_hf_config`]): its patterns, scale and softcap; the
+    /// The op of one layer of a [`sparse_attn::pattern::LayerPlan`] (for example from
+    /// [`sparse_attn::pattern::LayerPlan::from_hf_config`]): its patterns, scale and softcap; the
     /// standard ALiBi slopes of `num_heads` heads when the layer declares ALiBi; `sink_logits`
     /// (the layer's weights) exactly when it declares learnable sinks. A layer's own head_dim
     /// or kv heads are checked against the tensors when the op runs.
@@ -95,7 +97,7 @@ impl SparseAttn {
         layer: &AttentionLayer,
         num_heads: usize,
         sink_logits: Option<Vec<f32>>,
-    ) -> crate::Result<Self> {
+    ) -> sparse_attn::Result<Self> {
         match (layer.learnable_sinks, &sink_logits) {
             (true, None) => {
                 return Err(Error::Shape(
@@ -189,7 +191,7 @@ impl SparseAttn {
 
     fn problem(
         &self,
-        dtype: crate::DType,
+        dtype: sparse_attn::DType,
         q: &[usize],
         k: &[usize],
         v: &[usize],
@@ -399,7 +401,7 @@ impl CustomOp3 for SparseAttn {
         }
     }
 
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -434,7 +436,7 @@ pub(crate) fn dtype_error(
 /// The pattern of FlashAttention's `window_size_left` / `window_size_right` (`None`: no limit
 /// on that side): keys `p - left ..= p + right`. `(None, Some(0))` is causal, `(None, None)`
 /// dense, `(Some(l), Some(0))` the causal window of the `l + 1` most recent keys.
-pub fn window_pattern(left: Option<usize>, right: Option<usize>) -> crate::Result<Pattern> {
+pub fn window_pattern(left: Option<usize>, right: Option<usize>) -> sparse_attn::Result<Pattern> {
     let bound = |x: usize| x.min(MAX_PARAM as usize) as i64;
     Ok(match (left, right) {
         (None, None) => Pattern::dense(),

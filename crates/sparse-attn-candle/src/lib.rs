@@ -1,5 +1,9 @@
-//! Candle integration (feature `candle`): sparse attention as a candle op over
-//! [`candle_core::Tensor`]s, and a paged KV cache whose steps take and return candle tensors.
+//! # sparse-attn-candle
+//!
+//! [sparse-attn](sparse_attn)'s block-sparse attention kernels for candle: sparse attention as
+//! a candle op over [`candle_core::Tensor`]s, and a paged KV cache whose steps take and return
+//! candle tensors. A crate of its own, as candle-flash-attn is, so engines that do not use
+//! candle never compile it.
 //!
 //! - [`SparseAttn`]: the op ([`candle_core::CustomOp3`]) with its options — any pattern, head
 //!   set or layer ([`SparseAttn::from_layer`]), scale, softcap, learnable sink logits, ALiBi
@@ -11,7 +15,7 @@
 //!   [`flash_attn_alibi_windowed_softcap`], [`flash_attn_varlen`],
 //!   [`flash_attn_varlen_windowed`], [`flash_attn_varlen_alibi`],
 //!   [`flash_attn_varlen_alibi_windowed`]): switching is a change of the `use` line.
-//! - [`CandleKvCache`]: the paged cache of [`crate::kv_cache`] (per-layer capacities from the
+//! - [`CandleKvCache`]: the paged cache of [`sparse_attn::kv_cache`] (per-layer capacities from the
 //!   layer plan, rings for windowed layers) with a step API over candle tensors: reserve the
 //!   step's positions once ([`CandleKvCache::begin_step`]), then per layer append its K/V and
 //!   attend through the block table with the layer's pattern
@@ -20,12 +24,12 @@
 //! # Devices
 //!
 //! On a CPU device the op runs the very CUDA kernels on the crate's CPU **emulator**
-//! ([`crate::emu`]): exact (same tiling, same fragment arithmetic as the GPU) but about a
+//! ([`sparse_attn::emu`]): exact (same tiling, same fragment arithmetic as the GPU) but about a
 //! thousand times slower than a GPU. It is the testing path — models written against candle
 //! test their attention on CPU with the kernels they will run on the GPU. Inputs with strides
 //! are gathered into contiguous host buffers first.
 //!
-//! With the feature `candle-cuda` (candle's `cuda` feature; its kernels need nvcc), a tensor on
+//! With the feature `cuda` (candle's `cuda` feature; its kernels need nvcc), a tensor on
 //! a CUDA device runs on candle's own stream ([`candle_core::cuda_backend::CudaDevice`]'s
 //! `cuda_stream`) on candle's own buffers: no host round trip for q, k, v or the output.
 //! Inputs that are not one whole contiguous buffer are copied on the device first (candle's
@@ -37,11 +41,13 @@
 //! Bad input is a candle error whose message names what is wrong before anything runs: an
 //! element type other than f16/bf16 (f32 and f64 are not supported), a rank other than 4 (3
 //! for varlen), tensors on different devices, a head_dim without a kernel, mismatched batch,
-//! head or length dimensions. The crate's own [`crate::Error`] travels inside
+//! head or length dimensions. The crate's own [`sparse_attn::Error`] travels inside
 //! ([`candle_core::Error::Wrapped`]).
 
+#![warn(missing_docs)]
+
 mod cache;
-#[cfg(feature = "candle-cuda")]
+#[cfg(feature = "cuda")]
 mod cuda;
 mod op;
 
@@ -54,17 +60,20 @@ pub use op::{
 
 /// This crate's error as a candle error (the message is kept; the value travels inside
 /// [`candle_core::Error::Wrapped`]).
-pub(crate) fn to_candle(e: crate::Error) -> candle_core::Error {
+pub(crate) fn to_candle(e: sparse_attn::Error) -> candle_core::Error {
     candle_core::Error::wrap(e)
 }
 
 /// The crate's element type of a candle dtype: f16 and bf16 only, else
 /// `Error::Unsupported` naming the dtype and the tensor.
-pub(crate) fn elem_dtype(name: &str, dt: candle_core::DType) -> crate::Result<crate::DType> {
+pub(crate) fn elem_dtype(
+    name: &str,
+    dt: candle_core::DType,
+) -> sparse_attn::Result<sparse_attn::DType> {
     match dt {
-        candle_core::DType::F16 => Ok(crate::DType::F16),
-        candle_core::DType::BF16 => Ok(crate::DType::BF16),
-        other => Err(crate::Error::Unsupported(format!(
+        candle_core::DType::F16 => Ok(sparse_attn::DType::F16),
+        candle_core::DType::BF16 => Ok(sparse_attn::DType::BF16),
+        other => Err(sparse_attn::Error::Unsupported(format!(
             "{name} has dtype {other:?}; the kernels take f16 or bf16 (f32 and f64 are not \
              supported: cast with to_dtype)"
         ))),
