@@ -644,6 +644,75 @@ fn cache_rejects_bad_steps_and_leaves_state_unchanged() -> R {
     Ok(())
 }
 
+/// The README's "Use it from candle" example, line for line (the README's block is not a
+/// doctest: the root crate's doctests build without candle). The test also checks that the two
+/// texts agree, so neither can drift.
+#[test]
+fn readme_candle_example() -> Result<(), Box<dyn std::error::Error>> {
+    // README begin
+    use candle_core::{DType, Device, Tensor};
+    use sparse_attn::kv_cache::{KvCacheConfig, PoolSize};
+    use sparse_attn::pattern::{LayerPlan, Pattern};
+    use sparse_attn_candle::{flash_attn, CandleKvCache, SparseAttn};
+
+    let dev = Device::Cpu; // the emulator: exact, slow; Device::new_cuda(0)? with feature `cuda`
+    let q = Tensor::randn(0f32, 1.0, (1, 64, 8, 64), &dev)?.to_dtype(DType::BF16)?;
+    let k = Tensor::randn(0f32, 1.0, (1, 64, 2, 64), &dev)?.to_dtype(DType::BF16)?;
+    let v = Tensor::randn(0f32, 1.0, (1, 64, 2, 64), &dev)?.to_dtype(DType::BF16)?;
+    let out = flash_attn(&q, &k, &v, 0.125, true)?; // was candle_flash_attn::flash_attn
+    assert_eq!(out.dims(), q.dims());
+
+    // Any pattern of docs/patterns.md (per head if needed) with the model's score settings.
+    let streaming = SparseAttn::new(Pattern::streaming(4, 32)?).with_softcap(30.0);
+    let out = streaming.forward(&q, &k, &v)?;
+    assert_eq!(out.dtype(), DType::BF16);
+
+    // A paged cache for a layer plan (two window layers, one global): rings for the windows.
+    let plan = LayerPlan::interleaved(3, Pattern::causal_window(32)?, Pattern::causal(), 2)?;
+    let config = KvCacheConfig {
+        num_layers: 3,
+        num_kv_heads: 2,
+        head_dim: 64,
+        dtype: sparse_attn::DType::BF16,
+        page_size: 16,
+        max_seq_len: 256,
+        max_chunk: 64,
+        pool: PoolSize::Sequences(1),
+    };
+    let mut cache = CandleKvCache::new(config, plan, 8, &dev)?;
+    let seq = cache.add_sequence();
+    let step = cache.begin_step(&[(seq, 64)])?; // this step's 64 positions, every layer
+    for layer in 0..3 {
+        let out = cache.append_attend(&step, layer, &q, &k, &v)?;
+        assert_eq!(out.dims(), &[1, 64, 8, 64]);
+    }
+    // README end
+    let strip = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("// Mirrored by readme_candle_example")
+        .expect("README block");
+    let block = &readme[start..];
+    let block = &block[block.find('\n').unwrap() + 1..block.find("```").unwrap()];
+    let me = include_str!("candle_op.rs");
+    let (b, e) = (
+        me.find("    // README begin\n").unwrap(),
+        me.find("    // README end").unwrap(),
+    );
+    let mine = &me[b + "    // README begin\n".len()..e];
+    assert_eq!(
+        strip(block),
+        strip(mine),
+        "README and readme_candle_example differ"
+    );
+    Ok(())
+}
+
 /// The op on candle's CUDA tensors against the same op on CPU (the emulator). Skips without a
 /// GPU unless `SPARSE_ATTN_REQUIRE_GPU=1`.
 #[cfg(feature = "cuda")]
