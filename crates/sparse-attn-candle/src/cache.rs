@@ -6,10 +6,10 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor, WithDType};
+use candle_core::{Device, Tensor};
 
 use super::{elem_dtype, to_candle};
-use sparse_attn::attention::{AttnPlan, Element, EmuRun};
+use sparse_attn::attention::{AttnPlan, EmuRun};
 use sparse_attn::kv_cache::{
     check_causal, HostKvStorage, KvCache, KvCacheConfig, Placement, SeqId,
 };
@@ -370,7 +370,7 @@ impl CandleKvCache {
     }
 }
 
-impl<T: Element + WithDType> Store<T> {
+impl<T: crate::Elem> Store<T> {
     fn new(cache: &KvCache, device: &Device) -> CResult<Self> {
         match device {
             Device::Cpu => Ok(Store::Host(HostKvStorage::new(cache).map_err(to_candle)?)),

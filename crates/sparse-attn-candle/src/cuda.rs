@@ -119,7 +119,7 @@ pub(super) struct CudaPages<T> {
     dev: CudaDevice,
 }
 
-impl<T: Element + WithDType + CudaDType + DeviceRepr + ValidAsZeroBits> CudaPages<T> {
+impl<T: crate::Elem> CudaPages<T> {
     pub(super) fn new(cache: &KvCache, dev: &CudaDevice) -> CResult<Self> {
         let gpu = gpu_for(dev)?;
         Ok(CudaPages {

@@ -36,6 +36,15 @@
 //! strided copy); varlen `cu_seqlens`, sink logits and ALiBi slopes are read to the host
 //! (a few integers or floats) because the plan compiles them.
 //!
+//! # Costs
+//!
+//! Each [`SparseAttn::forward`] builds an [`sparse_attn::AttnPlan`] for its shapes (compiles
+//! the pattern's block-sparse metadata on the host: what `AttnPlan::with_patterns` costs,
+//! which benches/host_overhead.rs measures) and, on CUDA, uploads it.
+//! [`CandleKvCache`] builds one run-time plan per (layer, batch size) for all its steps; on
+//! CUDA it still uploads that plan's metadata and the block table at every step (a device-side
+//! plan kept across steps, [`sparse_attn::backend::GpuPlan::launch_step`], is the next step).
+//!
 //! # Errors
 //!
 //! Bad input is a candle error whose message names what is wrong before anything runs: an
@@ -57,6 +66,31 @@ pub use op::{
     flash_attn_varlen, flash_attn_varlen_alibi, flash_attn_varlen_alibi_windowed,
     flash_attn_varlen_windowed, flash_attn_windowed, window_pattern, SparseAttn, Varlen,
 };
+
+/// The element types the cache stores (f16, bf16) with what each device path needs of them.
+#[cfg(not(feature = "cuda"))]
+pub(crate) trait Elem: sparse_attn::Element + candle_core::WithDType {}
+#[cfg(not(feature = "cuda"))]
+impl<T: sparse_attn::Element + candle_core::WithDType> Elem for T {}
+/// The element types the cache stores (f16, bf16) with what each device path needs of them.
+#[cfg(feature = "cuda")]
+pub(crate) trait Elem:
+    sparse_attn::Element
+    + candle_core::WithDType
+    + candle_core::cuda_backend::CudaDType
+    + sparse_attn::cudarc::driver::DeviceRepr
+    + sparse_attn::cudarc::driver::ValidAsZeroBits
+{
+}
+#[cfg(feature = "cuda")]
+impl<T> Elem for T where
+    T: sparse_attn::Element
+        + candle_core::WithDType
+        + candle_core::cuda_backend::CudaDType
+        + sparse_attn::cudarc::driver::DeviceRepr
+        + sparse_attn::cudarc::driver::ValidAsZeroBits
+{
+}
 
 /// This crate's error as a candle error (the message is kept; the value travels inside
 /// [`candle_core::Error::Wrapped`]).
