@@ -30,8 +30,8 @@
 //! are gathered into contiguous host buffers first.
 //!
 //! With the feature `cuda` (candle's `cuda` feature; its kernels need nvcc), a tensor on
-//! a CUDA device runs on candle's own stream ([`candle_core::cuda_backend::CudaDevice`]'s
-//! `cuda_stream`) on candle's own buffers: no host round trip for q, k, v or the output.
+//! a CUDA device runs on candle's own stream (`CudaDevice::cuda_stream`) on candle's own
+//! buffers: no host round trip for q, k, v or the output.
 //! Inputs that are not one whole contiguous buffer are copied on the device first (candle's
 //! strided copy); varlen `cu_seqlens`, sink logits and ALiBi slopes are read to the host
 //! (a few integers or floats) because the plan compiles them.
