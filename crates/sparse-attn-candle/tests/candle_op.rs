@@ -713,6 +713,122 @@ fn readme_candle_example() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// A layer of a real config through [`SparseAttn::from_layer`]: Gemma 2's window, softcap and
+/// `query_pre_attn_scalar` scale; gpt-oss's window with learnable sink logits (required, and
+/// refused on a layer without them). head_dim 256 and 128 on the way.
+#[test]
+fn from_layer_applies_real_configs() -> Result<(), Box<dyn std::error::Error>> {
+    let gemma2 = serde_like(
+        r#"{"model_type": "gemma2", "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 256, "sliding_window": 24,
+            "query_pre_attn_scalar": 144, "attn_logit_softcapping": 50.0}"#,
+    );
+    let plan = LayerPlan::from_hf_config(&gemma2)?;
+    let (q, k, v) = qkv(1, 40, 40, 4, 2, 256, DType::BF16, 81)?;
+    for l in 0..2 {
+        let layer = plan.attention(l).unwrap();
+        assert_eq!((layer.scale, layer.softcap), (Some(1.0 / 12.0), Some(50.0)));
+        let op = SparseAttn::from_layer(layer, 4, None)?;
+        let m = Mods {
+            scale: layer.scale,
+            softcap: layer.softcap,
+            ..Mods::default()
+        };
+        check(&op, &q, &k, &v, &m, &format!("gemma2 layer {l}"))?;
+    }
+    let gpt_oss = serde_like(
+        r#"{"model_type": "gpt_oss", "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "head_dim": 128, "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"]}"#,
+    );
+    let plan = LayerPlan::from_hf_config(&gpt_oss)?;
+    let sinks = vec![1.0f32, -0.5, 0.25, 3.0];
+    let (q, k, v) = qkv(1, 30, 45, 4, 1, 128, DType::F16, 82)?;
+    for l in 0..2 {
+        let layer = plan.attention(l).unwrap();
+        assert!(layer.learnable_sinks);
+        let e = SparseAttn::from_layer(layer, 4, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("learnable sinks"), "{e}");
+        let op = SparseAttn::from_layer(layer, 4, Some(sinks.clone()))?;
+        let m = Mods {
+            sinks: Some(sinks.clone()),
+            ..Mods::default()
+        };
+        check(&op, &q, &k, &v, &m, &format!("gpt-oss layer {l}"))?;
+    }
+    let plain = LayerPlan::from_sets([Pattern::causal()]);
+    let e = SparseAttn::from_layer(plain.attention(0).unwrap(), 4, Some(sinks)).unwrap_err();
+    assert!(e.to_string().contains("no learnable sinks"), "{e}");
+    Ok(())
+}
+
+fn serde_like(json: &str) -> serde_json::Value {
+    serde_json::from_str(json).unwrap()
+}
+
+/// The cache with a layer that declares learnable sinks (gpt-oss) and one with ALiBi (BLOOM):
+/// each step's output equals the op with the same settings over the whole history.
+#[test]
+fn cache_layers_with_sink_logits_and_alibi() -> R {
+    use sparse_attn::pattern::{AttentionLayer, Layer};
+    let (h, hk, d) = (4, 2, 64);
+    let mut sinky = AttentionLayer::new(Pattern::causal_window(12).unwrap());
+    sinky.learnable_sinks = true;
+    let mut alibi = AttentionLayer::new(Pattern::causal());
+    alibi.alibi = true;
+    let plan = LayerPlan {
+        layers: vec![Layer::from(sinky), Layer::from(alibi)],
+    };
+    let config = KvCacheConfig {
+        num_layers: 2,
+        num_kv_heads: hk,
+        head_dim: d,
+        dtype: sparse_attn::DType::F16,
+        page_size: 8,
+        max_seq_len: 40,
+        max_chunk: 6,
+        pool: PoolSize::Sequences(1),
+    };
+    let mut cache = CandleKvCache::new(config, plan, h, &Device::Cpu)?;
+    let seq = cache.add_sequence();
+    let step = cache.begin_step(&[(seq, 6)])?;
+    let qkv0 = qkv(1, 6, 6, h, hk, d, DType::F16, 90)?;
+    let e = err(cache.append_attend(&step, 0, &qkv0.0, &qkv0.1, &qkv0.2));
+    assert!(e.contains("set_sink_logits"), "{e}");
+    let e = err(cache.set_sink_logits(1, vec![0.0; 4]));
+    assert!(e.contains("no learnable sinks"), "{e}");
+    let sinks = vec![0.5f32, 2.0, -1.0, 0.0];
+    cache.set_sink_logits(0, sinks.clone())?;
+    let ops = [
+        SparseAttn::new(Pattern::causal_window(12).unwrap()).with_sink_logits(sinks),
+        SparseAttn::new(Pattern::causal()).with_alibi_slopes(sparse_attn::shape::alibi_slopes(h)),
+    ];
+    let mut hist: Vec<Option<(Tensor, Tensor)>> = vec![None, None];
+    let mut step = Some(step);
+    for i in 0..20u64 {
+        let n = if i == 0 { 6 } else { 1 };
+        let step = match step.take() {
+            Some(s) => s,
+            None => cache.begin_step(&[(seq, n)])?,
+        };
+        for (layer, op) in ops.iter().enumerate() {
+            let (q, k, v) = qkv(1, n, n, h, hk, d, DType::F16, 200 + 7 * i + layer as u64)?;
+            let out = cache.append_attend(&step, layer, &q, &k, &v)?;
+            let (ka, va) = match hist[layer].take() {
+                None => (k, v),
+                Some((ok, ov)) => (Tensor::cat(&[&ok, &k], 1)?, Tensor::cat(&[&ov, &v], 1)?),
+            };
+            let full = op.forward(&q, &ka, &va)?;
+            let diff = max_diff(&out, &full)?;
+            assert!(diff <= 2e-3, "step {i} layer {layer}: {diff}");
+            hist[layer] = Some((ka, va));
+        }
+    }
+    Ok(())
+}
+
 /// The op on candle's CUDA tensors against the same op on CPU (the emulator). Skips without a
 /// GPU unless `SPARSE_ATTN_REQUIRE_GPU=1`.
 #[cfg(feature = "cuda")]
