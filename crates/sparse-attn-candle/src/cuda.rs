@@ -158,7 +158,7 @@ impl<T: crate::Elem> CudaPages<T> {
             Self::with_slice(v, |vs| {
                 let (dev, store) = (&self.dev, &mut self.store);
                 let mut at = 0;
-                for p in step.placements() {
+                for p in step.placements().iter().filter(|p| p.len > 0) {
                     let kr = rows(dev, ks, at * row, p.len * row)?;
                     let vr = rows(dev, vs, at * row, p.len * row)?;
                     store.write_kv(layer, p, &kr, &vr).map_err(to_candle)?;

@@ -829,6 +829,58 @@ fn cache_layers_with_sink_logits_and_alibi() -> R {
     Ok(())
 }
 
+/// Empty sequences: a varlen batch with a sequence of no queries and one of no keys (its rows
+/// have out 0), and a uniform batch of no keys at all.
+#[test]
+fn empty_sequences_give_zero_rows() -> R {
+    let (h, d) = (2, 64);
+    let lens = [(5usize, 9usize), (0, 7), (3, 0), (4, 4)];
+    let (tq, tk) = lens.iter().fold((0, 0), |(a, b), &(q, k)| (a + q, b + k));
+    let q = randn(&[tq, h, d], 91, DType::F16)?;
+    let k = randn(&[tk, 1, d], 92, DType::F16)?;
+    let v = randn(&[tk, 1, d], 93, DType::F16)?;
+    let cu = |f: fn(&(usize, usize)) -> usize| -> R<Tensor> {
+        let mut c = vec![0u32];
+        for l in &lens {
+            c.push(c.last().unwrap() + f(l) as u32);
+        }
+        Tensor::new(c.as_slice(), &Device::Cpu)
+    };
+    let out = flash_attn_varlen(&q, &k, &v, &cu(|l| l.0)?, &cu(|l| l.1)?, 5, 9, 0.125, true)?;
+    assert_eq!(out.dims(), &[tq, h, d]);
+    let rows = out.narrow(0, 5, 3)?; // the sequence without keys
+    assert_eq!(
+        rows.abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?,
+        0.0
+    );
+    let want = reference(
+        &q.narrow(0, 8, 4)?.unsqueeze(0)?,
+        &k.narrow(0, 16, 4)?.unsqueeze(0)?,
+        &v.narrow(0, 16, 4)?.unsqueeze(0)?,
+        &Pattern::causal().into(),
+        &Mods {
+            scale: Some(0.125),
+            ..Mods::default()
+        },
+    )?;
+    assert!(max_diff(&out.narrow(0, 8, 4)?.unsqueeze(0)?, &want)? <= tol(DType::F16));
+    let (q, k, v) = qkv(1, 4, 0, h, 1, d, DType::F16, 94)?;
+    let out = SparseAttn::new(Pattern::dense()).forward(&q, &k, &v)?;
+    assert_eq!(
+        out.abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?,
+        0.0
+    );
+    Ok(())
+}
+
 /// The op on candle's CUDA tensors against the same op on CPU (the emulator). Skips without a
 /// GPU unless `SPARSE_ATTN_REQUIRE_GPU=1`.
 #[cfg(feature = "cuda")]
