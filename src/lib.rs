@@ -15,6 +15,9 @@
 //! Beside them: [`pattern`] (the pattern language of docs/patterns.md and its compiler to
 //! block-sparse metadata: where the sparsity is) and [`kv_cache`] (the paged cache, its rings
 //! for windowed layers, the append kernel and the decode driver: where the memory is).
+//!
+//! For candle, the workspace crate `sparse-attn-candle` (crates/sparse-attn-candle) wraps the
+//! kernels as a candle op and the paged cache in a step API over candle tensors.
 
 #![warn(missing_docs)]
 

@@ -124,8 +124,7 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DenseReference<T> {
                 problem.dtype().name()
             )));
         }
-        // SAFETY: only checks whether libcublas can be loaded.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        if !super::library_present("cublas") {
             return Err(Error::Unsupported(
                 "the cuBLAS library (libcublas.so.13 and libcublasLt.so.13) is not installed"
                     .into(),

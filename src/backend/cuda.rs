@@ -32,8 +32,7 @@ const DEFAULT_MAX_DYNAMIC_SMEM: u32 = 48 * 1024;
 /// this is checked before anything touches the driver.
 pub fn driver_present() -> bool {
     static PRESENT: OnceLock<bool> = OnceLock::new();
-    // SAFETY: only tries to dlopen libcuda and closes it again.
-    *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
+    *PRESENT.get_or_init(|| super::library_present("cuda"))
 }
 
 /// Number of CUDA devices; [`Error::NoDevice`] without a driver.

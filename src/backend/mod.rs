@@ -19,6 +19,31 @@ pub mod ref_softmax;
 
 pub use cuda::{DevicePagedKv, DeviceStep, Gpu, GpuPlan};
 
+/// Whether the CUDA library `lib` (`"cuda"`, `"cublas"`) can be loaded under one of its usual
+/// file names (`libcuda.so.1`, `libcublas.so.13`, `cublas64_13.dll`, `nvcuda.dll`, ...).
+/// Checked with our own `dlopen` rather than cudarc's `is_culib_present`, which exists only
+/// when cudarc loads its libraries dynamically: an engine that links them (candle's `cuda`
+/// feature turns on cudarc's `dynamic-linking`, and features unify) would otherwise not
+/// compile this crate.
+pub(crate) fn library_present(lib: &str) -> bool {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    let mut names = vec![
+        format!("{DLL_PREFIX}{lib}{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}{lib}{DLL_SUFFIX}.1"),
+    ];
+    for major in [13, 12, 11] {
+        names.push(format!("{DLL_PREFIX}{lib}{DLL_SUFFIX}.{major}"));
+        names.push(format!("{DLL_PREFIX}{lib}64_{major}{DLL_SUFFIX}"));
+    }
+    if lib == "cuda" {
+        names.push("nvcuda.dll".into());
+    }
+    names.into_iter().any(|name| {
+        // SAFETY: loading a CUDA library runs its initialisers only; it is closed again at once.
+        unsafe { libloading::Library::new(name) }.is_ok()
+    })
+}
+
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));
 }
