@@ -5,6 +5,9 @@
 SA_KERNEL(sa_attn_combine_f16_hd64, SaAttnFwdParams, sa::kCombineThreads) {
   sa::attn_combine<sa::f16, 64>(params);
 }
+SA_KERNEL(sa_attn_combine_f16_hd96, SaAttnFwdParams, sa::kCombineThreads) {
+  sa::attn_combine<sa::f16, 96>(params);
+}
 SA_KERNEL(sa_attn_combine_f16_hd128, SaAttnFwdParams, sa::kCombineThreads) {
   sa::attn_combine<sa::f16, 128>(params);
 }
@@ -13,6 +16,9 @@ SA_KERNEL(sa_attn_combine_f16_hd256, SaAttnFwdParams, sa::kCombineThreads) {
 }
 SA_KERNEL(sa_attn_combine_bf16_hd64, SaAttnFwdParams, sa::kCombineThreads) {
   sa::attn_combine<sa::bf16, 64>(params);
+}
+SA_KERNEL(sa_attn_combine_bf16_hd96, SaAttnFwdParams, sa::kCombineThreads) {
+  sa::attn_combine<sa::bf16, 96>(params);
 }
 SA_KERNEL(sa_attn_combine_bf16_hd128, SaAttnFwdParams, sa::kCombineThreads) {
   sa::attn_combine<sa::bf16, 128>(params);

@@ -5,6 +5,7 @@
 
 #include "sparse_attn/arch.cuh"
 #include "sparse_attn/params.h"
+#include "sparse_attn/tile_io.cuh"
 
 namespace sa {
 
@@ -30,7 +31,7 @@ struct FwdTraits {
   static_assert(WARP_ROWS == 16 || WARP_ROWS == 32, "one or two m16 tiles per warp");
   static_assert(kBlockM == (kMTiles == 2 ? SA_FWD_BLOCK_M_PREFILL : SA_FWD_BLOCK_M_DECODE),
                 "block rows as params.h says");
-  static_assert(D % 64 == 0, "head_dim must be a multiple of 64 (swizzle spans 8 chunks)");
+  static_assert(D % 32 == 0, "head_dim a multiple of 32 (rows padded to the 64-element swizzle)");
   static_assert(sizeof(T) == 2, "16-bit elements");
 
   // Q's A fragments stay in registers when they fit beside the accumulators: [MT][D/16][4]
@@ -50,8 +51,9 @@ struct FwdTraits {
   static constexpr int kPvKSteps = kBlockN / 16;  // k16 steps of P.V
   static constexpr int kOTiles = D / 8;           // n8 tiles of O per m16 tile  [16, D]
 
-  // Shared memory: Q [BLOCK_M, D], K [BLOCK_N, D], V [BLOCK_N, D], 16-bit, swizzled.
-  static constexpr int kRowBytes = D * 2;
+  // Shared memory: Q [BLOCK_M, D], K [BLOCK_N, D], V [BLOCK_N, D], 16-bit, swizzled, rows at
+  // smem_pitch<D>() elements (head_dim 96: 128, see tile_io.cuh).
+  static constexpr int kRowBytes = smem_pitch<D>() * 2;
   static constexpr int kQBytes = kBlockM * kRowBytes;
   static constexpr int kKvTileBytes = kBlockN * kRowBytes;
   static constexpr int kQOffset = 0;
@@ -62,7 +64,7 @@ struct FwdTraits {
   static_assert(kSmemBytes ==
                     (kMTiles == 2 ? SA_FWD_SMEM_ROWS_PREFILL : SA_FWD_SMEM_ROWS_DECODE) *
                         kRowBytes,
-                "shared-memory layout");
+                "shared-memory layout (src/kernels.rs: smem_pitch)");
 };
 
 }  // namespace sa
