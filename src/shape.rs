@@ -28,7 +28,7 @@ pub struct HeadDim(u32);
 
 impl HeadDim {
     /// Head dimensions with a compiled kernel.
-    pub const SUPPORTED: [u32; 4] = [64, 96, 128, 256];
+    pub const SUPPORTED: [u32; 5] = [64, 96, 128, 256, 512];
 
     /// The head dimension `d`, or `Error::Unsupported`.
     pub fn new(d: u32) -> Result<Self> {

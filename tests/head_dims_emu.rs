@@ -13,10 +13,11 @@ use common::{
 };
 use half::{bf16, f16};
 use sparse_attn::attention::PagedKv;
+use sparse_attn::emu::TargetArch;
 use sparse_attn::kv_cache::{decode_emulated, DecodeConfig};
 use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::shape::alibi_slopes;
-use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, Error, SeqLens};
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, EmuRun, Error, SeqLens};
 
 const CAUSAL: &str = r#"{"causal": true, "components": []}"#;
 const DENSE: &str = r#"{"causal": false, "components": []}"#;
@@ -48,6 +49,8 @@ fn check<T: Element>(
         plan = plan.with_num_splits(s).unwrap();
     }
     assert_eq!(plan.tiles().head_dim, d);
+    // head_dim 512: two blocks per query tile, each owning half of the output columns.
+    assert_eq!(plan.tiles().col_splits, if d == 512 { 2 } else { 1 });
     let mut rng = Rng::new(seed);
     let (q, k, v) = random_qkv::<T>(&mut rng, &problem, 1.0, 1.0);
     let (out, lse) = plan.run_emulated(&q, &k, &v, &emu_run()).unwrap();
@@ -180,6 +183,47 @@ fn hd96_every_pattern_component() {
 #[test]
 fn hd96_split_kv_paged_ring_and_decode() {
     split_kv_paged_ring_and_decode(96, 300);
+}
+
+#[test]
+fn hd512_every_pattern_component() {
+    every_pattern_component(512, 2);
+}
+
+#[test]
+fn hd512_split_kv_paged_ring_and_decode() {
+    split_kv_paged_ring_and_decode(512, 150);
+}
+
+#[test]
+fn hd512_fits_sm80_and_sm90_not_sm86() {
+    // 160 KB per block: within sm_80's 163 KB and sm_90's 227 KB; sm_86 / sm_89 (99 KB)
+    // refuse the launch (the CUDA backend checks the device's limit the same way).
+    let problem = AttnProblem::new(uniform(1, 3, 70), 2, 1, 512, DType::F16).unwrap();
+    let set = HeadPatterns::from_json(CAUSAL).unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+    assert_eq!(plan.tiles().smem_bytes, 160 * 1024);
+    let mut rng = Rng::new(base_seed());
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+    for arch in [TargetArch::Sm80, TargetArch::Sm90] {
+        let run = EmuRun { arch, ..emu_run() };
+        let (out, lse) = plan.run_emulated(&q, &k, &v, &run).unwrap();
+        assert_matches(
+            &format!("{arch:?}"),
+            &problem,
+            &out,
+            &lse,
+            &want,
+            tol(DType::F16),
+        );
+    }
+    for arch in [TargetArch::Sm86, TargetArch::Sm89] {
+        let run = EmuRun { arch, ..emu_run() };
+        let err = plan.run_emulated(&q, &k, &v, &run).unwrap_err();
+        assert!(matches!(err, Error::Emulator(_)), "{arch:?}: {err:?}");
+        assert!(err.to_string().contains("99 KB"), "{arch:?}: {err}");
+    }
 }
 
 #[test]

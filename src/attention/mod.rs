@@ -244,7 +244,8 @@ impl AttnPlan {
 
     /// Rejects a plan whose forward launch (or split-KV combine launch) would exceed the CUDA
     /// grid limits, so it fails when it is built rather than at launch. The forward grid is
-    /// (query tiles × splits, heads or packed kv heads, batch); `AttnProblem::new` already
+    /// (query tiles × splits × column blocks, heads or packed kv heads, batch);
+    /// `AttnProblem::new` already
     /// bounds batch and heads by 65,535, and this check covers every plan path
     /// ([`AttnPlan::new`], [`AttnPlan::with_patterns`], GQA packing, split factors).
     fn check_grids(&self) -> Result<()> {
@@ -256,7 +257,7 @@ impl AttnPlan {
             p.num_heads()
         };
         let fwd = [
-            m_blocks * self.num_splits as u64,
+            m_blocks * self.num_splits as u64 * self.tiles.col_splits as u64,
             heads as u64,
             p.seqs().batch() as u64,
         ];
@@ -491,7 +492,7 @@ impl AttnPlan {
         Launch {
             kernel: self.kernel,
             grid: [
-                m_blocks * self.num_splits,
+                m_blocks * self.num_splits * self.tiles.col_splits,
                 heads as u32,
                 p.seqs().batch() as u32,
             ],

@@ -71,6 +71,17 @@ struct TileCopy {
   }
 };
 
+// The type of a thread's element offset into a strided run: 64-bit, or 32-bit for a loader
+// that saves the register (its caller keeps offsets of 2^31 elements off the strided path).
+template <bool kNarrow>
+struct LoaderOffset {
+  using type = int64_t;
+};
+template <>
+struct LoaderOffset<true> {
+  using type = int;
+};
+
 // Issues cp.async copies of a [ROWS, D] tile whose rows lie at a constant pitch, every row
 // present: the fast path of the K/V loader (contiguous or in-page keys, affine views, full
 // tiles). `src` is this thread's first source (row row0, chunk `chunk`: the tile's first row
@@ -89,14 +100,16 @@ SA_DEVICE void load_tile_strided(Smem smem_tile, const T* src, int64_t src_step,
 // Issues cp.async copies of a [ROWS, D] tile whose row r starts at `row_src(r)` (nullptr:
 // the row is zero-filled with src-size 0, naming `idle_src`, an aligned address inside the
 // tensor such as its base, as the never-read source). Each of the THREADS threads copies
-// every THREADS-th 16-byte chunk. Does not commit.
-template <int ROWS, int D, int THREADS, typename T, typename RowSrc>
+// every THREADS-th 16-byte chunk. Does not commit. kRolled keeps the row loop rolled (one
+// row's lookup and copies at a time): unrolled, the compiler issues every row's lookup first
+// and holds its results, which head_dim 512's kernel has no registers for (FwdTraits::
+// kLeanLoader).
+template <int ROWS, int D, int THREADS, bool kRolled = false, typename T, typename RowSrc>
 SA_DEVICE void load_tile_async(Smem smem_tile, const RowSrc& row_src, const T* idle_src,
                                int tid) {
   using Copy = TileCopy<ROWS, D, THREADS>;
   const Copy c(tid);
-  SA_UNROLL
-  for (int i = 0; i < Copy::kRowsPerThread; ++i) {
+  auto copy_row = [&](int i) {
     const T* src = row_src(c.row(i * Copy::kColPasses));  // one row lookup per row
     SA_UNROLL
     for (int j = 0; j < Copy::kColPasses; ++j) {
@@ -105,6 +118,13 @@ SA_DEVICE void load_tile_async(Smem smem_tile, const RowSrc& row_src, const T* i
                           src != nullptr ? src + (c.chunk * 8 + Copy::col_offset(n)) : idle_src,
                           src != nullptr ? 16 : 0);
     }
+  };
+  if constexpr (kRolled) {
+    SA_NO_UNROLL
+    for (int i = 0; i < Copy::kRowsPerThread; ++i) copy_row(i);
+  } else {
+    SA_UNROLL
+    for (int i = 0; i < Copy::kRowsPerThread; ++i) copy_row(i);
   }
 }
 
