@@ -206,9 +206,31 @@ fn hd512_fits_sm80_and_sm90_not_sm86() {
     let mut rng = Rng::new(base_seed());
     let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
     let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+    // The two column blocks of a query tile count its kv tiles once: as many as head_dim
+    // 256's one block (the same 64-row tiles, packing and splits).
+    let hd256 = AttnProblem::new(uniform(1, 3, 70), 2, 1, 256, DType::F16).unwrap();
+    let plan256 = AttnPlan::with_patterns(&hd256, &set, &AttnOptions::default()).unwrap();
+    let (q2, k2, v2) = random_qkv::<f16>(&mut rng, &hd256, 1.0, 1.0);
+    let visited256 = std::cell::Cell::new(0);
+    let run256 = EmuRun {
+        tiles_visited: Some(&visited256),
+        ..emu_run()
+    };
+    plan256.run_emulated(&q2, &k2, &v2, &run256).unwrap();
+    assert!(visited256.get() > 0);
     for arch in [TargetArch::Sm80, TargetArch::Sm90] {
-        let run = EmuRun { arch, ..emu_run() };
+        let visited = std::cell::Cell::new(0);
+        let run = EmuRun {
+            arch,
+            tiles_visited: Some(&visited),
+            ..emu_run()
+        };
         let (out, lse) = plan.run_emulated(&q, &k, &v, &run).unwrap();
+        assert_eq!(
+            visited.get(),
+            visited256.get(),
+            "{arch:?}: kv tiles visited"
+        );
         assert_matches(
             &format!("{arch:?}"),
             &problem,

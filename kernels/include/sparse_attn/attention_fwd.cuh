@@ -392,11 +392,11 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int64_t v_stride = KvRows<T>::pitch(params, params.v_row_stride, paged);
   const int64_t k_pitch = paged ? D : keys.step * k_stride;
   const int64_t v_pitch = paged ? D : keys.step * v_stride;
-  const int k_row = static_cast<int>(k_stride), v_row = static_cast<int>(v_stride);
   // The row-by-row path's strides: the lean loader (head_dim 512) reuses the 32-bit ones of
-  // the run path (one register each instead of two: without it sm_80 spills 12 bytes).
-  auto row_stride = [](int64_t wide, int narrow) -> int64_t {
-    return Tr::kLeanLoader ? int64_t(narrow) : wide;
+  // the run path (k_row, v_row below: one register each instead of two; without it sm_80
+  // spills 12 bytes).
+  auto row_stride = [](int64_t wide) -> int64_t {
+    return Tr::kLeanLoader ? int64_t(static_cast<int>(wide)) : wide;
   };
   // This thread's offsets in a strided run, held across the mainloop: 32-bit in the lean
   // loader (head_dim 512, where their high words spilled), which then copies a layout whose
@@ -413,7 +413,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     load_tile_async<Tr::kBlockN, D, Tr::kThreads, Tr::kLeanLoader, T>(
         sK,
         [&](int r) {
-          return kv.template row<Walk::kRuntime>(params, kv.k, row_stride(k_stride, k_row),
+          return kv.template row<Walk::kRuntime>(params, kv.k, row_stride(k_stride),
                                                  keys.key(tile, r));
         },
         static_cast<const T*>(idle), tid);
@@ -423,7 +423,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     load_tile_async<Tr::kBlockN, Tr::kOCols, Tr::kThreads, Tr::kLeanLoader, T>(
         sV,
         [&](int r) {
-          return kv.template row<Walk::kRuntime>(params, v_base, row_stride(v_stride, v_row),
+          return kv.template row<Walk::kRuntime>(params, v_base, row_stride(v_stride),
                                                  keys.key(tile, r));
         },
         static_cast<const T*>(idle), tid);
@@ -431,6 +431,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   // Regular tiles [0, run_tiles) are strided runs (KvRows::run_tiles: decided once here).
   const int run_tiles =
       offsets_fit ? kv.run_tiles(params, keys.first, keys.step, keys.count, Tr::kBlockN) : 0;
+  const int k_row = static_cast<int>(k_stride), v_row = static_cast<int>(v_stride);
   // This thread's first V source of the tile whose K was produced last (nullptr: row by row).
   const T* v_run = nullptr;
   auto produce_k = [&](int tile) {
