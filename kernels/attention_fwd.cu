@@ -1,9 +1,11 @@
 // Forward attention entry points: one per (dtype, head_dim, tile shape, walk). The shapes are
 // the prefill tile (128 query rows per block, 32 per warp: each K/V fragment feeds two MMAs)
 // and the decode tile (64 rows, 16 per warp: short queries and GQA-packed decode waste no
-// rows). head_dim 128 and 256 run the 64-row tile in both phases for now: at 128 with 32 rows
+// rows). head_dim 96, 128 and 256 run the 64-row tile in both phases for now: at 128 with 32 rows
 // per warp the accumulators (O 128 + S 64 registers) and the kernel's state still spill 92
-// bytes at 255 registers on sm_90 (36 on sm_80). src/kernels.rs (fwd_tiles) picks the shape
+// bytes at 255 registers on sm_90 (36 on sm_80). head_dim 512 runs the 64-row tile over two
+// blocks per query tile, each owning half of the output columns (kernel_traits.cuh:
+// kColSplits). src/kernels.rs (fwd_tiles) picks the shape
 // and the walk; causal, windows and patterns are run-time data, so this is the whole
 // instantiation set of the forward pass.
 #include "sparse_attn/attention_fwd.cuh"
@@ -23,7 +25,11 @@ SA_FWD_ENTRY(sa_attn_fwd_f16_hd64_m128, f16, 64, 32)
 SA_FWD_ENTRY(sa_attn_fwd_bf16_hd64_m128, bf16, 64, 32)
 SA_FWD_ENTRY(sa_attn_fwd_f16_hd64_m64, f16, 64, 16)
 SA_FWD_ENTRY(sa_attn_fwd_bf16_hd64_m64, bf16, 64, 16)
+SA_FWD_ENTRY(sa_attn_fwd_f16_hd96_m64, f16, 96, 16)
+SA_FWD_ENTRY(sa_attn_fwd_bf16_hd96_m64, bf16, 96, 16)
 SA_FWD_ENTRY(sa_attn_fwd_f16_hd128_m64, f16, 128, 16)
 SA_FWD_ENTRY(sa_attn_fwd_bf16_hd128_m64, bf16, 128, 16)
 SA_FWD_ENTRY(sa_attn_fwd_f16_hd256_m64, f16, 256, 16)
 SA_FWD_ENTRY(sa_attn_fwd_bf16_hd256_m64, bf16, 256, 16)
+SA_FWD_ENTRY(sa_attn_fwd_f16_hd512_m64, f16, 512, 16)
+SA_FWD_ENTRY(sa_attn_fwd_bf16_hd512_m64, bf16, 512, 16)

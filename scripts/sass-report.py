@@ -1348,6 +1348,11 @@ def block_m_of(kernel):
     return int(m.group(1)) if m else None
 
 
+def smem_pitch(head_dim):
+    """Elements per shared-memory row of a head_dim-wide tile (tile_io.cuh: smem_pitch)."""
+    return (head_dim + 63) // 64 * 64
+
+
 def smem_rows_for(kernel, consts):
     """params.h's dynamic shared-memory rows for a kernel, as (constant name, rows).
 
@@ -1409,8 +1414,16 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
         row["max_threads"] = mt[0] * mt[1] * mt[2] if mt else None
         rows_name, smem_rows = ("--smem-rows", opts.smem_rows) if opts.smem_rows else smem_rows_for(name, consts)
         row["smem_rows_from"] = rows_name
-        # params.h: dynamic shared memory is SA_FWD_SMEM_ROWS* rows of head_dim 16-bit elements.
-        dyn = smem_rows * head_dim * 2 if (smem_rows and head_dim and name.startswith("sa_attn_fwd")) else None
+        # params.h: dynamic shared memory is SA_FWD_SMEM_ROWS* rows of head_dim 16-bit elements,
+        # rows padded to the 64-element swizzle span (tile_io.cuh: smem_pitch; 96 -> 128);
+        # above head_dim 256 the V tile holds the block's half of the columns
+        # (kernel_traits.cuh: kOCols).
+        dyn = None
+        if smem_rows and head_dim and name.startswith("sa_attn_fwd"):
+            dyn = smem_rows * smem_pitch(head_dim) * 2
+            block_n = consts.get("SA_FWD_BLOCK_N")
+            if head_dim > 256 and block_n:
+                dyn -= block_n * (smem_pitch(head_dim) - smem_pitch(head_dim // 2)) * 2
         row["dynamic_smem"] = dyn
         block_smem = dyn + (shared or 0) if dyn is not None else None
         row["smem_per_block"] = block_smem

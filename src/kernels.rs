@@ -83,24 +83,36 @@ mod entries {
         pub fn sa_attn_fwd_bf16_hd64_m128(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd64_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd64_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd96_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd96_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd128_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd128_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd256_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd256_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd512_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd512_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd64_m128_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd64_m128_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd64_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd64_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd96_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd96_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd128_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd128_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd256_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd256_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd512_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd512_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd64(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_f16_hd96(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd128(p: *const std::ffi::c_void);
-        pub fn sa_attn_combine_bf16_hd64(p: *const std::ffi::c_void);
-        pub fn sa_attn_combine_bf16_hd128(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd256(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_f16_hd512(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_bf16_hd64(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_bf16_hd96(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_bf16_hd128(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd256(p: *const std::ffi::c_void);
+        pub fn sa_attn_combine_bf16_hd512(p: *const std::ffi::c_void);
         pub fn sa_kv_append(p: *const std::ffi::c_void);
     }
 }
@@ -117,35 +129,61 @@ macro_rules! kernel {
 
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
 /// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append.
-pub static KERNELS: [KernelDesc; 23] = [
+pub static KERNELS: [KernelDesc; 35] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd96_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd96_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd128_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd128_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd256_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd256_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd512_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd512_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m128_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd96_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd96_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd128_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd128_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd256_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd256_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd512_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd512_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_combine_f16_hd64, Module::AttnCombine),
+    kernel!(sa_attn_combine_f16_hd96, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd256, Module::AttnCombine),
+    kernel!(sa_attn_combine_f16_hd512, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd64, Module::AttnCombine),
+    kernel!(sa_attn_combine_bf16_hd96, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd128, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd256, Module::AttnCombine),
+    kernel!(sa_attn_combine_bf16_hd512, Module::AttnCombine),
     kernel!(sa_kv_append, Module::KvAppend),
 ];
 
+/// Forward tile shapes (head_dim, block rows), in [`KERNELS`]' order: each has an f16 and a
+/// bf16 kernel per walk.
+const FWD_SHAPES: [(u32, u32); 6] = [
+    (64, 128),
+    (64, 64),
+    (96, 64),
+    (128, 64),
+    (256, 64),
+    (512, 64),
+];
+
+/// Where the combine kernels start in [`KERNELS`]: after both walks' forward kernels.
+const COMBINE_BASE: usize = 2 * 2 * FWD_SHAPES.len();
+
 /// The K/V append kernel (copies bits: every dtype and head_dim).
 pub fn kv_append() -> &'static KernelDesc {
-    &KERNELS[22]
+    &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len()]
 }
 
 /// Where the forward kernel's kv-tile walk comes from (`SaWalk` of params.h;
@@ -173,8 +211,12 @@ impl FwdWalk {
 /// The forward kernel for a dtype, tile configuration (from [`fwd_tiles`]) and walk.
 /// Exhaustive: `HeadDim` only holds supported values and `fwd_tiles` only supported shapes.
 pub fn attn_fwd_walk(dtype: DType, tiles: &FwdTiles, walk: FwdWalk) -> &'static KernelDesc {
-    // The run-time kernels follow the eight list kernels in the same order.
-    let base = if walk == FwdWalk::Runtime { 8 } else { 0 };
+    // The run-time kernels follow the list kernels in the same order.
+    let base = if walk == FwdWalk::Runtime {
+        2 * FWD_SHAPES.len()
+    } else {
+        0
+    };
     &KERNELS[base + fwd_index(dtype, tiles)]
 }
 
@@ -188,33 +230,37 @@ pub fn attn_fwd(dtype: DType, tiles: &FwdTiles) -> &'static KernelDesc {
 /// Exhaustive: `HeadDim` only holds supported values and `fwd_tiles` only supported shapes.
 fn fwd_index(dtype: DType, tiles: &FwdTiles) -> usize {
     let bf16 = usize::from(dtype == DType::BF16);
-    let shape = match (tiles.head_dim, tiles.block_m) {
-        (64, 128) => 0,
-        (64, 64) => 1,
-        (128, 64) => 2,
-        (256, 64) => 3,
-        (d, m) => unreachable!("fwd_tiles yields no {m}-row tile at head_dim {d}"),
+    let key = (tiles.head_dim, tiles.block_m);
+    let Some(shape) = FWD_SHAPES.iter().position(|&s| s == key) else {
+        unreachable!(
+            "fwd_tiles yields no {}-row tile at head_dim {}",
+            key.1, key.0
+        )
     };
     2 * shape + bf16
 }
 
 /// The split-KV combine kernel for a dtype and head dimension.
 pub fn attn_combine(dtype: DType, head_dim: HeadDim) -> &'static KernelDesc {
-    &KERNELS[16 + instance(dtype, head_dim)]
+    &KERNELS[COMBINE_BASE + instance(dtype, head_dim)]
 }
 
 /// Position of a (dtype, head_dim) combine instantiation in [`KERNELS`]' combine family.
 /// Exhaustive: `HeadDim` only holds supported values.
 fn instance(dtype: DType, head_dim: HeadDim) -> usize {
-    match (dtype, head_dim.get()) {
-        (DType::F16, 64) => 0,
-        (DType::F16, 128) => 1,
-        (DType::F16, 256) => 2,
-        (DType::BF16, 64) => 3,
-        (DType::BF16, 128) => 4,
-        (DType::BF16, 256) => 5,
-        (_, d) => unreachable!("HeadDim admits only supported values, got {d}"),
-    }
+    let d = head_dim.get();
+    let Some(i) = HeadDim::SUPPORTED.iter().position(|&s| s == d) else {
+        unreachable!("HeadDim admits only supported values, got {d}")
+    };
+    let bf16 = usize::from(dtype == DType::BF16);
+    bf16 * HeadDim::SUPPORTED.len() + i
+}
+
+/// Elements per shared-memory row of a tile of `head_dim` columns: rounded up to the 64
+/// elements the swizzle spans (`smem_pitch` of tile_io.cuh; head_dim 96 is stored at 128,
+/// its padding never read).
+pub fn smem_pitch(head_dim: u32) -> u32 {
+    head_dim.div_ceil(64) * 64
 }
 
 /// Threads per block of the combine kernel (one warp per (row, head)): `SA_COMBINE_THREADS`
@@ -243,8 +289,13 @@ pub struct FwdTiles {
     pub block_n: u32,
     /// Threads per block.
     pub threads: u32,
-    /// Dynamic shared memory: `SA_FWD_SMEM_ROWS_*` rows of `head_dim` 16-bit elements (the Q
-    /// tile, one K tile and one V tile).
+    /// Blocks that share one query tile, each owning `head_dim / col_splits` output columns
+    /// (`FwdTraits::kColSplits`): 2 at head_dim 512, else 1. They are neighbours in the
+    /// grid's x dimension, which this multiplies.
+    pub col_splits: u32,
+    /// Dynamic shared memory: the Q tile and one K tile of `head_dim` columns and one V tile
+    /// of `head_dim / col_splits` columns, 16-bit elements, rows of [`smem_pitch`] elements
+    /// (`SA_FWD_SMEM_ROWS_*` rows when `col_splits` is 1).
     pub smem_bytes: u32,
 }
 
@@ -253,23 +304,33 @@ pub struct FwdTiles {
 ///
 /// - Prefill at head_dim 64: 128-row blocks, 32 rows per warp, so every K/V fragment read
 ///   from shared memory feeds two MMAs (FlashAttention-2's geometry).
-/// - Decode (and head_dim 128 and 256): 64-row blocks, 16 rows per warp. At head_dim 128 the
+/// - Decode (and head_dim 96, 128 and 256): 64-row blocks, 16 rows per warp. At head_dim 128 the
 ///   32-row warp tile needs O (128) and S (64) registers beside the kernel's state and still
 ///   spills 92 bytes at the 255-register limit on sm_90; at head_dim 256 a 16-row warp tile
 ///   already holds a 128-register O, with Q re-read from shared memory (96 KB per block:
-///   2 CTAs per SM on sm_90, 1 on sm_80).
+///   2 CTAs per SM on sm_90, 1 on sm_80). head_dim 96 (Phi-3) is the 128 tile with 6 k16
+///   steps and 12 n8 output tiles, its shared rows padded to 128 elements ([`smem_pitch`]).
+/// - head_dim 512 (Gemma 4 global layers): a 16-row warp tile of O would need 256 f32
+///   registers per lane, so two blocks share each query tile, each computing the whole
+///   S = Q.K^T and the output for its half of V's columns (a head_dim-256-sized O); 160 KB of
+///   shared memory per block (Q and K 64 KB each, V's half 32 KB): 1 CTA per SM on sm_80
+///   (163 KB) and sm_90, and above the 99-100 KB of sm_86/sm_89, where the launch is an
+///   `Error::Unsupported` (the CUDA backend checks the device's opt-in limit).
 pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
     let d = head_dim.get();
     let (block_m, rows) = match (phase, d) {
         (FwdPhase::Prefill, 64) => (ffi::SA_FWD_BLOCK_M_PREFILL, ffi::SA_FWD_SMEM_ROWS_PREFILL),
         _ => (ffi::SA_FWD_BLOCK_M_DECODE, ffi::SA_FWD_SMEM_ROWS_DECODE),
     };
+    let block_n = ffi::SA_FWD_BLOCK_N;
+    let col_splits = if d > 256 { 2 } else { 1 };
     FwdTiles {
         head_dim: d,
         block_m,
-        block_n: ffi::SA_FWD_BLOCK_N,
+        block_n,
         threads: ffi::SA_FWD_THREADS,
-        smem_bytes: rows * d * 2,
+        col_splits,
+        smem_bytes: (rows - block_n) * smem_pitch(d) * 2 + block_n * smem_pitch(d / col_splits) * 2,
     }
 }
 
@@ -400,7 +461,13 @@ mod tests {
                 assert_eq!(t, fwd_tiles(hd, phase));
                 assert_eq!((t.head_dim, t.block_n, t.threads), (d, 64, 128));
                 // Q tile + one K and one V tile of 16-bit elements.
-                assert_eq!(t.smem_bytes, (t.block_m + 2 * t.block_n) * d * 2);
+                let v_cols = d / t.col_splits;
+                assert_eq!(
+                    t.smem_bytes,
+                    (t.block_m + t.block_n) * smem_pitch(d) * 2
+                        + t.block_n * smem_pitch(v_cols) * 2
+                );
+                assert_eq!(t.col_splits, if d == 512 { 2 } else { 1 });
                 for dtype in [DType::F16, DType::BF16] {
                     let k = attn_fwd(dtype, &t);
                     let dt = if dtype == DType::F16 { "f16" } else { "bf16" };
@@ -414,10 +481,19 @@ mod tests {
         let hd64 = HeadDim::new(64).unwrap();
         assert_eq!(fwd_tiles(hd64, FwdPhase::Prefill).block_m, 128);
         assert_eq!(fwd_tiles(hd64, FwdPhase::Decode).block_m, 64);
-        // Every tile fits the smallest per-block shared memory of the targets (99 KB).
+        // Every tile up to head_dim 256 fits the smallest per-block shared memory of the
+        // targets (99 KB, sm_86/sm_89); head_dim 512 fits sm_80's 163 KB.
         for d in HeadDim::SUPPORTED {
             let hd = HeadDim::new(d).unwrap();
-            assert!(fwd_tiles(hd, FwdPhase::Prefill).smem_bytes <= 99 * 1024);
+            for phase in [FwdPhase::Prefill, FwdPhase::Decode] {
+                let limit = if d <= 256 { 99 } else { 163 };
+                assert!(
+                    fwd_tiles(hd, phase).smem_bytes <= limit * 1024,
+                    "hd{d} {phase:?}"
+                );
+            }
         }
+        let hd512 = fwd_tiles(HeadDim::new(512).unwrap(), FwdPhase::Prefill);
+        assert_eq!(hd512.smem_bytes, 160 * 1024);
     }
 }

@@ -22,13 +22,13 @@ impl DType {
     }
 }
 
-/// A head dimension the kernels are instantiated for (64 or 128).
+/// A head dimension the kernels are instantiated for ([`HeadDim::SUPPORTED`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HeadDim(u32);
 
 impl HeadDim {
     /// Head dimensions with a compiled kernel.
-    pub const SUPPORTED: [u32; 3] = [64, 128, 256];
+    pub const SUPPORTED: [u32; 5] = [64, 96, 128, 256, 512];
 
     /// The head dimension `d`, or `Error::Unsupported`.
     pub fn new(d: u32) -> Result<Self> {

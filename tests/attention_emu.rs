@@ -396,7 +396,7 @@ fn bad_inputs_are_typed_errors() {
         Err(Error::Shape(_))
     ));
     assert!(matches!(
-        AttnProblem::new(seqs.clone(), 8, 8, 96, DType::F16),
+        AttnProblem::new(seqs.clone(), 8, 8, 80, DType::F16),
         Err(Error::Unsupported(_))
     ));
     assert!(matches!(

@@ -800,7 +800,7 @@ fn sink_logits_and_alibi_match_the_reference() {
         r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 100}}]}"#,
     )
     .unwrap();
-    for head_dim in [64, 128, 256] {
+    for head_dim in sparse_attn::HeadDim::SUPPORTED {
         for (q_len, kv_len) in [(200, 260), (1, 700)] {
             let problem = AttnProblem::new(
                 SeqLens::Uniform {

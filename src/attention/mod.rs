@@ -228,7 +228,7 @@ impl AttnPlan {
             FwdWalk::Lists => PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?,
             FwdWalk::Runtime => PlanMeta::compile_runtime(&problem, &patterns, &tiles, gqa_pack)?,
         };
-        let num_splits = default_num_splits(&problem, gqa_pack, &meta);
+        let num_splits = default_num_splits(&problem, gqa_pack, &meta, tiles.col_splits);
         let plan = AttnPlan {
             kernel: kernels::attn_fwd_walk(problem.dtype(), &tiles, walk),
             problem,
@@ -246,7 +246,8 @@ impl AttnPlan {
 
     /// Rejects a plan whose forward launch (or split-KV combine launch) would exceed the CUDA
     /// grid limits, so it fails when it is built rather than at launch. The forward grid is
-    /// (query tiles × splits, heads or packed kv heads, batch); `AttnProblem::new` already
+    /// (query tiles × splits × column blocks, heads or packed kv heads, batch);
+    /// `AttnProblem::new` already
     /// bounds batch and heads by 65,535, and this check covers every plan path
     /// ([`AttnPlan::new`], [`AttnPlan::with_patterns`], GQA packing, split factors).
     fn check_grids(&self) -> Result<()> {
@@ -258,7 +259,7 @@ impl AttnPlan {
             p.num_heads()
         };
         let fwd = [
-            m_blocks * self.num_splits as u64,
+            m_blocks * self.num_splits as u64 * self.tiles.col_splits as u64,
             heads as u64,
             p.seqs().batch() as u64,
         ];
@@ -524,7 +525,7 @@ impl AttnPlan {
         Launch {
             kernel: self.kernel,
             grid: [
-                m_blocks * self.num_splits,
+                m_blocks * self.num_splits * self.tiles.col_splits,
                 heads as u32,
                 p.seqs().batch() as u32,
             ],
@@ -590,12 +591,18 @@ const TARGET_BLOCKS: usize = 132;
 /// The default split-KV factor: none when the unsplit grid already has `TARGET_BLOCKS`
 /// blocks; otherwise enough parts to reach about two waves, keeping at least two kv tiles
 /// per part. A heuristic (FlashAttention-2 uses a similar occupancy rule); not yet tuned by
-/// measurement.
-fn default_num_splits(problem: &AttnProblem, gqa_pack: u32, meta: &PlanMeta) -> u32 {
+/// measurement. `col_splits` blocks share each query tile (head_dim 512).
+fn default_num_splits(
+    problem: &AttnProblem,
+    gqa_pack: u32,
+    meta: &PlanMeta,
+    col_splits: u32,
+) -> u32 {
     let max_row_tiles = meta.max_row_tiles();
     let blocks = meta.max_tiles().max(1)
         * (problem.num_heads() / gqa_pack.max(1) as usize)
-        * problem.seqs().batch();
+        * problem.seqs().batch()
+        * col_splits as usize;
     if blocks >= TARGET_BLOCKS || max_row_tiles < 4 {
         return 1;
     }

@@ -244,10 +244,11 @@ struct PartialMask {
 // Normalises and stores this warp's output rows (padding rows are dropped) and their LSE.
 // `warp_row0` is the warp's first row in the block, mapped to (token, head offset from the
 // block's first head h) by `rows`. Learnable sink logits, when the layer has them, enter the
-// denominators here (SoftmaxRows::add_sinks).
-template <typename T, int D, int MT, Canary kCanary>
+// denominators here (SoftmaxRows::add_sinks). The block owns output columns
+// [col0, col0 + DO) (FwdTraits::kOCols); the first column block stores the LSE.
+template <typename T, int DO, int MT, Canary kCanary>
 SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
-                           int h, int warp_row0, float (&o)[MT][D / 8][4],
+                           int h, int warp_row0, int col0, float (&o)[MT][DO / 8][4],
                            SoftmaxState<MT>& state, int lane) {
   float inv_l[2 * MT], lse[2 * MT];
   if (p.sink_logits != nullptr) {
@@ -266,26 +267,30 @@ SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, con
     const int local = fragment_row(warp_row0, r, lane);
     const int token = rows.token(local), dh = rows.head_offset(local);
     if (token < 0) continue;
-    // No LSE buffer (null): the caller did not ask for it.
-    if (t == 0 && p.lse != nullptr) p.lse[seq.lse0 + dh * p.lse_head_stride + token] = lse[r];
+    // No LSE buffer (null): the caller did not ask for it. The first column block stores it.
+    if (t == 0 && col0 == 0 && p.lse != nullptr) {
+      p.lse[seq.lse0 + dh * p.lse_head_stride + token] = lse[r];
+    }
     if (kCanary == Canary::SkipEmptyRowStore && inv_l[r] == 0.f) continue;
     uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + token * p.o_row_stride +
-                                                dh * p.o_head_stride + 2 * t);
-    const float(&acc)[D / 8][4] = o[r / 2];
+                                                dh * p.o_head_stride + col0 + 2 * t);
+    const float(&acc)[DO / 8][4] = o[r / 2];
     const int c = 2 * (r % 2);
     SA_UNROLL
-    for (int nt = 0; nt < D / 8; ++nt) {
+    for (int nt = 0; nt < DO / 8; ++nt) {
       arch::stg(dst + nt * 4, arch::pack2<T>(acc[nt][c] * inv_l[r], acc[nt][c + 1] * inv_l[r]));
     }
   }
 }
 
 // Split-KV epilogue: stores this warp's normalised partial output rows and their LSE (f32)
-// for the combine kernel (attention_combine.cuh), which alone adds sink logits.
-template <typename T, int D, int MT>
+// for the combine kernel (attention_combine.cuh), which alone adds sink logits. Partial rows
+// are D floats apart; the block owns columns [col0, col0 + DO), the first column block
+// stores the LSE.
+template <typename T, int D, int DO, int MT>
 SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, const RowMap& rows,
-                             int h, int split, int warp_row0, float (&o)[MT][D / 8][4],
-                             SoftmaxState<MT>& state, int lane) {
+                             int h, int split, int warp_row0, int col0,
+                             float (&o)[MT][DO / 8][4], SoftmaxState<MT>& state, int lane) {
   float inv_l[2 * MT], lse[2 * MT];
   state.finalize(inv_l, lse);
   const int t = lane & 3;
@@ -298,14 +303,14 @@ SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, c
     if (token < 0) continue;
     const int64_t slot =
         (split * total_rows + seq.row0 + token) * p.num_heads + h + rows.head_offset(local);
-    float2* dst = reinterpret_cast<float2*>(p.o_partial + slot * D + 2 * t);
-    const float(&acc)[D / 8][4] = o[r / 2];
+    float2* dst = reinterpret_cast<float2*>(p.o_partial + slot * D + col0 + 2 * t);
+    const float(&acc)[DO / 8][4] = o[r / 2];
     const int c = 2 * (r % 2);
     SA_UNROLL
-    for (int nt = 0; nt < D / 8; ++nt) {
+    for (int nt = 0; nt < DO / 8; ++nt) {
       arch::stg(dst + nt * 4, make_float2(acc[nt][c] * inv_l[r], acc[nt][c + 1] * inv_l[r]));
     }
-    if (t == 0) p.lse_partial[slot] = lse[r];
+    if (t == 0 && col0 == 0) p.lse_partial[slot] = lse[r];
   }
 }
 
@@ -322,7 +327,10 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   constexpr int D = Tr::kHeadDim, MT = Tr::kMTiles;
   const int num_splits = params.num_splits > 1 ? params.num_splits : 1;
   const int pack = params.gqa_pack > 1 ? params.gqa_pack : 1;
-  const int m_block = blockIdx.x / num_splits, split = blockIdx.x % num_splits;
+  // blockIdx.x = (m_block * num_splits + split) * kColSplits + column block: the column
+  // blocks of one query tile and split are neighbours in the grid.
+  const unsigned bx = blockIdx.x / Tr::kColSplits;
+  const int m_block = bx / num_splits, split = bx % num_splits;
   const int h = blockIdx.y * pack, b = blockIdx.z;  // packed: first head of the kv group
   const int tid = threadIdx.x, warp = tid / 32, lane = static_cast<int>(arch::lane_id());
 
@@ -374,7 +382,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int i_end = static_cast<int>(int64_t(tiles.count()) * (split + 1) / num_splits);
 
   // Phase: produce Q (one cp.async group) and the first K tile (the next).
-  load_tile_async<Tr::kBlockM, D, Tr::kThreads, T>(
+  load_tile_async<Tr::kBlockM, D, Tr::kThreads, false, T>(
       sQ,
       [&](int r) -> const T* {
         const int token = rows.token(r);
@@ -394,28 +402,54 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   // change between tiles): computed once. The never-read source of zero-filled rows is the
   // tensor's base.
   const KvRows<T>& kv = seq.kv;
+  // V's rows from this block's first output column on (kColSplits > 1: head_dim 512).
+  const T* const v_base =
+      kv.v + (Tr::kColSplits > 1 ? (blockIdx.x % Tr::kColSplits) * Tr::kOCols : 0);
   using Copy = TileCopy<Tr::kBlockN, D, Tr::kThreads>;
+  using VCopy = TileCopy<Tr::kBlockN, Tr::kOCols, Tr::kThreads>;
   const int64_t k_stride = KvRows<T>::pitch(params, params.k_row_stride, paged);
   const int64_t v_stride = KvRows<T>::pitch(params, params.v_row_stride, paged);
   const int64_t k_pitch = paged ? D : keys.step * k_stride;
   const int64_t v_pitch = paged ? D : keys.step * v_stride;
-  const Copy copy(tid);
-  const int64_t k_thread = copy.offset(k_pitch), v_thread = copy.offset(v_pitch);
-  auto produce_rows = [&](Smem dst, bool is_v, int tile) {
-    const T* base = is_v ? kv.v : kv.k;
-    const int64_t row_stride = is_v ? v_stride : k_stride;
-    const void* idle = paged ? (is_v ? params.paged.v_pages : params.paged.k_pages)
-                             : (is_v ? params.v : params.k);
-    load_tile_async<Tr::kBlockN, D, Tr::kThreads, T>(
-        dst,
+  // The row-by-row path's strides: the lean loader (head_dim 512) reuses the 32-bit ones of
+  // the run path (k_row, v_row below: one register each instead of two; without it sm_80
+  // spills 12 bytes).
+  auto row_stride = [](int64_t wide) -> int64_t {
+    return Tr::kLeanLoader ? int64_t(static_cast<int>(wide)) : wide;
+  };
+  // This thread's offsets in a strided run, held across the mainloop: 32-bit in the lean
+  // loader (head_dim 512, where their high words spilled), which then copies a layout whose
+  // offsets reach 2^31 elements row by row (no run tiles, below).
+  using ThreadOffset = typename LoaderOffset<Tr::kLeanLoader>::type;
+  const int64_t k_thread64 = Copy(tid).offset(k_pitch), v_thread64 = VCopy(tid).offset(v_pitch);
+  const ThreadOffset k_thread = static_cast<ThreadOffset>(k_thread64);
+  const ThreadOffset v_thread = static_cast<ThreadOffset>(v_thread64);
+  const bool offsets_fit = !Tr::kLeanLoader ||
+                           (Copy::kRowStep * k_pitch <= int64_t(0x7fffffff) &&
+                            VCopy::kRowStep * v_pitch <= int64_t(0x7fffffff));
+  auto produce_k_rows = [&](int tile) {
+    const void* idle = paged ? params.paged.k_pages : params.k;
+    load_tile_async<Tr::kBlockN, D, Tr::kThreads, Tr::kLeanLoader, T>(
+        sK,
         [&](int r) {
-          return kv.template row<Walk::kRuntime>(params, base, row_stride, keys.key(tile, r));
+          return kv.template row<Walk::kRuntime>(params, kv.k, row_stride(k_stride),
+                                                 keys.key(tile, r));
+        },
+        static_cast<const T*>(idle), tid);
+  };
+  auto produce_v_rows = [&](int tile) {
+    const void* idle = paged ? params.paged.v_pages : params.v;
+    load_tile_async<Tr::kBlockN, Tr::kOCols, Tr::kThreads, Tr::kLeanLoader, T>(
+        sV,
+        [&](int r) {
+          return kv.template row<Walk::kRuntime>(params, v_base, row_stride(v_stride),
+                                                 keys.key(tile, r));
         },
         static_cast<const T*>(idle), tid);
   };
   // Regular tiles [0, run_tiles) are strided runs (KvRows::run_tiles: decided once here).
   const int run_tiles =
-      kv.run_tiles(params, keys.first, keys.step, keys.count, Tr::kBlockN);
+      offsets_fit ? kv.run_tiles(params, keys.first, keys.step, keys.count, Tr::kBlockN) : 0;
   const int k_row = static_cast<int>(k_stride), v_row = static_cast<int>(v_stride);
   // This thread's first V source of the tile whose K was produced last (nullptr: row by row).
   const T* v_run = nullptr;
@@ -424,20 +458,20 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     const bool run = static_cast<unsigned>(tile) < static_cast<unsigned>(run_tiles) &&
                      kv.template run_offsets<Walk::kRuntime>(params, k_row, v_row, keys.first + tile * Tr::kBlockN * keys.step,
                                     k_off, v_off);
-    v_run = run ? kv.v + (v_off + v_thread) : nullptr;
+    v_run = run ? v_base + (v_off + v_thread) : nullptr;
     if (run) {
       load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(sK, kv.k + (k_off + k_thread),
                                                          Copy::kRowStep * k_pitch, tid);
     } else {
-      produce_rows(sK, false, tile);
+      produce_k_rows(tile);
     }
   };
   auto produce_v = [&](int tile) {
     if (v_run != nullptr) {
-      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(sV, v_run, Copy::kRowStep * v_pitch,
-                                                         tid);
+      load_tile_strided<Tr::kBlockN, Tr::kOCols, Tr::kThreads, T>(
+          sV, v_run, VCopy::kRowStep * v_pitch, tid);
     } else {
-      produce_rows(sV, true, tile);
+      produce_v_rows(tile);
     }
   };
   // Each tile index is read once: the prefetch reads the next one, the iteration reuses it.
@@ -445,7 +479,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   if (i_begin < i_end) produce_k(tile);
   arch::cp_async_commit();
 
-  float o[MT][Tr::kOTiles][4];  // [MT x 16, D] output accumulator of this warp
+  float o[MT][Tr::kOTiles][4];  // [MT x 16, kOCols] output accumulator of this warp
   SA_UNROLL
   for (int mt = 0; mt < MT; ++mt) {
     SA_UNROLL
@@ -503,6 +537,15 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const bool fold_scale =
       params.softcap == 0.f && params.scale > 0.f && params.alibi_slopes == nullptr;
   const float exp2_mul = fold_scale ? params.scale * kLog2e : 1.f;
+
+  // Tiles are counted once per query tile and split (by its first column block): here in the
+  // lean kernel (head_dim 512, whose registers cannot hold i_begin across the mainloop on
+  // sm_80), after the epilogue elsewhere.
+  if constexpr (Tr::kLeanLoader) {
+    if (tid == 0 && blockIdx.x % Tr::kColSplits == 0 && params.tiles_visited != nullptr) {
+      arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));
+    }
+  }
 
   for (int i = i_begin; i < i_end; ++i) {
     // Phase: K_i (and, first, Q) landed; the barrier publishes it and frees V's buffer.
@@ -585,7 +628,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     arch::cp_async_commit();
 
     // Phase: O += P . V with P reused from registers.
-    pv_gemm<T, D, Tr::kBlockN, MT>(o, pf, sV, lane);
+    pv_gemm<T, Tr::kOCols, Tr::kBlockN, MT>(o, pf, sV, lane);
     tile = next;
   }
   arch::cp_async_wait<0>();  // nothing may be in flight at exit (only empty groups remain)
@@ -593,13 +636,19 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   // Phase: epilogue. The sequence's output pointers are derived again here rather than held
   // across the mainloop (at head_dim 256 the accumulators leave no register for them).
   const SeqSlice<T> out_seq = SeqSlice<T>::make(params, b, h);
+  const int col_block = Tr::kColSplits > 1 ? static_cast<int>(blockIdx.x) % Tr::kColSplits : 0;
+  const int col0 = col_block * Tr::kOCols;
   if (num_splits > 1) {
-    write_partial<T, D, MT>(params, out_seq, rows, h, split, warp_row0, o, state, lane);
+    write_partial<T, D, Tr::kOCols, MT>(params, out_seq, rows, h, split, warp_row0, col0, o,
+                                        state, lane);
   } else {
-    write_o_lse<T, D, MT, kCanary>(params, out_seq, rows, h, warp_row0, o, state, lane);
+    write_o_lse<T, Tr::kOCols, MT, kCanary>(params, out_seq, rows, h, warp_row0, col0, o, state,
+                                            lane);
   }
-  if (tid == 0 && params.tiles_visited != nullptr) {
-    arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));
+  if constexpr (!Tr::kLeanLoader) {
+    if (tid == 0 && params.tiles_visited != nullptr) {
+      arch::atomic_add(params.tiles_visited, static_cast<unsigned long long>(i_end - i_begin));
+    }
   }
 }
 

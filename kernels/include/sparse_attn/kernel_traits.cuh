@@ -5,6 +5,7 @@
 
 #include "sparse_attn/arch.cuh"
 #include "sparse_attn/params.h"
+#include "sparse_attn/tile_io.cuh"
 
 namespace sa {
 
@@ -30,7 +31,7 @@ struct FwdTraits {
   static_assert(WARP_ROWS == 16 || WARP_ROWS == 32, "one or two m16 tiles per warp");
   static_assert(kBlockM == (kMTiles == 2 ? SA_FWD_BLOCK_M_PREFILL : SA_FWD_BLOCK_M_DECODE),
                 "block rows as params.h says");
-  static_assert(D % 64 == 0, "head_dim must be a multiple of 64 (swizzle spans 8 chunks)");
+  static_assert(D % 32 == 0, "head_dim a multiple of 32 (rows padded to the 64-element swizzle)");
   static_assert(sizeof(T) == 2, "16-bit elements");
 
   // Q's A fragments stay in registers when they fit beside the accumulators: [MT][D/16][4]
@@ -48,21 +49,44 @@ struct FwdTraits {
   static constexpr int kKSteps = D / 16;          // k16 steps of Q.K^T
   static constexpr int kSTiles = kBlockN / 8;     // n8 tiles of S per m16 tile  [16, BLOCK_N]
   static constexpr int kPvKSteps = kBlockN / 16;  // k16 steps of P.V
-  static constexpr int kOTiles = D / 8;           // n8 tiles of O per m16 tile  [16, D]
 
-  // Shared memory: Q [BLOCK_M, D], K [BLOCK_N, D], V [BLOCK_N, D], 16-bit, swizzled.
-  static constexpr int kRowBytes = D * 2;
+  // The output columns one block owns. A 16-row warp tile of O holds 16 x D / 32 f32 per
+  // lane: 128 registers at head_dim 256, 256 at 512 (over the 255 a thread has). At 512 the
+  // columns are split over kColSplits = 2 blocks (adjacent in the grid, so Q and K tiles are
+  // shared in L2): each computes the full S = Q.K^T (the softmax of both is bit-identical)
+  // and O for its half of V's columns, holding a 128-register O like head_dim 256. The
+  // second S costs 1/3 of the block's tensor-core work (S: 256 HMMA per warp and tile, P.V:
+  // 128); what it buys: no exchange of partial S between warps (no extra barrier or shared
+  // buffer in the mainloop), one mainloop for every head_dim, and 160 KB of shared memory
+  // per block (Q and K 64 KB each, V's half 32 KB), within sm_80's 163 KB.
+  static constexpr int kOCols = D <= 256 ? D : D / 2;
+  static constexpr int kColSplits = D / kOCols;
+  static constexpr int kOTiles = kOCols / 8;      // n8 tiles of O per m16 tile  [16, kOCols]
+  // The lean loader of head_dim 512, whose Q.K^T of 32 k16 steps and 128-register O leave
+  // the block's bookkeeping no slack (each item below removed a spill of 4-40 bytes, sm_80 or
+  // sm_90): the row-by-row path (tails, gathered tiles, small pages) copies one row at a time
+  // (unrolled, its lookups are issued together and held); the thread's run offsets and the
+  // row strides are 32-bit (a run whose offsets reach 2^31 elements is copied row by row;
+  // row strides are num_kv_heads x head_dim or head_dim, below 2^31); the kv tiles are
+  // counted before the mainloop rather than after it.
+  static constexpr bool kLeanLoader = kColSplits > 1;
+
+  // Shared memory: Q [BLOCK_M, D], K [BLOCK_N, D], V [BLOCK_N, D], 16-bit, swizzled, rows at
+  // smem_pitch<D>() elements (head_dim 96: 128, see tile_io.cuh).
+  static constexpr int kRowBytes = smem_pitch<D>() * 2;
   static constexpr int kQBytes = kBlockM * kRowBytes;
   static constexpr int kKvTileBytes = kBlockN * kRowBytes;
+  static constexpr int kVRowBytes = smem_pitch<kOCols>() * 2;  // V: this block's columns
+  static constexpr int kVTileBytes = kBlockN * kVRowBytes;
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQBytes;
   static constexpr int kVOffset = kKOffset + kKvTileBytes;
-  static constexpr int kSmemBytes = kVOffset + kKvTileBytes;
+  static constexpr int kSmemBytes = kVOffset + kVTileBytes;
   // The Rust planner sizes the launch from the same params.h rows (src/kernels.rs).
   static_assert(kSmemBytes ==
-                    (kMTiles == 2 ? SA_FWD_SMEM_ROWS_PREFILL : SA_FWD_SMEM_ROWS_DECODE) *
-                        kRowBytes,
-                "shared-memory layout");
+                    ((kMTiles == 2 ? SA_FWD_SMEM_ROWS_PREFILL : SA_FWD_SMEM_ROWS_DECODE) -
+                     kBlockN) * kRowBytes + kBlockN * kVRowBytes,
+                "shared-memory layout (src/kernels.rs: smem_pitch, fwd_tiles)");
 };
 
 }  // namespace sa

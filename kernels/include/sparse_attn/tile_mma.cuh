@@ -20,11 +20,11 @@ namespace sa {
 // instead of 168).
 template <int D>
 SA_HOST_DEVICE int lane_offset(int row, int half) {
-  return row * (D * 2) + ((half ^ (row & 7)) << 4);
+  return row * (smem_pitch<D>() * 2) + ((half ^ (row & 7)) << 4);
 }
 template <int D>
 SA_HOST_DEVICE int step_offset(int lane_off, int step) {
-  // step < D / 16, so step << 5 < D * 2: the XOR stays below the row pitch.
+  // step < D / 16, so step << 5 < D * 2 <= the row pitch: the XOR stays inside the row.
   return lane_off ^ (step << 5);
 }
 
@@ -33,7 +33,7 @@ SA_HOST_DEVICE int step_offset(int lane_off, int step) {
 template <int D>
 SA_DEVICE void load_q_frag(uint32_t (&a)[4], Smem sQ, int warp_row0, int mt, int kk, int lane) {
   const int lane_off = lane_offset<D>(warp_row0 + (lane & 15), lane >> 4);
-  arch::ldmatrix_x4(a, sQ + (mt * 16 * D * 2 + step_offset<D>(lane_off, kk)));
+  arch::ldmatrix_x4(a, sQ + (mt * 16 * smem_pitch<D>() * 2 + step_offset<D>(lane_off, kk)));
 }
 
 // All of this warp's Q fragments: [MT][D/16][4] registers, loaded once per block and reused
@@ -80,7 +80,7 @@ SA_DEVICE void qk_gemm(float (&s)[MT][BN / 8][4], const QFrags& qf, Smem sQ, int
     SA_UNROLL
     for (int np = 0; np < BN / 16; ++np) {
       uint32_t b[4];
-      arch::ldmatrix_x4(b, sK + (np * 16 * D * 2 + step_offset<D>(k_lane_off, kk)));
+      arch::ldmatrix_x4(b, sK + (np * 16 * smem_pitch<D>() * 2 + step_offset<D>(k_lane_off, kk)));
       SA_UNROLL
       for (int mt = 0; mt < MT; ++mt) {
         arch::mma_m16n8k16<T>(s[mt][2 * np], a[mt], b, s[mt][2 * np]);
@@ -129,7 +129,7 @@ SA_DEVICE void pv_gemm(float (&o)[MT][D / 8][4], const uint32_t (&pf)[MT][BN / 1
     SA_UNROLL
     for (int np = 0; np < D / 16; ++np) {
       uint32_t b[4];
-      arch::ldmatrix_x4_trans(b, sV + (j * 16 * D * 2 + step_offset<D>(v_lane_off, np)));
+      arch::ldmatrix_x4_trans(b, sV + (j * 16 * smem_pitch<D>() * 2 + step_offset<D>(v_lane_off, np)));
       SA_UNROLL
       for (int mt = 0; mt < MT; ++mt) {
         arch::mma_m16n8k16<T>(o[mt][2 * np], pf[mt][j], b, o[mt][2 * np]);
