@@ -468,6 +468,13 @@ fn total_order() {
     assert_eq!(rank((5, f64::NAN), (0, f64::NEG_INFINITY)), Greater);
     assert_eq!(rank((0, f64::NEG_INFINITY), (5, f64::NAN)), Less);
     assert_eq!(rank((5, f64::NAN), (0, f64::NAN)), Less);
+    // Masses: NaN weighs like -inf; +inf blocks share the mass; all -inf weighs nothing.
+    assert_eq!(
+        masses(&[f64::INFINITY, 0.0, f64::INFINITY]),
+        vec![0.5, 0.0, 0.5]
+    );
+    assert_eq!(masses(&[f64::NEG_INFINITY, f64::NAN]), vec![0.0, 0.0]);
+    assert_eq!(masses(&[0.0, f64::NAN, 0.0]), vec![0.5, 0.0, 0.5]);
     let top = |s: &[f64], k| choose(Choice::TopK { k }, s, &[]);
     assert_eq!(
         top(&[0.0, -0.0, f64::NAN, f64::NEG_INFINITY], 4),
@@ -974,4 +981,48 @@ fn lsh_predicate() {
         LshBuckets::compute(&p, &Lsh::new(8, 1, 9, 64).unwrap(), &q[1..], &k),
         Err(Error::Shape(_))
     ));
+}
+
+#[test]
+fn varlen_sequences_select_like_single_calls() {
+    // Two sequences (40 rows over 40 keys, 8 rows over 70 keys) in one varlen batch select
+    // exactly as two separate calls do.
+    let lens = [(40usize, 40usize), (8, 70)];
+    let batch = AttnProblem::new(
+        SeqLens::varlen_from_lens(&lens).unwrap(),
+        2,
+        1,
+        D as u32,
+        DType::F16,
+    )
+    .unwrap();
+    let (q, k) = (exact(batch.q_elems(), 71), exact(batch.kv_elems(), 72));
+    for json in [
+        r#"{"top_k": {"block": 16, "k": 1, "keep_sinks": 1, "score": "mean_k"}}"#,
+        r#"{"top_p": {"block": 16, "p": 0.6, "keep_local": 1, "score": "minmax", "share": "kv_group"}}"#,
+    ] {
+        let sel = select(json);
+        let all = run(&batch, &sel, &q, &k, Grouping::Prefill);
+        let (mut q0, mut k0) = (0, 0);
+        for (b, &(q_len, kv_len)) in lens.iter().enumerate() {
+            let one = problem(q_len, kv_len, 2, 1);
+            let qs = &q[q0 * 2 * D..(q0 + q_len) * 2 * D];
+            let ks = &k[k0 * D..(k0 + kv_len) * D];
+            let s = run(&one, &sel, qs, ks, Grouping::Prefill);
+            assert_eq!(all.num_groups(b), s.num_groups(0));
+            for g in 0..s.num_groups(0) {
+                for h in 0..2 {
+                    assert_eq!(all.blocks(b, h, g), s.blocks(0, h, g));
+                    assert_eq!(all.scores(b, h, g), s.scores(0, h, g));
+                }
+            }
+            for i in 0..q_len {
+                for j in 0..kv_len + 3 {
+                    assert_eq!(all.allowed(true)(b, 1, i, j), s.allowed(true)(0, 1, i, j));
+                }
+            }
+            q0 += q_len;
+            k0 += kv_len;
+        }
+    }
 }

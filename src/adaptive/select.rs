@@ -17,7 +17,10 @@ pub enum Grouping {
     Prefill,
     /// A decode step: every row is a group by itself. Evaluating the rows of a `run` this way
     /// gives what the decode path computes step by step, not what a prefill over the same
-    /// rows computes.
+    /// rows computes. Block summaries (`k̄`, `n_J`, `m`, `M`) are those of the keys present in
+    /// the call, so to reproduce one decode step exactly, evaluate it as its own call
+    /// (`q_len` 1 over the `p + 1` keys in the cache at that step): a whole run evaluated with
+    /// this grouping also counts the keys after `p` in the summary of `p`'s own block.
     Decode,
 }
 
@@ -134,7 +137,7 @@ pub fn masses(s: &[f64]) -> Vec<f64> {
 /// `ln Σ exp(x)`, `-inf` for an empty or all `-inf` input.
 fn log_sum_exp(x: impl Iterator<Item = f64> + Clone) -> f64 {
     let m = x.clone().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY || m == f64::INFINITY {
+    if m.is_infinite() {
         return m;
     }
     m + x.map(|v| (v - m).exp()).sum::<f64>().ln()
@@ -296,8 +299,8 @@ impl Selection {
                             };
                             for j in keys {
                                 let row = &x.k[((k0 + j) * h_kv + hk) * d..][..d];
-                                for c in 0..d {
-                                    let v = row[c] as f64;
+                                for (c, &v) in row.iter().enumerate() {
+                                    let v = v as f64;
                                     s.mean[c] += v;
                                     s.min[c] = s.min[c].min(v);
                                     s.max[c] = s.max[c].max(v);
