@@ -448,6 +448,30 @@ fn given_scores_drive_the_choice() {
     };
     let s = Selection::compute(&p, &sel, &x).unwrap();
     assert_eq!(s.scores(0, 0, 1), &[1.0, 2.0]);
+    // Per query head under kv_group: two heads combine by ln Σ exp. Head 1 favours block 0
+    // in group 2 enough to outweigh head 0's tie.
+    let p2 = problem(40, 40, 2, 1);
+    let q2 = exact(p2.q_elems(), 5);
+    let two = [scores, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]].concat();
+    let x2 = SelectInputs {
+        q: &q2,
+        given: Some(GivenScores {
+            scores: &two,
+            heads: 2,
+        }),
+        ..x
+    };
+    let shared = sel.with_share(Share::KvGroup);
+    let s2 = Selection::compute(&p2, &shared, &x2).unwrap();
+    let lse = |a: f64, b: f64| (a.exp() + b.exp()).ln();
+    let want = [lse(3.0, 1.0), lse(1.0, 0.0), lse(3.0, 0.0)];
+    assert!(s2
+        .scores(0, 1, 2)
+        .iter()
+        .zip(want)
+        .all(|(a, b)| (a - b).abs() < 1e-12));
+    assert_eq!(s2.blocks(0, 0, 2), &[0]);
+    assert_eq!(s2.blocks(0, 1, 2), &[0]);
     assert_eq!(
         (0..3)
             .map(|g| s.blocks(0, 0, g).to_vec())

@@ -93,7 +93,9 @@ pub enum Choice {
     },
     /// `top_p`: blocks are appended in order until the cumulative softmax mass over `C`,
     /// `F`'s mass included, reaches `p` (the crossing block is kept); the count is then
-    /// clamped to `[min_k, max_k]`.
+    /// clamped to `[min_k, max_k]`. In the reference the masses are f64 and summed in this
+    /// order: `F` ascending, then the appended blocks in rank order; NaN scores weigh 0 (see
+    /// [`masses`](super::masses)). A `p` of 1 may, through rounding, keep every candidate.
     TopP {
         /// The mass to reach, in `(0, 1]`.
         p: f64,

@@ -144,7 +144,9 @@ fn log_sum_exp(x: impl Iterator<Item = f64> + Clone) -> f64 {
 }
 
 /// Chooses from the candidates `0..scores.len()` (scores indexed by block) given the forced
-/// set (ascending), by `choice`; returns the content-chosen blocks in rank order.
+/// set (ascending, each a candidate), by `choice`; returns the content-chosen blocks in
+/// rank order ([`rank`]). `top_p` counts the forced blocks' mass; `top_rel`'s maximum runs
+/// over all candidates, forced ones included.
 pub fn choose(choice: Choice, scores: &[f64], forced: &[i64]) -> Vec<i64> {
     let mut rest: Vec<(i64, f64)> = (0..scores.len() as i64)
         .filter(|j| forced.binary_search(j).is_err())
