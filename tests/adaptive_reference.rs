@@ -719,7 +719,7 @@ impl Case {
         Some(run(&p, &sel, &q, &k, self.grouping))
     }
 
-    /// The position of the last row of group `g` and the group's rows.
+    /// The rows of group `g`, ascending.
     fn group_rows(&self, s: &Selection, g: usize) -> Vec<usize> {
         (0..self.q_len).filter(|&i| s.group_of(0, i) == g).collect()
     }
