@@ -11,6 +11,8 @@
 //! - [`emu`] (CPU emulator) and [`backend`] (CUDA via cudarc, cuBLAS dense reference).
 //! - [`attention`]: validated plans ([`AttnPlan`]) and the safe forward API.
 //! - [`mod@reference`]: the f64 CPU oracle used by the tests.
+//! - [`adaptive`]: content-adaptive components (docs/adaptive.md): their parameters and
+//!   f64 reference selection; not yet wired into patterns, kernels or the CLI.
 //!
 //! Beside them: [`pattern`] (the pattern language of docs/patterns.md and its compiler to
 //! block-sparse metadata: where the sparsity is) and [`kv_cache`] (the paged cache, its rings
@@ -21,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adaptive;
 pub mod attention;
 pub mod backend;
 pub mod emu;

@@ -1,0 +1,57 @@
+//! Content-adaptive sparsity (docs/adaptive.md): the f64 reference of every adaptive
+//! component and their typed parameters.
+//!
+//! What exists here is the *meaning* of the components, evaluated exactly on the CPU, and the
+//! validation of their parameters; nothing in the pattern compiler, the kernels, the KV cache
+//! or the CLI uses them yet (a pattern naming `top_k`, `top_p`, `top_rel` or `lsh` is still
+//! rejected by [`crate::pattern::Component`]).
+//!
+//! - [`AdaptiveComponent`] parses `{"top_k": ..}`, `{"top_p": ..}`, `{"top_rel": ..}` and
+//!   `{"lsh": ..}`; [`BlockSelect`] and [`Lsh`] are the validated parameters.
+//! - [`Selection::compute`] runs block selection: groups ([`Grouping`]), candidates
+//!   [`BlockSelect::candidates`], forced blocks [`BlockSelect::forced`], the scores
+//!   ([`Score`], in f64), the total order [`rank`] and the rules of [`choose`]. The result
+//!   lists `S(h, G)` per sequence, head and group and gives the predicate
+//!   ([`Selection::allowed`]) to pass to [`crate::reference::attention`].
+//! - [`LshBuckets::compute`] hashes queries and keys with the seeded matrices of [`lsh`].
+//!
+//! # Consequences of the contract
+//!
+//! - A query row's group depends on its absolute position: `floor(p / q_block)` in a prefill.
+//!   A chunked prefill therefore equals one whole prefill only when every chunk boundary is a
+//!   multiple of `q_block` (otherwise a group is split and each part selects on its own).
+//! - In a decode step every row is a group of one ([`Grouping::Decode`]): a decode run with
+//!   an adaptive component equals this reference evaluated with singleton groups, not the
+//!   prefill selection over the same rows.
+//! - Forced blocks are restricted to the candidates, and candidates start at or before the
+//!   group's last position, so a selection never names a block past the causal limit of the
+//!   group's last row; rows earlier in a group can still see only keys `j <= p` when the
+//!   pattern is causal ([`Selection::allowed`] with `causal`).
+//!
+//! ```
+//! use sparse_attn::adaptive::{AdaptiveComponent, Choice};
+//!
+//! let c = AdaptiveComponent::from_json(
+//!     r#"{"top_p": {"block": 64, "p": 0.95, "min_k": 4, "max_k": 512,
+//!                  "keep_sinks": 1, "keep_local": 2, "score": "mean_k"}}"#,
+//! )?;
+//! let AdaptiveComponent::Select(sel) = c else { unreachable!() };
+//! assert_eq!(sel.q_block(), 64);
+//! assert!(matches!(sel.choice(), Choice::TopP { min_k: 4, max_k: 512, .. }));
+//! // Group ending at position 300 over 1000 keys: candidates 0..5, forced {0, 3, 4}.
+//! assert_eq!(sel.candidates(300, 1000), 0..5);
+//! assert_eq!(sel.forced(300, 1000), vec![0, 3, 4]);
+//! assert!(AdaptiveComponent::from_json(r#"{"top_k": {"block": 48, "k": 4}}"#).is_err());
+//! # Ok::<(), sparse_attn::Error>(())
+//! ```
+
+pub mod lsh;
+mod params;
+mod select;
+
+pub use lsh::LshBuckets;
+pub use params::{AdaptiveComponent, BlockSelect, Choice, Lsh, Score, Share, MAX_BLOCK, MIN_BLOCK};
+pub use select::{
+    choose, given_shape, group_of, masses, num_groups, rank, GivenScores, Grouping, SelectInputs,
+    Selection,
+};
