@@ -171,7 +171,7 @@ impl Engine {
             patterns: patterns.clone(),
             opts: AttnOptions::default(),
             batch,
-            layout: cache.layout(),
+            layout: cache.layout(0).expect("layer 0"),
             num_pages: cache.num_pages(0).expect("layer 0"),
             start: cache.clone(),
             cache,

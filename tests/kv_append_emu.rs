@@ -32,7 +32,7 @@ fn append_kernel_matches_host_writes() {
     ];
     let mut cache = KvCache::new(config, caps).unwrap();
     let mut host = HostKvStorage::<f16>::new(&cache).unwrap();
-    let layout = cache.layout();
+    let layout = cache.layout(0).unwrap();
     // The kernel's copy of each layer's pools.
     let mut pools: Vec<(Vec<f16>, Vec<f16>)> = (0..2)
         .map(|l| {
@@ -76,7 +76,7 @@ fn append_rejects_slots_outside_the_pool() {
         pool: PoolSize::Sequences(1),
     };
     let cache = KvCache::new(config, vec![LayerCapacity::Full]).unwrap();
-    let layout = cache.layout();
+    let layout = cache.layout(0).unwrap();
     let n = cache.num_pages(0).unwrap() * layout.page_stride();
     let (mut k, mut v) = (vec![f16::ZERO; n], vec![f16::ZERO; n]);
     let row = vec![f16::ONE; 64];

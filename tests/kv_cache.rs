@@ -325,7 +325,7 @@ fn mistral_7b_memory_bound() {
             ring_pages: 257
         }
     );
-    assert_eq!(cache.bytes_per_page(), 2 * 8 * 16 * 128 * 2);
+    assert_eq!(cache.bytes_per_page(0).unwrap(), 2 * 8 * 16 * 128 * 2);
     let seq = cache.add_sequence();
     for _ in 0..32768 {
         cache.reserve_append(seq, 1).unwrap();
@@ -335,8 +335,11 @@ fn mistral_7b_memory_bound() {
     assert_eq!(dense, 32 * 2 * 32768 * 8 * 128 * 2);
     // bytes <= (4096 + 16) / 32768 of dense (here with equality: 257 pages of 16 tokens).
     assert!(used * 32768 <= dense * (4096 + 16), "{used} vs {dense}");
-    assert_eq!(used, 32 * 257 * cache.bytes_per_page());
-    assert_eq!(cache.bytes_used(7).unwrap(), 257 * cache.bytes_per_page());
+    assert_eq!(used, 32 * 257 * cache.bytes_per_page(0).unwrap());
+    assert_eq!(
+        cache.bytes_used(7).unwrap(),
+        257 * cache.bytes_per_page(0).unwrap()
+    );
     // The pools are sized for one sequence: the ring is all a layer ever has.
     assert_eq!(cache.num_pages(0).unwrap(), 257);
 }
@@ -888,18 +891,123 @@ fn hybrid_plans_size_only_their_attention_layers() {
         let want = if l % 8 == 4 { 2 * 4096 / 16 } else { 0 };
         assert_eq!(cache.num_pages(l).unwrap(), want, "layer {l}");
     }
-    // Per-layer page shapes the cache cannot hold are refused, naming the layer.
+    // A layer's own page shape (head_dim, kv heads) sizes its pages; a zero is refused,
+    // naming the layer.
     let mut wide = plan.clone();
     if let sparse_attn::pattern::Layer::Attention(a) = &mut wide.layers[4] {
         a.head_dim = Some(2 * DIM);
     }
-    let e = KvCache::for_plan(config(16, 16, 4096, 1, PoolSize::Sequences(2)), &wide).unwrap_err();
-    assert!(matches!(e, Error::Shape(_)), "{e}");
-    assert!(e.to_string().contains("layer 4 has head_dim 16"), "{e}");
-    let mut kv = plan;
-    if let sparse_attn::pattern::Layer::Attention(a) = &mut kv.layers[12] {
+    if let sparse_attn::pattern::Layer::Attention(a) = &mut wide.layers[12] {
         a.num_kv_heads = Some(1);
     }
-    let e = KvCache::for_plan(config(16, 16, 4096, 1, PoolSize::Sequences(2)), &kv).unwrap_err();
-    assert!(e.to_string().contains("layer 12 has 1 kv heads"), "{e}");
+    let cache = KvCache::for_plan(config(16, 16, 4096, 1, PoolSize::Sequences(2)), &wide).unwrap();
+    let base = cache.layout(0).unwrap();
+    let l4 = cache.layout(4).unwrap();
+    let l12 = cache.layout(12).unwrap();
+    assert_eq!((l4.num_kv_heads, l4.head_dim), (base.num_kv_heads, 2 * DIM));
+    assert_eq!((l12.num_kv_heads, l12.head_dim), (1, DIM));
+    // Page bytes scale with head_dim (layer 4) and kv heads (layer 12); the pool with both.
+    let (b0, b4, b12) = (
+        cache.bytes_per_page(0).unwrap(),
+        cache.bytes_per_page(4).unwrap(),
+        cache.bytes_per_page(12).unwrap(),
+    );
+    assert_eq!((b4, b12 * base.num_kv_heads as u64), (2 * b0, b0));
+    assert_eq!(
+        cache.pool_bytes(4).unwrap(),
+        2 * cache.pool_bytes(12).unwrap() * HEADS as u64
+    );
+    let mut zero = plan;
+    if let sparse_attn::pattern::Layer::Attention(a) = &mut zero.layers[12] {
+        a.head_dim = Some(0);
+    }
+    let e = KvCache::for_plan(config(16, 16, 4096, 1, PoolSize::Sequences(2)), &zero).unwrap_err();
+    assert!(matches!(e, Error::Shape(_)), "{e}");
+    assert!(e.to_string().contains("layer 12"), "{e}");
+}
+
+/// Gemma 4 (tests/data/gemma-4-31b.json): local layers of 16 kv heads x head_dim 256 and
+/// global layers of 4 kv heads x head_dim 512 in one cache. `for_plan` gives each layer its
+/// own page shape; the storage's pools, the rows `write_kv` takes and the byte accounting
+/// follow it, and a row of the other shape is refused.
+#[test]
+fn gemma_4_layers_have_their_own_page_shapes() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gemma-4-31b.json"),
+    )
+    .unwrap();
+    let plan = LayerPlan::from_hf_config(&serde_json::from_str(&text).unwrap()).unwrap();
+    let config = KvCacheConfig {
+        num_layers: plan.layers.len(),
+        num_kv_heads: 16,
+        head_dim: 256,
+        dtype: DType::BF16,
+        page_size: 16,
+        max_seq_len: 4096,
+        max_chunk: 8,
+        pool: PoolSize::Sequences(1),
+    };
+    let mut cache = KvCache::for_plan(config, &plan).unwrap();
+    let shapes: Vec<(usize, usize)> = (0..cache.num_layers())
+        .map(|l| {
+            let p = cache.layout(l).unwrap();
+            (p.num_kv_heads, p.head_dim)
+        })
+        .collect();
+    let global: Vec<usize> = plan
+        .attention_layers()
+        .filter(|(_, a)| a.head_dim == Some(512))
+        .map(|(l, _)| l)
+        .collect();
+    assert!(!global.is_empty() && global.len() < cache.num_layers());
+    for (l, &s) in shapes.iter().enumerate() {
+        let want = if global.contains(&l) {
+            (4, 512)
+        } else {
+            (16, 256)
+        };
+        assert_eq!(s, want, "layer {l}");
+        assert_eq!(
+            cache.bytes_per_page(l).unwrap(),
+            2 * want.0 as u64 * 16 * want.1 as u64 * 2,
+            "layer {l}"
+        );
+    }
+    let dense: u64 = shapes
+        .iter()
+        .map(|&(hk, d)| 2 * 100 * (hk * d) as u64 * 2)
+        .sum();
+    assert_eq!(cache.dense_bytes(100), dense);
+
+    // Positions 0..5 of one sequence through a host storage: each layer's rows have its own
+    // width, and they come back through the block table's mapping.
+    let mut store = HostKvStorage::<half::bf16>::new(&cache).unwrap();
+    let seq = cache.add_sequence();
+    let placement = cache.reserve_append(seq, 5).unwrap();
+    for l in [0, global[0]] {
+        let (hk, d) = shapes[l];
+        let row = |t: usize, c: usize, x: f32| half::bf16::from_f32(x + (t * 1000 + c) as f32);
+        let k: Vec<_> = (0..5 * hk * d)
+            .map(|i| row(i / (hk * d), i % (hk * d), 0.0))
+            .collect();
+        let v: Vec<_> = (0..5 * hk * d)
+            .map(|i| row(i / (hk * d), i % (hk * d), 0.5))
+            .collect();
+        let other = if l == 0 { shapes[global[0]] } else { shapes[0] };
+        let wrong = vec![half::bf16::ZERO; 5 * other.0 * other.1];
+        assert!(matches!(
+            store.write_kv(l, &placement, &wrong, &wrong),
+            Err(Error::Shape(_))
+        ));
+        store.write_kv(l, &placement, &k, &v).unwrap();
+        let (gk, gv) = store.gather_contiguous(&cache, l, seq).unwrap();
+        assert_eq!((gk, gv), (k, v), "layer {l}");
+        assert_eq!(store.layout(l).unwrap(), cache.layout(l).unwrap());
+    }
+    assert_eq!(
+        cache.total_bytes_used(),
+        (0..cache.num_layers())
+            .map(|l| cache.bytes_used(l).unwrap())
+            .sum::<u64>()
+    );
 }

@@ -384,7 +384,7 @@ fn launches_built_once_replay_over_changing_lengths_and_tables() {
 
     // "Device" buffers at capacity, written in place between steps.
     let stride = cache.stride(0).unwrap();
-    let pool = cache.num_pages(0).unwrap() * cache.layout().page_stride();
+    let pool = cache.num_pages(0).unwrap() * cache.layout(0).unwrap().page_stride();
     let mut qb = GuardedBuffer::<f16>::zeroed(batch * heads * d, "q").unwrap();
     let ob = GuardedBuffer::<f16>::zeroed(batch * heads * d, "out").unwrap();
     let lb = GuardedBuffer::<f32>::zeroed(batch * heads, "lse").unwrap();

@@ -166,7 +166,8 @@ pub fn append_emulated<T: Element>(
 /// The K/V pages of every layer of a [`KvCache`] on a GPU (zero-initialised), written by the
 /// append kernel and read by [`crate::backend::GpuPlan::run_paged`].
 pub struct DeviceKvStorage<T> {
-    layout: PageLayout,
+    /// Per layer: its page shape (pools in `layers`).
+    layouts: Vec<PageLayout>,
     gpu: Gpu,
     layers: Vec<(CudaSlice<T>, CudaSlice<T>)>,
 }
@@ -175,16 +176,18 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
     /// Pools sized like `cache`'s on `gpu`. `T` must be the cache's dtype (`Error::Shape`).
     pub fn new(gpu: &Gpu, cache: &KvCache) -> Result<Self> {
         super::host::check_dtype::<T>(cache)?;
-        let layout = cache.layout();
+        let layouts = (0..cache.num_layers())
+            .map(|l| cache.layout(l))
+            .collect::<Result<Vec<_>>>()?;
         let stream = gpu.stream();
         let layers = (0..cache.num_layers())
             .map(|l| {
-                let n = cache.num_pages(l)? * layout.page_stride();
+                let n = cache.num_pages(l)? * layouts[l].page_stride();
                 Ok((stream.alloc_zeros::<T>(n)?, stream.alloc_zeros::<T>(n)?))
             })
             .collect::<Result<_>>()?;
         Ok(DeviceKvStorage {
-            layout,
+            layouts,
             gpu: gpu.clone(),
             layers,
         })
@@ -208,9 +211,15 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
         k_rows: &CudaSlice<T>,
         v_rows: &CudaSlice<T>,
     ) -> Result<()> {
-        check_rows(&self.layout, placement.len, k_rows.len(), v_rows.len())?;
-        let num_pages = self.pools(layer)?.0.len() / self.layout.page_stride();
-        let slots = placement_slots(placement, layer, &self.layout, num_pages)?;
+        let layout = self.layouts.get(layer).copied().ok_or_else(|| {
+            Error::Shape(format!(
+                "layer {layer} out of range (the storage has {})",
+                self.layouts.len()
+            ))
+        })?;
+        check_rows(&layout, placement.len, k_rows.len(), v_rows.len())?;
+        let num_pages = self.pools(layer)?.0.len() / layout.page_stride();
+        let slots = placement_slots(placement, layer, &layout, num_pages)?;
         if placement.len == 0 {
             return Ok(());
         }
@@ -226,7 +235,7 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
         let (kpp, _g4) = kp.device_ptr_mut(&stream);
         let (vpp, _g5) = vp.device_ptr_mut(&stream);
         let launch = append_launch(
-            &self.layout,
+            &layout,
             num_pages,
             placement.len,
             &AppendAddrs {

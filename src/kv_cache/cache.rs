@@ -90,6 +90,10 @@ pub struct Placement {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct LayerState {
+    /// The layer's page shape (kv heads and head_dim may differ between layers).
+    layout: PageLayout,
+    /// Bytes of one page of K and V together.
+    bytes_per_page: u64,
     capacity: LayerCapacity,
     /// Block-table slots per sequence.
     stride: usize,
@@ -139,7 +143,6 @@ struct Sequence {
 pub struct KvCache {
     config: KvCacheConfig,
     page_size: PageSize,
-    bytes_per_page: u64,
     layers: Vec<LayerState>,
     seqs: BTreeMap<SeqId, Sequence>,
     next_seq: u64,
@@ -157,10 +160,41 @@ impl KvCache {
     /// `max_chunk == 0`, a ring of 0 pages, a pool over `i32::MAX` pages or sizes that
     /// overflow (`Error::Cache`).
     pub fn new(config: KvCacheConfig, capacities: Vec<LayerCapacity>) -> Result<Self> {
+        let shapes = vec![(config.num_kv_heads, config.head_dim); config.num_layers];
+        Self::with_shapes(config, capacities, shapes)
+    }
+
+    /// [`KvCache::new`] with layer `l`'s pages holding `shapes[l] = (num_kv_heads, head_dim)`
+    /// (Gemma 4's local and global layers differ in head_dim); the config's `num_kv_heads`
+    /// and `head_dim` are then only the default [`KvCache::for_plan`] fills in.
+    ///
+    /// Errors: those of [`KvCache::new`]; `shapes` of the wrong length or with a zero
+    /// (`Error::Shape`).
+    pub fn with_shapes(
+        config: KvCacheConfig,
+        capacities: Vec<LayerCapacity>,
+        shapes: Vec<(usize, usize)>,
+    ) -> Result<Self> {
         if config.num_layers == 0 || config.num_kv_heads == 0 || config.head_dim == 0 {
             return Err(shape(format!(
                 "num_layers {}, num_kv_heads {} and head_dim {} must all be at least 1",
                 config.num_layers, config.num_kv_heads, config.head_dim
+            )));
+        }
+        if shapes.len() != config.num_layers {
+            return Err(shape(format!(
+                "{} layer shapes for {} layers",
+                shapes.len(),
+                config.num_layers
+            )));
+        }
+        if let Some((l, (hk, d))) = shapes
+            .iter()
+            .enumerate()
+            .find(|(_, &(hk, d))| hk == 0 || d == 0)
+        {
+            return Err(shape(format!(
+                "layer {l}: num_kv_heads {hk} and head_dim {d} must both be at least 1"
             )));
         }
         if capacities.len() != config.num_layers {
@@ -181,15 +215,6 @@ impl KvCache {
             return Err(Error::Cache("max_chunk must be at least 1".into()));
         }
         let overflow = || Error::Cache("page pool size overflows".into());
-        let bytes_per_page = [
-            config.num_kv_heads,
-            config.head_dim,
-            page_size.get(),
-            config.elem_bytes(),
-        ]
-        .iter()
-        .try_fold(2u64, |acc, &x| acc.checked_mul(x as u64))
-        .ok_or_else(overflow)?;
         if let PoolSize::PerLayer(v) = &config.pool {
             if v.len() != config.num_layers {
                 return Err(shape(format!(
@@ -201,7 +226,11 @@ impl KvCache {
         }
         let max_pages = page_size.pages_for(config.max_seq_len);
         let mut layers = Vec::with_capacity(config.num_layers);
-        for (l, cap) in capacities.into_iter().enumerate() {
+        for (l, (cap, (num_kv_heads, head_dim))) in capacities.into_iter().zip(shapes).enumerate() {
+            let bytes_per_page = [num_kv_heads, head_dim, page_size.get(), config.elem_bytes()]
+                .iter()
+                .try_fold(2u64, |acc, &x| acc.checked_mul(x as u64))
+                .ok_or_else(overflow)?;
             if let LayerCapacity::Windowed { ring_pages: 0, .. } = cap {
                 return Err(Error::Cache(format!(
                     "layer {l}: a ring needs at least one page"
@@ -224,6 +253,12 @@ impl KvCache {
                 .checked_mul(bytes_per_page)
                 .ok_or_else(overflow)?;
             layers.push(LayerState {
+                layout: PageLayout {
+                    num_kv_heads,
+                    page_size,
+                    head_dim,
+                },
+                bytes_per_page,
                 capacity,
                 stride,
                 num_pages,
@@ -233,7 +268,6 @@ impl KvCache {
         Ok(KvCache {
             config,
             page_size,
-            bytes_per_page,
             layers,
             seqs: BTreeMap::new(),
             next_seq: 0,
@@ -242,11 +276,12 @@ impl KvCache {
 
     /// A cache whose capacities come from `plan` via [`LayerCapacity::from_plan`] with the
     /// config's `page_size` and `max_chunk`: attention layers from their head patterns, layers
-    /// that are not softmax attention with no pages ([`LayerCapacity::NoKv`]).
+    /// that are not softmax attention with no pages ([`LayerCapacity::NoKv`]). An attention
+    /// layer that declares its own head_dim or kv heads (Gemma 4's global layers, say) gets
+    /// pages of that shape; the others take the config's.
     ///
-    /// Errors: those of [`KvCache::new`]; a plan with another layer count, or an attention
-    /// layer whose own head_dim or kv heads differ from the config's (`Error::Shape`: every
-    /// layer's pages have the config's shape).
+    /// Errors: those of [`KvCache::with_shapes`]; a plan with another layer count
+    /// (`Error::Shape`).
     pub fn for_plan(config: KvCacheConfig, plan: &LayerPlan) -> Result<Self> {
         if plan.layers.len() != config.num_layers {
             return Err(shape(format!(
@@ -255,25 +290,16 @@ impl KvCache {
                 config.num_layers
             )));
         }
+        let mut shapes = vec![(config.num_kv_heads, config.head_dim); config.num_layers];
         for (l, a) in plan.attention_layers() {
-            if let Some(d) = a.head_dim.filter(|&d| d != config.head_dim) {
-                return Err(shape(format!(
-                    "layer {l} has head_dim {d}, the cache's pages {} (one page shape for all \
-                     layers)",
-                    config.head_dim
-                )));
-            }
-            if let Some(hk) = a.num_kv_heads.filter(|&hk| hk != config.num_kv_heads) {
-                return Err(shape(format!(
-                    "layer {l} has {hk} kv heads, the cache's pages {} (one page shape for all \
-                     layers)",
-                    config.num_kv_heads
-                )));
-            }
+            shapes[l] = (
+                a.num_kv_heads.unwrap_or(config.num_kv_heads),
+                a.head_dim.unwrap_or(config.head_dim),
+            );
         }
         let page_size = PageSize::new(config.page_size)?;
         let caps = LayerCapacity::from_plan(plan, page_size, config.max_chunk)?;
-        KvCache::new(config, caps)
+        KvCache::with_shapes(config, caps, shapes)
     }
 
     /// The configuration.
@@ -286,13 +312,9 @@ impl KvCache {
         self.page_size
     }
 
-    /// The layout of every layer's K and V pools.
-    pub fn layout(&self) -> PageLayout {
-        PageLayout {
-            num_kv_heads: self.config.num_kv_heads,
-            page_size: self.page_size,
-            head_dim: self.config.head_dim,
-        }
+    /// The layout of `layer`'s K and V pools.
+    pub fn layout(&self, layer: usize) -> Result<PageLayout> {
+        Ok(self.layer(layer)?.layout)
     }
 
     /// Number of layers.
@@ -336,20 +358,20 @@ impl KvCache {
         Ok(l.num_pages - l.free.len())
     }
 
-    /// Bytes of one page of K and V together: `2 * num_kv_heads * page_size * head_dim *
-    /// elem_bytes`.
-    pub fn bytes_per_page(&self) -> u64 {
-        self.bytes_per_page
+    /// Bytes of one page of `layer`'s K and V together: `2 * num_kv_heads * page_size *
+    /// head_dim * elem_bytes`.
+    pub fn bytes_per_page(&self, layer: usize) -> Result<u64> {
+        Ok(self.layer(layer)?.bytes_per_page)
     }
 
     /// Bytes of K and V pages held by live sequences in `layer`.
     pub fn bytes_used(&self, layer: usize) -> Result<u64> {
-        Ok(self.pages_used(layer)? as u64 * self.bytes_per_page)
+        Ok(self.pages_used(layer)? as u64 * self.layer(layer)?.bytes_per_page)
     }
 
     /// Bytes of `layer`'s whole pool (what a storage allocates).
     pub fn pool_bytes(&self, layer: usize) -> Result<u64> {
-        Ok(self.num_pages(layer)? as u64 * self.bytes_per_page)
+        Ok(self.num_pages(layer)? as u64 * self.layer(layer)?.bytes_per_page)
     }
 
     /// Pages held by live sequences over all layers.
@@ -359,23 +381,25 @@ impl KvCache {
 
     /// Bytes held by live sequences over all layers.
     pub fn total_bytes_used(&self) -> u64 {
-        self.total_pages_used() as u64 * self.bytes_per_page
+        self.layers
+            .iter()
+            .map(|l| (l.num_pages - l.free.len()) as u64 * l.bytes_per_page)
+            .sum()
     }
 
     /// Bytes a dense, unpaged cache of the same shape needs for `seq_tokens` tokens (all
-    /// layers, K and V): `num_layers * 2 * seq_tokens * num_kv_heads * head_dim * elem_bytes`
-    /// (saturating).
+    /// layers, K and V): the sum over layers of `2 * seq_tokens * num_kv_heads * head_dim *
+    /// elem_bytes` (saturating).
     pub fn dense_bytes(&self, seq_tokens: usize) -> u64 {
-        let c = &self.config;
-        [
-            c.num_layers,
-            seq_tokens,
-            c.num_kv_heads,
-            c.head_dim,
-            c.elem_bytes(),
-        ]
-        .iter()
-        .fold(2u64, |acc, &x| acc.saturating_mul(x as u64))
+        let e = self.config.elem_bytes();
+        self.layers
+            .iter()
+            .map(|l| {
+                [seq_tokens, l.layout.num_kv_heads, l.layout.head_dim, e]
+                    .iter()
+                    .fold(2u64, |acc, &x| acc.saturating_mul(x as u64))
+            })
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Starts an empty sequence.

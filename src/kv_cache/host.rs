@@ -32,7 +32,8 @@ pub struct HostPages<T> {
 /// The K/V pages of every layer of a [`KvCache`], in host memory (zero-initialised).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostKvStorage<T> {
-    layout: PageLayout,
+    /// Per layer: its page shape and its pools.
+    layouts: Vec<PageLayout>,
     layers: Vec<HostPages<T>>,
 }
 
@@ -40,22 +41,25 @@ impl<T: Element> HostKvStorage<T> {
     /// Pools sized like `cache`'s. `T` must be the cache's dtype (`Error::Shape`).
     pub fn new(cache: &KvCache) -> Result<Self> {
         check_dtype::<T>(cache)?;
-        let layout = cache.layout();
+        let layouts = (0..cache.num_layers())
+            .map(|l| cache.layout(l))
+            .collect::<Result<Vec<_>>>()?;
         let layers = (0..cache.num_layers())
             .map(|l| {
-                let n = cache.num_pages(l)? * layout.page_stride();
+                let n = cache.num_pages(l)? * layouts[l].page_stride();
                 Ok(HostPages {
                     k: vec![T::default(); n],
                     v: vec![T::default(); n],
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(HostKvStorage { layout, layers })
+        Ok(HostKvStorage { layouts, layers })
     }
 
-    /// The page layout.
-    pub fn layout(&self) -> PageLayout {
-        self.layout
+    /// The page layout of `layer`.
+    pub fn layout(&self, layer: usize) -> Result<PageLayout> {
+        self.pages(layer)?;
+        Ok(self.layouts[layer])
     }
 
     /// The pools of `layer`, if it exists.
@@ -73,7 +77,7 @@ impl<T: Element> HostKvStorage<T> {
     }
 
     fn num_pages(&self, layer: usize) -> Result<usize> {
-        Ok(self.pages(layer)?.k.len() / self.layout.page_stride())
+        Ok(self.pages(layer)?.k.len() / self.layouts[layer].page_stride())
     }
 
     /// Writes the K and V rows of `placement`'s positions into `layer`: `k_rows`, `v_rows`
@@ -87,17 +91,14 @@ impl<T: Element> HostKvStorage<T> {
         v_rows: &[T],
     ) -> Result<()> {
         let num_pages = self.num_pages(layer)?;
+        let layout = self.layouts[layer];
         let slots = placement.layers.get(layer).ok_or_else(|| {
             Error::Shape(format!(
                 "placement has no layer {layer} ({} layers)",
                 placement.layers.len()
             ))
         })?;
-        let (h, d, ps) = (
-            self.layout.num_kv_heads,
-            self.layout.head_dim,
-            self.layout.page_size.get(),
-        );
+        let (h, d, ps) = (layout.num_kv_heads, layout.head_dim, layout.page_size.get());
         let row = h * d;
         if slots.len() != placement.len
             || k_rows.len() != placement.len * row
@@ -121,7 +122,6 @@ impl<T: Element> HostKvStorage<T> {
                 s.page, s.offset
             )));
         }
-        let layout = self.layout;
         let pages = &mut self.layers[layer];
         for (t, s) in slots.iter().enumerate() {
             for head in 0..h {
@@ -144,12 +144,13 @@ impl<T: Element> HostKvStorage<T> {
         b: usize,
     ) -> Result<(Vec<T>, Vec<T>)> {
         let pages = self.pages(layer)?;
+        let layout = self.layouts[layer];
         table.validate(self.num_pages(layer)?)?;
-        if PageSize::new(table.page_size)? != self.layout.page_size {
+        if PageSize::new(table.page_size)? != layout.page_size {
             return Err(Error::Shape(format!(
                 "block table pages hold {} tokens, the storage's {}",
                 table.page_size,
-                self.layout.page_size.get()
+                layout.page_size.get()
             )));
         }
         let kv_len = *table
@@ -157,11 +158,7 @@ impl<T: Element> HostKvStorage<T> {
             .get(b)
             .ok_or_else(|| Error::Shape(format!("block table has no row {b}")))?
             as usize;
-        let (h, d, ps) = (
-            self.layout.num_kv_heads,
-            self.layout.head_dim,
-            self.layout.page_size,
-        );
+        let (h, d, ps) = (layout.num_kv_heads, layout.head_dim, layout.page_size);
         let row = h * d;
         let (mut k, mut v) = (
             vec![T::default(); kv_len * row],
@@ -173,7 +170,7 @@ impl<T: Element> HostKvStorage<T> {
             let slot = slot_of_logical_page(j / ps.get(), table.sink_pages, table.ring_pages);
             let page = table.table[b * table.stride + slot] as usize;
             for head in 0..h {
-                let src = self.layout.element_offset(page, head, j % ps.get(), 0);
+                let src = layout.element_offset(page, head, j % ps.get(), 0);
                 let dst = j * row + head * d;
                 k[dst..dst + d].copy_from_slice(&pages.k[src..src + d]);
                 v[dst..dst + d].copy_from_slice(&pages.v[src..src + d]);
@@ -186,12 +183,13 @@ impl<T: Element> HostKvStorage<T> {
     /// paged input ([`AttnPlan::run_emulated_paged`](crate::AttnPlan::run_emulated_paged)).
     pub fn paged_kv<'a>(&'a self, layer: usize, table: &'a BlockTable) -> Result<PagedKv<'a, T>> {
         let pages = self.pages(layer)?;
+        let layout = self.layouts[layer];
         table.validate(self.num_pages(layer)?)?;
-        if table.page_size != self.layout.page_size.get() {
+        if table.page_size != layout.page_size.get() {
             return Err(Error::Shape(format!(
                 "block table pages hold {} tokens, the storage's {}",
                 table.page_size,
-                self.layout.page_size.get()
+                layout.page_size.get()
             )));
         }
         Ok(PagedKv {
