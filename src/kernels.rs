@@ -21,6 +21,8 @@ pub enum Module {
     KvAppend,
     /// `kernels/ref_softmax.cu` (the softmax of the dense cuBLAS oracle)
     RefSoftmax,
+    /// `kernels/adaptive_lists.cu` (an adaptive selection compacted into tile lists)
+    AdaptLists,
     /// A test-only kernel file `kernels/tests/<stem>.cu` (emulator self-tests, canaries).
     Test(&'static str),
 }
@@ -33,6 +35,7 @@ impl Module {
             Module::AttnCombine => "attention_combine",
             Module::KvAppend => "kv_append",
             Module::RefSoftmax => "ref_softmax",
+            Module::AdaptLists => "adaptive_lists",
             Module::Test(stem) => stem,
         }
     }
@@ -114,6 +117,7 @@ mod entries {
         pub fn sa_attn_combine_bf16_hd256(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd512(p: *const std::ffi::c_void);
         pub fn sa_kv_append(p: *const std::ffi::c_void);
+        pub fn sa_adapt_lists(p: *const std::ffi::c_void);
     }
 }
 
@@ -128,8 +132,8 @@ macro_rules! kernel {
 }
 
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
-/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append.
-pub static KERNELS: [KernelDesc; 35] = [
+/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append and the adaptive-list compaction.
+pub static KERNELS: [KernelDesc; 36] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
@@ -165,6 +169,7 @@ pub static KERNELS: [KernelDesc; 35] = [
     kernel!(sa_attn_combine_bf16_hd256, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd512, Module::AttnCombine),
     kernel!(sa_kv_append, Module::KvAppend),
+    kernel!(sa_adapt_lists, Module::AdaptLists),
 ];
 
 /// Forward tile shapes (head_dim, block rows), in [`KERNELS`]' order: each has an f16 and a
@@ -186,6 +191,12 @@ pub fn kv_append() -> &'static KernelDesc {
     &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len()]
 }
 
+/// The compaction of an adaptive selection into the forward kernel's tile lists
+/// (`kernels/adaptive_lists.cu`; every dtype and head_dim).
+pub fn adapt_lists() -> &'static KernelDesc {
+    &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 1]
+}
+
 /// Where the forward kernel's kv-tile walk comes from (`SaWalk` of params.h;
 /// kernels/include/sparse_attn/tile_walk.cuh). Each (dtype, tile configuration) has a kernel
 /// per walk.
@@ -196,15 +207,26 @@ pub enum FwdWalk {
     /// Derived on the device from the run-time lengths: one plan serves every length up to
     /// its maxima (suffix `_rt`).
     Runtime,
+    /// Lists written on the device for each call from the run-time lengths (adaptive
+    /// selection, [`crate::adaptive::AdaptivePlan`]): the list kernels, with the run-time
+    /// walk's length handling (lengths from `cu_seqlens`, one plan for every length up to its
+    /// maxima).
+    Device,
 }
 
 impl FwdWalk {
     /// The `SaWalk` value of the params.
     pub fn code(self) -> i32 {
         match self {
-            FwdWalk::Lists => ffi::SA_WALK_LISTS as i32,
+            FwdWalk::Lists | FwdWalk::Device => ffi::SA_WALK_LISTS as i32,
             FwdWalk::Runtime => ffi::SA_WALK_RUNTIME as i32,
         }
+    }
+
+    /// Whether a plan of this walk serves every length up to its maxima (the lengths come
+    /// from `cu_seqlens` at run time) rather than the lengths it was compiled for.
+    pub fn runtime_lengths(self) -> bool {
+        self != FwdWalk::Lists
     }
 }
 

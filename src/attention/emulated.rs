@@ -6,7 +6,7 @@ use super::paged::{PagedAddrs, PagedKv, PagedLayout};
 use super::{AttnPlan, Element, Result, SeqLens, TensorAddrs};
 use crate::emu::{self, GuardedBuffer};
 use crate::error::Error;
-use crate::kernels::{FwdWalk, KernelDesc};
+use crate::kernels::KernelDesc;
 
 impl AttnPlan {
     /// This plan with its forward kernel replaced by `kernel`: for the canary kernels of
@@ -85,7 +85,7 @@ impl AttnPlan {
                 )));
             }
         }
-        self.emulate_for(seqs, q, KvInput::Contiguous { k, v }, run)
+        self.emulate_for(seqs, q, KvInput::Contiguous { k, v }, run, None)
     }
 
     /// [`AttnPlan::run_emulated_step`] with K/V read from a paged cache holding each
@@ -114,7 +114,7 @@ impl AttnPlan {
             kv.block_table,
             &kv.layout,
         )?;
-        self.emulate_for(seqs, q, KvInput::Paged(kv), run)
+        self.emulate_for(seqs, q, KvInput::Paged(kv), run, None)
     }
 
     /// One step of a run-time plan ([`AttnPlan::for_max_lengths`]) at the lengths `seqs`
@@ -183,7 +183,7 @@ impl AttnPlan {
             Some(l) => Some(GuardedBuffer::from_slice(l, "lse")?),
             None => None,
         };
-        self.emulate_into(seqs, q, input, layout, &ob, lb.as_ref(), run)?;
+        self.emulate_into(seqs, q, input, layout, &ob, lb.as_ref(), run, None)?;
         out.copy_from_slice(ob.as_slice());
         if let (Some(dst), Some(b)) = (lse, &lb) {
             dst.copy_from_slice(b.as_slice());
@@ -207,7 +207,7 @@ impl AttnPlan {
 
     /// A step's lengths against a run-time plan (batch, maxima).
     pub(crate) fn check_step_lens(&self, seqs: &SeqLens) -> Result<()> {
-        if self.walk() != FwdWalk::Runtime {
+        if !self.walk().runtime_lengths() {
             return Err(Error::Unsupported(
                 "steps of other lengths need a run-time plan (AttnPlan::for_max_lengths)".into(),
             ));
@@ -240,7 +240,56 @@ impl AttnPlan {
         kv: KvInput<'_, T>,
         run: &EmuRun,
     ) -> Result<(Vec<T>, Vec<f32>)> {
-        self.emulate_for(self.problem.seqs(), q, kv, run)
+        self.emulate_for(self.problem.seqs(), q, kv, run, None)
+    }
+
+    /// [`AttnPlan::run_emulated_step`] (contiguous K/V) or
+    /// [`AttnPlan::run_emulated_paged_step`] (`paged`) with `prepare` run on the uploaded
+    /// metadata and lengths before the forward launch: how a plan whose lists are written on
+    /// the device ([`FwdWalk::Device`]) runs its selection and compaction kernels first.
+    pub(crate) fn run_emulated_step_prepared<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        kv: StepKv<'_, T>,
+        run: &EmuRun,
+        prepare: &Prepare<'_>,
+    ) -> Result<(Vec<T>, Vec<f32>)> {
+        self.check_step::<T>(seqs)?;
+        let p = &self.problem;
+        let (tq, tk) = seqs.totals();
+        let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize);
+        if q.len() != tq * h * d {
+            return Err(Error::Shape(format!(
+                "q has {} elements, the step's lengths need {}",
+                q.len(),
+                tq * h * d
+            )));
+        }
+        let input = match kv {
+            StepKv::Contiguous { k, v } => {
+                for (name, got) in [("k", k.len()), ("v", v.len())] {
+                    if got != tk * hk * d {
+                        return Err(Error::Shape(format!(
+                            "{name} has {got} elements, the step's lengths need {}",
+                            tk * hk * d
+                        )));
+                    }
+                }
+                KvInput::Contiguous { k, v }
+            }
+            StepKv::Paged(c) => {
+                self.check_paged_for(
+                    seqs,
+                    c.k_pages.len(),
+                    c.v_pages.len(),
+                    c.block_table,
+                    &c.layout,
+                )?;
+                KvInput::Paged(c)
+            }
+        };
+        self.emulate_for(seqs, q, input, run, Some(prepare))
     }
 
     /// One emulated launch for the sequences `seqs` (the problem's, or a run-time step's),
@@ -251,9 +300,10 @@ impl AttnPlan {
         q: &[T],
         kv: KvInput<'_, T>,
         run: &EmuRun,
+        prepare: Option<&Prepare<'_>>,
     ) -> Result<(Vec<T>, Vec<f32>)> {
         let p = &self.problem;
-        let runtime = self.walk() == FwdWalk::Runtime;
+        let runtime = self.walk().runtime_lengths();
         // Outputs start poisoned (NaN), so an element the kernels forget to write cannot pass
         // for an empty row's out = 0 (or for anything else).
         // A run-time plan's LSE rows are laid out for its capacity (batch x max q_len) and
@@ -268,7 +318,16 @@ impl AttnPlan {
         };
         let ob = GuardedBuffer::filled(out_elems, T::from_f32(f32::NAN), "out")?;
         let lb = GuardedBuffer::filled(lse_elems, f32::NAN, "lse")?;
-        self.emulate_into(seqs, q, kv, &self.packed_layout(), &ob, Some(&lb), run)?;
+        self.emulate_into(
+            seqs,
+            q,
+            kv,
+            &self.packed_layout(),
+            &ob,
+            Some(&lb),
+            run,
+            prepare,
+        )?;
         let mut lse = lb.to_vec();
         if runtime {
             // [num_heads, capacity] -> [num_heads, total_q]
@@ -292,9 +351,10 @@ impl AttnPlan {
         ob: &GuardedBuffer<T>,
         lb: Option<&GuardedBuffer<f32>>,
         run: &EmuRun,
+        prepare: Option<&Prepare<'_>>,
     ) -> Result<()> {
         let p = &self.problem;
-        let runtime = self.walk() == FwdWalk::Runtime;
+        let runtime = self.walk().runtime_lengths();
         let qb = GuardedBuffer::from_slice(q, "q")?;
         let (k, v, table, page_layout) = match kv {
             KvInput::Contiguous { k, v } => (k, v, None, PagedLayout::default()),
@@ -371,6 +431,14 @@ impl AttnPlan {
             sink_logits: addr(&sinks),
             alibi_slopes: addr(&slopes),
         };
+        if let Some(prepare) = prepare {
+            prepare(&PreparedCall {
+                meta: addrs.meta,
+                cu_q: addrs.cu_q,
+                cu_k: addrs.cu_k,
+                options: run.options(),
+            })?;
+        }
         // SAFETY: every pointer in the params refers to a live guarded buffer that holds every
         // element the launch touches: q, k, v and out at `layout`'s strides, checked against
         // their lengths by the caller (packed: sized exactly as the validated problem), the
@@ -390,6 +458,23 @@ impl AttnPlan {
         Ok(())
     }
 }
+
+/// What [`AttnPlan::run_emulated_step_prepared`]'s `prepare` gets: the device addresses of
+/// the call's uploaded metadata and lengths (always set: the plan's walk reads run-time
+/// lengths), and the emulator options of the call.
+pub(crate) struct PreparedCall {
+    /// The plan's metadata arrays ([`super::PlanMeta::arrays`]), uploaded for this call.
+    pub meta: super::MetaAddrs,
+    /// `cu_seqlens_q` of the call.
+    pub cu_q: u64,
+    /// `cu_seqlens_k` of the call.
+    pub cu_k: u64,
+    /// The emulator options of the call.
+    pub options: emu::EmuOptions,
+}
+
+/// Launches run before a call's forward kernel, on its uploaded metadata.
+pub(crate) type Prepare<'a> = dyn Fn(&PreparedCall) -> Result<()> + 'a;
 
 /// Where an emulated call reads K/V from.
 enum KvInput<'a, T> {

@@ -25,6 +25,9 @@ pub struct PlanMeta {
     max_tiles: usize,
     /// Longest tile walk of any (head set, query tile) row.
     max_row_tiles: usize,
+    /// Arrays given whole ([`PlanMeta::device`]): the metadata of a plan whose lists, views
+    /// and mask tables are written on the device for each call.
+    device: Option<Box<[Vec<i32>; PlanMeta::NUM_ARRAYS]>>,
 }
 
 const PROGRAM_WORDS: usize = std::mem::size_of::<MaskProgram>() / 4;
@@ -33,7 +36,7 @@ const VIEW_WORDS: usize = std::mem::size_of::<TileView>() / 4;
 
 impl PlanMeta {
     /// Number of arrays in [`PlanMeta::arrays`].
-    pub const NUM_ARRAYS: usize = 12;
+    pub const NUM_ARRAYS: usize = 14;
 
     /// Compiles `patterns` for every sequence of `problem` with the forward kernel's tiles.
     /// `gqa_pack` > 1 compiles for GQA-packed blocks (see [`super::AttnPlan::gqa_pack`]): query tiles
@@ -116,6 +119,7 @@ impl PlanMeta {
             max_row_tiles,
             metas,
             seq_meta,
+            device: None,
         })
     }
 
@@ -146,18 +150,49 @@ impl PlanMeta {
             tiles_visited: 0,
             max_tiles: max_q.div_ceil(per_tile),
             max_row_tiles: max_kv.div_ceil(tiles.block_n as usize),
+            device: None,
         })
+    }
+
+    /// The metadata of a plan whose tile lists, tile views and mask tables are written on the
+    /// device for each call ([`crate::kernels::FwdWalk::Device`]; the adaptive plans of
+    /// [`crate::adaptive`]): `arrays` in the order of [`PlanMeta::arrays`], at capacity, with
+    /// what does not change between calls filled in. `max_tiles` query tiles per (sequence,
+    /// set) make the grid; `max_row_tiles` bounds a row's walk.
+    pub(crate) fn device(
+        arrays: [Vec<i32>; Self::NUM_ARRAYS],
+        max_tiles: usize,
+        max_row_tiles: usize,
+    ) -> Self {
+        PlanMeta {
+            metas: Vec::new(),
+            seq_meta: Vec::new(),
+            tiles_visited: 0,
+            max_tiles,
+            max_row_tiles,
+            device: Some(Box::new(arrays)),
+        }
     }
 
     /// The arrays to upload, in the order of [`MetaAddrs`]: head_set, set_row_ptr,
     /// seq_program_base, full_row_ptr, full_tiles, partial_row_ptr, partial_tiles,
-    /// mask_programs, mask_components, mask_data, tile_views, view_data: the compilations
-    /// concatenated (offsets rebased), each sequence pointing at its own through
-    /// seq_program_base. None is empty (an unused slot holds one 0), so every backend can
-    /// allocate them.
+    /// mask_programs, mask_components, mask_data, tile_views, view_data, full_row_end,
+    /// partial_row_end: the compilations concatenated (offsets rebased), each sequence
+    /// pointing at its own through seq_program_base; a row's lists end where the next row's
+    /// start (`*_row_end[r] = *_row_ptr[r + 1]`). None is empty (an unused slot holds one 0),
+    /// so every backend can allocate them.
     pub fn arrays(&self) -> [(&'static str, Vec<i32>); Self::NUM_ARRAYS] {
+        if let Some(arrays) = &self.device {
+            return std::array::from_fn(|i| {
+                let mut v = arrays[i].clone();
+                if v.is_empty() {
+                    v.push(0);
+                }
+                (Self::ARRAY_NAMES[i], v)
+            });
+        }
         let mut a: [Vec<i32>; Self::NUM_ARRAYS] = Default::default();
-        let [head_set, set_row_ptr, seq_program_base, full_row_ptr, full_tiles, partial_row_ptr, partial_tiles, programs, components, data, views, view_data] =
+        let [head_set, set_row_ptr, seq_program_base, full_row_ptr, full_tiles, partial_row_ptr, partial_tiles, programs, components, data, views, view_data, full_row_end, partial_row_end] =
             &mut a;
         head_set.extend_from_slice(self.metas[0].head_set());
         set_row_ptr.push(0);
@@ -216,28 +251,34 @@ impl PlanMeta {
             data.extend_from_slice(mask.data());
         }
         seq_program_base.extend(self.seq_meta.iter().map(|&m| program_base[m] as i32));
-        let names = [
-            "head_set",
-            "set_row_ptr",
-            "seq_program_base",
-            "full_row_ptr",
-            "full_tiles",
-            "partial_row_ptr",
-            "partial_tiles",
-            "mask_programs",
-            "mask_components",
-            "mask_data",
-            "tile_views",
-            "view_data",
-        ];
+        full_row_end.extend_from_slice(&full_row_ptr[1..]);
+        partial_row_end.extend_from_slice(&partial_row_ptr[1..]);
         std::array::from_fn(|i| {
             let mut v = std::mem::take(&mut a[i]);
             if v.is_empty() {
                 v.push(0);
             }
-            (names[i], v)
+            (Self::ARRAY_NAMES[i], v)
         })
     }
+
+    /// The names of [`PlanMeta::arrays`], in order.
+    pub const ARRAY_NAMES: [&'static str; Self::NUM_ARRAYS] = [
+        "head_set",
+        "set_row_ptr",
+        "seq_program_base",
+        "full_row_ptr",
+        "full_tiles",
+        "partial_row_ptr",
+        "partial_tiles",
+        "mask_programs",
+        "mask_components",
+        "mask_data",
+        "tile_views",
+        "view_data",
+        "full_row_end",
+        "partial_row_end",
+    ];
 
     /// The longest tile walk of any (head set, query tile) row.
     pub(crate) fn max_row_tiles(&self) -> usize {

@@ -31,7 +31,7 @@ mod layout;
 mod meta;
 mod paged;
 
-pub(crate) use emulated::pool_pages;
+pub(crate) use emulated::{pool_pages, PreparedCall};
 pub use emulated::{EmuRun, StepKv};
 pub use layout::{TensorLayout, TensorStrides};
 pub use meta::{EmuMeta, MetaAddrs, PlanMeta};
@@ -210,6 +210,50 @@ impl AttnPlan {
         Ok(plan)
     }
 
+    /// A plan whose tile lists, tile views and mask tables are written on the device before
+    /// each call ([`FwdWalk::Device`]; the adaptive plans of [`crate::adaptive`]): lengths at
+    /// run time up to the maxima of `problem` as with [`AttnPlan::for_max_lengths`], no GQA
+    /// packing (heads of a block may select different keys), and the metadata built by `meta`
+    /// for the plan's tile configuration. `patterns` is what [`AttnPlan::allowed`] and the
+    /// host checks of a paged cache assume: a superset of what any call may allow.
+    pub(crate) fn with_device_meta(
+        problem: &AttnProblem,
+        patterns: HeadPatterns,
+        opts: &AttnOptions,
+        meta: impl FnOnce(&FwdTiles) -> Result<PlanMeta>,
+    ) -> Result<Self> {
+        let scores = ScoreMods::resolve(problem, opts)?;
+        problem.seqs().validate()?;
+        let (max_q, max_kv) = problem.seqs().max_lens();
+        let problem = AttnProblem::new(
+            SeqLens::Uniform {
+                batch: problem.seqs().batch(),
+                q_len: max_q,
+                kv_len: max_kv,
+            },
+            problem.num_heads(),
+            problem.num_kv_heads(),
+            problem.head_dim().get(),
+            problem.dtype(),
+        )?;
+        let tiles = kernels::fwd_tiles(problem.head_dim(), fwd_phase(&problem, 1));
+        let meta = meta(&tiles)?;
+        let num_splits = default_num_splits(&problem, 1, &meta, tiles.col_splits);
+        let plan = AttnPlan {
+            kernel: kernels::attn_fwd_walk(problem.dtype(), &tiles, FwdWalk::Device),
+            problem,
+            scores,
+            patterns,
+            tiles,
+            meta,
+            num_splits,
+            gqa_pack: 1,
+            walk: FwdWalk::Device,
+        };
+        plan.check_grids()?;
+        Ok(plan)
+    }
+
     /// Where the plan's kv-tile walk comes from: compiled for its lengths, or derived at run
     /// time ([`AttnPlan::for_max_lengths`]).
     pub fn walk(&self) -> FwdWalk {
@@ -227,6 +271,13 @@ impl AttnPlan {
         let meta = match walk {
             FwdWalk::Lists => PlanMeta::compile(&problem, &patterns, &tiles, gqa_pack)?,
             FwdWalk::Runtime => PlanMeta::compile_runtime(&problem, &patterns, &tiles, gqa_pack)?,
+            FwdWalk::Device => {
+                return Err(Error::Unsupported(
+                    "a plan with device-written lists is built by its owner (adaptive plans \
+                     do not repack or recompile)"
+                        .into(),
+                ))
+            }
         };
         let num_splits = default_num_splits(&problem, gqa_pack, &meta, tiles.col_splits);
         let plan = AttnPlan {
@@ -463,7 +514,7 @@ impl AttnPlan {
         // Run-time walks read every sequence's lengths from cu_seqlens (varlen layout); their
         // LSE rows are laid out for the plan's capacity (batch x max q_len), so nothing in the
         // params depends on a step's lengths.
-        let runtime = self.walk == FwdWalk::Runtime;
+        let runtime = self.walk.runtime_lengths();
         let varlen = runtime || matches!(p.seqs(), SeqLens::Varlen { .. });
         let [q_row, k_row, v_row, o_row] =
             [layout.q, layout.k, layout.v, layout.out].map(|s| s.row as i64);
@@ -514,6 +565,8 @@ impl AttnPlan {
             full_tiles: a.meta.0[4] as *const i32,
             partial_row_ptr: a.meta.0[5] as *const i32,
             partial_tiles: a.meta.0[6] as *const i32,
+            full_row_end: a.meta.0[12] as *const i32,
+            partial_row_end: a.meta.0[13] as *const i32,
             mask_programs: a.meta.0[7] as *const _,
             mask_components: a.meta.0[8] as *const _,
             mask_data: a.meta.0[9] as *const i32,

@@ -5,7 +5,6 @@ use std::ffi::c_void;
 
 use super::{AttnPlan, Result, SeqLens, TensorAddrs};
 use crate::error::Error;
-use crate::kernels::FwdWalk;
 use crate::pattern::spans::RowSpans;
 
 /// How a paged KV cache is laid out for one call (the `SaPagedKv` contract of params.h):
@@ -151,7 +150,7 @@ impl AttnPlan {
             if l.ring_pages > 0 && logical > l.sink_pages + l.ring_pages {
                 let lo = l.sink_pages * l.page_size;
                 let hi = (logical - l.ring_pages) * l.page_size;
-                if self.walk() == FwdWalk::Runtime {
+                if self.walk().runtime_lengths() {
                     self.check_not_allowed_spans(b, q_len, kv_len, lo, hi)?;
                 } else {
                     self.check_not_allowed(b, lo, hi)?;

@@ -485,7 +485,7 @@ impl<'p> GpuPlan<'p> {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         // Run-time walks read the lengths from cu_seqlens (here the plan's maxima; an
         // engine's own device lengths per step are issue 12's engine API).
-        let runtime = this.walk() == crate::kernels::FwdWalk::Runtime;
+        let runtime = this.walk().runtime_lengths();
         let cu = match &this.problem().seqs() {
             SeqLens::Varlen { cu_q, cu_k } => {
                 Some((stream.clone_htod(cu_q)?, stream.clone_htod(cu_k)?))
@@ -814,7 +814,7 @@ impl GpuPlan<'_> {
     /// layout against the pool, the lengths' and the table's buffers.
     fn check_device_step<T: Element>(&self, step: &DeviceStep<'_, T>) -> Result<()> {
         let plan: &AttnPlan = &self.plan;
-        if plan.walk() != crate::kernels::FwdWalk::Runtime {
+        if !plan.walk().runtime_lengths() {
             return Err(Error::Unsupported(
                 "launch_step needs a run-time plan (AttnPlan::for_max_lengths)".into(),
             ));

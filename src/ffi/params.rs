@@ -40,6 +40,8 @@ pub const SA_MASK_BLOCK_MASK: SaMaskKind = 5;
 pub const SA_MASK_BIGBIRD: SaMaskKind = 6;
 #[doc = " Chunked (Llama 4): keys of the query's own chunk of block_q positions,\n floor(p / block_q) == floor(j / block_q)."]
 pub const SA_MASK_CHUNKED: SaMaskKind = 7;
+#[doc = " Content-adaptive selection (docs/adaptive.md): a bit table over (query group, key\n block) written on the device for each call by the selection kernel. Like a block mask\n with block_k = B and mask_rows groups of mask_cols blocks, but the row of position p is\n its group counted from the call's first row: floor(p / block_q) - floor(p_0 / block_q)\n (p_0 = kv_len - q_len, the position of row 0), or with block_q == 0 (decode grouping)\n the row index p - p_0 itself."]
+pub const SA_MASK_SELECTED: SaMaskKind = 8;
 #[doc = " The kind of a SaMaskComponent."]
 pub type SaMaskKind = ::core::ffi::c_uint;
 #[doc = " One pattern component as kernel data (fields a kind does not use are 0)."]
@@ -56,9 +58,9 @@ pub struct SaMaskComponent {
     pub sink_count: i32,
     #[doc = " Dilated: the stride (>= 1)."]
     pub dilation_stride: i32,
-    #[doc = " Block mask: query positions per mask row; BigBird: the block size."]
+    #[doc = " Block mask: query positions per mask row; BigBird: the block size; Selected: q_block\n (0: every row its own group)."]
     pub block_q: i32,
-    #[doc = " Block mask: keys per mask column; BigBird: the block size."]
+    #[doc = " Block mask: keys per mask column; BigBird: the block size; Selected: B."]
     pub block_k: i32,
     #[doc = " Block mask: mask rows (query blocks)."]
     pub mask_rows: i32,
@@ -322,6 +324,10 @@ pub struct SaAttnFwdParams {
     pub full_tiles: *const i32,
     #[doc = " `[rows + 1]`: CSR offsets into partial_tiles."]
     pub partial_row_ptr: *const i32,
+    #[doc = " `[rows]`: where each row's full tiles end (see above)."]
+    pub full_row_end: *const i32,
+    #[doc = " `[rows]`: where each row's partial tiles end (see above)."]
+    pub partial_row_end: *const i32,
     #[doc = " Partial kv tiles (token-exact mask) of every row, ascending per row."]
     pub partial_tiles: *const i32,
     #[doc = " `[programs]`: the mask program of each (sequence, set)."]
@@ -353,7 +359,7 @@ pub struct SaAttnFwdParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 416usize];
+    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 432usize];
     ["Alignment of SaAttnFwdParams"][::core::mem::align_of::<SaAttnFwdParams>() - 8usize];
     ["Offset of field: SaAttnFwdParams::q"][::core::mem::offset_of!(SaAttnFwdParams, q) - 0usize];
     ["Offset of field: SaAttnFwdParams::k"][::core::mem::offset_of!(SaAttnFwdParams, k) - 8usize];
@@ -426,34 +432,38 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, full_tiles) - 248usize];
     ["Offset of field: SaAttnFwdParams::partial_row_ptr"]
         [::core::mem::offset_of!(SaAttnFwdParams, partial_row_ptr) - 256usize];
+    ["Offset of field: SaAttnFwdParams::full_row_end"]
+        [::core::mem::offset_of!(SaAttnFwdParams, full_row_end) - 264usize];
+    ["Offset of field: SaAttnFwdParams::partial_row_end"]
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_row_end) - 272usize];
     ["Offset of field: SaAttnFwdParams::partial_tiles"]
-        [::core::mem::offset_of!(SaAttnFwdParams, partial_tiles) - 264usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_tiles) - 280usize];
     ["Offset of field: SaAttnFwdParams::mask_programs"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_programs) - 272usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_programs) - 288usize];
     ["Offset of field: SaAttnFwdParams::mask_components"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 280usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 296usize];
     ["Offset of field: SaAttnFwdParams::mask_data"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 288usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 304usize];
     ["Offset of field: SaAttnFwdParams::tile_views"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tile_views) - 296usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tile_views) - 312usize];
     ["Offset of field: SaAttnFwdParams::view_data"]
-        [::core::mem::offset_of!(SaAttnFwdParams, view_data) - 304usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, view_data) - 320usize];
     ["Offset of field: SaAttnFwdParams::paged"]
-        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 312usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 328usize];
     ["Offset of field: SaAttnFwdParams::num_splits"]
-        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 376usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 392usize];
     ["Offset of field: SaAttnFwdParams::gqa_pack"]
-        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 380usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 396usize];
     ["Offset of field: SaAttnFwdParams::walk"]
-        [::core::mem::offset_of!(SaAttnFwdParams, walk) - 384usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, walk) - 400usize];
     ["Offset of field: SaAttnFwdParams::_reserved_walk"]
-        [::core::mem::offset_of!(SaAttnFwdParams, _reserved_walk) - 388usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, _reserved_walk) - 404usize];
     ["Offset of field: SaAttnFwdParams::o_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 392usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 408usize];
     ["Offset of field: SaAttnFwdParams::lse_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 400usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 416usize];
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 408usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 424usize];
 };
 #[doc = " Appending new tokens' K and V rows to a paged cache (the slots come from the cache's\n bookkeeping in src/kv_cache: one (physical page, row in page) pair per new token). Copies\n bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32."]
 #[repr(C)]
@@ -516,4 +526,94 @@ const _: () = {
         [::core::mem::offset_of!(SaKvAppendParams, page_size) - 72usize];
     ["Offset of field: SaKvAppendParams::_reserved"]
         [::core::mem::offset_of!(SaKvAppendParams, _reserved) - 76usize];
+};
+#[doc = " Compaction of an adaptive selection into the forward kernel's tile lists (src/adaptive,\n kernels/adaptive_lists.cu), run per call after the selection kernel and before the forward\n kernel, so the forward plan stays one plan for every call (graph-safe). The selection bits\n are the mask data of the forward launch: per (sequence b, unit u = a query head, or a kv\n head when heads of a kv group share one selection), `max_groups` rows of `words` int32\n words, bit J % 32 of word J / 32 of row g set when key block J (keys J * block ..) is\n selected for the call's query group g (docs/adaptive.md). Program id = b * units + u owns\n the CSR rows id * q_tiles .. + q_tiles - 1, row id * q_tiles + m being query tile m (query\n tokens m * block_m ..); each row's lists start at row * cap in full_tiles and\n partial_tiles (the row_ptr arrays of the forward params hold exactly that) and this kernel\n writes where they end, and the row's tile view (natural rows and keys of the call's\n lengths). Grid: (q_tiles, units, batch); block: 32 threads (one warp per row)."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SaAdaptListsParams {
+    #[doc = " The selection bits (see above)."]
+    pub bits: *const i32,
+    #[doc = " int32 `[batch + 1]` prefix sums of the call's query lengths."]
+    pub cu_seqlens_q: *const i32,
+    #[doc = " Likewise for the key lengths."]
+    pub cu_seqlens_k: *const i32,
+    #[doc = " Per row, from row * cap: the full kv tiles, ascending."]
+    pub full_tiles: *mut i32,
+    #[doc = " Per row, from row * cap: the partial kv tiles, ascending."]
+    pub partial_tiles: *mut i32,
+    #[doc = " `[rows]`: row * cap + the number of full tiles."]
+    pub full_row_end: *mut i32,
+    #[doc = " `[rows]`: row * cap + the number of partial tiles."]
+    pub partial_row_end: *mut i32,
+    #[doc = " `[rows]`: each row's query rows and keys."]
+    pub tile_views: *mut SaTileView,
+    #[doc = " Sequences."]
+    pub batch: i32,
+    #[doc = " Selection units per sequence."]
+    pub units: i32,
+    #[doc = " CSR rows per program: query tiles of the plan's longest query."]
+    pub q_tiles: i32,
+    #[doc = " Query tokens per query tile (the forward kernel's block rows)."]
+    pub block_m: i32,
+    #[doc = " List capacity of a row: kv tiles of the plan's longest key sequence."]
+    pub cap: i32,
+    #[doc = " Rows of a unit's selection (the most groups of a call)."]
+    pub max_groups: i32,
+    #[doc = " Words per selection row: ceil(max_blocks / 32)."]
+    pub words: i32,
+    #[doc = " Key block B of the selection (a power of two, 16 .. 4096)."]
+    pub block: i32,
+    #[doc = " Query positions per group (prefill); 0: every row its own group (decode)."]
+    pub q_block: i32,
+    #[doc = " 1: keys after the query position are excluded."]
+    pub causal: i32,
+    #[doc = " The plan's longest query: a longer sequence gets empty rows (not read)."]
+    pub max_q: i32,
+    #[doc = " The plan's longest key sequence: likewise."]
+    pub max_kv: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaAdaptListsParams"][::core::mem::size_of::<SaAdaptListsParams>() - 112usize];
+    ["Alignment of SaAdaptListsParams"][::core::mem::align_of::<SaAdaptListsParams>() - 8usize];
+    ["Offset of field: SaAdaptListsParams::bits"]
+        [::core::mem::offset_of!(SaAdaptListsParams, bits) - 0usize];
+    ["Offset of field: SaAdaptListsParams::cu_seqlens_q"]
+        [::core::mem::offset_of!(SaAdaptListsParams, cu_seqlens_q) - 8usize];
+    ["Offset of field: SaAdaptListsParams::cu_seqlens_k"]
+        [::core::mem::offset_of!(SaAdaptListsParams, cu_seqlens_k) - 16usize];
+    ["Offset of field: SaAdaptListsParams::full_tiles"]
+        [::core::mem::offset_of!(SaAdaptListsParams, full_tiles) - 24usize];
+    ["Offset of field: SaAdaptListsParams::partial_tiles"]
+        [::core::mem::offset_of!(SaAdaptListsParams, partial_tiles) - 32usize];
+    ["Offset of field: SaAdaptListsParams::full_row_end"]
+        [::core::mem::offset_of!(SaAdaptListsParams, full_row_end) - 40usize];
+    ["Offset of field: SaAdaptListsParams::partial_row_end"]
+        [::core::mem::offset_of!(SaAdaptListsParams, partial_row_end) - 48usize];
+    ["Offset of field: SaAdaptListsParams::tile_views"]
+        [::core::mem::offset_of!(SaAdaptListsParams, tile_views) - 56usize];
+    ["Offset of field: SaAdaptListsParams::batch"]
+        [::core::mem::offset_of!(SaAdaptListsParams, batch) - 64usize];
+    ["Offset of field: SaAdaptListsParams::units"]
+        [::core::mem::offset_of!(SaAdaptListsParams, units) - 68usize];
+    ["Offset of field: SaAdaptListsParams::q_tiles"]
+        [::core::mem::offset_of!(SaAdaptListsParams, q_tiles) - 72usize];
+    ["Offset of field: SaAdaptListsParams::block_m"]
+        [::core::mem::offset_of!(SaAdaptListsParams, block_m) - 76usize];
+    ["Offset of field: SaAdaptListsParams::cap"]
+        [::core::mem::offset_of!(SaAdaptListsParams, cap) - 80usize];
+    ["Offset of field: SaAdaptListsParams::max_groups"]
+        [::core::mem::offset_of!(SaAdaptListsParams, max_groups) - 84usize];
+    ["Offset of field: SaAdaptListsParams::words"]
+        [::core::mem::offset_of!(SaAdaptListsParams, words) - 88usize];
+    ["Offset of field: SaAdaptListsParams::block"]
+        [::core::mem::offset_of!(SaAdaptListsParams, block) - 92usize];
+    ["Offset of field: SaAdaptListsParams::q_block"]
+        [::core::mem::offset_of!(SaAdaptListsParams, q_block) - 96usize];
+    ["Offset of field: SaAdaptListsParams::causal"]
+        [::core::mem::offset_of!(SaAdaptListsParams, causal) - 100usize];
+    ["Offset of field: SaAdaptListsParams::max_q"]
+        [::core::mem::offset_of!(SaAdaptListsParams, max_q) - 104usize];
+    ["Offset of field: SaAdaptListsParams::max_kv"]
+        [::core::mem::offset_of!(SaAdaptListsParams, max_kv) - 108usize];
 };

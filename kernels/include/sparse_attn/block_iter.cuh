@@ -78,8 +78,8 @@ struct SparseTiles {
     const int f0 = p.full_row_ptr[row], p0 = p.partial_row_ptr[row];
     t.partial_tiles = p.partial_tiles;
     t.full_tiles = p.full_tiles;
-    t.n_full = p.full_row_ptr[row + 1] - f0;
-    t.n_partial = p.partial_row_ptr[row + 1] - p0;
+    t.n_full = p.full_row_end[row] - f0;
+    t.n_partial = p.partial_row_end[row] - p0;
     t.partial_first = p0;
     t.full_first = f0 - t.n_partial;
     return t;

@@ -66,7 +66,14 @@ typedef enum SaMaskKind {
   SA_MASK_BIGBIRD = 6,
   /** Chunked (Llama 4): keys of the query's own chunk of block_q positions,
    * floor(p / block_q) == floor(j / block_q). */
-  SA_MASK_CHUNKED = 7
+  SA_MASK_CHUNKED = 7,
+  /** Content-adaptive selection (docs/adaptive.md): a bit table over (query group, key
+   * block) written on the device for each call by the selection kernel. Like a block mask
+   * with block_k = B and mask_rows groups of mask_cols blocks, but the row of position p is
+   * its group counted from the call's first row: floor(p / block_q) - floor(p_0 / block_q)
+   * (p_0 = kv_len - q_len, the position of row 0), or with block_q == 0 (decode grouping)
+   * the row index p - p_0 itself. */
+  SA_MASK_SELECTED = 8
 } SaMaskKind;
 
 /** One pattern component as kernel data (fields a kind does not use are 0). */
@@ -81,9 +88,10 @@ typedef struct SaMaskComponent {
   int32_t sink_count;
   /** Dilated: the stride (>= 1). */
   int32_t dilation_stride;
-  /** Block mask: query positions per mask row; BigBird: the block size. */
+  /** Block mask: query positions per mask row; BigBird: the block size; Selected: q_block
+   * (0: every row its own group). */
   int32_t block_q;
-  /** Block mask: keys per mask column; BigBird: the block size. */
+  /** Block mask: keys per mask column; BigBird: the block size; Selected: B. */
   int32_t block_k;
   /** Block mask: mask rows (query blocks). */
   int32_t mask_rows;
@@ -281,8 +289,11 @@ typedef struct SaAttnFwdParams {
    * set_row_ptr[id + 1] (one per query tile; blockIdx.x beyond them exits). Row r's query
    * rows and keys are named by tile_views[r] (see SaTileView); its full kv tiles (no mask
    * work) are full_tiles[full_row_ptr[r] .. full_row_ptr[r + 1]], its partial tiles
-   * (token-exact mask) likewise; ascending, no sentinels. The mask program of the row is
-   * mask_programs[id]. */
+   * (token-exact mask) likewise; ascending, no sentinels. Row r's lists end at
+   * full_row_end[r] and partial_row_end[r]: for compiled CSR lists these point one element
+   * into full_row_ptr / partial_row_ptr (end = the next row's start); lists written on the
+   * device per call (adaptive selection, src/adaptive) give each row a fixed capacity from
+   * its row_ptr and write the ends. The mask program of the row is mask_programs[id]. */
   /** `[num_heads]`: the row set of each query head. */
   const int32_t* head_set;
   /** `[programs + 1]`: the CSR rows of each (sequence, set) program. */
@@ -295,6 +306,10 @@ typedef struct SaAttnFwdParams {
   const int32_t* full_tiles;
   /** `[rows + 1]`: CSR offsets into partial_tiles. */
   const int32_t* partial_row_ptr;
+  /** `[rows]`: where each row's full tiles end (see above). */
+  const int32_t* full_row_end;
+  /** `[rows]`: where each row's partial tiles end (see above). */
+  const int32_t* partial_row_end;
   /** Partial kv tiles (token-exact mask) of every row, ascending per row. */
   const int32_t* partial_tiles;
   /** `[programs]`: the mask program of each (sequence, set). */
@@ -378,6 +393,61 @@ typedef struct SaKvAppendParams {
   /** Keeps the struct's size a multiple of 8; always 0. */
   int32_t _reserved;
 } SaKvAppendParams;
+
+/** Compaction of an adaptive selection into the forward kernel's tile lists (src/adaptive,
+ * kernels/adaptive_lists.cu), run per call after the selection kernel and before the forward
+ * kernel, so the forward plan stays one plan for every call (graph-safe). The selection bits
+ * are the mask data of the forward launch: per (sequence b, unit u = a query head, or a kv
+ * head when heads of a kv group share one selection), `max_groups` rows of `words` int32
+ * words, bit J % 32 of word J / 32 of row g set when key block J (keys J * block ..) is
+ * selected for the call's query group g (docs/adaptive.md). Program id = b * units + u owns
+ * the CSR rows id * q_tiles .. + q_tiles - 1, row id * q_tiles + m being query tile m (query
+ * tokens m * block_m ..); each row's lists start at row * cap in full_tiles and
+ * partial_tiles (the row_ptr arrays of the forward params hold exactly that) and this kernel
+ * writes where they end, and the row's tile view (natural rows and keys of the call's
+ * lengths). Grid: (q_tiles, units, batch); block: 32 threads (one warp per row). */
+typedef struct SaAdaptListsParams {
+  /** The selection bits (see above). */
+  const int32_t* bits;
+  /** int32 `[batch + 1]` prefix sums of the call's query lengths. */
+  const int32_t* cu_seqlens_q;
+  /** Likewise for the key lengths. */
+  const int32_t* cu_seqlens_k;
+  /** Per row, from row * cap: the full kv tiles, ascending. */
+  int32_t* full_tiles;
+  /** Per row, from row * cap: the partial kv tiles, ascending. */
+  int32_t* partial_tiles;
+  /** `[rows]`: row * cap + the number of full tiles. */
+  int32_t* full_row_end;
+  /** `[rows]`: row * cap + the number of partial tiles. */
+  int32_t* partial_row_end;
+  /** `[rows]`: each row's query rows and keys. */
+  SaTileView* tile_views;
+  /** Sequences. */
+  int32_t batch;
+  /** Selection units per sequence. */
+  int32_t units;
+  /** CSR rows per program: query tiles of the plan's longest query. */
+  int32_t q_tiles;
+  /** Query tokens per query tile (the forward kernel's block rows). */
+  int32_t block_m;
+  /** List capacity of a row: kv tiles of the plan's longest key sequence. */
+  int32_t cap;
+  /** Rows of a unit's selection (the most groups of a call). */
+  int32_t max_groups;
+  /** Words per selection row: ceil(max_blocks / 32). */
+  int32_t words;
+  /** Key block B of the selection (a power of two, 16 .. 4096). */
+  int32_t block;
+  /** Query positions per group (prefill); 0: every row its own group (decode). */
+  int32_t q_block;
+  /** 1: keys after the query position are excluded. */
+  int32_t causal;
+  /** The plan's longest query: a longer sequence gets empty rows (not read). */
+  int32_t max_q;
+  /** The plan's longest key sequence: likewise. */
+  int32_t max_kv;
+} SaAdaptListsParams;
 
 #ifdef __cplusplus
 }

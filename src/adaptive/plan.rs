@@ -1,0 +1,372 @@
+//! Executing an adaptive selection: one plan per (component, maxima) whose forward launch reads
+//! tile lists, tile views and a token-mask table that are written on the device for each call,
+//! so a prefill chunk or a decode step needs no new plan, no allocation and no host work
+//! (issue 15; the pipeline of docs/adaptive.md, "score blocks -> keep forced blocks -> choose
+//! the rest -> block-sparse attention").
+//!
+//! # What the device holds
+//!
+//! Per sequence `b` and *unit* `u` (a query head, or with `share: kv_group` a kv head whose
+//! query heads share one selection) the plan has one row set of the forward kernel (program
+//! `id = b * units + u`) with `q_tiles` CSR rows (one per query tile of the longest query) and
+//! one mask component of kind [`MaskKind::Selected`](crate::pattern::MaskKind::Selected), whose
+//! table is that unit's *selection bits*: `max_groups` rows of `words` int32 words, bit `J % 32`
+//! of word `J / 32` of row `g` set when key block `J` is selected for the call's group `g`
+//! (groups count from the call's first row, as [`super::group_of`] does). The bits are the
+//! forward launch's `mask_data`; the selection (the reference on the host, or a device kernel)
+//! writes them, then the compaction kernel (`kernels/adaptive_lists.cu`) turns them into each
+//! row's full and partial tile lists and its view, then the forward kernel runs its usual
+//! mainloop over them. A row's lists have a fixed capacity (every kv tile of the longest key
+//! sequence): `2 * rows * cap` int32 of list space, sized here.
+//!
+//! # Limits of this step
+//!
+//! - An adaptive layer is one selection component, optionally causal: unions with other
+//!   components (a window beside `top_k`) are refused (`Error::Unsupported`); the forced
+//!   `keep_sinks` / `keep_local` blocks cover the usual static part.
+//! - No GQA packing (heads of one block may select different keys); split-KV as the plan
+//!   chooses for few query tiles.
+
+use super::params::{BlockSelect, Share};
+use super::select::{Grouping, Selection};
+use crate::attention::{AttnPlan, EmuRun, PlanMeta, PreparedCall, StepKv};
+use crate::emu::GuardedBuffer;
+use crate::error::{Error, Result};
+use crate::ffi::{self, SaAdaptListsParams};
+use crate::kernels::{self, Launch};
+use crate::pattern::{HeadPatterns, MaskKind, Pattern};
+use crate::shape::{AttnOptions, AttnProblem, SeqLens};
+use crate::Element;
+
+/// Words of a tile view and of a mask component / program in the metadata arrays.
+const VIEW_WORDS: usize = std::mem::size_of::<ffi::SaTileView>() / 4;
+const COMPONENT_WORDS: usize = std::mem::size_of::<ffi::SaMaskComponent>() / 4;
+const PROGRAM_WORDS: usize = std::mem::size_of::<ffi::SaMaskProgram>() / 4;
+
+/// The sizes of an adaptive plan's device-written metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelectionLayout {
+    /// Sequences.
+    pub batch: usize,
+    /// Selection units per sequence: query heads, or kv heads under `share: kv_group`.
+    pub units: usize,
+    /// Rows of a unit's selection: the most groups of any call the plan serves.
+    pub max_groups: usize,
+    /// Key blocks of the longest key sequence, `ceil(max_kv / B)`.
+    pub max_blocks: usize,
+    /// Words per selection row, `ceil(max_blocks / 32)`.
+    pub words: usize,
+    /// Query tiles of the longest query (CSR rows per unit).
+    pub q_tiles: usize,
+    /// List capacity of a row: kv tiles of the longest key sequence.
+    pub cap: usize,
+}
+
+impl SelectionLayout {
+    /// int32 words of the selection bits of the whole batch.
+    pub fn bits_len(&self) -> usize {
+        self.batch * self.units * self.max_groups * self.words
+    }
+
+    /// Where `(b, u, g)`'s row of bits starts in the selection bits.
+    pub fn row_offset(&self, b: usize, u: usize, g: usize) -> usize {
+        ((b * self.units + u) * self.max_groups + g) * self.words
+    }
+}
+
+/// A forward plan for one adaptive selection component, serving every call (prefill chunk or
+/// decode step) up to its maxima: see the module documentation.
+#[derive(Clone, Debug)]
+pub struct AdaptivePlan {
+    attn: AttnPlan,
+    sel: BlockSelect,
+    grouping: Grouping,
+    causal: bool,
+    layout: SelectionLayout,
+}
+
+impl AdaptivePlan {
+    /// A plan for `sel` over calls of at most the lengths of `problem` (its sequences' lengths
+    /// are maxima, as for [`AttnPlan::for_max_lengths`]), grouped by `grouping`, with
+    /// `opts.causal` intersected (and `opts`' scale, softcap, sink logits and ALiBi applied as
+    /// in any plan). Errors: the problem's and the options' own, and `Error::Shape` when the
+    /// metadata would not index with i32.
+    pub fn new(
+        problem: &AttnProblem,
+        sel: &BlockSelect,
+        grouping: Grouping,
+        opts: &AttnOptions,
+    ) -> Result<Self> {
+        problem.seqs().validate()?;
+        let (max_q, max_kv) = problem.seqs().max_lens();
+        let batch = problem.seqs().batch();
+        let units = match sel.share() {
+            Share::Head => problem.num_heads(),
+            Share::KvGroup => problem.num_kv_heads(),
+        };
+        let b = sel.block() as usize;
+        let max_groups = match grouping {
+            Grouping::Decode => max_q.max(1),
+            // max_q consecutive positions meet at most ceil(max_q / q_block) + 1 groups.
+            Grouping::Prefill => (max_q.div_ceil(sel.q_block() as usize) + 1).min(max_q.max(1)),
+        };
+        let max_blocks = max_kv.div_ceil(b).max(1);
+        let words = max_blocks.div_ceil(32);
+        let causal = opts.causal;
+        let mut layout = SelectionLayout {
+            batch,
+            units,
+            max_groups,
+            max_blocks,
+            words,
+            q_tiles: 0,
+            cap: 0,
+        };
+        let dense = HeadPatterns::All(Pattern::new(causal, vec![]));
+        let mut built = None;
+        let attn = AttnPlan::with_device_meta(problem, dense, opts, |tiles| {
+            let block_m = tiles.block_m as usize;
+            layout.q_tiles = max_q.div_ceil(block_m).max(1);
+            layout.cap = max_kv.div_ceil(tiles.block_n as usize).max(1);
+            let arrays = static_arrays(problem, sel, grouping, causal, &layout)?;
+            built = Some(layout);
+            Ok(PlanMeta::device(arrays, layout.q_tiles, layout.cap))
+        })?;
+        let layout = built.expect("the metadata closure ran");
+        Ok(AdaptivePlan {
+            attn,
+            sel: *sel,
+            grouping,
+            causal,
+            layout,
+        })
+    }
+
+    /// The forward plan (its problem holds the maxima).
+    pub fn attn(&self) -> &AttnPlan {
+        &self.attn
+    }
+
+    /// The selection component.
+    pub fn component(&self) -> &BlockSelect {
+        &self.sel
+    }
+
+    /// The grouping of the calls.
+    pub fn grouping(&self) -> Grouping {
+        self.grouping
+    }
+
+    /// Whether keys after the query are excluded.
+    pub fn causal(&self) -> bool {
+        self.causal
+    }
+
+    /// The sizes of the device-written metadata.
+    pub fn layout(&self) -> &SelectionLayout {
+        &self.layout
+    }
+
+    /// The selection bits of a reference [`Selection`] (made for this plan's component and
+    /// grouping, over a call within the plan's maxima): the table the forward launch reads.
+    /// Under `share: kv_group` the heads of a group hold one selection; the group's first
+    /// head's is taken.
+    pub fn bits_of(&self, s: &Selection) -> Result<Vec<i32>> {
+        if s.component() != &self.sel || s.grouping() != self.grouping {
+            return Err(Error::Pattern(
+                "the selection was made for another component or grouping".into(),
+            ));
+        }
+        let l = &self.layout;
+        let problem = self.attn.problem();
+        let group = problem.group_size();
+        let mut bits = vec![0i32; l.bits_len()];
+        for b in 0..l.batch {
+            let groups = s.num_groups(b);
+            if groups > l.max_groups {
+                return Err(Error::Shape(format!(
+                    "sequence {b} has {groups} query groups, the plan {}",
+                    l.max_groups
+                )));
+            }
+            for u in 0..l.units {
+                let h = match self.sel.share() {
+                    Share::Head => u,
+                    Share::KvGroup => u * group,
+                };
+                for g in 0..groups {
+                    let row = &mut bits[l.row_offset(b, u, g)..][..l.words];
+                    for &jb in s.blocks(b, h, g) {
+                        let jb = jb as usize;
+                        if jb >= l.max_blocks {
+                            return Err(Error::Shape(format!(
+                                "selected block {jb} beyond the plan's {} key blocks",
+                                l.max_blocks
+                            )));
+                        }
+                        row[jb / 32] |= (1u32 << (jb % 32)) as i32;
+                    }
+                }
+            }
+        }
+        Ok(bits)
+    }
+
+    /// Runs one call at the lengths `seqs` (the plan's batch, each within its maxima) on the
+    /// emulator with the selection `bits` ([`AdaptivePlan::bits_of`], or any table of
+    /// [`SelectionLayout::bits_len`] words): the bits are put where the device selection
+    /// writes them, the compaction kernel builds the tile lists, and the forward kernel runs.
+    /// q and K/V are packed varlen tensors of the call (as [`AttnPlan::run_emulated_step`]);
+    /// returns `(out, lse)` laid out as varlen.
+    pub fn run_emulated_with_bits<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        kv: StepKv<'_, T>,
+        bits: &[i32],
+        run: &EmuRun,
+    ) -> Result<(Vec<T>, Vec<f32>)> {
+        if bits.len() != self.layout.bits_len() {
+            return Err(Error::Shape(format!(
+                "selection bits: {} words, the plan needs {}",
+                bits.len(),
+                self.layout.bits_len()
+            )));
+        }
+        let upload = GuardedBuffer::from_slice(bits, "selection_bits")?;
+        let prepare = |call: &PreparedCall| -> Result<()> {
+            // The device selection's place: the forward launch's mask data.
+            // SAFETY: `meta.0[9]` is the uploaded mask data, `bits_len` words (the plan's
+            // arrays, sized in `static_arrays`), and `upload` holds as many.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    upload.as_ptr(),
+                    call.meta.0[9] as *mut i32,
+                    self.layout.bits_len(),
+                );
+            }
+            self.compact_emulated(call)
+        };
+        self.attn
+            .run_emulated_step_prepared(seqs, q, kv, run, &prepare)
+    }
+
+    /// The compaction launch of a call (pure): addresses of the uploaded metadata and lengths.
+    pub fn lists_launch(
+        &self,
+        meta: &crate::attention::MetaAddrs,
+        cu_q: u64,
+        cu_k: u64,
+    ) -> Launch<SaAdaptListsParams> {
+        let l = &self.layout;
+        let (max_q, max_kv) = self.attn.problem().seqs().max_lens();
+        let params = SaAdaptListsParams {
+            bits: meta.0[9] as *const i32,
+            cu_seqlens_q: cu_q as *const i32,
+            cu_seqlens_k: cu_k as *const i32,
+            full_tiles: meta.0[4] as *mut i32,
+            partial_tiles: meta.0[6] as *mut i32,
+            full_row_end: meta.0[12] as *mut i32,
+            partial_row_end: meta.0[13] as *mut i32,
+            tile_views: meta.0[10] as *mut ffi::SaTileView,
+            batch: l.batch as i32,
+            units: l.units as i32,
+            q_tiles: l.q_tiles as i32,
+            block_m: self.attn.tiles().block_m as i32,
+            cap: l.cap as i32,
+            max_groups: l.max_groups as i32,
+            words: l.words as i32,
+            block: self.sel.block() as i32,
+            q_block: match self.grouping {
+                Grouping::Prefill => self.sel.q_block() as i32,
+                Grouping::Decode => 0,
+            },
+            causal: self.causal as i32,
+            max_q: max_q as i32,
+            max_kv: max_kv as i32,
+        };
+        Launch {
+            kernel: kernels::adapt_lists(),
+            grid: [l.q_tiles as u32, l.units as u32, l.batch as u32],
+            block: [32, 1, 1],
+            dynamic_smem_bytes: 0,
+            params,
+        }
+    }
+
+    fn compact_emulated(&self, call: &PreparedCall) -> Result<()> {
+        // SAFETY: the params name the call's uploaded metadata (every array at the capacity
+        // `static_arrays` gives it: rows * cap list entries, rows views and ends, the bits)
+        // and its cu_seqlens (batch + 1 entries); the kernel writes only inside them.
+        unsafe {
+            self.lists_launch(&call.meta, call.cu_q, call.cu_k)
+                .run_emulated(&call.options)?;
+        }
+        Ok(())
+    }
+}
+
+/// The plan's metadata arrays (the order of [`PlanMeta::arrays`]) with everything that does
+/// not change between calls filled in and the device-written ones zeroed at capacity.
+fn static_arrays(
+    problem: &AttnProblem,
+    sel: &BlockSelect,
+    grouping: Grouping,
+    causal: bool,
+    l: &SelectionLayout,
+) -> Result<[Vec<i32>; PlanMeta::NUM_ARRAYS]> {
+    let programs = l.batch * l.units;
+    let rows = programs * l.q_tiles;
+    let fits = |n: usize| i32::try_from(n).is_ok();
+    if !fits(rows.saturating_mul(l.cap).saturating_add(1)) || !fits(l.bits_len()) {
+        return Err(Error::Shape(format!(
+            "adaptive plan: {rows} rows x {} tiles of lists or {} selection words exceed i32",
+            l.cap,
+            l.bits_len()
+        )));
+    }
+    let group = problem.group_size();
+    let head_set: Vec<i32> = (0..problem.num_heads())
+        .map(|h| match sel.share() {
+            Share::Head => h as i32,
+            Share::KvGroup => (h / group) as i32,
+        })
+        .collect();
+    let set_row_ptr: Vec<i32> = (0..=programs).map(|id| (id * l.q_tiles) as i32).collect();
+    let seq_program_base: Vec<i32> = (0..l.batch).map(|b| (b * l.units) as i32).collect();
+    let row_ptr: Vec<i32> = (0..=rows).map(|r| (r * l.cap) as i32).collect();
+    let mut program_words = Vec::with_capacity(programs * PROGRAM_WORDS);
+    let mut component_words = Vec::with_capacity(programs * COMPONENT_WORDS);
+    let table = l.max_groups * l.words;
+    for id in 0..programs {
+        program_words.extend_from_slice(&[causal as i32, id as i32, 1, 0]);
+        let mut c = [0i32; COMPONENT_WORDS];
+        c[0] = MaskKind::Selected as i32;
+        c[5] = match grouping {
+            Grouping::Prefill => sel.q_block() as i32,
+            Grouping::Decode => 0,
+        };
+        c[6] = sel.block() as i32;
+        c[7] = l.max_groups as i32;
+        c[8] = l.max_blocks as i32;
+        c[13] = (id * table) as i32;
+        c[14] = table as i32;
+        component_words.extend_from_slice(&c);
+    }
+    Ok([
+        head_set,
+        set_row_ptr,
+        seq_program_base,
+        row_ptr.clone(),
+        vec![0; rows * l.cap],
+        row_ptr.clone(),
+        vec![0; rows * l.cap],
+        program_words,
+        component_words,
+        vec![0; l.bits_len()],
+        vec![0; rows * VIEW_WORDS],
+        vec![0],
+        row_ptr[..rows].to_vec(),
+        row_ptr[..rows].to_vec(),
+    ])
+}

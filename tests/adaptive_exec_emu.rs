@@ -1,0 +1,246 @@
+//! Executing adaptive selections on the emulator (issue 15): an `AdaptivePlan` built once for
+//! maximum lengths runs calls of other lengths; the selection bits (here the f64 reference's
+//! own selection) go where the device selection writes them, the compaction kernel builds the
+//! tile lists and views, and the forward kernel's output must equal the f64 reference
+//! evaluated with that very selection (the contract's rule: selection and arithmetic checked
+//! apart). The work is checked too: the kernel visits exactly the kv tiles holding an allowed
+//! pair, per query tile.
+
+mod common;
+
+use common::{assert_matches, base_seed, random_tensor, tol, widen, Rng};
+use half::{bf16, f16};
+use sparse_attn::adaptive::{
+    AdaptiveComponent, AdaptivePlan, BlockSelect, Grouping, SelectInputs, Selection,
+};
+use sparse_attn::attention::StepKv;
+use sparse_attn::reference::{attention, RefInputs};
+use sparse_attn::{AttnOptions, AttnProblem, Element, EmuRun, Error, SeqLens};
+
+struct Heads {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: u32,
+}
+
+fn select(json: &str) -> BlockSelect {
+    match AdaptiveComponent::from_json(json).unwrap() {
+        AdaptiveComponent::Select(s) => s,
+        other => panic!("not a selection: {other:?}"),
+    }
+}
+
+fn plan<T: Element>(
+    sel: &BlockSelect,
+    grouping: Grouping,
+    max: SeqLens,
+    s: &Heads,
+    causal: bool,
+) -> AdaptivePlan {
+    let problem = AttnProblem::new(max, s.heads, s.kv_heads, s.head_dim, T::DTYPE).unwrap();
+    let opts = AttnOptions {
+        causal,
+        ..AttnOptions::default()
+    };
+    AdaptivePlan::new(&problem, sel, grouping, &opts).unwrap()
+}
+
+/// One call of `plan` at `lens`: the reference selection from the call's q and k, its bits,
+/// the emulated run checked against the reference under that selection, and the kv tiles
+/// visited checked against those holding an allowed pair.
+fn call<T: Element>(plan: &AdaptivePlan, lens: &[(usize, usize)], s: &Heads, seed: u64) {
+    let seqs = SeqLens::varlen_from_lens(lens).unwrap();
+    let problem =
+        AttnProblem::new(seqs.clone(), s.heads, s.kv_heads, s.head_dim, T::DTYPE).unwrap();
+    let mut rng = Rng::new(seed);
+    let q: Vec<T> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+    let k: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let v: Vec<T> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+    let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
+    let scale = plan.attn().scale();
+    let selection = Selection::compute(
+        &problem,
+        plan.component(),
+        &SelectInputs {
+            q: &qf,
+            k: &kf,
+            scale,
+            grouping: plan.grouping(),
+            given: None,
+        },
+    )
+    .unwrap();
+    let bits = plan.bits_of(&selection).unwrap();
+    let counter = std::cell::Cell::new(0);
+    let run = EmuRun {
+        tiles_visited: Some(&counter),
+        ..common::emu_run()
+    };
+    let (out, lse) = plan
+        .run_emulated_with_bits(&seqs, &q, StepKv::Contiguous { k: &k, v: &v }, &bits, &run)
+        .unwrap();
+    let allowed = selection.allowed(plan.causal());
+    let want = attention(
+        &problem,
+        &RefInputs {
+            q: &qf,
+            k: &kf,
+            v: &vf,
+            scale,
+            softcap: 0.0,
+            sink_logits: None,
+            alibi_slopes: None,
+        },
+        &allowed,
+    );
+    let what = format!("{} {lens:?} seed {seed}", T::DTYPE.name());
+    assert_matches(&what, &problem, &out, &lse, &want, tol(T::DTYPE));
+
+    // Work: per (sequence, head, query tile) the kv tiles with an allowed pair.
+    let bm = plan.attn().tiles().block_m as usize;
+    let bn = plan.attn().tiles().block_n as usize;
+    let mut expect = 0u64;
+    for (b, &(q_len, kv_len)) in lens.iter().enumerate() {
+        for h in 0..s.heads {
+            for m in 0..q_len.div_ceil(bm) {
+                let rows = m * bm..((m + 1) * bm).min(q_len);
+                for t in 0..kv_len.div_ceil(bn) {
+                    let keys = t * bn..((t + 1) * bn).min(kv_len);
+                    let hit = rows
+                        .clone()
+                        .any(|i| keys.clone().any(|j| allowed(b, h, i, j)));
+                    expect += hit as u64;
+                }
+            }
+        }
+    }
+    assert_eq!(counter.get(), expect, "{what}: kv tiles visited");
+}
+
+#[test]
+fn prefill_top_k_mean_k_chunks_of_one_plan() {
+    let s = Heads {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+    };
+    let sel = select(
+        r#"{"top_k": {"block": 32, "k": 2, "keep_sinks": 2, "keep_local": 1, "score": "mean_k"}}"#,
+    );
+    let max = SeqLens::Uniform {
+        batch: 1,
+        q_len: 256,
+        kv_len: 256,
+    };
+    let p = plan::<f16>(&sel, Grouping::Prefill, max, &s, true);
+    let seed = base_seed();
+    // A whole prefill, then chunks that start inside a q_block (one whose first row sits one
+    // key before the end of a kv tile: that tile is partial) and a tiny one.
+    call::<f16>(&p, &[(200, 200)], &s, seed);
+    call::<f16>(&p, &[(130, 250)], &s, seed + 1);
+    call::<f16>(&p, &[(100, 162)], &s, seed + 2);
+    call::<f16>(&p, &[(3, 67)], &s, seed + 3);
+}
+
+#[test]
+fn decode_kv_group_top_p_varlen_steps() {
+    let s = Heads {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let sel = select(
+        r#"{"top_p": {"block": 64, "p": 0.6, "min_k": 1, "max_k": 4, "keep_sinks": 1,
+             "keep_local": 1, "score": "pooled_qk", "share": "kv_group"}}"#,
+    );
+    let max = SeqLens::Uniform {
+        batch: 2,
+        q_len: 2,
+        kv_len: 640,
+    };
+    let p = plan::<bf16>(&sel, Grouping::Decode, max, &s, true);
+    let seed = base_seed() + 10;
+    call::<bf16>(&p, &[(1, 577), (2, 300)], &s, seed);
+    // The same plan, shorter sequences: nothing of the first call may remain.
+    call::<bf16>(&p, &[(1, 64), (1, 1)], &s, seed + 1);
+}
+
+#[test]
+fn small_blocks_without_causality_top_rel() {
+    // Blocks of 16 keys (four per kv tile) and groups of 16 rows: tiles whose blocks are
+    // partly selected, groups of one tile selecting differently.
+    let s = Heads {
+        heads: 1,
+        kv_heads: 1,
+        head_dim: 64,
+    };
+    let sel = select(
+        r#"{"top_rel": {"block": 16, "alpha": 0.5, "min_k": 1, "max_k": 6, "keep_sinks": 0,
+             "keep_local": 1, "score": "mean_k"}}"#,
+    );
+    let max = SeqLens::Uniform {
+        batch: 1,
+        q_len: 160,
+        kv_len: 224,
+    };
+    let p = plan::<f16>(&sel, Grouping::Prefill, max, &s, false);
+    call::<f16>(&p, &[(160, 224)], &s, base_seed() + 20);
+}
+
+#[test]
+fn bad_calls_are_typed_errors() {
+    let s = Heads {
+        heads: 2,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let sel = select(r#"{"top_k": {"block": 64, "k": 1, "score": "mean_k"}}"#);
+    let max = SeqLens::Uniform {
+        batch: 1,
+        q_len: 64,
+        kv_len: 128,
+    };
+    let p = plan::<f16>(&sel, Grouping::Prefill, max, &s, true);
+    let seqs = SeqLens::varlen_from_lens(&[(64, 128)]).unwrap();
+    let q = vec![f16::ZERO; 64 * 2 * 64];
+    let k = vec![f16::ZERO; 128 * 2 * 64];
+    let kv = StepKv::Contiguous { k: &k, v: &k };
+    let run = common::emu_run();
+    // Bits of the wrong size.
+    let short = vec![0; p.layout().bits_len() - 1];
+    assert!(matches!(
+        p.run_emulated_with_bits(&seqs, &q, kv, &short, &run),
+        Err(Error::Shape(_))
+    ));
+    // A call beyond the plan's maxima.
+    let long = SeqLens::varlen_from_lens(&[(64, 129)]).unwrap();
+    let k2 = vec![f16::ZERO; 129 * 2 * 64];
+    let bits = vec![0; p.layout().bits_len()];
+    assert!(p
+        .run_emulated_with_bits(
+            &long,
+            &q,
+            StepKv::Contiguous { k: &k2, v: &k2 },
+            &bits,
+            &run
+        )
+        .is_err());
+    // A selection made for another component.
+    let other = select(r#"{"top_k": {"block": 64, "k": 2, "score": "mean_k"}}"#);
+    let problem = AttnProblem::new(seqs, 2, 2, 64, sparse_attn::DType::F16).unwrap();
+    let zeros = vec![0.0f32; 64 * 2 * 64];
+    let kz = vec![0.0f32; 128 * 2 * 64];
+    let s2 = Selection::compute(
+        &problem,
+        &other,
+        &SelectInputs {
+            q: &zeros,
+            k: &kz,
+            scale: 0.125,
+            grouping: Grouping::Prefill,
+            given: None,
+        },
+    )
+    .unwrap();
+    assert!(matches!(p.bits_of(&s2), Err(Error::Pattern(_))));
+}
