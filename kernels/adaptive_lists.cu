@@ -35,7 +35,6 @@ struct GroupRows {
 };
 
 SA_DEVICE GroupRows group_rows(int g, int p0, int q_block, int p_first, int p_last) {
-  if (q_block == 0) return GroupRows{p0 + g, p0 + g};  // decode: one row per group
   const int start = (floor_div(p0, q_block) + g) * q_block;
   return GroupRows{max_i(start, p_first), min_i(start + q_block - 1, p_last)};
 }
@@ -66,10 +65,10 @@ SA_KERNEL(sa_adapt_lists, SaAdaptListsParams, 32) {
     const int p0 = kv_len - q_len;  // position of the call's row 0
     const int p_first = first + p0, p_last = p_first + count - 1;
     const int q_block = params.q_block;
-    // Groups count from the call's first row (decode: each row is its own group).
-    const int g_lo = q_block > 0 ? floor_div(p_first, q_block) - floor_div(p0, q_block) : first;
-    const int g_hi_raw = q_block > 0 ? floor_div(p_last, q_block) - floor_div(p0, q_block)
-                                     : first + count - 1;
+    // Groups count from the call's first row (decode: q_block 1, each row its own group).
+    const int g0 = floor_div(p0, q_block);
+    const int g_lo = floor_div(p_first, q_block) - g0;
+    const int g_hi_raw = floor_div(p_last, q_block) - g0;
     const int g_hi = min_i(g_hi_raw, params.max_groups - 1);  // the plan sizes rows for this
     const int32_t* sel = params.bits + int64_t(id) * params.max_groups * params.words;
     const int kv_tiles = (kv_len + BN - 1) / BN;

@@ -80,6 +80,20 @@ fn call<T: Element>(plan: &AdaptivePlan, lens: &[(usize, usize)], s: &Heads, see
         .run_emulated_with_bits(&seqs, &q, StepKv::Contiguous { k: &k, v: &v }, &bits, &run)
         .unwrap();
     let allowed = selection.allowed(plan.causal());
+    // The host twin of the applied mask (what --mask-out exports) is the reference's.
+    for (b, &(q_len, kv_len)) in lens.iter().enumerate() {
+        for h in 0..s.heads {
+            for i in 0..q_len {
+                for j in 0..kv_len {
+                    assert_eq!(
+                        plan.allowed_by_bits(&bits, &seqs, b, h, i, j),
+                        allowed(b, h, i, j),
+                        "b {b} h {h} i {i} j {j}"
+                    );
+                }
+            }
+        }
+    }
     let want = attention(
         &problem,
         &RefInputs {

@@ -251,6 +251,45 @@ impl AdaptivePlan {
             .run_emulated_step_prepared(seqs, q, kv, run, &prepare)
     }
 
+    /// Whether row `i` of sequence `b`, query head `h`, may attend key `j` in a call at
+    /// the lengths `seqs` under the selection `bits` (the layout of [`SelectionLayout`]): the
+    /// token mask the kernels apply (its selected block, `j < kv_len`, and `j <= p` when the
+    /// plan is causal), for `--mask-out` and tests.
+    pub fn allowed_by_bits(
+        &self,
+        bits: &[i32],
+        seqs: &SeqLens,
+        b: usize,
+        h: usize,
+        i: usize,
+        j: usize,
+    ) -> bool {
+        let (q_len, kv_len) = seqs.lens(b);
+        if i >= q_len || j >= kv_len {
+            return false;
+        }
+        let p = i as i64 + kv_len as i64 - q_len as i64;
+        if self.causal && j as i64 > p {
+            return false;
+        }
+        let qb = q_block(&self.sel, self.grouping) as i64;
+        let g = p.div_euclid(qb) - (kv_len as i64 - q_len as i64).div_euclid(qb);
+        let l = &self.layout;
+        let u = match self.sel.share() {
+            Share::Head => h,
+            Share::KvGroup => h / self.attn.problem().group_size(),
+        };
+        let jb = j / self.sel.block() as usize;
+        if g < 0 || g as usize >= l.max_groups || jb >= l.max_blocks || u >= l.units {
+            return false;
+        }
+        let word = bits
+            .get(l.row_offset(b, u, g as usize) + jb / 32)
+            .copied()
+            .unwrap_or(0) as u32;
+        (word >> (jb % 32)) & 1 == 1
+    }
+
     /// The compaction launch of a call (pure): addresses of the uploaded metadata and lengths.
     pub fn lists_launch(
         &self,
@@ -277,10 +316,7 @@ impl AdaptivePlan {
             max_groups: l.max_groups as i32,
             words: l.words as i32,
             block: self.sel.block() as i32,
-            q_block: match self.grouping {
-                Grouping::Prefill => self.sel.q_block() as i32,
-                Grouping::Decode => 0,
-            },
+            q_block: q_block(&self.sel, self.grouping),
             causal: self.causal as i32,
             max_q: max_q as i32,
             max_kv: max_kv as i32,
@@ -303,6 +339,15 @@ impl AdaptivePlan {
                 .run_emulated(&call.options)?;
         }
         Ok(())
+    }
+}
+
+/// Query positions per group as the kernels take them: `q_block` in a prefill, 1 in a decode
+/// step (every row its own group).
+fn q_block(sel: &BlockSelect, grouping: Grouping) -> i32 {
+    match grouping {
+        Grouping::Prefill => sel.q_block() as i32,
+        Grouping::Decode => 1,
     }
 }
 
@@ -342,10 +387,7 @@ fn static_arrays(
         program_words.extend_from_slice(&[causal as i32, id as i32, 1, 0]);
         let mut c = [0i32; COMPONENT_WORDS];
         c[0] = MaskKind::Selected as i32;
-        c[5] = match grouping {
-            Grouping::Prefill => sel.q_block() as i32,
-            Grouping::Decode => 0,
-        };
+        c[5] = q_block(sel, grouping);
         c[6] = sel.block() as i32;
         c[7] = l.max_groups as i32;
         c[8] = l.max_blocks as i32;

@@ -40,7 +40,7 @@ pub const SA_MASK_BLOCK_MASK: SaMaskKind = 5;
 pub const SA_MASK_BIGBIRD: SaMaskKind = 6;
 #[doc = " Chunked (Llama 4): keys of the query's own chunk of block_q positions,\n floor(p / block_q) == floor(j / block_q)."]
 pub const SA_MASK_CHUNKED: SaMaskKind = 7;
-#[doc = " Content-adaptive selection (docs/adaptive.md): a bit table over (query group, key\n block) written on the device for each call by the selection kernel. Like a block mask\n with block_k = B and mask_rows groups of mask_cols blocks, but the row of position p is\n its group counted from the call's first row: floor(p / block_q) - floor(p_0 / block_q)\n (p_0 = kv_len - q_len, the position of row 0), or with block_q == 0 (decode grouping)\n the row index p - p_0 itself."]
+#[doc = " Content-adaptive selection (docs/adaptive.md): a bit table over (query group, key\n block) written on the device for each call by the selection kernel. Like a block mask\n with block_k = B and mask_rows groups of mask_cols blocks, but the row of position p is\n its group counted from the call's first row: floor(p / block_q) - floor(p_0 / block_q)\n (p_0 = kv_len - q_len, the position of row 0); decode grouping (every row its own group)\n is block_q == 1. A program holds at most one, as its first component."]
 pub const SA_MASK_SELECTED: SaMaskKind = 8;
 #[doc = " The kind of a SaMaskComponent."]
 pub type SaMaskKind = ::core::ffi::c_uint;
@@ -58,7 +58,7 @@ pub struct SaMaskComponent {
     pub sink_count: i32,
     #[doc = " Dilated: the stride (>= 1)."]
     pub dilation_stride: i32,
-    #[doc = " Block mask: query positions per mask row; BigBird: the block size; Selected: q_block\n (0: every row its own group)."]
+    #[doc = " Block mask: query positions per mask row; BigBird: the block size; Selected: q_block\n (1: every row its own group)."]
     pub block_q: i32,
     #[doc = " Block mask: keys per mask column; BigBird: the block size; Selected: B."]
     pub block_k: i32,
@@ -563,7 +563,7 @@ pub struct SaAdaptListsParams {
     pub words: i32,
     #[doc = " Key block B of the selection (a power of two, 16 .. 4096)."]
     pub block: i32,
-    #[doc = " Query positions per group (prefill); 0: every row its own group (decode)."]
+    #[doc = " Query positions per group: q_block in a prefill, 1 in a decode step (every row its own\n group)."]
     pub q_block: i32,
     #[doc = " 1: keys after the query position are excluded."]
     pub causal: i32,

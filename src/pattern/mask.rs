@@ -44,7 +44,7 @@ pub enum MaskKind {
     /// An adaptive selection written on the device per call ([`crate::adaptive`]): like
     /// `BlockMask` with `block_k = B`, but row `P` is the query's group counted from the
     /// call's first row, `floor(p / block_q) - floor(p_0 / block_q)` with
-    /// `p_0 = kv_len - q_len`, or the row index `p - p_0` when `block_q == 0` (decode).
+    /// `p_0 = kv_len - q_len` (decode grouping: `block_q == 1`, the row index).
     Selected = ffi::SA_MASK_SELECTED as i32,
 }
 
@@ -123,14 +123,11 @@ impl MaskTables {
 
     /// The row of a block table for position `p` (`p0`: the position of the call's row 0).
     fn table_row(&self, c: &MaskComponent, p: i64, p0: i64) -> Option<&[i32]> {
-        let qb = match MaskKind::from_i32(c.kind) {
-            Some(MaskKind::BlockMask) => p.div_euclid(c.block_q as i64),
-            _ if c.block_q > 0 => {
-                let b = c.block_q as i64;
-                p.div_euclid(b) - p0.div_euclid(b)
-            }
-            _ => p - p0,
-        };
+        let b = c.block_q as i64;
+        let mut qb = p.div_euclid(b);
+        if MaskKind::from_i32(c.kind) == Some(MaskKind::Selected) {
+            qb -= p0.div_euclid(b);
+        }
         if qb < 0 || qb >= c.mask_rows as i64 {
             return None;
         }

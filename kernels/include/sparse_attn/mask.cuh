@@ -36,10 +36,15 @@ struct TokenMask {
   // Read once per block from the program: whether the predicate has the interval form (at
   // most two components, each dense, a window, sinks or a chunk) and how many intervals it has.
   int intervals;  // 0: not interval form (the general interpreter runs), else 1 or 2
+  // An adaptive selection's group of row 0, floor((kv_len - q_len) / block_q), when the
+  // program's first component is one (SA_MASK_SELECTED; its rows count from that group).
+  int group0;
 
   SA_DEVICE static TokenMask make(const SaMaskProgram* program, const SaMaskComponent* comps,
                                   const int32_t* data, int q_len, int kv_len) {
-    TokenMask m{program, comps, data, q_len, kv_len, 0};
+    TokenMask m{program, comps, data, q_len, kv_len, 0, 0};
+    const SaMaskComponent& c0 = comps[program->first_component];
+    if (c0.kind == SA_MASK_SELECTED) m.group0 = floor_div(kv_len - q_len, c0.block_q);
     const int n = program->num_components;
     int intervals = n;
     for (int i = 0; i < n && i < 2; ++i) {
@@ -69,16 +74,10 @@ struct TokenMask {
   // The bit row of a block table (block mask or adaptive selection) for query position p:
   // one bit per key block, or nullptr when the position has no row (nothing allowed). A
   // block mask's rows are query blocks floor(p / block_q); a selection's are the call's
-  // groups, counted from the group of row 0 (position kv_len - q_len), or its rows
-  // themselves under decode grouping (block_q == 0).
+  // groups, counted from the group of row 0 (position kv_len - q_len; a program has one
+  // selection, its first component: group0).
   SA_DEVICE const int32_t* table_row(const SaMaskComponent& c, int p) const {
-    int qb;
-    if (c.kind == SA_MASK_BLOCK_MASK) {
-      qb = floor_div(p, c.block_q);
-    } else {
-      const int p0 = kv_len - q_len;
-      qb = c.block_q > 0 ? floor_div(p, c.block_q) - floor_div(p0, c.block_q) : p - p0;
-    }
+    const int qb = floor_div(p, c.block_q) - (c.kind == SA_MASK_SELECTED ? group0 : 0);
     if (qb < 0 || qb >= c.mask_rows) return nullptr;
     return data + c.data_offset + qb * ((c.mask_cols + 31) / 32);
   }

@@ -71,8 +71,8 @@ typedef enum SaMaskKind {
    * block) written on the device for each call by the selection kernel. Like a block mask
    * with block_k = B and mask_rows groups of mask_cols blocks, but the row of position p is
    * its group counted from the call's first row: floor(p / block_q) - floor(p_0 / block_q)
-   * (p_0 = kv_len - q_len, the position of row 0), or with block_q == 0 (decode grouping)
-   * the row index p - p_0 itself. */
+   * (p_0 = kv_len - q_len, the position of row 0); decode grouping (every row its own group)
+   * is block_q == 1. A program holds at most one, as its first component. */
   SA_MASK_SELECTED = 8
 } SaMaskKind;
 
@@ -89,7 +89,7 @@ typedef struct SaMaskComponent {
   /** Dilated: the stride (>= 1). */
   int32_t dilation_stride;
   /** Block mask: query positions per mask row; BigBird: the block size; Selected: q_block
-   * (0: every row its own group). */
+   * (1: every row its own group). */
   int32_t block_q;
   /** Block mask: keys per mask column; BigBird: the block size; Selected: B. */
   int32_t block_k;
@@ -439,7 +439,8 @@ typedef struct SaAdaptListsParams {
   int32_t words;
   /** Key block B of the selection (a power of two, 16 .. 4096). */
   int32_t block;
-  /** Query positions per group (prefill); 0: every row its own group (decode). */
+  /** Query positions per group: q_block in a prefill, 1 in a decode step (every row its own
+   * group). */
   int32_t q_block;
   /** 1: keys after the query position are excluded. */
   int32_t causal;
