@@ -54,7 +54,7 @@ mod select;
 pub use lsh::LshBuckets;
 pub use params::{AdaptiveComponent, BlockSelect, Choice, Lsh, Score, Share, MAX_BLOCK, MIN_BLOCK};
 pub use pattern::{AdaptivePattern, ADAPTIVE_KINDS};
-pub use plan::{AdaptivePlan, SelectionLayout};
+pub use plan::{AdaptivePlan, AdaptiveRun, SelectionLayout};
 pub use select::{
     choose, given_shape, group_of, masses, num_groups, rank, GivenScores, Grouping, SelectInputs,
     Selection,

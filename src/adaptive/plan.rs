@@ -28,7 +28,7 @@
 //!   chooses for few query tiles.
 
 use super::params::{BlockSelect, Share};
-use super::select::{Grouping, Selection};
+use super::select::{GivenScores, Grouping, SelectInputs, Selection};
 use crate::attention::{AttnPlan, EmuRun, PlanMeta, PreparedCall, StepKv};
 use crate::emu::GuardedBuffer;
 use crate::error::{Error, Result};
@@ -42,6 +42,17 @@ use crate::Element;
 const VIEW_WORDS: usize = std::mem::size_of::<ffi::SaTileView>() / 4;
 const COMPONENT_WORDS: usize = std::mem::size_of::<ffi::SaMaskComponent>() / 4;
 const PROGRAM_WORDS: usize = std::mem::size_of::<ffi::SaMaskProgram>() / 4;
+
+/// What one call of [`AdaptivePlan::run_emulated`] gives back.
+#[derive(Clone, Debug)]
+pub struct AdaptiveRun<T> {
+    /// Output, `[total_q, num_heads, head_dim]`.
+    pub out: Vec<T>,
+    /// Row LSE, `[num_heads, total_q]`.
+    pub lse: Vec<f32>,
+    /// The selection bits the call applied ([`SelectionLayout`]).
+    pub bits: Vec<i32>,
+}
 
 /// The sizes of an adaptive plan's device-written metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +221,61 @@ impl AdaptivePlan {
             }
         }
         Ok(bits)
+    }
+
+    /// Runs one call at the lengths `seqs` on the emulator, selection and all: the block
+    /// selection of the call's q and k (or of the caller's `given` scores, `score: given`),
+    /// then the compaction and the forward kernel ([`AdaptivePlan::run_emulated_with_bits`]).
+    /// q, k and v are packed varlen tensors of the call. Returns the outputs and the
+    /// selection bits that were applied ([`AdaptivePlan::allowed_by_bits`] reads them).
+    pub fn run_emulated<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        given: Option<GivenScores<'_>>,
+        run: &EmuRun,
+    ) -> Result<AdaptiveRun<T>> {
+        self.attn.check_step_lens(seqs)?;
+        let bits = self.select_bits(seqs, q, k, given)?;
+        let (out, lse) =
+            self.run_emulated_with_bits(seqs, q, StepKv::Contiguous { k, v }, &bits, run)?;
+        Ok(AdaptiveRun { out, lse, bits })
+    }
+
+    /// The selection bits of one call.
+    fn select_bits<T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        k: &[T],
+        given: Option<GivenScores<'_>>,
+    ) -> Result<Vec<i32>> {
+        let p = self.attn.problem();
+        let problem = AttnProblem::new(
+            seqs.clone(),
+            p.num_heads(),
+            p.num_kv_heads(),
+            p.head_dim().get(),
+            p.dtype(),
+        )?;
+        let (qf, kf): (Vec<f32>, Vec<f32>) = (
+            q.iter().map(|x| x.to_f32()).collect(),
+            k.iter().map(|x| x.to_f32()).collect(),
+        );
+        let s = Selection::compute(
+            &problem,
+            &self.sel,
+            &SelectInputs {
+                q: &qf,
+                k: &kf,
+                scale: self.attn.scale(),
+                grouping: self.grouping,
+                given,
+            },
+        )?;
+        self.bits_of(&s)
     }
 
     /// Runs one call at the lengths `seqs` (the plan's batch, each within its maxima) on the

@@ -52,6 +52,9 @@ pub struct Inputs {
     pub sinks: Option<Vec<f32>>,
     /// `alibi_slopes`: ALiBi slopes, F32 `[num_heads]`, finite (absent: none).
     pub alibi_slopes: Option<Vec<f32>>,
+    /// `scores`: caller block scores of an adaptive pattern with `score: given`, F32 of rank
+    /// 4 `[batch, heads, groups, blocks]` (shape and values checked by the plan).
+    pub scores: Option<(Vec<usize>, Vec<f32>)>,
 }
 
 impl Inputs {
@@ -142,7 +145,28 @@ pub fn read_inputs(bytes: &[u8]) -> Result<Inputs, String> {
         v: words(v),
         sinks: per_head(&st, "sinks", "sink logit", num_heads)?,
         alibi_slopes: per_head(&st, "alibi_slopes", "ALiBi slope", num_heads)?,
+        scores: block_scores(&st)?,
     })
+}
+
+/// The optional `scores` tensor (F32, rank 4) of an adaptive pattern's `given` scores.
+fn block_scores(st: &SafeTensors<'_>) -> Result<Option<(Vec<usize>, Vec<f32>)>, String> {
+    let Ok(t) = st.tensor("scores") else {
+        return Ok(None);
+    };
+    if t.dtype() != Dtype::F32 || t.shape().len() != 4 {
+        return Err(format!(
+            "tensor `scores` is {:?} of shape {:?}; expected F32 [batch, heads, groups, blocks]",
+            t.dtype(),
+            t.shape()
+        ));
+    }
+    let values = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(Some((t.shape().to_vec(), values)))
 }
 
 /// The optional per-head tensor `name` (F32, `[num_heads]`, finite values); `what` names one

@@ -19,6 +19,7 @@
 //! usage: status 2, as clap does); output files are only ever replaced by complete files
 //! (written next to them, then renamed), so nothing is written on failure.
 
+mod adaptive;
 mod bench;
 mod decode;
 mod io;
@@ -71,7 +72,7 @@ enum Command {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum BackendArg {
+pub enum BackendArg {
     /// CUDA when a GPU and the compiled kernels are available, else the emulator.
     Auto,
     /// The GPU (fails if there is none or the kernels were not built).
@@ -156,7 +157,8 @@ struct RunArgs {
     )]
     softcap: Option<f32>,
     /// Also write the token mask that was applied: `mask`, U8 [num_heads, q_len, kv_len],
-    /// 1 = allowed. Every sequence of a batch has the same shape, hence the same mask.
+    /// 1 = allowed. Every sequence of a batch has the same shape, hence the same mask (an
+    /// adaptive pattern's depends on the contents: U8 [batch, num_heads, q_len, kv_len]).
     #[arg(long, value_name = "FILE")]
     mask_out: Option<PathBuf>,
 }
@@ -392,6 +394,19 @@ fn fit_problem(
 }
 
 fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
+    if let Some(path) = &a.source.pattern {
+        if let Some(pattern) = adaptive::read_pattern(path)? {
+            return adaptive::run(&adaptive::AdaptiveRunArgs {
+                pattern,
+                input: &a.input,
+                output: &a.output,
+                backend: a.backend,
+                scale: a.scale,
+                softcap: a.softcap,
+                mask_out: a.mask_out.as_deref(),
+            });
+        }
+    }
     let patterns = a.source.patterns()?;
     let bytes =
         std::fs::read(&a.input).map_err(|e| input_err(&a.input, format!("cannot read ({e})")))?;

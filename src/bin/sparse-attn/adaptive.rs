@@ -1,0 +1,176 @@
+//! `run` with an adaptive pattern (docs/adaptive.md): `{"causal": .., "components": [one of
+//! top_k, top_p, top_rel]}`. The selection is made for the input's q and k (or from the
+//! input's `scores` tensor for `score: given`), then one adaptive plan runs on the emulator;
+//! `--mask-out` writes the selection that was applied, per sequence (adaptive masks depend on
+//! the contents, so every sequence has its own): U8 `[batch, num_heads, q_len, kv_len]`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use half::{bf16, f16};
+use sparse_attn::adaptive::{
+    AdaptiveComponent, AdaptivePattern, AdaptivePlan, GivenScores, Grouping,
+};
+use sparse_attn::{AttnOptions, AttnProblem, DType, EmuRun, Error, SeqLens};
+
+use crate::io::{self, OutTensor, Staged, Storage};
+use crate::{input_err, BackendArg, CliError};
+
+/// Most bytes `--mask-out` writes.
+const MAX_MASK_BYTES: usize = 1 << 30;
+
+/// What `run` was asked, for an adaptive pattern.
+pub struct AdaptiveRunArgs<'a> {
+    pub pattern: AdaptivePattern,
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub backend: BackendArg,
+    pub scale: Option<f32>,
+    pub softcap: Option<f32>,
+    pub mask_out: Option<&'a Path>,
+}
+
+/// Reads `path` as an adaptive pattern when it is one (`None`: a static pattern).
+pub fn read_pattern(path: &Path) -> Result<Option<AdaptivePattern>, CliError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| input_err(path, format!("cannot read ({e})")))?;
+    AdaptivePattern::from_json(&text).map_err(|e| input_err(path, crate::pattern::message(e)))
+}
+
+pub fn run(a: &AdaptiveRunArgs<'_>) -> Result<(), CliError> {
+    let AdaptiveComponent::Select(sel) = a.pattern.component else {
+        return Err(CliError::NotYet(
+            "running lsh patterns (the bucket reference exists: sparse_attn::adaptive::lsh)".into(),
+        ));
+    };
+    if a.backend == BackendArg::Cuda {
+        return Err(CliError::NotYet(
+            "adaptive patterns on the CUDA backend (use --backend emulator)".into(),
+        ));
+    }
+    let bytes =
+        std::fs::read(a.input).map_err(|e| input_err(a.input, format!("cannot read ({e})")))?;
+    let inputs = io::read_inputs(&bytes).map_err(|e| input_err(a.input, e))?;
+    let [batch, q_len, num_heads, head_dim] = inputs.q_shape;
+    let [_, kv_len, num_kv_heads, _] = inputs.kv_shape;
+    let head_dim = u32::try_from(head_dim)
+        .map_err(|_| input_err(a.input, format!("head_dim {head_dim} is not supported")))?;
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch,
+            q_len,
+            kv_len,
+        },
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        inputs.dtype,
+    )
+    .map_err(|e| input_err(a.input, e))?;
+    let opts = AttnOptions {
+        causal: a.pattern.causal,
+        scale: a.scale,
+        softcap: a.softcap,
+        sink_logits: inputs.sinks.clone(),
+        alibi_slopes: inputs.alibi_slopes.clone(),
+    };
+    let plan = AdaptivePlan::new(&problem, &sel, Grouping::Prefill, &opts)?;
+    let mask_elems = batch * num_heads * q_len * kv_len;
+    if a.mask_out.is_some() && mask_elems > MAX_MASK_BYTES {
+        return Err(CliError::Arg(format!(
+            "--mask-out would write {mask_elems} bytes (more than {MAX_MASK_BYTES})"
+        )));
+    }
+    let seqs = SeqLens::varlen_from_lens(&vec![(q_len, kv_len); batch])?;
+    let given = inputs.scores.as_ref().map(|(shape, values)| GivenScores {
+        scores: values,
+        heads: shape[1],
+    });
+    let start = Instant::now();
+    let (out, lse, bits) = match inputs.dtype {
+        DType::F16 => call::<f16>(&plan, &seqs, &inputs, given)?,
+        DType::BF16 => call::<bf16>(&plan, &seqs, &inputs, given)?,
+    };
+    let elapsed = start.elapsed();
+    // [num_heads, total_q] -> [batch, num_heads, q_len]
+    let total_q = batch * q_len;
+    let lse: Vec<f32> = (0..batch)
+        .flat_map(|b| (0..num_heads).map(move |h| (b, h)))
+        .flat_map(|(b, h)| lse[h * total_q + b * q_len..][..q_len].to_vec())
+        .collect();
+    let lse_t = OutTensor::from_f32("lse", vec![batch, num_heads, q_len], &lse);
+    let mut allowed = 0usize;
+    let mut mask = Vec::with_capacity(if a.mask_out.is_some() { mask_elems } else { 0 });
+    for b in 0..batch {
+        for h in 0..num_heads {
+            for i in 0..q_len {
+                for j in 0..kv_len {
+                    let m = plan.allowed_by_bits(&bits, &seqs, b, h, i, j);
+                    allowed += m as usize;
+                    if a.mask_out.is_some() {
+                        mask.push(m as u8);
+                    }
+                }
+            }
+        }
+    }
+    let staged_out = Staged::write(a.output, &[out, lse_t]).map_err(CliError::Output)?;
+    let staged_mask = match a.mask_out {
+        Some(path) => {
+            let t = OutTensor::from_u8("mask", vec![batch, num_heads, q_len, kv_len], mask);
+            Some(Staged::write(path, &[t]).map_err(CliError::Output)?)
+        }
+        None => None,
+    };
+    staged_out.commit().map_err(CliError::Output)?;
+    if let Some(s) = staged_mask {
+        s.commit().map_err(CliError::Output)?;
+    }
+    let causal_pairs: usize = (0..q_len)
+        .map(|i| {
+            let p = i as i64 + kv_len as i64 - q_len as i64;
+            if a.pattern.causal {
+                (p + 1).clamp(0, kv_len as i64) as usize
+            } else {
+                kv_len
+            }
+        })
+        .sum::<usize>()
+        * batch
+        * num_heads;
+    println!(
+        "sparse-attn: adaptive {}{}; {} q [{batch}, {q_len}, {num_heads}, {head_dim}] x kv \
+         [{batch}, {kv_len}, {num_kv_heads}, {head_dim}]; density {:.2}% of the {}; on \
+         emulator in {:.3} s -> {}",
+        a.pattern.component.to_json(),
+        if a.pattern.causal { " (causal)" } else { "" },
+        inputs.dtype.name(),
+        100.0 * allowed as f64 / causal_pairs.max(1) as f64,
+        if a.pattern.causal {
+            "causal pairs"
+        } else {
+            "pairs"
+        },
+        elapsed.as_secs_f64(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+/// One call of the plan on typed inputs: (out tensor, lse `[num_heads, total_q]`, bits).
+fn call<T: Storage>(
+    plan: &AdaptivePlan,
+    seqs: &SeqLens,
+    inputs: &io::Inputs,
+    given: Option<GivenScores<'_>>,
+) -> Result<(OutTensor, Vec<f32>, Vec<i32>), Error> {
+    let q = io::Inputs::typed::<T>(&inputs.q);
+    let k = io::Inputs::typed::<T>(&inputs.k);
+    let v = io::Inputs::typed::<T>(&inputs.v);
+    let r = plan.run_emulated(seqs, &q, &k, &v, given, &EmuRun::default())?;
+    Ok((
+        OutTensor::from_elems("out", inputs.q_shape.to_vec(), &r.out),
+        r.lse,
+        r.bits,
+    ))
+}

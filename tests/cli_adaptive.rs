@@ -1,0 +1,174 @@
+//! `run` with adaptive patterns (docs/adaptive.md) on the emulator: out and lse against the
+//! f64 reference under the reference selection, `--mask-out` (per sequence) equal to that
+//! selection, caller `scores` for `score: given`, and the refusals (lsh, unions, CUDA, missing
+//! scores) as one-line errors that write nothing.
+
+mod common;
+
+use common::cli::{read_output, read_tensor, s, safetensors_bytes, tensor, Fixture, Tensor};
+use common::{assert_lse_close, max_abs, max_abs_diff, random_qkv, widen, Rng};
+use half::f16;
+use safetensors::tensor::Dtype;
+use sparse_attn::adaptive::{
+    given_shape, AdaptiveComponent, GivenScores, Grouping, SelectInputs, Selection,
+};
+use sparse_attn::reference::{attention, RefInputs};
+use sparse_attn::{AttnProblem, DType, SeqLens};
+
+const TOP_K: &str = r#"{"causal": true, "components": [{"top_k": {"block": 32, "k": 2,
+    "keep_sinks": 1, "keep_local": 1, "score": "mean_k"}}]}"#;
+const GIVEN: &str = r#"{"causal": true, "components": [{"top_p": {"block": 64, "p": 0.5,
+    "max_k": 3, "keep_sinks": 0, "keep_local": 1, "score": "given"}}]}"#;
+
+fn f32_tensor(name: &'static str, shape: &[usize], x: &[f32]) -> Tensor {
+    Tensor {
+        name,
+        dtype: Dtype::F32,
+        shape: shape.to_vec(),
+        bytes: x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+/// Runs `pattern` through the binary on random inputs (plus `scores` when given) and checks
+/// out, lse and the mask against the reference.
+fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, with_scores: bool) {
+    let (heads, kv_heads, d) = (2usize, 1usize, 64usize);
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch,
+            q_len,
+            kv_len,
+        },
+        heads,
+        kv_heads,
+        d as u32,
+        DType::F16,
+    )
+    .unwrap();
+    let value: serde_json::Value = serde_json::from_str(pattern).unwrap();
+    let comp = AdaptiveComponent::from_json(&value["components"][0].to_string()).unwrap();
+    let AdaptiveComponent::Select(sel) = comp else {
+        unreachable!()
+    };
+    let mut rng = Rng::new(common::base_seed());
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    let [groups, blocks] = given_shape(&sel, &problem, Grouping::Prefill);
+    let scores: Vec<f32> = (0..batch * heads * groups * blocks)
+        .map(|i| ((i * 7919) % 101) as f32 / 10.0)
+        .collect();
+    let mut tensors = vec![
+        tensor("q", &[batch, q_len, heads, d], &q, Dtype::F16),
+        tensor("k", &[batch, kv_len, kv_heads, d], &k, Dtype::F16),
+        tensor("v", &[batch, kv_len, kv_heads, d], &v, Dtype::F16),
+    ];
+    if with_scores {
+        tensors.push(f32_tensor(
+            "scores",
+            &[batch, heads, groups, blocks],
+            &scores,
+        ));
+    }
+    let f = Fixture::new(&safetensors_bytes(&tensors), pattern);
+    let output = f.dir.path("out.safetensors");
+    let mask_path = f.dir.path("mask.safetensors");
+    let stdout = f.succeed("run", &output, &["--mask-out", s(&mask_path)]);
+    assert!(stdout.contains("density"), "{stdout}");
+
+    let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
+    let scale = 1.0 / (d as f32).sqrt();
+    let selection = Selection::compute(
+        &problem,
+        &sel,
+        &SelectInputs {
+            q: &qf,
+            k: &kf,
+            scale,
+            grouping: Grouping::Prefill,
+            given: with_scores.then_some(GivenScores {
+                scores: &scores,
+                heads,
+            }),
+        },
+    )
+    .unwrap();
+    let allowed = selection.allowed(true);
+    let want = attention(
+        &problem,
+        &RefInputs {
+            q: &qf,
+            k: &kf,
+            v: &vf,
+            scale,
+            softcap: 0.0,
+            sink_logits: None,
+            alibi_slopes: None,
+        },
+        &allowed,
+    );
+    let got = read_output(&output, Dtype::F16);
+    let (err, max_ref) = (max_abs_diff(&got.out, &want.out), max_abs(&want.out));
+    assert!(
+        err <= 1e-2 * max_ref,
+        "out error {err:.3e} vs {max_ref:.3e}"
+    );
+    assert_lse_close("lse", &got.lse, &want.lse, 1e-2);
+    let (dtype, shape, mask) = read_tensor(&std::fs::read(&mask_path).unwrap(), "mask");
+    assert_eq!(dtype, Dtype::U8);
+    assert_eq!(shape, vec![batch, heads, q_len, kv_len]);
+    let mut masked = 0;
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..q_len {
+                for j in 0..kv_len {
+                    let m = mask[((b * heads + h) * q_len + i) * kv_len + j];
+                    assert_eq!(m, allowed(b, h, i, j) as u8, "b {b} h {h} i {i} j {j}");
+                    masked += (m == 0 && j <= i + kv_len - q_len) as usize;
+                }
+            }
+        }
+    }
+    assert!(masked > 0, "the selection masked nothing");
+}
+
+#[test]
+fn run_top_k_mean_k_with_mask_out() {
+    check(TOP_K, 2, 150, 150, false);
+}
+
+#[test]
+fn run_top_p_given_scores() {
+    check(GIVEN, 1, 100, 260, true);
+}
+
+#[test]
+fn refusals_are_one_line_errors() {
+    let q = vec![f16::ZERO; 64 * 2 * 64];
+    let kv = vec![f16::ZERO; 64 * 64];
+    let input = safetensors_bytes(&[
+        tensor("q", &[1, 64, 2, 64], &q, Dtype::F16),
+        tensor("k", &[1, 64, 1, 64], &kv, Dtype::F16),
+        tensor("v", &[1, 64, 1, 64], &kv, Dtype::F16),
+    ]);
+    for (pattern, extra, needle) in [
+        (
+            r#"{"causal": true, "components": [{"lsh": {"buckets": 4, "rounds": 1, "seed": 1}}]}"#,
+            &["--backend", "emulator"][..],
+            "not yet supported",
+        ),
+        (
+            r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 1}}, {"sinks": {"count": 4}}]}"#,
+            &["--backend", "emulator"][..],
+            "exactly one component",
+        ),
+        (TOP_K, &["--backend", "cuda"][..], "not yet supported"),
+        (GIVEN, &["--backend", "emulator"][..], "given"),
+        (
+            r#"{"causal": true, "components": [{"top_k": {"block": 48, "k": 1}}]}"#,
+            &["--backend", "emulator"][..],
+            "p.json",
+        ),
+    ] {
+        let f = Fixture::new(&input, pattern);
+        f.expect_failure("run", extra, needle);
+    }
+}
