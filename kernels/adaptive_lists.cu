@@ -5,8 +5,8 @@
 // row's lists. A tile is full when every row of the tile may see every existing key of it
 // (each of its groups selected all of the tile's key blocks and, causal, the tile ends at or
 // before the first row's position); partial when some row may see some key of it; otherwise
-// it is not listed. The forward kernel's token mask reads the same bits (SA_MASK_SELECTED),
-// so the two can never disagree about a token.
+// it is not listed. The forward kernel's token mask reads the same bits (the program's block
+// mask component, written here for the call), so the two can never disagree about a token.
 #include "sparse_attn/arch.cuh"
 #include "sparse_attn/params.h"
 #include "sparse_attn/params_layout.h"  // layout asserted against the Rust mirror
@@ -58,6 +58,23 @@ SA_KERNEL(sa_adapt_lists, SaAdaptListsParams, 32) {
   const int count = fits ? max_i(min_i(q_len - first, params.block_m), 0) : 0;
   if (lane == 0) {
     params.tile_views[row] = SaTileView{first, 1, count, 0, 0, 1, count > 0 ? kv_len : 0, 0, 0, 0};
+  }
+  // The program's token mask: a block mask over the unit's bits whose rows are absolute query
+  // blocks floor(p / q_block); the call's first group g0 is row 0 of the bits, so the table
+  // starts g0 rows before them (positions below the call's first row never occur) and holds
+  // g0 + max_groups rows.
+  if (m == 0 && lane == 0) {
+    const int g0 = fits ? floor_div(kv_len - q_len, params.q_block) : 0;
+    const int table = params.max_groups * params.words;
+    SaMaskComponent c{};
+    c.kind = SA_MASK_BLOCK_MASK;
+    c.block_q = params.q_block;
+    c.block_k = params.block;
+    c.mask_rows = fits ? g0 + params.max_groups : 0;  // a sequence that does not fit: nothing
+    c.mask_cols = params.max_blocks;
+    c.data_offset = id * table - g0 * params.words;
+    c.data_len = table;
+    params.components[id] = c;
   }
 
   int n_full = 0, n_part = 0;

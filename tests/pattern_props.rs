@@ -289,7 +289,7 @@ fn check_mask_tables(meta: &BlockSparseMeta, truth: &[u8]) -> Result<(), TestCas
                 );
                 let host = meta
                     .mask()
-                    .allowed(set, i as i64 + shift, j as i64, s.q_len, s.kv_len);
+                    .allowed(set, i as i64 + shift, j as i64, s.kv_len);
                 prop_assert_eq!(
                     host,
                     want == 1,

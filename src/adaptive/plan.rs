@@ -9,14 +9,16 @@
 //! Per sequence `b` and *unit* `u` (a query head, or with `share: kv_group` a kv head whose
 //! query heads share one selection) the plan has one row set of the forward kernel (program
 //! `id = b * units + u`) with `q_tiles` CSR rows (one per query tile of the longest query) and
-//! one mask component of kind [`MaskKind::Selected`](crate::pattern::MaskKind::Selected), whose
-//! table is that unit's *selection bits*: `max_groups` rows of `words` int32 words, bit `J % 32`
-//! of word `J / 32` of row `g` set when key block `J` is selected for the call's group `g`
-//! (groups count from the call's first row, as [`super::group_of`] does). The bits are the
-//! forward launch's `mask_data`; the selection (the reference on the host, or a device kernel)
-//! writes them, then the compaction kernel (`kernels/adaptive_lists.cu`) turns them into each
-//! row's full and partial tile lists and its view, then the forward kernel runs its usual
-//! mainloop over them. A row's lists have a fixed capacity (every kv tile of the longest key
+//! one block-mask component over that unit's *selection bits*: `max_groups` rows of `words`
+//! int32 words, bit `J % 32` of word `J / 32` of row `g` set when key block `J` is selected for
+//! the call's group `g` (groups count from the call's first row, as [`super::group_of`] does).
+//! The bits are the forward launch's `mask_data`; the selection (the reference on the host, or
+//! a device kernel) writes them, then the compaction kernel (`kernels/adaptive_lists.cu`)
+//! turns them into each row's full and partial tile lists and its view, and points each
+//! program's block mask at its bits for the call's positions (the table starts the call's
+//! first group before them, so absolute query blocks `floor(p / q_block)` index the call's
+//! rows); then the forward kernel runs its usual mainloop and token mask over them: no kernel
+//! code is specific to adaptive layers. A row's lists have a fixed capacity (every kv tile of the longest key
 //! sequence): `2 * rows * cap` int32 of list space, sized here.
 //!
 //! # Limits of this step
@@ -374,12 +376,14 @@ impl AdaptivePlan {
             full_row_end: meta.0[12] as *mut i32,
             partial_row_end: meta.0[13] as *mut i32,
             tile_views: meta.0[10] as *mut ffi::SaTileView,
+            components: meta.0[8] as *mut ffi::SaMaskComponent,
             batch: l.batch as i32,
             units: l.units as i32,
             q_tiles: l.q_tiles as i32,
             block_m: self.attn.tiles().block_m as i32,
             cap: l.cap as i32,
             max_groups: l.max_groups as i32,
+            max_blocks: l.max_blocks as i32,
             words: l.words as i32,
             block: self.sel.block() as i32,
             q_block: q_block(&self.sel, self.grouping),
@@ -429,7 +433,13 @@ fn static_arrays(
     let programs = l.batch * l.units;
     let rows = programs * l.q_tiles;
     let fits = |n: usize| i32::try_from(n).is_ok();
-    if !fits(rows.saturating_mul(l.cap).saturating_add(1)) || !fits(l.bits_len()) {
+    // A block mask's data offsets move back by the call's first group (at most max_kv /
+    // q_block rows of `words`): they must stay in i32 too.
+    let (_, max_kv) = problem.seqs().max_lens();
+    let shift = (max_kv / q_block(sel, grouping) as usize + l.max_groups).saturating_mul(l.words);
+    if !fits(rows.saturating_mul(l.cap).saturating_add(1))
+        || !fits(l.bits_len().saturating_add(shift))
+    {
         return Err(Error::Shape(format!(
             "adaptive plan: {rows} rows x {} tiles of lists or {} selection words exceed i32",
             l.cap,
@@ -451,11 +461,12 @@ fn static_arrays(
     let table = l.max_groups * l.words;
     for id in 0..programs {
         program_words.extend_from_slice(&[causal as i32, id as i32, 1, 0]);
+        // Written for each call by the compaction kernel (the rows follow the call's
+        // positions); until then nothing is allowed (no rows).
         let mut c = [0i32; COMPONENT_WORDS];
-        c[0] = MaskKind::Selected as i32;
+        c[0] = MaskKind::BlockMask as i32;
         c[5] = q_block(sel, grouping);
         c[6] = sel.block() as i32;
-        c[7] = l.max_groups as i32;
         c[8] = l.max_blocks as i32;
         c[13] = (id * table) as i32;
         c[14] = table as i32;

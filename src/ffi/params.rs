@@ -40,8 +40,6 @@ pub const SA_MASK_BLOCK_MASK: SaMaskKind = 5;
 pub const SA_MASK_BIGBIRD: SaMaskKind = 6;
 #[doc = " Chunked (Llama 4): keys of the query's own chunk of block_q positions,\n floor(p / block_q) == floor(j / block_q)."]
 pub const SA_MASK_CHUNKED: SaMaskKind = 7;
-#[doc = " Content-adaptive selection (docs/adaptive.md): a bit table over (query group, key\n block) written on the device for each call by the selection kernel. Like a block mask\n with block_k = B and mask_rows groups of mask_cols blocks, but the row of position p is\n its group counted from the call's first row: floor(p / block_q) - floor(p_0 / block_q)\n (p_0 = kv_len - q_len, the position of row 0); decode grouping (every row its own group)\n is block_q == 1. A program holds at most one, as its first component."]
-pub const SA_MASK_SELECTED: SaMaskKind = 8;
 #[doc = " The kind of a SaMaskComponent."]
 pub type SaMaskKind = ::core::ffi::c_uint;
 #[doc = " One pattern component as kernel data (fields a kind does not use are 0)."]
@@ -58,9 +56,9 @@ pub struct SaMaskComponent {
     pub sink_count: i32,
     #[doc = " Dilated: the stride (>= 1)."]
     pub dilation_stride: i32,
-    #[doc = " Block mask: query positions per mask row; BigBird: the block size; Selected: q_block\n (1: every row its own group)."]
+    #[doc = " Block mask: query positions per mask row; BigBird: the block size."]
     pub block_q: i32,
-    #[doc = " Block mask: keys per mask column; BigBird: the block size; Selected: B."]
+    #[doc = " Block mask: keys per mask column; BigBird: the block size."]
     pub block_k: i32,
     #[doc = " Block mask: mask rows (query blocks)."]
     pub mask_rows: i32,
@@ -527,7 +525,7 @@ const _: () = {
     ["Offset of field: SaKvAppendParams::_reserved"]
         [::core::mem::offset_of!(SaKvAppendParams, _reserved) - 76usize];
 };
-#[doc = " Compaction of an adaptive selection into the forward kernel's tile lists (src/adaptive,\n kernels/adaptive_lists.cu), run per call after the selection kernel and before the forward\n kernel, so the forward plan stays one plan for every call (graph-safe). The selection bits\n are the mask data of the forward launch: per (sequence b, unit u = a query head, or a kv\n head when heads of a kv group share one selection), `max_groups` rows of `words` int32\n words, bit J % 32 of word J / 32 of row g set when key block J (keys J * block ..) is\n selected for the call's query group g (docs/adaptive.md). Program id = b * units + u owns\n the CSR rows id * q_tiles .. + q_tiles - 1, row id * q_tiles + m being query tile m (query\n tokens m * block_m ..); each row's lists start at row * cap in full_tiles and\n partial_tiles (the row_ptr arrays of the forward params hold exactly that) and this kernel\n writes where they end, and the row's tile view (natural rows and keys of the call's\n lengths). Grid: (q_tiles, units, batch); block: 32 threads (one warp per row)."]
+#[doc = " Compaction of an adaptive selection into the forward kernel's tile lists (src/adaptive,\n kernels/adaptive_lists.cu), run per call after the selection and before the forward kernel,\n so the forward plan stays one plan for every call (graph-safe). The selection bits are the\n mask data of the forward launch: per (sequence b, unit u = a query head, or a kv head when\n the heads of a kv group share one selection), `max_groups` rows of `words` int32 words, bit\n J % 32 of word J / 32 of row g set when key block J (keys J * block ..) is selected for the\n call's query group g, counted from the group of its first row (docs/adaptive.md). Program\n id = b * units + u owns the CSR rows id * q_tiles .. + q_tiles - 1, row id * q_tiles + m\n being query tile m (query tokens m * block_m ..). This kernel writes, per call: each row's\n lists (from row * cap in full_tiles and partial_tiles, which the forward params' row_ptr\n arrays hold) and their ends, each row's tile view (natural rows and keys of the call's\n lengths), and each program's mask component: a block mask (block_q = q_block, block_k =\n block) over the unit's bits, whose data offset is moved back by the call's first group so\n that absolute query blocks floor(p / q_block) index the call's rows. Grid: (q_tiles, units,\n batch); block: 32 threads (one warp per row)."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SaAdaptListsParams {
@@ -547,6 +545,8 @@ pub struct SaAdaptListsParams {
     pub partial_row_end: *mut i32,
     #[doc = " `[rows]`: each row's query rows and keys."]
     pub tile_views: *mut SaTileView,
+    #[doc = " `[batch * units]`: each program's mask component (a block mask over its bits)."]
+    pub components: *mut SaMaskComponent,
     #[doc = " Sequences."]
     pub batch: i32,
     #[doc = " Selection units per sequence."]
@@ -559,6 +559,8 @@ pub struct SaAdaptListsParams {
     pub cap: i32,
     #[doc = " Rows of a unit's selection (the most groups of a call)."]
     pub max_groups: i32,
+    #[doc = " Key blocks of the plan's longest key sequence: ceil(max_kv / block)."]
+    pub max_blocks: i32,
     #[doc = " Words per selection row: ceil(max_blocks / 32)."]
     pub words: i32,
     #[doc = " Key block B of the selection (a power of two, 16 .. 4096)."]
@@ -574,7 +576,7 @@ pub struct SaAdaptListsParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAdaptListsParams"][::core::mem::size_of::<SaAdaptListsParams>() - 112usize];
+    ["Size of SaAdaptListsParams"][::core::mem::size_of::<SaAdaptListsParams>() - 128usize];
     ["Alignment of SaAdaptListsParams"][::core::mem::align_of::<SaAdaptListsParams>() - 8usize];
     ["Offset of field: SaAdaptListsParams::bits"]
         [::core::mem::offset_of!(SaAdaptListsParams, bits) - 0usize];
@@ -592,28 +594,32 @@ const _: () = {
         [::core::mem::offset_of!(SaAdaptListsParams, partial_row_end) - 48usize];
     ["Offset of field: SaAdaptListsParams::tile_views"]
         [::core::mem::offset_of!(SaAdaptListsParams, tile_views) - 56usize];
+    ["Offset of field: SaAdaptListsParams::components"]
+        [::core::mem::offset_of!(SaAdaptListsParams, components) - 64usize];
     ["Offset of field: SaAdaptListsParams::batch"]
-        [::core::mem::offset_of!(SaAdaptListsParams, batch) - 64usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, batch) - 72usize];
     ["Offset of field: SaAdaptListsParams::units"]
-        [::core::mem::offset_of!(SaAdaptListsParams, units) - 68usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, units) - 76usize];
     ["Offset of field: SaAdaptListsParams::q_tiles"]
-        [::core::mem::offset_of!(SaAdaptListsParams, q_tiles) - 72usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, q_tiles) - 80usize];
     ["Offset of field: SaAdaptListsParams::block_m"]
-        [::core::mem::offset_of!(SaAdaptListsParams, block_m) - 76usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, block_m) - 84usize];
     ["Offset of field: SaAdaptListsParams::cap"]
-        [::core::mem::offset_of!(SaAdaptListsParams, cap) - 80usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, cap) - 88usize];
     ["Offset of field: SaAdaptListsParams::max_groups"]
-        [::core::mem::offset_of!(SaAdaptListsParams, max_groups) - 84usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, max_groups) - 92usize];
+    ["Offset of field: SaAdaptListsParams::max_blocks"]
+        [::core::mem::offset_of!(SaAdaptListsParams, max_blocks) - 96usize];
     ["Offset of field: SaAdaptListsParams::words"]
-        [::core::mem::offset_of!(SaAdaptListsParams, words) - 88usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, words) - 100usize];
     ["Offset of field: SaAdaptListsParams::block"]
-        [::core::mem::offset_of!(SaAdaptListsParams, block) - 92usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, block) - 104usize];
     ["Offset of field: SaAdaptListsParams::q_block"]
-        [::core::mem::offset_of!(SaAdaptListsParams, q_block) - 96usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, q_block) - 108usize];
     ["Offset of field: SaAdaptListsParams::causal"]
-        [::core::mem::offset_of!(SaAdaptListsParams, causal) - 100usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, causal) - 112usize];
     ["Offset of field: SaAdaptListsParams::max_q"]
-        [::core::mem::offset_of!(SaAdaptListsParams, max_q) - 104usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, max_q) - 116usize];
     ["Offset of field: SaAdaptListsParams::max_kv"]
-        [::core::mem::offset_of!(SaAdaptListsParams, max_kv) - 108usize];
+        [::core::mem::offset_of!(SaAdaptListsParams, max_kv) - 120usize];
 };

@@ -41,16 +41,11 @@ pub enum MaskKind {
     /// `floor(p / block_q) == floor(j / block_q)`: keys of the query's chunk of `block_q`
     /// positions (Llama 4's chunked attention).
     Chunked = ffi::SA_MASK_CHUNKED as i32,
-    /// An adaptive selection written on the device per call ([`crate::adaptive`]): like
-    /// `BlockMask` with `block_k = B`, but row `P` is the query's group counted from the
-    /// call's first row, `floor(p / block_q) - floor(p_0 / block_q)` with
-    /// `p_0 = kv_len - q_len` (decode grouping: `block_q == 1`, the row index).
-    Selected = ffi::SA_MASK_SELECTED as i32,
 }
 
 impl MaskKind {
     /// Every kind, in tag order.
-    pub const ALL: [MaskKind; 9] = [
+    pub const ALL: [MaskKind; 8] = [
         MaskKind::Dense,
         MaskKind::Window,
         MaskKind::Sinks,
@@ -59,7 +54,6 @@ impl MaskKind {
         MaskKind::BlockMask,
         MaskKind::BigBird,
         MaskKind::Chunked,
-        MaskKind::Selected,
     ];
 
     /// The kind of a raw tag, `None` for an unknown one.
@@ -100,11 +94,10 @@ impl MaskTables {
         &self.data
     }
 
-    /// The predicate of row set `set` for query position `p` and key `j` of a call of `q_len`
-    /// rows over `kv_len` keys, evaluated from the flat arrays exactly as a kernel would
-    /// (`q_len` matters only to [`MaskKind::Selected`], whose rows count from the call's first
-    /// row). `false` for a set that does not exist.
-    pub fn allowed(&self, set: usize, p: i64, j: i64, q_len: usize, kv_len: usize) -> bool {
+    /// The predicate of row set `set` for query position `p` and key `j` of a sequence of
+    /// `kv_len` keys, evaluated from the flat arrays exactly as a kernel would. `false` for a
+    /// set that does not exist.
+    pub fn allowed(&self, set: usize, p: i64, j: i64, kv_len: usize) -> bool {
         let Some(prog) = self.programs.get(set) else {
             return false;
         };
@@ -114,28 +107,14 @@ impl MaskTables {
         let first = prog.first_component as usize;
         self.components[first..first + prog.num_components as usize]
             .iter()
-            .any(|c| self.admits(c, p, j, kv_len as i64 - q_len as i64))
+            .any(|c| self.admits(c, p, j))
     }
 
     fn table(&self, c: &MaskComponent) -> &[i32] {
         &self.data[c.data_offset as usize..][..c.data_len as usize]
     }
 
-    /// The row of a block table for position `p` (`p0`: the position of the call's row 0).
-    fn table_row(&self, c: &MaskComponent, p: i64, p0: i64) -> Option<&[i32]> {
-        let b = c.block_q as i64;
-        let mut qb = p.div_euclid(b);
-        if MaskKind::from_i32(c.kind) == Some(MaskKind::Selected) {
-            qb -= p0.div_euclid(b);
-        }
-        if qb < 0 || qb >= c.mask_rows as i64 {
-            return None;
-        }
-        let words = (c.mask_cols as usize).div_ceil(32);
-        Some(&self.data[c.data_offset as usize..][qb as usize * words..][..words])
-    }
-
-    fn admits(&self, c: &MaskComponent, p: i64, j: i64, p0: i64) -> bool {
+    fn admits(&self, c: &MaskComponent, p: i64, j: i64) -> bool {
         let Some(kind) = MaskKind::from_i32(c.kind) else {
             return false;
         };
@@ -152,14 +131,15 @@ impl MaskTables {
                     || (p >= 0 && t.binary_search(&(p as i32)).is_ok())
             }
             MaskKind::Dilated => (p - j).rem_euclid(c.dilation_stride as i64) == 0,
-            MaskKind::BlockMask | MaskKind::Selected => {
+            MaskKind::BlockMask => {
+                let qb = p.div_euclid(c.block_q as i64);
                 let kb = j / c.block_k as i64;
-                match self.table_row(c, p, p0) {
-                    Some(row) if kb < c.mask_cols as i64 => {
-                        (row[(kb / 32) as usize] as u32 >> (kb % 32)) & 1 == 1
-                    }
-                    _ => false,
+                if qb < 0 || qb >= c.mask_rows as i64 || kb >= c.mask_cols as i64 {
+                    return false;
                 }
+                let words = (c.mask_cols as i64 + 31) / 32;
+                let word = self.table(c)[(qb * words + kb / 32) as usize] as u32;
+                (word >> (kb % 32)) & 1 == 1
             }
             MaskKind::Chunked => {
                 let size = c.block_q as i64;
@@ -198,10 +178,10 @@ mod tests {
 
     #[test]
     fn kind_tags_round_trip() {
-        for k in 0..9 {
+        for k in 0..8 {
             assert_eq!(MaskKind::from_i32(k).map(|k| k as i32), Some(k));
         }
-        assert_eq!(MaskKind::from_i32(9), None);
+        assert_eq!(MaskKind::from_i32(8), None);
         assert_eq!(MaskKind::BigBird as i32, crate::ffi::SA_MASK_BIGBIRD as i32);
         assert_eq!(MaskKind::Chunked as i32, crate::ffi::SA_MASK_CHUNKED as i32);
     }

@@ -67,7 +67,7 @@ pub fn render_from_meta(meta: &BlockSparseMeta) -> Result<Vec<u8>> {
                         out[at] = if full {
                             1
                         } else {
-                            meta.mask().allowed(set, p, j as i64, s.q_len, s.kv_len) as u8
+                            meta.mask().allowed(set, p, j as i64, s.kv_len) as u8
                         };
                     }
                 }

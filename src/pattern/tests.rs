@@ -939,7 +939,7 @@ fn chunked_mask_program_and_host_twin() {
     for p in -5..300i64 {
         for j in 0..300i64 {
             assert_eq!(
-                m.allowed(0, p, j, 300, 300),
+                m.allowed(0, p, j, 300),
                 p >= 0 && j <= p && p / 100 == j / 100,
                 "p {p} j {j}"
             );

@@ -36,15 +36,10 @@ struct TokenMask {
   // Read once per block from the program: whether the predicate has the interval form (at
   // most two components, each dense, a window, sinks or a chunk) and how many intervals it has.
   int intervals;  // 0: not interval form (the general interpreter runs), else 1 or 2
-  // An adaptive selection's group of row 0, floor((kv_len - q_len) / block_q), when the
-  // program's first component is one (SA_MASK_SELECTED; its rows count from that group).
-  int group0;
 
   SA_DEVICE static TokenMask make(const SaMaskProgram* program, const SaMaskComponent* comps,
                                   const int32_t* data, int q_len, int kv_len) {
-    TokenMask m{program, comps, data, q_len, kv_len, 0, 0};
-    const SaMaskComponent& c0 = comps[program->first_component];
-    if (c0.kind == SA_MASK_SELECTED) m.group0 = floor_div(kv_len - q_len, c0.block_q);
+    TokenMask m{program, comps, data, q_len, kv_len, 0};
     const int n = program->num_components;
     int intervals = n;
     for (int i = 0; i < n && i < 2; ++i) {
@@ -71,17 +66,6 @@ struct TokenMask {
   // floor(a / b) for b > 0.
   SA_DEVICE static int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-  // The bit row of a block table (block mask or adaptive selection) for query position p:
-  // one bit per key block, or nullptr when the position has no row (nothing allowed). A
-  // block mask's rows are query blocks floor(p / block_q); a selection's are the call's
-  // groups, counted from the group of row 0 (position kv_len - q_len; a program has one
-  // selection, its first component: group0).
-  SA_DEVICE const int32_t* table_row(const SaMaskComponent& c, int p) const {
-    const int qb = floor_div(p, c.block_q) - (c.kind == SA_MASK_SELECTED ? group0 : 0);
-    if (qb < 0 || qb >= c.mask_rows) return nullptr;
-    return data + c.data_offset + qb * ((c.mask_cols + 31) / 32);
-  }
-
   SA_DEVICE bool admits(const SaMaskComponent& c, int p, int j) const {
     switch (c.kind) {
       case SA_MASK_DENSE:
@@ -98,12 +82,12 @@ struct TokenMask {
         const int r = (p - j) % c.dilation_stride;  // C remainder: sign of the dividend
         return r == 0;
       }
-      case SA_MASK_BLOCK_MASK:
-      case SA_MASK_SELECTED: {
-        const int32_t* words = table_row(c, p);
-        const int kb = j / c.block_k;
-        if (words == nullptr || kb >= c.mask_cols) return false;
-        return (static_cast<uint32_t>(words[kb / 32]) >> (kb % 32)) & 1u;
+      case SA_MASK_BLOCK_MASK: {
+        const int qb = floor_div(p, c.block_q), kb = j / c.block_k;
+        if (qb < 0 || qb >= c.mask_rows || kb >= c.mask_cols) return false;
+        const int words = (c.mask_cols + 31) / 32;
+        const uint32_t w = static_cast<uint32_t>(data[c.data_offset + qb * words + kb / 32]);
+        return (w >> (kb % 32)) & 1u;
       }
       case SA_MASK_CHUNKED: {
         // floor(p / C) == floor(j / C): with r = p mod C (in [0, C)), j - p lies in
@@ -344,9 +328,10 @@ struct TokenMask {
         }
         return bits;
       }
-      if (kind == SA_MASK_BLOCK_MASK || kind == SA_MASK_SELECTED) {
-        const int32_t* words = table_row(c, p);
-        if (words == nullptr) return 0u;
+      if (kind == SA_MASK_BLOCK_MASK) {
+        const int qb = floor_div(p, c.block_q);
+        if (qb < 0 || qb >= c.mask_rows) return 0u;
+        const int32_t* words = data + (c.data_offset + qb * ((c.mask_cols + 31) / 32));
         const int kb_last = (j_end - 1) / c.block_k;
         uint32_t bits = 0u;
         SA_NO_UNROLL

@@ -66,14 +66,7 @@ typedef enum SaMaskKind {
   SA_MASK_BIGBIRD = 6,
   /** Chunked (Llama 4): keys of the query's own chunk of block_q positions,
    * floor(p / block_q) == floor(j / block_q). */
-  SA_MASK_CHUNKED = 7,
-  /** Content-adaptive selection (docs/adaptive.md): a bit table over (query group, key
-   * block) written on the device for each call by the selection kernel. Like a block mask
-   * with block_k = B and mask_rows groups of mask_cols blocks, but the row of position p is
-   * its group counted from the call's first row: floor(p / block_q) - floor(p_0 / block_q)
-   * (p_0 = kv_len - q_len, the position of row 0); decode grouping (every row its own group)
-   * is block_q == 1. A program holds at most one, as its first component. */
-  SA_MASK_SELECTED = 8
+  SA_MASK_CHUNKED = 7
 } SaMaskKind;
 
 /** One pattern component as kernel data (fields a kind does not use are 0). */
@@ -88,10 +81,9 @@ typedef struct SaMaskComponent {
   int32_t sink_count;
   /** Dilated: the stride (>= 1). */
   int32_t dilation_stride;
-  /** Block mask: query positions per mask row; BigBird: the block size; Selected: q_block
-   * (1: every row its own group). */
+  /** Block mask: query positions per mask row; BigBird: the block size. */
   int32_t block_q;
-  /** Block mask: keys per mask column; BigBird: the block size; Selected: B. */
+  /** Block mask: keys per mask column; BigBird: the block size. */
   int32_t block_k;
   /** Block mask: mask rows (query blocks). */
   int32_t mask_rows;
@@ -395,17 +387,20 @@ typedef struct SaKvAppendParams {
 } SaKvAppendParams;
 
 /** Compaction of an adaptive selection into the forward kernel's tile lists (src/adaptive,
- * kernels/adaptive_lists.cu), run per call after the selection kernel and before the forward
- * kernel, so the forward plan stays one plan for every call (graph-safe). The selection bits
- * are the mask data of the forward launch: per (sequence b, unit u = a query head, or a kv
- * head when heads of a kv group share one selection), `max_groups` rows of `words` int32
- * words, bit J % 32 of word J / 32 of row g set when key block J (keys J * block ..) is
- * selected for the call's query group g (docs/adaptive.md). Program id = b * units + u owns
- * the CSR rows id * q_tiles .. + q_tiles - 1, row id * q_tiles + m being query tile m (query
- * tokens m * block_m ..); each row's lists start at row * cap in full_tiles and
- * partial_tiles (the row_ptr arrays of the forward params hold exactly that) and this kernel
- * writes where they end, and the row's tile view (natural rows and keys of the call's
- * lengths). Grid: (q_tiles, units, batch); block: 32 threads (one warp per row). */
+ * kernels/adaptive_lists.cu), run per call after the selection and before the forward kernel,
+ * so the forward plan stays one plan for every call (graph-safe). The selection bits are the
+ * mask data of the forward launch: per (sequence b, unit u = a query head, or a kv head when
+ * the heads of a kv group share one selection), `max_groups` rows of `words` int32 words, bit
+ * J % 32 of word J / 32 of row g set when key block J (keys J * block ..) is selected for the
+ * call's query group g, counted from the group of its first row (docs/adaptive.md). Program
+ * id = b * units + u owns the CSR rows id * q_tiles .. + q_tiles - 1, row id * q_tiles + m
+ * being query tile m (query tokens m * block_m ..). This kernel writes, per call: each row's
+ * lists (from row * cap in full_tiles and partial_tiles, which the forward params' row_ptr
+ * arrays hold) and their ends, each row's tile view (natural rows and keys of the call's
+ * lengths), and each program's mask component: a block mask (block_q = q_block, block_k =
+ * block) over the unit's bits, whose data offset is moved back by the call's first group so
+ * that absolute query blocks floor(p / q_block) index the call's rows. Grid: (q_tiles, units,
+ * batch); block: 32 threads (one warp per row). */
 typedef struct SaAdaptListsParams {
   /** The selection bits (see above). */
   const int32_t* bits;
@@ -423,6 +418,8 @@ typedef struct SaAdaptListsParams {
   int32_t* partial_row_end;
   /** `[rows]`: each row's query rows and keys. */
   SaTileView* tile_views;
+  /** `[batch * units]`: each program's mask component (a block mask over its bits). */
+  SaMaskComponent* components;
   /** Sequences. */
   int32_t batch;
   /** Selection units per sequence. */
@@ -435,6 +432,8 @@ typedef struct SaAdaptListsParams {
   int32_t cap;
   /** Rows of a unit's selection (the most groups of a call). */
   int32_t max_groups;
+  /** Key blocks of the plan's longest key sequence: ceil(max_kv / block). */
+  int32_t max_blocks;
   /** Words per selection row: ceil(max_blocks / 32). */
   int32_t words;
   /** Key block B of the selection (a power of two, 16 .. 4096). */

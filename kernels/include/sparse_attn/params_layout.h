@@ -139,7 +139,7 @@ SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, head_dim) == 64, "offset of SaKvAppe
 SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, num_pages) == 68, "offset of SaKvAppendParams::num_pages");
 SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, page_size) == 72, "offset of SaKvAppendParams::page_size");
 SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, _reserved) == 76, "offset of SaKvAppendParams::_reserved");
-SA_LAYOUT_ASSERT(sizeof(SaAdaptListsParams) == 112, "size of SaAdaptListsParams");
+SA_LAYOUT_ASSERT(sizeof(SaAdaptListsParams) == 128, "size of SaAdaptListsParams");
 SA_LAYOUT_ASSERT(SA_ALIGNOF(SaAdaptListsParams) == 8, "alignment of SaAdaptListsParams");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, bits) == 0, "offset of SaAdaptListsParams::bits");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, cu_seqlens_q) == 8, "offset of SaAdaptListsParams::cu_seqlens_q");
@@ -149,17 +149,19 @@ SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, partial_tiles) == 32, "offset of S
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, full_row_end) == 40, "offset of SaAdaptListsParams::full_row_end");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, partial_row_end) == 48, "offset of SaAdaptListsParams::partial_row_end");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, tile_views) == 56, "offset of SaAdaptListsParams::tile_views");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, batch) == 64, "offset of SaAdaptListsParams::batch");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, units) == 68, "offset of SaAdaptListsParams::units");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, q_tiles) == 72, "offset of SaAdaptListsParams::q_tiles");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, block_m) == 76, "offset of SaAdaptListsParams::block_m");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, cap) == 80, "offset of SaAdaptListsParams::cap");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_groups) == 84, "offset of SaAdaptListsParams::max_groups");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, words) == 88, "offset of SaAdaptListsParams::words");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, block) == 92, "offset of SaAdaptListsParams::block");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, q_block) == 96, "offset of SaAdaptListsParams::q_block");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, causal) == 100, "offset of SaAdaptListsParams::causal");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_q) == 104, "offset of SaAdaptListsParams::max_q");
-SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_kv) == 108, "offset of SaAdaptListsParams::max_kv");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, components) == 64, "offset of SaAdaptListsParams::components");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, batch) == 72, "offset of SaAdaptListsParams::batch");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, units) == 76, "offset of SaAdaptListsParams::units");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, q_tiles) == 80, "offset of SaAdaptListsParams::q_tiles");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, block_m) == 84, "offset of SaAdaptListsParams::block_m");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, cap) == 88, "offset of SaAdaptListsParams::cap");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_groups) == 92, "offset of SaAdaptListsParams::max_groups");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_blocks) == 96, "offset of SaAdaptListsParams::max_blocks");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, words) == 100, "offset of SaAdaptListsParams::words");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, block) == 104, "offset of SaAdaptListsParams::block");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, q_block) == 108, "offset of SaAdaptListsParams::q_block");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, causal) == 112, "offset of SaAdaptListsParams::causal");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_q) == 116, "offset of SaAdaptListsParams::max_q");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_kv) == 120, "offset of SaAdaptListsParams::max_kv");
 
 #endif /* SPARSE_ATTN_PARAMS_LAYOUT_H */

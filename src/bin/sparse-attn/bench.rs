@@ -135,7 +135,7 @@ struct Report {
 
 /// Where the inputs come from.
 enum Data {
-    File(io::Inputs),
+    File(Box<io::Inputs>),
     Random(u64),
 }
 
@@ -223,7 +223,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<(), CliError> {
             if problem.q_elems() == 0 || problem.kv_elems() == 0 {
                 return Err(input_err(path, "has no tokens to time"));
             }
-            (problem, Data::File(inputs))
+            (problem, Data::File(Box::new(inputs)))
         }
         None => {
             let problem = flag_problem(a)?;

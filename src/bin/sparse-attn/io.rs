@@ -54,8 +54,11 @@ pub struct Inputs {
     pub alibi_slopes: Option<Vec<f32>>,
     /// `scores`: caller block scores of an adaptive pattern with `score: given`, F32 of rank
     /// 4 `[batch, heads, groups, blocks]` (shape and values checked by the plan).
-    pub scores: Option<(Vec<usize>, Vec<f32>)>,
+    pub scores: Option<BlockScores>,
 }
+
+/// A `scores` tensor: its shape and values.
+pub type BlockScores = (Vec<usize>, Vec<f32>);
 
 impl Inputs {
     pub fn typed<T: Storage>(words: &[u16]) -> Vec<T> {
@@ -150,7 +153,7 @@ pub fn read_inputs(bytes: &[u8]) -> Result<Inputs, String> {
 }
 
 /// The optional `scores` tensor (F32, rank 4) of an adaptive pattern's `given` scores.
-fn block_scores(st: &SafeTensors<'_>) -> Result<Option<(Vec<usize>, Vec<f32>)>, String> {
+fn block_scores(st: &SafeTensors<'_>) -> Result<Option<BlockScores>, String> {
     let Ok(t) = st.tensor("scores") else {
         return Ok(None);
     };
