@@ -21,6 +21,8 @@ pub enum Module {
     KvAppend,
     /// `kernels/ref_softmax.cu` (the softmax of the dense cuBLAS oracle)
     RefSoftmax,
+    /// `kernels/adaptive_select.cu` (adaptive block selection: scores to selection bits)
+    AdaptiveSelect,
     /// A test-only kernel file `kernels/tests/<stem>.cu` (emulator self-tests, canaries).
     Test(&'static str),
 }
@@ -33,6 +35,7 @@ impl Module {
             Module::AttnCombine => "attention_combine",
             Module::KvAppend => "kv_append",
             Module::RefSoftmax => "ref_softmax",
+            Module::AdaptiveSelect => "adaptive_select",
             Module::Test(stem) => stem,
         }
     }
@@ -114,6 +117,7 @@ mod entries {
         pub fn sa_attn_combine_bf16_hd256(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd512(p: *const std::ffi::c_void);
         pub fn sa_kv_append(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_select(p: *const std::ffi::c_void);
     }
 }
 
@@ -128,8 +132,9 @@ macro_rules! kernel {
 }
 
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
-/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append.
-pub static KERNELS: [KernelDesc; 35] = [
+/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), the K/V append and the adaptive
+/// block selection.
+pub static KERNELS: [KernelDesc; 36] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
@@ -165,6 +170,7 @@ pub static KERNELS: [KernelDesc; 35] = [
     kernel!(sa_attn_combine_bf16_hd256, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd512, Module::AttnCombine),
     kernel!(sa_kv_append, Module::KvAppend),
+    kernel!(sa_adaptive_select, Module::AdaptiveSelect),
 ];
 
 /// Forward tile shapes (head_dim, block rows), in [`KERNELS`]' order: each has an f16 and a
@@ -184,6 +190,12 @@ const COMBINE_BASE: usize = 2 * 2 * FWD_SHAPES.len();
 /// The K/V append kernel (copies bits: every dtype and head_dim).
 pub fn kv_append() -> &'static KernelDesc {
     &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len()]
+}
+
+/// The adaptive block-selection kernel (scores to selection bits; one kernel for every rule,
+/// grouping and sharing mode, which are run-time data in `SaAdaptSelectParams`).
+pub fn adaptive_select() -> &'static KernelDesc {
+    &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 1]
 }
 
 /// Where the forward kernel's kv-tile walk comes from (`SaWalk` of params.h;
@@ -401,6 +413,33 @@ pub mod test_kernels {
         sa_test_attn_fwd_alibi_top_left_f16_hd64_m64,
         "attention_canary"
     );
+
+    /// The selection kernel with candidates `J·B < max_p` instead of `J·B <= max_p`.
+    pub static SELECT_STRICT_CANDIDATES: KernelDesc = KernelDesc {
+        name: "sa_test_adaptive_select_strict_candidates",
+        module: Module::Test("adaptive_select_canary"),
+        emu_entry: select_entries::sa_test_adaptive_select_strict_candidates,
+    };
+    /// The selection kernel forcing one `keep_local` block too many.
+    pub static SELECT_LOCAL_OFF_BY_ONE: KernelDesc = KernelDesc {
+        name: "sa_test_adaptive_select_local_off_by_one",
+        module: Module::Test("adaptive_select_canary"),
+        emu_entry: select_entries::sa_test_adaptive_select_local_off_by_one,
+    };
+    /// The selection kernel whose `top_p` drops the crossing block.
+    pub static SELECT_DROP_CROSSING: KernelDesc = KernelDesc {
+        name: "sa_test_adaptive_select_drop_crossing",
+        module: Module::Test("adaptive_select_canary"),
+        emu_entry: select_entries::sa_test_adaptive_select_drop_crossing,
+    };
+
+    mod select_entries {
+        extern "C" {
+            pub fn sa_test_adaptive_select_strict_candidates(p: *const std::ffi::c_void);
+            pub fn sa_test_adaptive_select_local_off_by_one(p: *const std::ffi::c_void);
+            pub fn sa_test_adaptive_select_drop_crossing(p: *const std::ffi::c_void);
+        }
+    }
 
     /// The f16/hd64 forward kernel with P's a2 and a4 swapped, in the shape of `tiles` (the
     /// plan's [`FwdTiles`], head_dim 64).

@@ -137,5 +137,37 @@ SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, head_dim) == 64, "offset of SaKvAppe
 SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, num_pages) == 68, "offset of SaKvAppendParams::num_pages");
 SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, page_size) == 72, "offset of SaKvAppendParams::page_size");
 SA_LAYOUT_ASSERT(offsetof(SaKvAppendParams, _reserved) == 76, "offset of SaKvAppendParams::_reserved");
+SA_LAYOUT_ASSERT(sizeof(SaAdaptSelectParams) == 160, "size of SaAdaptSelectParams");
+SA_LAYOUT_ASSERT(SA_ALIGNOF(SaAdaptSelectParams) == 8, "alignment of SaAdaptSelectParams");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, scores) == 0, "offset of SaAdaptSelectParams::scores");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, bits) == 8, "offset of SaAdaptSelectParams::bits");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, counts) == 16, "offset of SaAdaptSelectParams::counts");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, cu_seqlens_q) == 24, "offset of SaAdaptSelectParams::cu_seqlens_q");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, cu_seqlens_k) == 32, "offset of SaAdaptSelectParams::cu_seqlens_k");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, score_batch_stride) == 40, "offset of SaAdaptSelectParams::score_batch_stride");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, score_head_stride) == 48, "offset of SaAdaptSelectParams::score_head_stride");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, score_group_stride) == 56, "offset of SaAdaptSelectParams::score_group_stride");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, p) == 64, "offset of SaAdaptSelectParams::p");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, ln_alpha) == 72, "offset of SaAdaptSelectParams::ln_alpha");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, batch) == 80, "offset of SaAdaptSelectParams::batch");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, num_heads) == 84, "offset of SaAdaptSelectParams::num_heads");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, num_kv_heads) == 88, "offset of SaAdaptSelectParams::num_kv_heads");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, score_heads) == 92, "offset of SaAdaptSelectParams::score_heads");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, q_len) == 96, "offset of SaAdaptSelectParams::q_len");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, kv_len) == 100, "offset of SaAdaptSelectParams::kv_len");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, max_groups) == 104, "offset of SaAdaptSelectParams::max_groups");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, max_blocks) == 108, "offset of SaAdaptSelectParams::max_blocks");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, block) == 112, "offset of SaAdaptSelectParams::block");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, q_block) == 116, "offset of SaAdaptSelectParams::q_block");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, grouping) == 120, "offset of SaAdaptSelectParams::grouping");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, share) == 124, "offset of SaAdaptSelectParams::share");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, combine) == 128, "offset of SaAdaptSelectParams::combine");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, choice) == 132, "offset of SaAdaptSelectParams::choice");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, k) == 136, "offset of SaAdaptSelectParams::k");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, min_k) == 140, "offset of SaAdaptSelectParams::min_k");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, max_k) == 144, "offset of SaAdaptSelectParams::max_k");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, keep_sinks) == 148, "offset of SaAdaptSelectParams::keep_sinks");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, keep_local) == 152, "offset of SaAdaptSelectParams::keep_local");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, _reserved) == 156, "offset of SaAdaptSelectParams::_reserved");
 
 #endif /* SPARSE_ATTN_PARAMS_LAYOUT_H */
