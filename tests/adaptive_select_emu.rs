@@ -22,6 +22,9 @@ use sparse_attn::{AttnProblem, DType, Error, SeqLens};
 
 const D: u32 = 64;
 
+/// Groups where the device differed from the reference within the margin rule (printed).
+static MARGIN_CASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn select(json: &str) -> BlockSelect {
     match AdaptiveComponent::from_json(json).unwrap() {
         AdaptiveComponent::Select(s) => s,
@@ -156,6 +159,7 @@ fn compare(
                 }
                 let max_p = max_pos(sel, grouping, g, q_len, kv_len);
                 let forced = sel.forced(max_p, kv_len);
+                MARGIN_CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if exact || !within_margin(sel.choice(), r.scores(b, h, g), &forced, want, &got) {
                     return Err(format!(
                         "b {b} u {u} g {g} ({q_len} rows over {kv_len} keys): device {got:?}, \
@@ -278,10 +282,14 @@ fn device_selection_equals_the_reference() {
             }
         }
     }
+    eprintln!(
+        "groups decided differently within the margin rule: {}",
+        MARGIN_CASES.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
-/// Many candidates (300 blocks: more than the block's 128 threads, 9 index bits) and a
-/// group that is a whole prefill, for all three rules.
+/// The most candidates the issue names: 8192 blocks (128K keys at B = 16, the last block
+/// partial), 64 per thread of the block's 128 and 13 index bits, for all three rules.
 #[test]
 fn many_blocks_loop_over_the_threads() {
     let mut rng = Rng::new(base_seed());
@@ -294,7 +302,7 @@ fn many_blocks_loop_over_the_threads() {
         let seqs = SeqLens::Uniform {
             batch: 1,
             q_len: 2,
-            kv_len: 16 * 300 - 5,
+            kv_len: 16 * 8192 - 5,
         };
         check_case(&mut rng, &sel, Grouping::Decode, seqs, 1, 1, 1, None)
             .unwrap_or_else(|e| panic!("{rule}: {e}"));
@@ -778,7 +786,110 @@ fn canaries_fail() {
         check_case(&mut rng, &sel, grouping, seqs.clone(), 2, 1, 2, None)
             .unwrap_or_else(|e| panic!("production kernel, {rule}: {e}"));
         let mut rng = Rng::new(seed);
-        let r = check_case(&mut rng, &sel, grouping, seqs, 2, 1, 2, Some(kernel));
-        assert!(r.is_err(), "canary {} passed", kernel.name);
+        match check_case(&mut rng, &sel, grouping, seqs, 2, 1, 2, Some(kernel)) {
+            Ok(()) => panic!("canary {} passed", kernel.name),
+            // A mismatch with the reference, not a failed launch.
+            Err(e) => assert!(e.contains("reference"), "canary {}: {e}", kernel.name),
+        }
+    }
+}
+
+/// top_rel's threshold `ln(alpha) + max s` is an f64 value; a score is kept iff it is at
+/// least that value, which for f32 scores means at least the smallest f32 above it (not
+/// the nearest f32, which may lie below).
+#[test]
+fn top_rel_threshold_is_exact() {
+    let mut tried = 0;
+    for alpha in [0.3f64, 0.7, 0.1, 0.45, 0.9, 0.05, 0.6, 0.35] {
+        let t = alpha.ln();
+        let near = t as f32;
+        if near as f64 >= t {
+            continue;
+        }
+        tried += 1;
+        // Block 0 scores 0 (the best); block 1 the nearest f32 to t (below t: not kept);
+        // block 2 the next f32 up (above t: kept); block 3 far below.
+        let above = f32::from_bits(if near > 0.0 {
+            near.to_bits() + 1
+        } else {
+            near.to_bits() - 1
+        });
+        let scores = [0.0f32, near, above, -50.0];
+        let sel = select(&format!(
+            r#"{{"top_rel": {{"block": 16, "alpha": {alpha}, "score": "given"}}}}"#
+        ));
+        let got = decode_one(&sel, 1, 64, &scores).blocks(0, 0, 0);
+        assert_eq!(got, vec![0, 2], "alpha {alpha}");
+        let s64: Vec<f64> = scores.iter().map(|&v| v as f64).collect();
+        assert_eq!(got, expected(&sel, 63, 64, &s64));
+    }
+    assert!(tried > 0, "no alpha whose ln rounds down in f32");
+}
+
+/// On a GPU (skipped without one, unless `SPARSE_ATTN_REQUIRE_GPU=1`): the CUDA launch path
+/// gives the reference's selection for every rule and sharing mode, varlen prefill and
+/// decode, and for a 128K-key decode step with 8192 candidate blocks.
+#[test]
+fn gpu_selection_equals_the_reference() {
+    let Some(gpu) = common::gpu("gpu_selection_equals_the_reference") else {
+        return;
+    };
+    let mut rng = Rng::new(base_seed());
+    for rule in RULES {
+        for (share, score_heads) in [("head", 4), ("kv_group", 2), ("kv_group", 4)] {
+            let sel = component(rule, share);
+            for (grouping, seqs) in [
+                (Grouping::Prefill, varlen(&[(20, 97), (0, 40), (37, 37)])),
+                (Grouping::Decode, varlen(&[(3, 129), (1, 65)])),
+            ] {
+                let p = problem(seqs, 4, 2);
+                let [g, n] = given_shape(&sel, &p, grouping);
+                let scores = random_scores(&mut rng, p.seqs().batch() * score_heads * g * n);
+                let r = reference(&p, &sel, grouping, &scores, score_heads);
+                let given = GivenScores {
+                    scores: &scores,
+                    heads: score_heads,
+                };
+                let dev = sparse_attn::adaptive::device::select_given_cuda(
+                    &gpu, &p, &sel, grouping, given,
+                )
+                .unwrap();
+                let combined = share == "kv_group" && score_heads == 4;
+                let exact = !combined && !matches!(sel.choice(), Choice::TopP { .. });
+                compare(&r, &dev, &p, &sel, grouping, exact)
+                    .unwrap_or_else(|e| panic!("{rule} {share}/{score_heads} {grouping:?}: {e}"));
+            }
+        }
+    }
+    for rule in [
+        r#""top_k": {"block": 16, "k": 512, "keep_sinks": 1, "keep_local": 4"#,
+        r#""top_p": {"block": 16, "p": 0.95, "keep_sinks": 1, "keep_local": 4"#,
+    ] {
+        let sel = component(rule, "head");
+        let seqs = SeqLens::Uniform {
+            batch: 1,
+            q_len: 2,
+            kv_len: 128 * 1024,
+        };
+        let p = problem(seqs, 2, 2);
+        let [g, n] = given_shape(&sel, &p, Grouping::Decode);
+        assert_eq!(n, 8192);
+        let scores = random_scores(&mut rng, 2 * g * n);
+        let r = reference(&p, &sel, Grouping::Decode, &scores, 2);
+        let given = GivenScores {
+            scores: &scores,
+            heads: 2,
+        };
+        let dev = sparse_attn::adaptive::device::select_given_cuda(
+            &gpu,
+            &p,
+            &sel,
+            Grouping::Decode,
+            given,
+        )
+        .unwrap();
+        let exact = !matches!(sel.choice(), Choice::TopP { .. });
+        compare(&r, &dev, &p, &sel, Grouping::Decode, exact)
+            .unwrap_or_else(|e| panic!("{rule} at 128K: {}", &e[..e.len().min(400)]));
     }
 }
