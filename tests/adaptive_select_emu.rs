@@ -893,3 +893,32 @@ fn gpu_selection_equals_the_reference() {
             .unwrap_or_else(|e| panic!("{rule} at 128K: {}", &e[..e.len().min(400)]));
     }
 }
+
+/// `SelectCapacity::for_max_lens` bounds the groups of every call up to its lengths, and is
+/// reached; the registry names the kernel.
+#[test]
+fn capacity_covers_every_shorter_call() {
+    let sel = select(r#"{"top_k": {"block": 16, "q_block": 8, "k": 2, "score": "given"}}"#);
+    for grouping in [Grouping::Prefill, Grouping::Decode] {
+        for max_q in 0..30usize {
+            let cap = SelectCapacity::for_max_lens(&sel, grouping, max_q, 60);
+            assert_eq!(cap.max_blocks, 4);
+            let mut reached = max_q == 0;
+            for q in 0..=max_q {
+                for kv in 0..=60 {
+                    let g = num_groups(&sel, grouping, q, kv);
+                    assert!(
+                        g <= cap.max_groups,
+                        "{grouping:?} q {q} kv {kv}: {g} groups"
+                    );
+                    reached |= g == cap.max_groups;
+                }
+            }
+            assert!(reached, "{grouping:?} max_q {max_q}: bound never reached");
+        }
+    }
+    assert_eq!(
+        sparse_attn::kernels::adaptive_select().name,
+        "sa_adaptive_select"
+    );
+}

@@ -578,9 +578,11 @@ impl DeviceSelect {
         }
         self.check_host(scores.len(), bits.len(), counts.as_ref().map(|c| c.len()))?;
         if self.bits_len() == 0 {
-            return Err(Error::Shape(
-                "selection: a capacity without groups or key blocks has nothing to write".into(),
-            ));
+            // No group, or no key block anywhere: every group selects nothing.
+            if let Some(c) = counts.filter(|c| !c.is_empty()) {
+                gpu.stream().memset_zeros(c)?;
+            }
+            return Ok(());
         }
         let stream = gpu.stream().clone();
         let mut guards = Vec::new();
