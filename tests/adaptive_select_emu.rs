@@ -272,7 +272,8 @@ fn device_selection_equals_the_reference() {
                         q_len: q_a,
                         kv_len: 129,
                     },
-                    varlen(&[(q_b, 97), (0, 40), (q_a, q_a), (1, 65)]),
+                    // Also: rows over no key, and more rows than keys (negative positions).
+                    varlen(&[(q_b, 97), (0, 40), (q_a, q_a), (1, 65), (2, 0), (q_b, 5)]),
                 ];
                 for seqs in cases {
                     let what = format!("{rule} share {share}/{score_heads} {grouping:?} {seqs:?}");
@@ -520,6 +521,17 @@ fn properties_hold() {
             }
         }
         prev = Some(s);
+    }
+    // k >= |C|: every candidate, i.e. the dense causal block set of the group.
+    let (sel, s) = run(r#"{"top_k": {"block": 16, "k": 1000, "score": "given"}}"#);
+    for b in 0..3 {
+        let (q_len, kv_len) = seqs.lens(b);
+        for g in 0..num_groups(&sel, Grouping::Prefill, q_len, kv_len) {
+            let max_p = max_pos(&sel, Grouping::Prefill, g, q_len, kv_len);
+            let all: Vec<i64> = sel.candidates(max_p, kv_len).collect();
+            assert_eq!(s.blocks(b, 0, g), all);
+            assert_eq!(s.blocks(b, 1, g), all);
+        }
     }
     let mut prev: Option<SelectionBits> = None;
     for pp in [0.2, 0.5, 0.8, 0.95, 1.0] {
