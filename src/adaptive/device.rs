@@ -214,7 +214,7 @@ impl DeviceSelect {
     /// Errors: `Error::Shape` for head counts that are zero or not multiples, a batch or head
     /// count over the grid limits (65535), extents that do not fit i32, score heads other
     /// than `num_heads` (or `num_kv_heads` under `share: kv_group`); `Error::Unsupported` when
-    /// `4·max_blocks` (twice that for `top_p`) bytes of shared memory exceed
+    /// [`DeviceSelect::smem_bytes`] (`8·max_blocks`, `12·max_blocks` for `top_p`) exceeds
     /// [`MAX_SELECT_SMEM`]. The component itself is valid by construction ([`BlockSelect`]
     /// rejects blocks that are not powers of two, `k = 0` with nothing forced, `p` or `alpha`
     /// outside (0, 1]).
@@ -347,13 +347,13 @@ impl DeviceSelect {
         self.layout.min_len(self.batch, &self.cap).unwrap_or(0)
     }
 
-    /// Dynamic shared memory per block: the reduction scratch and a u32 key per block (and a
-    /// u32 mass per block for `top_p`).
+    /// Dynamic shared memory per block: the reduction scratch, and per key block a u32 key
+    /// and a u32 slot of the radix select's work list (and a u32 mass for `top_p`).
     pub fn smem_bytes(&self) -> u64 {
         let per_block = if matches!(self.sel.choice(), Choice::TopP { .. }) {
-            8
+            12
         } else {
-            4
+            8
         };
         ffi::SA_SELECT_SCRATCH_BYTES as u64 + per_block * self.cap.max_blocks as u64
     }

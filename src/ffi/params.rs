@@ -589,7 +589,7 @@ pub struct SaAdaptSelectParams {
     pub kv_len: i32,
     #[doc = " Groups per (b, unit) in bits and counts (gridDim.x). A sequence with more groups, or\n more than max_blocks key blocks, is over the capacity: nothing is read for it, its bits\n are 0 and its counts -1."]
     pub max_groups: i32,
-    #[doc = " Key blocks a group may have (the plan's ceil(max kv_len / block)); sizes the shared\n memory: SA_SELECT_SCRATCH_BYTES + 4 * max_blocks bytes, twice that for top_p."]
+    #[doc = " Key blocks a group may have (the plan's ceil(max kv_len / block)); sizes the shared\n memory: SA_SELECT_SCRATCH_BYTES + 8 * max_blocks bytes (keys and a work list), 12 *\n max_blocks for top_p (and masses)."]
     pub max_blocks: i32,
     #[doc = " Key block size B, a power of two."]
     pub block: i32,

@@ -13,11 +13,14 @@
 //
 // Finding X: radix select with one-bit digits, most significant first. Starting from x = 0,
 // each of the 32 + jbits passes tries x | bit and keeps it when the rest blocks with key >= it
-// still weigh at least `need` (a count, or a fixed-point mass for top_p). One pass reads the
-// block's keys from shared memory once and ends in one block reduction, so a group costs
-// O((32 + jbits) * |C| / SA_SELECT_THREADS) per thread: no sort, no histogram atomics (shared
-// memory is reached only through lds/sts here), candidates of any number (8192 at 128K keys
-// and B = 16) in chunks of SA_SELECT_THREADS.
+// still weigh at least `need` (a count, or a fixed-point mass for top_p); each pass ends in one
+// block reduction. No sort and no histogram atomics (shared memory is reached only through
+// lds/sts here). Candidates of any number (8192 at 128K keys and B = 16) are spread over the
+// threads; each thread keeps the list of its own blocks still undecided: once x's bits above
+// the current one are fixed, a block whose key differs from x there is above every later
+// threshold (its weight joins a per-thread constant) or below all of them (dropped). Random
+// scores leave few blocks undecided after the sign and exponent bits, so a group costs about
+// |C| / SA_SELECT_THREADS * (a dozen) key tests per thread instead of |C| / ... * (32 + jbits).
 //
 // The rules:
 // - top_k: n = min(k, |C \ F|).
@@ -196,6 +199,7 @@ class SelectReduce {
 // What every pass over the candidates of one group needs.
 struct SelectGroupView {
   Smem keys;         // u32 score keys [num_cand]
+  Smem list;         // u32 block indices: each thread's undecided blocks, in its own slots
   Smem mass;         // u32 fixed-point masses [num_cand] (top_p only)
   int64_t num_cand;  // |C|
   int64_t j_max;     // floor(max_p / B)
@@ -226,20 +230,51 @@ SA_DEVICE float select_load_score(const SaAdaptSelectParams& p, const float* row
 // Radix select (see the header comment): the largest x such that the rest blocks with
 // key >= x weigh at least `need` (> 0, and at most their total weight), each weighing 1
 // (Mass false) or its fixed-point mass; `count` receives how many rest blocks have key >= x.
+//
+// Thread t's undecided blocks sit in list slots t, t + T, t + 2T, ... (T threads): the i-th of
+// them came from block t + T * i' with i' >= i, so the slots stay below |C| and only thread t
+// touches them (no barrier needed between its reads and rewrites).
 template <SelectCanary C, bool Mass>
 SA_DEVICE uint64_t select_descend(const SelectGroupView& v, SelectReduce& red, uint64_t need,
                                   int64_t n_rest, int64_t& count) {
+  const int64_t t0 = threadIdx.x;
+  int64_t m = 0;
+  for (int64_t j = t0; j < v.num_cand; j += kSelectThreads) {
+    if (select_forced<C>(j, v.j_max, v.keep_sinks, v.keep_local)) continue;
+    arch::sts<uint32_t>(v.list + 4 * (t0 + kSelectThreads * m), static_cast<uint32_t>(j));
+    ++m;
+  }
+  // Weight and count of this thread's blocks already known to lie above every later try.
+  uint64_t above_w = 0, above_c = 0;
   uint64_t x = 0;
   count = n_rest;
   SA_NO_UNROLL
   for (int bit = 31 + v.jbits; bit >= 0; --bit) {
     const uint64_t t = x | (uint64_t(1) << bit);
+    const uint64_t x_hi = x >> (bit + 1);  // x's bits above `bit` (fixed from here on)
     uint64_t w = 0, c = 0;
-    for (int64_t j = threadIdx.x; j < v.num_cand; j += kSelectThreads) {
-      if (select_forced<C>(j, v.j_max, v.keep_sinks, v.keep_local) || v.key(j) < t) continue;
-      ++c;
-      w += Mass ? arch::lds<uint32_t>(v.mass + 4 * j) : 1u;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      const uint32_t j = arch::lds<uint32_t>(v.list + 4 * (t0 + kSelectThreads * i));
+      const uint64_t key = v.key(j);
+      const uint64_t hi = key >> (bit + 1);
+      if (hi < x_hi) continue;  // below every try from here on
+      const uint64_t wj = Mass ? arch::lds<uint32_t>(v.mass + 4 * int64_t(j)) : 1u;
+      if (hi > x_hi) {  // above every try from here on
+        above_w += wj;
+        ++above_c;
+        continue;
+      }
+      arch::sts<uint32_t>(v.list + 4 * (t0 + kSelectThreads * kept), j);
+      ++kept;
+      if (key >= t) {
+        w += wj;
+        ++c;
+      }
     }
+    m = kept;
+    w += above_w;
+    c += above_c;
     red.sum2(w, c);
     if (w >= need) {
       x = t;
@@ -281,7 +316,8 @@ SA_DEVICE void adaptive_select(const SaAdaptSelectParams& p) {
   SelectReduce red(smem);
   SelectGroupView v;
   v.keys = smem + kSelectScratch;
-  v.mass = v.keys + 4 * int64_t(p.max_blocks);
+  v.list = v.keys + 4 * int64_t(p.max_blocks);
+  v.mass = v.list + 4 * int64_t(p.max_blocks);
   v.num_cand = num_cand;
   v.j_max = j_max;
   v.keep_sinks = p.keep_sinks;

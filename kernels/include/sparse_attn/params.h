@@ -478,7 +478,8 @@ typedef struct SaAdaptSelectParams {
    * are 0 and its counts -1. */
   int32_t max_groups;
   /** Key blocks a group may have (the plan's ceil(max kv_len / block)); sizes the shared
-   * memory: SA_SELECT_SCRATCH_BYTES + 4 * max_blocks bytes, twice that for top_p. */
+   * memory: SA_SELECT_SCRATCH_BYTES + 8 * max_blocks bytes (keys and a work list), 12 *
+   * max_blocks for top_p (and masses). */
   int32_t max_blocks;
   /** Key block size B, a power of two. */
   int32_t block;
