@@ -337,7 +337,8 @@ SA_DEVICE void adaptive_select(const SaAdaptSelectParams& p) {
   }
   red.sum2(n_forced, unused);  // its barrier also publishes the keys
   const int64_t n_rest = num_cand - static_cast<int64_t>(n_forced);
-  const float best = key_score(red.max(best_key));
+  // The best score over C (top_p and top_rel; top_k needs no second reduction).
+  const float best = p.choice == SA_SELECT_TOP_K ? 0.f : key_score(red.max(best_key));
 
   // How many rest blocks the rule chooses; `have_x`: x already is the n-th largest key.
   int64_t want = 0;
