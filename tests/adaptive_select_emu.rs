@@ -752,6 +752,22 @@ fn bad_input_is_a_typed_error_before_any_launch() {
     let mut bits = vec![0; ds.bits_len()];
     let e = ds.run_emulated(&seqs, &good[..3], &mut bits, None, &EmuOptions::default());
     assert!(matches!(e, Err(Error::Shape(_))));
+    let null = SelectLens::Varlen {
+        cu_seqlens_q: 0,
+        cu_seqlens_k: 64,
+    };
+    assert!(matches!(
+        ds.launch(null, &SelectAddrs::default()),
+        Err(Error::Shape(_))
+    ));
+    let over = SelectLens::Uniform {
+        q_len: 4,
+        kv_len: 65,
+    };
+    assert!(matches!(
+        ds.launch(over, &SelectAddrs::default()),
+        Err(Error::Shape(_))
+    ));
 }
 
 /// The canaries: each broken kernel fails the reference comparison on cases built for it,

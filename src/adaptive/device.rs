@@ -387,7 +387,7 @@ impl DeviceSelect {
 
     /// The launch for `lens` and the buffers at `a` (nothing is validated against the
     /// buffers here: the run paths do that). Uniform lengths are checked against the
-    /// capacity (`Error::Shape`).
+    /// capacity, varlen addresses for null (`Error::Shape`).
     pub fn launch(&self, lens: SelectLens, a: &SelectAddrs) -> Result<Launch<SaAdaptSelectParams>> {
         let (q_len, kv_len, cu_q, cu_k) = match lens {
             SelectLens::Uniform { q_len, kv_len } => {
@@ -403,9 +403,10 @@ impl DeviceSelect {
                 cu_seqlens_k,
             } => (0, 0, cu_seqlens_q, cu_seqlens_k),
         };
-        if (cu_q == 0) != (cu_k == 0) {
+        if matches!(lens, SelectLens::Varlen { .. }) && (cu_q == 0 || cu_k == 0) {
             return Err(Error::Shape(
-                "selection: cu_seqlens_q and cu_seqlens_k must both be given".into(),
+                "selection: varlen needs both cu_seqlens_q and cu_seqlens_k (got a null address)"
+                    .into(),
             ));
         }
         let (p, min_k, max_k, ln_alpha, k) = match self.sel.choice() {
@@ -638,7 +639,7 @@ impl DeviceSelect {
 }
 
 /// The selection bits and counts of one call, copied to the host, with accessors by
-/// (sequence, unit, group).
+/// (sequence, unit, group); the accessors panic on indices outside the buffers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SelectionBits {
     units: usize,
