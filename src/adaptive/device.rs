@@ -11,7 +11,8 @@
 //! reference ([`Selection::compute`](super::Selection::compute)) for the same f32 scores:
 //! exactly for `top_k` and `top_rel` and for scores used as they are; `top_p` decides with
 //! fixed-point masses (a crossing whose cumulative mass lies within about `|C|·2^-31` of `p`
-//! may be decided differently), and `share: kv_group` over per-query-head scores combines
+//! may be decided differently; at `p = 1` blocks lighter than `2^-31` of the heaviest are not
+//! appended, which the reference may do), and `share: kv_group` over per-query-head scores combines
 //! them in f32 (`ln Σ exp`, or the maximum for `minmax`), so near-ties of the combined
 //! scores may order differently; both stay inside the margin rule of docs/adaptive.md. The
 //! algorithms and the exact rules are in the header of

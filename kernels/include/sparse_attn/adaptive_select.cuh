@@ -37,7 +37,10 @@
 //   (truncation) plus f32 rounding of exp (a few ulp, relative), so the cumulative mass at any
 //   position differs from the reference's by about |C| * 2^-31 + 1e-6 relative, far inside
 //   the contract's margin (1e-4 of p in cumulative position). Only a crossing whose
-//   cumulative mass lies that close to p can be decided differently.
+//   cumulative mass lies that close to p can be decided differently; in particular at p = 1
+//   the device stops after the last block of nonzero fixed-point mass, where the f64
+//   reference may go on through blocks lighter than 2^-31 of the largest (or, by rounding,
+//   keep every candidate).
 // - share kv_group over per-query-head scores: ln sum exp over the kv head's heads in f32
 //   (mass-like scores) or their maximum (minmax); the reference combines in f64, so a
 //   combined score may differ in its last f32 bits and near-ties can order differently
