@@ -21,6 +21,8 @@ pub enum Module {
     KvAppend,
     /// `kernels/ref_softmax.cu` (the softmax of the dense cuBLAS oracle)
     RefSoftmax,
+    /// `kernels/adaptive_select.cu` (adaptive block selection: scores to selection bits)
+    AdaptiveSelect,
     /// `kernels/adaptive_lists.cu` (an adaptive selection compacted into tile lists)
     AdaptLists,
     /// A test-only kernel file `kernels/tests/<stem>.cu` (emulator self-tests, canaries).
@@ -35,6 +37,7 @@ impl Module {
             Module::AttnCombine => "attention_combine",
             Module::KvAppend => "kv_append",
             Module::RefSoftmax => "ref_softmax",
+            Module::AdaptiveSelect => "adaptive_select",
             Module::AdaptLists => "adaptive_lists",
             Module::Test(stem) => stem,
         }
@@ -117,6 +120,7 @@ mod entries {
         pub fn sa_attn_combine_bf16_hd256(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd512(p: *const std::ffi::c_void);
         pub fn sa_kv_append(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_select(p: *const std::ffi::c_void);
         pub fn sa_adapt_lists(p: *const std::ffi::c_void);
     }
 }
@@ -132,8 +136,9 @@ macro_rules! kernel {
 }
 
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
-/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append and the adaptive-list compaction.
-pub static KERNELS: [KernelDesc; 36] = [
+/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), the K/V append, the adaptive
+/// block selection and the adaptive-list compaction.
+pub static KERNELS: [KernelDesc; 37] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
@@ -169,6 +174,7 @@ pub static KERNELS: [KernelDesc; 36] = [
     kernel!(sa_attn_combine_bf16_hd256, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd512, Module::AttnCombine),
     kernel!(sa_kv_append, Module::KvAppend),
+    kernel!(sa_adaptive_select, Module::AdaptiveSelect),
     kernel!(sa_adapt_lists, Module::AdaptLists),
 ];
 
@@ -191,10 +197,16 @@ pub fn kv_append() -> &'static KernelDesc {
     &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len()]
 }
 
+/// The adaptive block-selection kernel (scores to selection bits; one kernel for every rule,
+/// grouping and sharing mode, which are run-time data in `SaAdaptSelectParams`).
+pub fn adaptive_select() -> &'static KernelDesc {
+    &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 1]
+}
+
 /// The compaction of an adaptive selection into the forward kernel's tile lists
 /// (`kernels/adaptive_lists.cu`; every dtype and head_dim).
 pub fn adapt_lists() -> &'static KernelDesc {
-    &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 1]
+    &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 2]
 }
 
 /// Where the forward kernel's kv-tile walk comes from (`SaWalk` of params.h;
@@ -423,6 +435,33 @@ pub mod test_kernels {
         sa_test_attn_fwd_alibi_top_left_f16_hd64_m64,
         "attention_canary"
     );
+
+    /// The selection kernel with candidates `J·B < max_p` instead of `J·B <= max_p`.
+    pub static SELECT_STRICT_CANDIDATES: KernelDesc = KernelDesc {
+        name: "sa_test_adaptive_select_strict_candidates",
+        module: Module::Test("adaptive_select_canary"),
+        emu_entry: select_entries::sa_test_adaptive_select_strict_candidates,
+    };
+    /// The selection kernel forcing one `keep_local` block too many.
+    pub static SELECT_LOCAL_OFF_BY_ONE: KernelDesc = KernelDesc {
+        name: "sa_test_adaptive_select_local_off_by_one",
+        module: Module::Test("adaptive_select_canary"),
+        emu_entry: select_entries::sa_test_adaptive_select_local_off_by_one,
+    };
+    /// The selection kernel whose `top_p` drops the crossing block.
+    pub static SELECT_DROP_CROSSING: KernelDesc = KernelDesc {
+        name: "sa_test_adaptive_select_drop_crossing",
+        module: Module::Test("adaptive_select_canary"),
+        emu_entry: select_entries::sa_test_adaptive_select_drop_crossing,
+    };
+
+    mod select_entries {
+        extern "C" {
+            pub fn sa_test_adaptive_select_strict_candidates(p: *const std::ffi::c_void);
+            pub fn sa_test_adaptive_select_local_off_by_one(p: *const std::ffi::c_void);
+            pub fn sa_test_adaptive_select_drop_crossing(p: *const std::ffi::c_void);
+        }
+    }
 
     /// The f16/hd64 forward kernel with P's a2 and a4 swapped, in the shape of `tiles` (the
     /// plan's [`FwdTiles`], head_dim 64).

@@ -1,10 +1,12 @@
 //! Content-adaptive sparsity (docs/adaptive.md): the f64 reference of every adaptive
 //! component and their typed parameters.
 //!
-//! What exists here is the *meaning* of the components, evaluated exactly on the CPU, and the
-//! validation of their parameters; nothing in the pattern compiler, the kernels, the KV cache
-//! or the CLI uses them yet (a pattern naming `top_k`, `top_p`, `top_rel` or `lsh` is still
-//! rejected by [`crate::pattern::Component`]).
+//! What exists here is the *meaning* of the components, evaluated exactly on the CPU, the
+//! validation of their parameters, and the device selection kernel ([`device`]: scores to
+//! selection bits, on the emulator and on CUDA, including caller `given` scores); the pattern
+//! compiler, the forward kernel, the KV cache and the CLI do not use them yet (a pattern
+//! naming `top_k`, `top_p`, `top_rel` or `lsh` is still rejected by
+//! [`crate::pattern::Component`]).
 //!
 //! - [`AdaptiveComponent`] parses `{"top_k": ..}`, `{"top_p": ..}`, `{"top_rel": ..}` and
 //!   `{"lsh": ..}`; [`BlockSelect`] and [`Lsh`] are the validated parameters.
@@ -13,6 +15,9 @@
 //!   ([`Score`], in f64), the total order [`rank`] and the rules of [`choose`]. The result
 //!   lists `S(h, G)` per sequence, head and group and gives the predicate
 //!   ([`Selection::allowed`]) to pass to [`crate::reference::attention`].
+//! - [`device::DeviceSelect`] runs the same selection on the device from scores in the
+//!   SCORES layout into the SELECTION BITS layout; [`device::select_given_emulated`] and
+//!   [`device::select_given_cuda`] select from a caller's [`GivenScores`].
 //! - [`LshBuckets::compute`] hashes queries and keys with the seeded matrices of [`lsh`].
 //!
 //! # Consequences of the contract
@@ -45,6 +50,7 @@
 //! # Ok::<(), sparse_attn::Error>(())
 //! ```
 
+pub mod device;
 pub mod lsh;
 mod params;
 mod pattern;

@@ -525,6 +525,170 @@ const _: () = {
     ["Offset of field: SaKvAppendParams::_reserved"]
         [::core::mem::offset_of!(SaKvAppendParams, _reserved) - 76usize];
 };
+#[doc = " Threads per selection block (4 warps)."]
+pub const SA_SELECT_THREADS: SaSelectConsts = 128;
+#[doc = " Bytes of reduction scratch at the start of its dynamic shared memory (two phases of\n four warps' pairs of 64-bit partial sums)."]
+pub const SA_SELECT_SCRATCH_BYTES: SaSelectConsts = 128;
+#[doc = " The launch constants of the selection kernel."]
+pub type SaSelectConsts = ::core::ffi::c_uint;
+#[doc = " The first k blocks of C \\ F in the order."]
+pub const SA_SELECT_TOP_K: SaSelectChoice = 0;
+#[doc = " Blocks appended in order until the softmax mass over C (F's included) reaches p."]
+pub const SA_SELECT_TOP_P: SaSelectChoice = 1;
+#[doc = " Blocks of C \\ F scoring at least ln(alpha) + max_C s."]
+pub const SA_SELECT_TOP_REL: SaSelectChoice = 2;
+#[doc = " The choice rule of a selection (SaAdaptSelectParams::choice)."]
+pub type SaSelectChoice = ::core::ffi::c_uint;
+#[doc = " Rows with equal floor(p / q_block) (a prefill call)."]
+pub const SA_SELECT_PREFILL: SaSelectGrouping = 0;
+#[doc = " Every row alone (a decode step)."]
+pub const SA_SELECT_DECODE: SaSelectGrouping = 1;
+#[doc = " How query rows form groups (SaAdaptSelectParams::grouping)."]
+pub type SaSelectGrouping = ::core::ffi::c_uint;
+#[doc = " One selection per query head: units = num_heads."]
+pub const SA_SELECT_SHARE_HEAD: SaSelectShare = 0;
+#[doc = " One selection per kv head: units = num_kv_heads."]
+pub const SA_SELECT_SHARE_KV_GROUP: SaSelectShare = 1;
+#[doc = " Which query heads share a selection (SaAdaptSelectParams::share)."]
+pub type SaSelectShare = ::core::ffi::c_uint;
+#[doc = " Score head = unit (share head, or kv_group with scores per kv head)."]
+pub const SA_SELECT_COMBINE_NONE: SaSelectCombine = 0;
+#[doc = " kv_group over per-query-head scores, mass-like: ln sum exp over the kv head's query\n heads (f32, after subtracting their maximum)."]
+pub const SA_SELECT_COMBINE_LSE: SaSelectCombine = 1;
+#[doc = " kv_group over per-query-head scores, minmax: the maximum over the kv head's query\n heads (NaN ignored, as f64::max does)."]
+pub const SA_SELECT_COMBINE_MAX: SaSelectCombine = 2;
+#[doc = " How a unit's score of a block is read (SaAdaptSelectParams::combine)."]
+pub type SaSelectCombine = ::core::ffi::c_uint;
+#[doc = " Block selection from scores. Reads `scores[b * score_batch_stride + hs * score_head_stride\n + g * score_group_stride + J]` (f32, element strides, J contiguous) for the candidates J of\n the groups g < groups_b of each sequence, nothing else; writes every word of `bits` and\n every entry of `counts`."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SaAdaptSelectParams {
+    #[doc = " Block scores, f32; hs runs over `score_heads` heads (see combine)."]
+    pub scores: *const f32,
+    #[doc = " Selection bits, int32 `[batch, units, max_groups, words]`, words = ceil(max_blocks / 32):\n bit J % 32 of word J / 32 is set iff J is in S(u, g). Every word is written (zeros for\n groups >= groups_b and blocks outside C)."]
+    pub bits: *mut i32,
+    #[doc = " Optional int32 `[batch, units, max_groups]`: |S(u, g)| (0 for groups >= groups_b; -1 for\n every group of a sequence over the capacity, see max_groups); NULL: not written."]
+    pub counts: *mut i32,
+    #[doc = " NULL for uniform lengths (q_len, kv_len); else int32 `[batch + 1]` prefix sums of the\n query lengths, read at run time."]
+    pub cu_seqlens_q: *const i32,
+    #[doc = " Likewise for the key lengths (NULL exactly when cu_seqlens_q is NULL)."]
+    pub cu_seqlens_k: *const i32,
+    #[doc = " scores: elements between sequences."]
+    pub score_batch_stride: i64,
+    #[doc = " scores: elements between score heads."]
+    pub score_head_stride: i64,
+    #[doc = " scores: elements between groups."]
+    pub score_group_stride: i64,
+    #[doc = " top_p: the mass to reach, in (0, 1]."]
+    pub p: f64,
+    #[doc = " top_rel: ln(alpha) as the f64 reference computes it (alpha in (0, 1])."]
+    pub ln_alpha: f64,
+    #[doc = " Sequences (gridDim.z)."]
+    pub batch: i32,
+    #[doc = " Query heads."]
+    pub num_heads: i32,
+    #[doc = " Key/value heads; num_heads % num_kv_heads == 0."]
+    pub num_kv_heads: i32,
+    #[doc = " Heads of the scores tensor: num_heads, or num_kv_heads (share kv_group only)."]
+    pub score_heads: i32,
+    #[doc = " Uniform query length (unused with cu_seqlens_q)."]
+    pub q_len: i32,
+    #[doc = " Uniform key length (unused with cu_seqlens_k)."]
+    pub kv_len: i32,
+    #[doc = " Groups per (b, unit) in bits and counts (gridDim.x). A sequence with more groups, or\n more than max_blocks key blocks, is over the capacity: nothing is read for it, its bits\n are 0 and its counts -1."]
+    pub max_groups: i32,
+    #[doc = " Key blocks a group may have (the plan's ceil(max kv_len / block)); sizes the shared\n memory: SA_SELECT_SCRATCH_BYTES + 8 * max_blocks bytes (keys and a work list), 12 *\n max_blocks for top_p (and masses)."]
+    pub max_blocks: i32,
+    #[doc = " Key block size B, a power of two."]
+    pub block: i32,
+    #[doc = " Query rows per prefill group (positions with equal floor(p / q_block))."]
+    pub q_block: i32,
+    #[doc = " A SaSelectGrouping."]
+    pub grouping: i32,
+    #[doc = " A SaSelectShare."]
+    pub share: i32,
+    #[doc = " A SaSelectCombine."]
+    pub combine: i32,
+    #[doc = " A SaSelectChoice."]
+    pub choice: i32,
+    #[doc = " top_k: blocks chosen beyond F."]
+    pub k: i32,
+    #[doc = " top_p / top_rel: lower clamp of the content-chosen count."]
+    pub min_k: i32,
+    #[doc = " top_p / top_rel: upper clamp of the content-chosen count."]
+    pub max_k: i32,
+    #[doc = " Forced: the first keep_sinks blocks."]
+    pub keep_sinks: i32,
+    #[doc = " Forced: the keep_local blocks ending at the group's last block (inclusive)."]
+    pub keep_local: i32,
+    #[doc = " Keeps the struct's size a multiple of 8; always 0."]
+    pub _reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaAdaptSelectParams"][::core::mem::size_of::<SaAdaptSelectParams>() - 160usize];
+    ["Alignment of SaAdaptSelectParams"][::core::mem::align_of::<SaAdaptSelectParams>() - 8usize];
+    ["Offset of field: SaAdaptSelectParams::scores"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, scores) - 0usize];
+    ["Offset of field: SaAdaptSelectParams::bits"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, bits) - 8usize];
+    ["Offset of field: SaAdaptSelectParams::counts"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, counts) - 16usize];
+    ["Offset of field: SaAdaptSelectParams::cu_seqlens_q"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, cu_seqlens_q) - 24usize];
+    ["Offset of field: SaAdaptSelectParams::cu_seqlens_k"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, cu_seqlens_k) - 32usize];
+    ["Offset of field: SaAdaptSelectParams::score_batch_stride"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, score_batch_stride) - 40usize];
+    ["Offset of field: SaAdaptSelectParams::score_head_stride"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, score_head_stride) - 48usize];
+    ["Offset of field: SaAdaptSelectParams::score_group_stride"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, score_group_stride) - 56usize];
+    ["Offset of field: SaAdaptSelectParams::p"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, p) - 64usize];
+    ["Offset of field: SaAdaptSelectParams::ln_alpha"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, ln_alpha) - 72usize];
+    ["Offset of field: SaAdaptSelectParams::batch"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, batch) - 80usize];
+    ["Offset of field: SaAdaptSelectParams::num_heads"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, num_heads) - 84usize];
+    ["Offset of field: SaAdaptSelectParams::num_kv_heads"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, num_kv_heads) - 88usize];
+    ["Offset of field: SaAdaptSelectParams::score_heads"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, score_heads) - 92usize];
+    ["Offset of field: SaAdaptSelectParams::q_len"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, q_len) - 96usize];
+    ["Offset of field: SaAdaptSelectParams::kv_len"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, kv_len) - 100usize];
+    ["Offset of field: SaAdaptSelectParams::max_groups"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, max_groups) - 104usize];
+    ["Offset of field: SaAdaptSelectParams::max_blocks"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, max_blocks) - 108usize];
+    ["Offset of field: SaAdaptSelectParams::block"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, block) - 112usize];
+    ["Offset of field: SaAdaptSelectParams::q_block"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, q_block) - 116usize];
+    ["Offset of field: SaAdaptSelectParams::grouping"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, grouping) - 120usize];
+    ["Offset of field: SaAdaptSelectParams::share"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, share) - 124usize];
+    ["Offset of field: SaAdaptSelectParams::combine"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, combine) - 128usize];
+    ["Offset of field: SaAdaptSelectParams::choice"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, choice) - 132usize];
+    ["Offset of field: SaAdaptSelectParams::k"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, k) - 136usize];
+    ["Offset of field: SaAdaptSelectParams::min_k"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, min_k) - 140usize];
+    ["Offset of field: SaAdaptSelectParams::max_k"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, max_k) - 144usize];
+    ["Offset of field: SaAdaptSelectParams::keep_sinks"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, keep_sinks) - 148usize];
+    ["Offset of field: SaAdaptSelectParams::keep_local"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, keep_local) - 152usize];
+    ["Offset of field: SaAdaptSelectParams::_reserved"]
+        [::core::mem::offset_of!(SaAdaptSelectParams, _reserved) - 156usize];
+};
 #[doc = " Compaction of an adaptive selection into the forward kernel's tile lists (src/adaptive,\n kernels/adaptive_lists.cu), run per call after the selection and before the forward kernel,\n so the forward plan stays one plan for every call (graph-safe). The selection bits are the\n mask data of the forward launch: per (sequence b, unit u = a query head, or a kv head when\n the heads of a kv group share one selection), `max_groups` rows of `words` int32 words, bit\n J % 32 of word J / 32 of row g set when key block J (keys J * block ..) is selected for the\n call's query group g, counted from the group of its first row (docs/adaptive.md). Program\n id = b * units + u owns the CSR rows id * q_tiles .. + q_tiles - 1, row id * q_tiles + m\n being query tile m (query tokens m * block_m ..). This kernel writes, per call: each row's\n lists (from row * cap in full_tiles and partial_tiles, which the forward params' row_ptr\n arrays hold) and their ends, each row's tile view (natural rows and keys of the call's\n lengths), and each program's mask component: a block mask (block_q = q_block, block_k =\n block) over the unit's bits, whose data offset is moved back by the call's first group so\n that absolute query blocks floor(p / q_block) index the call's rows. Grid: (q_tiles, units,\n batch); block: 32 threads (one warp per row)."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

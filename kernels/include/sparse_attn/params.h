@@ -386,6 +386,134 @@ typedef struct SaKvAppendParams {
   int32_t _reserved;
 } SaKvAppendParams;
 
+/* Adaptive block selection (docs/adaptive.md "Choice"; kernels/adaptive_select.cu): block
+ * scores -> the selected blocks S(u, g) = F u choose(C \ F) of every (sequence b, unit u,
+ * group g), written as bits. One block of SA_SELECT_THREADS threads per (g, u, b): grid
+ * (max_groups, units, batch). Units are the query heads (share head) or the kv heads (share
+ * kv_group). Groups, candidates C and forced blocks F follow the reference
+ * (src/adaptive/select.rs: group_of, BlockSelect::candidates / forced). */
+/** The launch constants of the selection kernel. */
+typedef enum SaSelectConsts {
+  /** Threads per selection block (4 warps). */
+  SA_SELECT_THREADS = 128,
+  /** Bytes of reduction scratch at the start of its dynamic shared memory (two phases of
+   * four warps' pairs of 64-bit partial sums). */
+  SA_SELECT_SCRATCH_BYTES = 128
+} SaSelectConsts;
+
+/** The choice rule of a selection (SaAdaptSelectParams::choice). */
+typedef enum SaSelectChoice {
+  /** The first k blocks of C \ F in the order. */
+  SA_SELECT_TOP_K = 0,
+  /** Blocks appended in order until the softmax mass over C (F's included) reaches p. */
+  SA_SELECT_TOP_P = 1,
+  /** Blocks of C \ F scoring at least ln(alpha) + max_C s. */
+  SA_SELECT_TOP_REL = 2
+} SaSelectChoice;
+
+/** How query rows form groups (SaAdaptSelectParams::grouping). */
+typedef enum SaSelectGrouping {
+  /** Rows with equal floor(p / q_block) (a prefill call). */
+  SA_SELECT_PREFILL = 0,
+  /** Every row alone (a decode step). */
+  SA_SELECT_DECODE = 1
+} SaSelectGrouping;
+
+/** Which query heads share a selection (SaAdaptSelectParams::share). */
+typedef enum SaSelectShare {
+  /** One selection per query head: units = num_heads. */
+  SA_SELECT_SHARE_HEAD = 0,
+  /** One selection per kv head: units = num_kv_heads. */
+  SA_SELECT_SHARE_KV_GROUP = 1
+} SaSelectShare;
+
+/** How a unit's score of a block is read (SaAdaptSelectParams::combine). */
+typedef enum SaSelectCombine {
+  /** Score head = unit (share head, or kv_group with scores per kv head). */
+  SA_SELECT_COMBINE_NONE = 0,
+  /** kv_group over per-query-head scores, mass-like: ln sum exp over the kv head's query
+   * heads (f32, after subtracting their maximum). */
+  SA_SELECT_COMBINE_LSE = 1,
+  /** kv_group over per-query-head scores, minmax: the maximum over the kv head's query
+   * heads (NaN ignored, as f64::max does). */
+  SA_SELECT_COMBINE_MAX = 2
+} SaSelectCombine;
+
+/** Block selection from scores. Reads `scores[b * score_batch_stride + hs * score_head_stride
+ * + g * score_group_stride + J]` (f32, element strides, J contiguous) for the candidates J of
+ * the groups g < groups_b of each sequence, nothing else; writes every word of `bits` and
+ * every entry of `counts`. */
+typedef struct SaAdaptSelectParams {
+  /** Block scores, f32; hs runs over `score_heads` heads (see combine). */
+  const float* scores;
+  /** Selection bits, int32 `[batch, units, max_groups, words]`, words = ceil(max_blocks / 32):
+   * bit J % 32 of word J / 32 is set iff J is in S(u, g). Every word is written (zeros for
+   * groups >= groups_b and blocks outside C). */
+  int32_t* bits;
+  /** Optional int32 `[batch, units, max_groups]`: |S(u, g)| (0 for groups >= groups_b; -1 for
+   * every group of a sequence over the capacity, see max_groups); NULL: not written. */
+  int32_t* counts;
+  /** NULL for uniform lengths (q_len, kv_len); else int32 `[batch + 1]` prefix sums of the
+   * query lengths, read at run time. */
+  const int32_t* cu_seqlens_q;
+  /** Likewise for the key lengths (NULL exactly when cu_seqlens_q is NULL). */
+  const int32_t* cu_seqlens_k;
+  /** scores: elements between sequences. */
+  int64_t score_batch_stride;
+  /** scores: elements between score heads. */
+  int64_t score_head_stride;
+  /** scores: elements between groups. */
+  int64_t score_group_stride;
+  /** top_p: the mass to reach, in (0, 1]. */
+  double p;
+  /** top_rel: ln(alpha) as the f64 reference computes it (alpha in (0, 1]). */
+  double ln_alpha;
+  /** Sequences (gridDim.z). */
+  int32_t batch;
+  /** Query heads. */
+  int32_t num_heads;
+  /** Key/value heads; num_heads % num_kv_heads == 0. */
+  int32_t num_kv_heads;
+  /** Heads of the scores tensor: num_heads, or num_kv_heads (share kv_group only). */
+  int32_t score_heads;
+  /** Uniform query length (unused with cu_seqlens_q). */
+  int32_t q_len;
+  /** Uniform key length (unused with cu_seqlens_k). */
+  int32_t kv_len;
+  /** Groups per (b, unit) in bits and counts (gridDim.x). A sequence with more groups, or
+   * more than max_blocks key blocks, is over the capacity: nothing is read for it, its bits
+   * are 0 and its counts -1. */
+  int32_t max_groups;
+  /** Key blocks a group may have (the plan's ceil(max kv_len / block)); sizes the shared
+   * memory: SA_SELECT_SCRATCH_BYTES + 8 * max_blocks bytes (keys and a work list), 12 *
+   * max_blocks for top_p (and masses). */
+  int32_t max_blocks;
+  /** Key block size B, a power of two. */
+  int32_t block;
+  /** Query rows per prefill group (positions with equal floor(p / q_block)). */
+  int32_t q_block;
+  /** A SaSelectGrouping. */
+  int32_t grouping;
+  /** A SaSelectShare. */
+  int32_t share;
+  /** A SaSelectCombine. */
+  int32_t combine;
+  /** A SaSelectChoice. */
+  int32_t choice;
+  /** top_k: blocks chosen beyond F. */
+  int32_t k;
+  /** top_p / top_rel: lower clamp of the content-chosen count. */
+  int32_t min_k;
+  /** top_p / top_rel: upper clamp of the content-chosen count. */
+  int32_t max_k;
+  /** Forced: the first keep_sinks blocks. */
+  int32_t keep_sinks;
+  /** Forced: the keep_local blocks ending at the group's last block (inclusive). */
+  int32_t keep_local;
+  /** Keeps the struct's size a multiple of 8; always 0. */
+  int32_t _reserved;
+} SaAdaptSelectParams;
+
 /** Compaction of an adaptive selection into the forward kernel's tile lists (src/adaptive,
  * kernels/adaptive_lists.cu), run per call after the selection and before the forward kernel,
  * so the forward plan stays one plan for every call (graph-safe). The selection bits are the
