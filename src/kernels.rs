@@ -21,6 +21,10 @@ pub enum Module {
     KvAppend,
     /// `kernels/ref_softmax.cu` (the softmax of the dense cuBLAS oracle)
     RefSoftmax,
+    /// `kernels/kv_summarize.cu` (block summaries of a prefill's keys)
+    KvSummarize,
+    /// `kernels/adaptive_score.cu` (adaptive block scores from the summaries)
+    AdaptiveScore,
     /// A test-only kernel file `kernels/tests/<stem>.cu` (emulator self-tests, canaries).
     Test(&'static str),
 }
@@ -33,6 +37,8 @@ impl Module {
             Module::AttnCombine => "attention_combine",
             Module::KvAppend => "kv_append",
             Module::RefSoftmax => "ref_softmax",
+            Module::KvSummarize => "kv_summarize",
+            Module::AdaptiveScore => "adaptive_score",
             Module::Test(stem) => stem,
         }
     }
@@ -114,6 +120,12 @@ mod entries {
         pub fn sa_attn_combine_bf16_hd256(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd512(p: *const std::ffi::c_void);
         pub fn sa_kv_append(p: *const std::ffi::c_void);
+        pub fn sa_kv_summarize_f16(p: *const std::ffi::c_void);
+        pub fn sa_kv_summarize_bf16(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_score_f16_r1(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_score_bf16_r1(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_score_f16_r16(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_score_bf16_r16(p: *const std::ffi::c_void);
     }
 }
 
@@ -128,8 +140,9 @@ macro_rules! kernel {
 }
 
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
-/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), and the K/V append.
-pub static KERNELS: [KernelDesc; 35] = [
+/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), the K/V append, the block
+/// summaries per dtype and the adaptive block scores per (dtype, rows per step).
+pub static KERNELS: [KernelDesc; 41] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
@@ -165,6 +178,12 @@ pub static KERNELS: [KernelDesc; 35] = [
     kernel!(sa_attn_combine_bf16_hd256, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd512, Module::AttnCombine),
     kernel!(sa_kv_append, Module::KvAppend),
+    kernel!(sa_kv_summarize_f16, Module::KvSummarize),
+    kernel!(sa_kv_summarize_bf16, Module::KvSummarize),
+    kernel!(sa_adaptive_score_f16_r1, Module::AdaptiveScore),
+    kernel!(sa_adaptive_score_bf16_r1, Module::AdaptiveScore),
+    kernel!(sa_adaptive_score_f16_r16, Module::AdaptiveScore),
+    kernel!(sa_adaptive_score_bf16_r16, Module::AdaptiveScore),
 ];
 
 /// Forward tile shapes (head_dim, block rows), in [`KERNELS`]' order: each has an f16 and a
@@ -177,6 +196,21 @@ const FWD_SHAPES: [(u32, u32); 6] = [
     (256, 64),
     (512, 64),
 ];
+
+/// Where the summarize kernels start in [`KERNELS`]: after the append kernel.
+const SUMMARIZE_BASE: usize = COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 1;
+
+/// The block-summary kernel of a prefill's keys (`kernels/kv_summarize.cu`) for a dtype.
+pub fn kv_summarize(dtype: DType) -> &'static KernelDesc {
+    &KERNELS[SUMMARIZE_BASE + usize::from(dtype == DType::BF16)]
+}
+
+/// The adaptive scoring kernel (`kernels/adaptive_score.cu`) for a dtype, staging one query
+/// row per step (`prefill_rows == false`: decode and `pooled_qk`) or
+/// `SA_SCORE_ROWS_PREFILL` rows (prefill groups of `mean_k` and `minmax`).
+pub fn adaptive_score(dtype: DType, prefill_rows: bool) -> &'static KernelDesc {
+    &KERNELS[SUMMARIZE_BASE + 2 + 2 * usize::from(prefill_rows) + usize::from(dtype == DType::BF16)]
+}
 
 /// Where the combine kernels start in [`KERNELS`]: after both walks' forward kernels.
 const COMBINE_BASE: usize = 2 * 2 * FWD_SHAPES.len();

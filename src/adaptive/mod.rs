@@ -13,6 +13,8 @@
 //!   ([`Score`], in f64), the total order [`rank`] and the rules of [`choose`]. The result
 //!   lists `S(h, G)` per sequence, head and group and gives the predicate
 //!   ([`Selection::allowed`]) to pass to [`crate::reference::attention`].
+//! - [`scoring`]: the device scoring kernel (`mean_k`, `pooled_qk`, `minmax` from the key
+//!   summaries of [`crate::kv_cache::summary`]) and its emulated run.
 //! - [`LshBuckets::compute`] hashes queries and keys with the seeded matrices of [`lsh`].
 //!
 //! # Consequences of the contract
@@ -47,6 +49,7 @@
 
 pub mod lsh;
 mod params;
+pub mod scoring;
 mod select;
 
 pub use lsh::LshBuckets;
