@@ -333,7 +333,9 @@ pub fn score_emulated<T: Element>(
     let cqb = GuardedBuffer::from_slice(&cu_q, "cu_seqlens_q")?;
     let ckb = GuardedBuffer::from_slice(&cu_k, "cu_seqlens_k")?;
     let table = match input.index {
-        SummaryIndex::Paged { table, .. } => Some(GuardedBuffer::from_slice(&table.table, "block_table")?),
+        SummaryIndex::Paged { table, .. } => {
+            Some(GuardedBuffer::from_slice(&table.table, "block_table")?)
+        }
         SummaryIndex::Identity { .. } => None,
     };
     let launch = score_launch(

@@ -7,15 +7,15 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZero
 
 use super::cache::{KvCache, Placement};
 use super::layout::PageLayout;
+use super::summary::SummaryLayout;
 use super::table::BlockTable;
 use crate::attention::Element;
 use crate::backend::{DevicePagedKv, Gpu};
 use crate::emu::GuardedBuffer;
 use crate::error::{Error, Result};
-use super::summary::SummaryLayout;
 use crate::ffi::{SaKvAppendParams, SA_DTYPE_BF16, SA_DTYPE_F16};
-use crate::shape::DType;
 use crate::kernels::{self, Launch};
+use crate::shape::DType;
 
 /// Device (or guarded host) addresses of one append.
 #[derive(Clone, Copy, Debug, Default)]
@@ -77,9 +77,7 @@ pub fn check_summary_runs(slots: &[i32], block: usize) -> Result<()> {
                 "append: slot (page {page}, row {row}) appears twice"
             )));
         }
-        let continues = t > 0
-            && pairs[t - 1] == (page, row - 1)
-            && row % block as i32 != 0;
+        let continues = t > 0 && pairs[t - 1] == (page, row - 1) && row % block as i32 != 0;
         if !continues && !runs.insert((page, row / block as i32)) {
             return Err(Error::Cache(format!(
                 "append: the tokens of summary block {} of page {page} are not consecutive",
@@ -296,7 +294,10 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
         let summaries = (0..cache.num_layers())
             .map(|l| match cache.summary_layout(l)? {
                 None => Ok(None),
-                Some(s) => Ok(Some((s, stream.clone_htod(&s.empty_pool(cache.num_pages(l)?))?))),
+                Some(s) => Ok(Some((
+                    s,
+                    stream.clone_htod(&s.empty_pool(cache.num_pages(l)?))?,
+                ))),
             })
             .collect::<Result<_>>()?;
         Ok(DeviceKvStorage {
