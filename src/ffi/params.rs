@@ -466,11 +466,11 @@ pub const SA_SUMMARIZE_THREADS: SaSummaryConsts = 128;
 #[doc = " Threads per scoring block: one kv block of the tile per thread."]
 pub const SA_SCORE_THREADS: SaSummaryConsts = 128;
 #[doc = " Channels of the query tile staged in shared memory per step."]
-pub const SA_SCORE_CHANNELS: SaSummaryConsts = 32;
+pub const SA_SCORE_CHANNELS: SaSummaryConsts = 16;
 #[doc = " Query rows per prefill scoring step (mean_k, minmax); decode and pooled_qk use 1."]
 pub const SA_SCORE_ROWS_PREFILL: SaSummaryConsts = 16;
 #[doc = " Dynamic shared memory of a scoring block: the f32 query tile\n [SA_SCORE_CHANNELS][SA_SCORE_ROWS_PREFILL] and the pooled mean query (head_dim <= 512)."]
-pub const SA_SCORE_SMEM_BYTES: SaSummaryConsts = 4096;
+pub const SA_SCORE_SMEM_BYTES: SaSummaryConsts = 3072;
 #[doc = " Launch constants of the block-summary and scoring kernels (issue 15)."]
 pub type SaSummaryConsts = ::core::ffi::c_uint;
 #[doc = " Block summaries of the keys (content-adaptive scores, issue 15; src/kv_cache/summary.rs is\n the owner and the Rust twin). A summary block is `block` consecutive key positions,\n block = min(B, page_size) for the adaptive block B (a power of two), so it never straddles a\n page and a logical kv block J of B keys is the B / block summary blocks from position J * B,\n found through the block table exactly like its pages (paging stays the only indirection).\n For every (page, kv head, summary block s of the page) three f32 vectors of head_dim sit at\n data[page * page_stride + head * head_stride + s * 3 * head_dim]: the SUM of the present\n keys (an f32 fold in ascending position order from 0, so the append and the summarize\n kernels give the same bits), their channel MIN and their channel MAX. The number of present\n keys comes from the kv length. An empty block is sum 0, min +inf, max -inf; the append\n kernel resets a block when the first row of it (row % block == 0) lands, so a reused page\n (ring wrap, freed and reallocated) never mixes old keys in.\n Identity paging (contiguous K, SaPagedKv::block_table == NULL): summary block s of\n sequence b is \"page\" b * seq_blocks + s with blocks_per_page = 1."]

@@ -362,7 +362,7 @@ typedef enum SaSummaryConsts {
   /** Threads per scoring block: one kv block of the tile per thread. */
   SA_SCORE_THREADS = 128,
   /** Channels of the query tile staged in shared memory per step. */
-  SA_SCORE_CHANNELS = 32,
+  SA_SCORE_CHANNELS = 16,
   /** Query rows per prefill scoring step (mean_k, minmax); decode and pooled_qk use 1. */
   SA_SCORE_ROWS_PREFILL = 16,
   /** Dynamic shared memory of a scoring block: the f32 query tile
