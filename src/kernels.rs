@@ -527,6 +527,18 @@ mod tests {
                 );
             }
         }
+        for (dtype, dt) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
+            assert_eq!(kv_summarize(dtype).name, format!("sa_kv_summarize_{dt}"));
+            assert_eq!(
+                adaptive_score(dtype, false).name,
+                format!("sa_adaptive_score_{dt}_r1")
+            );
+            assert_eq!(
+                adaptive_score(dtype, true).name,
+                format!("sa_adaptive_score_{dt}_r{}", ffi::SA_SCORE_ROWS_PREFILL)
+            );
+        }
+        assert_eq!(kv_append().name, "sa_kv_append");
         let hd512 = fwd_tiles(HeadDim::new(512).unwrap(), FwdPhase::Prefill);
         assert_eq!(hd512.smem_bytes, 160 * 1024);
     }

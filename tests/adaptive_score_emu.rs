@@ -494,3 +494,60 @@ fn bad_inputs_are_typed_errors() {
     assert!(check_summary_runs(&[0, 0, 0, 0], 16).is_err());
     assert!(check_summary_runs(&[0, 0, 0, 1, 1, 0, 1, 1], 16).is_ok());
 }
+
+#[test]
+fn bf16_paths_read_bf16() {
+    // The same exact values in bf16: the append kernel's run-time dtype, the summarize and
+    // scoring instantiations must give the f16 results bit for bit.
+    use half::bf16;
+    let (heads, d, page) = (1, 64, 16);
+    let to_bf = |x: &[f16]| -> Vec<bf16> { x.iter().map(|v| bf16::from_f32(v.to_f32())).collect() };
+    let k16 = exact(40 * heads * d, 77);
+    let kbf = to_bf(&k16);
+    let layout = SummaryLayout::identity(heads, d, 16).unwrap();
+    let seqs = SeqLens::varlen_from_lens(&[(8, 40)]).unwrap();
+    let (s16, n) = summarize_emulated(&layout, &seqs, &k16).unwrap();
+    let (sbf, _) = summarize_emulated(&layout, &seqs, &kbf).unwrap();
+    assert_same_bits("bf16 summarize", &sbf, &s16);
+    // Appends of 40 keys into pages of 16 (B = 16), bf16 pools.
+    let page_layout = sparse_attn::kv_cache::PageLayout {
+        num_kv_heads: heads,
+        page_size: sparse_attn::kv_cache::PageSize::new(page).unwrap(),
+        head_dim: d,
+    };
+    let summ = SummaryLayout::paged(&page_layout, 16).unwrap();
+    let mut kp = vec![bf16::ZERO; 3 * page_layout.page_stride()];
+    let mut vp = kp.clone();
+    let mut pool = summ.empty_pool(3);
+    let slots: Vec<i32> = (0..40)
+        .flat_map(|j| [(j / 16) as i32, (j % 16) as i32])
+        .collect();
+    append_emulated_with(
+        &page_layout,
+        &mut kp,
+        &mut vp,
+        Some((&summ, &mut pool)),
+        &slots,
+        &kbf,
+        &kbf,
+    )
+    .unwrap();
+    // Identity block s of the one sequence is paged block s (page s, one block per page).
+    assert_same_bits(
+        "bf16 appended summaries",
+        &pool,
+        &s16[..3 * summ.page_stride()],
+    );
+    let p16 = problem(&[(8, 40)], 2, 1, d as u32);
+    let pbf = AttnProblem::new(p16.seqs().clone(), 2, 1, d as u32, DType::BF16).unwrap();
+    let q16 = exact(8 * 2 * d, 78);
+    let sel = select(r#"{"top_k": {"block": 16, "q_block": 8, "k": 1, "score": "mean_k"}}"#);
+    let input = SummaryInput {
+        layout: &layout,
+        pool: &s16,
+        index: SummaryIndex::Identity { seq_blocks: n },
+    };
+    let a = score_emulated(&p16, &sel, Grouping::Prefill, 0.0625, &q16, input).unwrap();
+    let b = score_emulated(&pbf, &sel, Grouping::Prefill, 0.0625, &to_bf(&q16), input).unwrap();
+    assert_same_bits("bf16 scores", &b.data, &a.data);
+}
