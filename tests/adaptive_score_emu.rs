@@ -551,3 +551,55 @@ fn bf16_paths_read_bf16() {
     let b = score_emulated(&pbf, &sel, Grouping::Prefill, 0.0625, &to_bf(&q16), input).unwrap();
     assert_same_bits("bf16 scores", &b.data, &a.data);
 }
+
+#[test]
+fn evicted_blocks_score_minus_infinity() {
+    // A ring layer (one sink page, a ring of two pages of 16) over 100 keys holds positions
+    // 0..16 and 80..100: blocks 1..=4 (B = 16) are gone and score -inf; the others are the
+    // reference's scores (from all keys: a held block's keys are the same).
+    let (heads, d) = (1, 64);
+    let caps = vec![LayerCapacity::Windowed {
+        sink_pages: 1,
+        ring_pages: 2,
+    }];
+    let mut cache = cache(16, caps, 16, heads, d);
+    let mut host = HostKvStorage::<f16>::new(&cache).unwrap();
+    let seq = cache.add_sequence();
+    let k = exact(100 * heads * d, 31);
+    for start in (0..100).step_by(5) {
+        let pl = cache.reserve_append(seq, 5).unwrap();
+        let rows = &k[start * heads * d..(start + 5) * heads * d];
+        host.write_kv(0, &pl, rows, rows).unwrap();
+    }
+    let table = cache.block_table(0, &[seq]).unwrap();
+    let (summ, pool) = host.summaries(0).unwrap();
+    let input = SummaryInput {
+        layout: summ,
+        pool,
+        index: SummaryIndex::Paged {
+            table: &table,
+            num_pages: cache.num_pages(0).unwrap(),
+        },
+    };
+    let p = problem(&[(1, 100)], heads, heads, d as u32);
+    let q = exact(d, 32);
+    let sel = select(r#"{"top_k": {"block": 16, "k": 1, "score": "minmax"}}"#);
+    let got = score_emulated(&p, &sel, Grouping::Decode, 0.0625, &q, input).unwrap();
+    let (qf, kf) = (widen(&q), widen(&k));
+    let x = SelectInputs {
+        q: &qf,
+        k: &kf,
+        scale: 0.0625,
+        grouping: Grouping::Decode,
+        given: None,
+    };
+    let want = Selection::compute(&p, &sel, &x).unwrap();
+    let row = got.scores(0, 0, 0);
+    for (j, &r) in want.scores(0, 0, 0).iter().enumerate() {
+        if (1..=4).contains(&j) {
+            assert_eq!(row[j], f32::NEG_INFINITY, "evicted block {j}");
+        } else {
+            assert_eq!(row[j], r as f32, "held block {j}");
+        }
+    }
+}
