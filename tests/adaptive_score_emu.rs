@@ -519,9 +519,7 @@ fn bf16_paths_read_bf16() {
     let mut kp = vec![bf16::ZERO; 3 * page_layout.page_stride()];
     let mut vp = kp.clone();
     let mut pool = summ.empty_pool(3);
-    let slots: Vec<i32> = (0..40)
-        .flat_map(|j| [(j / 16) as i32, (j % 16) as i32])
-        .collect();
+    let slots: Vec<i32> = (0..40).flat_map(|j| [j / 16, j % 16]).collect();
     append_emulated_with(
         &page_layout,
         &mut kp,
