@@ -436,6 +436,17 @@ pub mod test_kernels {
         "attention_canary"
     );
 
+    test_kernel!(
+        SCORE_WRONG_BLOCK,
+        sa_test_adaptive_score_wrong_block_f16_r1,
+        "adaptive_score_canary"
+    );
+    test_kernel!(
+        SCORE_MAX_AS_MIN,
+        sa_test_adaptive_score_max_as_min_f16_r1,
+        "adaptive_score_canary"
+    );
+
     /// The f16/hd64 forward kernel with P's a2 and a4 swapped, in the shape of `tiles` (the
     /// plan's [`FwdTiles`], head_dim 64).
     pub fn canary_swap_a2a4(tiles: &FwdTiles) -> &'static KernelDesc {

@@ -8,10 +8,14 @@ mod common;
 
 use common::assert_same_bits;
 use half::f16;
-use sparse_attn::adaptive::scoring::{score_emulated, SummaryIndex, SummaryInput};
+use sparse_attn::adaptive::scoring::{
+    score_emulated, score_emulated_with, SummaryIndex, SummaryInput,
+};
 use sparse_attn::adaptive::{
     AdaptiveComponent, BlockSelect, Grouping, Score, SelectInputs, Selection,
 };
+use sparse_attn::kernels::test_kernels::{SCORE_MAX_AS_MIN, SCORE_WRONG_BLOCK};
+use sparse_attn::kernels::KernelDesc;
 use sparse_attn::kv_cache::append::{append_emulated_with, check_summary_runs, placement_slots};
 use sparse_attn::kv_cache::summary::{
     paged_offset, summarize_emulated, summarize_paged_emulated, summarize_twin,
@@ -199,8 +203,24 @@ fn check_scores(
     input: SummaryInput<'_>,
     tol: f64,
 ) {
+    check_scores_with(what, p, sel, grouping, q, k, input, tol, None)
+}
+
+/// [`check_scores`] running `kernel` (a canary) instead of the production kernel.
+#[allow(clippy::too_many_arguments)]
+fn check_scores_with(
+    what: &str,
+    p: &AttnProblem,
+    sel: &BlockSelect,
+    grouping: Grouping,
+    q: &[f16],
+    k: &[f16],
+    input: SummaryInput<'_>,
+    tol: f64,
+    kernel: Option<&'static KernelDesc>,
+) {
     let scale = 1.0 / 16.0;
-    let got = score_emulated(p, sel, grouping, scale, q, input).unwrap();
+    let got = score_emulated_with(p, sel, grouping, scale, q, input, kernel).unwrap();
     let (qf, kf) = (widen(q), widen(k));
     let x = SelectInputs {
         q: &qf,
@@ -375,23 +395,24 @@ fn scores_match_reference_from_paged_summaries() {
 
 #[test]
 fn canaries_are_caught() {
-    // The maximum read for the minimum, and summaries shifted by one block, must change minmax / mean_k
-    // scores away from the reference.
+    // Broken kernels (kernels/tests/adaptive_score_canary.cu) and corrupted summaries must
+    // move minmax / mean_k scores away from the reference: block J scored from J + 1, the
+    // maxima read as the minima (min and max merely swapped would not do: max(q m, q M) is
+    // symmetric in them).
     let (heads, d) = (1, 64);
     let p = problem(&[(2, 64)], heads, heads, d as u32);
     let q = exact(2 * d, 5);
     let k = exact(64 * d, 6);
     let layout = SummaryLayout::identity(heads, d, 16).unwrap();
     let (pool, seq_blocks) = summarize_emulated(&layout, p.seqs(), &k).unwrap();
-    // A kernel reading the maximum where it means the minimum.
-    let mut swapped = pool.clone();
-    for s in swapped.chunks_mut(3 * d) {
+    let mut max_as_min = pool.clone();
+    for s in max_as_min.chunks_mut(3 * d) {
         let (min, max) = s[d..].split_at_mut(d);
         min.copy_from_slice(max);
     }
     let mut shifted = pool.clone();
     shifted.rotate_left(3 * d);
-    let run = |pool: &[f32], score: &str| {
+    let run = |pool: &[f32], score: &str, kernel: Option<&'static KernelDesc>| {
         let sel = select(&format!(
             r#"{{"top_k": {{"block": 16, "k": 1, "score": "{score}"}}}}"#
         ));
@@ -401,18 +422,43 @@ fn canaries_are_caught() {
             index: SummaryIndex::Identity { seq_blocks },
         };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            check_scores(score, &p, &sel, Grouping::Decode, &q, &k, input, 2e-6)
+            check_scores_with(
+                score,
+                &p,
+                &sel,
+                Grouping::Decode,
+                &q,
+                &k,
+                input,
+                2e-6,
+                kernel,
+            )
         }))
         .is_ok()
     };
     assert!(
-        run(&pool, "minmax") && run(&pool, "mean_k"),
+        run(&pool, "minmax", None) && run(&pool, "mean_k", None),
         "the true summaries pass"
     );
-    assert!(!run(&swapped, "minmax"), "max read for min must fail");
     assert!(
-        !run(&shifted, "mean_k"),
+        !run(&max_as_min, "minmax", None),
+        "max read for min must fail"
+    );
+    assert!(
+        !run(&shifted, "mean_k", None),
         "the wrong block's summary must fail"
+    );
+    assert!(
+        !run(&pool, "minmax", Some(&SCORE_MAX_AS_MIN)),
+        "the max-as-min kernel must fail"
+    );
+    assert!(
+        !run(&pool, "mean_k", Some(&SCORE_WRONG_BLOCK)),
+        "the wrong-block kernel must fail"
+    );
+    assert!(
+        !run(&pool, "minmax", Some(&SCORE_WRONG_BLOCK)),
+        "the wrong-block kernel must fail minmax too"
     );
 }
 

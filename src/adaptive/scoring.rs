@@ -28,7 +28,7 @@ use crate::ffi::{
     SA_SCORE_CHANNELS, SA_SCORE_MEAN_K, SA_SCORE_MINMAX, SA_SCORE_POOLED_QK, SA_SCORE_SMEM_BYTES,
     SA_SCORE_THREADS,
 };
-use crate::kernels::{self, Launch};
+use crate::kernels::{self, KernelDesc, Launch};
 use crate::kv_cache::summary::SummaryLayout;
 use crate::kv_cache::BlockTable;
 use crate::shape::{AttnProblem, SeqLens};
@@ -295,6 +295,21 @@ pub fn score_emulated<T: Element>(
     q: &[T],
     input: SummaryInput<'_>,
 ) -> Result<Scores> {
+    score_emulated_with(problem, sel, grouping, scale, q, input, None)
+}
+
+/// [`score_emulated`] running `kernel` instead of the production kernel (the canaries of
+/// `kernels/tests/adaptive_score_canary.cu`; same params struct and geometry).
+#[doc(hidden)]
+pub fn score_emulated_with<T: Element>(
+    problem: &AttnProblem,
+    sel: &BlockSelect,
+    grouping: Grouping,
+    scale: f32,
+    q: &[T],
+    input: SummaryInput<'_>,
+    kernel: Option<&'static KernelDesc>,
+) -> Result<Scores> {
     if T::DTYPE != problem.dtype() || q.len() != problem.q_elems() {
         return Err(Error::Shape(format!(
             "scores: q has {} {} elements, the problem needs {} {}",
@@ -338,7 +353,7 @@ pub fn score_emulated<T: Element>(
         }
         SummaryIndex::Identity { .. } => None,
     };
-    let launch = score_launch(
+    let mut launch = score_launch(
         problem,
         sel,
         grouping,
@@ -355,6 +370,9 @@ pub fn score_emulated<T: Element>(
             block_table: table.as_ref().map_or(0, |t| t.as_ptr() as u64),
         },
     )?;
+    if let Some(k) = kernel {
+        launch.kernel = k;
+    }
     // SAFETY: q, the summaries, prefix sums, table (validated) and the scores are guarded
     // buffers of the sizes the validated problem, layout and extents require.
     unsafe { launch.run_emulated(&Default::default())? };
