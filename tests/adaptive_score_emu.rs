@@ -340,6 +340,47 @@ fn scores_match_reference_from_contiguous_summaries() {
 }
 
 #[test]
+fn scores_match_reference_uniform_batch() {
+    // Uniform lengths (no prefix sums on the device): batch strides instead of cu_seqlens.
+    let (heads, d) = (2, 96);
+    let seqs = SeqLens::Uniform {
+        batch: 2,
+        q_len: 20,
+        kv_len: 48,
+    };
+    let p = AttnProblem::new(seqs.clone(), heads, 1, d as u32, DType::F16).unwrap();
+    let q = exact(40 * heads * d, 61);
+    let k = exact(96 * d, 62);
+    let layout = SummaryLayout::identity(1, d, 16).unwrap();
+    let (pool, seq_blocks) = summarize_emulated(&layout, &seqs, &k).unwrap();
+    assert_same_bits(
+        "uniform summaries",
+        &pool,
+        &summarize_twin(&layout, &seqs, &k).0,
+    );
+    let input = SummaryInput {
+        layout: &layout,
+        pool: &pool,
+        index: SummaryIndex::Identity { seq_blocks },
+    };
+    for score in ["minmax", "mean_k", "pooled_qk"] {
+        let sel = select(&format!(
+            r#"{{"top_k": {{"block": 16, "q_block": 8, "k": 1, "score": "{score}"}}}}"#
+        ));
+        check_scores(
+            &format!("uniform {score}"),
+            &p,
+            &sel,
+            Grouping::Prefill,
+            &q,
+            &k,
+            input,
+            2e-6,
+        );
+    }
+}
+
+#[test]
 fn scores_match_reference_from_paged_summaries() {
     // A cache with pages of 16 and B = 64 (four summary blocks per adaptive block, across
     // four pages), two sequences appended in chunks; scoring reads the summaries through the

@@ -1,10 +1,11 @@
 //! Content-adaptive sparsity (docs/adaptive.md): the f64 reference of every adaptive
 //! component and their typed parameters.
 //!
-//! What exists here is the *meaning* of the components, evaluated exactly on the CPU, and the
-//! validation of their parameters; nothing in the pattern compiler, the kernels, the KV cache
-//! or the CLI uses them yet (a pattern naming `top_k`, `top_p`, `top_rel` or `lsh` is still
-//! rejected by [`crate::pattern::Component`]).
+//! What exists here is the *meaning* of the components, evaluated exactly on the CPU, the
+//! validation of their parameters, and the device scoring of [`scoring`] (from the key
+//! summaries of [`crate::kv_cache::summary`]); the pattern compiler and the CLI do not use
+//! them yet (a pattern naming `top_k`, `top_p`, `top_rel` or `lsh` is still rejected by
+//! [`crate::pattern::Component`]).
 //!
 //! - [`AdaptiveComponent`] parses `{"top_k": ..}`, `{"top_p": ..}`, `{"top_rel": ..}` and
 //!   `{"lsh": ..}`; [`BlockSelect`] and [`Lsh`] are the validated parameters.
