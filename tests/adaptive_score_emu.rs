@@ -432,6 +432,17 @@ fn scores_match_reference_from_paged_summaries() {
             2e-6,
         );
     }
+    // A prefill chunk of the last 40 rows of each sequence, groups of q_block 16 (the first
+    // ones partial).
+    let p = problem(&[(40, 150), (40, 131)], heads, kv_heads, d as u32);
+    let q = exact(80 * heads * d, 98);
+    for score in ["mean_k", "minmax", "pooled_qk"] {
+        let sel = select(&format!(
+            r#"{{"top_k": {{"block": 64, "q_block": 16, "k": 1, "score": "{score}"}}}}"#
+        ));
+        let what = format!("paged prefill {score}");
+        check_scores(&what, &p, &sel, Grouping::Prefill, &q, &k_all, input, 2e-6);
+    }
 }
 
 #[test]
