@@ -372,6 +372,7 @@ const FAKE_APPEND: AppendAddrs = AppendAddrs {
     k_pages: 0x3000,
     v_pages: 0x4000,
     slots: 0x5000,
+    summaries: 0,
 };
 
 /// One row of the printed table.

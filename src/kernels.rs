@@ -21,6 +21,10 @@ pub enum Module {
     KvAppend,
     /// `kernels/ref_softmax.cu` (the softmax of the dense cuBLAS oracle)
     RefSoftmax,
+    /// `kernels/kv_summarize.cu` (block summaries of a prefill's keys)
+    KvSummarize,
+    /// `kernels/adaptive_score.cu` (adaptive block scores from the summaries)
+    AdaptiveScore,
     /// `kernels/adaptive_select.cu` (adaptive block selection: scores to selection bits)
     AdaptiveSelect,
     /// `kernels/adaptive_lists.cu` (an adaptive selection compacted into tile lists)
@@ -37,6 +41,8 @@ impl Module {
             Module::AttnCombine => "attention_combine",
             Module::KvAppend => "kv_append",
             Module::RefSoftmax => "ref_softmax",
+            Module::KvSummarize => "kv_summarize",
+            Module::AdaptiveScore => "adaptive_score",
             Module::AdaptiveSelect => "adaptive_select",
             Module::AdaptLists => "adaptive_lists",
             Module::Test(stem) => stem,
@@ -120,6 +126,12 @@ mod entries {
         pub fn sa_attn_combine_bf16_hd256(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_bf16_hd512(p: *const std::ffi::c_void);
         pub fn sa_kv_append(p: *const std::ffi::c_void);
+        pub fn sa_kv_summarize_f16(p: *const std::ffi::c_void);
+        pub fn sa_kv_summarize_bf16(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_score_f16_r1(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_score_bf16_r1(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_score_f16_r16(p: *const std::ffi::c_void);
+        pub fn sa_adaptive_score_bf16_r16(p: *const std::ffi::c_void);
         pub fn sa_adaptive_select(p: *const std::ffi::c_void);
         pub fn sa_adapt_lists(p: *const std::ffi::c_void);
     }
@@ -136,9 +148,10 @@ macro_rules! kernel {
 }
 
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
-/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), the K/V append, the adaptive
+/// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), the K/V append, the block
+/// summaries per dtype, the adaptive block scores per (dtype, rows per step), the adaptive
 /// block selection and the adaptive-list compaction.
-pub static KERNELS: [KernelDesc; 37] = [
+pub static KERNELS: [KernelDesc; 43] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
@@ -174,6 +187,12 @@ pub static KERNELS: [KernelDesc; 37] = [
     kernel!(sa_attn_combine_bf16_hd256, Module::AttnCombine),
     kernel!(sa_attn_combine_bf16_hd512, Module::AttnCombine),
     kernel!(sa_kv_append, Module::KvAppend),
+    kernel!(sa_kv_summarize_f16, Module::KvSummarize),
+    kernel!(sa_kv_summarize_bf16, Module::KvSummarize),
+    kernel!(sa_adaptive_score_f16_r1, Module::AdaptiveScore),
+    kernel!(sa_adaptive_score_bf16_r1, Module::AdaptiveScore),
+    kernel!(sa_adaptive_score_f16_r16, Module::AdaptiveScore),
+    kernel!(sa_adaptive_score_bf16_r16, Module::AdaptiveScore),
     kernel!(sa_adaptive_select, Module::AdaptiveSelect),
     kernel!(sa_adapt_lists, Module::AdaptLists),
 ];
@@ -189,6 +208,21 @@ const FWD_SHAPES: [(u32, u32); 6] = [
     (512, 64),
 ];
 
+/// Where the summarize kernels start in [`KERNELS`]: after the append kernel.
+const SUMMARIZE_BASE: usize = COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 1;
+
+/// The block-summary kernel of a prefill's keys (`kernels/kv_summarize.cu`) for a dtype.
+pub fn kv_summarize(dtype: DType) -> &'static KernelDesc {
+    &KERNELS[SUMMARIZE_BASE + usize::from(dtype == DType::BF16)]
+}
+
+/// The adaptive scoring kernel (`kernels/adaptive_score.cu`) for a dtype, staging one query
+/// row per step (`prefill_rows == false`: decode and `pooled_qk`) or
+/// `SA_SCORE_ROWS_PREFILL` rows (prefill groups of `mean_k` and `minmax`).
+pub fn adaptive_score(dtype: DType, prefill_rows: bool) -> &'static KernelDesc {
+    &KERNELS[SUMMARIZE_BASE + 2 + 2 * usize::from(prefill_rows) + usize::from(dtype == DType::BF16)]
+}
+
 /// Where the combine kernels start in [`KERNELS`]: after both walks' forward kernels.
 const COMBINE_BASE: usize = 2 * 2 * FWD_SHAPES.len();
 
@@ -200,13 +234,13 @@ pub fn kv_append() -> &'static KernelDesc {
 /// The adaptive block-selection kernel (scores to selection bits; one kernel for every rule,
 /// grouping and sharing mode, which are run-time data in `SaAdaptSelectParams`).
 pub fn adaptive_select() -> &'static KernelDesc {
-    &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 1]
+    &KERNELS[SUMMARIZE_BASE + 6]
 }
 
 /// The compaction of an adaptive selection into the forward kernel's tile lists
 /// (`kernels/adaptive_lists.cu`; every dtype and head_dim).
 pub fn adapt_lists() -> &'static KernelDesc {
-    &KERNELS[COMBINE_BASE + 2 * HeadDim::SUPPORTED.len() + 2]
+    &KERNELS[SUMMARIZE_BASE + 7]
 }
 
 /// Where the forward kernel's kv-tile walk comes from (`SaWalk` of params.h;
@@ -436,6 +470,16 @@ pub mod test_kernels {
         "attention_canary"
     );
 
+    test_kernel!(
+        SCORE_WRONG_BLOCK,
+        sa_test_adaptive_score_wrong_block_f16_r1,
+        "adaptive_score_canary"
+    );
+    test_kernel!(
+        SCORE_MAX_AS_MIN,
+        sa_test_adaptive_score_max_as_min_f16_r1,
+        "adaptive_score_canary"
+    );
     /// The selection kernel with candidates `J·B < max_p` instead of `J·B <= max_p`.
     pub static SELECT_STRICT_CANDIDATES: KernelDesc = KernelDesc {
         name: "sa_test_adaptive_select_strict_candidates",
@@ -554,6 +598,18 @@ mod tests {
                 );
             }
         }
+        for (dtype, dt) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
+            assert_eq!(kv_summarize(dtype).name, format!("sa_kv_summarize_{dt}"));
+            assert_eq!(
+                adaptive_score(dtype, false).name,
+                format!("sa_adaptive_score_{dt}_r1")
+            );
+            assert_eq!(
+                adaptive_score(dtype, true).name,
+                format!("sa_adaptive_score_{dt}_r{}", ffi::SA_SCORE_ROWS_PREFILL)
+            );
+        }
+        assert_eq!(kv_append().name, "sa_kv_append");
         let hd512 = fwd_tiles(HeadDim::new(512).unwrap(), FwdPhase::Prefill);
         assert_eq!(hd512.smem_bytes, 160 * 1024);
     }

@@ -2,10 +2,11 @@
 //! component and their typed parameters.
 //!
 //! What exists here is the *meaning* of the components, evaluated exactly on the CPU, the
-//! validation of their parameters, and the device selection kernel ([`device`]: scores to
-//! selection bits, on the emulator and on CUDA, including caller `given` scores); the pattern
-//! compiler, the forward kernel, the KV cache and the CLI do not use them yet (a pattern
-//! naming `top_k`, `top_p`, `top_rel` or `lsh` is still rejected by
+//! validation of their parameters, the device scoring of [`scoring`] (from the key
+//! summaries of [`crate::kv_cache::summary`]), the device selection kernel ([`device`]: scores
+//! to selection bits, on the emulator and on CUDA, including caller `given` scores) and the
+//! execution of a selection by one plan ([`AdaptivePlan`]); the pattern compiler does not use
+//! them (a pattern naming `top_k`, `top_p`, `top_rel` or `lsh` is still rejected by
 //! [`crate::pattern::Component`]).
 //!
 //! - [`AdaptiveComponent`] parses `{"top_k": ..}`, `{"top_p": ..}`, `{"top_rel": ..}` and
@@ -18,6 +19,8 @@
 //! - [`device::DeviceSelect`] runs the same selection on the device from scores in the
 //!   SCORES layout into the SELECTION BITS layout; [`device::select_given_emulated`] and
 //!   [`device::select_given_cuda`] select from a caller's [`GivenScores`].
+//! - [`scoring`]: the device scoring kernel (`mean_k`, `pooled_qk`, `minmax` from the key
+//!   summaries of [`crate::kv_cache::summary`]) and its emulated run.
 //! - [`LshBuckets::compute`] hashes queries and keys with the seeded matrices of [`lsh`].
 //!
 //! # Consequences of the contract
@@ -53,6 +56,7 @@
 pub mod device;
 pub mod lsh;
 mod params;
+pub mod scoring;
 mod pattern;
 mod plan;
 mod select;

@@ -463,7 +463,62 @@ const _: () = {
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
         [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 424usize];
 };
-#[doc = " Appending new tokens' K and V rows to a paged cache (the slots come from the cache's\n bookkeeping in src/kv_cache: one (physical page, row in page) pair per new token). Copies\n bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32."]
+#[doc = " IEEE half."]
+pub const SA_DTYPE_F16: SaDType = 0;
+#[doc = " bfloat16."]
+pub const SA_DTYPE_BF16: SaDType = 1;
+#[doc = " The element type of a kernel that takes it at run time (SaKvAppendParams::dtype)."]
+pub type SaDType = ::core::ffi::c_uint;
+#[doc = " Threads per summarize block (one per channel, looping over head_dim)."]
+pub const SA_SUMMARIZE_THREADS: SaSummaryConsts = 128;
+#[doc = " Threads per scoring block: one kv block of the tile per thread."]
+pub const SA_SCORE_THREADS: SaSummaryConsts = 128;
+#[doc = " Channels of the query tile staged in shared memory per step."]
+pub const SA_SCORE_CHANNELS: SaSummaryConsts = 16;
+#[doc = " Query rows per prefill scoring step (mean_k, minmax); decode and pooled_qk use 1."]
+pub const SA_SCORE_ROWS_PREFILL: SaSummaryConsts = 16;
+#[doc = " Dynamic shared memory of a scoring block: the f32 query tile\n [SA_SCORE_CHANNELS][SA_SCORE_ROWS_PREFILL] and the pooled mean query (head_dim <= 512)."]
+pub const SA_SCORE_SMEM_BYTES: SaSummaryConsts = 3072;
+#[doc = " Launch constants of the block-summary and scoring kernels (issue 15)."]
+pub type SaSummaryConsts = ::core::ffi::c_uint;
+#[doc = " Block summaries of the keys (content-adaptive scores, issue 15; src/kv_cache/summary.rs is\n the owner and the Rust twin). A summary block is `block` consecutive key positions,\n block = min(B, page_size) for the adaptive block B (a power of two), so it never straddles a\n page and a logical kv block J of B keys is the B / block summary blocks from position J * B,\n found through the block table exactly like its pages (paging stays the only indirection).\n For every (page, kv head, summary block s of the page) three f32 vectors of head_dim sit at\n data[page * page_stride + head * head_stride + s * 3 * head_dim]: the SUM of the present\n keys (an f32 fold in ascending position order from 0, so the append and the summarize\n kernels give the same bits), their channel MIN and their channel MAX. The number of present\n keys comes from the kv length. An empty block is sum 0, min +inf, max -inf; the append\n kernel resets a block when the first row of it (row % block == 0) lands, so a reused page\n (ring wrap, freed and reallocated) never mixes old keys in.\n Identity paging (contiguous K, SaPagedKv::block_table == NULL): summary block s of\n sequence b is \"page\" b * seq_blocks + s with blocks_per_page = 1."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SaKvSummaries {
+    #[doc = " f32 `[pages, num_kv_heads, blocks_per_page, 3, head_dim]`; NULL: no summaries."]
+    pub data: *mut f32,
+    #[doc = " Elements per page: num_kv_heads * blocks_per_page * 3 * head_dim."]
+    pub page_stride: i64,
+    #[doc = " Elements per kv head within a page: blocks_per_page * 3 * head_dim."]
+    pub head_stride: i64,
+    #[doc = " Key positions per summary block: a power of two dividing page_size (paged)."]
+    pub block: i32,
+    #[doc = " log2(block)."]
+    pub log2_block: i32,
+    #[doc = " Summary blocks per page: page_size / block (paged), 1 (identity)."]
+    pub blocks_per_page: i32,
+    #[doc = " Identity paging: summary blocks per sequence (>= ceil(kv_len / block)); paged: 0."]
+    pub seq_blocks: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaKvSummaries"][::core::mem::size_of::<SaKvSummaries>() - 40usize];
+    ["Alignment of SaKvSummaries"][::core::mem::align_of::<SaKvSummaries>() - 8usize];
+    ["Offset of field: SaKvSummaries::data"][::core::mem::offset_of!(SaKvSummaries, data) - 0usize];
+    ["Offset of field: SaKvSummaries::page_stride"]
+        [::core::mem::offset_of!(SaKvSummaries, page_stride) - 8usize];
+    ["Offset of field: SaKvSummaries::head_stride"]
+        [::core::mem::offset_of!(SaKvSummaries, head_stride) - 16usize];
+    ["Offset of field: SaKvSummaries::block"]
+        [::core::mem::offset_of!(SaKvSummaries, block) - 24usize];
+    ["Offset of field: SaKvSummaries::log2_block"]
+        [::core::mem::offset_of!(SaKvSummaries, log2_block) - 28usize];
+    ["Offset of field: SaKvSummaries::blocks_per_page"]
+        [::core::mem::offset_of!(SaKvSummaries, blocks_per_page) - 32usize];
+    ["Offset of field: SaKvSummaries::seq_blocks"]
+        [::core::mem::offset_of!(SaKvSummaries, seq_blocks) - 36usize];
+};
+#[doc = " Appending new tokens' K and V rows to a paged cache (the slots come from the cache's\n bookkeeping in src/kv_cache: one (physical page, row in page) pair per new token). Copies\n bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32.\n With summaries (summaries.data != NULL) each block-run of tokens updates its summary block:\n token t leads a run when it starts a summary block (row % block == 0) or does not continue\n token t - 1's row in the same page; the leader alone folds the run's keys (read from k_new,\n in token order) into the summary, resetting it first when the run starts the block. One\n writer per summary block makes the result exact and independent of the schedule, as long\n as a summary block's tokens of one launch are consecutive in `slots` (the host checks)."]
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SaKvAppendParams {
@@ -491,12 +546,14 @@ pub struct SaKvAppendParams {
     pub num_pages: i32,
     #[doc = " Tokens per page."]
     pub page_size: i32,
-    #[doc = " Keeps the struct's size a multiple of 8; always 0."]
-    pub _reserved: i32,
+    #[doc = " A SaDType: how the summaries read k_new (the copy itself is bitwise)."]
+    pub dtype: i32,
+    #[doc = " The pool's summaries (page-indexed like k_pages); data NULL: none kept."]
+    pub summaries: SaKvSummaries,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaKvAppendParams"][::core::mem::size_of::<SaKvAppendParams>() - 80usize];
+    ["Size of SaKvAppendParams"][::core::mem::size_of::<SaKvAppendParams>() - 120usize];
     ["Alignment of SaKvAppendParams"][::core::mem::align_of::<SaKvAppendParams>() - 8usize];
     ["Offset of field: SaKvAppendParams::k_new"]
         [::core::mem::offset_of!(SaKvAppendParams, k_new) - 0usize];
@@ -522,8 +579,193 @@ const _: () = {
         [::core::mem::offset_of!(SaKvAppendParams, num_pages) - 68usize];
     ["Offset of field: SaKvAppendParams::page_size"]
         [::core::mem::offset_of!(SaKvAppendParams, page_size) - 72usize];
-    ["Offset of field: SaKvAppendParams::_reserved"]
-        [::core::mem::offset_of!(SaKvAppendParams, _reserved) - 76usize];
+    ["Offset of field: SaKvAppendParams::dtype"]
+        [::core::mem::offset_of!(SaKvAppendParams, dtype) - 76usize];
+    ["Offset of field: SaKvAppendParams::summaries"]
+        [::core::mem::offset_of!(SaKvAppendParams, summaries) - 80usize];
+};
+#[doc = " Summaries of a prefill's keys in one pass (see SaKvSummaries): every (sequence, kv head,\n summary block) is one block of SA_SUMMARIZE_THREADS threads, each folding its channels over\n the block's keys in ascending order. Grid: (ceil(kv_len / block), num_kv_heads, batch).\n Contiguous K (paged.block_table == NULL): k is `[batch, kv_len, num_kv_heads, head_dim]`\n with the strides below (varlen: packed, cu_seqlens_k), every summary block s < seq_blocks\n of every sequence is written (empty ones as empty). Paged: the keys are read from\n paged.k_pages through the block table and the summaries written page-indexed; blocks\n holding no present or resident key are left alone."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SaKvSummarizeParams {
+    #[doc = " Keys (contiguous), f16 or bf16 (the instantiation's type)."]
+    pub k: *const ::core::ffi::c_void,
+    #[doc = " k: elements between sequences."]
+    pub k_batch_stride: i64,
+    #[doc = " k: elements between tokens."]
+    pub k_row_stride: i64,
+    #[doc = " k: elements between kv heads."]
+    pub k_head_stride: i64,
+    #[doc = " NULL for uniform batches; else int32 `[batch + 1]` prefix sums of the key lengths."]
+    pub cu_seqlens_k: *const i32,
+    #[doc = " Paged keys (block_table != NULL) or contiguous ones."]
+    pub paged: SaPagedKv,
+    #[doc = " Where the summaries go."]
+    pub summaries: SaKvSummaries,
+    #[doc = " Sequences."]
+    pub batch: i32,
+    #[doc = " Key/value heads."]
+    pub num_kv_heads: i32,
+    #[doc = " Elements per key row."]
+    pub head_dim: i32,
+    #[doc = " Uniform key length, or the maximum over the batch with varlen."]
+    pub kv_len: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaKvSummarizeParams"][::core::mem::size_of::<SaKvSummarizeParams>() - 160usize];
+    ["Alignment of SaKvSummarizeParams"][::core::mem::align_of::<SaKvSummarizeParams>() - 8usize];
+    ["Offset of field: SaKvSummarizeParams::k"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, k) - 0usize];
+    ["Offset of field: SaKvSummarizeParams::k_batch_stride"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, k_batch_stride) - 8usize];
+    ["Offset of field: SaKvSummarizeParams::k_row_stride"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, k_row_stride) - 16usize];
+    ["Offset of field: SaKvSummarizeParams::k_head_stride"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, k_head_stride) - 24usize];
+    ["Offset of field: SaKvSummarizeParams::cu_seqlens_k"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, cu_seqlens_k) - 32usize];
+    ["Offset of field: SaKvSummarizeParams::paged"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, paged) - 40usize];
+    ["Offset of field: SaKvSummarizeParams::summaries"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, summaries) - 104usize];
+    ["Offset of field: SaKvSummarizeParams::batch"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, batch) - 144usize];
+    ["Offset of field: SaKvSummarizeParams::num_kv_heads"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, num_kv_heads) - 148usize];
+    ["Offset of field: SaKvSummarizeParams::head_dim"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, head_dim) - 152usize];
+    ["Offset of field: SaKvSummarizeParams::kv_len"]
+        [::core::mem::offset_of!(SaKvSummarizeParams, kv_len) - 156usize];
+};
+#[doc = " ln sum over the group's rows i with J * B <= p_i of exp(scale q_i . kbar_J + o_J)."]
+pub const SA_SCORE_MEAN_K: SaScoreKind = 0;
+#[doc = " scale qbar_G . kbar_J + o_J."]
+pub const SA_SCORE_POOLED_QK: SaScoreKind = 1;
+#[doc = " max over the group's rows of scale sum_c max(q_ic m_Jc, q_ic M_Jc)."]
+pub const SA_SCORE_MINMAX: SaScoreKind = 2;
+#[doc = " The block score of a SaAdaptiveScoreParams (docs/adaptive.md, \"Scores\")."]
+pub type SaScoreKind = ::core::ffi::c_uint;
+#[doc = " Rows with equal floor(p / q_block) form a group."]
+pub const SA_GROUPING_PREFILL: SaGrouping = 0;
+#[doc = " Every row is a group."]
+pub const SA_GROUPING_DECODE: SaGrouping = 1;
+#[doc = " How query rows form groups (the reference's Grouping)."]
+pub type SaGrouping = ::core::ffi::c_uint;
+#[doc = " Block scores from the summaries (docs/adaptive.md \"Scores\", /work layout \"SCORES\"): for\n every sequence b, query head h and group g < max_groups, every J < max_blocks of\n scores[b * score_batch_stride + h * score_head_stride + g * score_group_stride + J] is\n written: the score when J is a candidate of g (J * B <= max p of g, J * B < kv_len_b),\n else -inf (so groups >= groups_b are all -inf). kbar_J = SUM_J / n_J and\n o_J = ln(n_J / B), n_J the present (resident) keys of block J; a block with none scores\n -inf. Query rows are at p_i = i + kv_len_b - q_len_b. CUDA cores, f32, precise expf/logf;\n each thread owns one kv block of a SA_SCORE_THREADS-block tile and keeps its summary chunk\n in registers, the group's queries are staged in shared memory SA_SCORE_CHANNELS channels\n at a time. Grid: (max_groups, num_heads, batch)."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SaAdaptiveScoreParams {
+    #[doc = " Queries (f16 or bf16, the instantiation's type), strided as in SaAttnFwdParams."]
+    pub q: *const ::core::ffi::c_void,
+    #[doc = " Output, f32 (layout above)."]
+    pub scores: *mut f32,
+    #[doc = " q: elements between sequences (uniform)."]
+    pub q_batch_stride: i64,
+    #[doc = " q: elements between tokens."]
+    pub q_row_stride: i64,
+    #[doc = " q: elements between heads."]
+    pub q_head_stride: i64,
+    #[doc = " scores: elements between sequences."]
+    pub score_batch_stride: i64,
+    #[doc = " scores: elements between query heads."]
+    pub score_head_stride: i64,
+    #[doc = " scores: elements between groups."]
+    pub score_group_stride: i64,
+    #[doc = " NULL for uniform batches; else int32 `[batch + 1]` prefix sums of the query lengths."]
+    pub cu_seqlens_q: *const i32,
+    #[doc = " Likewise for the key lengths."]
+    pub cu_seqlens_k: *const i32,
+    #[doc = " The cache's geometry and block table (block_table NULL: identity summaries; the K/V\n pointers are not read)."]
+    pub paged: SaPagedKv,
+    #[doc = " The summaries (data non-NULL)."]
+    pub summaries: SaKvSummaries,
+    #[doc = " Sequences."]
+    pub batch: i32,
+    #[doc = " Query heads (num_heads % num_kv_heads == 0)."]
+    pub num_heads: i32,
+    #[doc = " Key/value heads."]
+    pub num_kv_heads: i32,
+    #[doc = " Elements per row: a multiple of SA_SCORE_CHANNELS."]
+    pub head_dim: i32,
+    #[doc = " Uniform query length, or the maximum over the batch with varlen."]
+    pub q_len: i32,
+    #[doc = " Uniform key length, or the maximum over the batch with varlen."]
+    pub kv_len: i32,
+    #[doc = " A SaScoreKind."]
+    pub score: i32,
+    #[doc = " A SaGrouping."]
+    pub grouping: i32,
+    #[doc = " The adaptive block B: a power of two, a multiple of summaries.block."]
+    pub block: i32,
+    #[doc = " log2(B)."]
+    pub log2_block: i32,
+    #[doc = " Rows per prefill group (>= 1)."]
+    pub q_block: i32,
+    #[doc = " Groups per (sequence, head) in the scores buffer (the grid's x extent)."]
+    pub max_groups: i32,
+    #[doc = " Blocks per group in the scores buffer (score_group_stride >= max_blocks)."]
+    pub max_blocks: i32,
+    #[doc = " Score scale: logits are scale * q . k."]
+    pub scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SaAdaptiveScoreParams"][::core::mem::size_of::<SaAdaptiveScoreParams>() - 240usize];
+    ["Alignment of SaAdaptiveScoreParams"]
+        [::core::mem::align_of::<SaAdaptiveScoreParams>() - 8usize];
+    ["Offset of field: SaAdaptiveScoreParams::q"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, q) - 0usize];
+    ["Offset of field: SaAdaptiveScoreParams::scores"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, scores) - 8usize];
+    ["Offset of field: SaAdaptiveScoreParams::q_batch_stride"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, q_batch_stride) - 16usize];
+    ["Offset of field: SaAdaptiveScoreParams::q_row_stride"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, q_row_stride) - 24usize];
+    ["Offset of field: SaAdaptiveScoreParams::q_head_stride"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, q_head_stride) - 32usize];
+    ["Offset of field: SaAdaptiveScoreParams::score_batch_stride"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, score_batch_stride) - 40usize];
+    ["Offset of field: SaAdaptiveScoreParams::score_head_stride"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, score_head_stride) - 48usize];
+    ["Offset of field: SaAdaptiveScoreParams::score_group_stride"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, score_group_stride) - 56usize];
+    ["Offset of field: SaAdaptiveScoreParams::cu_seqlens_q"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, cu_seqlens_q) - 64usize];
+    ["Offset of field: SaAdaptiveScoreParams::cu_seqlens_k"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, cu_seqlens_k) - 72usize];
+    ["Offset of field: SaAdaptiveScoreParams::paged"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, paged) - 80usize];
+    ["Offset of field: SaAdaptiveScoreParams::summaries"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, summaries) - 144usize];
+    ["Offset of field: SaAdaptiveScoreParams::batch"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, batch) - 184usize];
+    ["Offset of field: SaAdaptiveScoreParams::num_heads"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, num_heads) - 188usize];
+    ["Offset of field: SaAdaptiveScoreParams::num_kv_heads"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, num_kv_heads) - 192usize];
+    ["Offset of field: SaAdaptiveScoreParams::head_dim"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, head_dim) - 196usize];
+    ["Offset of field: SaAdaptiveScoreParams::q_len"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, q_len) - 200usize];
+    ["Offset of field: SaAdaptiveScoreParams::kv_len"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, kv_len) - 204usize];
+    ["Offset of field: SaAdaptiveScoreParams::score"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, score) - 208usize];
+    ["Offset of field: SaAdaptiveScoreParams::grouping"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, grouping) - 212usize];
+    ["Offset of field: SaAdaptiveScoreParams::block"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, block) - 216usize];
+    ["Offset of field: SaAdaptiveScoreParams::log2_block"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, log2_block) - 220usize];
+    ["Offset of field: SaAdaptiveScoreParams::q_block"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, q_block) - 224usize];
+    ["Offset of field: SaAdaptiveScoreParams::max_groups"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, max_groups) - 228usize];
+    ["Offset of field: SaAdaptiveScoreParams::max_blocks"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, max_blocks) - 232usize];
+    ["Offset of field: SaAdaptiveScoreParams::scale"]
+        [::core::mem::offset_of!(SaAdaptiveScoreParams, scale) - 236usize];
 };
 #[doc = " Threads per selection block (4 warps)."]
 pub const SA_SELECT_THREADS: SaSelectConsts = 128;

@@ -7,13 +7,15 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZero
 
 use super::cache::{KvCache, Placement};
 use super::layout::PageLayout;
+use super::summary::SummaryLayout;
 use super::table::BlockTable;
 use crate::attention::Element;
 use crate::backend::{DevicePagedKv, Gpu};
 use crate::emu::GuardedBuffer;
 use crate::error::{Error, Result};
-use crate::ffi::SaKvAppendParams;
+use crate::ffi::{SaKvAppendParams, SA_DTYPE_BF16, SA_DTYPE_F16};
 use crate::kernels::{self, Launch};
+use crate::shape::DType;
 
 /// Device (or guarded host) addresses of one append.
 #[derive(Clone, Copy, Debug, Default)]
@@ -28,6 +30,8 @@ pub struct AppendAddrs {
     pub v_pages: u64,
     /// `[n_tokens][2]` (page, row) pairs from [`placement_slots`].
     pub slots: u64,
+    /// The layer's summary pool ([`SummaryLayout`]), or 0 when the cache keeps none.
+    pub summaries: u64,
 }
 
 /// The kernel's `[n_tokens][2]` (physical page, row in page) array for `layer` of a
@@ -59,12 +63,53 @@ pub fn placement_slots(
     Ok(out)
 }
 
-/// The append launch for `n_tokens` rows into a pool of `num_pages` pages.
+/// Checks that the kernel's one-writer-per-summary rule holds for `slots` (`[n][2]` page,
+/// row): the tokens landing in one summary block of `block` rows appear consecutively, on
+/// consecutive rows, and no (page, row) twice. `Error::Cache` otherwise (a placement from
+/// [`KvCache::reserve_append`] always passes).
+pub fn check_summary_runs(slots: &[i32], block: usize) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let mut runs = std::collections::HashSet::new();
+    let pairs: Vec<(i32, i32)> = slots.chunks(2).map(|s| (s[0], s[1])).collect();
+    for (t, &(page, row)) in pairs.iter().enumerate() {
+        if !seen.insert((page, row)) {
+            return Err(Error::Cache(format!(
+                "append: slot (page {page}, row {row}) appears twice"
+            )));
+        }
+        let continues = t > 0 && pairs[t - 1] == (page, row - 1) && row % block as i32 != 0;
+        if !continues && !runs.insert((page, row / block as i32)) {
+            return Err(Error::Cache(format!(
+                "append: the tokens of summary block {} of page {page} are not consecutive",
+                row / block as i32
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The append launch for `n_tokens` rows into a pool of `num_pages` pages; with
+/// `summaries` (the layer's [`SummaryLayout`]; `a.summaries` its pool) the kernel keeps the
+/// summaries current too, reading the keys as `dtype`.
 pub fn append_launch(
     layout: &PageLayout,
     num_pages: usize,
     n_tokens: usize,
     a: &AppendAddrs,
+) -> Result<Launch<SaKvAppendParams>> {
+    append_launch_with(layout, num_pages, n_tokens, a, DType::F16, None)
+}
+
+/// [`append_launch`] keeping the summaries of `summaries` (pool at `a.summaries`) current,
+/// the keys read as `dtype`. Errors: summaries of another shape than the pages, or a block
+/// that does not divide the page (`Error::Shape`).
+pub fn append_launch_with(
+    layout: &PageLayout,
+    num_pages: usize,
+    n_tokens: usize,
+    a: &AppendAddrs,
+    dtype: DType,
+    summaries: Option<&SummaryLayout>,
 ) -> Result<Launch<SaKvAppendParams>> {
     if layout.head_dim % 8 != 0 || n_tokens > i32::MAX as usize || num_pages > i32::MAX as usize {
         return Err(Error::Shape(format!(
@@ -73,6 +118,23 @@ pub fn append_launch(
             layout.head_dim
         )));
     }
+    let summaries = match summaries {
+        None => SummaryLayout::identity(1, 0, 1)?.ffi(0, 0)?,
+        Some(s) => {
+            let ps = layout.page_size.get();
+            if s.num_kv_heads != layout.num_kv_heads
+                || s.head_dim != layout.head_dim
+                || ps % s.block != 0
+                || s.blocks_per_page != ps / s.block
+                || a.summaries == 0
+            {
+                return Err(Error::Shape(format!(
+                    "append: summaries {s:?} do not fit pages {layout:?} (or have no pool)"
+                )));
+            }
+            s.ffi(a.summaries, 0)?
+        }
+    };
     Ok(Launch {
         kernel: kernels::kv_append(),
         grid: [n_tokens.max(1) as u32, layout.num_kv_heads as u32, 1],
@@ -91,7 +153,11 @@ pub fn append_launch(
             head_dim: layout.head_dim as i32,
             num_pages: num_pages as i32,
             page_size: layout.page_size.get() as i32,
-            _reserved: 0,
+            dtype: match dtype {
+                DType::F16 => SA_DTYPE_F16 as i32,
+                DType::BF16 => SA_DTYPE_BF16 as i32,
+            },
+            summaries,
         },
     })
 }
@@ -117,6 +183,23 @@ pub fn append_emulated<T: Element>(
     k_new: &[T],
     v_new: &[T],
 ) -> Result<()> {
+    append_emulated_with(layout, k_pages, v_pages, None, slots, k_new, v_new)
+}
+
+/// [`append_emulated`] that also keeps `summaries` (a layout and its pool of
+/// `num_pages` pages) current. The oracle of the summaries is
+/// [`append_twin`](super::summary::append_twin). Errors: those of [`append_emulated`]; a
+/// pool of the wrong size or a layout that does not fit the pages (`Error::Shape`); slots
+/// that break the one-writer rule ([`check_summary_runs`], `Error::Cache`).
+pub fn append_emulated_with<T: Element>(
+    layout: &PageLayout,
+    k_pages: &mut [T],
+    v_pages: &mut [T],
+    summaries: Option<(&SummaryLayout, &mut [f32])>,
+    slots: &[i32],
+    k_new: &[T],
+    v_new: &[T],
+) -> Result<()> {
     let n_tokens = slots.len() / 2;
     check_rows(layout, n_tokens, k_new.len(), v_new.len())?;
     let page = layout.page_stride();
@@ -136,15 +219,29 @@ pub fn append_emulated<T: Element>(
     {
         return Err(Error::Cache("append: a slot lies outside the pool".into()));
     }
+    if let Some((s, pool)) = &summaries {
+        if pool.len() != num_pages * s.page_stride() {
+            return Err(Error::Shape(format!(
+                "append: a summary pool of {} f32 for {num_pages} pages of {}",
+                pool.len(),
+                s.page_stride()
+            )));
+        }
+        check_summary_runs(slots, s.block)?;
+    }
     if n_tokens == 0 {
         return Ok(());
     }
     let kb = GuardedBuffer::from_slice(k_pages, "k_pages")?;
+    let mut summ = match &summaries {
+        Some((_, pool)) => Some(GuardedBuffer::from_slice(pool, "summaries")?),
+        None => None,
+    };
     let vb = GuardedBuffer::from_slice(v_pages, "v_pages")?;
     let kn = GuardedBuffer::from_slice(k_new, "k_new")?;
     let vn = GuardedBuffer::from_slice(v_new, "v_new")?;
     let sb = GuardedBuffer::from_slice(slots, "slots")?;
-    let launch = append_launch(
+    let launch = append_launch_with(
         layout,
         num_pages,
         n_tokens,
@@ -154,12 +251,18 @@ pub fn append_emulated<T: Element>(
             k_pages: kb.as_ptr() as u64,
             v_pages: vb.as_ptr() as u64,
             slots: sb.as_ptr() as u64,
+            summaries: summ.as_mut().map_or(0, |b| b.as_mut_ptr() as u64),
         },
+        T::DTYPE,
+        summaries.as_ref().map(|(s, _)| *s),
     )?;
     // SAFETY: all buffers are guarded and sized as the validated layout and slots require.
     unsafe { launch.run_emulated(&Default::default())? };
     k_pages.copy_from_slice(kb.as_slice());
     v_pages.copy_from_slice(vb.as_slice());
+    if let (Some((_, pool)), Some(b)) = (summaries, summ) {
+        pool.copy_from_slice(b.as_slice());
+    }
     Ok(())
 }
 
@@ -170,6 +273,8 @@ pub struct DeviceKvStorage<T> {
     layouts: Vec<PageLayout>,
     gpu: Gpu,
     layers: Vec<(CudaSlice<T>, CudaSlice<T>)>,
+    /// Per layer: the block summaries when the cache keeps them.
+    summaries: Vec<Option<(SummaryLayout, CudaSlice<f32>)>>,
 }
 
 impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
@@ -186,11 +291,29 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
                 Ok((stream.alloc_zeros::<T>(n)?, stream.alloc_zeros::<T>(n)?))
             })
             .collect::<Result<_>>()?;
+        let summaries = (0..cache.num_layers())
+            .map(|l| match cache.summary_layout(l)? {
+                None => Ok(None),
+                Some(s) => Ok(Some((
+                    s,
+                    stream.clone_htod(&s.empty_pool(cache.num_pages(l)?))?,
+                ))),
+            })
+            .collect::<Result<_>>()?;
         Ok(DeviceKvStorage {
             layouts,
             gpu: gpu.clone(),
             layers,
+            summaries,
         })
+    }
+
+    /// The block summaries of `layer` (`None` when the cache keeps none): their layout and
+    /// their pool, for the scoring kernel.
+    pub fn summaries(&self, layer: usize) -> Option<(&SummaryLayout, &CudaSlice<f32>)> {
+        self.summaries
+            .get(layer)
+            .and_then(|s| s.as_ref().map(|(l, p)| (l, p)))
     }
 
     fn pools(&self, layer: usize) -> Result<&(CudaSlice<T>, CudaSlice<T>)> {
@@ -234,7 +357,15 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
         let (sp, _g3) = slots_d.device_ptr(&stream);
         let (kpp, _g4) = kp.device_ptr_mut(&stream);
         let (vpp, _g5) = vp.device_ptr_mut(&stream);
-        let launch = append_launch(
+        let summaries = self.summaries.get_mut(layer).and_then(|s| s.as_mut());
+        if let Some((s, _)) = &summaries {
+            check_summary_runs(&slots, s.block)?;
+        }
+        let (summ_layout, summ_ptr) = match summaries {
+            Some((s, pool)) => (Some(*s), Some(pool.device_ptr_mut(&stream))),
+            None => (None, None),
+        };
+        let launch = append_launch_with(
             &layout,
             num_pages,
             placement.len,
@@ -244,7 +375,10 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
                 k_pages: kpp,
                 v_pages: vpp,
                 slots: sp,
+                summaries: summ_ptr.as_ref().map_or(0, |(p, _)| *p),
             },
+            T::DTYPE,
+            summ_layout.as_ref(),
         )?;
         // SAFETY: the pools, rows and slots are this storage's / checked above, on the Gpu's
         // context; the guards keep them alive until the launch is queued.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::capacity::LayerCapacity;
 use super::layout::{slot_of_logical_page, PageLayout, PageSize};
+use super::summary::SummaryLayout;
 use super::table::{used_slots, BlockTable};
 use crate::error::{Error, Result};
 use crate::pattern::LayerPlan;
@@ -146,6 +147,8 @@ pub struct KvCache {
     layers: Vec<LayerState>,
     seqs: BTreeMap<SeqId, Sequence>,
     next_seq: u64,
+    /// The adaptive block B the storages keep key summaries for (`None`: no summaries).
+    summary_for_block: Option<usize>,
 }
 
 fn shape(m: String) -> Error {
@@ -271,6 +274,7 @@ impl KvCache {
             layers,
             seqs: BTreeMap::new(),
             next_seq: 0,
+            summary_for_block: None,
         })
     }
 
@@ -300,6 +304,41 @@ impl KvCache {
         let page_size = PageSize::new(config.page_size)?;
         let caps = LayerCapacity::from_plan(plan, page_size, config.max_chunk)?;
         KvCache::with_shapes(config, caps, shapes)
+    }
+
+    /// The same cache keeping block summaries of the keys for content-adaptive selection of
+    /// block `block` (a power of two in `16..=4096`, else `Error::Pattern`): storages made
+    /// from it ([`HostKvStorage`](super::HostKvStorage), [`DeviceKvStorage`](super::DeviceKvStorage))
+    /// allocate a summary pool per layer at the granularity
+    /// [`summary_block`](super::summary::summary_block)`(block, page_size)` and their appends
+    /// keep it current. Fixed before any storage exists; a call on a cache with sequences
+    /// is an `Error::Cache`.
+    pub fn with_summaries(mut self, block: usize) -> Result<Self> {
+        super::summary::check_adaptive_block(block)?;
+        if !self.seqs.is_empty() {
+            return Err(Error::Cache(
+                "summaries must be chosen before any sequence is added".into(),
+            ));
+        }
+        self.summary_for_block = Some(block);
+        Ok(self)
+    }
+
+    /// The adaptive block the cache keeps summaries for (`None`: it keeps none).
+    pub fn summary_block(&self) -> Option<usize> {
+        self.summary_for_block
+    }
+
+    /// The summary layout of `layer` (`None` when the cache keeps no summaries or the layer
+    /// has no pages). Errors: a layer out of range (`Error::Shape`).
+    pub fn summary_layout(&self, layer: usize) -> Result<Option<SummaryLayout>> {
+        let st = self.layer(layer)?;
+        match self.summary_for_block {
+            Some(b) if st.capacity != LayerCapacity::NoKv => {
+                Ok(Some(SummaryLayout::paged(&st.layout, b)?))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The configuration.

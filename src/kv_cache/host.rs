@@ -4,6 +4,7 @@
 
 use super::cache::{KvCache, Placement, SeqId};
 use super::layout::{resident, slot_of_logical_page, PageLayout, PageSize};
+use super::summary::{append_twin, SummaryLayout};
 use super::table::BlockTable;
 use crate::attention::{Element, PagedKv};
 use crate::error::{Error, Result};
@@ -35,6 +36,9 @@ pub struct HostKvStorage<T> {
     /// Per layer: its page shape and its pools.
     layouts: Vec<PageLayout>,
     layers: Vec<HostPages<T>>,
+    /// Per layer: the block summaries (f32 twin of the append kernel's) when the cache keeps
+    /// them.
+    summaries: Vec<Option<(SummaryLayout, Vec<f32>)>>,
 }
 
 impl<T: Element> HostKvStorage<T> {
@@ -53,7 +57,26 @@ impl<T: Element> HostKvStorage<T> {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(HostKvStorage { layouts, layers })
+        let summaries = (0..cache.num_layers())
+            .map(|l| {
+                Ok(cache
+                    .summary_layout(l)?
+                    .map(|s| (s, s.empty_pool(cache.num_pages(l).unwrap_or(0)))))
+            })
+            .collect::<Result<_>>()?;
+        Ok(HostKvStorage {
+            layouts,
+            layers,
+            summaries,
+        })
+    }
+
+    /// The block summaries of `layer` (`None` when the cache keeps none), kept current by
+    /// [`HostKvStorage::write_kv`] exactly as the append kernel keeps a device pool.
+    pub fn summaries(&self, layer: usize) -> Option<(&SummaryLayout, &[f32])> {
+        self.summaries
+            .get(layer)
+            .and_then(|s| s.as_ref().map(|(l, p)| (l, p.as_slice())))
     }
 
     /// The page layout of `layer`.
@@ -121,6 +144,13 @@ impl<T: Element> HostKvStorage<T> {
                 "write_kv: slot (page {}, row {}) outside a pool of {num_pages} pages of {ps} rows",
                 s.page, s.offset
             )));
+        }
+        if let Some((s, pool)) = self.summaries.get_mut(layer).and_then(|s| s.as_mut()) {
+            let at: Vec<(usize, usize)> = slots
+                .iter()
+                .map(|s| (s.page as usize, s.offset as usize))
+                .collect();
+            append_twin(s, pool, &at, k_rows);
         }
         let pages = &mut self.layers[layer];
         for (t, s) in slots.iter().enumerate() {

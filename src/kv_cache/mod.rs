@@ -14,6 +14,10 @@
 //! - [`KvCache`]: the bookkeeping (no K/V memory): one fixed pool per layer with a free list,
 //!   sequences ([`SeqId`]), all-or-nothing [`KvCache::reserve_append`] returning a
 //!   [`Placement`] per layer, [`KvCache::block_table`] and per-layer page/byte accounting.
+//! - [`summary`]: block summaries of the keys (sum, channel min and max per summary block)
+//!   beside the pages, for content-adaptive scores: [`SummaryLayout`], the f32 twins and the
+//!   summarize kernel's launches; a cache made [`KvCache::with_summaries`] has its storages
+//!   keep them current on every append.
 //! - [`BlockTable`]: one layer's table for a batch, and [`BlockTable::validate`] for tables
 //!   built by hand.
 //! - [`HostKvStorage`]: host pages for the emulator and tests ([`HostKvStorage::write_kv`],
@@ -34,6 +38,7 @@ mod capacity;
 mod decode;
 mod host;
 pub mod layout;
+pub mod summary;
 mod table;
 
 pub use append::DeviceKvStorage;
@@ -42,4 +47,5 @@ pub use capacity::{LayerCapacity, Retention};
 pub use decode::{check_causal, decode_cuda, decode_emulated, DecodeConfig, DecodeOutput};
 pub use host::{HostKvStorage, HostPages};
 pub use layout::{resident, slot_of_logical_page, PageLayout, PageSize};
+pub use summary::{BlockSummary, SummaryLayout};
 pub use table::BlockTable;

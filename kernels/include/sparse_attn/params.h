@@ -354,9 +354,69 @@ typedef struct SaAttnFwdParams {
   unsigned long long* tiles_visited;
 } SaAttnFwdParams;
 
+/** The element type of a kernel that takes it at run time (SaKvAppendParams::dtype). */
+typedef enum SaDType {
+  /** IEEE half. */
+  SA_DTYPE_F16 = 0,
+  /** bfloat16. */
+  SA_DTYPE_BF16 = 1
+} SaDType;
+
+/** Launch constants of the block-summary and scoring kernels (issue 15). */
+typedef enum SaSummaryConsts {
+  /** Threads per summarize block (one per channel, looping over head_dim). */
+  SA_SUMMARIZE_THREADS = 128,
+  /** Threads per scoring block: one kv block of the tile per thread. */
+  SA_SCORE_THREADS = 128,
+  /** Channels of the query tile staged in shared memory per step. */
+  SA_SCORE_CHANNELS = 16,
+  /** Query rows per prefill scoring step (mean_k, minmax); decode and pooled_qk use 1. */
+  SA_SCORE_ROWS_PREFILL = 16,
+  /** Dynamic shared memory of a scoring block: the f32 query tile
+   * [SA_SCORE_CHANNELS][SA_SCORE_ROWS_PREFILL] and the pooled mean query (head_dim <= 512). */
+  SA_SCORE_SMEM_BYTES = 4 * (SA_SCORE_CHANNELS * SA_SCORE_ROWS_PREFILL + 512)
+} SaSummaryConsts;
+
+/** Block summaries of the keys (content-adaptive scores, issue 15; src/kv_cache/summary.rs is
+ * the owner and the Rust twin). A summary block is `block` consecutive key positions,
+ * block = min(B, page_size) for the adaptive block B (a power of two), so it never straddles a
+ * page and a logical kv block J of B keys is the B / block summary blocks from position J * B,
+ * found through the block table exactly like its pages (paging stays the only indirection).
+ * For every (page, kv head, summary block s of the page) three f32 vectors of head_dim sit at
+ * data[page * page_stride + head * head_stride + s * 3 * head_dim]: the SUM of the present
+ * keys (an f32 fold in ascending position order from 0, so the append and the summarize
+ * kernels give the same bits), their channel MIN and their channel MAX. The number of present
+ * keys comes from the kv length. An empty block is sum 0, min +inf, max -inf; the append
+ * kernel resets a block when the first row of it (row % block == 0) lands, so a reused page
+ * (ring wrap, freed and reallocated) never mixes old keys in.
+ * Identity paging (contiguous K, SaPagedKv::block_table == NULL): summary block s of
+ * sequence b is "page" b * seq_blocks + s with blocks_per_page = 1. */
+typedef struct SaKvSummaries {
+  /** f32 `[pages, num_kv_heads, blocks_per_page, 3, head_dim]`; NULL: no summaries. */
+  float* data;
+  /** Elements per page: num_kv_heads * blocks_per_page * 3 * head_dim. */
+  int64_t page_stride;
+  /** Elements per kv head within a page: blocks_per_page * 3 * head_dim. */
+  int64_t head_stride;
+  /** Key positions per summary block: a power of two dividing page_size (paged). */
+  int32_t block;
+  /** log2(block). */
+  int32_t log2_block;
+  /** Summary blocks per page: page_size / block (paged), 1 (identity). */
+  int32_t blocks_per_page;
+  /** Identity paging: summary blocks per sequence (>= ceil(kv_len / block)); paged: 0. */
+  int32_t seq_blocks;
+} SaKvSummaries;
+
 /** Appending new tokens' K and V rows to a paged cache (the slots come from the cache's
  * bookkeeping in src/kv_cache: one (physical page, row in page) pair per new token). Copies
- * bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32. */
+ * bits, so one kernel serves f16 and bf16. Grid: (n_tokens, num_kv_heads); block: 32.
+ * With summaries (summaries.data != NULL) each block-run of tokens updates its summary block:
+ * token t leads a run when it starts a summary block (row % block == 0) or does not continue
+ * token t - 1's row in the same page; the leader alone folds the run's keys (read from k_new,
+ * in token order) into the summary, resetting it first when the run starts the block. One
+ * writer per summary block makes the result exact and independent of the schedule, as long
+ * as a summary block's tokens of one launch are consecutive in `slots` (the host checks). */
 typedef struct SaKvAppendParams {
   /** New keys `[n_tokens, num_kv_heads, head_dim]`. */
   const void* k_new;
@@ -382,9 +442,128 @@ typedef struct SaKvAppendParams {
   int32_t num_pages;
   /** Tokens per page. */
   int32_t page_size;
-  /** Keeps the struct's size a multiple of 8; always 0. */
-  int32_t _reserved;
+  /** A SaDType: how the summaries read k_new (the copy itself is bitwise). */
+  int32_t dtype;
+  /** The pool's summaries (page-indexed like k_pages); data NULL: none kept. */
+  SaKvSummaries summaries;
 } SaKvAppendParams;
+
+/** Summaries of a prefill's keys in one pass (see SaKvSummaries): every (sequence, kv head,
+ * summary block) is one block of SA_SUMMARIZE_THREADS threads, each folding its channels over
+ * the block's keys in ascending order. Grid: (ceil(kv_len / block), num_kv_heads, batch).
+ * Contiguous K (paged.block_table == NULL): k is `[batch, kv_len, num_kv_heads, head_dim]`
+ * with the strides below (varlen: packed, cu_seqlens_k), every summary block s < seq_blocks
+ * of every sequence is written (empty ones as empty). Paged: the keys are read from
+ * paged.k_pages through the block table and the summaries written page-indexed; blocks
+ * holding no present or resident key are left alone. */
+typedef struct SaKvSummarizeParams {
+  /** Keys (contiguous), f16 or bf16 (the instantiation's type). */
+  const void* k;
+  /** k: elements between sequences. */
+  int64_t k_batch_stride;
+  /** k: elements between tokens. */
+  int64_t k_row_stride;
+  /** k: elements between kv heads. */
+  int64_t k_head_stride;
+  /** NULL for uniform batches; else int32 `[batch + 1]` prefix sums of the key lengths. */
+  const int32_t* cu_seqlens_k;
+  /** Paged keys (block_table != NULL) or contiguous ones. */
+  SaPagedKv paged;
+  /** Where the summaries go. */
+  SaKvSummaries summaries;
+  /** Sequences. */
+  int32_t batch;
+  /** Key/value heads. */
+  int32_t num_kv_heads;
+  /** Elements per key row. */
+  int32_t head_dim;
+  /** Uniform key length, or the maximum over the batch with varlen. */
+  int32_t kv_len;
+} SaKvSummarizeParams;
+
+/** The block score of a SaAdaptiveScoreParams (docs/adaptive.md, "Scores"). */
+typedef enum SaScoreKind {
+  /** ln sum over the group's rows i with J * B <= p_i of exp(scale q_i . kbar_J + o_J). */
+  SA_SCORE_MEAN_K = 0,
+  /** scale qbar_G . kbar_J + o_J. */
+  SA_SCORE_POOLED_QK = 1,
+  /** max over the group's rows of scale sum_c max(q_ic m_Jc, q_ic M_Jc). */
+  SA_SCORE_MINMAX = 2
+} SaScoreKind;
+
+/** How query rows form groups (the reference's Grouping). */
+typedef enum SaGrouping {
+  /** Rows with equal floor(p / q_block) form a group. */
+  SA_GROUPING_PREFILL = 0,
+  /** Every row is a group. */
+  SA_GROUPING_DECODE = 1
+} SaGrouping;
+
+/** Block scores from the summaries (docs/adaptive.md "Scores", /work layout "SCORES"): for
+ * every sequence b, query head h and group g < max_groups, every J < max_blocks of
+ * scores[b * score_batch_stride + h * score_head_stride + g * score_group_stride + J] is
+ * written: the score when J is a candidate of g (J * B <= max p of g, J * B < kv_len_b),
+ * else -inf (so groups >= groups_b are all -inf). kbar_J = SUM_J / n_J and
+ * o_J = ln(n_J / B), n_J the present (resident) keys of block J; a block with none scores
+ * -inf. Query rows are at p_i = i + kv_len_b - q_len_b. CUDA cores, f32, precise expf/logf;
+ * each thread owns one kv block of a SA_SCORE_THREADS-block tile and keeps its summary chunk
+ * in registers, the group's queries are staged in shared memory SA_SCORE_CHANNELS channels
+ * at a time. Grid: (max_groups, num_heads, batch). */
+typedef struct SaAdaptiveScoreParams {
+  /** Queries (f16 or bf16, the instantiation's type), strided as in SaAttnFwdParams. */
+  const void* q;
+  /** Output, f32 (layout above). */
+  float* scores;
+  /** q: elements between sequences (uniform). */
+  int64_t q_batch_stride;
+  /** q: elements between tokens. */
+  int64_t q_row_stride;
+  /** q: elements between heads. */
+  int64_t q_head_stride;
+  /** scores: elements between sequences. */
+  int64_t score_batch_stride;
+  /** scores: elements between query heads. */
+  int64_t score_head_stride;
+  /** scores: elements between groups. */
+  int64_t score_group_stride;
+  /** NULL for uniform batches; else int32 `[batch + 1]` prefix sums of the query lengths. */
+  const int32_t* cu_seqlens_q;
+  /** Likewise for the key lengths. */
+  const int32_t* cu_seqlens_k;
+  /** The cache's geometry and block table (block_table NULL: identity summaries; the K/V
+   * pointers are not read). */
+  SaPagedKv paged;
+  /** The summaries (data non-NULL). */
+  SaKvSummaries summaries;
+  /** Sequences. */
+  int32_t batch;
+  /** Query heads (num_heads % num_kv_heads == 0). */
+  int32_t num_heads;
+  /** Key/value heads. */
+  int32_t num_kv_heads;
+  /** Elements per row: a multiple of SA_SCORE_CHANNELS. */
+  int32_t head_dim;
+  /** Uniform query length, or the maximum over the batch with varlen. */
+  int32_t q_len;
+  /** Uniform key length, or the maximum over the batch with varlen. */
+  int32_t kv_len;
+  /** A SaScoreKind. */
+  int32_t score;
+  /** A SaGrouping. */
+  int32_t grouping;
+  /** The adaptive block B: a power of two, a multiple of summaries.block. */
+  int32_t block;
+  /** log2(B). */
+  int32_t log2_block;
+  /** Rows per prefill group (>= 1). */
+  int32_t q_block;
+  /** Groups per (sequence, head) in the scores buffer (the grid's x extent). */
+  int32_t max_groups;
+  /** Blocks per group in the scores buffer (score_group_stride >= max_blocks). */
+  int32_t max_blocks;
+  /** Score scale: logits are scale * q . k. */
+  float scale;
+} SaAdaptiveScoreParams;
 
 /* Adaptive block selection (docs/adaptive.md "Choice"; kernels/adaptive_select.cu): block
  * scores -> the selected blocks S(u, g) = F u choose(C \ F) of every (sequence b, unit u,
