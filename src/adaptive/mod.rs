@@ -56,9 +56,9 @@
 pub mod device;
 pub mod lsh;
 mod params;
-pub mod scoring;
 mod pattern;
 mod plan;
+pub mod scoring;
 mod select;
 
 pub use lsh::LshBuckets;

@@ -1,6 +1,7 @@
 //! `run` with an adaptive pattern (docs/adaptive.md): `{"causal": .., "components": [one of
-//! top_k, top_p, top_rel]}`. The selection is made for the input's q and k (or from the
-//! input's `scores` tensor for `score: given`), then one adaptive plan runs on the emulator;
+//! top_k, top_p, top_rel]}`. The selection is made on the device for the input's q and k
+//! (summaries, scores, selection kernels; or from the input's `scores` tensor for `score:
+//! given`), then one adaptive plan runs; all on the emulator so far;
 //! `--mask-out` writes the selection that was applied, per sequence (adaptive masks depend on
 //! the contents, so every sequence has its own): U8 `[batch, num_heads, q_len, kv_len]`.
 
