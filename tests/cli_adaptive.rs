@@ -223,3 +223,25 @@ fn refusals_are_one_line_errors() {
         f.expect_failure("run", extra, needle);
     }
 }
+
+#[test]
+fn plan_reports_the_density_a_budget_fixes() {
+    let dir = common::tempdir::TempDir::new();
+    let p = dir.write(
+        "p.json",
+        r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 1, "keep_sinks": 1, "keep_local": 1}}]}"#,
+    );
+    let o = common::cli::bin(&["plan", "--pattern", s(&p), "--seq-len", "256", "--json"]);
+    let out = common::cli::assert_success(&o, "plan --pattern");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // As counted by hand in src/adaptive/budget.rs: 4 diagonal blocks, 5 full ones.
+    let want = 4 * 64 * 65 / 2 + 5 * 64 * 64;
+    assert_eq!(v["allowed_pairs_min"], want);
+    assert_eq!(v["allowed_pairs_max"], want);
+    assert_eq!(v["dense_pairs"], 256 * 257 / 2);
+    let o = common::cli::bin(&["plan", "--pattern", s(&p), "--seq-len", "256"]);
+    assert!(common::cli::assert_success(&o, "plan").contains("density"));
+    let stat = dir.write("s.json", r#"{"causal": true, "components": []}"#);
+    let o = common::cli::bin(&["plan", "--pattern", s(&stat), "--seq-len", "256"]);
+    common::cli::assert_fails(&o, 1, "not an adaptive pattern");
+}

@@ -58,6 +58,7 @@
 //! # Ok::<(), sparse_attn::Error>(())
 //! ```
 
+mod budget;
 pub mod device;
 pub mod lsh;
 mod params;
@@ -66,6 +67,7 @@ mod plan;
 pub mod scoring;
 mod select;
 
+pub use budget::{density_bounds, DensityBounds};
 pub use lsh::LshBuckets;
 pub use params::{AdaptiveComponent, BlockSelect, Choice, Lsh, Score, Share, MAX_BLOCK, MIN_BLOCK};
 pub use pattern::{AdaptivePattern, ADAPTIVE_KINDS};
