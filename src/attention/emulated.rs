@@ -142,29 +142,10 @@ impl AttnPlan {
         lse: Option<&mut [f32]>,
         run: &EmuRun,
     ) -> Result<()> {
-        self.check_step::<T>(seqs)?;
+        let input = self.step_input(seqs, q, kv, layout)?;
         let p = &self.problem;
-        let (tq, tk) = seqs.totals();
-        let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize);
-        layout.q.check("q", tq, h, d, q.len())?;
-        layout.out.check("out", tq, h, d, out.len())?;
-        let input = match kv {
-            StepKv::Contiguous { k, v } => {
-                layout.k.check("k", tk, hk, d, k.len())?;
-                layout.v.check("v", tk, hk, d, v.len())?;
-                KvInput::Contiguous { k, v }
-            }
-            StepKv::Paged(c) => {
-                self.check_paged_for(
-                    seqs,
-                    c.k_pages.len(),
-                    c.v_pages.len(),
-                    c.block_table,
-                    &c.layout,
-                )?;
-                KvInput::Paged(c)
-            }
-        };
+        let (h, d) = (p.num_heads(), p.head_dim().get() as usize);
+        layout.out.check("out", seqs.totals().0, h, d, out.len())?;
         let lse_len = p.seqs().totals().0 * h;
         if let Some(l) = &lse {
             if l.len() != lse_len {
@@ -255,27 +236,28 @@ impl AttnPlan {
         run: &EmuRun,
         prepare: &Prepare<'_>,
     ) -> Result<(Vec<T>, Vec<f32>)> {
+        let input = self.step_input(seqs, q, kv, &self.packed_layout())?;
+        self.emulate_for(seqs, q, input, run, Some(prepare))
+    }
+
+    /// A step's lengths and inputs checked against the plan (its walk, element type, maxima)
+    /// and `layout` (q, and K/V when contiguous; the cache when paged).
+    fn step_input<'a, T: Element>(
+        &self,
+        seqs: &SeqLens,
+        q: &[T],
+        kv: StepKv<'a, T>,
+        layout: &TensorLayout,
+    ) -> Result<KvInput<'a, T>> {
         self.check_step::<T>(seqs)?;
         let p = &self.problem;
         let (tq, tk) = seqs.totals();
         let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize);
-        if q.len() != tq * h * d {
-            return Err(Error::Shape(format!(
-                "q has {} elements, the step's lengths need {}",
-                q.len(),
-                tq * h * d
-            )));
-        }
-        let input = match kv {
+        layout.q.check("q", tq, h, d, q.len())?;
+        Ok(match kv {
             StepKv::Contiguous { k, v } => {
-                for (name, got) in [("k", k.len()), ("v", v.len())] {
-                    if got != tk * hk * d {
-                        return Err(Error::Shape(format!(
-                            "{name} has {got} elements, the step's lengths need {}",
-                            tk * hk * d
-                        )));
-                    }
-                }
+                layout.k.check("k", tk, hk, d, k.len())?;
+                layout.v.check("v", tk, hk, d, v.len())?;
                 KvInput::Contiguous { k, v }
             }
             StepKv::Paged(c) => {
@@ -288,8 +270,7 @@ impl AttnPlan {
                 )?;
                 KvInput::Paged(c)
             }
-        };
-        self.emulate_for(seqs, q, input, run, Some(prepare))
+        })
     }
 
     /// One emulated launch for the sequences `seqs` (the problem's, or a run-time step's),

@@ -193,21 +193,8 @@ impl AttnPlan {
         patterns: &HeadPatterns,
         opts: &AttnOptions,
     ) -> Result<Self> {
-        problem.seqs().validate()?;
-        let (max_q, max_kv) = problem.seqs().max_lens();
-        let uniform = AttnProblem::new(
-            SeqLens::Uniform {
-                batch: problem.seqs().batch(),
-                q_len: max_q,
-                kv_len: max_kv,
-            },
-            problem.num_heads(),
-            problem.num_kv_heads(),
-            problem.head_dim().get(),
-            problem.dtype(),
-        )?;
-        let plan = Self::with_patterns_walk(&uniform, patterns, opts, FwdWalk::Runtime)?;
-        Ok(plan)
+        let uniform = maxima(problem)?;
+        Self::with_patterns_walk(&uniform, patterns, opts, FwdWalk::Runtime)
     }
 
     /// A plan whose tile lists, tile views and mask tables are written on the device before
@@ -223,19 +210,7 @@ impl AttnPlan {
         meta: impl FnOnce(&FwdTiles) -> Result<PlanMeta>,
     ) -> Result<Self> {
         let scores = ScoreMods::resolve(problem, opts)?;
-        problem.seqs().validate()?;
-        let (max_q, max_kv) = problem.seqs().max_lens();
-        let problem = AttnProblem::new(
-            SeqLens::Uniform {
-                batch: problem.seqs().batch(),
-                q_len: max_q,
-                kv_len: max_kv,
-            },
-            problem.num_heads(),
-            problem.num_kv_heads(),
-            problem.head_dim().get(),
-            problem.dtype(),
-        )?;
+        let problem = maxima(problem)?;
         let tiles = kernels::fwd_tiles(problem.head_dim(), fwd_phase(&problem, 1));
         let meta = meta(&tiles)?;
         let num_splits = default_num_splits(&problem, 1, &meta, tiles.col_splits);
@@ -661,6 +636,24 @@ fn default_num_splits(
     }
     let want = (2 * TARGET_BLOCKS).div_ceil(blocks);
     want.min(max_row_tiles / 2).min(MAX_SPLITS as usize).max(1) as u32
+}
+
+/// The uniform problem of `problem`'s maxima (its batch, longest query and key sequence): what
+/// a plan serving every length up to them is built for.
+fn maxima(problem: &AttnProblem) -> Result<AttnProblem> {
+    problem.seqs().validate()?;
+    let (max_q, max_kv) = problem.seqs().max_lens();
+    AttnProblem::new(
+        SeqLens::Uniform {
+            batch: problem.seqs().batch(),
+            q_len: max_q,
+            kv_len: max_kv,
+        },
+        problem.num_heads(),
+        problem.num_kv_heads(),
+        problem.head_dim().get(),
+        problem.dtype(),
+    )
 }
 
 /// The tile shape's phase: decode blocks (64 rows) for GQA packing and for queries of at most

@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use sparse_attn::adaptive::{
     density_bounds, AdaptiveComponent, AdaptivePattern, AdaptivePlan, GivenScores, Grouping,
 };
-use sparse_attn::{AttnOptions, AttnProblem, DType, EmuRun, Error, SeqLens};
+use sparse_attn::{AttnOptions, DType, EmuRun, Error, SeqLens};
 
 use crate::io::{self, OutTensor, Staged, Storage};
 use crate::{input_err, BackendArg, CliError};
@@ -57,20 +57,7 @@ pub fn run(a: &AdaptiveRunArgs<'_>) -> Result<(), CliError> {
     let inputs = io::read_inputs(&bytes).map_err(|e| input_err(a.input, e))?;
     let [batch, q_len, num_heads, head_dim] = inputs.q_shape;
     let [_, kv_len, num_kv_heads, _] = inputs.kv_shape;
-    let head_dim = u32::try_from(head_dim)
-        .map_err(|_| input_err(a.input, format!("head_dim {head_dim} is not supported")))?;
-    let problem = AttnProblem::new(
-        SeqLens::Uniform {
-            batch,
-            q_len,
-            kv_len,
-        },
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        inputs.dtype,
-    )
-    .map_err(|e| input_err(a.input, e))?;
+    let problem = crate::input_problem(a.input, &inputs)?;
     let opts = AttnOptions {
         causal: a.pattern.causal,
         scale: a.scale,

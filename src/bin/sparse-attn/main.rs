@@ -374,22 +374,8 @@ fn fit_problem(
     inputs: &io::Inputs,
     set: &sparse_attn::pattern::HeadPatterns,
 ) -> Result<AttnProblem, CliError> {
-    let [batch, q_len, num_heads, head_dim] = inputs.q_shape;
-    let [_, kv_len, num_kv_heads, _] = inputs.kv_shape;
-    let head_dim = u32::try_from(head_dim)
-        .map_err(|_| input_err(input, format!("head_dim {head_dim} is not supported")))?;
-    let problem = AttnProblem::new(
-        SeqLens::Uniform {
-            batch,
-            q_len,
-            kv_len,
-        },
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        inputs.dtype,
-    )
-    .map_err(|e| input_err(input, e))?;
+    let problem = input_problem(input, inputs)?;
+    let (num_heads, (q_len, kv_len)) = (problem.num_heads(), problem.seqs().max_lens());
     set.validate(num_heads, kv_len).map_err(|e| {
         input_err(
             pattern_path,
@@ -400,6 +386,27 @@ fn fit_problem(
         )
     })?;
     Ok(problem)
+}
+
+/// The problem of an input file's q, k and v (`[batch, len, heads, head_dim]`), errors naming
+/// the file.
+pub fn input_problem(input: &Path, inputs: &io::Inputs) -> Result<AttnProblem, CliError> {
+    let [batch, q_len, num_heads, head_dim] = inputs.q_shape;
+    let [_, kv_len, num_kv_heads, _] = inputs.kv_shape;
+    let head_dim = u32::try_from(head_dim)
+        .map_err(|_| input_err(input, format!("head_dim {head_dim} is not supported")))?;
+    AttnProblem::new(
+        SeqLens::Uniform {
+            batch,
+            q_len,
+            kv_len,
+        },
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        inputs.dtype,
+    )
+    .map_err(|e| input_err(input, e))
 }
 
 fn cmd_run(a: &RunArgs) -> Result<(), CliError> {
