@@ -21,6 +21,9 @@
 //!   [`device::select_given_cuda`] select from a caller's [`GivenScores`].
 //! - [`scoring`]: the device scoring kernel (`mean_k`, `pooled_qk`, `minmax` from the key
 //!   summaries of [`crate::kv_cache::summary`]) and its emulated run.
+//! - [`AdaptiveDecode`]: decode steps of an adaptive layer over the paged KV cache (append
+//!   with summaries, score, select, forward under one [`AdaptivePlan`]), `reselect_every`
+//!   included, on the emulator.
 //! - [`LshBuckets::compute`] hashes queries and keys with the seeded matrices of [`lsh`].
 //!
 //! # Consequences of the contract
@@ -53,6 +56,7 @@
 //! # Ok::<(), sparse_attn::Error>(())
 //! ```
 
+mod decode;
 pub mod device;
 pub mod lsh;
 mod params;
@@ -61,6 +65,9 @@ mod pattern;
 mod plan;
 mod select;
 
+#[doc(hidden)]
+pub use decode::DecodeCanary;
+pub use decode::{AdaptiveDecode, DecodeStep};
 pub use lsh::LshBuckets;
 pub use params::{AdaptiveComponent, BlockSelect, Choice, Lsh, Score, Share, MAX_BLOCK, MIN_BLOCK};
 pub use pattern::{AdaptivePattern, ADAPTIVE_KINDS};
