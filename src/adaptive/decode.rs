@@ -27,17 +27,21 @@
 //! `N - 1` steps between, scoring and selection are skipped for it and the applied set at
 //! position `p` is
 //!
-//! `F(p) ∪ R ∪ {J(p)}`
+//! `F(p) ∪ R ∪ {J : J(p0) < J <= J(p)}`
 //!
 //! where `R = S(p0) \ F(p0)` are the blocks the last selection (made at position `p0`)
 //! chose *by content*, `F(p)` the forced blocks of the current position (`keep_sinks` and the
 //! `keep_local` blocks ending at the current block: they move with the position, so they are
-//! re-applied every step) and `J(p) = floor(p / B)` the new token's own block, which is
-//! always allowed (a reused selection was made before the block existed when the token
-//! starts one; with `keep_local >= 1` it is forced anyway). On a reselection step the
-//! applied set is the fresh `S(p)` unchanged. Every block of `R` stays a candidate (its keys
-//! are still present: see the next section), so the reuse never names a key that is not
-//! there. With `N = 1` every step selects afresh.
+//! re-applied every step), and the last term the blocks begun since the selection was made
+//! (`J(x) = floor(x / B)`; with `N <= B` at most the token's own block): they were not
+//! candidates then, so the selection has no say on them, and leaving them out would hide the
+//! newest keys whatever their content for up to `N - 1` steps. A block that existed at `p0`
+//! and was not chosen stays out, as it was in `S(p0)` (with `keep_local = 0` the token's own
+//! block can then be out, exactly as in a fresh selection; with `keep_local >= 1` it is
+//! always forced). On a reselection step the applied set is the fresh `S(p)` unchanged.
+//! Every block of `R` stays a candidate (its keys are still present: see the next section),
+//! so the reuse never names a key that is not there. With `N = 1` every step selects
+//! afresh.
 //!
 //! The reuse state lives per sequence id, so a sequence keeps its phase when the batch's
 //! order or other members change; [`AdaptiveDecode::forget`] drops a finished sequence's.
@@ -75,7 +79,7 @@ pub enum DecodeCanary {
     #[default]
     None,
     /// A reused selection is applied as it was made: the forced blocks are not re-applied at
-    /// the current position and the new token's block is not added.
+    /// the current position and the blocks begun since are not added.
     NoReforce,
     /// The appends leave the summaries as they were (scores read stale summaries).
     StaleSummaries,
@@ -110,6 +114,8 @@ struct Reuse {
     chosen: Vec<i32>,
     /// `S(p0)` per unit (for the canary only).
     selected: Vec<i32>,
+    /// `J(p0)`: the block of the row the selection was made for.
+    block0: i64,
 }
 
 /// The decode driver of one adaptive layer: see the module documentation.
@@ -316,7 +322,11 @@ impl AdaptiveDecode {
         let mut bits = vec![0i32; l.bits_len()];
         for (b, &seq) in seqs.iter().enumerate() {
             let p = lens[b].1 as i64 - 1;
-            let fixed = self.fixed_blocks(p, lens[b].1);
+            let block0 = match self.reuse.get(&seq) {
+                Some(r) if !reselected[b] => r.block0,
+                _ => p.div_euclid(self.component().block()),
+            };
+            let fixed = self.fixed_blocks(p, lens[b].1, block0);
             let rows = |bits: &[i32]| -> Vec<i32> {
                 (0..l.units)
                     .flat_map(|u| bits[l.row_offset(b, u, 0)..][..l.words].to_vec())
@@ -335,6 +345,7 @@ impl AdaptiveDecode {
                         served: 1,
                         chosen,
                         selected: fresh.clone(),
+                        block0,
                     },
                 );
                 fresh
@@ -347,7 +358,7 @@ impl AdaptiveDecode {
                     r.chosen
                         .iter()
                         .enumerate()
-                        .map(|(i, &w)| w | fixed.forced[i % l.words] | fixed.own[i % l.words])
+                        .map(|(i, &w)| w | fixed.forced[i % l.words] | fixed.new[i % l.words])
                         .collect()
                 }
             };
@@ -371,20 +382,22 @@ impl AdaptiveDecode {
         })
     }
 
-    /// The forced blocks `F(p)` and the own block `J(p)` of a row at position `p` over
-    /// `kv_len` keys, as words of a selection row.
-    fn fixed_blocks(&self, p: i64, kv_len: usize) -> Fixed {
+    /// The forced blocks `F(p)` of a row at position `p` over `kv_len` keys and the blocks
+    /// begun after block `block0` up to the row's own, as words of a selection row.
+    fn fixed_blocks(&self, p: i64, kv_len: usize, block0: i64) -> Fixed {
         let words = self.layout().words;
         let sel = self.component();
         let mut f = Fixed {
             forced: vec![0; words],
-            own: vec![0; words],
+            new: vec![0; words],
         };
         let set = |row: &mut [i32], j: i64| row[j as usize / 32] |= (1u32 << (j % 32)) as i32;
         for j in sel.forced(p, kv_len) {
             set(&mut f.forced, j);
         }
-        set(&mut f.own, p.div_euclid(sel.block()));
+        for j in block0 + 1..=p.div_euclid(sel.block()) {
+            set(&mut f.new, j);
+        }
         f
     }
 
@@ -483,10 +496,10 @@ impl AdaptiveDecode {
     }
 }
 
-/// The forced and own-block words of one row.
+/// The forced words of one row and those of the blocks begun since its selection.
 struct Fixed {
     forced: Vec<i32>,
-    own: Vec<i32>,
+    new: Vec<i32>,
 }
 
 fn no_summaries() -> Error {
