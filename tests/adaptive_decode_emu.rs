@@ -14,8 +14,8 @@ mod common;
 use common::{assert_matches, base_seed, random_tensor, tol, widen, Rng};
 use half::f16;
 use sparse_attn::adaptive::{
-    choose, AdaptiveComponent, AdaptiveDecode, BlockSelect, DecodeCanary, Grouping,
-    SelectInputs, Selection, Share,
+    choose, AdaptiveComponent, AdaptiveDecode, BlockSelect, DecodeCanary, Grouping, SelectInputs,
+    Selection, Share,
 };
 use sparse_attn::kv_cache::{HostKvStorage, KvCache, KvCacheConfig, LayerCapacity, PoolSize};
 use sparse_attn::reference::{attention, RefInputs};
@@ -109,7 +109,12 @@ fn blocks_of(row: &[i32]) -> Vec<i64> {
 /// Runs the case's prefill and decode steps through `dec`, checking every step. Returns the
 /// first selection mismatch as an error (what a canary must produce); output mismatches
 /// panic. Returns the number of steps that reused a selection on success.
-fn run_case(case: &Case, sel: &BlockSelect, canary: DecodeCanary, seed: u64) -> Result<usize, String> {
+fn run_case(
+    case: &Case,
+    sel: &BlockSelect,
+    canary: DecodeCanary,
+    seed: u64,
+) -> Result<usize, String> {
     let (h, hk) = (case.heads, case.kv_heads);
     let group = h / hk;
     let bsz = sel.block() as usize;
@@ -153,9 +158,15 @@ fn run_case(case: &Case, sel: &BlockSelect, canary: DecodeCanary, seed: u64) -> 
     for s in 0..case.steps {
         let pos: Vec<usize> = case.prefill.iter().map(|&p| p + s).collect();
         let row = |x: &Vec<f16>, p: usize, n: usize| x[p * n * D..(p + 1) * n * D].to_vec();
-        let q: Vec<f16> = (0..seqs.len()).flat_map(|b| row(&qs[b], pos[b], h)).collect();
-        let k: Vec<f16> = (0..seqs.len()).flat_map(|b| row(&ks[b], pos[b], hk)).collect();
-        let v: Vec<f16> = (0..seqs.len()).flat_map(|b| row(&vs[b], pos[b], hk)).collect();
+        let q: Vec<f16> = (0..seqs.len())
+            .flat_map(|b| row(&qs[b], pos[b], h))
+            .collect();
+        let k: Vec<f16> = (0..seqs.len())
+            .flat_map(|b| row(&ks[b], pos[b], hk))
+            .collect();
+        let v: Vec<f16> = (0..seqs.len())
+            .flat_map(|b| row(&vs[b], pos[b], hk))
+            .collect();
         let step = dec
             .step_emulated(&mut cache, &mut store, 0, &seqs, &q, &k, &v, &run)
             .unwrap();
@@ -192,7 +203,10 @@ fn run_case(case: &Case, sel: &BlockSelect, canary: DecodeCanary, seed: u64) -> 
             let p = pos[b] as i64;
             let fresh = s % every == 0;
             if step.reselected[b] != fresh {
-                return Err(format!("step {s} seq {b}: reselected {}", step.reselected[b]));
+                return Err(format!(
+                    "step {s} seq {b}: reselected {}",
+                    step.reselected[b]
+                ));
             }
             reused += (!fresh) as usize;
             let forced = sel.forced(p, pos[b] + 1);
@@ -217,7 +231,11 @@ fn run_case(case: &Case, sel: &BlockSelect, canary: DecodeCanary, seed: u64) -> 
                         Data::Float => margin_rule(sel, &want_sel, b, head, &forced, &got)
                             .map_err(|e| format!("step {s} seq {b} unit {u}: {e}"))?,
                     }
-                    chosen[b][u] = got.iter().copied().filter(|j| !forced.contains(j)).collect();
+                    chosen[b][u] = got
+                        .iter()
+                        .copied()
+                        .filter(|j| !forced.contains(j))
+                        .collect();
                     block0[b] = p / bsz as i64;
                     got
                 } else {
@@ -251,7 +269,8 @@ fn run_case(case: &Case, sel: &BlockSelect, canary: DecodeCanary, seed: u64) -> 
             for hq in 0..h {
                 for j in 0..=p {
                     assert_eq!(
-                        dec.plan().allowed_by_bits(&step.bits, &seqlens, b, hq, 0, j),
+                        dec.plan()
+                            .allowed_by_bits(&step.bits, &seqlens, b, hq, 0, j),
                         allowed(b, hq, 0, j),
                         "step {s}: allowed_by_bits b {b} h {hq} j {j}"
                     );
@@ -269,12 +288,22 @@ fn run_case(case: &Case, sel: &BlockSelect, canary: DecodeCanary, seed: u64) -> 
                 sink_logits: None,
                 alibi_slopes: None,
             },
-            &allowed,
+            allowed,
         );
         let what = format!("step {s} positions {pos:?} seed {seed}");
-        assert_matches(&what, &problem, &step.out, &step.lse, &want, tol(DType::F16));
+        assert_matches(
+            &what,
+            &problem,
+            &step.out,
+            &step.lse,
+            &want,
+            tol(DType::F16),
+        );
     }
-    assert!(sparse, "every step selected every block: the case tests nothing");
+    assert!(
+        sparse,
+        "every step selected every block: the case tests nothing"
+    );
     Ok(reused)
 }
 
@@ -443,16 +472,29 @@ fn bad_steps_are_typed_errors_and_change_nothing() {
             .map(|_| ())
     };
     // Wrong tensor sizes, batch size, a repeated sequence.
-    assert!(matches!(check(&mut c, &mut store, &seqs, &q[1..], &k), Err(Error::Shape(_))));
-    assert!(matches!(check(&mut c, &mut store, &seqs, &q, &k[1..]), Err(Error::Shape(_))));
-    assert!(matches!(check(&mut c, &mut store, &seqs[..1], &q, &k), Err(Error::Shape(_))));
+    assert!(matches!(
+        check(&mut c, &mut store, &seqs, &q[1..], &k),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        check(&mut c, &mut store, &seqs, &q, &k[1..]),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        check(&mut c, &mut store, &seqs[..1], &q, &k),
+        Err(Error::Shape(_))
+    ));
     assert!(matches!(
         check(&mut c, &mut store, &[seqs[0], seqs[0]], &q, &k),
         Err(Error::Shape(_))
     ));
     // An unknown sequence.
     let mut other = cache(&case, LayerCapacity::Full, 16);
-    let stranger = [other.add_sequence(), other.add_sequence(), other.add_sequence()][2];
+    let stranger = [
+        other.add_sequence(),
+        other.add_sequence(),
+        other.add_sequence(),
+    ][2];
     assert!(matches!(
         check(&mut c, &mut store, &[seqs[0], stranger], &q, &k),
         Err(Error::Cache(_))
@@ -470,7 +512,10 @@ fn bad_steps_are_typed_errors_and_change_nothing() {
     let pl = c.reserve_append(seqs[1], 9).unwrap();
     let rows = vec![f16::ZERO; 9 * D];
     store.append_emulated(0, &[&pl], &rows, &rows).unwrap();
-    assert!(matches!(check(&mut c, &mut store, &seqs, &q, &k), Err(Error::Shape(_))));
+    assert!(matches!(
+        check(&mut c, &mut store, &seqs, &q, &k),
+        Err(Error::Shape(_))
+    ));
     // A good step still runs after the refusals.
     let mut c2 = cache(&case, LayerCapacity::Full, 16);
     let mut s2 = HostKvStorage::<f16>::new(&c2).unwrap();

@@ -118,7 +118,8 @@ struct Reuse {
     block0: i64,
 }
 
-/// The decode driver of one adaptive layer: see the module documentation.
+/// The decode driver of one adaptive layer: see the [module documentation](self) (the four
+/// launches of a step, the `reselect_every` rule, rings refused).
 #[derive(Clone, Debug)]
 pub struct AdaptiveDecode {
     plan: AdaptivePlan,
@@ -287,7 +288,7 @@ impl AdaptiveDecode {
         let every = self.component().reselect_every();
         let reselected: Vec<bool> = seqs
             .iter()
-            .map(|s| self.reuse.get(s).is_none_or(|r| r.served >= every))
+            .map(|s| self.reuse.get(s).map_or(true, |r| r.served >= every))
             .collect();
 
         // Score and select (skipped when every sequence reuses its selection).
@@ -350,7 +351,10 @@ impl AdaptiveDecode {
                 );
                 fresh
             } else {
-                let r = self.reuse.get_mut(&seq).expect("a reusing sequence has state");
+                let r = self
+                    .reuse
+                    .get_mut(&seq)
+                    .expect("a reusing sequence has state");
                 r.served += 1;
                 if self.canary == DecodeCanary::NoReforce {
                     r.selected.clone()

@@ -56,13 +56,13 @@
 //! # Ok::<(), sparse_attn::Error>(())
 //! ```
 
-mod decode;
+pub mod decode;
 pub mod device;
 pub mod lsh;
 mod params;
-pub mod scoring;
 mod pattern;
 mod plan;
+pub mod scoring;
 mod select;
 
 #[doc(hidden)]
