@@ -54,6 +54,9 @@ struct Case {
     prefill: Vec<usize>,
     steps: usize,
     data: Data,
+    /// Before step `.0`, the driver forgets sequence `.1`'s selection (it then selects on its
+    /// own phase, so steps mix fresh and reused sequences).
+    forget: Option<(usize, usize)>,
 }
 
 fn cache(case: &Case, caps: LayerCapacity, block: usize) -> KvCache {
@@ -149,6 +152,8 @@ fn run_case(
     let l = *dec.layout();
     // Per sequence: the content-chosen blocks of its last selection, per unit.
     let mut chosen: Vec<Vec<Vec<i64>>> = vec![vec![Vec::new(); l.units]; seqs.len()];
+    // Per sequence: steps its selection has served (0: none yet).
+    let mut served = vec![0usize; seqs.len()];
     // Per sequence: the block of its last selection's row.
     let mut block0 = vec![0i64; seqs.len()];
     let mut reused = 0;
@@ -167,6 +172,12 @@ fn run_case(
         let v: Vec<f16> = (0..seqs.len())
             .flat_map(|b| row(&vs[b], pos[b], hk))
             .collect();
+        if let Some((at, b)) = case.forget {
+            if at == s {
+                dec.forget(seqs[b]);
+                served[b] = 0;
+            }
+        }
         let step = dec
             .step_emulated(&mut cache, &mut store, 0, &seqs, &q, &k, &v, &run)
             .unwrap();
@@ -201,7 +212,8 @@ fn run_case(
         let mut applied: Vec<Vec<Vec<i64>>> = vec![vec![Vec::new(); l.units]; seqs.len()];
         for b in 0..seqs.len() {
             let p = pos[b] as i64;
-            let fresh = s % every == 0;
+            let fresh = served[b] == 0 || served[b] == every;
+            served[b] = if fresh { 1 } else { served[b] + 1 };
             if step.reselected[b] != fresh {
                 return Err(format!(
                     "step {s} seq {b}: reselected {}",
@@ -348,6 +360,7 @@ fn exact_case(heads: usize, kv_heads: usize) -> Case {
         prefill: vec![37, 70],
         steps: 40,
         data: Data::Exact,
+        forget: None,
     }
 }
 
@@ -380,7 +393,15 @@ fn minmax_kv_group_reselect_every_4_new_blocks_exact() {
         r#"{"top_k": {"block": 16, "k": 3, "keep_sinks": 0, "keep_local": 0,
              "score": "minmax", "share": "kv_group", "reselect_every": 4}}"#,
     );
-    run_case(&exact_case(4, 2), &sel, DecodeCanary::None, base_seed() + 2).unwrap();
+    // Sequence 1's selection is forgotten before step 6: from then on the two sequences
+    // reselect on different steps (6, 10, .. and 8, 12, ..), each step mixing a fresh and a
+    // reused selection.
+    let case = Case {
+        forget: Some((6, 1)),
+        ..exact_case(4, 2)
+    };
+    let reused = run_case(&case, &sel, DecodeCanary::None, base_seed() + 2).unwrap();
+    assert_eq!(reused, 30 + 29);
 }
 
 #[test]
@@ -395,6 +416,7 @@ fn mean_k_kv_group_float_margin_rule() {
         prefill: vec![50, 21],
         steps: 20,
         data: Data::Float,
+        forget: None,
     };
     run_case(&case, &sel, DecodeCanary::None, base_seed() + 3).unwrap();
 }
@@ -430,6 +452,7 @@ fn bad_steps_are_typed_errors_and_change_nothing() {
         prefill: vec![3, 5],
         steps: 4,
         data: Data::Exact,
+        forget: None,
     };
     let mut dec = driver(&case, &sel);
     let run = common::emu_run();
