@@ -14,8 +14,8 @@ mod common;
 use common::{assert_matches, base_seed, random_tensor, tol, widen, Rng};
 use half::f16;
 use sparse_attn::adaptive::{
-    choose, AdaptiveComponent, AdaptiveDecode, BlockSelect, DecodeCanary, Grouping, SelectInputs,
-    Selection, Share,
+    choose, masses, rank, AdaptiveComponent, AdaptiveDecode, BlockSelect, Choice, DecodeCanary,
+    Grouping, SelectInputs, Selection, Share,
 };
 use sparse_attn::kv_cache::{HostKvStorage, KvCache, KvCacheConfig, LayerCapacity, PoolSize};
 use sparse_attn::reference::{attention, RefInputs};
@@ -319,10 +319,11 @@ fn run_case(
     Ok(reused)
 }
 
-/// The margin rule of docs/adaptive.md for `top_k`: the device's content choice may differ
-/// from the reference's only on blocks whose reference score lies within
-/// `1e-3·(|s_k| + 1)` of the deciding score `s_k` (the last block the reference chose), and
-/// must hold the forced blocks and as many blocks.
+/// The margin rule of docs/adaptive.md: the device's selection holds the forced blocks and
+/// may differ from the reference's only on blocks whose reference score lies within
+/// `1e-3·(|s_k| + 1)` of the deciding score `s_k` (the last block the reference chose by
+/// content) or, for `top_p`, whose cumulative mass in the reference order (before or after
+/// the block) lies within `1e-4` of `p`; `top_k` chooses exactly as many blocks.
 fn margin_rule(
     sel: &BlockSelect,
     want: &Selection,
@@ -332,20 +333,50 @@ fn margin_rule(
     got: &[i64],
 ) -> Result<(), String> {
     let ref_blocks = want.blocks(b, head, 0);
-    if got.len() != ref_blocks.len() || !forced.iter().all(|j| got.contains(j)) {
+    let same_count = got.len() == ref_blocks.len();
+    if !forced.iter().all(|j| got.contains(j))
+        || (matches!(sel.choice(), Choice::TopK { .. }) && !same_count)
+    {
         return Err(format!("device {got:?} vs reference {ref_blocks:?}"));
     }
     let scores = want.scores(b, head, 0);
-    let ranked = choose(sel.choice(), scores, forced);
-    let Some(&last) = ranked.last() else {
-        return Ok(());
+    let s_k = choose(sel.choice(), scores, forced)
+        .last()
+        .map(|&j| scores[j as usize]);
+    // Cumulative masses around each block of C \ F in the reference order.
+    let m = masses(scores);
+    let mut rest: Vec<(i64, f64)> = (0..scores.len() as i64)
+        .filter(|j| !forced.contains(j))
+        .map(|j| (j, scores[j as usize]))
+        .collect();
+    rest.sort_by(|&x, &y| rank(x, y));
+    let mut cum: f64 = forced.iter().map(|&j| m[j as usize]).sum();
+    let mut around = vec![(0.0, 0.0); scores.len()];
+    for &(j, _) in &rest {
+        around[j as usize] = (cum, cum + m[j as usize]);
+        cum += m[j as usize];
+    }
+    let near = |j: i64| {
+        let s = scores[j as usize];
+        let by_score = s_k.is_some_and(|sk| (s - sk).abs() <= 1e-3 * (sk.abs() + 1.0));
+        let by_mass = match sel.choice() {
+            Choice::TopP { p, .. } => {
+                let (before, after) = around[j as usize];
+                (before - p).abs() <= 1e-4 || (after - p).abs() <= 1e-4
+            }
+            _ => false,
+        };
+        by_score || by_mass
     };
-    let s_k = scores[last as usize];
-    let margin = 1e-3 * (s_k.abs() + 1.0);
-    for &j in got.iter().filter(|j| !ref_blocks.contains(j)) {
-        if (scores[j as usize] - s_k).abs() > margin {
+    let differ = got
+        .iter()
+        .filter(|j| !ref_blocks.contains(j))
+        .chain(ref_blocks.iter().filter(|j| !got.contains(j)));
+    for &j in differ {
+        if !near(j) {
             return Err(format!(
-                "device chose block {j} (score {}) outside the margin of {s_k}",
+                "device {got:?} vs reference {ref_blocks:?}: block {j} (score {}) is outside \
+                 the margin (deciding score {s_k:?})",
                 scores[j as usize]
             ));
         }
@@ -419,6 +450,24 @@ fn mean_k_kv_group_float_margin_rule() {
         forget: None,
     };
     run_case(&case, &sel, DecodeCanary::None, base_seed() + 3).unwrap();
+}
+
+#[test]
+fn mean_k_top_p_float_reselect_every_2() {
+    let sel = select(
+        r#"{"top_p": {"block": 16, "p": 0.7, "min_k": 1, "max_k": 3, "keep_sinks": 1,
+             "keep_local": 1, "score": "mean_k", "reselect_every": 2}}"#,
+    );
+    let case = Case {
+        heads: 2,
+        kv_heads: 1,
+        prefill: vec![45, 90],
+        steps: 16,
+        data: Data::Float,
+        forget: None,
+    };
+    let reused = run_case(&case, &sel, DecodeCanary::None, base_seed() + 5).unwrap();
+    assert_eq!(reused, 2 * 8);
 }
 
 #[test]

@@ -24,8 +24,9 @@
 //!
 //! With `reselect_every = N` a sequence's selection is made on its first decode step and
 //! then every `N` steps (steps `0, N, 2N, ..` of the sequence in this driver); on the
-//! `N - 1` steps between, scoring and selection are skipped for it and the applied set at
-//! position `p` is
+//! `N - 1` steps between, no fresh selection is applied to it (the scoring and selection
+//! launches run only on steps where some sequence of the batch reselects) and the applied
+//! set at position `p` is
 //!
 //! `F(p) ∪ R ∪ {J : J(p0) < J <= J(p)}`
 //!
