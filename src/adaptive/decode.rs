@@ -237,7 +237,8 @@ impl AdaptiveDecode {
     /// the plan's or whose granularity does not divide `B`, tensors of the wrong length or
     /// type, a batch of another size or with a repeated sequence, a sequence that would
     /// outgrow the plan's longest key length (`Error::Shape`); an unknown sequence or an
-    /// exhausted pool (`Error::Cache`).
+    /// exhausted pool (`Error::Cache`). A launch that fails after the append (an emulator
+    /// fault) leaves the tokens appended.
     #[allow(clippy::too_many_arguments)]
     pub fn step_emulated<T: Element>(
         &mut self,
