@@ -258,3 +258,96 @@ fn bad_calls_are_typed_errors() {
     .unwrap();
     assert!(matches!(p.bits_of(&s2), Err(Error::Pattern(_))));
 }
+
+/// Values from {-2, -1, 0, 1, 2} / 4 (the contract's exact-arithmetic inputs).
+fn exact_tensor<T: Element>(rng: &mut Rng, n: usize) -> Vec<T> {
+    (0..n)
+        .map(|_| T::from_f32(((rng.unit() * 2.5).round().clamp(-2.0, 2.0)) / 4.0))
+        .collect()
+}
+
+/// The whole pipeline on the device (summaries, scores, selection, compaction, forward): on
+/// exact-arithmetic inputs the device's selection equals the f64 reference's bit for bit, and
+/// the output the reference under it.
+#[test]
+fn device_pipeline_selects_exactly_as_the_reference() {
+    let s = Heads {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    for (json, grouping, lens) in [
+        (
+            r#"{"top_k": {"block": 32, "k": 2, "keep_sinks": 1, "keep_local": 1, "score": "pooled_qk"}}"#,
+            Grouping::Prefill,
+            vec![(160usize, 200usize), (64, 64)],
+        ),
+        (
+            r#"{"top_k": {"block": 16, "k": 3, "keep_local": 1, "score": "minmax", "share": "kv_group"}}"#,
+            Grouping::Prefill,
+            vec![(96, 130), (1, 40)],
+        ),
+        (
+            r#"{"top_rel": {"block": 64, "alpha": 0.3, "max_k": 3, "keep_sinks": 1, "score": "mean_k"}}"#,
+            Grouping::Decode,
+            vec![(2, 300), (1, 129)],
+        ),
+    ] {
+        let sel = select(json);
+        let max = SeqLens::Uniform {
+            batch: 2,
+            q_len: 160,
+            kv_len: 320,
+        };
+        let problem_max =
+            AttnProblem::new(max, s.heads, s.kv_heads, s.head_dim, f16::DTYPE).unwrap();
+        let opts = AttnOptions {
+            causal: true,
+            scale: Some(1.0 / 16.0),
+            ..AttnOptions::default()
+        };
+        let plan = AdaptivePlan::new(&problem_max, &sel, grouping, &opts).unwrap();
+        let seqs = SeqLens::varlen_from_lens(&lens).unwrap();
+        let problem =
+            AttnProblem::new(seqs.clone(), s.heads, s.kv_heads, s.head_dim, f16::DTYPE).unwrap();
+        let mut rng = Rng::new(base_seed() + 30);
+        let q: Vec<f16> = exact_tensor(&mut rng, problem.q_elems());
+        let k: Vec<f16> = exact_tensor(&mut rng, problem.kv_elems());
+        let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
+        let selection = Selection::compute(
+            &problem,
+            &sel,
+            &SelectInputs {
+                q: &qf,
+                k: &kf,
+                scale: 1.0 / 16.0,
+                grouping,
+                given: None,
+            },
+        )
+        .unwrap();
+        let r = plan
+            .run_emulated(&seqs, &q, &k, &v, None, &common::emu_run())
+            .unwrap();
+        assert_eq!(
+            r.bits,
+            plan.bits_of(&selection).unwrap(),
+            "{json}: device selection"
+        );
+        let want = attention(
+            &problem,
+            &RefInputs {
+                q: &qf,
+                k: &kf,
+                v: &vf,
+                scale: 1.0 / 16.0,
+                softcap: 0.0,
+                sink_logits: None,
+                alibi_slopes: None,
+            },
+            selection.allowed(true),
+        );
+        assert_matches(json, &problem, &r.out, &r.lse, &want, tol(f16::DTYPE));
+    }
+}

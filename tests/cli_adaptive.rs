@@ -1,7 +1,8 @@
-//! `run` with adaptive patterns (docs/adaptive.md) on the emulator: out and lse against the
-//! f64 reference under the reference selection, `--mask-out` (per sequence) equal to that
-//! selection, caller `scores` for `score: given`, and the refusals (lsh, unions, CUDA, missing
-//! scores) as one-line errors that write nothing.
+//! `run` with adaptive patterns (docs/adaptive.md) on the emulator, selection made on the
+//! device: out and lse against the f64 reference under the selection the run applied (its
+//! `--mask-out`, per sequence), which equals the reference's own selection exactly on
+//! exact-arithmetic inputs and for caller `scores` (`score: given`); the refusals (lsh,
+//! unions, CUDA, missing scores) as one-line errors that write nothing.
 
 mod common;
 
@@ -17,6 +18,8 @@ use sparse_attn::{AttnProblem, DType, SeqLens};
 
 const TOP_K: &str = r#"{"causal": true, "components": [{"top_k": {"block": 32, "k": 2,
     "keep_sinks": 1, "keep_local": 1, "score": "mean_k"}}]}"#;
+const POOLED: &str = r#"{"causal": true, "components": [{"top_k": {"block": 32, "k": 2,
+    "keep_sinks": 1, "keep_local": 1, "score": "pooled_qk", "share": "kv_group"}}]}"#;
 const GIVEN: &str = r#"{"causal": true, "components": [{"top_p": {"block": 64, "p": 0.5,
     "max_k": 3, "keep_sinks": 0, "keep_local": 1, "score": "given"}}]}"#;
 
@@ -29,9 +32,24 @@ fn f32_tensor(name: &'static str, shape: &[usize], x: &[f32]) -> Tensor {
     }
 }
 
-/// Runs `pattern` through the binary on random inputs (plus `scores` when given) and checks
-/// out, lse and the mask against the reference.
-fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, with_scores: bool) {
+/// How a case's inputs are drawn and its selection checked.
+#[derive(Clone, Copy, PartialEq)]
+enum Inputs {
+    /// Random floats: the device's f32 scores may order near-ties differently from the f64
+    /// reference (the contract's margin rule), so out and lse are checked against the
+    /// reference under the selection the run applied (its `--mask-out`).
+    Float,
+    /// The contract's exact-arithmetic values and scale 1/16: the applied selection must
+    /// equal the reference's exactly.
+    Exact,
+    /// Float inputs with caller scores: the selection is exact as well.
+    Given,
+}
+
+/// Runs `pattern` through the binary (plus `scores` for given scores) and checks out, lse and
+/// the mask against the reference.
+fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, inputs: Inputs) {
+    let with_scores = inputs == Inputs::Given;
     let (heads, kv_heads, d) = (2usize, 1usize, 64usize);
     let problem = AttnProblem::new(
         SeqLens::Uniform {
@@ -51,7 +69,21 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, with_scores: 
         unreachable!()
     };
     let mut rng = Rng::new(common::base_seed());
-    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    let (mut q, mut k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    if inputs == Inputs::Exact {
+        let mut exact = |x: &mut Vec<f16>| {
+            for e in x.iter_mut() {
+                *e = f16::from_f32(((rng.unit() * 2.5).round().clamp(-2.0, 2.0)) / 4.0);
+            }
+        };
+        exact(&mut q);
+        exact(&mut k);
+    }
+    let scale = if inputs == Inputs::Exact {
+        1.0 / 16.0
+    } else {
+        1.0 / (d as f32).sqrt()
+    };
     let [groups, blocks] = given_shape(&sel, &problem, Grouping::Prefill);
     let scores: Vec<f32> = (0..batch * heads * groups * blocks)
         .map(|i| ((i * 7919) % 101) as f32 / 10.0)
@@ -71,11 +103,15 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, with_scores: 
     let f = Fixture::new(&safetensors_bytes(&tensors), pattern);
     let output = f.dir.path("out.safetensors");
     let mask_path = f.dir.path("mask.safetensors");
-    let stdout = f.succeed("run", &output, &["--mask-out", s(&mask_path)]);
+    let scale_arg = scale.to_string();
+    let stdout = f.succeed(
+        "run",
+        &output,
+        &["--mask-out", s(&mask_path), "--scale", &scale_arg],
+    );
     assert!(stdout.contains("density"), "{stdout}");
 
     let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
-    let scale = 1.0 / (d as f32).sqrt();
     let selection = Selection::compute(
         &problem,
         &sel,
@@ -91,7 +127,33 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, with_scores: 
         },
     )
     .unwrap();
-    let allowed = selection.allowed(true);
+    let (dtype, shape, mask) = read_tensor(&std::fs::read(&mask_path).unwrap(), "mask");
+    assert_eq!(dtype, Dtype::U8);
+    assert_eq!(shape, vec![batch, heads, q_len, kv_len]);
+    let applied = |b: usize, h: usize, i: usize, j: usize| {
+        mask[((b * heads + h) * q_len + i) * kv_len + j] == 1
+    };
+    let reference = selection.allowed(true);
+    let mut masked = 0;
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..q_len {
+                for j in 0..kv_len {
+                    let causal = j + q_len <= i + kv_len;
+                    assert!(!applied(b, h, i, j) || causal, "beyond the causal limit");
+                    if inputs != Inputs::Float {
+                        assert_eq!(
+                            applied(b, h, i, j),
+                            reference(b, h, i, j),
+                            "b {b} h {h} i {i} j {j}"
+                        );
+                    }
+                    masked += (causal && !applied(b, h, i, j)) as usize;
+                }
+            }
+        }
+    }
+    assert!(masked > 0, "the selection masked nothing");
     let want = attention(
         &problem,
         &RefInputs {
@@ -103,7 +165,7 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, with_scores: 
             sink_logits: None,
             alibi_slopes: None,
         },
-        &allowed,
+        applied,
     );
     let got = read_output(&output, Dtype::F16);
     let (err, max_ref) = (max_abs_diff(&got.out, &want.out), max_abs(&want.out));
@@ -112,32 +174,21 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, with_scores: 
         "out error {err:.3e} vs {max_ref:.3e}"
     );
     assert_lse_close("lse", &got.lse, &want.lse, 1e-2);
-    let (dtype, shape, mask) = read_tensor(&std::fs::read(&mask_path).unwrap(), "mask");
-    assert_eq!(dtype, Dtype::U8);
-    assert_eq!(shape, vec![batch, heads, q_len, kv_len]);
-    let mut masked = 0;
-    for b in 0..batch {
-        for h in 0..heads {
-            for i in 0..q_len {
-                for j in 0..kv_len {
-                    let m = mask[((b * heads + h) * q_len + i) * kv_len + j];
-                    assert_eq!(m, allowed(b, h, i, j) as u8, "b {b} h {h} i {i} j {j}");
-                    masked += (m == 0 && j <= i + kv_len - q_len) as usize;
-                }
-            }
-        }
-    }
-    assert!(masked > 0, "the selection masked nothing");
 }
 
 #[test]
 fn run_top_k_mean_k_with_mask_out() {
-    check(TOP_K, 2, 150, 150, false);
+    check(TOP_K, 2, 150, 150, Inputs::Float);
+}
+
+#[test]
+fn run_pooled_qk_kv_group_selects_exactly() {
+    check(POOLED, 2, 128, 192, Inputs::Exact);
 }
 
 #[test]
 fn run_top_p_given_scores() {
-    check(GIVEN, 1, 100, 260, true);
+    check(GIVEN, 1, 100, 260, Inputs::Given);
 }
 
 #[test]
@@ -171,4 +222,26 @@ fn refusals_are_one_line_errors() {
         let f = Fixture::new(&input, pattern);
         f.expect_failure("run", extra, needle);
     }
+}
+
+#[test]
+fn plan_reports_the_density_a_budget_fixes() {
+    let dir = common::tempdir::TempDir::new();
+    let p = dir.write(
+        "p.json",
+        r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 1, "keep_sinks": 1, "keep_local": 1}}]}"#,
+    );
+    let o = common::cli::bin(&["plan", "--pattern", s(&p), "--seq-len", "256", "--json"]);
+    let out = common::cli::assert_success(&o, "plan --pattern");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // As counted by hand in src/adaptive/budget.rs: 4 diagonal blocks, 5 full ones.
+    let want = 4 * 64 * 65 / 2 + 5 * 64 * 64;
+    assert_eq!(v["allowed_pairs_min"], want);
+    assert_eq!(v["allowed_pairs_max"], want);
+    assert_eq!(v["dense_pairs"], 256 * 257 / 2);
+    let o = common::cli::bin(&["plan", "--pattern", s(&p), "--seq-len", "256"]);
+    assert!(common::cli::assert_success(&o, "plan").contains("density"));
+    let stat = dir.write("s.json", r#"{"causal": true, "components": []}"#);
+    let o = common::cli::bin(&["plan", "--pattern", s(&stat), "--seq-len", "256"]);
+    common::cli::assert_fails(&o, 1, "not an adaptive pattern");
 }

@@ -728,7 +728,7 @@ impl SelectionBits {
 /// Validates `given` against `problem` and `sel` like the reference: `score: given`, heads
 /// `num_heads` (or `num_kv_heads` under `kv_group`), `[batch, heads, groups, blocks]` values
 /// of [`given_shape`], all finite.
-fn given_select(
+pub(crate) fn given_select(
     problem: &AttnProblem,
     sel: &BlockSelect,
     grouping: Grouping,

@@ -1,13 +1,15 @@
-//! Content-adaptive sparsity (docs/adaptive.md): the f64 reference of every adaptive
-//! component and their typed parameters.
+//! Content-adaptive sparsity (docs/adaptive.md): the components, their f64 reference, and
+//! their selection and execution on the device.
 //!
 //! What exists here is the *meaning* of the components, evaluated exactly on the CPU, the
 //! validation of their parameters, the device scoring of [`scoring`] (from the key
 //! summaries of [`crate::kv_cache::summary`]), the device selection kernel ([`device`]: scores
 //! to selection bits, on the emulator and on CUDA, including caller `given` scores) and the
-//! execution of a selection by one plan ([`AdaptivePlan`]); the pattern compiler does not use
-//! them (a pattern naming `top_k`, `top_p`, `top_rel` or `lsh` is still rejected by
-//! [`crate::pattern::Component`]).
+//! execution of a selection by one plan per component ([`AdaptivePlan`]: selection, compaction
+//! into the forward kernel's tile lists, forward; [`AdaptivePattern`] is its pattern JSON). The
+//! static pattern language does not take them ([`crate::pattern::Component`] rejects
+//! `top_k`, `top_p`, `top_rel` and `lsh`; unions with static components are not supported
+//! yet).
 //!
 //! - [`AdaptiveComponent`] parses `{"top_k": ..}`, `{"top_p": ..}`, `{"top_rel": ..}` and
 //!   `{"lsh": ..}`; [`BlockSelect`] and [`Lsh`] are the validated parameters.
@@ -21,6 +23,9 @@
 //!   [`device::select_given_cuda`] select from a caller's [`GivenScores`].
 //! - [`scoring`]: the device scoring kernel (`mean_k`, `pooled_qk`, `minmax` from the key
 //!   summaries of [`crate::kv_cache::summary`]) and its emulated run.
+//! - [`AdaptivePlan`] runs calls (prefill chunks, decode steps) of one component up to its
+//!   maxima: [`AdaptivePlan::run_emulated`] selects on the device and runs;
+//!   [`AdaptivePlan::run_emulated_with_bits`] runs a given selection.
 //! - [`AdaptiveDecode`]: decode steps of an adaptive layer over the paged KV cache (append
 //!   with summaries, score, select, forward under one [`AdaptivePlan`]), `reselect_every`
 //!   included, on the emulator.
@@ -56,6 +61,7 @@
 //! # Ok::<(), sparse_attn::Error>(())
 //! ```
 
+mod budget;
 pub mod decode;
 pub mod device;
 pub mod lsh;
@@ -65,6 +71,7 @@ mod plan;
 pub mod scoring;
 mod select;
 
+pub use budget::{density_bounds, DensityBounds};
 #[doc(hidden)]
 pub use decode::DecodeCanary;
 pub use decode::{AdaptiveDecode, DecodeStep};

@@ -29,13 +29,16 @@
 //! - No GQA packing (heads of one block may select different keys); split-KV as the plan
 //!   chooses for few query tiles.
 
-use super::params::{BlockSelect, Share};
-use super::select::{GivenScores, Grouping, SelectInputs, Selection};
+use super::device::{self, DeviceSelect, ScoreLayout, SelectCapacity};
+use super::params::{BlockSelect, Score, Share};
+use super::scoring::{self, ScoreExtents, SummaryIndex, SummaryInput};
+use super::select::{GivenScores, Grouping, Selection};
 use crate::attention::{AttnPlan, EmuRun, PlanMeta, PreparedCall, StepKv};
 use crate::emu::GuardedBuffer;
 use crate::error::{Error, Result};
 use crate::ffi::{self, SaAdaptListsParams};
 use crate::kernels::{self, Launch};
+use crate::kv_cache::summary::{self, SummaryLayout};
 use crate::pattern::{HeadPatterns, MaskKind, Pattern};
 use crate::shape::{AttnOptions, AttnProblem, SeqLens};
 use crate::Element;
@@ -240,44 +243,87 @@ impl AdaptivePlan {
         run: &EmuRun,
     ) -> Result<AdaptiveRun<T>> {
         self.attn.check_step_lens(seqs)?;
-        let bits = self.select_bits(seqs, q, k, given)?;
+        let bits = self.select_bits(seqs, q, k, given, run)?;
         let (out, lse) =
             self.run_emulated_with_bits(seqs, q, StepKv::Contiguous { k, v }, &bits, run)?;
         Ok(AdaptiveRun { out, lse, bits })
     }
 
-    /// The selection bits of one call.
+    /// The selection bits of one call, made on the device (emulator): the call's key block
+    /// summaries (summarize kernel over the contiguous keys), the block scores (scoring
+    /// kernel; or the caller's `given` scores), then the selection kernel into the plan's
+    /// selection layout.
     fn select_bits<T: Element>(
         &self,
         seqs: &SeqLens,
         q: &[T],
         k: &[T],
         given: Option<GivenScores<'_>>,
+        run: &EmuRun,
     ) -> Result<Vec<i32>> {
         let p = self.attn.problem();
-        let problem = AttnProblem::new(
-            seqs.clone(),
-            p.num_heads(),
-            p.num_kv_heads(),
-            p.head_dim().get(),
-            p.dtype(),
-        )?;
-        let (qf, kf): (Vec<f32>, Vec<f32>) = (
-            q.iter().map(|x| x.to_f32()).collect(),
-            k.iter().map(|x| x.to_f32()).collect(),
-        );
-        let s = Selection::compute(
-            &problem,
+        let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get());
+        let problem = AttnProblem::new(seqs.clone(), h, hk, d, p.dtype())?;
+        let call = ScoreExtents::for_problem(&self.sel, &problem, self.grouping);
+        let (scores, score_heads) = match (self.sel.score(), given) {
+            (Score::Given, Some(g)) => {
+                // Shape, heads and finiteness, as for any given scores.
+                device::given_select(&problem, &self.sel, self.grouping, &g)?;
+                (g.scores.to_vec(), g.heads)
+            }
+            (Score::Given, None) => {
+                return Err(Error::Pattern(
+                    "score \"given\" needs the caller's scores".into(),
+                ))
+            }
+            (score, Some(_)) => {
+                return Err(Error::Pattern(format!(
+                    "given scores were passed but the score is {score:?}, not \"given\""
+                )))
+            }
+            (_, None) => {
+                let layout = SummaryLayout::identity(hk, d as usize, self.sel.block() as usize)?;
+                let (pool, seq_blocks) = summary::summarize_emulated(&layout, seqs, k)?;
+                let s = scoring::score_emulated(
+                    &problem,
+                    &self.sel,
+                    self.grouping,
+                    self.attn.scale(),
+                    q,
+                    SummaryInput {
+                        layout: &layout,
+                        pool: &pool,
+                        index: SummaryIndex::Identity { seq_blocks },
+                    },
+                )?;
+                (s.data, h)
+            }
+        };
+        // The call's [batch, heads, groups, blocks] scores in the plan's capacity.
+        let l = &self.layout;
+        let cap = SelectCapacity {
+            max_groups: l.max_groups,
+            max_blocks: l.max_blocks,
+        };
+        let mut padded =
+            vec![f32::NEG_INFINITY; l.batch * score_heads * cap.max_groups * cap.max_blocks];
+        for (row, src) in scores.chunks(call.max_blocks.max(1)).enumerate() {
+            let (bh, g) = (row / call.max_groups.max(1), row % call.max_groups.max(1));
+            let at = (bh * cap.max_groups + g) * cap.max_blocks;
+            padded[at..at + src.len()].copy_from_slice(src);
+        }
+        let ds = DeviceSelect::new(
             &self.sel,
-            &SelectInputs {
-                q: &qf,
-                k: &kf,
-                scale: self.attn.scale(),
-                grouping: self.grouping,
-                given,
-            },
+            self.grouping,
+            l.batch,
+            h,
+            hk,
+            cap,
+            ScoreLayout::contiguous(score_heads, &cap),
         )?;
-        self.bits_of(&s)
+        let mut bits = vec![0i32; l.bits_len()];
+        ds.run_emulated(seqs, &padded, &mut bits, None, &run.options())?;
+        Ok(bits)
     }
 
     /// Runs one call at the lengths `seqs` (the plan's batch, each within its maxima) on the

@@ -1,6 +1,7 @@
 //! `run` with an adaptive pattern (docs/adaptive.md): `{"causal": .., "components": [one of
-//! top_k, top_p, top_rel]}`. The selection is made for the input's q and k (or from the
-//! input's `scores` tensor for `score: given`), then one adaptive plan runs on the emulator;
+//! top_k, top_p, top_rel]}`. The selection is made on the device for the input's q and k
+//! (summaries, scores, selection kernels; or from the input's `scores` tensor for `score:
+//! given`), then one adaptive plan runs; all on the emulator so far;
 //! `--mask-out` writes the selection that was applied, per sequence (adaptive masks depend on
 //! the contents, so every sequence has its own): U8 `[batch, num_heads, q_len, kv_len]`.
 
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use half::{bf16, f16};
 use sparse_attn::adaptive::{
-    AdaptiveComponent, AdaptivePattern, AdaptivePlan, GivenScores, Grouping,
+    density_bounds, AdaptiveComponent, AdaptivePattern, AdaptivePlan, GivenScores, Grouping,
 };
 use sparse_attn::{AttnOptions, AttnProblem, DType, EmuRun, Error, SeqLens};
 
@@ -34,6 +35,9 @@ pub struct AdaptiveRunArgs<'a> {
 pub fn read_pattern(path: &Path) -> Result<Option<AdaptivePattern>, CliError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| input_err(path, format!("cannot read ({e})")))?;
+    if serde_json::from_str::<serde_json::Value>(&text).is_err() {
+        return Ok(None); // malformed JSON: the pattern reader says how
+    }
     AdaptivePattern::from_json(&text).map_err(|e| input_err(path, crate::pattern::message(e)))
 }
 
@@ -173,4 +177,52 @@ fn call<T: Storage>(
         r.lse,
         r.bits,
     ))
+}
+
+/// `plan --pattern`: the densities an adaptive pattern's budget allows for a prefill of `n`
+/// tokens (per head; every head has the same bounds).
+pub fn plan(path: &Path, n: usize, json: bool) -> Result<(), CliError> {
+    let pattern = read_pattern(path)?.ok_or_else(|| {
+        input_err(
+            path,
+            "is not an adaptive pattern (plan --pattern takes top_k, top_p or top_rel; a static \
+             pattern's density is in `viz` and in plan --model)",
+        )
+    })?;
+    let AdaptiveComponent::Select(sel) = pattern.component else {
+        return Err(CliError::NotYet(
+            "density bounds of lsh patterns (they depend on the contents alone)".into(),
+        ));
+    };
+    let b = density_bounds(&sel, n, n, pattern.causal);
+    let (lo, hi) = b.density();
+    if json {
+        let v = serde_json::json!({
+            "pattern": pattern.component.to_json(),
+            "causal": pattern.causal,
+            "seq_len": n,
+            "allowed_pairs_min": b.lo,
+            "allowed_pairs_max": b.hi,
+            "dense_pairs": b.pairs,
+            "density_min": lo,
+            "density_max": hi,
+        });
+        println!("{v:#}");
+    } else {
+        println!(
+            "{}{} at {n} tokens: density {} of the {} pairs per head ({} .. {} of {})",
+            pattern.component.to_json(),
+            if pattern.causal { " (causal)" } else { "" },
+            if b.lo == b.hi {
+                format!("{:.2}%", 100.0 * lo)
+            } else {
+                format!("{:.2}% .. {:.2}%", 100.0 * lo, 100.0 * hi)
+            },
+            if pattern.causal { "causal" } else { "dense" },
+            b.lo,
+            b.hi,
+            b.pairs
+        );
+    }
+    Ok(())
 }

@@ -166,8 +166,17 @@ struct RunArgs {
 #[derive(Args)]
 struct PlanArgs {
     /// A Hugging Face config.json (a `text_config` inside is read when present).
-    #[arg(long, value_name = "config.json")]
-    model: PathBuf,
+    #[arg(
+        long,
+        value_name = "config.json",
+        required_unless_present = "pattern",
+        conflicts_with = "pattern"
+    )]
+    model: Option<PathBuf>,
+    /// Instead of --model: an adaptive pattern (docs/adaptive.md), whose budget fixes the
+    /// range of densities a prefill of N tokens can have, whatever the contents.
+    #[arg(long, value_name = "P.json")]
+    pattern: Option<PathBuf>,
     /// Sequence length N (prefill of N tokens: q_len = kv_len = N).
     #[arg(long, value_name = "N")]
     seq_len: usize,
@@ -473,7 +482,14 @@ fn cmd_plan(a: &PlanArgs) -> Result<(), CliError> {
         head_dim: a.head_dim,
         dtype: a.dtype,
     };
-    let m = model::load(&a.model, &overrides, true)?;
+    if let Some(path) = &a.pattern {
+        return adaptive::plan(path, a.seq_len, a.json);
+    }
+    let model = a
+        .model
+        .as_ref()
+        .expect("clap requires --model or --pattern");
+    let m = model::load(model, &overrides, true)?;
     let report = plan::report(&m, a.seq_len)?;
     if a.json {
         let text = serde_json::to_string_pretty(&report)

@@ -1,0 +1,198 @@
+//! What a selection's budget fixes before any content is seen: the range of the density a
+//! prefill can have (the CLI's `plan --pattern`).
+
+use super::params::{BlockSelect, Choice};
+use crate::reference::query_position;
+
+/// The allowed (query, key) pairs a selection can give one head of a prefill of `q_len` rows
+/// over `kv_len` keys, whatever the contents: `lo ..= hi`, against the `pairs` a dense layer of
+/// the same causality allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DensityBounds {
+    /// Fewest allowed pairs.
+    pub lo: u64,
+    /// Most allowed pairs.
+    pub hi: u64,
+    /// Pairs of dense attention (causal: those with `j <= p`).
+    pub pairs: u64,
+}
+
+impl DensityBounds {
+    /// `lo / pairs` and `hi / pairs` (0 when there are no pairs).
+    pub fn density(&self) -> (f64, f64) {
+        if self.pairs == 0 {
+            return (0.0, 0.0);
+        }
+        (
+            self.lo as f64 / self.pairs as f64,
+            self.hi as f64 / self.pairs as f64,
+        )
+    }
+}
+
+/// The bounds for `sel` (prefill grouping; `causal` intersected). Per group, the forced blocks
+/// count as they are; the content chooses `n` more blocks among the other candidates, with
+/// `n = min(k, |C \ F|)` for `top_k` and `n` in `[min(min_k, |C \ F|), min(max_k, |C \ F|)]`
+/// for `top_p` and `top_rel` (whose count the scores decide); the fewest (most) pairs take the
+/// `n` candidates whose keys the group's rows see least (most). Exact: both bounds are
+/// reached by some scores. Cost: O(groups x candidates).
+pub fn density_bounds(
+    sel: &BlockSelect,
+    q_len: usize,
+    kv_len: usize,
+    causal: bool,
+) -> DensityBounds {
+    let b = sel.block();
+    let pos = |i: usize| query_position(i, q_len, kv_len);
+    // Keys of block J that row position p sees.
+    let seen = |jb: i64, p: i64| -> i64 {
+        let first = jb * b;
+        let last = ((jb + 1) * b).min(kv_len as i64) - 1;
+        let last = if causal { last.min(p) } else { last };
+        (last - first + 1).max(0)
+    };
+    let pairs: u64 = (0..q_len)
+        .map(|i| {
+            let p = pos(i);
+            if causal {
+                (p + 1).clamp(0, kv_len as i64) as u64
+            } else {
+                kv_len as u64
+            }
+        })
+        .sum();
+    let (mut lo, mut hi) = (0u64, 0u64);
+    let mut i = 0;
+    while i < q_len {
+        // The group of row i: rows with the same floor(p / q_block).
+        let g = pos(i).div_euclid(sel.q_block());
+        let mut end = i + 1;
+        while end < q_len && pos(end).div_euclid(sel.q_block()) == g {
+            end += 1;
+        }
+        let max_p = pos(end - 1);
+        let forced = sel.forced(max_p, kv_len);
+        let per_block = |jb: i64| -> u64 { (i..end).map(|r| seen(jb, pos(r)) as u64).sum() };
+        let fixed: u64 = forced.iter().map(|&jb| per_block(jb)).sum();
+        let mut others: Vec<u64> = sel
+            .candidates(max_p, kv_len)
+            .filter(|j| forced.binary_search(j).is_err())
+            .map(per_block)
+            .collect();
+        others.sort_unstable();
+        let free = others.len();
+        let (n_lo, n_hi) = match sel.choice() {
+            Choice::TopK { k } => {
+                let n = (k as usize).min(free);
+                (n, n)
+            }
+            Choice::TopP { min_k, max_k, .. } | Choice::TopRel { min_k, max_k, .. } => {
+                ((min_k as usize).min(free), (max_k as usize).min(free))
+            }
+        };
+        lo += fixed + others[..n_lo].iter().sum::<u64>();
+        hi += fixed + others[free - n_hi..].iter().sum::<u64>();
+        i = end;
+    }
+    DensityBounds { lo, hi, pairs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adaptive::AdaptiveComponent;
+
+    fn select(json: &str) -> BlockSelect {
+        match AdaptiveComponent::from_json(json).unwrap() {
+            AdaptiveComponent::Select(s) => s,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn top_k_with_local_blocks_is_exact_and_counts_by_hand() {
+        // 256 causal rows over 256 keys, blocks of 64, groups of 64 rows: group G (rows
+        // 64G .. 64G + 63) sees its own diagonal block (forced local: 64 * 65 / 2 pairs),
+        // block 0 as a sink when G > 0 (64 * 64), and k = 1 more full block when one is left
+        // (G >= 2).
+        let sel = select(r#"{"top_k": {"block": 64, "k": 1, "keep_sinks": 1, "keep_local": 1}}"#);
+        let d = density_bounds(&sel, 256, 256, true);
+        let diag = 64 * 65 / 2;
+        let full = 64 * 64;
+        let want = 4 * diag + 3 * full + 2 * full;
+        assert_eq!((d.lo, d.hi), (want, want));
+        assert_eq!(d.pairs, 256 * 257 / 2);
+    }
+
+    #[test]
+    fn bounds_hold_the_density_of_real_selections() {
+        use crate::adaptive::{Grouping, SelectInputs, Selection};
+        use crate::pattern::rng::SplitMix64;
+        use crate::{AttnProblem, DType, SeqLens};
+        let (q_len, kv_len) = (200, 330);
+        let problem = AttnProblem::new(
+            SeqLens::Uniform {
+                batch: 1,
+                q_len,
+                kv_len,
+            },
+            1,
+            1,
+            64,
+            DType::F16,
+        )
+        .unwrap();
+        let mut r = SplitMix64::new(5);
+        let q: Vec<f32> = (0..q_len * 64)
+            .map(|_| r.int_in(-8, 8) as f32 / 8.0)
+            .collect();
+        let k: Vec<f32> = (0..kv_len * 64)
+            .map(|_| r.int_in(-8, 8) as f32 / 8.0)
+            .collect();
+        for json in [
+            r#"{"top_k": {"block": 32, "k": 3, "keep_sinks": 1, "q_block": 48}}"#,
+            r#"{"top_p": {"block": 16, "p": 0.7, "min_k": 1, "max_k": 6, "keep_local": 2}}"#,
+            r#"{"top_rel": {"block": 64, "alpha": 0.2, "max_k": 2, "score": "pooled_qk"}}"#,
+        ] {
+            let sel = select(json);
+            for causal in [true, false] {
+                let s = Selection::compute(
+                    &problem,
+                    &sel,
+                    &SelectInputs {
+                        q: &q,
+                        k: &k,
+                        scale: 0.125,
+                        grouping: Grouping::Prefill,
+                        given: None,
+                    },
+                )
+                .unwrap();
+                let allowed = s.allowed(causal);
+                let n = (0..q_len)
+                    .flat_map(|i| (0..kv_len).map(move |j| (i, j)))
+                    .filter(|&(i, j)| allowed(0, 0, i, j))
+                    .count() as u64;
+                let b = density_bounds(&sel, q_len, kv_len, causal);
+                assert!(
+                    b.lo <= n && n <= b.hi,
+                    "{json} causal {causal}: {n} not in {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn top_p_ranges_from_min_k_to_max_k_and_dense_budgets_are_dense() {
+        let sel = select(
+            r#"{"top_p": {"block": 32, "p": 0.9, "min_k": 0, "max_k": 1000, "keep_sinks": 0, "keep_local": 1}}"#,
+        );
+        let d = density_bounds(&sel, 300, 500, true);
+        assert_eq!(d.hi, d.pairs, "max_k covering every block: dense");
+        assert!(d.lo < d.hi);
+        // Not causal: rows see whole blocks.
+        let k = select(r#"{"top_k": {"block": 16, "k": 2, "keep_local": 1}}"#);
+        let d = density_bounds(&k, 16, 160, false);
+        assert_eq!((d.lo, d.hi, d.pairs), (16 * 48, 16 * 48, 16 * 160));
+    }
+}
