@@ -26,6 +26,9 @@
 //! - [`AdaptivePlan`] runs calls (prefill chunks, decode steps) of one component up to its
 //!   maxima: [`AdaptivePlan::run_emulated`] selects on the device and runs;
 //!   [`AdaptivePlan::run_emulated_with_bits`] runs a given selection.
+//! - [`AdaptiveDecode`]: decode steps of an adaptive layer over the paged KV cache (append
+//!   with summaries, score, select, forward under one [`AdaptivePlan`]), `reselect_every`
+//!   included, on the emulator.
 //! - [`LshBuckets::compute`] hashes queries and keys with the seeded matrices of [`lsh`].
 //!
 //! # Consequences of the contract
@@ -59,6 +62,7 @@
 //! ```
 
 mod budget;
+pub mod decode;
 pub mod device;
 pub mod lsh;
 mod params;
@@ -68,6 +72,9 @@ pub mod scoring;
 mod select;
 
 pub use budget::{density_bounds, DensityBounds};
+#[doc(hidden)]
+pub use decode::DecodeCanary;
+pub use decode::{AdaptiveDecode, DecodeStep};
 pub use lsh::LshBuckets;
 pub use params::{AdaptiveComponent, BlockSelect, Choice, Lsh, Score, Share, MAX_BLOCK, MIN_BLOCK};
 pub use pattern::{AdaptivePattern, ADAPTIVE_KINDS};

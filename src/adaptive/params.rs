@@ -319,7 +319,8 @@ impl BlockSelect {
     }
 
     /// Decode steps a selection is reused for. The reference evaluates one step, so this is
-    /// validated and carried, not applied, here.
+    /// validated and carried, not applied, here; [`super::AdaptiveDecode`] applies it (the rule:
+    /// [`super::decode`]).
     pub fn reselect_every(&self) -> i64 {
         self.reselect_every
     }

@@ -310,6 +310,38 @@ pub fn score_emulated_with<T: Element>(
     input: SummaryInput<'_>,
     kernel: Option<&'static KernelDesc>,
 ) -> Result<Scores> {
+    let extents = ScoreExtents::for_problem(sel, problem, grouping);
+    score_run(problem, sel, grouping, scale, q, input, extents, kernel)
+}
+
+/// [`score_emulated`] into a SCORES buffer of `extents` (at least the problem's own,
+/// [`ScoreExtents::for_problem`]; `Error::Shape` otherwise): the plan-time buffer of a
+/// decode run, whose selection capacity is fixed for the longest call while each step's
+/// lengths vary. Entries past a sequence's candidates are `-inf`, as on the device.
+#[allow(clippy::too_many_arguments)]
+pub fn score_emulated_at<T: Element>(
+    problem: &AttnProblem,
+    sel: &BlockSelect,
+    grouping: Grouping,
+    scale: f32,
+    q: &[T],
+    input: SummaryInput<'_>,
+    extents: ScoreExtents,
+) -> Result<Scores> {
+    score_run(problem, sel, grouping, scale, q, input, extents, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_run<T: Element>(
+    problem: &AttnProblem,
+    sel: &BlockSelect,
+    grouping: Grouping,
+    scale: f32,
+    q: &[T],
+    input: SummaryInput<'_>,
+    extents: ScoreExtents,
+    kernel: Option<&'static KernelDesc>,
+) -> Result<Scores> {
     if T::DTYPE != problem.dtype() || q.len() != problem.q_elems() {
         return Err(Error::Shape(format!(
             "scores: q has {} {} elements, the problem needs {} {}",
@@ -330,7 +362,13 @@ pub fn score_emulated_with<T: Element>(
             input.pool.len()
         )));
     }
-    let extents = ScoreExtents::for_problem(sel, problem, grouping);
+    let need = ScoreExtents::for_problem(sel, problem, grouping);
+    if extents.max_groups < need.max_groups || extents.max_blocks < need.max_blocks {
+        return Err(Error::Shape(format!(
+            "scores: a buffer of {} groups x {} blocks for a call needing {} x {}",
+            extents.max_groups, extents.max_blocks, need.max_groups, need.max_blocks
+        )));
+    }
     let heads = problem.num_heads();
     let n = problem.seqs().batch() * heads * extents.max_groups * extents.max_blocks;
     if n == 0 || q.is_empty() {

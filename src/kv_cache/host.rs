@@ -2,6 +2,7 @@
 //! placements and block tables the bookkeeping hands out, so a device storage (cudarc page
 //! buffers) can sit next to it without touching [`KvCache`].
 
+use super::append::{append_emulated_with, placement_slots};
 use super::cache::{KvCache, Placement, SeqId};
 use super::layout::{resident, slot_of_logical_page, PageLayout, PageSize};
 use super::summary::{append_twin, SummaryLayout};
@@ -162,6 +163,61 @@ impl<T: Element> HostKvStorage<T> {
             }
         }
         Ok(())
+    }
+
+    /// Writes the K and V rows of `placements` (in order; `k_rows`, `v_rows` their rows
+    /// concatenated, `[Σ len, num_kv_heads, head_dim]`) into `layer` with the append kernel
+    /// (`kernels/kv_append.cu`) on the emulator, one launch, which also keeps the layer's
+    /// summaries current: the device path whose f32 twin is [`HostKvStorage::write_kv`].
+    /// Checks everything before writing (`Error::Shape` for lengths and layers,
+    /// `Error::Cache` for slots outside the pool or breaking the kernel's one-writer rule).
+    pub fn append_emulated(
+        &mut self,
+        layer: usize,
+        placements: &[&Placement],
+        k_rows: &[T],
+        v_rows: &[T],
+    ) -> Result<()> {
+        self.append_emulated_keeping(layer, placements, k_rows, v_rows, true)
+    }
+
+    /// [`HostKvStorage::append_emulated`]; `keep_summaries == false` leaves the summaries as
+    /// they are (a stale-summary canary of the adaptive decode tests).
+    pub(crate) fn append_emulated_keeping(
+        &mut self,
+        layer: usize,
+        placements: &[&Placement],
+        k_rows: &[T],
+        v_rows: &[T],
+        keep_summaries: bool,
+    ) -> Result<()> {
+        let num_pages = self.num_pages(layer)?;
+        let layout = self.layouts[layer];
+        let mut slots = Vec::new();
+        for p in placements {
+            slots.extend(placement_slots(p, layer, &layout, num_pages)?);
+        }
+        let n: usize = placements.iter().map(|p| p.len).sum();
+        if slots.len() != 2 * n {
+            return Err(Error::Shape(format!(
+                "append: placements of {n} positions list {} slots in layer {layer}",
+                slots.len() / 2
+            )));
+        }
+        let summaries = match self.summaries.get_mut(layer).and_then(|s| s.as_mut()) {
+            Some((s, pool)) if keep_summaries => Some((&*s, pool.as_mut_slice())),
+            _ => None,
+        };
+        let pages = &mut self.layers[layer];
+        append_emulated_with(
+            &layout,
+            &mut pages.k,
+            &mut pages.v,
+            summaries,
+            &slots,
+            k_rows,
+            v_rows,
+        )
     }
 
     /// Reads row `b` of `table` (a block table of `layer`) back into contiguous
