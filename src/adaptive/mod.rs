@@ -55,10 +55,11 @@
 
 pub mod device;
 pub mod lsh;
+pub mod needle;
 mod params;
-pub mod scoring;
 mod pattern;
 mod plan;
+pub mod scoring;
 mod select;
 
 pub use lsh::LshBuckets;
