@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench adaptive_quality [-- OPTIONS]`:
 //!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke run: 2K tokens,
+//! head_dim 64, 8 strata, unless options follow.
+//!
 //! - `--quick` (or `SPARSE_ATTN_BENCH_QUICK=1`): 8K tokens only;
 //! - `--lens 8192,16384,...` and `--dims 64,128`: the cases (default 8K, 16K, 32K, 64K, and
 //!   head_dim 64 and 128);
@@ -58,10 +61,16 @@ fn args() -> Args {
         out: None,
         rotate: true,
     };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not: a smoke run only.
+    if !argv.iter().any(|x| x == "--bench") {
+        a.lens = vec![2048];
+        a.dims = vec![64];
+        a.strata = 8;
+    }
     if std::env::var("SPARSE_ATTN_BENCH_QUICK").is_ok_and(|v| v == "1") {
         a.lens = vec![8192];
     }
-    let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
         let val = || argv.get(i + 1).expect("option needs a value").clone();

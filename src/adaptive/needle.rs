@@ -50,7 +50,7 @@
 //! its last position. With `q_block` a multiple of `B` (checked) that is exactly the
 //! group's selection in a whole prefill: the same candidates, forced blocks and complete
 //! block summaries. Each decode row is its own call of `q_len` 1 over `p + 1` keys
-//! ([`Grouping::Decode`](super::Grouping::Decode)).
+//! ([`Grouping::Decode`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -168,7 +168,7 @@ impl FieldSpec {
                 "needle_mass ({lo}, {hi}) must satisfy 0 < lo <= hi < 1"
             ));
         }
-        if !(self.local_len >= 1.0) {
+        if self.local_len.is_nan() || self.local_len < 1.0 {
             return bad(format!("local_len {} must be at least 1", self.local_len));
         }
         Ok(())
@@ -790,8 +790,13 @@ pub fn par_map<R: Send>(n: usize, threads: usize, f: impl Fn(usize) -> R + Sync)
         .collect()
 }
 
-/// The selected blocks of every evaluated row of `method`: `[head][row index]`.
-fn select_rows(
+/// The blocks `method` selects for the rows `rows[h]` (ascending positions) of every head
+/// `h`: `[head][row index]`, ascending. Prefill rows are selected by one call per group
+/// (its `q_block` rows over the keys up to the group's end: the whole prefill's selection
+/// when `q_block` is a multiple of the block), decode rows by one call each (`q_len` 1 over
+/// `p + 1` keys). Errors: those of [`Selection::compute`], and `Error::Pattern` for a
+/// prefill method whose `q_block` is not a multiple of its block.
+pub fn selected_blocks(
     field: &NeedleField,
     method: &Method,
     rows: &[Vec<usize>],
@@ -884,7 +889,7 @@ pub fn evaluate(
             Grouping::Prefill => &rows,
             Grouping::Decode => &decode_rows,
         };
-        selections.push(select_rows(field, m, rs, threads)?);
+        selections.push(selected_blocks(field, m, rs, threads)?);
     }
     // Every (head, row): the dense row once, then every method's metrics.
     let work: Vec<(usize, usize, usize)> = rows
