@@ -65,6 +65,7 @@ mod budget;
 pub mod decode;
 pub mod device;
 pub mod lsh;
+pub mod needle;
 mod params;
 mod pattern;
 mod plan;
