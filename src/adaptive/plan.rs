@@ -264,12 +264,26 @@ impl AdaptivePlan {
         let p = self.attn.problem();
         let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get());
         let problem = AttnProblem::new(seqs.clone(), h, hk, d, p.dtype())?;
-        let call = ScoreExtents::for_problem(&self.sel, &problem, self.grouping);
+        let l = &self.layout;
+        let cap = SelectCapacity {
+            max_groups: l.max_groups,
+            max_blocks: l.max_blocks,
+        };
+        // Scores in the plan's capacity: computed there on the device, or the caller's
+        // [batch, heads, groups, blocks] (the call's own extents) placed there.
         let (scores, score_heads) = match (self.sel.score(), given) {
             (Score::Given, Some(g)) => {
                 // Shape, heads and finiteness, as for any given scores.
                 device::given_select(&problem, &self.sel, self.grouping, &g)?;
-                (g.scores.to_vec(), g.heads)
+                let call = ScoreExtents::for_problem(&self.sel, &problem, self.grouping);
+                let mut placed =
+                    vec![f32::NEG_INFINITY; l.batch * g.heads * cap.max_groups * cap.max_blocks];
+                for (row, src) in g.scores.chunks(call.max_blocks.max(1)).enumerate() {
+                    let (bh, grp) = (row / call.max_groups.max(1), row % call.max_groups.max(1));
+                    let at = (bh * cap.max_groups + grp) * cap.max_blocks;
+                    placed[at..at + src.len()].copy_from_slice(src);
+                }
+                (placed, g.heads)
             }
             (Score::Given, None) => {
                 return Err(Error::Pattern(
@@ -284,7 +298,7 @@ impl AdaptivePlan {
             (_, None) => {
                 let layout = SummaryLayout::identity(hk, d as usize, self.sel.block() as usize)?;
                 let (pool, seq_blocks) = summary::summarize_emulated(&layout, seqs, k)?;
-                let s = scoring::score_emulated(
+                let s = scoring::score_emulated_at(
                     &problem,
                     &self.sel,
                     self.grouping,
@@ -295,23 +309,14 @@ impl AdaptivePlan {
                         pool: &pool,
                         index: SummaryIndex::Identity { seq_blocks },
                     },
+                    ScoreExtents {
+                        max_groups: cap.max_groups,
+                        max_blocks: cap.max_blocks,
+                    },
                 )?;
                 (s.data, h)
             }
         };
-        // The call's [batch, heads, groups, blocks] scores in the plan's capacity.
-        let l = &self.layout;
-        let cap = SelectCapacity {
-            max_groups: l.max_groups,
-            max_blocks: l.max_blocks,
-        };
-        let mut padded =
-            vec![f32::NEG_INFINITY; l.batch * score_heads * cap.max_groups * cap.max_blocks];
-        for (row, src) in scores.chunks(call.max_blocks.max(1)).enumerate() {
-            let (bh, g) = (row / call.max_groups.max(1), row % call.max_groups.max(1));
-            let at = (bh * cap.max_groups + g) * cap.max_blocks;
-            padded[at..at + src.len()].copy_from_slice(src);
-        }
         let ds = DeviceSelect::new(
             &self.sel,
             self.grouping,
@@ -322,7 +327,7 @@ impl AdaptivePlan {
             ScoreLayout::contiguous(score_heads, &cap),
         )?;
         let mut bits = vec![0i32; l.bits_len()];
-        ds.run_emulated(seqs, &padded, &mut bits, None, &run.options())?;
+        ds.run_emulated(seqs, &scores, &mut bits, None, &run.options())?;
         Ok(bits)
     }
 
