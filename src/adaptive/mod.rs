@@ -62,6 +62,7 @@
 //! ```
 
 mod budget;
+mod cuda;
 pub mod decode;
 pub mod device;
 pub mod lsh;
@@ -73,6 +74,7 @@ pub mod scoring;
 mod select;
 
 pub use budget::{density_bounds, DensityBounds};
+pub use cuda::GpuAdaptivePlan;
 #[doc(hidden)]
 pub use decode::DecodeCanary;
 pub use decode::{AdaptiveDecode, DecodeStep};

@@ -526,6 +526,29 @@ impl GpuPlan<'_> {
         &self.plan
     }
 
+    /// The GPU the plan lives on.
+    pub(crate) fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Device addresses of the uploaded metadata arrays ([`crate::attention::PlanMeta::arrays`]
+    /// order), for the launches that write them before a forward launch on the same stream
+    /// (adaptive plans: selection bits, lists, views, components).
+    pub(crate) fn meta_addrs(&self) -> MetaAddrs {
+        let stream = self.gpu.stream();
+        let mut m = MetaAddrs::default();
+        for (slot, b) in m.0.iter_mut().zip(&self.meta) {
+            let (ptr, _guard) = b.device_ptr(stream);
+            *slot = ptr;
+        }
+        m
+    }
+
+    /// The uploaded metadata array `i`.
+    pub(crate) fn meta_buffer(&self, i: usize) -> &CudaSlice<i32> {
+        &self.meta[i]
+    }
+
     /// Runs the forward pass, queued on the GPU's stream; see [`AttnPlan::run_cuda`]. Every
     /// length and the element type are checked before anything is launched.
     pub fn run<T: Element + DeviceRepr>(

@@ -22,6 +22,7 @@ pub use ref_softmax_params::*;
 unsafe impl cudarc::driver::DeviceRepr for SaAttnFwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for SaKvAppendParams {}
 unsafe impl cudarc::driver::DeviceRepr for SaAdaptSelectParams {}
+unsafe impl cudarc::driver::DeviceRepr for SaAdaptListsParams {}
 unsafe impl cudarc::driver::DeviceRepr for SaKvSummarizeParams {}
 unsafe impl cudarc::driver::DeviceRepr for SaAdaptiveScoreParams {}
 unsafe impl cudarc::driver::DeviceRepr for SaRefSoftmaxParams {}
