@@ -245,3 +245,119 @@ fn plan_reports_the_density_a_budget_fixes() {
     let o = common::cli::bin(&["plan", "--pattern", s(&stat), "--seq-len", "256"]);
     common::cli::assert_fails(&o, 1, "not an adaptive pattern");
 }
+
+/// `decode` with an adaptive pattern: the prefill rows equal the reference of a prefill call
+/// (prefill grouping), every later row the reference of its own decode call (`q_len` 1 over
+/// `p + 1` keys, a singleton group), with the device's selections (exact inputs: they equal
+/// the reference's).
+#[test]
+fn decode_matches_the_step_by_step_reference() {
+    let pattern = r#"{"causal": true, "components": [{"top_k": {"block": 16, "k": 2,
+        "keep_local": 1, "score": "minmax", "share": "kv_group"}}]}"#;
+    let (batch, t, prefill, heads, kv_heads, d) =
+        (2usize, 90usize, 50usize, 2usize, 1usize, 64usize);
+    let mut rng = Rng::new(common::base_seed());
+    let exact = |rng: &mut Rng, n: usize| -> Vec<f16> {
+        (0..n)
+            .map(|_| f16::from_f32((rng.unit() * 2.5).round().clamp(-2.0, 2.0) / 4.0))
+            .collect()
+    };
+    let q = exact(&mut rng, batch * t * heads * d);
+    let k = exact(&mut rng, batch * t * kv_heads * d);
+    let v: Vec<f16> = common::random_tensor(&mut rng, batch * t * kv_heads * d, 1.0);
+    let input = safetensors_bytes(&[
+        tensor("q", &[batch, t, heads, d], &q, Dtype::F16),
+        tensor("k", &[batch, t, kv_heads, d], &k, Dtype::F16),
+        tensor("v", &[batch, t, kv_heads, d], &v, Dtype::F16),
+    ]);
+    let f = Fixture::new(&input, pattern);
+    let output = f.dir.path("out.safetensors");
+    let prefill_arg = prefill.to_string();
+    f.succeed(
+        "decode",
+        &output,
+        &["--prefill", &prefill_arg, "--page-size", "16"],
+    );
+    let got = read_output(&output, Dtype::F16);
+    assert_eq!(got.out_shape, vec![batch, t, heads, d]);
+    let value: serde_json::Value = serde_json::from_str(pattern).unwrap();
+    let AdaptiveComponent::Select(sel) =
+        AdaptiveComponent::from_json(&value["components"][0].to_string()).unwrap()
+    else {
+        unreachable!()
+    };
+    let scale = 1.0 / (d as f32).sqrt();
+    // Sequence b's rows `rows` of x (`n` heads), widened.
+    let part = |x: &[f16], b: usize, rows: std::ops::Range<usize>, n: usize| -> Vec<f32> {
+        widen(&x[(b * t + rows.start) * n * d..(b * t + rows.end) * n * d])
+    };
+    // (call lengths per sequence, first row of the call, grouping)
+    let mut calls = vec![(vec![(prefill, prefill); batch], 0usize, Grouping::Prefill)];
+    for i in prefill..t {
+        calls.push((vec![(1, i + 1); batch], i, Grouping::Decode));
+    }
+    for (lens, first, grouping) in calls {
+        let seqs = SeqLens::varlen_from_lens(&lens).unwrap();
+        let problem = AttnProblem::new(seqs, heads, kv_heads, d as u32, DType::F16).unwrap();
+        let (q_len, kv_len) = lens[0];
+        let qf: Vec<f32> = (0..batch)
+            .flat_map(|b| part(&q, b, first..first + q_len, heads))
+            .collect();
+        let kf: Vec<f32> = (0..batch)
+            .flat_map(|b| part(&k, b, 0..kv_len, kv_heads))
+            .collect();
+        let vf: Vec<f32> = (0..batch)
+            .flat_map(|b| part(&v, b, 0..kv_len, kv_heads))
+            .collect();
+        let s = Selection::compute(
+            &problem,
+            &sel,
+            &SelectInputs {
+                q: &qf,
+                k: &kf,
+                scale,
+                grouping,
+                given: None,
+            },
+        )
+        .unwrap();
+        let want = attention(
+            &problem,
+            &RefInputs {
+                q: &qf,
+                k: &kf,
+                v: &vf,
+                scale,
+                softcap: 0.0,
+                sink_logits: None,
+                alibi_slopes: None,
+            },
+            s.allowed(true),
+        );
+        let total = batch * q_len;
+        for b in 0..batch {
+            for i in 0..q_len {
+                for h in 0..heads {
+                    let at = ((b * t + first + i) * heads + h) * d;
+                    let w = &want.out[((b * q_len + i) * heads + h) * d..][..d];
+                    let err = got.out[at..at + d]
+                        .iter()
+                        .zip(w)
+                        .fold(0.0f64, |m, (&g, &r)| m.max((g as f64 - r).abs()));
+                    assert!(
+                        err < 1e-2,
+                        "row {} of sequence {b}, head {h}: error {err}",
+                        first + i
+                    );
+                    let l = got.lse[(b * heads + h) * t + first + i] as f64;
+                    let lw = want.lse[h * total + b * q_len + i];
+                    assert!(
+                        (l - lw).abs() < 1e-2 * lw.abs().max(1.0),
+                        "lse row {}",
+                        first + i
+                    );
+                }
+            }
+        }
+    }
+}

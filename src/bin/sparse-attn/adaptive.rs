@@ -213,3 +213,200 @@ pub fn plan(path: &Path, n: usize, json: bool) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// What `decode` was asked, for an adaptive pattern.
+pub struct AdaptiveDecodeArgs<'a> {
+    pub pattern: AdaptivePattern,
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub prefill: usize,
+    pub page_size: usize,
+    pub backend: BackendArg,
+}
+
+/// `decode` with an adaptive pattern: the first `prefill` tokens of every sequence attend as a
+/// prefill (prefill grouping, `AdaptivePlan`) and are appended to a paged cache that keeps
+/// the key block summaries; then every later token is one decode step (`AdaptiveDecode`:
+/// append, scores from the summaries, selection, paged forward; its rows are singleton
+/// groups, so the output equals the reference evaluated step by step, not `run` over all
+/// tokens). Emulator only so far.
+pub fn decode(a: &AdaptiveDecodeArgs<'_>) -> Result<(), CliError> {
+    let AdaptiveComponent::Select(sel) = a.pattern.component else {
+        return Err(CliError::NotYet("decoding lsh patterns".into()));
+    };
+    if a.backend == BackendArg::Cuda {
+        return Err(CliError::NotYet(
+            "adaptive patterns on the CUDA backend (use --backend emulator)".into(),
+        ));
+    }
+    if !a.pattern.causal {
+        return Err(input_err(
+            a.input,
+            "decode needs a causal pattern (a decode step sees no later token)",
+        ));
+    }
+    let bytes =
+        std::fs::read(a.input).map_err(|e| input_err(a.input, format!("cannot read ({e})")))?;
+    let inputs = io::read_inputs(&bytes).map_err(|e| input_err(a.input, e))?;
+    let problem = crate::input_problem(a.input, &inputs)?;
+    let (t, kv_len) = problem.seqs().max_lens();
+    if t != kv_len || t == 0 || a.prefill > t {
+        return Err(input_err(
+            a.input,
+            format!(
+                "decode needs q_len == kv_len > 0 and --prefill <= T (q {t}, kv {kv_len}, \
+                 prefill {})",
+                a.prefill
+            ),
+        ));
+    }
+    let start = Instant::now();
+    let (out, lse) = match inputs.dtype {
+        DType::F16 => decode_typed::<f16>(a, &sel, &problem, &inputs)?,
+        DType::BF16 => decode_typed::<bf16>(a, &sel, &problem, &inputs)?,
+    };
+    let elapsed = start.elapsed();
+    let [batch, _, num_heads, _] = inputs.q_shape;
+    let lse_t = OutTensor::from_f32("lse", vec![batch, num_heads, t], &lse);
+    Staged::write(a.output, &[out, lse_t])
+        .and_then(Staged::commit)
+        .map_err(CliError::Output)?;
+    println!(
+        "sparse-attn decode: adaptive {} (causal); {} q [{batch}, {t}, {num_heads}, {}]; \
+         prefill {} + {} decode steps, one plan each; on emulator in {:.3} s -> {}",
+        a.pattern.component.to_json(),
+        inputs.dtype.name(),
+        inputs.q_shape[3],
+        a.prefill,
+        t - a.prefill,
+        elapsed.as_secs_f64(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+/// The prefill and decode steps on typed inputs: (out tensor, lse `[batch, heads, T]`).
+fn decode_typed<T: Storage>(
+    a: &AdaptiveDecodeArgs<'_>,
+    sel: &sparse_attn::adaptive::BlockSelect,
+    problem: &sparse_attn::AttnProblem,
+    inputs: &io::Inputs,
+) -> Result<(OutTensor, Vec<f32>), CliError> {
+    use sparse_attn::adaptive::AdaptiveDecode;
+    use sparse_attn::kv_cache::{HostKvStorage, KvCache, KvCacheConfig, LayerCapacity, PoolSize};
+
+    let [batch, t, h, d] = inputs.q_shape;
+    let hk = inputs.kv_shape[2];
+    let q = io::Inputs::typed::<T>(&inputs.q);
+    let k = io::Inputs::typed::<T>(&inputs.k);
+    let v = io::Inputs::typed::<T>(&inputs.v);
+    let opts = AttnOptions {
+        causal: true,
+        scale: None,
+        softcap: None,
+        sink_logits: inputs.sinks.clone(),
+        alibi_slopes: inputs.alibi_slopes.clone(),
+    };
+    let mut out = vec![T::from_f32(0.0); batch * t * h * d];
+    let mut lse = vec![0.0f32; batch * h * t];
+    let n = a.prefill;
+    // Token i of sequence b: rows of q (h heads) and of k, v (hk heads).
+    let rows = |x: &[T], b: usize, r: std::ops::Range<usize>, heads: usize| -> Vec<T> {
+        x[(b * t + r.start) * heads * d..(b * t + r.end) * heads * d].to_vec()
+    };
+    if n > 0 {
+        let seqs = SeqLens::varlen_from_lens(&vec![(n, n); batch])?;
+        let pre = sparse_attn::AttnProblem::new(seqs.clone(), h, hk, d as u32, problem.dtype())?;
+        let plan = AdaptivePlan::new(&pre, sel, Grouping::Prefill, &opts)?;
+        let cat = |x: &[T], heads: usize| -> Vec<T> {
+            (0..batch).flat_map(|b| rows(x, b, 0..n, heads)).collect()
+        };
+        let r = plan.run_emulated(
+            &seqs,
+            &cat(&q, h),
+            &cat(&k, hk),
+            &cat(&v, hk),
+            None,
+            &EmuRun::default(),
+        )?;
+        for b in 0..batch {
+            out[b * t * h * d..][..n * h * d].copy_from_slice(&r.out[b * n * h * d..][..n * h * d]);
+            for hh in 0..h {
+                for i in 0..n {
+                    lse[(b * h + hh) * t + i] = r.lse[hh * batch * n + b * n + i];
+                }
+            }
+        }
+    }
+    let mut cache = KvCache::new(
+        KvCacheConfig {
+            num_layers: 1,
+            num_kv_heads: hk,
+            head_dim: d,
+            dtype: problem.dtype(),
+            page_size: a.page_size,
+            max_seq_len: t,
+            max_chunk: 64,
+            pool: PoolSize::Sequences(batch),
+        },
+        vec![LayerCapacity::Full],
+    )?
+    .with_summaries(sel.block() as usize)?;
+    let mut store = HostKvStorage::<T>::new(&cache)?;
+    let ids: Vec<_> = (0..batch).map(|_| cache.add_sequence()).collect();
+    for (b, &id) in ids.iter().enumerate() {
+        let mut at = 0;
+        while at < n {
+            let m = (n - at).min(64);
+            let pl = cache.reserve_append(id, m)?;
+            store.append_emulated(
+                0,
+                &[&pl],
+                &rows(&k, b, at..at + m, hk),
+                &rows(&v, b, at..at + m, hk),
+            )?;
+            at += m;
+        }
+    }
+    if n < t {
+        let dprob = sparse_attn::AttnProblem::new(
+            SeqLens::Uniform {
+                batch,
+                q_len: 1,
+                kv_len: t,
+            },
+            h,
+            hk,
+            d as u32,
+            problem.dtype(),
+        )?;
+        let mut dec = AdaptiveDecode::new(&dprob, sel, &opts)?;
+        for i in n..t {
+            let step_rows = |x: &[T], heads: usize| -> Vec<T> {
+                (0..batch)
+                    .flat_map(|b| rows(x, b, i..i + 1, heads))
+                    .collect()
+            };
+            let s = dec.step_emulated(
+                &mut cache,
+                &mut store,
+                0,
+                &ids,
+                &step_rows(&q, h),
+                &step_rows(&k, hk),
+                &step_rows(&v, hk),
+                &EmuRun::default(),
+            )?;
+            for b in 0..batch {
+                out[(b * t + i) * h * d..][..h * d].copy_from_slice(&s.out[b * h * d..][..h * d]);
+                for hh in 0..h {
+                    lse[(b * h + hh) * t + i] = s.lse[hh * batch + b];
+                }
+            }
+        }
+    }
+    Ok((
+        OutTensor::from_elems("out", inputs.q_shape.to_vec(), &out),
+        lse,
+    ))
+}

@@ -45,6 +45,18 @@ pub fn cmd_decode(a: &DecodeArgs) -> Result<(), CliError> {
     if a.chunk == Some(0) {
         return Err(CliError::Arg("--chunk must be at least 1".into()));
     }
+    if let Some(path) = &a.source.pattern {
+        if let Some(pattern) = super::adaptive::read_pattern(path)? {
+            return super::adaptive::decode(&super::adaptive::AdaptiveDecodeArgs {
+                pattern,
+                input: &a.input,
+                output: &a.output,
+                prefill: a.prefill,
+                page_size: a.page_size,
+                backend: a.backend,
+            });
+        }
+    }
     let patterns = a.source.patterns()?;
     check_causal(&patterns.0).map_err(|e| input_err(a.source.path(), pattern::message(e)))?;
     let bytes =
