@@ -26,8 +26,8 @@ fi
 
 # The binaries gpu-run.sh needs, as cargo (kind, target name) -> .gpu-carry/<kind>-<name>
 # (the CLI binary as .gpu-carry/sparse-attn). Keep in step with GPU_BINARIES in gpu-run.sh.
-wanted="test:attention_gpu test:emulator_gpu bench:attention bench:decode bin:sparse-attn"
-targets=(--test attention_gpu --test emulator_gpu --bench attention --bench decode --bin sparse-attn)
+wanted="test:attention_gpu test:emulator_gpu test:adaptive_gpu bench:attention bench:decode bin:sparse-attn"
+targets=(--test attention_gpu --test emulator_gpu --test adaptive_gpu --bench attention --bench decode --bin sparse-attn)
 if [ "$MODE" = torch ]; then
   wanted="bin:sparse-attn"
   targets=(--bin sparse-attn)

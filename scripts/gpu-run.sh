@@ -43,9 +43,10 @@ ROOT="$(pwd)"
 CARRY="$ROOT/.gpu-carry"
 
 # What gpu-pack.sh must pack (keep in step with its `wanted` list).
-GPU_BINARIES=(test-emulator_gpu test-attention_gpu bench-attention bench-decode sparse-attn)
-# Test binaries in the order they run: the emulator's model against the hardware first.
-TEST_BINARIES=(test-emulator_gpu test-attention_gpu)
+GPU_BINARIES=(test-emulator_gpu test-attention_gpu test-adaptive_gpu bench-attention bench-decode sparse-attn)
+# Test binaries in the order they run: the emulator's model against the hardware first, the
+# adaptive pipeline (summaries, scores, selection, compaction, forward) last.
+TEST_BINARIES=(test-emulator_gpu test-attention_gpu test-adaptive_gpu)
 # Run first, alone, with CUDA_LAUNCH_BLOCKING=1; also the sanitizer's forward case.
 FIRST_BIN=test-attention_gpu
 FIRST_TEST=small_forward_split_kv_against_f64
@@ -453,6 +454,8 @@ run_first() {
   run_tests test-emulator_gpu $(((per + 1) / 2))
   phase 120
   run_tests test-attention_gpu "$per"
+  phase 40
+  run_tests test-adaptive_gpu "$per"
   # 3. compute-sanitizer on one forward and one decode case.
   phase 100
   run_sanitizer

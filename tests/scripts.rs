@@ -108,6 +108,7 @@ impl Fake {
         let c = "repo/.gpu-carry";
         write_exe(&self.p(&format!("{c}/test-attention_gpu")), FAKE_TEST);
         write_exe(&self.p(&format!("{c}/test-emulator_gpu")), FAKE_TEST);
+        write_exe(&self.p(&format!("{c}/test-adaptive_gpu")), FAKE_TEST);
         write_exe(
             &self.p(&format!("{c}/sparse-attn")),
             "echo \"kernel report $*\"",
