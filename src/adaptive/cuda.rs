@@ -6,8 +6,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 
-use super::device::{self, DeviceSelect, ScoreLayout, SelectAddrs, SelectCapacity, SelectLens};
-use super::params::Score;
+use super::device::{DeviceSelect, ScoreLayout, SelectAddrs, SelectCapacity, SelectLens};
 use super::plan::{AdaptivePlan, AdaptiveRun};
 use super::scoring::{self, ScoreAddrs, ScoreExtents, SummaryIndex};
 use super::select::GivenScores;
@@ -87,83 +86,63 @@ impl GpuAdaptivePlan {
         let (ck_ptr, _gck) = ckb.device_ptr(stream);
         let meta = self.fwd.meta_addrs();
         // Scores in the plan's capacity: the caller's placed there, or computed on the device.
-        let (scores, score_heads): (CudaSlice<f32>, usize) = match (sel.score(), given) {
-            (Score::Given, Some(g)) => {
-                device::given_select(&problem, sel, plan.grouping(), &g)?;
-                let call = ScoreExtents::for_problem(sel, &problem, plan.grouping());
-                let mut placed =
-                    vec![f32::NEG_INFINITY; l.batch * g.heads * cap.max_groups * cap.max_blocks];
-                for (row, src) in g.scores.chunks(call.max_blocks.max(1)).enumerate() {
-                    let (bh, grp) = (row / call.max_groups.max(1), row % call.max_groups.max(1));
-                    let at = (bh * cap.max_groups + grp) * cap.max_blocks;
-                    placed[at..at + src.len()].copy_from_slice(src);
-                }
-                (stream.clone_htod(&placed)?, g.heads)
-            }
-            (Score::Given, None) => {
-                return Err(Error::Pattern(
-                    "score \"given\" needs the caller's scores".into(),
-                ))
-            }
-            (score, Some(_)) => {
-                return Err(Error::Pattern(format!(
-                    "given scores were passed but the score is {score:?}, not \"given\""
-                )))
-            }
-            (_, None) => {
-                let (_, max_kv) = p.seqs().max_lens();
-                let layout = SummaryLayout::identity(hk, d as usize, sel.block() as usize)?;
-                let seq_blocks = max_kv.div_ceil(layout.block).max(1);
-                let mut pool = stream.clone_htod(&layout.empty_pool(l.batch * seq_blocks))?;
-                let mut out =
-                    stream.alloc_zeros::<f32>(l.batch * h * cap.max_groups * cap.max_blocks)?;
-                {
-                    let (pool_ptr, _gp) = pool.device_ptr_mut(stream);
-                    let summarize = summary::summarize_launch(
-                        p.dtype(),
-                        &layout,
-                        pool_ptr,
-                        seq_blocks,
-                        l.batch,
-                        max_kv,
-                        false,
-                        KeySource::Contiguous {
-                            k: k_ptr,
-                            cu_seqlens_k: ck_ptr,
-                        },
-                    )?;
-                    let (out_ptr, _go) = out.device_ptr_mut(stream);
-                    let score = scoring::score_launch(
-                        &problem,
-                        sel,
-                        plan.grouping(),
-                        attn.scale(),
-                        &layout,
-                        SummaryIndex::Identity { seq_blocks },
-                        ScoreExtents {
-                            max_groups: cap.max_groups,
-                            max_blocks: cap.max_blocks,
-                        },
-                        &ScoreAddrs {
-                            q: q_ptr,
-                            scores: out_ptr,
-                            cu_seqlens_q: cq_ptr,
-                            cu_seqlens_k: ck_ptr,
-                            summaries: pool_ptr,
-                            block_table: 0,
-                        },
-                    )?;
-                    // SAFETY: keys, lengths and the pool are this call's device buffers, sized
-                    // for the validated lengths (the pool for `seq_blocks` summary blocks of
-                    // every sequence); the scores hold the plan's capacity.
-                    unsafe {
-                        gpu.launch(&summarize)?;
-                        gpu.launch(&score)?;
+        let (scores, score_heads): (CudaSlice<f32>, usize) =
+            match plan.given_scores(&problem, given)? {
+                Some((placed, heads)) => (stream.clone_htod(&placed)?, heads),
+                None => {
+                    let (_, max_kv) = p.seqs().max_lens();
+                    let layout = SummaryLayout::identity(hk, d as usize, sel.block() as usize)?;
+                    let seq_blocks = max_kv.div_ceil(layout.block).max(1);
+                    let mut pool = stream.clone_htod(&layout.empty_pool(l.batch * seq_blocks))?;
+                    let mut out =
+                        stream.alloc_zeros::<f32>(l.batch * h * cap.max_groups * cap.max_blocks)?;
+                    {
+                        let (pool_ptr, _gp) = pool.device_ptr_mut(stream);
+                        let summarize = summary::summarize_launch(
+                            p.dtype(),
+                            &layout,
+                            pool_ptr,
+                            seq_blocks,
+                            l.batch,
+                            max_kv,
+                            false,
+                            KeySource::Contiguous {
+                                k: k_ptr,
+                                cu_seqlens_k: ck_ptr,
+                            },
+                        )?;
+                        let (out_ptr, _go) = out.device_ptr_mut(stream);
+                        let score = scoring::score_launch(
+                            &problem,
+                            sel,
+                            plan.grouping(),
+                            attn.scale(),
+                            &layout,
+                            SummaryIndex::Identity { seq_blocks },
+                            ScoreExtents {
+                                max_groups: cap.max_groups,
+                                max_blocks: cap.max_blocks,
+                            },
+                            &ScoreAddrs {
+                                q: q_ptr,
+                                scores: out_ptr,
+                                cu_seqlens_q: cq_ptr,
+                                cu_seqlens_k: ck_ptr,
+                                summaries: pool_ptr,
+                                block_table: 0,
+                            },
+                        )?;
+                        // SAFETY: keys, lengths and the pool are this call's device buffers, sized
+                        // for the validated lengths (the pool for `seq_blocks` summary blocks of
+                        // every sequence); the scores hold the plan's capacity.
+                        unsafe {
+                            gpu.launch(&summarize)?;
+                            gpu.launch(&score)?;
+                        }
                     }
+                    (out, h)
                 }
-                (out, h)
-            }
-        };
+            };
         let ds = DeviceSelect::new(
             sel,
             plan.grouping(),

@@ -271,31 +271,9 @@ impl AdaptivePlan {
         };
         // Scores in the plan's capacity: computed there on the device, or the caller's
         // [batch, heads, groups, blocks] (the call's own extents) placed there.
-        let (scores, score_heads) = match (self.sel.score(), given) {
-            (Score::Given, Some(g)) => {
-                // Shape, heads and finiteness, as for any given scores.
-                device::given_select(&problem, &self.sel, self.grouping, &g)?;
-                let call = ScoreExtents::for_problem(&self.sel, &problem, self.grouping);
-                let mut placed =
-                    vec![f32::NEG_INFINITY; l.batch * g.heads * cap.max_groups * cap.max_blocks];
-                for (row, src) in g.scores.chunks(call.max_blocks.max(1)).enumerate() {
-                    let (bh, grp) = (row / call.max_groups.max(1), row % call.max_groups.max(1));
-                    let at = (bh * cap.max_groups + grp) * cap.max_blocks;
-                    placed[at..at + src.len()].copy_from_slice(src);
-                }
-                (placed, g.heads)
-            }
-            (Score::Given, None) => {
-                return Err(Error::Pattern(
-                    "score \"given\" needs the caller's scores".into(),
-                ))
-            }
-            (score, Some(_)) => {
-                return Err(Error::Pattern(format!(
-                    "given scores were passed but the score is {score:?}, not \"given\""
-                )))
-            }
-            (_, None) => {
+        let (scores, score_heads) = match self.given_scores(&problem, given)? {
+            Some(placed) => placed,
+            None => {
                 let layout = SummaryLayout::identity(hk, d as usize, self.sel.block() as usize)?;
                 let (pool, seq_blocks) = summary::summarize_emulated(&layout, seqs, k)?;
                 let s = scoring::score_emulated_at(
@@ -329,6 +307,39 @@ impl AdaptivePlan {
         let mut bits = vec![0i32; l.bits_len()];
         ds.run_emulated(seqs, &scores, &mut bits, None, &run.options())?;
         Ok(bits)
+    }
+
+    /// The caller's `given` scores of a call (`problem`: its lengths) placed in the plan's
+    /// score capacity (`-inf` elsewhere), with their head extent; `None` when the component
+    /// computes its scores. Errors: given scores missing (`score: given`) or superfluous (any
+    /// other score), or of the wrong shape, heads or values ([`device::given_select`]'s).
+    pub(crate) fn given_scores(
+        &self,
+        problem: &AttnProblem,
+        given: Option<GivenScores<'_>>,
+    ) -> Result<Option<(Vec<f32>, usize)>> {
+        match (self.sel.score(), given) {
+            (Score::Given, Some(g)) => {
+                device::given_select(problem, &self.sel, self.grouping, &g)?;
+                let l = &self.layout;
+                let call = ScoreExtents::for_problem(&self.sel, problem, self.grouping);
+                let (groups, blocks) = (call.max_groups.max(1), call.max_blocks.max(1));
+                let mut placed =
+                    vec![f32::NEG_INFINITY; l.batch * g.heads * l.max_groups * l.max_blocks];
+                for (row, src) in g.scores.chunks(blocks).enumerate() {
+                    let at = ((row / groups) * l.max_groups + row % groups) * l.max_blocks;
+                    placed[at..at + src.len()].copy_from_slice(src);
+                }
+                Ok(Some((placed, g.heads)))
+            }
+            (Score::Given, None) => Err(Error::Pattern(
+                "score \"given\" needs the caller's scores".into(),
+            )),
+            (score, Some(_)) => Err(Error::Pattern(format!(
+                "given scores were passed but the score is {score:?}, not \"given\""
+            ))),
+            (_, None) => Ok(None),
+        }
     }
 
     /// Runs one call at the lengths `seqs` (the plan's batch, each within its maxima) on the
