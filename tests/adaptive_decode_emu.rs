@@ -11,11 +11,13 @@
 
 mod common;
 
+use common::select;
+
 use common::{assert_matches, base_seed, random_tensor, tol, widen, Rng};
 use half::f16;
 use sparse_attn::adaptive::{
-    choose, masses, rank, AdaptiveComponent, AdaptiveDecode, BlockSelect, Choice, DecodeCanary,
-    Grouping, SelectInputs, Selection, Share,
+    choose, masses, rank, AdaptiveDecode, BlockSelect, Choice, DecodeCanary, Grouping,
+    SelectInputs, Selection, Share,
 };
 use sparse_attn::kv_cache::{HostKvStorage, KvCache, KvCacheConfig, LayerCapacity, PoolSize};
 use sparse_attn::reference::{attention, RefInputs};
@@ -25,20 +27,6 @@ const D: usize = 64;
 const PAGE: usize = 16;
 /// Scale 1/16: with values in {-2..2}/4 every score is exact in f32.
 const SCALE: f32 = 1.0 / 16.0;
-
-fn select(json: &str) -> BlockSelect {
-    match AdaptiveComponent::from_json(json).unwrap() {
-        AdaptiveComponent::Select(s) => s,
-        other => panic!("not a selection: {other:?}"),
-    }
-}
-
-/// Values from {-2, -1, 0, 1, 2} / 4.
-fn exact(rng: &mut Rng, n: usize) -> Vec<f16> {
-    (0..n)
-        .map(|_| f16::from_f32(rng.int_in(-2, 2) as f32 / 4.0))
-        .collect()
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Data {
@@ -127,7 +115,7 @@ fn run_case(
     let seqs: Vec<_> = case.prefill.iter().map(|_| cache.add_sequence()).collect();
     let mut rng = Rng::new(seed);
     let gen = |rng: &mut Rng, n: usize| match case.data {
-        Data::Exact => exact(rng, n),
+        Data::Exact => common::exact_tensor::<f16>(rng, n),
         Data::Float => random_tensor::<f16>(rng, n, 1.0),
     };
     // Every key, value and query of each sequence: [T_b, heads, D].

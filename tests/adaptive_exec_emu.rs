@@ -8,11 +8,11 @@
 
 mod common;
 
+use common::select;
+
 use common::{assert_matches, base_seed, random_tensor, tol, widen, Rng};
 use half::{bf16, f16};
-use sparse_attn::adaptive::{
-    AdaptiveComponent, AdaptivePlan, BlockSelect, Grouping, SelectInputs, Selection,
-};
+use sparse_attn::adaptive::{AdaptivePlan, BlockSelect, Grouping, SelectInputs, Selection};
 use sparse_attn::attention::StepKv;
 use sparse_attn::reference::{attention, RefInputs};
 use sparse_attn::{AttnOptions, AttnProblem, Element, EmuRun, Error, SeqLens};
@@ -21,13 +21,6 @@ struct Heads {
     heads: usize,
     kv_heads: usize,
     head_dim: u32,
-}
-
-fn select(json: &str) -> BlockSelect {
-    match AdaptiveComponent::from_json(json).unwrap() {
-        AdaptiveComponent::Select(s) => s,
-        other => panic!("not a selection: {other:?}"),
-    }
 }
 
 fn plan<T: Element>(
@@ -259,13 +252,6 @@ fn bad_calls_are_typed_errors() {
     assert!(matches!(p.bits_of(&s2), Err(Error::Pattern(_))));
 }
 
-/// Values from {-2, -1, 0, 1, 2} / 4 (the contract's exact-arithmetic inputs).
-fn exact_tensor<T: Element>(rng: &mut Rng, n: usize) -> Vec<T> {
-    (0..n)
-        .map(|_| T::from_f32(((rng.unit() * 2.5).round().clamp(-2.0, 2.0)) / 4.0))
-        .collect()
-}
-
 /// The whole pipeline on the device (summaries, scores, selection, compaction, forward): on
 /// exact-arithmetic inputs the device's selection equals the f64 reference's bit for bit, and
 /// the output the reference under it.
@@ -311,8 +297,8 @@ fn device_pipeline_selects_exactly_as_the_reference() {
         let problem =
             AttnProblem::new(seqs.clone(), s.heads, s.kv_heads, s.head_dim, f16::DTYPE).unwrap();
         let mut rng = Rng::new(base_seed() + 30);
-        let q: Vec<f16> = exact_tensor(&mut rng, problem.q_elems());
-        let k: Vec<f16> = exact_tensor(&mut rng, problem.kv_elems());
+        let q: Vec<f16> = common::exact_tensor(&mut rng, problem.q_elems());
+        let k: Vec<f16> = common::exact_tensor(&mut rng, problem.kv_elems());
         let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
         let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
         let selection = Selection::compute(

@@ -5,20 +5,15 @@
 
 mod common;
 
+use common::select;
+
 use common::{assert_matches, random_tensor, tol, widen, Rng};
 use half::f16;
 use sparse_attn::adaptive::{
-    given_shape, AdaptiveComponent, AdaptivePlan, GivenScores, Grouping, SelectInputs, Selection,
+    given_shape, AdaptivePlan, GivenScores, Grouping, SelectInputs, Selection,
 };
 use sparse_attn::reference::{attention, RefInputs};
 use sparse_attn::{AttnOptions, AttnProblem, Element, SeqLens};
-
-fn select(json: &str) -> sparse_attn::adaptive::BlockSelect {
-    match AdaptiveComponent::from_json(json).unwrap() {
-        AdaptiveComponent::Select(s) => s,
-        other => panic!("not a selection: {other:?}"),
-    }
-}
 
 #[test]
 fn gpu_adaptive_pipeline_matches_the_reference() {
@@ -60,13 +55,8 @@ fn gpu_adaptive_pipeline_matches_the_reference() {
         let seqs = SeqLens::varlen_from_lens(&lens).unwrap();
         let problem = AttnProblem::new(seqs.clone(), heads, kv_heads, d, f16::DTYPE).unwrap();
         let mut rng = Rng::new(common::base_seed());
-        let exact = |rng: &mut Rng, n: usize| -> Vec<f16> {
-            (0..n)
-                .map(|_| f16::from_f32((rng.unit() * 2.5).round().clamp(-2.0, 2.0) / 4.0))
-                .collect()
-        };
-        let q = exact(&mut rng, problem.q_elems());
-        let k = exact(&mut rng, problem.kv_elems());
+        let q: Vec<f16> = common::exact_tensor(&mut rng, problem.q_elems());
+        let k: Vec<f16> = common::exact_tensor(&mut rng, problem.kv_elems());
         let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
         let [groups, blocks] = given_shape(&sel, &problem, grouping);
         let scores: Vec<f32> = (0..2 * heads * groups * blocks)

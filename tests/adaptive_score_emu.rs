@@ -6,14 +6,14 @@
 
 mod common;
 
+use common::select;
+
 use common::assert_same_bits;
 use half::f16;
 use sparse_attn::adaptive::scoring::{
     score_emulated, score_emulated_with, SummaryIndex, SummaryInput,
 };
-use sparse_attn::adaptive::{
-    AdaptiveComponent, BlockSelect, Grouping, Score, SelectInputs, Selection,
-};
+use sparse_attn::adaptive::{BlockSelect, Grouping, Score, SelectInputs, Selection};
 use sparse_attn::kernels::test_kernels::{SCORE_MAX_AS_MIN, SCORE_WRONG_BLOCK};
 use sparse_attn::kernels::KernelDesc;
 use sparse_attn::kv_cache::append::{append_emulated_with, check_summary_runs, placement_slots};
@@ -36,13 +36,6 @@ fn exact(n: usize, seed: u64) -> Vec<f16> {
 
 fn widen(x: &[f16]) -> Vec<f32> {
     x.iter().map(|v| v.to_f32()).collect()
-}
-
-fn select(json: &str) -> BlockSelect {
-    match AdaptiveComponent::from_json(json).unwrap() {
-        AdaptiveComponent::Select(s) => s,
-        other => panic!("not a selection: {other:?}"),
-    }
 }
 
 fn cache(page: usize, caps: Vec<LayerCapacity>, block: usize, heads: usize, d: usize) -> KvCache {

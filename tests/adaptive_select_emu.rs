@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::select;
+
 use common::{base_seed, Rng};
 use sparse_attn::adaptive::device::{
     select_given_emulated, DeviceSelect, ScoreLayout, SelectAddrs, SelectCapacity, SelectLens,
@@ -24,13 +26,6 @@ const D: u32 = 64;
 
 /// Groups where the device differed from the reference within the margin rule (printed).
 static MARGIN_CASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn select(json: &str) -> BlockSelect {
-    match AdaptiveComponent::from_json(json).unwrap() {
-        AdaptiveComponent::Select(s) => s,
-        other => panic!("not a selection: {other:?}"),
-    }
-}
 
 fn problem(seqs: SeqLens, heads: usize, kv_heads: usize) -> AttnProblem {
     AttnProblem::new(seqs, heads, kv_heads, D, DType::F16).unwrap()

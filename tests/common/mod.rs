@@ -57,6 +57,22 @@ pub fn base_seed() -> u64 {
     seed
 }
 
+/// The contract's exact-arithmetic values, {-2, -1, 0, 1, 2} / 4 (docs/adaptive.md: every
+/// product, block mean and dot product is exact in f16, bf16 and f32).
+pub fn exact_tensor<T: Element>(rng: &mut Rng, n: usize) -> Vec<T> {
+    (0..n)
+        .map(|_| T::from_f32(rng.int_in(-2, 2) as f32 / 4.0))
+        .collect()
+}
+
+/// An adaptive selection component (`top_k`, `top_p`, `top_rel`) from its JSON.
+pub fn select(json: &str) -> sparse_attn::adaptive::BlockSelect {
+    match sparse_attn::adaptive::AdaptiveComponent::from_json(json).unwrap() {
+        sparse_attn::adaptive::AdaptiveComponent::Select(s) => s,
+        other => panic!("not a selection: {other:?}"),
+    }
+}
+
 pub fn random_tensor<T: Element>(rng: &mut Rng, n: usize, amplitude: f32) -> Vec<T> {
     (0..n)
         .map(|_| T::from_f32(rng.unit() * amplitude))
