@@ -7,9 +7,16 @@
 // before the first row's position); partial when some row may see some key of it; otherwise
 // it is not listed. The forward kernel's token mask reads the same bits (the program's block
 // mask component, written here for the call), so the two can never disagree about a token.
+// A layer may join static interval components (windows, sinks, chunks) to the selection: the
+// program then holds them before the block mask, and their tiles come from the run-time walk
+// of the forward kernel (tile_walk.cuh, from the call's lengths); the union lists a tile when
+// either side touches it and marks it full when either side allows all of it.
 #include "sparse_attn/arch.cuh"
+#include "sparse_attn/block_iter.cuh"
+#include "sparse_attn/mask.cuh"
 #include "sparse_attn/params.h"
 #include "sparse_attn/params_layout.h"  // layout asserted against the Rust mirror
+#include "sparse_attn/tile_walk.cuh"
 
 namespace {
 
@@ -63,6 +70,7 @@ SA_KERNEL(sa_adapt_lists, SaAdaptListsParams, 32) {
   // blocks floor(p / q_block); the call's first group g0 is row 0 of the bits, so the table
   // starts g0 rows before them (positions below the call's first row never occur) and holds
   // g0 + max_groups rows.
+  const int n_comp = params.num_static + 1;  // the program's components: statics, then this
   if (m == 0 && lane == 0) {
     const int g0 = fits ? floor_div(kv_len - q_len, params.q_block) : 0;
     const int table = params.max_groups * params.words;
@@ -74,7 +82,7 @@ SA_KERNEL(sa_adapt_lists, SaAdaptListsParams, 32) {
     c.mask_cols = params.max_blocks;
     c.data_offset = id * table - g0 * params.words;
     c.data_len = table;
-    params.components[id] = c;
+    params.components[id * n_comp + params.num_static] = c;
   }
 
   int n_full = 0, n_part = 0;
@@ -90,6 +98,15 @@ SA_KERNEL(sa_adapt_lists, SaAdaptListsParams, 32) {
     const int32_t* sel = params.bits + int64_t(id) * params.max_groups * params.words;
     const int kv_tiles = (kv_len + BN - 1) / BN;
     const int B = params.block;
+    // The static components' walk of this query tile (none: an empty walk).
+    sa::IntervalWalk fixed{0, 0, 0, 0, {1, 1}, {0, 0}};
+    if (params.num_static > 0) {
+      const SaMaskProgram statics{params.causal, id * n_comp, params.num_static, 0};
+      const sa::TokenMask tm =
+          sa::TokenMask::make(&statics, params.components, nullptr, q_len, kv_len);
+      const sa::KeyMap keys{nullptr, 0, 1, kv_len, 0};
+      fixed = sa::IntervalWalk::make(tm, first, first + count - 1, keys);
+    }
     for (int t0 = 0; t0 < kv_tiles; t0 += 32) {
       const int t = t0 + lane;
       bool touched = false, full = false;
@@ -112,7 +129,10 @@ SA_KERNEL(sa_adapt_lists, SaAdaptListsParams, 32) {
           full = full && x == want && (!params.causal || j_hi <= r.lo);
         }
         full = full && g_hi == g_hi_raw;
-        touched = touched || full;
+        const bool fixed_touched = (t >= fixed.seg0 && t < fixed.seg0 + fixed.n0) ||
+                                   (t >= fixed.seg1 && t < fixed.seg1 + fixed.n1);
+        full = full || (fixed_touched && !fixed.partial(0, t));
+        touched = touched || full || fixed_touched;
       }
       // Inclusive scan of (partial, full) flags over the lanes, packed in one word.
       const int flags = (touched && !full ? 1 : 0) | (full ? 1 << 16 : 0);

@@ -14,6 +14,7 @@ use common::{assert_matches, base_seed, random_tensor, tol, widen, Rng};
 use half::{bf16, f16};
 use sparse_attn::adaptive::{AdaptivePlan, BlockSelect, Grouping, SelectInputs, Selection};
 use sparse_attn::attention::StepKv;
+use sparse_attn::pattern::Component;
 use sparse_attn::reference::{attention, RefInputs};
 use sparse_attn::{AttnOptions, AttnProblem, Element, EmuRun, Error, SeqLens};
 
@@ -30,12 +31,24 @@ fn plan<T: Element>(
     s: &Heads,
     causal: bool,
 ) -> AdaptivePlan {
+    union_plan::<T>(sel, &[], grouping, max, s, causal)
+}
+
+/// A plan for `sel` joined to the static components `statics`.
+fn union_plan<T: Element>(
+    sel: &BlockSelect,
+    statics: &[Component],
+    grouping: Grouping,
+    max: SeqLens,
+    s: &Heads,
+    causal: bool,
+) -> AdaptivePlan {
     let problem = AttnProblem::new(max, s.heads, s.kv_heads, s.head_dim, T::DTYPE).unwrap();
     let opts = AttnOptions {
         causal,
         ..AttnOptions::default()
     };
-    AdaptivePlan::new(&problem, sel, grouping, &opts).unwrap()
+    AdaptivePlan::with_union(&problem, sel, statics, grouping, &opts).unwrap()
 }
 
 /// One call of `plan` at `lens`: the reference selection from the call's q and k, its bits,
@@ -72,7 +85,7 @@ fn call<T: Element>(plan: &AdaptivePlan, lens: &[(usize, usize)], s: &Heads, see
     let (out, lse) = plan
         .run_emulated_with_bits(&seqs, &q, StepKv::Contiguous { k: &k, v: &v }, &bits, &run)
         .unwrap();
-    let allowed = selection.allowed(plan.causal());
+    let allowed = selection.allowed_with(plan.causal(), plan.statics());
     // The host twin of the applied mask (what --mask-out exports) is the reference's.
     for (b, &(q_len, kv_len)) in lens.iter().enumerate() {
         for h in 0..s.heads {
@@ -192,6 +205,87 @@ fn small_blocks_without_causality_top_rel() {
     };
     let p = plan::<f16>(&sel, Grouping::Prefill, max, &s, false);
     call::<f16>(&p, &[(160, 224)], &s, base_seed() + 20);
+}
+
+/// A selection joined to static interval components: a token window and sink tokens beside
+/// sparse `top_k` blocks (windows ending inside kv tiles, sinks straddling none), a
+/// non-causal window with a chunk, and decode rows with a window. The output is the
+/// reference's under the union, the tiles visited exactly those with an allowed pair.
+#[test]
+fn unions_with_windows_sinks_and_chunks() {
+    let s = Heads {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+    };
+    let sel = select(r#"{"top_k": {"block": 32, "k": 1, "score": "mean_k"}}"#);
+    let statics = [
+        Component::window_size(40).unwrap(),
+        Component::sinks(5).unwrap(),
+    ];
+    let max = SeqLens::Uniform {
+        batch: 1,
+        q_len: 256,
+        kv_len: 256,
+    };
+    let p = union_plan::<f16>(&sel, &statics, Grouping::Prefill, max, &s, true);
+    let seed = base_seed() + 40;
+    call::<f16>(&p, &[(200, 200)], &s, seed);
+    call::<f16>(&p, &[(130, 250)], &s, seed + 1);
+    call::<f16>(&p, &[(3, 67)], &s, seed + 2);
+
+    let sel = select(
+        r#"{"top_rel": {"block": 16, "alpha": 0.5, "max_k": 2, "keep_local": 0, "score": "pooled_qk"}}"#,
+    );
+    let statics = [
+        Component::window(20, 9).unwrap(),
+        Component::chunked(48).unwrap(),
+    ];
+    let max = SeqLens::Uniform {
+        batch: 1,
+        q_len: 160,
+        kv_len: 224,
+    };
+    let p = union_plan::<bf16>(&sel, &statics, Grouping::Prefill, max, &s, false);
+    call::<bf16>(&p, &[(160, 224)], &s, seed + 3);
+
+    let sel = select(r#"{"top_k": {"block": 64, "k": 1, "keep_local": 0, "score": "minmax"}}"#);
+    let statics = [Component::window_size(70).unwrap()];
+    let max = SeqLens::Uniform {
+        batch: 2,
+        q_len: 2,
+        kv_len: 640,
+    };
+    let p = union_plan::<f16>(&sel, &statics, Grouping::Decode, max, &s, true);
+    call::<f16>(&p, &[(1, 577), (2, 300)], &s, seed + 4);
+}
+
+#[test]
+fn unions_the_compaction_cannot_walk_are_refused() {
+    let sel = select(r#"{"top_k": {"block": 64, "k": 1, "score": "mean_k"}}"#);
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 1,
+            q_len: 64,
+            kv_len: 64,
+        },
+        1,
+        1,
+        64,
+        sparse_attn::DType::F16,
+    )
+    .unwrap();
+    let opts = AttnOptions::default();
+    let w = Component::window_size(8).unwrap();
+    for statics in [
+        vec![w.clone(), w.clone(), w.clone()],
+        vec![Component::global(vec![0, 3]).unwrap()],
+        vec![Component::dilated(2).unwrap()],
+    ] {
+        let e = AdaptivePlan::with_union(&problem, &sel, &statics, Grouping::Prefill, &opts)
+            .unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{statics:?}: {e}");
+    }
 }
 
 #[test]

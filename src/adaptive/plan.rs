@@ -23,9 +23,14 @@
 //!
 //! # Limits of this step
 //!
-//! - An adaptive layer is one selection component, optionally causal: unions with other
-//!   components (a window beside `top_k`) are refused (`Error::Unsupported`); the forced
-//!   `keep_sinks` / `keep_local` blocks cover the usual static part.
+//! - An adaptive layer is one selection component, optionally causal, joined to at most two
+//!   static components of the interval forms (`dense`, `sliding_window`, `sinks`, `chunked`;
+//!   [`AdaptivePlan::with_union`]): a token-level window or sink tokens beside `top_k`, as NSA
+//!   runs a sliding window beside its selected blocks. Their tiles are derived on the device
+//!   from each call's lengths (the compaction kernel runs the forward kernel's run-time walk
+//!   for them), their components sit before the block mask in each program. Table-driven
+//!   components (global tokens, dilated, block masks, BigBird) beside a selection are refused
+//!   (`Error::Unsupported`).
 //! - No GQA packing (heads of one block may select different keys); split-KV as the plan
 //!   chooses for few query tiles.
 
@@ -33,13 +38,14 @@ use super::device::{self, DeviceSelect, ScoreLayout, SelectCapacity};
 use super::params::{BlockSelect, Score, Share};
 use super::scoring::{self, ScoreExtents, SummaryIndex, SummaryInput};
 use super::select::{GivenScores, Grouping, Selection};
+use crate::attention::component_words;
 use crate::attention::{AttnPlan, EmuRun, PlanMeta, PreparedCall, StepKv};
 use crate::emu::GuardedBuffer;
 use crate::error::{Error, Result};
 use crate::ffi::{self, SaAdaptListsParams};
 use crate::kernels::{self, Launch};
 use crate::kv_cache::summary::{self, SummaryLayout};
-use crate::pattern::{HeadPatterns, MaskKind, Pattern};
+use crate::pattern::{Component, HeadPatterns, MaskKind, Pattern};
 use crate::shape::{AttnOptions, AttnProblem, SeqLens};
 use crate::Element;
 
@@ -96,6 +102,7 @@ impl SelectionLayout {
 pub struct AdaptivePlan {
     attn: AttnPlan,
     sel: BlockSelect,
+    statics: Vec<Component>,
     grouping: Grouping,
     causal: bool,
     layout: SelectionLayout,
@@ -113,6 +120,22 @@ impl AdaptivePlan {
         grouping: Grouping,
         opts: &AttnOptions,
     ) -> Result<Self> {
+        Self::with_union(problem, sel, &[], grouping, opts)
+    }
+
+    /// A plan for the union of `sel` and the static components `statics` (a pair is allowed
+    /// when the selection or a component admits it; `opts.causal` and `j < kv_len` then
+    /// intersect, as for every pattern), otherwise as [`AdaptivePlan::new`]. Errors: those of
+    /// `new`, and `Error::Unsupported` for more than two static components or one that is not
+    /// `dense`, `sliding_window`, `sinks` or `chunked`.
+    pub fn with_union(
+        problem: &AttnProblem,
+        sel: &BlockSelect,
+        statics: &[Component],
+        grouping: Grouping,
+        opts: &AttnOptions,
+    ) -> Result<Self> {
+        check_statics(statics)?;
         problem.seqs().validate()?;
         let (max_q, max_kv) = problem.seqs().max_lens();
         let batch = problem.seqs().batch();
@@ -144,7 +167,7 @@ impl AdaptivePlan {
             let block_m = tiles.block_m as usize;
             layout.q_tiles = max_q.div_ceil(block_m).max(1);
             layout.cap = max_kv.div_ceil(tiles.block_n as usize).max(1);
-            let arrays = static_arrays(problem, sel, grouping, causal, &layout)?;
+            let arrays = static_arrays(problem, sel, statics, grouping, causal, &layout)?;
             built = Some(layout);
             Ok(PlanMeta::device(arrays, layout.q_tiles, layout.cap))
         })?;
@@ -152,6 +175,7 @@ impl AdaptivePlan {
         Ok(AdaptivePlan {
             attn,
             sel: *sel,
+            statics: statics.to_vec(),
             grouping,
             causal,
             layout,
@@ -166,6 +190,11 @@ impl AdaptivePlan {
     /// The selection component.
     pub fn component(&self) -> &BlockSelect {
         &self.sel
+    }
+
+    /// The static components joined to the selection ([`AdaptivePlan::with_union`]).
+    pub fn statics(&self) -> &[Component] {
+        &self.statics
     }
 
     /// The grouping of the calls.
@@ -383,8 +412,8 @@ impl AdaptivePlan {
 
     /// Whether row `i` of sequence `b`, query head `h`, may attend key `j` in a call at
     /// the lengths `seqs` under the selection `bits` (the layout of [`SelectionLayout`]): the
-    /// token mask the kernels apply (its selected block, `j < kv_len`, and `j <= p` when the
-    /// plan is causal), for `--mask-out` and tests.
+    /// token mask the kernels apply (its selected block or a static component, `j < kv_len`,
+    /// and `j <= p` when the plan is causal), for `--mask-out` and tests.
     pub fn allowed_by_bits(
         &self,
         bits: &[i32],
@@ -401,6 +430,13 @@ impl AdaptivePlan {
         let p = i as i64 + kv_len as i64 - q_len as i64;
         if self.causal && j as i64 > p {
             return false;
+        }
+        if self
+            .statics
+            .iter()
+            .any(|c| c.admits(h, p, j as i64, kv_len, self.causal))
+        {
+            return true;
         }
         let qb = q_block(&self.sel, self.grouping) as i64;
         let g = p.div_euclid(qb) - (kv_len as i64 - q_len as i64).div_euclid(qb);
@@ -452,6 +488,8 @@ impl AdaptivePlan {
             causal: self.causal as i32,
             max_q: max_q as i32,
             max_kv: max_kv as i32,
+            num_static: self.statics.len() as i32,
+            _reserved: 0,
         };
         Launch {
             kernel: kernels::adapt_lists(),
@@ -474,6 +512,56 @@ impl AdaptivePlan {
     }
 }
 
+/// The static components a selection joins: at most two of the interval forms, whose tiles
+/// the compaction kernel derives from the lengths (`Error::Unsupported` otherwise).
+fn check_statics(statics: &[Component]) -> Result<()> {
+    if statics.len() > 2 {
+        return Err(Error::Unsupported(format!(
+            "an adaptive component joins at most two static components (got {})",
+            statics.len()
+        )));
+    }
+    for c in statics {
+        let refused = match c {
+            Component::Dense(_)
+            | Component::SlidingWindow(_)
+            | Component::Sinks(_)
+            | Component::Chunked(_) => continue,
+            Component::Global(_) => "global",
+            Component::Dilated(_) => "dilated",
+            Component::BlockMask(_) => "block_mask",
+            Component::BigBird(_) => "bigbird",
+        };
+        return Err(Error::Unsupported(format!(
+            "a {refused} component beside an adaptive one (a selection joins dense, \
+             sliding_window, sinks and chunked components)"
+        )));
+    }
+    Ok(())
+}
+
+/// The kernel form of an interval-form static component (`check_statics` admitted it).
+fn static_component(c: &Component, causal: bool) -> ffi::SaMaskComponent {
+    let mut m = ffi::SaMaskComponent::default();
+    match c {
+        Component::SlidingWindow(w) => {
+            m.kind = MaskKind::Window as i32;
+            m.window_left = w.left() as i32;
+            m.window_right = if causal { 0 } else { w.right() as i32 };
+        }
+        Component::Sinks(s) => {
+            m.kind = MaskKind::Sinks as i32;
+            m.sink_count = s.count() as i32;
+        }
+        Component::Chunked(k) => {
+            m.kind = MaskKind::Chunked as i32;
+            m.block_q = k.size() as i32;
+        }
+        _ => m.kind = MaskKind::Dense as i32,
+    }
+    m
+}
+
 /// Query positions per group as the kernels take them: `q_block` in a prefill, 1 in a decode
 /// step (every row its own group).
 fn q_block(sel: &BlockSelect, grouping: Grouping) -> i32 {
@@ -488,6 +576,7 @@ fn q_block(sel: &BlockSelect, grouping: Grouping) -> i32 {
 fn static_arrays(
     problem: &AttnProblem,
     sel: &BlockSelect,
+    statics: &[Component],
     grouping: Grouping,
     causal: bool,
     l: &SelectionLayout,
@@ -518,11 +607,19 @@ fn static_arrays(
     let set_row_ptr: Vec<i32> = (0..=programs).map(|id| (id * l.q_tiles) as i32).collect();
     let seq_program_base: Vec<i32> = (0..l.batch).map(|b| (b * l.units) as i32).collect();
     let row_ptr: Vec<i32> = (0..=rows).map(|r| (r * l.cap) as i32).collect();
+    let n_comp = statics.len() + 1;
     let mut program_words = Vec::with_capacity(programs * PROGRAM_WORDS);
-    let mut component_words = Vec::with_capacity(programs * COMPONENT_WORDS);
+    let mut comp_words = Vec::with_capacity(programs * n_comp * COMPONENT_WORDS);
     let table = l.max_groups * l.words;
+    let fixed: Vec<[i32; COMPONENT_WORDS]> = statics
+        .iter()
+        .map(|c| component_words(&static_component(c, causal)))
+        .collect();
     for id in 0..programs {
-        program_words.extend_from_slice(&[causal as i32, id as i32, 1, 0]);
+        program_words.extend_from_slice(&[causal as i32, (id * n_comp) as i32, n_comp as i32, 0]);
+        for words in &fixed {
+            comp_words.extend_from_slice(words);
+        }
         // Written for each call by the compaction kernel (the rows follow the call's
         // positions); until then nothing is allowed (no rows).
         let mut c = [0i32; COMPONENT_WORDS];
@@ -532,7 +629,7 @@ fn static_arrays(
         c[8] = l.max_blocks as i32;
         c[13] = (id * table) as i32;
         c[14] = table as i32;
-        component_words.extend_from_slice(&c);
+        comp_words.extend_from_slice(&c);
     }
     Ok([
         head_set,
@@ -543,7 +640,7 @@ fn static_arrays(
         row_ptr.clone(),
         vec![0; rows * l.cap],
         program_words,
-        component_words,
+        comp_words,
         vec![0; l.bits_len()],
         vec![0; rows * VIEW_WORDS],
         vec![0],

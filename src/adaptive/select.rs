@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 
 use super::params::{BlockSelect, Choice, Score, Share};
 use crate::error::{Error, Result};
+use crate::pattern::Component;
 use crate::reference::{causal_allowed, query_position};
 use crate::shape::AttnProblem;
 
@@ -469,9 +470,27 @@ impl Selection {
     /// `allowed(b, h, i, j)` of a pattern made of this component alone, ready for
     /// [`crate::reference::attention`].
     pub fn allowed(&self, causal: bool) -> impl Fn(usize, usize, usize, usize) -> bool + Sync + '_ {
+        self.allowed_with(causal, &[])
+    }
+
+    /// The `allowed(b, h, i, j)` of a layer joining this selection to static components
+    /// (the union of PATTERNS.md: the selection admits the pair or some component does),
+    /// then intersected with `j < kv_len` and, with `causal`, `j <= p`.
+    pub fn allowed_with<'a>(
+        &'a self,
+        causal: bool,
+        statics: &'a [Component],
+    ) -> impl Fn(usize, usize, usize, usize) -> bool + Sync + 'a {
         move |b, h, i, j| {
             let (q_len, kv_len) = self.lens[b];
-            self.admits(b, h, i, j) && (!causal || causal_allowed(i, j, q_len, kv_len))
+            if j >= kv_len || (causal && !causal_allowed(i, j, q_len, kv_len)) {
+                return false;
+            }
+            let p = query_position(i, q_len, kv_len);
+            self.admits(b, h, i, j)
+                || statics
+                    .iter()
+                    .any(|c| c.admits(h, p, j as i64, kv_len, causal))
         }
     }
 }

@@ -347,7 +347,7 @@ fn view_words(v: &TileView) -> [i32; VIEW_WORDS] {
 }
 
 /// The words of a mask component in C field order (the layout `SaMaskComponent` asserts).
-fn component_words(c: &MaskComponent) -> [i32; COMPONENT_WORDS] {
+pub(crate) fn component_words(c: &MaskComponent) -> [i32; COMPONENT_WORDS] {
     [
         c.kind,
         c.window_left,

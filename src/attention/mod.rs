@@ -34,6 +34,7 @@ mod paged;
 pub(crate) use emulated::{pool_pages, PreparedCall};
 pub use emulated::{EmuRun, StepKv};
 pub use layout::{TensorLayout, TensorStrides};
+pub(crate) use meta::component_words;
 pub use meta::{EmuMeta, MetaAddrs, PlanMeta};
 pub use paged::{PagedAddrs, PagedKv, PagedLayout};
 

@@ -951,7 +951,7 @@ pub struct SaAdaptListsParams {
     pub partial_row_end: *mut i32,
     #[doc = " `[rows]`: each row's query rows and keys."]
     pub tile_views: *mut SaTileView,
-    #[doc = " `[batch * units]`: each program's mask component (a block mask over its bits)."]
+    #[doc = " `[batch * units * (num_static + 1)]`: each program's mask components, `num_static + 1`\n from id * (num_static + 1): the layer's static components (read here) and, last, a block\n mask over the unit's bits (written here)."]
     pub components: *mut SaMaskComponent,
     #[doc = " Sequences."]
     pub batch: i32,
@@ -979,10 +979,14 @@ pub struct SaAdaptListsParams {
     pub max_q: i32,
     #[doc = " The plan's longest key sequence: likewise."]
     pub max_kv: i32,
+    #[doc = " Static components joined to the selection (0, 1 or 2, each dense, a window, sinks or\n a chunk: the interval forms, whose tiles are derived here from the lengths as the\n run-time walk derives them). A tile is listed when the selection or a static component\n allows a pair of it, full when either allows every pair."]
+    pub num_static: i32,
+    #[doc = " Keeps the struct a multiple of 8 bytes; always 0."]
+    pub _reserved: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAdaptListsParams"][::core::mem::size_of::<SaAdaptListsParams>() - 128usize];
+    ["Size of SaAdaptListsParams"][::core::mem::size_of::<SaAdaptListsParams>() - 136usize];
     ["Alignment of SaAdaptListsParams"][::core::mem::align_of::<SaAdaptListsParams>() - 8usize];
     ["Offset of field: SaAdaptListsParams::bits"]
         [::core::mem::offset_of!(SaAdaptListsParams, bits) - 0usize];
@@ -1028,4 +1032,8 @@ const _: () = {
         [::core::mem::offset_of!(SaAdaptListsParams, max_q) - 116usize];
     ["Offset of field: SaAdaptListsParams::max_kv"]
         [::core::mem::offset_of!(SaAdaptListsParams, max_kv) - 120usize];
+    ["Offset of field: SaAdaptListsParams::num_static"]
+        [::core::mem::offset_of!(SaAdaptListsParams, num_static) - 124usize];
+    ["Offset of field: SaAdaptListsParams::_reserved"]
+        [::core::mem::offset_of!(SaAdaptListsParams, _reserved) - 128usize];
 };

@@ -725,7 +725,9 @@ typedef struct SaAdaptListsParams {
   int32_t* partial_row_end;
   /** `[rows]`: each row's query rows and keys. */
   SaTileView* tile_views;
-  /** `[batch * units]`: each program's mask component (a block mask over its bits). */
+  /** `[batch * units * (num_static + 1)]`: each program's mask components, `num_static + 1`
+   * from id * (num_static + 1): the layer's static components (read here) and, last, a block
+   * mask over the unit's bits (written here). */
   SaMaskComponent* components;
   /** Sequences. */
   int32_t batch;
@@ -754,6 +756,13 @@ typedef struct SaAdaptListsParams {
   int32_t max_q;
   /** The plan's longest key sequence: likewise. */
   int32_t max_kv;
+  /** Static components joined to the selection (0, 1 or 2, each dense, a window, sinks or
+   * a chunk: the interval forms, whose tiles are derived here from the lengths as the
+   * run-time walk derives them). A tile is listed when the selection or a static component
+   * allows a pair of it, full when either allows every pair. */
+  int32_t num_static;
+  /** Keeps the struct a multiple of 8 bytes; always 0. */
+  int32_t _reserved;
 } SaAdaptListsParams;
 
 #ifdef __cplusplus

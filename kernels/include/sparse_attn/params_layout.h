@@ -222,7 +222,7 @@ SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, max_k) == 144, "offset of SaAdapt
 SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, keep_sinks) == 148, "offset of SaAdaptSelectParams::keep_sinks");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, keep_local) == 152, "offset of SaAdaptSelectParams::keep_local");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptSelectParams, _reserved) == 156, "offset of SaAdaptSelectParams::_reserved");
-SA_LAYOUT_ASSERT(sizeof(SaAdaptListsParams) == 128, "size of SaAdaptListsParams");
+SA_LAYOUT_ASSERT(sizeof(SaAdaptListsParams) == 136, "size of SaAdaptListsParams");
 SA_LAYOUT_ASSERT(SA_ALIGNOF(SaAdaptListsParams) == 8, "alignment of SaAdaptListsParams");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, bits) == 0, "offset of SaAdaptListsParams::bits");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, cu_seqlens_q) == 8, "offset of SaAdaptListsParams::cu_seqlens_q");
@@ -246,5 +246,7 @@ SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, q_block) == 108, "offset of SaAdap
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, causal) == 112, "offset of SaAdaptListsParams::causal");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_q) == 116, "offset of SaAdaptListsParams::max_q");
 SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, max_kv) == 120, "offset of SaAdaptListsParams::max_kv");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, num_static) == 124, "offset of SaAdaptListsParams::num_static");
+SA_LAYOUT_ASSERT(offsetof(SaAdaptListsParams, _reserved) == 128, "offset of SaAdaptListsParams::_reserved");
 
 #endif /* SPARSE_ATTN_PARAMS_LAYOUT_H */
