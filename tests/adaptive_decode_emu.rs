@@ -20,6 +20,7 @@ use sparse_attn::adaptive::{
     SelectInputs, Selection, Share,
 };
 use sparse_attn::kv_cache::{HostKvStorage, KvCache, KvCacheConfig, LayerCapacity, PoolSize};
+use sparse_attn::pattern::Component;
 use sparse_attn::reference::{attention, RefInputs};
 use sparse_attn::{AttnOptions, AttnProblem, DType, Error, SeqLens};
 
@@ -45,6 +46,8 @@ struct Case {
     /// Before step `.0`, the driver forgets sequence `.1`'s selection (it then selects on its
     /// own phase, so steps mix fresh and reused sequences).
     forget: Option<(usize, usize)>,
+    /// Static components joined to the selection (a token window, sink tokens).
+    statics: Vec<Component>,
 }
 
 fn cache(case: &Case, caps: LayerCapacity, block: usize) -> KvCache {
@@ -86,7 +89,7 @@ fn driver(case: &Case, sel: &BlockSelect) -> AdaptiveDecode {
         scale: Some(SCALE),
         ..AttnOptions::default()
     };
-    AdaptiveDecode::new(&problem, sel, &opts).unwrap()
+    AdaptiveDecode::with_union(&problem, sel, &case.statics, &opts).unwrap()
 }
 
 /// The blocks of a selection row (`words` int32 words), ascending.
@@ -262,7 +265,13 @@ fn run_case(
             Share::KvGroup => hq / group,
         };
         let allowed = |b: usize, hq: usize, _i: usize, j: usize| {
-            j <= pos[b] && applied[b][unit(hq)].contains(&((j / bsz) as i64))
+            let p = pos[b] as i64;
+            j <= pos[b]
+                && (applied[b][unit(hq)].contains(&((j / bsz) as i64))
+                    || case
+                        .statics
+                        .iter()
+                        .any(|c| c.admits(hq, p, j as i64, p as usize + 1, true)))
         };
         // The plan's host twin of the applied mask reads the same bits.
         for (b, &p) in pos.iter().enumerate() {
@@ -380,6 +389,7 @@ fn exact_case(heads: usize, kv_heads: usize) -> Case {
         steps: 40,
         data: Data::Exact,
         forget: None,
+        statics: vec![],
     }
 }
 
@@ -436,6 +446,7 @@ fn mean_k_kv_group_float_margin_rule() {
         steps: 20,
         data: Data::Float,
         forget: None,
+        statics: vec![],
     };
     run_case(&case, &sel, DecodeCanary::None, base_seed() + 3).unwrap();
 }
@@ -453,9 +464,26 @@ fn mean_k_top_p_float_reselect_every_2() {
         steps: 16,
         data: Data::Float,
         forget: None,
+        statics: vec![],
     };
     let reused = run_case(&case, &sel, DecodeCanary::None, base_seed() + 5).unwrap();
     assert_eq!(reused, 2 * 8);
+}
+
+#[test]
+fn union_with_a_token_window_and_sinks_exact() {
+    // k 1 over blocks of 16 beside a 20-token window and 3 sink tokens: the window's keys
+    // start inside a block and cross kv tiles as the steps move it.
+    let sel = select(r#"{"top_k": {"block": 16, "k": 1, "score": "minmax"}}"#);
+    let case = Case {
+        statics: vec![
+            Component::window_size(20).unwrap(),
+            Component::sinks(3).unwrap(),
+        ],
+        ..exact_case(2, 1)
+    };
+    let reused = run_case(&case, &sel, DecodeCanary::None, base_seed() + 6).unwrap();
+    assert_eq!(reused, 0);
 }
 
 #[test]
@@ -490,6 +518,7 @@ fn bad_steps_are_typed_errors_and_change_nothing() {
         steps: 4,
         data: Data::Exact,
         forget: None,
+        statics: vec![],
     };
     let mut dec = driver(&case, &sel);
     let run = common::emu_run();

@@ -11,7 +11,7 @@ use common::{assert_lse_close, max_abs, max_abs_diff, random_qkv, widen, Rng};
 use half::f16;
 use safetensors::tensor::Dtype;
 use sparse_attn::adaptive::{
-    given_shape, AdaptiveComponent, GivenScores, Grouping, SelectInputs, Selection,
+    given_shape, AdaptiveComponent, AdaptivePattern, GivenScores, Grouping, SelectInputs, Selection,
 };
 use sparse_attn::reference::{attention, RefInputs};
 use sparse_attn::{AttnProblem, DType, SeqLens};
@@ -63,9 +63,8 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, inputs: Input
         DType::F16,
     )
     .unwrap();
-    let value: serde_json::Value = serde_json::from_str(pattern).unwrap();
-    let comp = AdaptiveComponent::from_json(&value["components"][0].to_string()).unwrap();
-    let AdaptiveComponent::Select(sel) = comp else {
+    let parsed = AdaptivePattern::from_json(pattern).unwrap().unwrap();
+    let AdaptiveComponent::Select(sel) = parsed.component else {
         unreachable!()
     };
     let mut rng = Rng::new(common::base_seed());
@@ -128,7 +127,7 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, inputs: Input
     let applied = |b: usize, h: usize, i: usize, j: usize| {
         mask[((b * heads + h) * q_len + i) * kv_len + j] == 1
     };
-    let reference = selection.allowed(true);
+    let reference = selection.allowed_with(true, &parsed.statics);
     let mut masked = 0;
     for b in 0..batch {
         for h in 0..heads {
@@ -181,6 +180,16 @@ fn run_pooled_qk_kv_group_selects_exactly() {
     check(POOLED, 2, 128, 192, Inputs::Exact);
 }
 
+/// A selection in a union with a token window and sink tokens: the applied mask is the
+/// reference union's, exactly.
+#[test]
+fn run_union_with_a_window_and_sinks() {
+    let union = r#"{"causal": true, "components": [{"sliding_window": {"size": 24}},
+        {"top_k": {"block": 32, "k": 1, "keep_local": 0, "score": "minmax"}},
+        {"sinks": {"count": 3}}]}"#;
+    check(union, 1, 130, 200, Inputs::Exact);
+}
+
 #[test]
 fn run_top_p_given_scores() {
     check(GIVEN, 1, 100, 260, Inputs::Given);
@@ -202,9 +211,9 @@ fn refusals_are_one_line_errors() {
             "not yet supported",
         ),
         (
-            r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 1}}, {"sinks": {"count": 4}}]}"#,
+            r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 1}}, {"dilated": {"stride": 4}}]}"#,
             &["--backend", "emulator"][..],
-            "exactly one component",
+            "beside an adaptive one",
         ),
         (TOP_K, &["--backend", "cuda"][..], "not yet supported"),
         (GIVEN, &["--backend", "emulator"][..], "given"),
@@ -236,6 +245,19 @@ fn plan_reports_the_density_a_budget_fixes() {
     assert_eq!(v["dense_pairs"], 256 * 257 / 2);
     let o = common::cli::bin(&["plan", "--pattern", s(&p), "--seq-len", "256"]);
     assert!(common::cli::assert_success(&o, "plan").contains("density"));
+    // Beside a window of 8: groups 1 and 2 select every block already; group 3 chooses one
+    // of blocks 1 and 2, and when it is block 1 the window adds 7 - r keys of block 2 to its
+    // rows r = 0..6 (28 pairs), when it is block 2 nothing.
+    let u = dir.write(
+        "u.json",
+        r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 1, "keep_sinks": 1, "keep_local": 1}}, {"sliding_window": {"size": 8}}]}"#,
+    );
+    let o = common::cli::bin(&["plan", "--pattern", s(&u), "--seq-len", "256", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&common::cli::assert_success(&o, "plan --pattern union")).unwrap();
+    assert_eq!(v["allowed_pairs_min"], want);
+    assert_eq!(v["allowed_pairs_max"], want + 28);
+    assert_eq!(v["statics"][0]["sliding_window"]["size"], 8);
     let stat = dir.write("s.json", r#"{"causal": true, "components": []}"#);
     let o = common::cli::bin(&["plan", "--pattern", s(&stat), "--seq-len", "256"]);
     common::cli::assert_fails(&o, 1, "not an adaptive pattern");

@@ -2,6 +2,9 @@
 //! prefill can have (the CLI's `plan --pattern`).
 
 use super::params::{BlockSelect, Choice};
+use super::plan::check_statics;
+use crate::error::Result;
+use crate::pattern::Component;
 use crate::reference::query_position;
 
 /// The allowed (query, key) pairs a selection can give one head of a prefill of `q_len` rows
@@ -42,15 +45,82 @@ pub fn density_bounds(
     kv_len: usize,
     causal: bool,
 ) -> DensityBounds {
+    bounds(sel, &[], q_len, kv_len, causal)
+}
+
+/// [`density_bounds`] of a selection joined to static components (as
+/// [`super::AdaptivePlan::with_union`] takes them): the components' pairs count as they are,
+/// and a block adds only the pairs they do not already allow. Still exact. Errors:
+/// `Error::Unsupported` for the components `with_union` refuses.
+pub fn density_bounds_with(
+    sel: &BlockSelect,
+    statics: &[Component],
+    q_len: usize,
+    kv_len: usize,
+    causal: bool,
+) -> Result<DensityBounds> {
+    check_statics(statics)?;
+    Ok(bounds(sel, statics, q_len, kv_len, causal))
+}
+
+/// Keys in `[lo, hi]` (0 when empty).
+fn span(lo: i64, hi: i64) -> i64 {
+    (hi - lo + 1).max(0)
+}
+
+/// The keys an interval-form component allows query position `p` before clipping to the
+/// existing keys (`check_statics` admitted it).
+fn interval(c: &Component, p: i64, causal: bool) -> (i64, i64) {
+    match c {
+        Component::SlidingWindow(w) => (p - w.left(), if causal { p } else { p + w.right() }),
+        Component::Sinks(s) => (0, s.count() - 1),
+        Component::Chunked(k) => {
+            let start = k.chunk_start(p);
+            (start, start + k.size() - 1)
+        }
+        _ => (i64::MIN / 4, i64::MAX / 4),
+    }
+}
+
+fn bounds(
+    sel: &BlockSelect,
+    statics: &[Component],
+    q_len: usize,
+    kv_len: usize,
+    causal: bool,
+) -> DensityBounds {
     let b = sel.block();
     let pos = |i: usize| query_position(i, q_len, kv_len);
-    // Keys of block J that row position p sees.
-    let seen = |jb: i64, p: i64| -> i64 {
-        let first = jb * b;
-        let last = ((jb + 1) * b).min(kv_len as i64) - 1;
-        let last = if causal { last.min(p) } else { last };
-        (last - first + 1).max(0)
+    let last_key = |p: i64| {
+        if causal {
+            p.min(kv_len as i64 - 1)
+        } else {
+            kv_len as i64 - 1
+        }
     };
+    // Keys in [x0, x1] (within the keys position p sees) that no static component allows:
+    // inclusion-exclusion over at most two intervals.
+    let fresh = |x0: i64, x1: i64, p: i64| -> i64 {
+        let x1 = x1.min(last_key(p));
+        let mut n = span(x0, x1);
+        let iv: Vec<(i64, i64)> = statics.iter().map(|c| interval(c, p, causal)).collect();
+        for &(lo, hi) in &iv {
+            n -= span(lo.max(x0), hi.min(x1));
+        }
+        if let [(a0, a1), (b0, b1)] = iv[..] {
+            n += span(a0.max(b0).max(x0), a1.min(b1).min(x1));
+        }
+        n
+    };
+    // Keys of block J that row position p sees and no static component allows.
+    let seen = |jb: i64, p: i64| -> i64 { fresh(jb * b, (jb + 1) * b - 1, p) };
+    // Pairs the static components allow.
+    let fixed_pairs: u64 = (0..q_len)
+        .map(|i| {
+            let p = pos(i);
+            (span(0, last_key(p)) - fresh(0, kv_len as i64 - 1, p)) as u64
+        })
+        .sum();
     let pairs: u64 = (0..q_len)
         .map(|i| {
             let p = pos(i);
@@ -61,7 +131,7 @@ pub fn density_bounds(
             }
         })
         .sum();
-    let (mut lo, mut hi) = (0u64, 0u64);
+    let (mut lo, mut hi) = (fixed_pairs, fixed_pairs);
     let mut i = 0;
     while i < q_len {
         // The group of row i: rows with the same floor(p / q_block).
@@ -178,8 +248,52 @@ mod tests {
                     b.lo <= n && n <= b.hi,
                     "{json} causal {causal}: {n} not in {b:?}"
                 );
+                for statics in [
+                    vec![
+                        Component::window_size(40).unwrap(),
+                        Component::sinks(3).unwrap(),
+                    ],
+                    vec![
+                        Component::window(20, 9).unwrap(),
+                        Component::chunked(48).unwrap(),
+                    ],
+                ] {
+                    let allowed = s.allowed_with(causal, &statics);
+                    let n = (0..q_len)
+                        .flat_map(|i| (0..kv_len).map(move |j| (i, j)))
+                        .filter(|&(i, j)| allowed(0, 0, i, j))
+                        .count() as u64;
+                    let u = density_bounds_with(&sel, &statics, q_len, kv_len, causal).unwrap();
+                    assert!(
+                        u.lo <= n && n <= u.hi && b.lo <= u.lo && b.hi <= u.hi,
+                        "{json} causal {causal} {statics:?}: {n} not in {u:?} (alone {b:?})"
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn unions_count_static_pairs_once() {
+        // Every block chosen: the union is the dense causal layer, whatever the statics.
+        let all = select(r#"{"top_k": {"block": 16, "k": 1000}}"#);
+        let statics = [
+            Component::window_size(37).unwrap(),
+            Component::sinks(5).unwrap(),
+        ];
+        let d = density_bounds_with(&all, &statics, 150, 210, true).unwrap();
+        assert_eq!((d.lo, d.hi), (d.pairs, d.pairs));
+        // One forced local block of 64 beside a window of 8 inside it: the window adds nothing
+        // to rows at least 7 keys into their block, 7 - r pairs to row r < 7 of block 1+.
+        let local = select(r#"{"top_k": {"block": 64, "k": 0, "keep_local": 1}}"#);
+        let w = [Component::window_size(8).unwrap()];
+        let alone = density_bounds(&local, 128, 128, true);
+        let d = density_bounds_with(&local, &w, 128, 128, true).unwrap();
+        assert_eq!((d.lo, d.hi), (alone.lo + 28, alone.hi + 28));
+        assert!(matches!(
+            density_bounds_with(&local, &[Component::dilated(2).unwrap()], 8, 8, true),
+            Err(crate::Error::Unsupported(_))
+        ));
     }
 
     #[test]

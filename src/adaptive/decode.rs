@@ -70,6 +70,7 @@ use crate::attention::{Element, EmuRun, StepKv};
 use crate::error::{Error, Result};
 use crate::ffi::SA_SCORE_CHANNELS;
 use crate::kv_cache::{HostKvStorage, KvCache, LayerCapacity, Placement, SeqId};
+use crate::pattern::Component;
 use crate::shape::{AttnOptions, AttnProblem, SeqLens};
 
 /// Deliberately broken drivers, which the tests must catch (never for use).
@@ -141,6 +142,19 @@ impl AdaptiveDecode {
     /// `Error::Unsupported`); `score: given` (`Error::Unsupported`: this driver scores each
     /// step itself); and those of [`AdaptivePlan::new`] and [`DeviceSelect::new`].
     pub fn new(problem: &AttnProblem, sel: &BlockSelect, opts: &AttnOptions) -> Result<Self> {
+        Self::with_union(problem, sel, &[], opts)
+    }
+
+    /// A driver for `sel` joined to the static components `statics` (a token window, sink
+    /// tokens: what [`AdaptivePlan::with_union`] takes), otherwise as [`AdaptiveDecode::new`].
+    /// The selection is made and reused exactly as without them; each step's tile lists and
+    /// token mask add the components' keys.
+    pub fn with_union(
+        problem: &AttnProblem,
+        sel: &BlockSelect,
+        statics: &[Component],
+        opts: &AttnOptions,
+    ) -> Result<Self> {
         problem.seqs().validate()?;
         let (max_q, _) = problem.seqs().max_lens();
         if max_q > 1 {
@@ -162,7 +176,7 @@ impl AdaptiveDecode {
                  {SA_SCORE_CHANNELS} up to 512)"
             )));
         }
-        let plan = AdaptivePlan::new(problem, sel, Grouping::Decode, opts)?;
+        let plan = AdaptivePlan::with_union(problem, sel, statics, Grouping::Decode, opts)?;
         let l = *plan.layout();
         let cap = SelectCapacity {
             max_groups: l.max_groups,

@@ -8,8 +8,8 @@
 //! execution of a selection by one plan per component ([`AdaptivePlan`]: selection, compaction
 //! into the forward kernel's tile lists, forward; [`AdaptivePattern`] is its pattern JSON). The
 //! static pattern language does not take them ([`crate::pattern::Component`] rejects
-//! `top_k`, `top_p`, `top_rel` and `lsh`; unions with static components are not supported
-//! yet).
+//! `top_k`, `top_p`, `top_rel` and `lsh`; an [`AdaptivePattern`] joins one of them to up to
+//! two static interval components, [`AdaptivePlan::with_union`]).
 //!
 //! - [`AdaptiveComponent`] parses `{"top_k": ..}`, `{"top_p": ..}`, `{"top_rel": ..}` and
 //!   `{"lsh": ..}`; [`BlockSelect`] and [`Lsh`] are the validated parameters.
@@ -73,7 +73,7 @@ mod plan;
 pub mod scoring;
 mod select;
 
-pub use budget::{density_bounds, DensityBounds};
+pub use budget::{density_bounds, density_bounds_with, DensityBounds};
 pub use cuda::GpuAdaptivePlan;
 #[doc(hidden)]
 pub use decode::DecodeCanary;

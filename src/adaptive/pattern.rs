@@ -4,36 +4,42 @@
 use serde::Deserialize;
 
 use super::params::AdaptiveComponent;
+use super::plan::check_statics;
 use crate::error::{Error, Result};
+use crate::pattern::Component;
 
 /// The names of the adaptive components (the keys of their JSON objects).
 pub const ADAPTIVE_KINDS: [&str; 4] = ["top_k", "top_p", "top_rel", "lsh"];
 
-/// An adaptive pattern: one adaptive component, optionally causal. Unions of an adaptive
-/// component with others (a window beside `top_k`) and per-head sets of adaptive patterns are
-/// not supported yet (`Error::Unsupported`); the component's forced blocks (`keep_sinks`,
-/// `keep_local`) cover the usual static part.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// An adaptive pattern: one adaptive component, optionally causal, in a union with up to two
+/// static components of the interval forms (`dense`, `sliding_window`, `sinks`, `chunked`:
+/// what [`super::AdaptivePlan::with_union`] runs), e.g. `{"causal": true, "components":
+/// [{"top_k": {..}}, {"sliding_window": {"size": 256}}]}`. Two adaptive components, other
+/// static kinds beside one, and per-head sets of adaptive patterns are refused
+/// (`Error::Unsupported`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdaptivePattern {
     /// Keys after the query position are excluded.
     pub causal: bool,
-    /// The component.
+    /// The adaptive component.
     pub component: AdaptiveComponent,
+    /// The static components of the union (in the order given).
+    pub statics: Vec<Component>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     causal: bool,
-    components: Vec<AdaptiveComponent>,
+    components: Vec<serde_json::Value>,
 }
 
 impl AdaptivePattern {
     /// Reads `text` as a pattern: `Ok(None)` when it names no adaptive component (a static
     /// pattern or head set, for [`crate::pattern::HeadPatterns::from_json`]), the adaptive
-    /// pattern when it does. Errors: `Error::Pattern` for a malformed adaptive component,
-    /// `Error::Unsupported` for an adaptive component beside other components or inside a
-    /// per-head set.
+    /// pattern when it does. Errors: `Error::Pattern` for a malformed component,
+    /// `Error::Unsupported` for two adaptive components, a static component a selection does
+    /// not join, or an adaptive component inside a per-head set.
     pub fn from_json(text: &str) -> Result<Option<Self>> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| Error::Pattern(e.to_string()))?;
@@ -58,19 +64,39 @@ impl AdaptivePattern {
         if !names_adaptive(&value) {
             return Ok(None);
         }
-        let n = value["components"].as_array().map_or(0, |c| c.len());
-        if n != 1 {
+        let raw: Raw = serde_json::from_value(value).map_err(|e| Error::Pattern(e.to_string()))?;
+        let (adaptive, statics): (Vec<_>, Vec<_>) =
+            raw.components.into_iter().partition(is_adaptive);
+        if adaptive.len() != 1 {
             return Err(Error::Unsupported(format!(
-                "an adaptive pattern has exactly one component (got {n}: unions of an adaptive \
-                 component with others are not supported yet; keep_sinks / keep_local force \
-                 the static blocks)"
+                "an adaptive pattern has one adaptive component (got {}: unions of two \
+                 selections are not supported)",
+                adaptive.len()
             )));
         }
-        let raw: Raw = serde_json::from_value(value).map_err(|e| Error::Pattern(e.to_string()))?;
+        let component: AdaptiveComponent = serde_json::from_value(adaptive[0].clone())
+            .map_err(|e| Error::Pattern(e.to_string()))?;
+        let statics = statics
+            .into_iter()
+            .map(|c| serde_json::from_value(c).map_err(|e| Error::Pattern(e.to_string())))
+            .collect::<Result<Vec<Component>>>()?;
+        check_statics(&statics)?;
         Ok(Some(AdaptivePattern {
             causal: raw.causal,
-            component: raw.components[0],
+            component,
+            statics,
         }))
+    }
+
+    /// The pattern as the CLI prints it: the adaptive component's JSON, then ` ∪ ` and each
+    /// static component's.
+    pub fn describe(&self) -> String {
+        let mut text = self.component.to_json();
+        for c in &self.statics {
+            text.push_str(" ∪ ");
+            text.push_str(&serde_json::to_string(c).unwrap_or_default());
+        }
+        text
     }
 }
 
@@ -94,10 +120,31 @@ mod tests {
         ] {
             assert_eq!(AdaptivePattern::from_json(static_pattern).unwrap(), None);
         }
+        let u = AdaptivePattern::from_json(
+            r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"top_k": {"block": 64, "k": 4}}, {"sliding_window": {"size": 100}}]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            u.statics,
+            vec![
+                Component::sinks(4).unwrap(),
+                Component::window_size(100).unwrap()
+            ]
+        );
+        assert!(u.describe().contains("top_k") && u.describe().contains("sliding_window"));
         for (text, unsupported) in [
             (
-                r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 4}}, {"sinks": {"count": 4}}]}"#,
+                r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 4}}, {"top_p": {"block": 64, "p": 0.5}}]}"#,
                 true,
+            ),
+            (
+                r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 4}}, {"dilated": {"stride": 2}}]}"#,
+                true,
+            ),
+            (
+                r#"{"causal": true, "components": [{"top_k": {"block": 64, "k": 4}}, {"sinks": {"count": -1}}]}"#,
+                false,
             ),
             (
                 r#"{"heads": [{"causal": true, "components": [{"top_k": {"block": 64, "k": 4}}]}]}"#,

@@ -514,7 +514,7 @@ impl AdaptivePlan {
 
 /// The static components a selection joins: at most two of the interval forms, whose tiles
 /// the compaction kernel derives from the lengths (`Error::Unsupported` otherwise).
-fn check_statics(statics: &[Component]) -> Result<()> {
+pub(crate) fn check_statics(statics: &[Component]) -> Result<()> {
     if statics.len() > 2 {
         return Err(Error::Unsupported(format!(
             "an adaptive component joins at most two static components (got {})",

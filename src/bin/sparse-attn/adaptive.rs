@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use half::{bf16, f16};
 use sparse_attn::adaptive::{
-    density_bounds, AdaptiveComponent, AdaptivePattern, AdaptivePlan, GivenScores, Grouping,
+    density_bounds_with, AdaptiveComponent, AdaptivePattern, AdaptivePlan, GivenScores, Grouping,
 };
 use sparse_attn::{AttnOptions, DType, EmuRun, Error, SeqLens};
 
@@ -65,7 +65,8 @@ pub fn run(a: &AdaptiveRunArgs<'_>) -> Result<(), CliError> {
         sink_logits: inputs.sinks.clone(),
         alibi_slopes: inputs.alibi_slopes.clone(),
     };
-    let plan = AdaptivePlan::new(&problem, &sel, Grouping::Prefill, &opts)?;
+    let plan =
+        AdaptivePlan::with_union(&problem, &sel, &a.pattern.statics, Grouping::Prefill, &opts)?;
     let mask_elems = batch * num_heads * q_len * kv_len;
     if a.mask_out.is_some() && mask_elems > MAX_MASK_BYTES {
         return Err(CliError::Arg(format!(
@@ -133,7 +134,7 @@ pub fn run(a: &AdaptiveRunArgs<'_>) -> Result<(), CliError> {
         "sparse-attn: adaptive {}{}; {} q [{batch}, {q_len}, {num_heads}, {head_dim}] x kv \
          [{batch}, {kv_len}, {num_kv_heads}, {head_dim}]; density {:.2}% of the {}; on \
          emulator in {:.3} s -> {}",
-        a.pattern.component.to_json(),
+        a.pattern.describe(),
         if a.pattern.causal { " (causal)" } else { "" },
         inputs.dtype.name(),
         100.0 * allowed as f64 / causal_pairs.max(1) as f64,
@@ -181,11 +182,12 @@ pub fn plan(path: &Path, n: usize, json: bool) -> Result<(), CliError> {
             "density bounds of lsh patterns (they depend on the contents alone)".into(),
         ));
     };
-    let b = density_bounds(&sel, n, n, pattern.causal);
+    let b = density_bounds_with(&sel, &pattern.statics, n, n, pattern.causal)?;
     let (lo, hi) = b.density();
     if json {
         let v = serde_json::json!({
             "pattern": pattern.component.to_json(),
+            "statics": pattern.statics,
             "causal": pattern.causal,
             "seq_len": n,
             "allowed_pairs_min": b.lo,
@@ -198,7 +200,7 @@ pub fn plan(path: &Path, n: usize, json: bool) -> Result<(), CliError> {
     } else {
         println!(
             "{}{} at {n} tokens: density {} of the {} pairs per head ({} .. {} of {})",
-            pattern.component.to_json(),
+            pattern.describe(),
             if pattern.causal { " (causal)" } else { "" },
             if b.lo == b.hi {
                 format!("{:.2}%", 100.0 * lo)
@@ -274,7 +276,7 @@ pub fn decode(a: &AdaptiveDecodeArgs<'_>) -> Result<(), CliError> {
     println!(
         "sparse-attn decode: adaptive {} (causal); {} q [{batch}, {t}, {num_heads}, {}]; \
          prefill {} + {} decode steps, one plan each; on emulator in {:.3} s -> {}",
-        a.pattern.component.to_json(),
+        a.pattern.describe(),
         inputs.dtype.name(),
         inputs.q_shape[3],
         a.prefill,
@@ -317,7 +319,8 @@ fn decode_typed<T: Storage>(
     if n > 0 {
         let seqs = SeqLens::varlen_from_lens(&vec![(n, n); batch])?;
         let pre = sparse_attn::AttnProblem::new(seqs.clone(), h, hk, d as u32, problem.dtype())?;
-        let plan = AdaptivePlan::new(&pre, sel, Grouping::Prefill, &opts)?;
+        let plan =
+            AdaptivePlan::with_union(&pre, sel, &a.pattern.statics, Grouping::Prefill, &opts)?;
         let cat = |x: &[T], heads: usize| -> Vec<T> {
             (0..batch).flat_map(|b| rows(x, b, 0..n, heads)).collect()
         };
@@ -380,7 +383,7 @@ fn decode_typed<T: Storage>(
             d as u32,
             problem.dtype(),
         )?;
-        let mut dec = AdaptiveDecode::new(&dprob, sel, &opts)?;
+        let mut dec = AdaptiveDecode::with_union(&dprob, sel, &a.pattern.statics, &opts)?;
         for i in n..t {
             let step_rows = |x: &[T], heads: usize| -> Vec<T> {
                 (0..batch)
