@@ -10,7 +10,9 @@
 //!   head_dim, density, attention FLOPs and KV-cache bytes against dense (table or `--json`);
 //!   layers that are not softmax attention are listed and count nothing.
 //! - `viz`: PNG pictures of a pattern (token and/or tile level, per head) or of a model's
-//!   layer plan (one panel per layer; layers that are not softmax attention in lavender).
+//!   layer plan (one panel per layer; layers that are not softmax attention in lavender); an
+//!   adaptive pattern's selection for an input's q and k or for seeded synthetic heads, made
+//!   on the device (emulator) as `run` makes it (forced blocks green).
 //! - `demo`: random inputs, dense and causal attention on a backend, checked against the f64
 //!   reference (works on any machine through the CPU emulator).
 //! - `kernels`: the ptxas resource report build.rs captured.
@@ -64,7 +66,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Per-layer pattern, density, attention FLOPs and KV-cache bytes of a Hugging Face model.
     Plan(PlanArgs),
-    /// PNG pictures of a pattern (token and tile level, per head) or of a model's layers.
+    /// PNG pictures of a pattern (token and tile level, per head) or of a model's layers; an
+    /// adaptive pattern's selection for --input q/k or seeded synthetic heads.
     Viz(VizArgs),
     /// Random q, k, v; dense and causal attention checked against the f64 reference.
     Demo(DemoArgs),
@@ -103,7 +106,7 @@ impl DTypeArg {
 /// What `viz` draws.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LevelArg {
-    /// Allowed (query, key) pairs: dark pixels.
+    /// Allowed (query, key) pairs: dark pixels (an adaptive pattern's forced blocks green).
     Token,
     /// The compiled metadata: full tiles blue, partial orange, skipped white.
     Tile,
@@ -203,7 +206,10 @@ struct PlanArgs {
 
 #[derive(Args)]
 pub struct VizArgs {
-    /// A pattern or head pattern set (JSON); needs --q-len.
+    /// A pattern or head pattern set (JSON); needs --q-len. An adaptive pattern (top_k, top_p,
+    /// top_rel) draws the device's selection for --input's q and k, or without --input for the
+    /// seeded synthetic needle-field heads: content-chosen blocks dark, forced blocks
+    /// (keep_sinks / keep_local) green; tiles as the compaction kernel lists them.
     #[arg(
         long,
         value_name = "P.json",

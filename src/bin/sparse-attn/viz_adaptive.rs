@@ -101,7 +101,9 @@ pub fn draw(
     )
     .map_err(|e| match &source {
         Source::Input { .. } => input_err(a.input.as_deref().unwrap_or(path), e),
-        Source::Field { .. } => CliError::Usage(format!("the synthetic needle field: {e}")),
+        Source::Field { .. } => {
+            CliError::Usage(format!("without --input, q and k are synthetic: {e}"))
+        }
     })?;
     let opts = AttnOptions {
         causal: pattern.causal,
@@ -289,7 +291,7 @@ fn needle_field(a: &VizArgs) -> Result<NeedleField, CliError> {
     }
     spec.columns = spec.columns.min(kv_len.saturating_sub(SINK_TOKENS + 1));
     NeedleField::generate(&spec)
-        .map_err(|e| CliError::Usage(format!("the synthetic needle field: {e}")))
+        .map_err(|e| CliError::Usage(format!("without --input, q and k are synthetic: {e}")))
 }
 
 /// Tokens a field needs for needles (a key after the first block, its queries 256 later, in
@@ -386,7 +388,7 @@ fn forced_blocks(sel: &BlockSelect, q_len: usize, kv_len: usize) -> Vec<Vec<i64>
             last += 1;
         }
         let f = sel.forced(last as i64 + shift, kv_len);
-        rows.extend(std::iter::repeat_n(f, last + 1 - i));
+        rows.extend(std::iter::repeat(f).take(last + 1 - i));
         i = last + 1;
     }
     rows
