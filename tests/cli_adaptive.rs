@@ -500,7 +500,7 @@ fn check_picture(
 fn viz_input_draws_the_mask_run_applies() {
     let (batch, q_len, kv_len, heads, kv_heads, d) =
         (2usize, 160usize, 224usize, 2usize, 1usize, 64usize);
-    for pattern in [TOP_K, POOLED] {
+    for pattern in [TOP_K, POOLED, GIVEN] {
         let problem = AttnProblem::new(
             SeqLens::Uniform {
                 batch,
@@ -515,12 +515,23 @@ fn viz_input_draws_the_mask_run_applies() {
         .unwrap();
         let mut rng = Rng::new(common::base_seed());
         let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
-        let input = safetensors_bytes(&[
+        let mut tensors = vec![
             tensor("q", &[batch, q_len, heads, d], &q, Dtype::F16),
             tensor("k", &[batch, kv_len, kv_heads, d], &k, Dtype::F16),
             tensor("v", &[batch, kv_len, kv_heads, d], &v, Dtype::F16),
-        ]);
-        let f = Fixture::new(&input, pattern);
+        ];
+        if pattern == GIVEN {
+            // Caller scores, different for each sequence.
+            let [groups, blocks] = given_shape(&component(pattern), &problem, Grouping::Prefill);
+            let n = batch * heads * groups * blocks;
+            let scores: Vec<f32> = (0..n).map(|i| ((i * 7919) % 101) as f32 / 10.0).collect();
+            tensors.push(f32_tensor(
+                "scores",
+                &[batch, heads, groups, blocks],
+                &scores,
+            ));
+        }
+        let f = Fixture::new(&safetensors_bytes(&tensors), pattern);
         let mask_path = f.dir.path("mask.safetensors");
         f.succeed(
             "run",
