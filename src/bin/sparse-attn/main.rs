@@ -252,7 +252,7 @@ pub struct VizArgs {
     /// synthetic needle-field heads of docs/adaptive.md.
     #[arg(long, value_name = "IN.safetensors", requires = "pattern")]
     pub input: Option<PathBuf>,
-    /// Adaptive pattern with --input: the sequence of the batch to draw.
+    /// Adaptive pattern with --input: the sequence of the batch to draw (default 0).
     #[arg(long, value_name = "I", requires = "input")]
     pub batch_index: Option<usize>,
     /// Adaptive pattern without --input: the seed of the needle field (default 1).
