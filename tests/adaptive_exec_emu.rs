@@ -431,3 +431,97 @@ fn device_pipeline_selects_exactly_as_the_reference() {
         assert_matches(json, &problem, &r.out, &r.lse, &want, tol(f16::DTYPE));
     }
 }
+
+/// The selection and the tile lists of a call without its forward launch
+/// (`select_emulated`, `tiles_emulated`, what `sparse-attn viz` draws): the bits are those
+/// `run_emulated` applies, and per (sequence, head, query tile) the lists hold, ascending,
+/// the kv tiles every existing pair of which is allowed (full) and those with some allowed
+/// pair (partial), nothing past the call's rows; bad calls are typed errors.
+#[test]
+fn selection_and_tile_lists_without_the_forward() {
+    let s = Heads {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let lens = [(160usize, 200usize), (40, 320)];
+    let mut seen_full = false;
+    for json in [
+        r#"{"top_k": {"block": 32, "k": 2, "keep_sinks": 1, "keep_local": 1, "score": "pooled_qk", "share": "kv_group"}}"#,
+        r#"{"top_k": {"block": 64, "k": 1, "keep_local": 1, "score": "mean_k"}}"#,
+        // Every candidate: full tiles below the diagonal, whatever the seed.
+        r#"{"top_k": {"block": 16, "k": 20, "score": "mean_k"}}"#,
+    ] {
+        let max = SeqLens::Uniform {
+            batch: 2,
+            q_len: 160,
+            kv_len: 320,
+        };
+        let plan = plan::<f16>(&select(json), Grouping::Prefill, max, &s, true);
+        let seqs = SeqLens::varlen_from_lens(&lens).unwrap();
+        let problem =
+            AttnProblem::new(seqs.clone(), s.heads, s.kv_heads, s.head_dim, f16::DTYPE).unwrap();
+        let mut rng = Rng::new(base_seed() + 40);
+        let q: Vec<f16> = random_tensor(&mut rng, problem.q_elems(), 1.0);
+        let k: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let v: Vec<f16> = random_tensor(&mut rng, problem.kv_elems(), 1.0);
+        let run = common::emu_run();
+        let bits = plan.select_emulated(&seqs, &q, &k, None, &run).unwrap();
+        let applied = plan.run_emulated(&seqs, &q, &k, &v, None, &run).unwrap();
+        assert_eq!(bits, applied.bits, "{json}: the bits run_emulated applies");
+        let tiles = plan.tiles_emulated(&seqs, &bits, &run).unwrap();
+        let (bm, bn) = (tiles.block_m(), tiles.block_n());
+        assert_eq!(bm, plan.attn().tiles().block_m as usize);
+        assert_eq!(bn, plan.attn().tiles().block_n as usize);
+        let (mut n_full, mut n_partial) = (0, 0);
+        for (b, &(q_len, kv_len)) in lens.iter().enumerate() {
+            for h in 0..s.heads {
+                for m in 0..tiles.q_tiles() {
+                    let rows = m * bm..((m + 1) * bm).min(q_len);
+                    let (mut full, mut partial) = (Vec::new(), Vec::new());
+                    for t in 0..kv_len.div_ceil(bn) {
+                        let keys = t * bn..((t + 1) * bn).min(kv_len);
+                        let pairs: Vec<bool> = rows
+                            .clone()
+                            .flat_map(|i| keys.clone().map(move |j| (i, j)))
+                            .map(|(i, j)| plan.allowed_by_bits(&bits, &seqs, b, h, i, j))
+                            .collect();
+                        if !pairs.is_empty() && pairs.iter().all(|&a| a) {
+                            full.push(t as i32);
+                        } else if pairs.iter().any(|&a| a) {
+                            partial.push(t as i32);
+                        }
+                    }
+                    let at = format!("{json}: b {b} h {h} tile {m}");
+                    assert_eq!(tiles.full(b, h, m), &full[..], "{at}: full");
+                    assert_eq!(tiles.partial(b, h, m), &partial[..], "{at}: partial");
+                    n_full += full.len();
+                    n_partial += partial.len();
+                }
+            }
+        }
+        assert!(n_partial > 0, "{json}: no partial tiles");
+        seen_full |= n_full > 0;
+        // Out of range: empty.
+        assert!(tiles.full(2, 0, 0).is_empty() && tiles.partial(0, 0, 99).is_empty());
+
+        // Typed errors before any launch.
+        let err = plan.tiles_emulated(&seqs, &bits[1..], &run).unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err}");
+        let three = SeqLens::varlen_from_lens(&[(1, 1); 3]).unwrap();
+        assert!(plan.tiles_emulated(&three, &bits, &run).is_err());
+        let long = SeqLens::varlen_from_lens(&[(161, 200), (1, 1)]).unwrap();
+        assert!(plan.tiles_emulated(&long, &bits, &run).is_err());
+        let qb: Vec<bf16> = q.iter().map(|x| bf16::from_f32(x.to_f32())).collect();
+        let kb: Vec<bf16> = k.iter().map(|x| bf16::from_f32(x.to_f32())).collect();
+        let err = plan
+            .select_emulated(&seqs, &qb, &kb, None, &run)
+            .unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err}");
+        let err = plan
+            .select_emulated(&seqs, &q[1..], &k, None, &run)
+            .unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err}");
+    }
+    assert!(seen_full, "no case listed a full tile");
+}

@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::cli::{
     assert_fails, assert_no_temp_files, assert_success, bin as run, read_output, read_tensor, s,
-    safetensors_bytes, tensor, zeros, Fixture, Tensor as T,
+    safetensors_bytes, tensor, zeros, Fixture, Picture, Tensor as T,
 };
 use common::tempdir::TempDir;
 use common::{assert_lse_close, max_abs, max_abs_diff, random_qkv, reference_for, Rng};
@@ -635,44 +633,6 @@ const DARK: [u8; 3] = [32, 32, 32];
 const FULL: [u8; 3] = [49, 104, 189];
 const PARTIAL: [u8; 3] = [243, 156, 18];
 const BACKGROUND: [u8; 3] = [200, 200, 200];
-
-/// A decoded RGB picture and its `Description` text.
-struct Picture {
-    width: usize,
-    height: usize,
-    rgb: Vec<u8>,
-    description: String,
-}
-
-impl Picture {
-    fn read(path: &Path) -> Picture {
-        let bytes = std::fs::read(path).unwrap();
-        let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
-        dec.set_transformations(png::Transformations::EXPAND);
-        let mut reader = dec.read_info().unwrap();
-        let description = reader
-            .info()
-            .uncompressed_latin1_text
-            .iter()
-            .find(|t| t.keyword == "Description")
-            .map(|t| t.text.clone())
-            .unwrap_or_default();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!(info.color_type, png::ColorType::Rgb);
-        buf.truncate(info.buffer_size());
-        Picture {
-            width: info.width as usize,
-            height: info.height as usize,
-            rgb: buf,
-            description,
-        }
-    }
-    fn at(&self, x: usize, y: usize) -> [u8; 3] {
-        let k = (y * self.width + x) * 3;
-        [self.rgb[k], self.rgb[k + 1], self.rgb[k + 2]]
-    }
-}
 
 /// Runs `viz` with `args` (plus `--out`) and decodes the picture.
 fn viz(pattern: Option<&str>, args: &[&str]) -> (Picture, String) {

@@ -373,3 +373,440 @@ fn decode_matches_the_step_by_step_reference() {
         }
     }
 }
+
+// ---- viz -----------------------------------------------------------------------------------
+
+const GAP: usize = 4;
+const WHITE: [u8; 3] = [255, 255, 255];
+const DARK: [u8; 3] = [32, 32, 32];
+const FORCED: [u8; 3] = [46, 160, 67];
+const FULL: [u8; 3] = [49, 104, 189];
+const PARTIAL: [u8; 3] = [243, 156, 18];
+
+/// The selection component of an adaptive pattern's JSON.
+fn component(pattern: &str) -> sparse_attn::adaptive::BlockSelect {
+    let value: serde_json::Value = serde_json::from_str(pattern).unwrap();
+    common::select(&value["components"][0].to_string())
+}
+
+/// Per row of a prefill call, the forced blocks of its group (those of the group's last row).
+fn forced_rows(pattern: &str, q_len: usize, kv_len: usize) -> Vec<Vec<i64>> {
+    let sel = component(pattern);
+    let group = |i| sparse_attn::adaptive::group_of(&sel, Grouping::Prefill, i, q_len, kv_len);
+    (0..q_len)
+        .map(|i| {
+            let last = (i..q_len)
+                .take_while(|&r| group(r) == group(i))
+                .last()
+                .unwrap();
+            sel.forced((last + kv_len) as i64 - q_len as i64, kv_len)
+        })
+        .collect()
+}
+
+/// The forward tiles (block_m, block_n) of the adaptive plan for one sequence of this shape.
+fn plan_tiles(
+    pattern: &str,
+    q_len: usize,
+    kv_len: usize,
+    heads: usize,
+    kv_heads: usize,
+) -> (usize, usize) {
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 1,
+            q_len,
+            kv_len,
+        },
+        heads,
+        kv_heads,
+        64,
+        DType::F16,
+    )
+    .unwrap();
+    let opts = sparse_attn::AttnOptions {
+        causal: true,
+        ..Default::default()
+    };
+    let plan = sparse_attn::adaptive::AdaptivePlan::new(
+        &problem,
+        &component(pattern),
+        Grouping::Prefill,
+        &opts,
+    )
+    .unwrap();
+    let t = plan.attn().tiles();
+    (t.block_m as usize, t.block_n as usize)
+}
+
+/// Runs `viz` with `args` plus `--out`; returns the picture and stdout.
+fn viz(dir: &common::tempdir::TempDir, args: &[&str]) -> (common::cli::Picture, String) {
+    let out = dir.path("p.png");
+    let _ = std::fs::remove_file(&out);
+    let mut a = vec!["viz", "--out", s(&out)];
+    a.extend_from_slice(args);
+    let stdout = common::cli::assert_success(&common::cli::bin(&a), "viz");
+    (common::cli::Picture::read(&out), stdout)
+}
+
+/// Checks a `viz --level both` picture of `heads` heads (two columns, 1 px per token) against
+/// a token mask `[heads, q_len, kv_len]`: every token pixel non-white exactly where the mask
+/// allows, green on forced blocks and dark elsewhere; every tile pixel (off the tile borders)
+/// in the class the mask gives its tile (all allowed: full, some: partial, none: skipped).
+/// Returns the tile classes seen.
+#[allow(clippy::too_many_arguments)]
+fn check_picture(
+    pic: &common::cli::Picture,
+    pattern: &str,
+    mask: &dyn Fn(usize, usize, usize) -> bool,
+    heads: usize,
+    q_len: usize,
+    kv_len: usize,
+    (bm, bn): (usize, usize),
+) -> Vec<[u8; 3]> {
+    let cell_w = 2 * kv_len + GAP;
+    let cols = heads.min(2);
+    let rows = heads.div_ceil(2);
+    assert_eq!(
+        (pic.width, pic.height),
+        (GAP + cols * (cell_w + GAP), GAP + rows * (q_len + GAP)),
+        "{}",
+        pic.description
+    );
+    let forced = forced_rows(pattern, q_len, kv_len);
+    let b = component(pattern).block() as usize;
+    let mut seen = Vec::new();
+    for h in 0..heads {
+        let (x0, y0) = (
+            GAP + (h % 2) * (cell_w + GAP),
+            GAP + (h / 2) * (q_len + GAP),
+        );
+        let class = |m: usize, n: usize| {
+            let rows = m * bm..((m + 1) * bm).min(q_len);
+            let keys = n * bn..((n + 1) * bn).min(kv_len);
+            let total = rows.len() * keys.len();
+            let n_allowed = rows
+                .flat_map(|i| keys.clone().map(move |j| (i, j)))
+                .filter(|&(i, j)| mask(h, i, j))
+                .count();
+            match n_allowed {
+                0 => WHITE,
+                n if n == total => FULL,
+                _ => PARTIAL,
+            }
+        };
+        for (i, forced) in forced.iter().enumerate() {
+            for j in 0..kv_len {
+                let want = if !mask(h, i, j) {
+                    WHITE
+                } else if forced.contains(&((j / b) as i64)) {
+                    FORCED
+                } else {
+                    DARK
+                };
+                assert_eq!(pic.at(x0 + j, y0 + i), want, "token: head {h} ({i}, {j})");
+                if i % bm != 0 && j % bn != 0 {
+                    let got = pic.at(x0 + kv_len + GAP + j, y0 + i);
+                    assert_eq!(got, class(i / bm, j / bn), "tile: head {h} ({i}, {j})");
+                    seen.push(got);
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// `viz --input` draws the selection `run` applies: its token pixels are `run --mask-out` of
+/// the same sequence (forced blocks green), its tiles the classes that mask gives them.
+#[test]
+fn viz_input_draws_the_mask_run_applies() {
+    let (batch, q_len, kv_len, heads, kv_heads, d) =
+        (2usize, 160usize, 224usize, 2usize, 1usize, 64usize);
+    for pattern in [TOP_K, POOLED, GIVEN] {
+        let problem = AttnProblem::new(
+            SeqLens::Uniform {
+                batch,
+                q_len,
+                kv_len,
+            },
+            heads,
+            kv_heads,
+            d as u32,
+            DType::F16,
+        )
+        .unwrap();
+        let mut rng = Rng::new(common::base_seed());
+        let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+        let mut tensors = vec![
+            tensor("q", &[batch, q_len, heads, d], &q, Dtype::F16),
+            tensor("k", &[batch, kv_len, kv_heads, d], &k, Dtype::F16),
+            tensor("v", &[batch, kv_len, kv_heads, d], &v, Dtype::F16),
+        ];
+        if pattern == GIVEN {
+            // Caller scores, different for each sequence.
+            let [groups, blocks] = given_shape(&component(pattern), &problem, Grouping::Prefill);
+            let n = batch * heads * groups * blocks;
+            let scores: Vec<f32> = (0..n).map(|i| ((i * 7919) % 101) as f32 / 10.0).collect();
+            tensors.push(f32_tensor(
+                "scores",
+                &[batch, heads, groups, blocks],
+                &scores,
+            ));
+        }
+        let f = Fixture::new(&safetensors_bytes(&tensors), pattern);
+        let mask_path = f.dir.path("mask.safetensors");
+        f.succeed(
+            "run",
+            &f.dir.path("out.safetensors"),
+            &["--mask-out", s(&mask_path)],
+        );
+        let (_, shape, mask) = read_tensor(&std::fs::read(&mask_path).unwrap(), "mask");
+        assert_eq!(shape, vec![batch, heads, q_len, kv_len]);
+        let tiles = plan_tiles(pattern, q_len, kv_len, heads, kv_heads);
+        for b in 0..batch {
+            let bi = b.to_string();
+            let (pic, stdout) = viz(
+                &f.dir,
+                &[
+                    "--pattern",
+                    s(&f.pattern),
+                    "--input",
+                    s(&f.input),
+                    "--batch-index",
+                    &bi,
+                    "--level",
+                    "both",
+                    "--max-px",
+                    "224",
+                ],
+            );
+            let allowed = |h: usize, i: usize, j: usize| {
+                mask[((b * heads + h) * q_len + i) * kv_len + j] == 1
+            };
+            check_picture(&pic, pattern, &allowed, heads, q_len, kv_len, tiles);
+            for h in 0..heads {
+                let n = (0..q_len)
+                    .flat_map(|i| (0..kv_len).map(move |j| (i, j)))
+                    .filter(|&(i, j)| allowed(h, i, j))
+                    .count();
+                let causal: usize = (0..q_len).map(|i| i + kv_len - q_len + 1).sum();
+                let text = format!("head {h} {:.2}%", 100.0 * n as f64 / causal as f64);
+                assert!(stdout.contains(&text), "{text}: {stdout}");
+            }
+            assert!(
+                pic.description.contains(&format!("sequence {b}")),
+                "{}",
+                pic.description
+            );
+        }
+    }
+}
+
+/// A budget that keeps every candidate is the causal mask: full tiles below the diagonal,
+/// partial ones on it, skipped ones above, as the compaction kernel lists them.
+#[test]
+fn viz_dense_budget_tiles_are_full_below_the_diagonal() {
+    let pattern = r#"{"causal": true, "components": [{"top_k": {"block": 32, "k": 64,
+        "keep_sinks": 1, "keep_local": 1, "score": "pooled_qk"}}]}"#;
+    let (q_len, kv_len) = (192usize, 256usize);
+    let dir = common::tempdir::TempDir::new();
+    let p = dir.write("p.json", pattern);
+    let kv = kv_len.to_string();
+    let q = q_len.to_string();
+    let (pic, _) = viz(
+        &dir,
+        &[
+            "--pattern",
+            s(&p),
+            "--q-len",
+            &q,
+            "--kv-len",
+            &kv,
+            "--num-heads",
+            "1",
+            "--level",
+            "both",
+            "--max-px",
+            &kv,
+        ],
+    );
+    let causal = |_: usize, i: usize, j: usize| j <= i + kv_len - q_len;
+    let tiles = plan_tiles(pattern, q_len, kv_len, 1, 1);
+    let seen = check_picture(&pic, pattern, &causal, 1, q_len, kv_len, tiles);
+    assert!([FULL, PARTIAL, WHITE].iter().all(|c| seen.contains(c)));
+}
+
+/// Without --input the q and k are the seeded needle field: the same seed draws the same
+/// picture, another seed another one (k = 2 of up to 14 content candidates per group on the
+/// diffuse head, whose q and k are fresh Gaussian draws), and the caption says so.
+#[test]
+fn viz_synthetic_field_is_seeded() {
+    let pattern = r#"{"causal": true, "components": [{"top_k": {"block": 16, "k": 2,
+        "keep_sinks": 1, "keep_local": 1, "score": "mean_k"}}]}"#;
+    let dir = common::tempdir::TempDir::new();
+    let p = dir.write("p.json", pattern);
+    let draw = |seed: &str| {
+        viz(
+            &dir,
+            &[
+                "--pattern",
+                s(&p),
+                "--q-len",
+                "256",
+                "--seed",
+                seed,
+                "--max-px",
+                "256",
+            ],
+        )
+    };
+    let (a, stdout) = draw("1");
+    // Three heads (two field, one diffuse) in two columns, 256 px panels.
+    assert_eq!(
+        (a.width, a.height),
+        (GAP + 2 * (256 + GAP), GAP + 2 * (256 + GAP))
+    );
+    for needle in ["synthetic needle-field", "seed 1", "2 diffuse", "head 2 "] {
+        assert!(
+            a.description.contains(needle),
+            "{needle}: {}",
+            a.description
+        );
+        assert!(stdout.contains(needle), "{needle}: {stdout}");
+    }
+    let (again, _) = draw("1");
+    assert_eq!(a.rgb, again.rgb, "the same seed drew another picture");
+    let (other, _) = draw("2");
+    assert!(other.description.contains("seed 2"));
+    // The diffuse head, bottom left.
+    let panel = |pic: &common::cli::Picture| -> Vec<[u8; 3]> {
+        (0..256)
+            .flat_map(|i| (0..256).map(move |j| (i, j)))
+            .map(|(i, j)| pic.at(GAP + j, 2 * GAP + 256 + i))
+            .collect()
+    };
+    assert_ne!(
+        panel(&a),
+        panel(&other),
+        "another seed drew the same diffuse head"
+    );
+    // Every row keeps its forced blocks: the sink block and its own (green).
+    let forced = forced_rows(pattern, 256, 256);
+    for pic in [&a, &other] {
+        let px = panel(pic);
+        for (i, f) in forced.iter().enumerate() {
+            let g = (i / 16) as i64;
+            assert_eq!(f, &if g == 0 { vec![0] } else { vec![0, g] });
+            assert_eq!(px[i * 256], FORCED, "row {i}: sink");
+            assert_eq!(px[i * 256 + i], FORCED, "row {i}: diagonal");
+            let chosen = (0..256).filter(|&j| px[i * 256 + j] == DARK).count();
+            assert!(chosen <= 2 * 16, "row {i}: {chosen} content-chosen keys");
+        }
+    }
+}
+
+/// Bad requests fail with one line and write no picture.
+#[test]
+fn viz_adaptive_refusals() {
+    let q = vec![f16::ZERO; 2 * 64 * 2 * 64];
+    let kv = vec![f16::ZERO; 2 * 64 * 64];
+    let input = safetensors_bytes(&[
+        tensor("q", &[2, 64, 2, 64], &q, Dtype::F16),
+        tensor("k", &[2, 64, 1, 64], &kv, Dtype::F16),
+        tensor("v", &[2, 64, 1, 64], &kv, Dtype::F16),
+    ]);
+    let f = Fixture::new(&input, TOP_K);
+    let given = f.dir.write("given.json", GIVEN);
+    let lsh = f.dir.write(
+        "lsh.json",
+        r#"{"causal": true, "components": [{"lsh": {"buckets": 4, "rounds": 1, "seed": 1}}]}"#,
+    );
+    let window = f.dir.write(
+        "w.json",
+        r#"{"causal": true, "components": [{"sliding_window": {"size": 4}}]}"#,
+    );
+    let (p, i) = (s(&f.pattern), s(&f.input));
+    let out = f.dir.path("p.png");
+    for (args, code, needle) in [
+        (
+            vec!["--pattern", s(&given), "--q-len", "64"],
+            2,
+            "pass --input",
+        ),
+        (
+            vec!["--pattern", s(&given), "--input", i],
+            1,
+            "`scores` tensor",
+        ),
+        (
+            vec!["--pattern", p, "--input", i, "--batch-index", "2"],
+            1,
+            "--batch-index 2 is out of range",
+        ),
+        (
+            vec!["--pattern", p, "--input", i, "--q-len", "32"],
+            1,
+            "--q-len 32 does not match",
+        ),
+        (
+            vec!["--pattern", p, "--input", i, "--num-heads", "3"],
+            1,
+            "--num-heads 3 does not match",
+        ),
+        (
+            vec!["--pattern", p, "--input", i, "--head", "2"],
+            2,
+            "--head 2 is out of range",
+        ),
+        (
+            vec!["--pattern", p, "--input", i, "--seed", "3"],
+            2,
+            "cannot be used with",
+        ),
+        (
+            vec!["--pattern", p, "--q-len", "64", "--batch-index", "0"],
+            2,
+            "--input",
+        ),
+        (vec!["--pattern", p, "--q-len", "40000"], 2, "at most 32768"),
+        (
+            vec!["--pattern", p, "--q-len", "64", "--kv-len", "32"],
+            2,
+            "must be at most --kv-len",
+        ),
+        (
+            vec!["--pattern", p, "--q-len", "64", "--block-m", "64"],
+            2,
+            "tiles are those of its plan",
+        ),
+        (
+            vec!["--pattern", s(&window), "--q-len", "64", "--seed", "1"],
+            2,
+            "static pattern",
+        ),
+        (
+            vec!["--pattern", s(&lsh), "--q-len", "64"],
+            1,
+            "not yet supported",
+        ),
+        (
+            vec!["--pattern", p, "--q-len", "4"],
+            2,
+            "q and k are synthetic",
+        ),
+    ] {
+        let mut a = vec!["viz", "--out", s(&out)];
+        a.extend(&args);
+        let o = common::cli::bin(&a);
+        let stderr = common::cli::stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: `{needle}` not in {stderr}"
+        );
+        if code == 1 {
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        }
+        assert!(!out.exists(), "{args:?} wrote a picture");
+    }
+}

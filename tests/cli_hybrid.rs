@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::cli::{assert_fails, assert_success, bin as run, s};
+use common::cli::{assert_fails, assert_success, bin as run, s, Picture};
 use common::tempdir::TempDir;
 use serde_json::Value;
 
@@ -262,45 +262,13 @@ fn plan_config_errors_name_the_field() {
     }
 }
 
-/// A decoded RGB picture and its `Description` text.
-struct Picture {
-    width: usize,
-    rgb: Vec<u8>,
-    description: String,
-}
-
-impl Picture {
-    fn at(&self, x: usize, y: usize) -> [u8; 3] {
-        let k = (y * self.width + x) * 3;
-        [self.rgb[k], self.rgb[k + 1], self.rgb[k + 2]]
-    }
-}
-
 fn viz_model(path: &Path, args: &[&str]) -> Picture {
     let dir = TempDir::new();
     let out = dir.path("p.png");
     let mut a = vec!["viz", "--out", s(&out), "--model", s(path)];
     a.extend_from_slice(args);
     assert_success(&run(&a), "viz");
-    let bytes = std::fs::read(&out).unwrap();
-    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
-    dec.set_transformations(png::Transformations::EXPAND);
-    let mut reader = dec.read_info().unwrap();
-    let description = reader
-        .info()
-        .uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "Description")
-        .map(|t| t.text.clone())
-        .unwrap_or_default();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    Picture {
-        width: info.width as usize,
-        rgb: buf,
-        description,
-    }
+    Picture::read(&out)
 }
 
 const GAP: usize = 4;

@@ -25,7 +25,9 @@
 //!   summaries of [`crate::kv_cache::summary`]) and its emulated run.
 //! - [`AdaptivePlan`] runs calls (prefill chunks, decode steps) of one component up to its
 //!   maxima: [`AdaptivePlan::run_emulated`] selects on the device and runs;
-//!   [`AdaptivePlan::run_emulated_with_bits`] runs a given selection.
+//!   [`AdaptivePlan::run_emulated_with_bits`] runs a given selection;
+//!   [`AdaptivePlan::select_emulated`] and [`AdaptivePlan::tiles_emulated`] give a call's
+//!   selection and tile lists ([`AdaptiveTiles`]) without the forward launch.
 //! - [`AdaptiveDecode`]: decode steps of an adaptive layer over the paged KV cache (append
 //!   with summaries, score, select, forward under one [`AdaptivePlan`]), `reselect_every`
 //!   included, on the emulator.
@@ -72,6 +74,7 @@ mod pattern;
 mod plan;
 pub mod scoring;
 mod select;
+mod tiles;
 
 pub use budget::{density_bounds, density_bounds_with, DensityBounds};
 pub use cuda::GpuAdaptivePlan;
@@ -86,3 +89,4 @@ pub use select::{
     choose, given_shape, group_of, masses, num_groups, rank, GivenScores, Grouping, SelectInputs,
     Selection,
 };
+pub use tiles::AdaptiveTiles;

@@ -282,7 +282,7 @@ impl AdaptivePlan {
     /// summaries (summarize kernel over the contiguous keys), the block scores (scoring
     /// kernel; or the caller's `given` scores), then the selection kernel into the plan's
     /// selection layout.
-    fn select_bits<T: Element>(
+    pub(super) fn select_bits<T: Element>(
         &self,
         seqs: &SeqLens,
         q: &[T],

@@ -316,6 +316,17 @@ impl EmuMeta {
         }
         a
     }
+
+    /// Array `i` (the order of [`PlanMeta::arrays`]) as uploaded, or as a launch left it.
+    pub(crate) fn array(&self, i: usize) -> &[i32] {
+        self.bufs[i].as_slice()
+    }
+
+    /// Array `i`, mutably: where a plan whose metadata is written on the device puts what a
+    /// call's kernels would have written (the selection bits of an adaptive call).
+    pub(crate) fn array_mut(&mut self, i: usize) -> &mut [i32] {
+        self.bufs[i].as_mut_slice()
+    }
 }
 
 impl PlanMeta {

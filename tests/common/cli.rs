@@ -244,3 +244,46 @@ pub fn read_output(path: &Path, dtype: Dtype) -> RunOutput {
         lse,
     }
 }
+
+// ---- viz pictures ----------------------------------------------------------------------------
+
+/// A decoded `viz` PNG (RGB) and its `Description` text.
+pub struct Picture {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+    pub description: String,
+}
+
+impl Picture {
+    /// Decodes the PNG at `path` (palette expanded to RGB).
+    pub fn read(path: &Path) -> Picture {
+        let bytes = std::fs::read(path).unwrap();
+        let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+        dec.set_transformations(png::Transformations::EXPAND);
+        let mut reader = dec.read_info().unwrap();
+        let description = reader
+            .info()
+            .uncompressed_latin1_text
+            .iter()
+            .find(|t| t.keyword == "Description")
+            .map(|t| t.text.clone())
+            .unwrap_or_default();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        buf.truncate(info.buffer_size());
+        Picture {
+            width: info.width as usize,
+            height: info.height as usize,
+            rgb: buf,
+            description,
+        }
+    }
+
+    /// The colour of pixel (x, y).
+    pub fn at(&self, x: usize, y: usize) -> [u8; 3] {
+        let k = (y * self.width + x) * 3;
+        [self.rgb[k], self.rgb[k + 1], self.rgb[k + 2]]
+    }
+}

@@ -10,7 +10,9 @@
 //!   head_dim, density, attention FLOPs and KV-cache bytes against dense (table or `--json`);
 //!   layers that are not softmax attention are listed and count nothing.
 //! - `viz`: PNG pictures of a pattern (token and/or tile level, per head) or of a model's
-//!   layer plan (one panel per layer; layers that are not softmax attention in lavender).
+//!   layer plan (one panel per layer; layers that are not softmax attention in lavender); an
+//!   adaptive pattern's selection for an input's q and k or for seeded synthetic heads, made
+//!   on the device (emulator) as `run` makes it (forced blocks green).
 //! - `demo`: random inputs, dense and causal attention on a backend, checked against the f64
 //!   reference (works on any machine through the CPU emulator).
 //! - `kernels`: the ptxas resource report build.rs captured.
@@ -28,6 +30,7 @@ mod pattern;
 mod plan;
 mod setup;
 mod viz;
+mod viz_adaptive;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,7 +66,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Per-layer pattern, density, attention FLOPs and KV-cache bytes of a Hugging Face model.
     Plan(PlanArgs),
-    /// PNG pictures of a pattern (token and tile level, per head) or of a model's layers.
+    /// PNG pictures of a pattern (token and tile level, per head) or of a model's layers; an
+    /// adaptive pattern's selection for --input q/k or seeded synthetic heads.
     Viz(VizArgs),
     /// Random q, k, v; dense and causal attention checked against the f64 reference.
     Demo(DemoArgs),
@@ -102,7 +106,7 @@ impl DTypeArg {
 /// What `viz` draws.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LevelArg {
-    /// Allowed (query, key) pairs: dark pixels.
+    /// Allowed (query, key) pairs: dark pixels (an adaptive pattern's forced blocks green).
     Token,
     /// The compiled metadata: full tiles blue, partial orange, skipped white.
     Tile,
@@ -202,7 +206,10 @@ struct PlanArgs {
 
 #[derive(Args)]
 pub struct VizArgs {
-    /// A pattern or head pattern set (JSON); needs --q-len.
+    /// A pattern or head pattern set (JSON); needs --q-len. An adaptive pattern (top_k, top_p,
+    /// top_rel) draws the device's selection for --input's q and k, or without --input for the
+    /// seeded synthetic needle-field heads: content-chosen blocks dark, forced blocks
+    /// (keep_sinks / keep_local) green; tiles as the compaction kernel lists them.
     #[arg(
         long,
         value_name = "P.json",
@@ -213,17 +220,17 @@ pub struct VizArgs {
     /// A Hugging Face config.json: one panel per layer; needs --seq-len.
     #[arg(long, value_name = "config.json")]
     pub model: Option<PathBuf>,
-    /// Query length (with --pattern).
+    /// Query length (with --pattern; with an adaptive pattern's --input, the input's).
     #[arg(long, value_name = "N", requires = "pattern")]
     pub q_len: Option<usize>,
-    /// Key length (with --pattern; default --q-len).
+    /// Key length (with --pattern; default --q-len, or the input's).
     #[arg(long, value_name = "M", requires = "pattern")]
     pub kv_len: Option<usize>,
     /// Sequence length (with --model): q_len = kv_len = N.
     #[arg(long, value_name = "N", requires = "model")]
     pub seq_len: Option<usize>,
     /// Query heads (default: the entries of a {"heads": [...]} set, the config's
-    /// num_attention_heads, else 1).
+    /// num_attention_heads, an adaptive pattern's input's, 3 synthetic heads, else 1).
     #[arg(long, value_name = "H")]
     pub num_heads: Option<usize>,
     /// The head to draw, or `all` for a grid of heads (default: all when heads differ, else 0).
@@ -232,12 +239,31 @@ pub struct VizArgs {
     #[arg(long, value_enum, default_value_t = LevelArg::Token)]
     pub level: LevelArg,
     /// Query rows per tile (tile level; default: the forward kernel's 64-row tile, that of
-    /// decode and of head_dim 128; head_dim 64 prefill runs 128-row tiles).
-    #[arg(long, default_value_t = sparse_attn::ffi::SA_FWD_BLOCK_M_DECODE as usize)]
-    pub block_m: usize,
-    /// Keys per tile (tile level; default: the forward kernel's).
-    #[arg(long, default_value_t = sparse_attn::ffi::SA_FWD_BLOCK_N as usize)]
-    pub block_n: usize,
+    /// decode and of head_dim 128; head_dim 64 prefill runs 128-row tiles). Not with an
+    /// adaptive pattern, whose tiles are its plan's.
+    #[arg(long, value_name = "N")]
+    pub block_m: Option<usize>,
+    /// Keys per tile (tile level; default: the forward kernel's). Not with an adaptive
+    /// pattern.
+    #[arg(long, value_name = "N")]
+    pub block_n: Option<usize>,
+    /// Adaptive pattern: the q and k whose selection is drawn (as `run --input`: [batch, len,
+    /// heads, head_dim] F16 or BF16, `scores` for `score: given`); without it, the seeded
+    /// synthetic needle-field heads of docs/adaptive.md.
+    #[arg(long, value_name = "IN.safetensors", requires = "pattern")]
+    pub input: Option<PathBuf>,
+    /// Adaptive pattern with --input: the sequence of the batch to draw (default 0).
+    #[arg(long, value_name = "I", requires = "input")]
+    pub batch_index: Option<usize>,
+    /// Adaptive pattern without --input: the seed of the needle field (default 1).
+    #[arg(long, value_name = "S", conflicts_with = "input")]
+    pub seed: Option<u64>,
+    /// Adaptive pattern without --input: head_dim of the needle field (default 64).
+    #[arg(long, value_name = "D", conflicts_with = "input")]
+    pub head_dim: Option<usize>,
+    /// Adaptive pattern: the score scale, as `run --scale` (default 1/sqrt(head_dim)).
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    pub scale: Option<f32>,
     /// Largest panel side in pixels; longer sides are max-pooled (default 1024, 128 with
     /// --model).
     #[arg(long, value_name = "PX")]

@@ -11,7 +11,10 @@
 //! - both: the two side by side (tokens left).
 //!
 //! With `--model`, a layer that is not softmax attention (Mamba, linear attention) is a panel
-//! filled with [`OTHER`] (lavender): no pattern, no tiles.
+//! filled with [`OTHER`] (lavender): no pattern, no tiles. An adaptive pattern is drawn by
+//! [`crate::viz_adaptive`] from the selection the device makes for given (or synthetic) q and
+//! k: content-chosen blocks dark, forced ones [`FORCED`] (green), tiles as the compaction
+//! kernel lists them.
 //!
 //! Panels larger than `--max-px` are max-pooled: one pixel covers `pool x pool` tokens and is
 //! dark when any of them is allowed (at tile level: blue when every tile it touches is full,
@@ -37,14 +40,18 @@ pub const PARTIAL: u8 = 3;
 pub const BACKGROUND: u8 = 4;
 /// A layer that is not softmax attention (`--model`).
 pub const OTHER: u8 = 5;
+/// An adaptive pattern's forced block (`keep_sinks`, `keep_local`) at token level; a
+/// content-chosen one is [`DARK`].
+pub const FORCED: u8 = 6;
 /// RGB of each palette index, in index order.
-pub const PALETTE: [[u8; 3]; 6] = [
+pub const PALETTE: [[u8; 3]; 7] = [
     [255, 255, 255],
     [32, 32, 32],
     [49, 104, 189],
     [243, 156, 18],
     [200, 200, 200],
     [214, 196, 232],
+    [46, 160, 67],
 ];
 /// Margin around and between panels, in pixels.
 pub const GAP: usize = 4;
@@ -53,6 +60,10 @@ pub const MIN_TILE_PX_FOR_LINES: usize = 8;
 /// Panels are enlarged towards this many pixels when small.
 const ZOOM_TARGET_PX: usize = 256;
 const MAX_ZOOM: usize = 16;
+/// Tiles of a static pattern's tile level unless --block-m / --block-n say otherwise: the
+/// forward kernel's 64-row tile (that of decode and of head_dim 128) and its key tile.
+const DEFAULT_BLOCK_M: usize = sparse_attn::ffi::SA_FWD_BLOCK_M_DECODE as usize;
+const DEFAULT_BLOCK_N: usize = sparse_attn::ffi::SA_FWD_BLOCK_N as usize;
 /// At most this many tiles per head are compiled for a tile-level picture (64 MiB of lists at
 /// worst).
 const MAX_TILES: usize = 1 << 24;
@@ -81,7 +92,7 @@ impl Scale {
         }
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         if self.pool > 1 {
             format!(
                 "1 px = {p}x{p} tokens, max-pooled (dark if any of them is allowed)",
@@ -97,16 +108,16 @@ impl Scale {
 
 /// A panel before zooming: one palette index per cell.
 #[derive(Clone)]
-struct Raster {
-    w: usize,
-    h: usize,
-    cells: Vec<u8>,
+pub struct Raster {
+    pub w: usize,
+    pub h: usize,
+    pub cells: Vec<u8>,
     /// Tile borders to draw after zooming: (cell rows, cell columns) where a tile starts.
-    lines: Option<(Vec<usize>, Vec<usize>)>,
+    pub lines: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl Raster {
-    fn new(h: usize, w: usize) -> Raster {
+    pub fn new(h: usize, w: usize) -> Raster {
         Raster {
             w,
             h,
@@ -155,7 +166,6 @@ fn tile_raster(meta: &BlockSparseMeta, head: usize, scale: Scale) -> Result<Rast
         return view_raster(meta, head, scale);
     }
     let s = *meta.shape();
-    let pool = scale.pool;
     let (nqt, nkt) = (meta.num_tiles(head), meta.num_kv_tiles());
     let mut class = vec![WHITE; nqt * nkt];
     for m in 0..nqt {
@@ -166,6 +176,14 @@ fn tile_raster(meta: &BlockSparseMeta, head: usize, scale: Scale) -> Result<Rast
             class[m * nkt + n as usize] = PARTIAL;
         }
     }
+    Ok(class_raster(&class, nkt, &s, scale))
+}
+
+/// A panel of tile classes (`class`: `[q tiles, nkt]` of [`FULL`], [`PARTIAL`] or [`WHITE`])
+/// at token scale, max-pooled by `scale.pool`: a cell is blue when every tile it touches is
+/// full, white when none is listed, orange otherwise; tile borders when tiles are large enough.
+pub fn class_raster(class: &[u8], nkt: usize, s: &SparseShape, scale: Scale) -> Raster {
+    let pool = scale.pool;
     let mut r = Raster::new(s.q_len.div_ceil(pool), s.kv_len.div_ceil(pool));
     // Tiles a cell touches: token range of the cell, divided by the tile size.
     let tiles = |c: usize, len: usize, block: usize| {
@@ -201,7 +219,7 @@ fn tile_raster(meta: &BlockSparseMeta, head: usize, scale: Scale) -> Result<Rast
         };
         r.lines = Some((starts(s.q_len, s.block_m), starts(s.kv_len, s.block_n)));
     }
-    Ok(r)
+    r
 }
 
 /// Tile classes of a head with view tiles (strided residue classes, gathered rows and keys),
@@ -320,11 +338,16 @@ fn render(pic: &Picture) -> Result<(usize, usize, Vec<u8>), CliError> {
         }
         cells.push(row);
     }
-    let z = pic.scale.zoom;
+    Ok(compose(&cells, pic.scale.zoom, pic.columns))
+}
+
+/// Lays out grid cells of equal panels (each cell's panels side by side, `columns` cells per
+/// row), every cell `z` pixels per raster cell; returns (width, height, palette indices).
+pub fn compose(cells: &[Vec<Raster>], z: usize, columns: usize) -> (usize, usize, Vec<u8>) {
     let (ph, pw) = (cells[0][0].h * z, cells[0][0].w * z);
     let per_cell = cells[0].len();
     let cell_w = per_cell * pw + (per_cell - 1) * GAP;
-    let cols = pic.columns.min(cells.len()).max(1);
+    let cols = columns.min(cells.len()).max(1);
     let rows = cells.len().div_ceil(cols);
     let width = GAP + cols * (cell_w + GAP);
     let height = GAP + rows * (ph + GAP);
@@ -352,7 +375,7 @@ fn render(pic: &Picture) -> Result<(usize, usize, Vec<u8>), CliError> {
             }
         }
     }
-    Ok((width, height, img))
+    (width, height, img)
 }
 
 /// An 8-bit indexed PNG with `Title` and `Description` text chunks.
@@ -457,8 +480,8 @@ fn pattern_picture(a: &VizArgs, path: &Path) -> Result<(Picture, String), CliErr
         q_len,
         kv_len,
         level: a.level,
-        block_m: a.block_m,
-        block_n: a.block_n,
+        block_m: a.block_m.unwrap_or(DEFAULT_BLOCK_M),
+        block_n: a.block_n.unwrap_or(DEFAULT_BLOCK_N),
         scale: Scale::new(q_len, kv_len, max_px),
         columns: a
             .columns
@@ -518,8 +541,8 @@ fn model_picture(a: &VizArgs, path: &Path) -> Result<(Picture, String), CliError
         q_len: n,
         kv_len: n,
         level: a.level,
-        block_m: a.block_m,
-        block_n: a.block_n,
+        block_m: a.block_m.unwrap_or(DEFAULT_BLOCK_M),
+        block_n: a.block_n.unwrap_or(DEFAULT_BLOCK_N),
         scale: Scale::new(n, n, a.max_px.unwrap_or(128)),
         columns: a.columns.unwrap_or(layers.min(16)),
     };
@@ -552,7 +575,7 @@ fn model_picture(a: &VizArgs, path: &Path) -> Result<(Picture, String), CliError
     Ok((pic, caption))
 }
 
-fn check_lengths(q_len: usize, kv_len: usize) -> Result<(), CliError> {
+pub fn check_lengths(q_len: usize, kv_len: usize) -> Result<(), CliError> {
     if q_len == 0 || kv_len == 0 {
         return Err(CliError::Usage(format!(
             "lengths must be positive (got q_len {q_len}, kv_len {kv_len})"
@@ -567,21 +590,45 @@ fn check_lengths(q_len: usize, kv_len: usize) -> Result<(), CliError> {
 }
 
 pub fn cmd_viz(a: &VizArgs) -> Result<(), CliError> {
-    if a.block_m == 0 || a.block_n == 0 || a.max_px == Some(0) || a.columns == Some(0) {
+    if a.block_m == Some(0) || a.block_n == Some(0) || a.max_px == Some(0) || a.columns == Some(0) {
         return Err(CliError::Usage(
             "--block-m, --block-n, --max-px and --columns must be positive".into(),
         ));
     }
-    let (pic, caption) = match (&a.pattern, &a.model) {
-        (Some(p), None) => pattern_picture(a, p)?,
-        (None, Some(m)) => model_picture(a, m)?,
+    let adaptive = match &a.pattern {
+        Some(p) => crate::adaptive::read_pattern(p)?,
+        None => None,
+    };
+    let (w, h, pixels, caption) = match (&a.pattern, &a.model, adaptive) {
+        (Some(p), None, Some(pattern)) => crate::viz_adaptive::draw(a, p, pattern)?,
+        (Some(_), None, None) | (None, Some(_), None) => {
+            let adaptive_only = [
+                (a.input.is_some(), "--input"),
+                (a.batch_index.is_some(), "--batch-index"),
+                (a.seed.is_some(), "--seed"),
+                (a.head_dim.is_some(), "--head-dim"),
+                (a.scale.is_some(), "--scale"),
+            ];
+            if let Some((_, flag)) = adaptive_only.iter().find(|(given, _)| *given) {
+                return Err(CliError::Usage(format!(
+                    "{flag} draws an adaptive pattern's selection; a static pattern does not \
+                     depend on q and k"
+                )));
+            }
+            let (pic, caption) = match (&a.pattern, &a.model) {
+                (Some(p), _) => pattern_picture(a, p)?,
+                (None, Some(m)) => model_picture(a, m)?,
+                (None, None) => unreachable!("matched above"),
+            };
+            let (w, h, pixels) = render(&pic)?;
+            (w, h, pixels, caption)
+        }
         _ => {
             return Err(CliError::Usage(
                 "give exactly one of --pattern and --model".into(),
             ))
         }
     };
-    let (w, h, pixels) = render(&pic)?;
     let png = encode_png(w, h, &pixels, &caption).map_err(CliError::Output)?;
     Staged::write_bytes(&a.out, &png)
         .and_then(Staged::commit)
