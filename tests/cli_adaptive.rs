@@ -385,8 +385,14 @@ const PARTIAL: [u8; 3] = [243, 156, 18];
 
 /// The selection component of an adaptive pattern's JSON.
 fn component(pattern: &str) -> sparse_attn::adaptive::BlockSelect {
-    let value: serde_json::Value = serde_json::from_str(pattern).unwrap();
-    common::select(&value["components"][0].to_string())
+    match AdaptivePattern::from_json(pattern)
+        .unwrap()
+        .unwrap()
+        .component
+    {
+        AdaptiveComponent::Select(sel) => sel,
+        _ => unreachable!(),
+    }
 }
 
 /// Per row of a prefill call, the forced blocks of its group (those of the group's last row).
@@ -475,6 +481,16 @@ fn check_picture(
     );
     let forced = forced_rows(pattern, q_len, kv_len);
     let b = component(pattern).block() as usize;
+    let statics = AdaptivePattern::from_json(pattern)
+        .unwrap()
+        .unwrap()
+        .statics;
+    let fixed = |h: usize, i: usize, j: usize| {
+        let p = (i + kv_len) as i64 - q_len as i64;
+        statics
+            .iter()
+            .any(|c| c.admits(h, p, j as i64, kv_len, true))
+    };
     let mut seen = Vec::new();
     for h in 0..heads {
         let (x0, y0) = (
@@ -499,7 +515,7 @@ fn check_picture(
             for j in 0..kv_len {
                 let want = if !mask(h, i, j) {
                     WHITE
-                } else if forced.contains(&((j / b) as i64)) {
+                } else if forced.contains(&((j / b) as i64)) || fixed(h, i, j) {
                     FORCED
                 } else {
                     DARK
@@ -522,7 +538,9 @@ fn check_picture(
 fn viz_input_draws_the_mask_run_applies() {
     let (batch, q_len, kv_len, heads, kv_heads, d) =
         (2usize, 160usize, 224usize, 2usize, 1usize, 64usize);
-    for pattern in [TOP_K, POOLED, GIVEN] {
+    let union = r#"{"causal": true, "components": [{"top_k": {"block": 32, "k": 1,
+        "keep_local": 0, "score": "mean_k"}}, {"sliding_window": {"size": 20}}, {"sinks": {"count": 3}}]}"#;
+    for pattern in [TOP_K, POOLED, GIVEN, union] {
         let problem = AttnProblem::new(
             SeqLens::Uniform {
                 batch,

@@ -13,7 +13,8 @@
 //!   `--q-len` tokens. Needles need 640 tokens: a shorter field has none (the caption says so).
 //!
 //! Token level: a content-chosen block's allowed keys dark, a forced block's (`keep_sinks`,
-//! `keep_local`) green, the rest white (a pooled pixel is dark when any of its tokens is
+//! `keep_local`) and a static component's keys (a union's window or sinks) green, the rest
+//! white (a pooled pixel is dark when any of its tokens is
 //! content-chosen, else green when any is forced). Tile level: the plan's tiles, full blue,
 //! partial orange, skipped white. The caption and stdout give each drawn head's density
 //! (allowed over causal pairs, or over all pairs when the pattern is not causal).
@@ -110,7 +111,8 @@ pub fn draw(
         scale: a.scale,
         ..Default::default()
     };
-    let plan = AdaptivePlan::new(&problem, &sel, Grouping::Prefill, &opts)?;
+    let plan =
+        AdaptivePlan::with_union(&problem, &sel, &pattern.statics, Grouping::Prefill, &opts)?;
     let seqs = SeqLens::varlen_from_lens(&[(seq.q_len, seq.kv_len)])?;
     let tile_level = matches!(a.level, LevelArg::Tile | LevelArg::Both);
     let (bits, tiles) = match seq.dtype {
@@ -166,7 +168,7 @@ pub fn draw(
     let caption = format!(
         "adaptive {}{}; selected on the device (emulator) for {}; q_len {}, kv_len {}, {} head{}, \
          head_dim {}; {heads_text}; density (allowed / {} pairs) {}; {}; {}",
-        pattern.component.to_json(),
+        pattern.describe(),
         if pattern.causal { " (causal)" } else { "" },
         source_text(a, &source),
         seq.q_len,
@@ -397,7 +399,8 @@ fn forced_blocks(sel: &BlockSelect, q_len: usize, kv_len: usize) -> Vec<Vec<i64>
 /// Head `h`'s token panel, max-pooled by `pool`, and its allowed pairs. The allowed keys are
 /// [`AdaptivePlan::allowed_by_bits`]'s, the mask `run --mask-out` writes: within a key block
 /// they are a prefix (the block's bit, then `j < kv_len` and causal), so each block is read
-/// from its first key on while it allows.
+/// from its first key on while it allows; with static components in the union every key is
+/// read, and those a static component allows are drawn like forced ones.
 fn token_raster(
     plan: &AdaptivePlan,
     bits: &[i32],
@@ -408,6 +411,13 @@ fn token_raster(
 ) -> (Raster, usize) {
     let (q_len, kv_len) = seqs.lens(0);
     let b = plan.component().block() as usize;
+    let statics = plan.statics();
+    let fixed = |i: usize, j: usize| {
+        let p = i as i64 + kv_len as i64 - q_len as i64;
+        statics
+            .iter()
+            .any(|c| c.admits(h, p, j as i64, kv_len, plan.causal()))
+    };
     let mut r = Raster::new(q_len.div_ceil(pool), kv_len.div_ceil(pool));
     let mut allowed = 0;
     for (i, forced) in forced.iter().enumerate() {
@@ -420,9 +430,17 @@ fn token_raster(
             };
             for j in jb * b..((jb + 1) * b).min(kv_len) {
                 if !plan.allowed_by_bits(bits, seqs, 0, h, i, j) {
-                    break;
+                    if statics.is_empty() {
+                        break;
+                    }
+                    continue;
                 }
                 allowed += 1;
+                let class = if class == DARK && fixed(i, j) {
+                    FORCED
+                } else {
+                    class
+                };
                 let cell = &mut line[j / pool];
                 if *cell != DARK {
                     *cell = class;
@@ -504,7 +522,7 @@ fn source_text(a: &VizArgs, source: &Source) -> String {
 
 fn level_text(level: LevelArg, shape: &SparseShape) -> String {
     let token = "token level: dark = key block chosen by content, green = forced block \
-                 (keep_sinks / keep_local), white = not allowed";
+                 (keep_sinks / keep_local) or a static component's key, white = not allowed";
     let tiles = format!(
         "tile level (the plan's {}x{} tiles as the compaction kernel lists them): blue = full, \
          orange = partial, white = skipped",
