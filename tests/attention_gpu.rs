@@ -861,13 +861,15 @@ fn sink_logits_and_alibi_match_the_reference() {
 
 /// Explicit strides and optional LSE on the GPU (issue 12): a mixed step from one fused QKV
 /// buffer on the device into a padded out (`run_step_strided`, contiguous K/V) matches the
-/// reference, running it again without an LSE buffer gives the same bits, and a paged step
-/// (`launch_step_strided`) over a sub-view of a larger q buffer writes only its rows.
+/// reference, running it again without an LSE buffer gives the same bits, a paged step
+/// (`launch_step_strided`) over a sub-view of a larger q buffer writes only its rows, and the
+/// capture-safe contiguous step (`launch_contiguous_step`, device lengths, buffers of the
+/// plan's capacity) with a token-major LSE gives the bits of the first run.
 #[test]
 fn strided_steps_and_optional_lse_on_the_gpu() {
     use common::paged::build_pool;
-    use sparse_attn::attention::{TensorLayout, TensorStrides};
-    use sparse_attn::backend::DeviceStep;
+    use sparse_attn::attention::{LseLayout, LseStrides, TensorLayout, TensorStrides};
+    use sparse_attn::backend::{DeviceLens, DeviceStep};
     use sparse_attn::pattern::HeadPatterns;
     let Some(gpu) = gpu("strided_steps_and_optional_lse_on_the_gpu") else {
         return;
@@ -1020,6 +1022,85 @@ fn strided_steps_and_optional_lse_on_the_gpu() {
         &TensorLayout::packed(heads, kv_heads, d),
     );
     assert!(matches!(r, Err(Error::Layout { .. })), "{r:?}");
+
+    // The capture-safe contiguous step: the same step over the device lengths above, the
+    // fused buffer and the padded out sized for the plan's capacity, the LSE token-major
+    // (`[capacity, heads]`): the bits of `run_step_strided`, nothing past the step written.
+    let (cap_q, cap_k) = problem.seqs().totals();
+    let mut fused_cap = vec![f16::from_f32(0.0); cap_q.max(cap_k) * row];
+    fused_cap[..fused.len()].copy_from_slice(&fused);
+    let fused_cap_d = stream.clone_htod(&fused_cap).unwrap();
+    let mut out_c = stream
+        .clone_htod(&vec![f16::from_f32(-7.0); cap_q * pad_row])
+        .unwrap();
+    let mut lse_c = stream.clone_htod(&vec![-5.0f32; cap_q * heads]).unwrap();
+    let token_major = TensorLayout {
+        lse: LseLayout::Strided(LseStrides::token_major(heads)),
+        ..layout
+    };
+    let lens_d = DeviceLens {
+        cu_seqlens_q: &cu_q,
+        cu_seqlens_k: &cu_k,
+    };
+    gplan
+        .launch_contiguous_step(
+            &lens_d,
+            &fused_cap_d.slice(..),
+            &fused_cap_d.slice(k_off..),
+            &fused_cap_d.slice(v_off..),
+            &mut out_c,
+            Some(&mut lse_c),
+            &token_major,
+        )
+        .unwrap();
+    let got_c = stream.clone_dtoh(&out_c).unwrap();
+    assert!(got_c[..got.len()]
+        .iter()
+        .zip(&got)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(got_c[got.len()..].iter().all(|x| x.to_f32() == -7.0));
+    let lse_plan = stream.clone_dtoh(&lse).unwrap();
+    let lse_tm = stream.clone_dtoh(&lse_c).unwrap();
+    for t in 0..cap_q {
+        for h in 0..heads {
+            let seen = lse_tm[t * heads + h];
+            let want = if t < total_q {
+                lse_plan[h * capacity + t]
+            } else {
+                -5.0
+            };
+            assert_eq!(seen.to_bits(), want.to_bits(), "token-major lse ({t}, {h})");
+        }
+    }
+    // Host-checkable bad input is typed: lengths of the wrong size, an LSE one short.
+    let short_cu = stream.alloc_zeros::<i32>(seqs.batch()).unwrap();
+    let r = gplan.launch_contiguous_step(
+        &DeviceLens {
+            cu_seqlens_q: &short_cu,
+            cu_seqlens_k: &cu_k,
+        },
+        &fused_cap_d.slice(..),
+        &fused_cap_d.slice(k_off..),
+        &fused_cap_d.slice(v_off..),
+        &mut out_c,
+        None,
+        &token_major,
+    );
+    assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
+    let mut lse_short = stream.alloc_zeros::<f32>(cap_q * heads - 1).unwrap();
+    let r = gplan.launch_contiguous_step(
+        &lens_d,
+        &fused_cap_d.slice(..),
+        &fused_cap_d.slice(k_off..),
+        &fused_cap_d.slice(v_off..),
+        &mut out_c,
+        Some(&mut lse_short),
+        &token_major,
+    );
+    assert!(
+        matches!(r, Err(Error::Layout { tensor: "lse", .. })),
+        "{r:?}"
+    );
 }
 
 /// The continuous-batching example's CUDA path (`kv_cache::batching::run_cuda`: pages written
