@@ -307,23 +307,24 @@ fn bad_layouts_are_typed_errors_before_any_launch() {
 /// padded to `num_heads + 3` inside a larger buffer, and head-major with a padded head
 /// stride, each against the plan's own layout bit for bit, with every element outside the
 /// step's (token, head) pairs left as it was. Single-pass (the forward epilogue writes the
-/// LSE) and split-KV (the combine kernel does), varlen steps with decode and prefill rows.
+/// LSE: GQA-packed blocks, whose rows span heads, and unpacked ones) and split-KV (the combine
+/// kernel does), varlen steps with decode and prefill rows.
 #[test]
 fn lse_at_engine_strides_gives_the_plan_layout_bits() {
     let seed = base_seed();
     let (h, hk, d) = (4usize, 2usize, 64usize);
     let sentinel = -1234.5f32;
-    for splits in [1u32, 2] {
-        let c = Case {
-            heads: h,
-            kv_heads: hk,
-            d,
-            max: vec![(20, 200); 2],
-            steps: vec![],
-            splits,
-        };
-        let plan = plan_for::<f16>(STREAMING, &c);
-        let set = HeadPatterns::from_json(STREAMING).unwrap();
+    let set = HeadPatterns::from_json(STREAMING).unwrap();
+    let max = SeqLens::varlen_from_lens(&[(20, 200); 2]).unwrap();
+    let problem = AttnProblem::new(max, h, hk, d as u32, f16::DTYPE).unwrap();
+    for (splits, pack) in [(1u32, true), (1, false), (2, true)] {
+        let plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default())
+            .unwrap()
+            .with_gqa_packing(pack)
+            .unwrap()
+            .with_num_splits(splits)
+            .unwrap();
+        assert_eq!((plan.num_splits(), plan.gqa_pack() > 1), (splits, pack));
         let capacity = plan.problem().seqs().totals().0;
         let run = common::emu_run();
         for (m, lens) in [vec![(1, 150), (20, 20)], vec![(7, 200), (0, 0)]]
@@ -332,13 +333,13 @@ fn lse_at_engine_strides_gives_the_plan_layout_bits() {
         {
             let seqs = SeqLens::varlen_from_lens(lens).unwrap();
             let step = AttnProblem::new(seqs.clone(), h, hk, d as u32, f16::DTYPE).unwrap();
-            let mut rng = Rng::new(seed + 10 * splits as u64 + m as u64);
+            let mut rng = Rng::new(seed + 10 * splits as u64 + 5 * pack as u64 + m as u64);
             let q: Vec<f16> = random_tensor(&mut rng, step.q_elems(), 1.0);
             let k: Vec<f16> = random_tensor(&mut rng, step.kv_elems(), 1.0);
             let v: Vec<f16> = random_tensor(&mut rng, step.kv_elems(), 1.0);
             let tq = seqs.totals().0;
             let packed = plan.packed_layout();
-            let what = format!("splits {splits} {lens:?}");
+            let what = format!("splits {splits} packed {pack} {lens:?}");
             let run_into = |layout: &TensorLayout, lse: &mut [f32]| {
                 let mut out = vec![f16::from_f32(0.0); tq * h * d];
                 let kv = StepKv::Contiguous { k: &k, v: &v };

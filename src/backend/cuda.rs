@@ -19,7 +19,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::attention::{
-    AttnPlan, Element, LseLayout, MetaAddrs, PagedAddrs, PagedLayout, TensorAddrs, TensorLayout,
+    AttnPlan, Element, LseLayout, MetaAddrs, PagedAddrs, PagedLayout, PlanMeta, TensorAddrs,
+    TensorLayout,
 };
 use crate::error::{Error, Result};
 use crate::kernels::{KernelDesc, Launch};
@@ -1081,15 +1082,17 @@ impl GpuPlan<'_> {
         let (cu_q, cu_k) = cu_ptrs
             .as_ref()
             .map_or((0, 0), |((cq, _), (ck, _))| (*cq, *ck));
-        let meta_ptrs: Vec<_> = self.meta.iter().map(|b| b.device_ptr(stream)).collect();
+        // A fixed array of guards, not a Vec: a step allocates nothing, on the host either.
+        let meta_ptrs: [_; PlanMeta::NUM_ARRAYS] =
+            std::array::from_fn(|i| self.meta.get(i).map(|b| b.device_ptr(stream)));
         let ws_ptrs = self
             .workspace
             .as_ref()
             .map(|(o, l)| (o.device_ptr(stream), l.device_ptr(stream)));
         let (o_partial, lse_partial) = ws_ptrs.as_ref().map_or((0, 0), |((o, _), (l, _))| (*o, *l));
         let mut meta = MetaAddrs::default();
-        for (slot, (ptr, _)) in meta.0.iter_mut().zip(&meta_ptrs) {
-            *slot = *ptr;
+        for (slot, p) in meta.0.iter_mut().zip(&meta_ptrs) {
+            *slot = p.as_ref().map_or(0, |(ptr, _)| *ptr);
         }
         let head_ptrs = self
             .head_vectors
