@@ -780,6 +780,142 @@ fn decode_step_captured_in_a_cuda_graph_replays_bit_for_bit() {
     );
 }
 
+/// Issue 12, item 2: the contiguous strided step over device lengths
+/// (`GpuPlan::launch_contiguous_step`: fused QKV of the plan's capacity, token-major LSE,
+/// split-KV so the combine runs too) captured in a CUDA graph once and replayed while the
+/// engine rewrites the lengths and the fused buffer between replays; every replay matches the
+/// uncaptured launch bit for bit, and the host-length convenience (`run_step_strided`) gives
+/// the same output bits for the step's rows.
+#[test]
+fn contiguous_strided_step_captured_in_a_cuda_graph_replays_bit_for_bit() {
+    use sparse_attn::attention::{LseLayout, LseStrides, TensorLayout};
+    use sparse_attn::backend::DeviceLens;
+    use sparse_attn::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use sparse_attn::pattern::HeadPatterns;
+    let Some(gpu) = gpu("contiguous_strided_step_captured_in_a_cuda_graph_replays_bit_for_bit")
+    else {
+        return;
+    };
+    let (batch, heads, kv_heads, d, max_q, max_k) = (3usize, 4usize, 2usize, 64usize, 4, 512);
+    let set = HeadPatterns::from_json(
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 100}}]}"#,
+    )
+    .unwrap();
+    let max = SeqLens::varlen_from_lens(&vec![(max_q, max_k); batch]).unwrap();
+    let problem = AttnProblem::new(max, heads, kv_heads, d as u32, DType::F16).unwrap();
+    let plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default())
+        .unwrap()
+        .with_num_splits(2)
+        .unwrap();
+    let gplan = plan.upload(&gpu).unwrap();
+    let stream = gpu.stream();
+    let (cap_q, cap_k) = problem.seqs().totals();
+    let row = (heads + 2 * kv_heads) * d;
+    let [_, k_off, v_off] = TensorLayout::fused_offsets(heads, kv_heads, d);
+    let layout = TensorLayout {
+        lse: LseLayout::Strided(LseStrides::token_major(heads)),
+        ..TensorLayout::fused_qkv(heads, kv_heads, d)
+    };
+    let mut fused = stream.alloc_zeros::<f16>(cap_q.max(cap_k) * row).unwrap();
+    let mut cu_q = stream.alloc_zeros::<i32>(batch + 1).unwrap();
+    let mut cu_k = stream.alloc_zeros::<i32>(batch + 1).unwrap();
+    let mut out = stream.alloc_zeros::<f16>(cap_q * heads * d).unwrap();
+    let mut lse = stream.alloc_zeros::<f32>(cap_q * heads).unwrap();
+    let mut out_ref = stream.alloc_zeros::<f16>(cap_q * heads * d).unwrap();
+    let mut lse_ref = stream.alloc_zeros::<f32>(cap_q * heads).unwrap();
+    let mut rng = Rng::new(base_seed());
+    let mut graph = None;
+    for step in 0..24 {
+        // The engine's step: new lengths (decode rows, short prefill chunks, idle slots) and
+        // new activations, written into the buffers the graph reads.
+        let lens: Vec<(usize, usize)> = (0..batch)
+            .map(|_| {
+                let q = rng.below(max_q as u64 + 1) as usize;
+                let k = q + rng.below((max_k - q) as u64 + 1) as usize;
+                (q, k)
+            })
+            .collect();
+        let seqs = SeqLens::varlen_from_lens(&lens).unwrap();
+        let (cq, ck) = seqs.cu_seqlens();
+        stream.memcpy_htod(&cq, &mut cu_q).unwrap();
+        stream.memcpy_htod(&ck, &mut cu_k).unwrap();
+        let fused_h: Vec<f16> = random_tensor(&mut rng, fused.len(), 1.0);
+        stream.memcpy_htod(&fused_h, &mut fused).unwrap();
+        let lens_d = DeviceLens {
+            cu_seqlens_q: &cu_q,
+            cu_seqlens_k: &cu_k,
+        };
+        let (qv, kv, vv) = (fused.slice(..), fused.slice(k_off..), fused.slice(v_off..));
+        if graph.is_none() {
+            stream.synchronize().unwrap();
+            stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .unwrap();
+            gplan
+                .launch_contiguous_step(&lens_d, &qv, &kv, &vv, &mut out, Some(&mut lse), &layout)
+                .unwrap();
+            graph = Some(
+                stream
+                    .end_capture(CUgraphInstantiate_flags(0))
+                    .unwrap()
+                    .expect("a captured graph"),
+            );
+        }
+        graph.as_ref().unwrap().launch().unwrap();
+        gplan
+            .launch_contiguous_step(
+                &lens_d,
+                &qv,
+                &kv,
+                &vv,
+                &mut out_ref,
+                Some(&mut lse_ref),
+                &layout,
+            )
+            .unwrap();
+        let total_q = seqs.totals().0;
+        let (a, b) = (
+            stream.clone_dtoh(&out).unwrap(),
+            stream.clone_dtoh(&out_ref).unwrap(),
+        );
+        let rows = total_q * heads * d;
+        assert!(
+            a[..rows]
+                .iter()
+                .zip(&b[..rows])
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {step} ({lens:?}): graph replay vs uncaptured launch"
+        );
+        let (la, lb) = (
+            stream.clone_dtoh(&lse).unwrap(),
+            stream.clone_dtoh(&lse_ref).unwrap(),
+        );
+        let n = total_q * heads;
+        assert!(
+            la[..n]
+                .iter()
+                .zip(&lb[..n])
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {step}: lse"
+        );
+        if step % 8 == 0 {
+            // The host-length convenience over step-sized views: the same output rows.
+            let mut out_h = stream.alloc_zeros::<f16>(rows.max(1)).unwrap();
+            gplan
+                .run_step_strided(&seqs, &qv, &kv, &vv, &mut out_h, None, &layout)
+                .unwrap();
+            let c = stream.clone_dtoh(&out_h).unwrap();
+            assert!(
+                c[..rows]
+                    .iter()
+                    .zip(&b[..rows])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "step {step}: run_step_strided vs launch_contiguous_step"
+            );
+        }
+    }
+}
+
 #[test]
 fn sink_logits_and_alibi_match_the_reference() {
     // Prefill (split and not), GQA-packed split decode rows, every head_dim; then the decode

@@ -119,7 +119,8 @@ impl AttnPlan {
 
     /// One step of a run-time plan ([`AttnPlan::for_max_lengths`]) at the lengths `seqs`
     /// over tensors at explicit strides, written into the caller's buffers: the emulator twin
-    /// of [`crate::backend::GpuPlan::launch_step_strided`] and
+    /// of [`crate::backend::GpuPlan::launch_step_strided`],
+    /// [`crate::backend::GpuPlan::launch_contiguous_step`] and
     /// [`crate::backend::GpuPlan::run_step_strided`].
     ///
     /// `q`, `out` (and, for [`StepKv::Contiguous`], `k` and `v`) start at their tensor's
