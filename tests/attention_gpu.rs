@@ -780,6 +780,142 @@ fn decode_step_captured_in_a_cuda_graph_replays_bit_for_bit() {
     );
 }
 
+/// Issue 12, item 2: the contiguous strided step over device lengths
+/// (`GpuPlan::launch_contiguous_step`: fused QKV of the plan's capacity, token-major LSE,
+/// split-KV so the combine runs too) captured in a CUDA graph once and replayed while the
+/// engine rewrites the lengths and the fused buffer between replays; every replay matches the
+/// uncaptured launch bit for bit, and the host-length convenience (`run_step_strided`) gives
+/// the same output bits for the step's rows.
+#[test]
+fn contiguous_strided_step_captured_in_a_cuda_graph_replays_bit_for_bit() {
+    use sparse_attn::attention::{LseLayout, LseStrides, TensorLayout};
+    use sparse_attn::backend::DeviceLens;
+    use sparse_attn::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use sparse_attn::pattern::HeadPatterns;
+    let Some(gpu) = gpu("contiguous_strided_step_captured_in_a_cuda_graph_replays_bit_for_bit")
+    else {
+        return;
+    };
+    let (batch, heads, kv_heads, d, max_q, max_k) = (3usize, 4usize, 2usize, 64usize, 4, 512);
+    let set = HeadPatterns::from_json(
+        r#"{"causal": true, "components": [{"sinks": {"count": 4}}, {"sliding_window": {"size": 100}}]}"#,
+    )
+    .unwrap();
+    let max = SeqLens::varlen_from_lens(&vec![(max_q, max_k); batch]).unwrap();
+    let problem = AttnProblem::new(max, heads, kv_heads, d as u32, DType::F16).unwrap();
+    let plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default())
+        .unwrap()
+        .with_num_splits(2)
+        .unwrap();
+    let gplan = plan.upload(&gpu).unwrap();
+    let stream = gpu.stream();
+    let (cap_q, cap_k) = problem.seqs().totals();
+    let row = (heads + 2 * kv_heads) * d;
+    let [_, k_off, v_off] = TensorLayout::fused_offsets(heads, kv_heads, d);
+    let layout = TensorLayout {
+        lse: LseLayout::Strided(LseStrides::token_major(heads)),
+        ..TensorLayout::fused_qkv(heads, kv_heads, d)
+    };
+    let mut fused = stream.alloc_zeros::<f16>(cap_q.max(cap_k) * row).unwrap();
+    let mut cu_q = stream.alloc_zeros::<i32>(batch + 1).unwrap();
+    let mut cu_k = stream.alloc_zeros::<i32>(batch + 1).unwrap();
+    let mut out = stream.alloc_zeros::<f16>(cap_q * heads * d).unwrap();
+    let mut lse = stream.alloc_zeros::<f32>(cap_q * heads).unwrap();
+    let mut out_ref = stream.alloc_zeros::<f16>(cap_q * heads * d).unwrap();
+    let mut lse_ref = stream.alloc_zeros::<f32>(cap_q * heads).unwrap();
+    let mut rng = Rng::new(base_seed());
+    let mut graph = None;
+    for step in 0..24 {
+        // The engine's step: new lengths (decode rows, short prefill chunks, idle slots) and
+        // new activations, written into the buffers the graph reads.
+        let lens: Vec<(usize, usize)> = (0..batch)
+            .map(|_| {
+                let q = rng.below(max_q as u64 + 1) as usize;
+                let k = q + rng.below((max_k - q) as u64 + 1) as usize;
+                (q, k)
+            })
+            .collect();
+        let seqs = SeqLens::varlen_from_lens(&lens).unwrap();
+        let (cq, ck) = seqs.cu_seqlens();
+        stream.memcpy_htod(&cq, &mut cu_q).unwrap();
+        stream.memcpy_htod(&ck, &mut cu_k).unwrap();
+        let fused_h: Vec<f16> = random_tensor(&mut rng, fused.len(), 1.0);
+        stream.memcpy_htod(&fused_h, &mut fused).unwrap();
+        let lens_d = DeviceLens {
+            cu_seqlens_q: &cu_q,
+            cu_seqlens_k: &cu_k,
+        };
+        let (qv, kv, vv) = (fused.slice(..), fused.slice(k_off..), fused.slice(v_off..));
+        if graph.is_none() {
+            stream.synchronize().unwrap();
+            stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .unwrap();
+            gplan
+                .launch_contiguous_step(&lens_d, &qv, &kv, &vv, &mut out, Some(&mut lse), &layout)
+                .unwrap();
+            graph = Some(
+                stream
+                    .end_capture(CUgraphInstantiate_flags(0))
+                    .unwrap()
+                    .expect("a captured graph"),
+            );
+        }
+        graph.as_ref().unwrap().launch().unwrap();
+        gplan
+            .launch_contiguous_step(
+                &lens_d,
+                &qv,
+                &kv,
+                &vv,
+                &mut out_ref,
+                Some(&mut lse_ref),
+                &layout,
+            )
+            .unwrap();
+        let total_q = seqs.totals().0;
+        let (a, b) = (
+            stream.clone_dtoh(&out).unwrap(),
+            stream.clone_dtoh(&out_ref).unwrap(),
+        );
+        let rows = total_q * heads * d;
+        assert!(
+            a[..rows]
+                .iter()
+                .zip(&b[..rows])
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {step} ({lens:?}): graph replay vs uncaptured launch"
+        );
+        let (la, lb) = (
+            stream.clone_dtoh(&lse).unwrap(),
+            stream.clone_dtoh(&lse_ref).unwrap(),
+        );
+        let n = total_q * heads;
+        assert!(
+            la[..n]
+                .iter()
+                .zip(&lb[..n])
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {step}: lse"
+        );
+        if step % 8 == 0 {
+            // The host-length convenience over step-sized views: the same output rows.
+            let mut out_h = stream.alloc_zeros::<f16>(rows.max(1)).unwrap();
+            gplan
+                .run_step_strided(&seqs, &qv, &kv, &vv, &mut out_h, None, &layout)
+                .unwrap();
+            let c = stream.clone_dtoh(&out_h).unwrap();
+            assert!(
+                c[..rows]
+                    .iter()
+                    .zip(&b[..rows])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "step {step}: run_step_strided vs launch_contiguous_step"
+            );
+        }
+    }
+}
+
 #[test]
 fn sink_logits_and_alibi_match_the_reference() {
     // Prefill (split and not), GQA-packed split decode rows, every head_dim; then the decode
@@ -861,13 +997,15 @@ fn sink_logits_and_alibi_match_the_reference() {
 
 /// Explicit strides and optional LSE on the GPU (issue 12): a mixed step from one fused QKV
 /// buffer on the device into a padded out (`run_step_strided`, contiguous K/V) matches the
-/// reference, running it again without an LSE buffer gives the same bits, and a paged step
-/// (`launch_step_strided`) over a sub-view of a larger q buffer writes only its rows.
+/// reference, running it again without an LSE buffer gives the same bits, a paged step
+/// (`launch_step_strided`) over a sub-view of a larger q buffer writes only its rows, and the
+/// capture-safe contiguous step (`launch_contiguous_step`, device lengths, buffers of the
+/// plan's capacity) with a token-major LSE gives the bits of the first run.
 #[test]
 fn strided_steps_and_optional_lse_on_the_gpu() {
     use common::paged::build_pool;
-    use sparse_attn::attention::{TensorLayout, TensorStrides};
-    use sparse_attn::backend::DeviceStep;
+    use sparse_attn::attention::{LseLayout, LseStrides, TensorLayout, TensorStrides};
+    use sparse_attn::backend::{DeviceLens, DeviceStep};
     use sparse_attn::pattern::HeadPatterns;
     let Some(gpu) = gpu("strided_steps_and_optional_lse_on_the_gpu") else {
         return;
@@ -1020,6 +1158,85 @@ fn strided_steps_and_optional_lse_on_the_gpu() {
         &TensorLayout::packed(heads, kv_heads, d),
     );
     assert!(matches!(r, Err(Error::Layout { .. })), "{r:?}");
+
+    // The capture-safe contiguous step: the same step over the device lengths above, the
+    // fused buffer and the padded out sized for the plan's capacity, the LSE token-major
+    // (`[capacity, heads]`): the bits of `run_step_strided`, nothing past the step written.
+    let (cap_q, cap_k) = problem.seqs().totals();
+    let mut fused_cap = vec![f16::from_f32(0.0); cap_q.max(cap_k) * row];
+    fused_cap[..fused.len()].copy_from_slice(&fused);
+    let fused_cap_d = stream.clone_htod(&fused_cap).unwrap();
+    let mut out_c = stream
+        .clone_htod(&vec![f16::from_f32(-7.0); cap_q * pad_row])
+        .unwrap();
+    let mut lse_c = stream.clone_htod(&vec![-5.0f32; cap_q * heads]).unwrap();
+    let token_major = TensorLayout {
+        lse: LseLayout::Strided(LseStrides::token_major(heads)),
+        ..layout
+    };
+    let lens_d = DeviceLens {
+        cu_seqlens_q: &cu_q,
+        cu_seqlens_k: &cu_k,
+    };
+    gplan
+        .launch_contiguous_step(
+            &lens_d,
+            &fused_cap_d.slice(..),
+            &fused_cap_d.slice(k_off..),
+            &fused_cap_d.slice(v_off..),
+            &mut out_c,
+            Some(&mut lse_c),
+            &token_major,
+        )
+        .unwrap();
+    let got_c = stream.clone_dtoh(&out_c).unwrap();
+    assert!(got_c[..got.len()]
+        .iter()
+        .zip(&got)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(got_c[got.len()..].iter().all(|x| x.to_f32() == -7.0));
+    let lse_plan = stream.clone_dtoh(&lse).unwrap();
+    let lse_tm = stream.clone_dtoh(&lse_c).unwrap();
+    for t in 0..cap_q {
+        for h in 0..heads {
+            let seen = lse_tm[t * heads + h];
+            let want = if t < total_q {
+                lse_plan[h * capacity + t]
+            } else {
+                -5.0
+            };
+            assert_eq!(seen.to_bits(), want.to_bits(), "token-major lse ({t}, {h})");
+        }
+    }
+    // Host-checkable bad input is typed: lengths of the wrong size, an LSE one short.
+    let short_cu = stream.alloc_zeros::<i32>(seqs.batch()).unwrap();
+    let r = gplan.launch_contiguous_step(
+        &DeviceLens {
+            cu_seqlens_q: &short_cu,
+            cu_seqlens_k: &cu_k,
+        },
+        &fused_cap_d.slice(..),
+        &fused_cap_d.slice(k_off..),
+        &fused_cap_d.slice(v_off..),
+        &mut out_c,
+        None,
+        &token_major,
+    );
+    assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
+    let mut lse_short = stream.alloc_zeros::<f32>(cap_q * heads - 1).unwrap();
+    let r = gplan.launch_contiguous_step(
+        &lens_d,
+        &fused_cap_d.slice(..),
+        &fused_cap_d.slice(k_off..),
+        &fused_cap_d.slice(v_off..),
+        &mut out_c,
+        Some(&mut lse_short),
+        &token_major,
+    );
+    assert!(
+        matches!(r, Err(Error::Layout { tensor: "lse", .. })),
+        "{r:?}"
+    );
 }
 
 /// The continuous-batching example's CUDA path (`kv_cache::batching::run_cuda`: pages written

@@ -3,14 +3,16 @@
 //! no buffer is given; through one run-time plan on the emulator
 //! (`AttnPlan::run_emulated_step_into`). Strided runs must give the very bits of packed runs
 //! (the strides only move each tile's base address) and leave everything outside their
-//! tensor untouched; bad layouts are `Error::Layout` before anything runs.
+//! tensor untouched; the LSE likewise at the engine's strides (token-major, padded), from the
+//! forward epilogue and from the split-KV combine; bad layouts are `Error::Layout` before
+//! anything runs.
 
 mod common;
 
 use common::paged::build_pool;
 use common::{assert_matches, assert_same_bits, base_seed, random_tensor, reference_for, tol, Rng};
 use half::{bf16, f16};
-use sparse_attn::attention::{PagedKv, StepKv, TensorLayout, TensorStrides};
+use sparse_attn::attention::{LseLayout, LseStrides, PagedKv, StepKv, TensorLayout, TensorStrides};
 use sparse_attn::pattern::HeadPatterns;
 use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, Element, Error, SeqLens};
 
@@ -299,4 +301,122 @@ fn bad_layouts_are_typed_errors_before_any_launch() {
         tensor_of(try_run(&fused_layout, &fused, 5 * h * d, Some(5 * h))),
         "lse"
     );
+}
+
+/// The LSE at an engine's strides: token-major `[total_q, num_heads]`, token-major rows
+/// padded to `num_heads + 3` inside a larger buffer, and head-major with a padded head
+/// stride, each against the plan's own layout bit for bit, with every element outside the
+/// step's (token, head) pairs left as it was. Single-pass (the forward epilogue writes the
+/// LSE: GQA-packed blocks, whose rows span heads, and unpacked ones) and split-KV (the combine
+/// kernel does), varlen steps with decode and prefill rows.
+#[test]
+fn lse_at_engine_strides_gives_the_plan_layout_bits() {
+    let seed = base_seed();
+    let (h, hk, d) = (4usize, 2usize, 64usize);
+    let sentinel = -1234.5f32;
+    let set = HeadPatterns::from_json(STREAMING).unwrap();
+    let max = SeqLens::varlen_from_lens(&[(20, 200); 2]).unwrap();
+    let problem = AttnProblem::new(max, h, hk, d as u32, f16::DTYPE).unwrap();
+    for (splits, pack) in [(1u32, true), (1, false), (2, true)] {
+        let plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default())
+            .unwrap()
+            .with_gqa_packing(pack)
+            .unwrap()
+            .with_num_splits(splits)
+            .unwrap();
+        assert_eq!((plan.num_splits(), plan.gqa_pack() > 1), (splits, pack));
+        let capacity = plan.problem().seqs().totals().0;
+        let run = common::emu_run();
+        for (m, lens) in [vec![(1, 150), (20, 20)], vec![(7, 200), (0, 0)]]
+            .iter()
+            .enumerate()
+        {
+            let seqs = SeqLens::varlen_from_lens(lens).unwrap();
+            let step = AttnProblem::new(seqs.clone(), h, hk, d as u32, f16::DTYPE).unwrap();
+            let mut rng = Rng::new(seed + 10 * splits as u64 + 5 * pack as u64 + m as u64);
+            let q: Vec<f16> = random_tensor(&mut rng, step.q_elems(), 1.0);
+            let k: Vec<f16> = random_tensor(&mut rng, step.kv_elems(), 1.0);
+            let v: Vec<f16> = random_tensor(&mut rng, step.kv_elems(), 1.0);
+            let tq = seqs.totals().0;
+            let packed = plan.packed_layout();
+            let what = format!("splits {splits} packed {pack} {lens:?}");
+            let run_into = |layout: &TensorLayout, lse: &mut [f32]| {
+                let mut out = vec![f16::from_f32(0.0); tq * h * d];
+                let kv = StepKv::Contiguous { k: &k, v: &v };
+                plan.run_emulated_step_into(&seqs, &q, kv, layout, &mut out, Some(lse), &run)
+                    .unwrap();
+                out
+            };
+            // The plan's layout: [num_heads, capacity], the step's rows first.
+            let mut plan_lse = vec![sentinel; h * capacity];
+            let want_out = run_into(&packed, &mut plan_lse);
+            // ... which is right (a store that ignored a stride everywhere would pass the
+            // comparisons below on its own): against the reference, and nothing left unset.
+            let lists = AttnPlan::with_patterns(&step, &set, &AttnOptions::default()).unwrap();
+            let reference =
+                reference_for(&lists, &q, &k, &v, |b, hh, i, j| lists.allowed(b, hh, i, j));
+            let step_lse: Vec<f32> = plan_lse
+                .chunks(capacity)
+                .flat_map(|r| r[..tq].to_vec())
+                .collect();
+            assert!(step_lse.iter().all(|&x| x != sentinel), "{what}: lse unset");
+            assert_matches(
+                &what,
+                &step,
+                &want_out,
+                &step_lse,
+                &reference,
+                tol(f16::DTYPE),
+            );
+            let want = |t: usize, hh: usize| plan_lse[hh * capacity + t];
+            // (strides, buffer length) of each engine layout.
+            let layouts = [
+                (LseStrides::token_major(h), tq * h),
+                (
+                    LseStrides {
+                        row: h + 3,
+                        head: 1,
+                    },
+                    (tq + 2) * (h + 3),
+                ),
+                (
+                    LseStrides {
+                        row: 1,
+                        head: tq + 5,
+                    },
+                    h * (tq + 5),
+                ),
+            ];
+            for (strides, len) in layouts {
+                let layout = TensorLayout {
+                    lse: LseLayout::Strided(strides),
+                    ..packed
+                };
+                let mut lse = vec![sentinel; len];
+                let out = run_into(&layout, &mut lse);
+                assert_same_bits(&format!("{what} {strides:?}: out"), &out, &want_out);
+                let mut expect = vec![sentinel; len];
+                for t in 0..tq {
+                    for hh in 0..h {
+                        expect[t * strides.row + hh * strides.head] = want(t, hh);
+                    }
+                }
+                assert_same_bits(&format!("{what} {strides:?}: lse"), &lse, &expect);
+            }
+            // A buffer one element short of the last (token, head) is a typed error.
+            let short = TensorLayout {
+                lse: LseLayout::Strided(LseStrides::token_major(h)),
+                ..packed
+            };
+            let mut lse = vec![0.0; tq * h - 1];
+            let mut out = vec![f16::from_f32(0.0); tq * h * d];
+            let kv = StepKv::Contiguous { k: &k, v: &v };
+            let r =
+                plan.run_emulated_step_into(&seqs, &q, kv, &short, &mut out, Some(&mut lse), &run);
+            assert!(
+                matches!(r, Err(Error::Layout { tensor: "lse", .. })),
+                "{what}: {r:?}"
+            );
+        }
+    }
 }

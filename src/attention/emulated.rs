@@ -1,7 +1,7 @@
 //! Running a plan on the CPU emulator: the kernels' own source, one fiber per CUDA thread,
 //! over guarded copies of the inputs.
 
-use super::layout::TensorLayout;
+use super::layout::{LseLayout, TensorLayout};
 use super::paged::{PagedAddrs, PagedKv, PagedLayout};
 use super::{AttnPlan, Element, Result, SeqLens, TensorAddrs};
 use crate::emu::{self, GuardedBuffer};
@@ -119,7 +119,8 @@ impl AttnPlan {
 
     /// One step of a run-time plan ([`AttnPlan::for_max_lengths`]) at the lengths `seqs`
     /// over tensors at explicit strides, written into the caller's buffers: the emulator twin
-    /// of [`crate::backend::GpuPlan::launch_step_strided`] and
+    /// of [`crate::backend::GpuPlan::launch_step_strided`],
+    /// [`crate::backend::GpuPlan::launch_contiguous_step`] and
     /// [`crate::backend::GpuPlan::run_step_strided`].
     ///
     /// `q`, `out` (and, for [`StepKv::Contiguous`], `k` and `v`) start at their tensor's
@@ -127,10 +128,13 @@ impl AttnPlan {
     /// num_kv_heads, head_dim]`) at `layout`'s strides: slices of one fused QKV buffer
     /// ([`TensorLayout::fused_qkv`]) or of a padded activation tensor. Only `out`'s elements
     /// of the step are written; everything else in `out` is left as it was. `lse`, when
-    /// given, is `[num_heads, batch x max q_len]` (the plan's capacity; the step's rows first
-    /// in each head's row, the rest untouched); `None` skips the LSE store altogether (a null
-    /// pointer in the params). Lengths, layouts ([`super::TensorStrides::check`]) and, paged,
-    /// the cache are checked before anything runs.
+    /// given, is at `layout.lse`: [`LseLayout::Plan`] is `[num_heads, batch x max q_len]`
+    /// (the plan's capacity, exactly; the step's rows first in each head's row),
+    /// [`LseLayout::Strided`] the step's `total_q` tokens at the caller's strides (say
+    /// token-major `[total_q, num_heads]`); only the step's elements are written, the rest
+    /// is left as it was. `None` skips the LSE store altogether (a null pointer in the
+    /// params). Lengths, layouts ([`super::TensorStrides::check`],
+    /// [`super::LseStrides::check`]) and, paged, the cache are checked before anything runs.
     #[allow(clippy::too_many_arguments)]
     pub fn run_emulated_step_into<T: Element>(
         &self,
@@ -147,7 +151,9 @@ impl AttnPlan {
         let (h, d) = (p.num_heads(), p.head_dim().get() as usize);
         layout.out.check("out", seqs.totals().0, h, d, out.len())?;
         let lse_len = p.seqs().totals().0 * h;
-        if let Some(l) = &lse {
+        if let (Some(l), LseLayout::Strided(s)) = (&lse, layout.lse) {
+            s.check(seqs.totals().0, h, l.len())?;
+        } else if let Some(l) = &lse {
             if l.len() != lse_len {
                 return Err(Error::Layout {
                     tensor: "lse",

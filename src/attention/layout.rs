@@ -95,8 +95,103 @@ impl TensorStrides {
     }
 }
 
-/// The layout of one call's q, k, v and out (k and v are unused when K/V come from a paged
-/// cache). `packed` is what [`crate::AttnPlan::launch`] assumes.
+/// Element strides of a `[tokens, heads]` f32 LSE tensor in an engine's own layout: the LSE
+/// of query token `t` (its row in q: `b * q_len + i` for a uniform batch, `cu_seqlens_q[b] +
+/// i` for a varlen batch or a step) and head `h` is at `t * row + h * head` from the
+/// tensor's first element. Token-major `[tokens, num_heads]` is `{ row: num_heads, head: 1 }`,
+/// head-major `[num_heads, tokens]` is `{ row: 1, head: tokens }`; either may carry padding
+/// or be a slice of a larger buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LseStrides {
+    /// Elements between consecutive query tokens.
+    pub row: usize,
+    /// Elements between consecutive heads of a token.
+    pub head: usize,
+}
+
+impl LseStrides {
+    /// Token-major `[tokens, heads]` without gaps: `row = heads`, `head = 1`.
+    pub fn token_major(heads: usize) -> Self {
+        LseStrides {
+            row: heads,
+            head: 1,
+        }
+    }
+
+    /// Checks an LSE of `rows` tokens and `heads` heads against a buffer of `len` f32
+    /// elements starting at its first element: no two (token, head) pairs at the same
+    /// element, strides that fit the kernels' 64-bit offsets, every element inside the
+    /// buffer. [`Error::Layout`] (tensor `"lse"`) says what is wrong.
+    pub fn check(&self, rows: usize, heads: usize, len: usize) -> Result<()> {
+        let bad = |message: String| {
+            Err(Error::Layout {
+                tensor: "lse",
+                message,
+            })
+        };
+        if self.row > i64::MAX as usize || self.head > i64::MAX as usize {
+            return bad(format!(
+                "strides (row {}, head {}) exceed i64::MAX elements",
+                self.row, self.head
+            ));
+        }
+        if rows == 0 || heads == 0 {
+            return Ok(());
+        }
+        let used = |n: usize| n > 1;
+        match (used(rows), used(heads)) {
+            (true, true) => {
+                // Innermost (smaller stride) first; the outer stride must clear its extent.
+                let (inner, n_inner, outer, what) = if self.head <= self.row {
+                    (self.head, heads, self.row, "row")
+                } else {
+                    (self.row, rows, self.head, "head")
+                };
+                if inner == 0 || (outer as u128) < inner as u128 * n_inner as u128 {
+                    return bad(format!(
+                        "strides (row {}, head {}) over {rows} tokens of {heads} heads: elements \
+                         overlap ({what} stride too small)",
+                        self.row, self.head
+                    ));
+                }
+            }
+            (true, false) if self.row == 0 => {
+                return bad(format!("row stride 0 over {rows} tokens: elements overlap"));
+            }
+            (false, true) if self.head == 0 => {
+                return bad(format!(
+                    "head stride 0 over {heads} heads: elements overlap"
+                ));
+            }
+            _ => {}
+        }
+        let end =
+            (rows as u128 - 1) * self.row as u128 + (heads as u128 - 1) * self.head as u128 + 1;
+        if end > len as u128 {
+            return bad(format!(
+                "{rows} tokens of {heads} heads at strides (row {}, head {}) reach element \
+                 {end}, past the buffer's {len}",
+                self.row, self.head
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a call writes its row LSE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LseLayout {
+    /// The plan's own layout, what [`crate::AttnPlan::launch`] writes: `[batch, num_heads,
+    /// q_len]` for a uniform batch, `[num_heads, total_q]` for a varlen batch and `[num_heads,
+    /// batch x max q_len]` (the plan's capacity) for a run-time plan's steps.
+    #[default]
+    Plan,
+    /// The engine's own layout at these strides.
+    Strided(LseStrides),
+}
+
+/// The layout of one call's q, k, v, out and LSE (k and v are unused when K/V come from a
+/// paged cache). `packed` is what [`crate::AttnPlan::launch`] assumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TensorLayout {
     /// Queries `[tokens, num_heads, head_dim]`.
@@ -107,10 +202,13 @@ pub struct TensorLayout {
     pub v: TensorStrides,
     /// Output `[tokens, num_heads, head_dim]` (only its elements are written).
     pub out: TensorStrides,
+    /// Row LSE (f32, only its elements are written).
+    pub lse: LseLayout,
 }
 
 impl TensorLayout {
-    /// Every tensor packed (`[tokens, heads, head_dim]` without gaps).
+    /// Every tensor packed (`[tokens, heads, head_dim]` without gaps), the LSE in the plan's
+    /// layout.
     pub fn packed(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> Self {
         let (q, kv) = (
             TensorStrides::packed(num_heads, head_dim),
@@ -121,6 +219,7 @@ impl TensorLayout {
             k: kv,
             v: kv,
             out: q,
+            lse: LseLayout::Plan,
         }
     }
 
@@ -128,7 +227,7 @@ impl TensorLayout {
     /// num_kv_heads) * head_dim]`: each token's row holds its query heads, then its key
     /// heads, then its value heads, so q starts at element 0 of the buffer, k at `num_heads *
     /// head_dim` and v at `(num_heads + num_kv_heads) * head_dim` ([`Self::fused_offsets`]);
-    /// out packed.
+    /// out packed, the LSE in the plan's layout.
     pub fn fused_qkv(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> Self {
         let row = (num_heads + 2 * num_kv_heads) * head_dim;
         let s = TensorStrides {
@@ -140,6 +239,7 @@ impl TensorLayout {
             k: s,
             v: s,
             out: TensorStrides::packed(num_heads, head_dim),
+            lse: LseLayout::Plan,
         }
     }
 
@@ -186,6 +286,41 @@ mod tests {
         TensorStrides { row: 8, head: 64 }
             .check("q", 1, 4, 64, 256)
             .unwrap();
+    }
+
+    #[test]
+    fn lse_strides_pass_when_disjoint_and_inside() {
+        // Token-major, head-major, padded rows, one token or one head (the other stride free).
+        LseStrides::token_major(4).check(10, 4, 40).unwrap();
+        LseStrides { row: 1, head: 10 }.check(10, 4, 40).unwrap();
+        LseStrides { row: 6, head: 1 }.check(10, 4, 58).unwrap();
+        LseStrides { row: 0, head: 1 }.check(1, 4, 4).unwrap();
+        LseStrides { row: 3, head: 0 }.check(5, 1, 13).unwrap();
+        LseStrides { row: 0, head: 0 }.check(0, 4, 0).unwrap();
+    }
+
+    #[test]
+    fn overlapping_and_oversized_lse_strides_are_named() {
+        let e = layout_err(LseStrides { row: 3, head: 1 }.check(10, 4, 1000));
+        assert!(e.starts_with("lse:") && e.contains("overlap"), "{e}");
+        let e = layout_err(LseStrides { row: 1, head: 9 }.check(10, 4, 1000));
+        assert!(e.contains("overlap"), "{e}");
+        let e = layout_err(LseStrides { row: 4, head: 4 }.check(2, 2, 1000));
+        assert!(e.contains("overlap"), "{e}");
+        let e = layout_err(LseStrides { row: 0, head: 1 }.check(2, 1, 1000));
+        assert!(e.contains("overlap"), "{e}");
+        let e = layout_err(LseStrides { row: 5, head: 0 }.check(1, 3, 1000));
+        assert!(e.contains("overlap"), "{e}");
+        let e = layout_err(LseStrides::token_major(4).check(10, 4, 39));
+        assert!(e.contains("element 40, past the buffer's 39"), "{e}");
+        let e = layout_err(
+            LseStrides {
+                row: usize::MAX,
+                head: 1,
+            }
+            .check(1, 1, 1),
+        );
+        assert!(e.contains("i64::MAX"), "{e}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ mod paged;
 
 pub(crate) use emulated::{pool_pages, PreparedCall};
 pub use emulated::{EmuRun, StepKv};
-pub use layout::{TensorLayout, TensorStrides};
+pub use layout::{LseLayout, LseStrides, TensorLayout, TensorStrides};
 pub(crate) use meta::component_words;
 pub use meta::{EmuMeta, MetaAddrs, PlanMeta};
 pub use paged::{PagedAddrs, PagedKv, PagedLayout};
@@ -362,7 +362,7 @@ impl AttnPlan {
         self.combine_launch_with_layout(a, &self.packed_layout())
     }
 
-    /// [`AttnPlan::combine_launch`] writing `out` at `layout.out`'s strides (see
+    /// [`AttnPlan::combine_launch`] writing `out` and the LSE at `layout`'s strides (see
     /// [`AttnPlan::launch_with_layout`]).
     pub fn combine_launch_with_layout(
         &self,
@@ -459,10 +459,10 @@ impl AttnPlan {
         TensorLayout::packed(p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize)
     }
 
-    /// [`AttnPlan::launch`] with q, k, v and out at the strides of `layout` (k and v unused
-    /// when K/V are paged); uniform batches put sequence `b`'s tokens `b * q_len` (`b *
+    /// [`AttnPlan::launch`] with q, k, v, out and the LSE at the strides of `layout` (k and v
+    /// unused when K/V are paged); uniform batches put sequence `b`'s tokens `b * q_len` (`b *
     /// kv_len`) rows in. Pure, like `launch`: the caller validates the layout against its
-    /// buffers first ([`TensorStrides::check`]).
+    /// buffers first ([`TensorStrides::check`], [`LseStrides::check`]).
     pub fn launch_with_layout(
         &self,
         a: &TensorAddrs,
@@ -494,6 +494,16 @@ impl AttnPlan {
         let varlen = runtime || matches!(p.seqs(), SeqLens::Varlen { .. });
         let [q_row, k_row, v_row, o_row] =
             [layout.q, layout.k, layout.v, layout.out].map(|s| s.row as i64);
+        // The LSE's (batch, head, row) strides: the plan's head-major layout, or the caller's
+        // (token, head) strides, sequence b's tokens b * q_len rows in for uniform batches.
+        let (lse_batch_stride, lse_head_stride, lse_row_stride) = match layout.lse {
+            LseLayout::Plan if varlen => (0, total_q as i64, 1),
+            LseLayout::Plan => (h * q_len as i64, q_len as i64, 1),
+            LseLayout::Strided(s) => {
+                let (row, head) = (s.row as i64, s.head as i64);
+                (if varlen { 0 } else { q_len as i64 * row }, head, row)
+            }
+        };
         let params = SaAttnFwdParams {
             q: a.q as *const c_void,
             k: a.k as *const c_void,
@@ -512,8 +522,9 @@ impl AttnPlan {
             o_batch_stride: if runtime { 0 } else { q_len as i64 * o_row },
             o_row_stride: o_row,
             o_head_stride: layout.out.head as i64,
-            lse_batch_stride: if varlen { 0 } else { h * q_len as i64 },
-            lse_head_stride: if varlen { total_q as i64 } else { q_len as i64 },
+            lse_batch_stride,
+            lse_head_stride,
+            lse_row_stride,
             cu_seqlens_q: a.cu_q as *const i32,
             cu_seqlens_k: a.cu_k as *const i32,
             batch: p.seqs().batch() as i32,
@@ -757,6 +768,69 @@ mod tests {
                 assert!(c.grid.iter().skip(1).all(|&g| g == 1));
                 assert!(c.grid[0] as u64 <= GRID_MAX[0]);
             }
+        }
+    }
+
+    fn zero_addrs() -> TensorAddrs {
+        TensorAddrs {
+            q: 0,
+            k: 0,
+            v: 0,
+            out: 0,
+            lse: 0,
+            cu_q: 0,
+            cu_k: 0,
+            tiles_visited: 0,
+            meta: MetaAddrs::default(),
+            paged: PagedAddrs::default(),
+            o_partial: 0,
+            lse_partial: 0,
+            sink_logits: 0,
+            alibi_slopes: 0,
+        }
+    }
+
+    /// The LSE's (batch, head, row) strides in the forward and combine params: the plan's
+    /// head-major layout by default, the caller's (token, head) strides otherwise, sequence b
+    /// of a uniform batch b * q_len tokens in (so (b, h, i) lands at (b * q_len + i) * row +
+    /// h * head).
+    #[test]
+    fn lse_strides_reach_the_forward_and_combine_params() {
+        let strides = |l: &Launch<SaAttnFwdParams>| {
+            let p = &l.params;
+            (p.lse_batch_stride, p.lse_head_stride, p.lse_row_stride)
+        };
+        let padded = LseStrides { row: 7, head: 1 };
+        let uniform = AttnProblem::new(uniform(3, 5, 300), 4, 2, 64, DType::F16).unwrap();
+        let varlen = AttnProblem::new(
+            SeqLens::varlen_from_lens(&[(5, 300), (2, 100)]).unwrap(),
+            4,
+            2,
+            64,
+            DType::F16,
+        )
+        .unwrap();
+        for (problem, plan_strides, engine_strides) in [
+            (&uniform, (4 * 5, 5, 1), (5 * 7, 1, 7)),
+            (&varlen, (0, 7, 1), (0, 1, 7)),
+        ] {
+            let plan = AttnPlan::new(problem, &AttnOptions::default())
+                .unwrap()
+                .with_num_splits(2)
+                .unwrap();
+            let engine = TensorLayout {
+                lse: LseLayout::Strided(padded),
+                ..plan.packed_layout()
+            };
+            let a = zero_addrs();
+            assert_eq!(strides(&plan.launch(&a)), plan_strides);
+            assert_eq!(strides(&plan.combine_launch(&a).unwrap()), plan_strides);
+            assert_eq!(
+                strides(&plan.launch_with_layout(&a, &engine)),
+                engine_strides
+            );
+            let combine = plan.combine_launch_with_layout(&a, &engine).unwrap();
+            assert_eq!(strides(&combine), engine_strides);
         }
     }
 

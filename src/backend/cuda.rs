@@ -19,7 +19,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::attention::{
-    AttnPlan, Element, MetaAddrs, PagedAddrs, PagedLayout, TensorAddrs, TensorLayout,
+    AttnPlan, Element, LseLayout, MetaAddrs, PagedAddrs, PagedLayout, PlanMeta, TensorAddrs,
+    TensorLayout,
 };
 use crate::error::{Error, Result};
 use crate::kernels::{KernelDesc, Launch};
@@ -441,6 +442,17 @@ pub struct DeviceStep<'a, T> {
     pub layout: PagedLayout,
 }
 
+/// The lengths of one step of a run-time plan that an engine owns on the device and rewrites
+/// between steps ([`GpuPlan::launch_contiguous_step`]): sized once for the plan's batch,
+/// never reallocated.
+#[derive(Clone, Copy)]
+pub struct DeviceLens<'a> {
+    /// int32 `[batch + 1]`: prefix sums of the step's query lengths.
+    pub cu_seqlens_q: &'a CudaSlice<i32>,
+    /// int32 `[batch + 1]`: prefix sums of the step's key lengths.
+    pub cu_seqlens_k: &'a CudaSlice<i32>,
+}
+
 /// Where a GPU call reads K/V from.
 enum KvSlices<'a, T> {
     Contiguous {
@@ -661,10 +673,16 @@ impl GpuPlan<'_> {
     /// one fused QKV buffer, [`TensorLayout::fused_qkv`], or a padded activation tensor)
     /// holding the step's `[total_q, num_heads, head_dim]` and `[total_k, num_kv_heads,
     /// head_dim]` at `layout`'s strides, each starting at its tensor's first element (16-byte
-    /// aligned). Only out's elements of the step are written. `lse`: `[num_heads, batch x
-    /// max q_len]` (the plan's capacity), or `None` to skip the LSE store. The step's
-    /// `cu_seqlens` are uploaded for the launch; lengths, layouts (`Error::Layout`) and
-    /// contexts are checked first. The emulator twin is [`AttnPlan::run_emulated_step_into`].
+    /// aligned). Only out's elements of the step are written. `lse` at `layout.lse`:
+    /// [`LseLayout::Plan`] is `[num_heads, batch x max q_len]` (the plan's capacity),
+    /// [`LseLayout::Strided`] the step's `total_q` tokens at the caller's strides; `None`
+    /// skips the LSE store. Lengths, layouts (`Error::Layout`) and contexts are checked
+    /// first. The emulator twin is [`AttnPlan::run_emulated_step_into`].
+    ///
+    /// A convenience, **not CUDA-graph-capture-safe**: the step's `cu_seqlens` are built on
+    /// the host and uploaded (two small allocations and host-to-device copies per call). An
+    /// engine that captures its steps keeps the lengths on the device and calls
+    /// [`GpuPlan::launch_contiguous_step`], which queues the launches and nothing else.
     #[allow(clippy::too_many_arguments)]
     pub fn run_step_strided<T, Q, K, O>(
         &self,
@@ -684,8 +702,77 @@ impl GpuPlan<'_> {
     {
         let plan: &AttnPlan = &self.plan;
         plan.check_step::<T>(seqs)?;
-        let p = plan.problem();
         let (tq, tk) = seqs.totals();
+        self.check_contiguous_step((tq, tk), q, k, v, out, lse.as_deref(), layout)?;
+        let stream = self.gpu.stream();
+        let (cq, ck) = seqs.cu_seqlens();
+        let lens = (stream.clone_htod(&cq)?, stream.clone_htod(&ck)?);
+        self.launch_contiguous(q, k, v, out, lse, (&lens.0, &lens.1), layout)
+    }
+
+    /// [`GpuPlan::run_step_strided`] in the capture-safe form: the step's lengths are the
+    /// engine's, on the device (`lens`, rewritten between steps, never reallocated), and this
+    /// queues the forward (and, split-KV, the combine) launch on the plan's stream and
+    /// nothing else: no allocation, no host-to-device copy, no synchronisation, no host read
+    /// of device data, so it can be captured in a CUDA graph and replayed while the engine
+    /// rewrites the lengths and the tensors between replays (the contiguous twin of
+    /// [`GpuPlan::launch_step_strided`], which reads K/V from pages).
+    ///
+    /// The host does not know the step's lengths, so every tensor is sized for the plan's
+    /// capacity: q and out hold `batch x max q_len` tokens at `layout.q` and `layout.out`, k
+    /// and v `batch x max kv_len` tokens at `layout.k` and `layout.v` (the step's rows
+    /// first, `cu_seqlens` rows in; only the step's rows are read and written); `lse` at
+    /// `layout.lse` for `batch x max q_len` tokens ([`LseLayout::Plan`]: `[num_heads, batch
+    /// x max q_len]`), or `None` to skip the LSE store. Checked here: the plan's walk and
+    /// element type, every extent against `layout` (`Error::Layout`), the lengths' buffers
+    /// (`batch + 1` each), contexts and alignment. The lengths themselves are device data:
+    /// they must be prefix sums from 0 within the plan's capacity (the offsets are trusted); a
+    /// sequence longer than the plan's maxima is not read and its rows are left unwritten.
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_contiguous_step<T, Q, K, O>(
+        &self,
+        lens: &DeviceLens<'_>,
+        q: &Q,
+        k: &K,
+        v: &K,
+        out: &mut O,
+        lse: Option<&mut CudaSlice<f32>>,
+        layout: &TensorLayout,
+    ) -> Result<()>
+    where
+        T: Element + DeviceRepr,
+        Q: DevicePtr<T> + DeviceSlice<T>,
+        K: DevicePtr<T> + DeviceSlice<T>,
+        O: DevicePtrMut<T> + DeviceSlice<T>,
+    {
+        self.check_runtime_plan::<T>("launch_contiguous_step")?;
+        self.check_lens_buffers(lens.cu_seqlens_q, lens.cu_seqlens_k)?;
+        let capacity = self.plan.problem().seqs().totals();
+        self.check_contiguous_step(capacity, q, k, v, out, lse.as_deref(), layout)?;
+        let lens = (lens.cu_seqlens_q, lens.cu_seqlens_k);
+        self.launch_contiguous(q, k, v, out, lse, lens, layout)
+    }
+
+    /// The layout, context and LSE checks of a contiguous strided step of `rows` = (query
+    /// tokens, key tokens).
+    #[allow(clippy::too_many_arguments)]
+    fn check_contiguous_step<T, Q, K, O>(
+        &self,
+        rows: (usize, usize),
+        q: &Q,
+        k: &K,
+        v: &K,
+        out: &O,
+        lse: Option<&CudaSlice<f32>>,
+        layout: &TensorLayout,
+    ) -> Result<()>
+    where
+        Q: DeviceSlice<T>,
+        K: DeviceSlice<T>,
+        O: DeviceSlice<T>,
+    {
+        let p = self.plan.problem();
+        let (tq, tk) = rows;
         let (h, hk, d) = (p.num_heads(), p.num_kv_heads(), p.head_dim().get() as usize);
         layout.q.check("q", tq, h, d, q.len())?;
         layout.k.check("k", tk, hk, d, k.len())?;
@@ -693,33 +780,53 @@ impl GpuPlan<'_> {
         layout.out.check("out", tq, h, d, out.len())?;
         check_context(&self.gpu, "k", k)?;
         check_context(&self.gpu, "v", v)?;
-        self.check_step_outputs(q, out, lse.as_deref())?;
+        self.check_step_outputs(q, out, lse, layout, tq)
+    }
+
+    /// Queues a contiguous strided step (checked by the caller) with the lengths `lens`.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_contiguous<T, Q, K, O>(
+        &self,
+        q: &Q,
+        k: &K,
+        v: &K,
+        out: &mut O,
+        lse: Option<&mut CudaSlice<f32>>,
+        lens: (&CudaSlice<i32>, &CudaSlice<i32>),
+        layout: &TensorLayout,
+    ) -> Result<()>
+    where
+        T: Element + DeviceRepr,
+        Q: DevicePtr<T> + DeviceSlice<T>,
+        K: DevicePtr<T> + DeviceSlice<T>,
+        O: DevicePtrMut<T> + DeviceSlice<T>,
+    {
         let stream = self.gpu.stream();
-        let (cq, ck) = seqs.cu_seqlens();
-        let lens = (stream.clone_htod(&cq)?, stream.clone_htod(&ck)?);
         // Views of the whole of k and v: the kernels read them at the layout's strides.
         let (k_ptr, _kg) = k.device_ptr(stream);
         let (v_ptr, _vg) = v.device_ptr(stream);
         check_aligned("k", k_ptr)?;
         check_aligned("v", v_ptr)?;
-        let addrs = (k_ptr, v_ptr);
         self.launch_with(
             q,
-            KvSlices::Raw(addrs),
+            KvSlices::Raw((k_ptr, v_ptr)),
             out,
             lse,
-            Some((&lens.0, &lens.1)),
+            Some(lens),
             layout,
         )
     }
 
     /// The context, element count and alignment checks of a strided step's q, out and lse
-    /// (`lse`: the plan's capacity, `[num_heads, batch x max q_len]`).
+    /// (`lse` at `layout.lse` for `rows` query tokens; [`LseLayout::Plan`]: the plan's
+    /// capacity, `[num_heads, batch x max q_len]`, exactly).
     fn check_step_outputs<T, Q, O>(
         &self,
         q: &Q,
         out: &O,
         lse: Option<&CudaSlice<f32>>,
+        layout: &TensorLayout,
+        rows: usize,
     ) -> Result<()>
     where
         Q: DeviceSlice<T>,
@@ -729,7 +836,15 @@ impl GpuPlan<'_> {
         check_context(&self.gpu, "out", out)?;
         if let Some(l) = lse {
             let p = self.plan.problem();
-            check_buffer(&self.gpu, "lse", l, p.seqs().totals().0 * p.num_heads())?;
+            match layout.lse {
+                LseLayout::Plan => {
+                    check_buffer(&self.gpu, "lse", l, p.seqs().totals().0 * p.num_heads())?
+                }
+                LseLayout::Strided(s) => {
+                    check_buffer(&self.gpu, "lse", l, l.len())?;
+                    s.check(rows, p.num_heads(), l.len())?;
+                }
+            }
         }
         Ok(())
     }
@@ -778,9 +893,10 @@ impl GpuPlan<'_> {
     /// [`GpuPlan::launch_step`] with q and out at explicit strides and the LSE optional: q and
     /// out are views (say of a fused QKV buffer and of a padded activation tensor, see
     /// [`TensorLayout`]) of the plan's capacity, `batch x max q_len` tokens at `layout.q` and
-    /// `layout.out` (the step's rows first; only the rows of the step are written); `lse`
-    /// `[num_heads, batch x max q_len]`, or `None` to skip the LSE store (a null pointer in
-    /// the params). K/V come from the step's pages (`layout.k` and `layout.v` are unused).
+    /// `layout.out` (the step's rows first; only the rows of the step are written); `lse` at
+    /// `layout.lse` for `batch x max q_len` tokens ([`LseLayout::Plan`]: `[num_heads, batch x
+    /// max q_len]`; [`LseLayout::Strided`]: say token-major), or `None` to skip the LSE store
+    /// (a null pointer in the params). K/V come from the step's pages (`layout.k` and `layout.v` are unused).
     /// Queues launches only, like `launch_step`; layouts are checked first (`Error::Layout`).
     pub fn launch_step_strided<T, Q, O>(
         &self,
@@ -801,7 +917,7 @@ impl GpuPlan<'_> {
         let capacity = p.seqs().totals().0;
         layout.q.check("q", capacity, h, d, q.len())?;
         layout.out.check("out", capacity, h, d, out.len())?;
-        self.check_step_outputs(q, out, lse.as_deref())?;
+        self.check_step_outputs(q, out, lse.as_deref(), layout, capacity)?;
         self.launch_device_step(step, q, out, lse, layout)
     }
 
@@ -836,20 +952,8 @@ impl GpuPlan<'_> {
     /// What the host can check of a device step: the plan's walk and element type, the page
     /// layout against the pool, the lengths' and the table's buffers.
     fn check_device_step<T: Element>(&self, step: &DeviceStep<'_, T>) -> Result<()> {
-        let plan: &AttnPlan = &self.plan;
-        if !plan.walk().runtime_lengths() {
-            return Err(Error::Unsupported(
-                "launch_step needs a run-time plan (AttnPlan::for_max_lengths)".into(),
-            ));
-        }
-        if T::DTYPE != plan.problem().dtype() {
-            return Err(Error::Shape(format!(
-                "element type {} does not match the plan's {}",
-                T::DTYPE.name(),
-                plan.problem().dtype().name()
-            )));
-        }
-        let p = plan.problem();
+        self.check_runtime_plan::<T>("launch_step")?;
+        let p = self.plan.problem();
         let batch = p.seqs().batch();
         let l = &step.layout;
         let page_elems = l.page_size * p.num_kv_heads() * p.head_dim().get() as usize;
@@ -866,20 +970,37 @@ impl GpuPlan<'_> {
                 step.v_pages.len()
             )));
         }
-        for (name, buf, want) in [
-            ("cu_seqlens_q", step.cu_seqlens_q, batch + 1),
-            ("cu_seqlens_k", step.cu_seqlens_k, batch + 1),
-            (
-                "block_table",
-                step.block_table,
-                batch * l.block_table_stride,
-            ),
-        ] {
-            check_buffer(&self.gpu, name, buf, want)?;
-        }
+        self.check_lens_buffers(step.cu_seqlens_q, step.cu_seqlens_k)?;
+        let table_len = batch * l.block_table_stride;
+        check_buffer(&self.gpu, "block_table", step.block_table, table_len)?;
         check_buffer(&self.gpu, "k_pages", step.k_pages, step.k_pages.len())?;
         check_buffer(&self.gpu, "v_pages", step.v_pages, step.v_pages.len())?;
         Ok(())
+    }
+
+    /// A step launch (`what`) of device lengths needs a run-time plan of the element type.
+    fn check_runtime_plan<T: Element>(&self, what: &str) -> Result<()> {
+        let plan: &AttnPlan = &self.plan;
+        if !plan.walk().runtime_lengths() {
+            return Err(Error::Unsupported(format!(
+                "{what} needs a run-time plan (AttnPlan::for_max_lengths)"
+            )));
+        }
+        if T::DTYPE != plan.problem().dtype() {
+            return Err(Error::Shape(format!(
+                "element type {} does not match the plan's {}",
+                T::DTYPE.name(),
+                plan.problem().dtype().name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The device lengths of a step: `batch + 1` prefix sums each, on the plan's context.
+    fn check_lens_buffers(&self, cu_q: &CudaSlice<i32>, cu_k: &CudaSlice<i32>) -> Result<()> {
+        let batch = self.plan.problem().seqs().batch();
+        check_buffer(&self.gpu, "cu_seqlens_q", cu_q, batch + 1)?;
+        check_buffer(&self.gpu, "cu_seqlens_k", cu_k, batch + 1)
     }
 
     fn run_with<T: Element + DeviceRepr>(
@@ -961,15 +1082,17 @@ impl GpuPlan<'_> {
         let (cu_q, cu_k) = cu_ptrs
             .as_ref()
             .map_or((0, 0), |((cq, _), (ck, _))| (*cq, *ck));
-        let meta_ptrs: Vec<_> = self.meta.iter().map(|b| b.device_ptr(stream)).collect();
+        // A fixed array of guards, not a Vec: a step allocates nothing, on the host either.
+        let meta_ptrs: [_; PlanMeta::NUM_ARRAYS] =
+            std::array::from_fn(|i| self.meta.get(i).map(|b| b.device_ptr(stream)));
         let ws_ptrs = self
             .workspace
             .as_ref()
             .map(|(o, l)| (o.device_ptr(stream), l.device_ptr(stream)));
         let (o_partial, lse_partial) = ws_ptrs.as_ref().map_or((0, 0), |((o, _), (l, _))| (*o, *l));
         let mut meta = MetaAddrs::default();
-        for (slot, (ptr, _)) in meta.0.iter_mut().zip(&meta_ptrs) {
-            *slot = *ptr;
+        for (slot, p) in meta.0.iter_mut().zip(&meta_ptrs) {
+            *slot = p.as_ref().map_or(0, |(ptr, _)| *ptr);
         }
         let head_ptrs = self
             .head_vectors

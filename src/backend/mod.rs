@@ -17,7 +17,7 @@ pub mod cublas;
 pub mod cuda;
 pub mod ref_softmax;
 
-pub use cuda::{DevicePagedKv, DeviceStep, Gpu, GpuPlan};
+pub use cuda::{DeviceLens, DevicePagedKv, DeviceStep, Gpu, GpuPlan};
 
 /// Whether the CUDA library `lib` (`"cuda"`, `"cublas"`) can be loaded under one of its usual
 /// file names (`libcuda.so.1`, `libcublas.so.13`, `cublas64_13.dll`, `nvcuda.dll`, ...).

@@ -256,7 +256,7 @@ pub struct SaAttnFwdParams {
     pub v: *const ::core::ffi::c_void,
     #[doc = " Output, laid out like q."]
     pub out: *mut ::core::ffi::c_void,
-    #[doc = " Row LSE, f32, natural log: `[batch, num_heads, q_len]`; varlen: `[num_heads, total_q]`;\n NULL: not written (the forward and combine kernels skip the store)."]
+    #[doc = " Row LSE, f32, natural log, at the lse_* strides below (by default `[batch, num_heads,\n q_len]`; varlen: `[num_heads, total_q]`); NULL: not written (the forward and combine\n kernels skip the store)."]
     pub lse: *mut f32,
     #[doc = " q: elements between sequences."]
     pub q_batch_stride: i64,
@@ -282,10 +282,12 @@ pub struct SaAttnFwdParams {
     pub o_row_stride: i64,
     #[doc = " out: elements between heads."]
     pub o_head_stride: i64,
-    #[doc = " lse element (b, h, i) lives at b * lse_batch_stride + h * lse_head_stride + row, with\n row = i (uniform) or `cu_seqlens_q[b] + i` (varlen; lse_batch_stride is then unused)."]
+    #[doc = " lse: elements between sequences (uniform batches)."]
     pub lse_batch_stride: i64,
-    #[doc = " See lse_batch_stride."]
+    #[doc = " lse: elements between heads."]
     pub lse_head_stride: i64,
+    #[doc = " lse: elements between query rows (tokens)."]
+    pub lse_row_stride: i64,
     #[doc = " NULL for uniform batches; else int32 `[batch + 1]` prefix sums of the query lengths."]
     pub cu_seqlens_q: *const i32,
     #[doc = " Likewise for the key lengths."]
@@ -357,7 +359,7 @@ pub struct SaAttnFwdParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 432usize];
+    ["Size of SaAttnFwdParams"][::core::mem::size_of::<SaAttnFwdParams>() - 440usize];
     ["Alignment of SaAttnFwdParams"][::core::mem::align_of::<SaAttnFwdParams>() - 8usize];
     ["Offset of field: SaAttnFwdParams::q"][::core::mem::offset_of!(SaAttnFwdParams, q) - 0usize];
     ["Offset of field: SaAttnFwdParams::k"][::core::mem::offset_of!(SaAttnFwdParams, k) - 8usize];
@@ -394,74 +396,76 @@ const _: () = {
         [::core::mem::offset_of!(SaAttnFwdParams, lse_batch_stride) - 136usize];
     ["Offset of field: SaAttnFwdParams::lse_head_stride"]
         [::core::mem::offset_of!(SaAttnFwdParams, lse_head_stride) - 144usize];
+    ["Offset of field: SaAttnFwdParams::lse_row_stride"]
+        [::core::mem::offset_of!(SaAttnFwdParams, lse_row_stride) - 152usize];
     ["Offset of field: SaAttnFwdParams::cu_seqlens_q"]
-        [::core::mem::offset_of!(SaAttnFwdParams, cu_seqlens_q) - 152usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, cu_seqlens_q) - 160usize];
     ["Offset of field: SaAttnFwdParams::cu_seqlens_k"]
-        [::core::mem::offset_of!(SaAttnFwdParams, cu_seqlens_k) - 160usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, cu_seqlens_k) - 168usize];
     ["Offset of field: SaAttnFwdParams::batch"]
-        [::core::mem::offset_of!(SaAttnFwdParams, batch) - 168usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, batch) - 176usize];
     ["Offset of field: SaAttnFwdParams::num_heads"]
-        [::core::mem::offset_of!(SaAttnFwdParams, num_heads) - 172usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, num_heads) - 180usize];
     ["Offset of field: SaAttnFwdParams::num_kv_heads"]
-        [::core::mem::offset_of!(SaAttnFwdParams, num_kv_heads) - 176usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, num_kv_heads) - 184usize];
     ["Offset of field: SaAttnFwdParams::head_dim"]
-        [::core::mem::offset_of!(SaAttnFwdParams, head_dim) - 180usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, head_dim) - 188usize];
     ["Offset of field: SaAttnFwdParams::q_len"]
-        [::core::mem::offset_of!(SaAttnFwdParams, q_len) - 184usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, q_len) - 192usize];
     ["Offset of field: SaAttnFwdParams::kv_len"]
-        [::core::mem::offset_of!(SaAttnFwdParams, kv_len) - 188usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, kv_len) - 196usize];
     ["Offset of field: SaAttnFwdParams::scale"]
-        [::core::mem::offset_of!(SaAttnFwdParams, scale) - 192usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, scale) - 200usize];
     ["Offset of field: SaAttnFwdParams::softcap"]
-        [::core::mem::offset_of!(SaAttnFwdParams, softcap) - 196usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, softcap) - 204usize];
     ["Offset of field: SaAttnFwdParams::sink_logits"]
-        [::core::mem::offset_of!(SaAttnFwdParams, sink_logits) - 200usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, sink_logits) - 208usize];
     ["Offset of field: SaAttnFwdParams::alibi_slopes"]
-        [::core::mem::offset_of!(SaAttnFwdParams, alibi_slopes) - 208usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, alibi_slopes) - 216usize];
     ["Offset of field: SaAttnFwdParams::head_set"]
-        [::core::mem::offset_of!(SaAttnFwdParams, head_set) - 216usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, head_set) - 224usize];
     ["Offset of field: SaAttnFwdParams::set_row_ptr"]
-        [::core::mem::offset_of!(SaAttnFwdParams, set_row_ptr) - 224usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, set_row_ptr) - 232usize];
     ["Offset of field: SaAttnFwdParams::seq_program_base"]
-        [::core::mem::offset_of!(SaAttnFwdParams, seq_program_base) - 232usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, seq_program_base) - 240usize];
     ["Offset of field: SaAttnFwdParams::full_row_ptr"]
-        [::core::mem::offset_of!(SaAttnFwdParams, full_row_ptr) - 240usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, full_row_ptr) - 248usize];
     ["Offset of field: SaAttnFwdParams::full_tiles"]
-        [::core::mem::offset_of!(SaAttnFwdParams, full_tiles) - 248usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, full_tiles) - 256usize];
     ["Offset of field: SaAttnFwdParams::partial_row_ptr"]
-        [::core::mem::offset_of!(SaAttnFwdParams, partial_row_ptr) - 256usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_row_ptr) - 264usize];
     ["Offset of field: SaAttnFwdParams::full_row_end"]
-        [::core::mem::offset_of!(SaAttnFwdParams, full_row_end) - 264usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, full_row_end) - 272usize];
     ["Offset of field: SaAttnFwdParams::partial_row_end"]
-        [::core::mem::offset_of!(SaAttnFwdParams, partial_row_end) - 272usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_row_end) - 280usize];
     ["Offset of field: SaAttnFwdParams::partial_tiles"]
-        [::core::mem::offset_of!(SaAttnFwdParams, partial_tiles) - 280usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, partial_tiles) - 288usize];
     ["Offset of field: SaAttnFwdParams::mask_programs"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_programs) - 288usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_programs) - 296usize];
     ["Offset of field: SaAttnFwdParams::mask_components"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 296usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_components) - 304usize];
     ["Offset of field: SaAttnFwdParams::mask_data"]
-        [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 304usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, mask_data) - 312usize];
     ["Offset of field: SaAttnFwdParams::tile_views"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tile_views) - 312usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tile_views) - 320usize];
     ["Offset of field: SaAttnFwdParams::view_data"]
-        [::core::mem::offset_of!(SaAttnFwdParams, view_data) - 320usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, view_data) - 328usize];
     ["Offset of field: SaAttnFwdParams::paged"]
-        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 328usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, paged) - 336usize];
     ["Offset of field: SaAttnFwdParams::num_splits"]
-        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 392usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, num_splits) - 400usize];
     ["Offset of field: SaAttnFwdParams::gqa_pack"]
-        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 396usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, gqa_pack) - 404usize];
     ["Offset of field: SaAttnFwdParams::walk"]
-        [::core::mem::offset_of!(SaAttnFwdParams, walk) - 400usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, walk) - 408usize];
     ["Offset of field: SaAttnFwdParams::_reserved_walk"]
-        [::core::mem::offset_of!(SaAttnFwdParams, _reserved_walk) - 404usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, _reserved_walk) - 412usize];
     ["Offset of field: SaAttnFwdParams::o_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 408usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, o_partial) - 416usize];
     ["Offset of field: SaAttnFwdParams::lse_partial"]
-        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 416usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, lse_partial) - 424usize];
     ["Offset of field: SaAttnFwdParams::tiles_visited"]
-        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 424usize];
+        [::core::mem::offset_of!(SaAttnFwdParams, tiles_visited) - 432usize];
 };
 #[doc = " IEEE half."]
 pub const SA_DTYPE_F16: SaDType = 0;

@@ -3,7 +3,9 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, ValidAsZeroBits,
+};
 
 use super::cache::{KvCache, Placement};
 use super::layout::PageLayout;
@@ -275,6 +277,10 @@ pub struct DeviceKvStorage<T> {
     layers: Vec<(CudaSlice<T>, CudaSlice<T>)>,
     /// Per layer: the block summaries when the cache keeps them.
     summaries: Vec<Option<(SummaryLayout, CudaSlice<f32>)>>,
+    /// The append kernel's slots (`[max_chunk][2]` int32 (page, row): one append's
+    /// positions in one layer), allocated once and rewritten by each
+    /// [`DeviceKvStorage::write_kv`].
+    slots: CudaSlice<i32>,
 }
 
 impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
@@ -300,11 +306,15 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
                 ))),
             })
             .collect::<Result<_>>()?;
+        // placement_slots gives a (page, row) pair per position of an append in one layer,
+        // and an append holds at most max_chunk positions (KvCache::reserve_append).
+        let slots_len = 2 * cache.config().max_chunk.max(1);
         Ok(DeviceKvStorage {
             layouts,
             gpu: gpu.clone(),
             layers,
             summaries,
+            slots: stream.alloc_zeros::<i32>(slots_len)?,
         })
     }
 
@@ -326,14 +336,20 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
     }
 
     /// Writes `placement`'s new K/V rows (`[placement.len, num_kv_heads, head_dim]` on the
-    /// device) into `layer`, queued on the GPU's stream. Slots and lengths are checked first.
-    pub fn write_kv(
+    /// device: buffers or views, say the first rows of a staging buffer sized once) into
+    /// `layer`, queued on the GPU's stream. Slots and lengths are checked first. The slots
+    /// go through a buffer this storage allocated once (one small host-to-device copy, no
+    /// allocation).
+    pub fn write_kv<K>(
         &mut self,
         layer: usize,
         placement: &Placement,
-        k_rows: &CudaSlice<T>,
-        v_rows: &CudaSlice<T>,
-    ) -> Result<()> {
+        k_rows: &K,
+        v_rows: &K,
+    ) -> Result<()>
+    where
+        K: DevicePtr<T> + DeviceSlice<T>,
+    {
         let layout = self.layouts.get(layer).copied().ok_or_else(|| {
             Error::Shape(format!(
                 "layer {layer} out of range (the storage has {})",
@@ -347,7 +363,16 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> DeviceKvStorage<T> {
             return Ok(());
         }
         let stream = self.gpu.stream().clone();
-        let slots_d = stream.clone_htod(&slots)?;
+        if slots.len() > self.slots.len() {
+            return Err(Error::Cache(format!(
+                "an append of {} positions needs {} slots, above the {} sized for max_chunk",
+                placement.len,
+                slots.len(),
+                self.slots.len()
+            )));
+        }
+        let mut slots_d = self.slots.slice_mut(..slots.len());
+        stream.memcpy_htod(&slots, &mut slots_d)?;
         let (kp, vp) = self
             .layers
             .get_mut(layer)

@@ -215,8 +215,9 @@ pub fn run_emulated<T: Element>(
 
 /// [`run_emulated`] on a GPU: pages on the device written by the append kernel, each plan
 /// uploaded once, and every layer of every step queued with [`GpuPlan::launch_step`] over
-/// buffers allocated once for the plans' capacity (lengths, block tables, queries, outputs);
-/// between steps only their contents are copied in.
+/// buffers allocated once for the plans' capacity (lengths, block tables, queries, outputs,
+/// the append's K/V staging and slots at `max_chunk`); between steps only their contents are
+/// copied in, nothing is allocated on the device.
 pub fn run_cuda<T: Element + DeviceRepr + ValidAsZeroBits>(
     gpu: &Gpu,
     config: &BatchingConfig,
@@ -283,6 +284,10 @@ struct CudaBackend<'p, T> {
     q: CudaSlice<T>,
     out: CudaSlice<T>,
     lse: CudaSlice<f32>,
+    /// Append staging for one sequence's new K and V rows (`[max_chunk, num_kv_heads,
+    /// head_dim]` each), allocated once: each write copies its rows into the front.
+    k_new: CudaSlice<T>,
+    v_new: CudaSlice<T>,
 }
 
 impl<'p, T: Element + DeviceRepr + ValidAsZeroBits> CudaBackend<'p, T> {
@@ -303,6 +308,8 @@ impl<'p, T: Element + DeviceRepr + ValidAsZeroBits> CudaBackend<'p, T> {
             })
             .collect::<Result<_>>()?;
         let qo = rows * p.num_heads() * p.head_dim().get() as usize;
+        let c = cache.config();
+        let staging = (c.max_chunk * c.num_kv_heads * c.head_dim).max(1);
         Ok(CudaBackend {
             gpu: gpu.clone(),
             store: DeviceKvStorage::new(gpu, cache)?,
@@ -313,6 +320,8 @@ impl<'p, T: Element + DeviceRepr + ValidAsZeroBits> CudaBackend<'p, T> {
             q: stream.alloc_zeros::<T>(qo.max(1))?,
             out: stream.alloc_zeros::<T>(qo.max(1))?,
             lse: stream.alloc_zeros::<f32>((rows * p.num_heads()).max(1))?,
+            k_new: stream.alloc_zeros::<T>(staging)?,
+            v_new: stream.alloc_zeros::<T>(staging)?,
         })
     }
 }
@@ -322,8 +331,20 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> Backend<T> for CudaBackend<'_, T
         if placement.len == 0 {
             return Ok(());
         }
+        if k.len() > self.k_new.len() || v.len() > self.v_new.len() {
+            return Err(Error::Shape(format!(
+                "{} / {} new K / V elements, above the {} staged for max_chunk",
+                k.len(),
+                v.len(),
+                self.k_new.len()
+            )));
+        }
+        // Stream order puts these copies after the previous append's reads of the staging.
         let stream = self.gpu.stream();
-        let (kd, vd) = (stream.clone_htod(k)?, stream.clone_htod(v)?);
+        let mut kd = self.k_new.slice_mut(..k.len());
+        stream.memcpy_htod(k, &mut kd)?;
+        let mut vd = self.v_new.slice_mut(..v.len());
+        stream.memcpy_htod(v, &mut vd)?;
         self.store.write_kv(layer, placement, &kd, &vd)
     }
 

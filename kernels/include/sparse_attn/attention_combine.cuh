@@ -53,11 +53,11 @@ SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
   int64_t o_off, lse_off;
   if (varlen) {
     o_off = row * p.o_row_stride;
-    lse_off = h * p.lse_head_stride + row;
+    lse_off = h * p.lse_head_stride + row * p.lse_row_stride;
   } else {
     const int64_t b = row / p.q_len, i = row % p.q_len;
     o_off = b * p.o_batch_stride + i * p.o_row_stride;
-    lse_off = b * p.lse_batch_stride + h * p.lse_head_stride + i;
+    lse_off = b * p.lse_batch_stride + h * p.lse_head_stride + i * p.lse_row_stride;
   }
   T* out = static_cast<T*>(p.out) + o_off + h * p.o_head_stride;
   SA_UNROLL

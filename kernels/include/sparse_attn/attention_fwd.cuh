@@ -46,7 +46,7 @@ struct SeqSlice {
   int64_t row0;  // row of this sequence's first query in out (b * q_len, or cu_seqlens_q[b])
   const T* q;    // [q_len, D] rows, pitch q_row_stride
   T* out;        // [q_len, D]
-  int64_t lse0;  // offset in p.lse of this (sequence, head)'s [q_len] LSE row (when p.lse)
+  int64_t lse0;  // offset in p.lse of this (sequence, head)'s first query (when p.lse)
   KvRows<T> kv;  // key j of this sequence and kv head
 
   SA_DEVICE static SeqSlice make(const SaAttnFwdParams& p, int b, int h) {
@@ -60,7 +60,7 @@ struct SeqSlice {
       s.q_len = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
       s.kv_len = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
       q_batch = k_batch = v_batch = o_batch = 0;
-      lse_off = h * p.lse_head_stride + q_row0;
+      lse_off = h * p.lse_head_stride + q_row0 * p.lse_row_stride;
     } else {
       q_row0 = k_row0 = 0;
       s.q_len = p.q_len;
@@ -269,7 +269,7 @@ SA_DEVICE void write_o_lse(const SaAttnFwdParams& p, const SeqSlice<T>& seq, con
     if (token < 0) continue;
     // No LSE buffer (null): the caller did not ask for it. The first column block stores it.
     if (t == 0 && col0 == 0 && p.lse != nullptr) {
-      p.lse[seq.lse0 + dh * p.lse_head_stride + token] = lse[r];
+      p.lse[seq.lse0 + dh * p.lse_head_stride + token * p.lse_row_stride] = lse[r];
     }
     if (kCanary == Canary::SkipEmptyRowStore && inv_l[r] == 0.f) continue;
     uint32_t* dst = reinterpret_cast<uint32_t*>(seq.out + token * p.o_row_stride +

@@ -204,8 +204,9 @@ typedef struct SaAttnFwdParams {
   const void* v;
   /** Output, laid out like q. */
   void* out;
-  /** Row LSE, f32, natural log: `[batch, num_heads, q_len]`; varlen: `[num_heads, total_q]`;
-   * NULL: not written (the forward and combine kernels skip the store). */
+  /** Row LSE, f32, natural log, at the lse_* strides below (by default `[batch, num_heads,
+   * q_len]`; varlen: `[num_heads, total_q]`); NULL: not written (the forward and combine
+   * kernels skip the store). */
   float* lse;
 
   /** q: elements between sequences. */
@@ -237,11 +238,18 @@ typedef struct SaAttnFwdParams {
   int64_t o_row_stride;
   /** out: elements between heads. */
   int64_t o_head_stride;
-  /** lse element (b, h, i) lives at b * lse_batch_stride + h * lse_head_stride + row, with
-   * row = i (uniform) or `cu_seqlens_q[b] + i` (varlen; lse_batch_stride is then unused). */
+  /* LSE strides, in f32 elements: lse element (b, h, i) lives at b * lse_batch_stride +
+   * h * lse_head_stride + row * lse_row_stride, with row = i (uniform) or `cu_seqlens_q[b] + i`
+   * (varlen; lse_batch_stride is then unused). The default is head-major (lse_row_stride 1);
+   * an engine's own layout, such as token-major `[total_q, num_heads]` or a slice of a larger
+   * buffer, is validated by src/attention/layout.rs (LseStrides: no overlap, inside the
+   * buffer). Only the final LSE takes them: the split-KV partials keep their internal layout. */
+  /** lse: elements between sequences (uniform batches). */
   int64_t lse_batch_stride;
-  /** See lse_batch_stride. */
+  /** lse: elements between heads. */
   int64_t lse_head_stride;
+  /** lse: elements between query rows (tokens). */
+  int64_t lse_row_stride;
 
   /** NULL for uniform batches; else int32 `[batch + 1]` prefix sums of the query lengths. */
   const int32_t* cu_seqlens_q;
