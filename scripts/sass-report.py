@@ -1136,10 +1136,11 @@ def analyse_function(ins, brx_targets, mask_trip, all_detours=False):
                         writes_neg_inf(y) for b in x["region"] for y in cfg.block_ins(b)))
                     mask["select"] = {"entry": select["entry"],
                                       "extra": select["total"] - d["n"]}
-            for m in mask["interval"] + [mask["interpreted"]] + [t for t in [mask["table"]] if t]:
+            for m in mask["interval"] + [t for t in [mask["interpreted"], mask["table"]] if t]:
                 path, _ = best_path(cfg, body, head, ends, mshort, through=m["entry"])
                 if path is not None:
-                    t, cheapest, loops = expand_loops(cfg, path, head, mask_trip, cache)
+                    trip = m["trip"] if m.get("gathered") else mask_trip
+                    t, cheapest, loops = expand_loops(cfg, path, head, trip, cache)
                     # Charged unless the path already takes the select (a predicate kept).
                     charge = select is not None and select["entry"] not in path
                     add = mask["select"]["extra"] if charge else 0
@@ -1229,10 +1230,19 @@ def split_mask(cfg, body, region):
     # trip, 32 entries, or one the SASS does not show).
     outer = [h for h in sorted(heads) if not any(h in cfg.loops[g] and g != h for g in heads)]
     trips = {h: loop_trip(cfg, h, cfg.loops[h]) for h in outer}
+    def nested(h):
+        return any(g != h and g in cfg.loops[h] for g in heads)
     rowloops = [h for h in outer if trips[h] is not None and trips[h] <= 8]
-    table_head = min(rowloops, key=lambda h: (trips[h], h)) if rowloops else None
+    # Of two row loops of the same trip, the table-driven kinds' is the larger (its components'
+    # kinds branch; the gathered tiles' search, below, is a few straight blocks).
+    table_head = min(rowloops, key=lambda h: (trips[h], -len(cfg.loops[h]), h)) if rowloops else None
     others = [h for h in outer if h != table_head]
     interp_head = max(others, key=lambda h: (trips[h] or 32, -h)) if others else None
+    # Kernels since the gathered mask (TokenMask::gathered_bits) have no interpreter: the other
+    # rolled loop is the gathered tiles' -- no loop nested in it (its search is unrolled) and
+    # at most 8 trips (the SASS may not show them: then the table-driven kinds' row count).
+    gathered = (table_head is not None and interp_head is not None and not nested(interp_head)
+                and (trips[interp_head] is None or trips[interp_head] <= 8))
 
     select_form, bits_form = [], []
     for k in sorted(region):
@@ -1257,11 +1267,30 @@ def split_mask(cfg, body, region):
     form = "select" if select_form else "bits"
     for _, k, (ientry, lside, _), (vent, vside, vfacts) in sorted(select_form or bits_form)[:1]:
         table = None
+        interpreted = {"entry": ientry}
         if table_head is not None and interp_head is not None:
             table = {"entry": table_head, "trip": trips[table_head]}
-            ientry = interp_head
+            interpreted = {"entry": interp_head}
+            if gathered:
+                interpreted.update(gathered=True, trip=trips[interp_head] or trips[table_head])
+        elif table_head is not None and form == "bits":
+            # No second loop: the gathered tiles' path is loop-free (one search per lane,
+            # shuffles) -- the loop-free side, of 8 instructions or more, of a branch in the
+            # looped side whose other side holds the table-driven kinds' row loop (`tile >= 0`)
+            # -- or the kernel has none (its walk lists no gathered tile).
+            table = {"entry": table_head, "trip": trips[table_head]}
+            interpreted = None
+            for j in sorted(lside):
+                sub = two_sides(j, lside)
+                if sub is None:
+                    continue
+                with_table = [sd for sd in sub if table_head in sd[1]]
+                free = [sd for sd in sub if not sd[2][1] and sd[2][3] >= 8 and table_head not in sd[1]]
+                if len(with_table) == 1 and len(free) == 1:
+                    interpreted = {"entry": free[0][0], "gathered": True, "trip": None}
+                    break
         out = {"dispatch": k, "form": form, "split": None, "split_compare": None,
-               "split_agrees": None, "interpreted": {"entry": ientry}, "table": table,
+               "split_agrees": None, "interpreted": interpreted, "table": table,
                "interval": [dict(entry=vent, intervals=None, **facts(vfacts))]}
         for j in sorted(vside):
             sub = two_sides(j, vside)
@@ -1464,13 +1493,17 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
             })
         # The interpreted mask is the partial tile of old (a mask detour without a dispatch
         # keeps that meaning: its costliest path, `mask_path` None).
-        interp = mask["interpreted"] if mask and "total" in mask["interpreted"] else None
+        interp = (mask["interpreted"] if mask and mask["interpreted"] and "total" in mask["interpreted"]
+                  else None)
         if interp is not None:
             partial = dict(interp, entry=mask["detour"])
+        elif mask is not None and mask["interpreted"] is None:
+            partial = None          # no gathered tile to mask: the interval and table paths say all
         if partial:
             row["partial"] = {
                 "entry": hex(cfg.addr(partial["entry"])),
-                "mask_path": "interpreted" if interp is not None else None,
+                "mask_path": (("gathered" if interp.get("gathered") else "interpreted")
+                              if interp is not None else None),
                 "via": hex(cfg.addr(interp["entry"])) if interp is not None else None,
                 "path_once": partial["path_once"],
                 "iteration": partial["total"],
@@ -1514,7 +1547,9 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
                     "loops": m.get("loops", []),
                     "path": [hex(cfg.addr(k)) for k in m.get("path", [])],
                 } for m in mask["interval"]],
-                "interpreted": {"entry": hex(cfg.addr(mask["interpreted"]["entry"]))},
+                "interpreted": ({"entry": hex(cfg.addr(mask["interpreted"]["entry"])),
+                                 "gathered": bool(mask["interpreted"].get("gathered"))}
+                                if mask["interpreted"] else None),
                 "form": mask["form"],
                 "select": ({"entry": hex(cfg.addr(mask["select"]["entry"])),
                             "extra": mask["select"]["extra"]} if mask.get("select") else None),
@@ -1552,8 +1587,8 @@ def check_targets(rows):
     tile shape (block rows from the name's `_m<N>`; names without it count as one shape), the
     dense prefill steady state; smaller (decode) shapes are reported only. The partial-tile
     target is held by the interval mask (1 and 2 intervals) where the mask detour dispatches
-    between its paths (the table-driven kinds' bits and the interpreted mask of gathered tiles
-    are reported only), else by the partial tile."""
+    between its paths (the table-driven kinds' bits and the gathered tiles' -- the interpreter
+    in older kernels -- are reported only), else by the partial tile."""
     largest = {}
     for r in rows:
         key = (r["arch"], r["dtype"], r["head_dim"])
@@ -1584,7 +1619,10 @@ def check_targets(rows):
             if tb and tb.get("ratio") is not None:
                 out.append((None, f"{tag}: partial tile, table-driven kinds {tb['ratio']}x a full "
                                   f"tile (reported only: each row's cheapest component once)"))
-            if p is not None:
+            if p is not None and p["mask_path"] == "gathered":
+                out.append((None, f"{tag}: partial tile, gathered tiles {p['ratio']}x a full tile "
+                                  f"(reported only: a search per row)"))
+            elif p is not None:
                 what = "gathered tiles" if tb else "the table-driven kinds"
                 out.append((None, f"{tag}: partial tile, interpreted mask {p['ratio']}x a full tile "
                                   f"(reported only: {what})"))
@@ -1702,9 +1740,13 @@ def print_table(rows, detail, out):
     if p:
         what = (f"partial tile, interpreted mask (the rolled general interpreter) at {p['via']} in the "
                 f"mask detour at {p['entry']}" if p["mask_path"] == "interpreted"
+                else f"partial tile, gathered tiles (gathered_bits: per row a prefix of the ascending "
+                     f"gathered keys, one unrolled binary search) at {p['via']} in the mask detour at "
+                     f"{p['entry']}" if p["mask_path"] == "gathered"
                 else f"partial tile: the mask detour at {p['entry']}")
+        each = "every entry evaluated" if p["mask_path"] != "gathered" else "every row searched"
         print(f"  {what}: {p['iteration']} instructions per "
-              f"iteration = {p['ratio']:.2f}x full (every entry evaluated; cheapest exits: "
+              f"iteration = {p['ratio']:.2f}x full ({each}; cheapest exits: "
               f"{p['iteration_min']} = {p['ratio_min']:.2f}x)", file=out)
         for lp in p["loops"]:
             print(f"    inner loop {lp['head']}: {lp['per_iteration']} instructions per entry "

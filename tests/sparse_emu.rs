@@ -96,6 +96,23 @@ fn unions_and_both_dtypes_and_head_dims() {
     }
 }
 
+/// Gathered kv tiles whose mask is partial: a causal residue-class view (dilated stride 3
+/// alone with sinks and global tokens) gathers the sinks outside each class and the global
+/// keys; both straddle kv tiles (70 sinks, keys 65 and 200) and lie between the first and
+/// last positions of a class tile's rows, so each row sees a different prefix of the gathered
+/// keys. hd64 (the 128-row prefill tile and the 64-row decode tile) and hd128, varlen.
+#[test]
+fn gathered_tiles_with_partial_causal_prefixes() {
+    let seed = base_seed() ^ 0x6a7;
+    let json = r#"{"causal": true, "components": [{"dilated": {"stride": 3}}, {"sinks": {"count": 70}},
+        {"global": {"tokens": [2, 65, 200, 201]}}]}"#;
+    let lens = SeqLens::varlen_from_lens(&[(260, 300), (40, 250)]).unwrap();
+    let (visited, listed) = run::<f16>(json, lens.clone(), (2, 1), 64, seed);
+    assert_eq!(visited, listed);
+    run::<bf16>(json, lens, (2, 2), 128, seed + 1);
+    run::<f16>(json, uniform(20, 280), (4, 1), 64, seed + 2);
+}
+
 #[test]
 fn per_head_mixture_with_gqa() {
     // Eight query heads over two kv heads, each head a different pattern (dilated strides,

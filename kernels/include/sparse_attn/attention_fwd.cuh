@@ -498,6 +498,11 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   // partial tile costs 2 * MT shared loads instead of the program's global loads and the
   // bounds arithmetic. Otherwise the mask is rebuilt on each partial tile.
   using MaskRows = PartialMask<T, MT>;
+  // Whether the walk may list gathered kv tiles (the compiled lists; the run-time walk lists
+  // none, so its kernels leave the gathered mask out). head_dim 512's run-time kernel keeps
+  // it: without it ptxas allocates that kernel's registers differently and spills 8 bytes on
+  // sm_90.
+  constexpr bool kMayGather = !Walk::kRuntime || Tr::kLeanLoader;
   constexpr bool kMaskInSmem = !Tr::kHoistMask && Tr::kQInRegs;
   static_assert(!kMaskInSmem || 32 * (2 * MT * 16 + 4) <= Tr::kWarpRows * Tr::kRowBytes,
                 "a lane's row bounds fit in its warp's rows of the Q buffer");
@@ -559,30 +564,31 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     uint32_t keep[MT];
     if (partial) {
       if constexpr (Tr::kHoistMask) {
-        hoisted.mask.template bits<Tr::kSTiles>(keep, hoisted.row_tok, hoisted.cols, keys, tile,
-                                                lane);
-      } else if (kMaskInSmem && tile >= 0 && arch::lds<int>(s_intervals()) > 0) {
+        hoisted.mask.template bits<Tr::kSTiles, kMayGather>(keep, hoisted.row_tok,
+                                                                 hoisted.cols, keys, tile, lane);
+      } else if (kMaskInSmem && (!kMayGather || tile >= 0) &&
+                 arch::lds<int>(s_intervals()) > 0) {
         // Row by row from the stored views, with the interval count tested once per tile.
         if (arch::lds<int>(s_intervals()) == 1) {
           stored_interval_bits<false, Tr::kSTiles>(keep, s_bounds(), tile);
         } else {
           stored_interval_bits<true, Tr::kSTiles>(keep, s_bounds(), tile);
         }
-      } else if (kMaskInSmem && tile >= 0) {
-        // Table-driven kinds (the interval form: above): the rows' tokens one at a time, the
-        // predicate built here (partial tiles only) rather than held across the mainloop.
+      } else if (kMaskInSmem) {
+        // Table-driven kinds on regular tiles (the interval form: above) and gathered tiles:
+        // the rows' tokens one at a time, the predicate built here (partial tiles only)
+        // rather than held across the mainloop.
         const TokenMask mask = TokenMask::make(params.mask_programs + set, params.mask_components,
                                                params.mask_data, seq.q_len, seq.kv_len);
-        mask.table_bits<Tr::kSTiles>(
-            keep, [&](int r) { return rows.token(fragment_row(warp_row0, r, lane)); }, keys,
-            tile, lane);
+        auto token_of = [&](int r) { return rows.token(fragment_row(warp_row0, r, lane)); };
+        if (!kMayGather || tile >= 0) {
+          mask.table_bits<Tr::kSTiles>(keep, token_of, keys, tile, lane);
+        } else {
+          mask.gathered_bits<Tr::kSTiles>(keep, token_of, keys, tile, lane);
+        }
       } else {
         const MaskRows mr = MaskRows::make(params, set, seq, rows, warp_row0, lane);
-        if constexpr (kMaskInSmem) {
-          mr.mask.template interpreted_bits<Tr::kSTiles>(keep, mr.row_tok, keys, tile, lane);
-        } else {
-          mr.mask.template bits<Tr::kSTiles>(keep, mr.row_tok, keys, tile, lane);
-        }
+        mr.mask.template bits<Tr::kSTiles, kMayGather>(keep, mr.row_tok, keys, tile, lane);
       }
     }
 

@@ -35,7 +35,7 @@ struct TokenMask {
   int kv_len;
   // Read once per block from the program: whether the predicate has the interval form (at
   // most two components, each dense, a window, sinks or a chunk) and how many intervals it has.
-  int intervals;  // 0: not interval form (the general interpreter runs), else 1 or 2
+  int intervals;  // 0: not interval form (table_bits / gathered_bits run), else 1 or 2
 
   SA_DEVICE static TokenMask make(const SaMaskProgram* program, const SaMaskComponent* comps,
                                   const int32_t* data, int q_len, int kv_len) {
@@ -414,20 +414,25 @@ struct TokenMask {
   }
 
   // The bits of a tile the interval form does not cover: a regular tile's from table_bits, a
-  // gathered one's from the interpreter.
-  template <int NT, int MT>
+  // gathered one's from gathered_bits. kGathered = false compiles the gathered path out (the
+  // run-time walk lists no gathered tile).
+  template <int NT, bool kGathered, int MT>
   SA_DEVICE void general_bits(uint32_t (&keep)[MT], const int (&row_tok)[2 * MT],
                               const KeyMap& keys, int tile, int lane) const {
+    auto token_of = [&](int r) {
+      int tok = row_tok[0];
+      SA_UNROLL
+      for (int q = 1; q < 2 * MT; ++q) tok = r == q ? row_tok[q] : tok;  // no local array
+      return tok;
+    };
     if (tile >= 0) {
-      table_bits<NT>(keep, [&](int r) {
-        int tok = row_tok[0];
-        SA_UNROLL
-        for (int q = 1; q < 2 * MT; ++q) tok = r == q ? row_tok[q] : tok;  // no local array
-        return tok;
-      }, keys, tile, lane);
-      return;
+      table_bits<NT>(keep, token_of, keys, tile, lane);
+    } else if (kGathered) {
+      gathered_bits<NT>(keep, token_of, keys, tile, lane);
+    } else {
+      SA_UNROLL
+      for (int mt = 0; mt < MT; ++mt) keep[mt] = 0u;  // never listed (kGathered = false)
     }
-    interpreted_bits<NT>(keep, row_tok, keys, tile, lane);
   }
 
   // The mask of a partial tile as bits (`select` applies them), computed before the tile's
@@ -437,20 +442,19 @@ struct TokenMask {
   // loads of the program, on partial tiles only: kept out of the mainloop's registers) and
   // its bits (an add, a clip and a shift per bound). Regular tiles of other predicates build
   // each row's bits component by component (table_bits: rolled loops over rows, components,
-  // key blocks and listed keys). Gathered tiles are interpreted entry by entry in a rolled
-  // loop (evaluated inline, fully unrolled over the 32 entries, it spilled registers: 260 B
-  // on hd64).
-  template <int NT, int MT>
+  // key blocks and listed keys). Gathered tiles take a prefix of their ascending keys
+  // (gathered_bits; kGathered = false: the walk lists none).
+  template <int NT, bool kGathered = true, int MT>
   SA_DEVICE void bits(uint32_t (&keep)[MT], const int (&row_tok)[2 * MT], const KeyMap& keys,
                       int tile, int lane) const {
     RowCols rc[2 * MT];
     if (intervals > 0) rows_cols(rc, row_tok, keys, lane);
-    bits<NT>(keep, row_tok, rc, keys, tile, lane);
+    bits<NT, kGathered>(keep, row_tok, rc, keys, tile, lane);
   }
 
   // `bits` with this lane's view of the rows' interval forms already built (`rc`, meaningful
   // when `intervals` > 0): kernels whose registers allow it build them once per block.
-  template <int NT, int MT>
+  template <int NT, bool kGathered = true, int MT>
   SA_DEVICE void bits(uint32_t (&keep)[MT], const int (&row_tok)[2 * MT],
                       const RowCols (&rc)[2 * MT], const KeyMap& keys, int tile,
                       int lane) const {
@@ -462,28 +466,51 @@ struct TokenMask {
       }
       return;
     }
-    general_bits<NT>(keep, row_tok, keys, tile, lane);
+    general_bits<NT, kGathered>(keep, row_tok, keys, tile, lane);
   }
 
-  // The general interpreter: every entry's predicate evaluated (any program, any tile;
-  // gathered tiles use it), in a rolled loop per m16 tile.
-  template <int NT, int MT>
-  SA_DEVICE void interpreted_bits(uint32_t (&keep)[MT], const int (&row_tok)[2 * MT],
-                                  const KeyMap& keys, int tile, int lane) const {
-    const int t = lane & 3;
-    SA_UNROLL
-    for (int mt = 0; mt < MT; ++mt) {
-      const int row_g = row_tok[2 * mt], row_g8 = row_tok[2 * mt + 1];
-      uint32_t k = 0;
-      SA_NO_UNROLL
-      for (int e = 0; e < NT * 4; ++e) {
-        const int nt = e >> 2, i = e & 3;
-        const int row = (i >> 1) ? row_g8 : row_g;  // a select: no local array
-        const int key = keys.key(tile, nt * 8 + 2 * t + (i & 1));
-        k |= static_cast<uint32_t>(row >= 0 && allowed(row, key)) << e;
+  // A gathered kv tile's bits (tile < 0). The compiler gathers only keys that its row set's
+  // program admits for every row up to causality -- global key columns, and the sinks of a
+  // residue-class view -- in ascending order, and pads each list to whole tiles with INT32_MAX
+  // (BlockSparseMeta::check verifies all three), so a row's allowed columns are the first n:
+  // the tile's keys at or before the query (every existing one without causality). n comes
+  // from a branchless binary search over the tile's 64 entries (7 steps of a load and a
+  // compare, no bounds test: the padding is never at or before a query), then the row's bits
+  // like an interval's: a compare and a select per element in `select`, instead of the
+  // program interpreted entry by entry.
+  // `token_of(r)` is fragment row r's query row (-1: padding).
+  template <int NT, int MT, typename TokenOf>
+  SA_DEVICE void gathered_bits(uint32_t (&keep)[MT], const TokenOf& token_of, const KeyMap& keys,
+                               int tile, int lane) const {
+    static_assert(NT * 8 == SA_FWD_BLOCK_N && SA_FWD_BLOCK_N == 64, "7 search steps");
+    const int valid0 = keys.valid(tile);
+    const int valid = valid0 < SA_FWD_BLOCK_N ? valid0 : SA_FWD_BLOCK_N;
+    const int32_t* list = keys.gather + (-tile - 1) * SA_FWD_BLOCK_N;
+    const bool causal = program->causal != 0;
+    // A rolled loop over the lane's fragment rows, as table_bits (unrolled, the searches'
+    // live ranges spill on head_dim 64's 128-row tile and head_dim 512).
+    uint32_t keep01 = 0u, keep23 = 0u;
+    SA_NO_UNROLL
+    for (int r = 0; r < 2 * MT; ++r) {
+      const int row = token_of(r);
+      const int p = row + (kv_len - q_len);
+      int n = valid;
+      if (causal) {
+        n = 0;  // the count of the tile's keys <= p: grown by halving steps over 63 entries,
+        SA_UNROLL  // then the 64th
+        for (int step = SA_FWD_BLOCK_N / 2; step > 0; step >>= 1) {
+          if (list[n + step - 1] <= p) n += step;
+        }
+        if (list[n] <= p) ++n;
       }
-      keep[mt] = k;
+      if (row < 0) n = 0;
+      // The row bits of columns 0 .. n - 1 (lane_cols with its lower bound folded away).
+      const uint32_t bits = (count_bits(cols_count(n - 1 - 2 * (lane & 3))) & kRowBits)
+                            << (2 * (r & 1));
+      if (r < 2) keep01 |= bits; else keep23 |= bits;
     }
+    keep[0] = keep01;
+    if (MT > 1) keep[MT - 1] = keep23;
   }
 };
 

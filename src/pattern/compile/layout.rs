@@ -222,6 +222,10 @@ impl Prepared<'_> {
                     None => {
                         let off = to_i32(meta.view_data.len())?;
                         meta.view_data.extend_from_slice(&work.gather);
+                        // Whole tiles: the kernel's search reads all 64 entries of a gathered
+                        // tile (TokenMask::gathered_bits); the padding follows every key.
+                        let pad = (bn as usize - work.gather.len() % bn as usize) % bn as usize;
+                        meta.view_data.resize(meta.view_data.len() + pad, i32::MAX);
                         off
                     }
                 };

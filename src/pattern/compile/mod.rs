@@ -358,8 +358,10 @@ impl BlockSparseMeta {
     /// decrease and end at the list lengths; every list is strictly ascending and names tiles
     /// its view has; the full and partial lists of a row are disjoint; every head names an
     /// existing set; views stay within the shape and `view_data`, hold at most `block_m`
-    /// rows, own every query row of their set exactly once, and never gather a key a regular
-    /// tile of the same row covers.
+    /// rows, own every query row of their set exactly once, never gather a key a regular tile
+    /// of the same row covers, and gather only keys every row of the view may see up to
+    /// causality, padded to whole tiles with `i32::MAX` (the kernel masks a gathered tile by
+    /// position alone, searching all of its entries).
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Pattern(format!("metadata invariant: {m}")));
         let s = &self.shape;
@@ -437,6 +439,15 @@ impl BlockSparseMeta {
                 if g0 < 0 || gn < 0 || g0 + gn > data {
                     return bad(format!("row {r}: gather list outside the view data"));
                 }
+                // Padded to whole tiles with i32::MAX (the kernel's search reads them).
+                let padded = (gn + bn - 1) / bn * bn;
+                if g0 + padded > data
+                    || self.view_data[(g0 + gn) as usize..(g0 + padded) as usize]
+                        .iter()
+                        .any(|&x| x != i32::MAX)
+                {
+                    return bad(format!("row {r}: gather list not padded to whole tiles"));
+                }
                 for i in v.rows(&self.view_data) {
                     if i as i64 >= q_len || std::mem::replace(&mut owner[i], true) {
                         return bad(format!(
@@ -450,6 +461,20 @@ impl BlockSparseMeta {
                     || gathered.last().is_some_and(|&g| g as i64 >= kv_len)
                 {
                     return bad(format!("row {r}: gathered keys not ascending keys"));
+                }
+                // The kernel masks a gathered tile as a prefix of its ascending keys
+                // (TokenMask::gathered_bits): every row must see every gathered key up to
+                // causality.
+                let causal = self.mask.programs()[set].causal != 0;
+                for i in v.rows(&self.view_data) {
+                    let p = i as i64 + kv_len - q_len;
+                    for &g in gathered.iter().take_while(|&&g| !causal || g as i64 <= p) {
+                        if !self.mask.allowed(set, p, g as i64, s.kv_len) {
+                            return bad(format!(
+                                "row {r}: gathered key {g} is not allowed for query row {i}"
+                            ));
+                        }
+                    }
                 }
                 for &g in gathered {
                     let off = g as i64 - v.key_first as i64;
