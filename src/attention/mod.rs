@@ -745,22 +745,7 @@ mod tests {
                 .with_gqa_packing(true)
                 .unwrap(),
         ] {
-            let a = TensorAddrs {
-                q: 0,
-                k: 0,
-                v: 0,
-                out: 0,
-                lse: 0,
-                cu_q: 0,
-                cu_k: 0,
-                tiles_visited: 0,
-                meta: MetaAddrs::default(),
-                paged: PagedAddrs::default(),
-                o_partial: 0,
-                lse_partial: 0,
-                sink_logits: 0,
-                alibi_slopes: 0,
-            };
+            let a = zero_addrs();
             let l = plan.launch(&a);
             assert_eq!(l.grid[2], 65535);
             assert!(l.grid[1] <= 65535);
