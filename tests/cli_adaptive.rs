@@ -46,12 +46,16 @@ enum Inputs {
     Given,
 }
 
-/// Runs `pattern` through the binary (plus `scores` for given scores) and checks out, lse and
-/// the mask against the reference.
-fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, inputs: Inputs) {
-    let with_scores = inputs == Inputs::Given;
-    let (heads, kv_heads, d) = (2usize, 1usize, 64usize);
-    let problem = AttnProblem::new(
+/// A uniform f16 problem of the tests' shapes.
+fn problem(
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+) -> AttnProblem {
+    AttnProblem::new(
         SeqLens::Uniform {
             batch,
             q_len,
@@ -62,11 +66,20 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, inputs: Input
         d as u32,
         DType::F16,
     )
-    .unwrap();
-    let parsed = AdaptivePattern::from_json(pattern).unwrap().unwrap();
-    let AdaptiveComponent::Select(sel) = parsed.component else {
-        unreachable!()
-    };
+    .unwrap()
+}
+
+/// Runs `pattern` through the binary (plus `scores` for given scores) and checks out, lse and
+/// the mask against the reference.
+fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, inputs: Inputs) {
+    let with_scores = inputs == Inputs::Given;
+    let (heads, kv_heads, d) = (2usize, 1usize, 64usize);
+    let problem = problem(batch, q_len, kv_len, heads, kv_heads, d);
+    let sel = component(pattern);
+    let statics = AdaptivePattern::from_json(pattern)
+        .unwrap()
+        .unwrap()
+        .statics;
     let mut rng = Rng::new(common::base_seed());
     let (mut q, mut k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
     if inputs == Inputs::Exact {
@@ -127,7 +140,7 @@ fn check(pattern: &str, batch: usize, q_len: usize, kv_len: usize, inputs: Input
     let applied = |b: usize, h: usize, i: usize, j: usize| {
         mask[((b * heads + h) * q_len + i) * kv_len + j] == 1
     };
-    let reference = selection.allowed_with(true, &parsed.statics);
+    let reference = selection.allowed_with(true, &statics);
     let mut masked = 0;
     for b in 0..batch {
         for h in 0..heads {
@@ -418,18 +431,7 @@ fn plan_tiles(
     heads: usize,
     kv_heads: usize,
 ) -> (usize, usize) {
-    let problem = AttnProblem::new(
-        SeqLens::Uniform {
-            batch: 1,
-            q_len,
-            kv_len,
-        },
-        heads,
-        kv_heads,
-        64,
-        DType::F16,
-    )
-    .unwrap();
+    let problem = problem(1, q_len, kv_len, heads, kv_heads, 64);
     let opts = sparse_attn::AttnOptions {
         causal: true,
         ..Default::default()
@@ -541,18 +543,7 @@ fn viz_input_draws_the_mask_run_applies() {
     let union = r#"{"causal": true, "components": [{"top_k": {"block": 32, "k": 1,
         "keep_local": 0, "score": "mean_k"}}, {"sliding_window": {"size": 20}}, {"sinks": {"count": 3}}]}"#;
     for pattern in [TOP_K, POOLED, GIVEN, union] {
-        let problem = AttnProblem::new(
-            SeqLens::Uniform {
-                batch,
-                q_len,
-                kv_len,
-            },
-            heads,
-            kv_heads,
-            d as u32,
-            DType::F16,
-        )
-        .unwrap();
+        let problem = problem(batch, q_len, kv_len, heads, kv_heads, d);
         let mut rng = Rng::new(common::base_seed());
         let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
         let mut tensors = vec![

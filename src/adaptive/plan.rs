@@ -385,13 +385,7 @@ impl AdaptivePlan {
         bits: &[i32],
         run: &EmuRun,
     ) -> Result<(Vec<T>, Vec<f32>)> {
-        if bits.len() != self.layout.bits_len() {
-            return Err(Error::Shape(format!(
-                "selection bits: {} words, the plan needs {}",
-                bits.len(),
-                self.layout.bits_len()
-            )));
-        }
+        self.check_bits(bits)?;
         let upload = GuardedBuffer::from_slice(bits, "selection_bits")?;
         let prepare = |call: &PreparedCall| -> Result<()> {
             // The device selection's place: the forward launch's mask data.
@@ -454,6 +448,18 @@ impl AdaptivePlan {
             .copied()
             .unwrap_or(0) as u32;
         (word >> (jb % 32)) & 1 == 1
+    }
+
+    /// `bits` has the plan's selection layout's size (`Error::Shape` otherwise).
+    pub(super) fn check_bits(&self, bits: &[i32]) -> Result<()> {
+        if bits.len() != self.layout.bits_len() {
+            return Err(Error::Shape(format!(
+                "selection bits: {} words, the plan needs {}",
+                bits.len(),
+                self.layout.bits_len()
+            )));
+        }
+        Ok(())
     }
 
     /// The compaction launch of a call (pure): addresses of the uploaded metadata and lengths.

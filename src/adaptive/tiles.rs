@@ -13,7 +13,7 @@ use super::plan::{AdaptivePlan, SelectionLayout};
 use super::select::GivenScores;
 use crate::attention::EmuRun;
 use crate::emu::GuardedBuffer;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::shape::SeqLens;
 use crate::Element;
 
@@ -106,15 +106,7 @@ impl AdaptivePlan {
         given: Option<GivenScores<'_>>,
         run: &EmuRun,
     ) -> Result<Vec<i32>> {
-        let p = self.attn().problem();
-        if T::DTYPE != p.dtype() {
-            return Err(Error::Shape(format!(
-                "element type {} does not match the plan's {}",
-                T::DTYPE.name(),
-                p.dtype().name()
-            )));
-        }
-        self.attn().check_step_lens(seqs)?;
+        self.attn().check_step::<T>(seqs)?;
         self.select_bits(seqs, q, k, given, run)
     }
 
@@ -131,13 +123,7 @@ impl AdaptivePlan {
     ) -> Result<AdaptiveTiles> {
         self.attn().check_step_lens(seqs)?;
         let l = *self.layout();
-        if bits.len() != l.bits_len() {
-            return Err(Error::Shape(format!(
-                "selection bits: {} words, the plan needs {}",
-                bits.len(),
-                l.bits_len()
-            )));
-        }
+        self.check_bits(bits)?;
         let mut meta = self.attn().meta().upload_emulated()?;
         meta.array_mut(MASK_DATA)[..bits.len()].copy_from_slice(bits);
         let (cu_q, cu_k) = seqs.cu_seqlens();
