@@ -5,21 +5,29 @@
 // per warp the accumulators (O 128 + S 64 registers) and the kernel's state still spill 92
 // bytes at 255 registers on sm_90 (36 on sm_80). head_dim 512 runs the 64-row tile over two
 // blocks per query tile, each owning half of the output columns (kernel_traits.cuh:
-// kColSplits). src/kernels.rs (fwd_tiles) picks the shape
+// kColSplits). The step tile (one warp of 16 rows, `_m16`) serves decode steps of at most 16
+// rows per block (a token's packed query heads, or up to 16 tokens of one head): a launch
+// bound by K/V bandwidth, where a 36 KB, 32-thread block (head_dim 128) lets 4-6 blocks per SM
+// keep their K/V tiles in flight instead of the decode tile's 2. src/kernels.rs (fwd_tiles)
+// picks the shape
 // and the walk; causal, windows and patterns are run-time data, so this is the whole
 // instantiation set of the forward pass.
 #include "sparse_attn/attention_fwd.cuh"
 
 // Each (dtype, head_dim, tile shape) in both walks (tile_walk.cuh): the compiled lists and,
 // suffixed _rt, the run-time walk of one plan for every length.
-#define SA_FWD_ENTRY(name, T, D, WARP_ROWS)                                              \
-  SA_KERNEL(name, SaAttnFwdParams, SA_FWD_THREADS) {                                     \
-    sa::attn_fwd<sa::FwdTraits<sa::T, D, WARP_ROWS>>(params);                            \
+#define SA_FWD_ENTRY_SHAPE(name, T, D, WARP_ROWS, WARPS)                                  \
+  SA_KERNEL(name, SaAttnFwdParams, 32 * WARPS) {                                         \
+    sa::attn_fwd<sa::FwdTraits<sa::T, D, WARP_ROWS, WARPS>>(params);                     \
   }                                                                                      \
-  SA_KERNEL(name##_rt, SaAttnFwdParams, SA_FWD_THREADS) {                                \
-    sa::attn_fwd<sa::FwdTraits<sa::T, D, WARP_ROWS>, sa::Canary::None, sa::IntervalWalk>( \
-        params);                                                                         \
+  SA_KERNEL(name##_rt, SaAttnFwdParams, 32 * WARPS) {                                    \
+    sa::attn_fwd<sa::FwdTraits<sa::T, D, WARP_ROWS, WARPS>, sa::Canary::None,            \
+                 sa::IntervalWalk>(params);                                              \
   }
+#define SA_FWD_ENTRY(name, T, D, WARP_ROWS) SA_FWD_ENTRY_SHAPE(name, T, D, WARP_ROWS, 4)
+// The step shape: one warp of 16 rows (up to head_dim 256; 512 keeps the decode shape, whose
+// column split already halves its blocks' work).
+#define SA_FWD_STEP_ENTRY(name, T, D) SA_FWD_ENTRY_SHAPE(name, T, D, 16, 1)
 
 SA_FWD_ENTRY(sa_attn_fwd_f16_hd64_m128, f16, 64, 32)
 SA_FWD_ENTRY(sa_attn_fwd_bf16_hd64_m128, bf16, 64, 32)
@@ -33,3 +41,11 @@ SA_FWD_ENTRY(sa_attn_fwd_f16_hd256_m64, f16, 256, 16)
 SA_FWD_ENTRY(sa_attn_fwd_bf16_hd256_m64, bf16, 256, 16)
 SA_FWD_ENTRY(sa_attn_fwd_f16_hd512_m64, f16, 512, 16)
 SA_FWD_ENTRY(sa_attn_fwd_bf16_hd512_m64, bf16, 512, 16)
+SA_FWD_STEP_ENTRY(sa_attn_fwd_f16_hd64_m16, f16, 64)
+SA_FWD_STEP_ENTRY(sa_attn_fwd_bf16_hd64_m16, bf16, 64)
+SA_FWD_STEP_ENTRY(sa_attn_fwd_f16_hd96_m16, f16, 96)
+SA_FWD_STEP_ENTRY(sa_attn_fwd_bf16_hd96_m16, bf16, 96)
+SA_FWD_STEP_ENTRY(sa_attn_fwd_f16_hd128_m16, f16, 128)
+SA_FWD_STEP_ENTRY(sa_attn_fwd_bf16_hd128_m16, bf16, 128)
+SA_FWD_STEP_ENTRY(sa_attn_fwd_f16_hd256_m16, f16, 256)
+SA_FWD_STEP_ENTRY(sa_attn_fwd_bf16_hd256_m16, bf16, 256)

@@ -1437,10 +1437,13 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
         if shared is not None and arch_cc(arch) >= 90 and shared >= SMEM_RESERVED_PER_BLOCK:
             shared -= SMEM_RESERVED_PER_BLOCK
         row["static_smem"] = shared
-        threads = opts.threads if opts.threads else consts.get("SA_FWD_THREADS")
-        row["threads"] = threads
+        # Threads per block: --threads, else the kernel's launch bound (every forward entry
+        # declares its block size there: 128, or 32 for the one-warp step shape), else
+        # params.h's SA_FWD_THREADS.
         mt = dump["max_threads"].get((arch, name))
         row["max_threads"] = mt[0] * mt[1] * mt[2] if mt else None
+        threads = opts.threads or row["max_threads"] or consts.get("SA_FWD_THREADS")
+        row["threads"] = threads
         rows_name, smem_rows = ("--smem-rows", opts.smem_rows) if opts.smem_rows else smem_rows_for(name, consts)
         row["smem_rows_from"] = rows_name
         # params.h: dynamic shared memory is SA_FWD_SMEM_ROWS* rows of head_dim 16-bit elements,
@@ -1481,6 +1484,15 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
         # LDGSTS): the decode kernels' bandwidth gauge -- a memory-bound launch wants few.
         row["dense"]["kv_bytes_per_iteration"] = d["ldgsts"] * 16 * threads if threads else None
         row["dense"]["instr_per_kv_byte"] = round(d["n"] / (d["ldgsts"] * 512), 4) if d["ldgsts"] else None
+        # K/V bytes in flight per SM, the bandwidth gauge of a memory-bound (decode) launch: each
+        # resident block keeps one of its tile loads in flight (K_i+1 during P.V_i, V_i during
+        # Q.K_i^T: half an iteration's K/V), times the blocks per SM. By Little's law an SM
+        # streams at most this / the DRAM latency (H100/H200: ~36 B/ns per SM at full bandwidth,
+        # so ~30 KB at ~0.8 us).
+        occ = row["occupancy"]
+        kvb = row["dense"]["kv_bytes_per_iteration"]
+        row["dense"]["kv_bytes_in_flight_per_sm"] = (occ["ctas_per_sm"] * kvb // 2
+                                                     if occ and kvb else None)
         row["dense"]["path"] = [hex(cfg.addr(k)) for k in dense]
         row["dense"]["loops"] = dense_loops
         row["detours"] = []
@@ -1642,6 +1654,22 @@ def fmt_kb(b):
     return "?" if b is None else f"{b / 1024:.1f}K"
 
 
+def print_decode_gauge(rows, out):
+    """Decode steps are bound by K/V bandwidth: per decode-sized kernel (64- and 16-row
+    blocks, list walk), the K/V bytes its resident blocks keep in flight per SM and the
+    instructions it issues per K/V byte."""
+    sel = [r for r in rows if "error" not in r and r.get("dense") and block_m_of(r["kernel"]) in (16, 64)
+           and not r["kernel"].endswith("_rt") and r["dense"].get("kv_bytes_in_flight_per_sm")]
+    if not sel:
+        return
+    print("\ndecode gauge (K/V bandwidth): per SM, the K/V bytes the resident blocks keep in flight "
+          "(one tile load each) and the instructions per K/V byte (per warp)", file=out)
+    for r in sel:
+        d, occ = r["dense"], r["occupancy"]
+        print(f"  {r['arch']}  {r['kernel']:<30} {occ['ctas_per_sm']:>2} CTAs x {r['threads']:>3} threads  "
+              f"{fmt_kb(d['kv_bytes_in_flight_per_sm']):>7} in flight  {d['instr_per_kv_byte']:.4f} instr/B", file=out)
+
+
 def print_table(rows, detail, out):
     """One line per kernel and architecture, then the detail kernel's breakdown."""
     kw = max([28] + [len(r["kernel"]) for r in rows])   # the kernel column's width
@@ -1694,6 +1722,9 @@ def print_table(rows, detail, out):
         per_block = f"{kvb} B of K/V per iteration per block, " if kvb else ""
         print(f"  K/V streamed: {per_block}{d['instr_per_kv_byte']:.4f} instructions per K/V byte "
               f"(per warp: instr / (LDGSTS x 512 B))", file=out)
+        if d.get("kv_bytes_in_flight_per_sm"):
+            print(f"  K/V in flight per SM: {fmt_kb(d['kv_bytes_in_flight_per_sm'])} (one tile load per "
+                  f"resident block)", file=out)
     occ = r["occupancy"]
     if occ:
         print(f"  occupancy: {occ['ctas_per_sm']} CTAs, {occ['warps_per_sm']} warps per SM "
@@ -1855,7 +1886,7 @@ def main(argv=None):
     ap.add_argument("--ptxas-report", help="ptxas -v output (default: ptxas-report.txt beside the fatbin)")
     ap.add_argument("--params", default=os.path.join(ROOT, "kernels", "include", "sparse_attn", "params.h"),
                     help="params.h for SA_FWD_THREADS and SA_FWD_SMEM_ROWS*")
-    ap.add_argument("--threads", type=int, help="threads per block (default: SA_FWD_THREADS)")
+    ap.add_argument("--threads", type=int, help="threads per block (default: the kernel's launch bound, else SA_FWD_THREADS)")
     ap.add_argument("--smem-rows", type=int, help="dynamic shared memory rows (default: SA_FWD_SMEM_ROWS*)")
     ap.add_argument("--mask-trip", type=int, default=DEFAULT_MASK_TRIP,
                     help="entries per thread of an inner mask loop whose trip count the SASS does not show")
@@ -1936,6 +1967,7 @@ def main(argv=None):
         print_table(rows, detail, out)
         if a.trace and detail:
             print_trace(detail, out)
+        print_decode_gauge(rows, out)
         print("\nissue-11 targets:", file=out)
         for ok, t in checks:
             if ok is None:

@@ -103,6 +103,14 @@ mod entries {
         pub fn sa_attn_fwd_bf16_hd256_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd512_m64(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd512_m64(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd64_m16(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd64_m16(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd96_m16(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd96_m16(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd128_m16(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd128_m16(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd256_m16(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd256_m16(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd64_m128_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd64_m128_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd64_m64_rt(p: *const std::ffi::c_void);
@@ -115,6 +123,14 @@ mod entries {
         pub fn sa_attn_fwd_bf16_hd256_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_f16_hd512_m64_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_fwd_bf16_hd512_m64_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd64_m16_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd64_m16_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd96_m16_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd96_m16_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd128_m16_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd128_m16_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_f16_hd256_m16_rt(p: *const std::ffi::c_void);
+        pub fn sa_attn_fwd_bf16_hd256_m16_rt(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd64(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd96(p: *const std::ffi::c_void);
         pub fn sa_attn_combine_f16_hd128(p: *const std::ffi::c_void);
@@ -151,7 +167,7 @@ macro_rules! kernel {
 /// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), the K/V append, the block
 /// summaries per dtype, the adaptive block scores per (dtype, rows per step), the adaptive
 /// block selection and the adaptive-list compaction.
-pub static KERNELS: [KernelDesc; 43] = [
+pub static KERNELS: [KernelDesc; 59] = [
     kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
@@ -164,6 +180,14 @@ pub static KERNELS: [KernelDesc; 43] = [
     kernel!(sa_attn_fwd_bf16_hd256_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd512_m64, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd512_m64, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd64_m16, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd64_m16, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd96_m16, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd96_m16, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd128_m16, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd128_m16, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd256_m16, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd256_m16, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m128_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd64_m128_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd64_m64_rt, Module::AttnFwd),
@@ -176,6 +200,14 @@ pub static KERNELS: [KernelDesc; 43] = [
     kernel!(sa_attn_fwd_bf16_hd256_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_f16_hd512_m64_rt, Module::AttnFwd),
     kernel!(sa_attn_fwd_bf16_hd512_m64_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd64_m16_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd64_m16_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd96_m16_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd96_m16_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd128_m16_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd128_m16_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd256_m16_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_bf16_hd256_m16_rt, Module::AttnFwd),
     kernel!(sa_attn_combine_f16_hd64, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd96, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
@@ -199,13 +231,17 @@ pub static KERNELS: [KernelDesc; 43] = [
 
 /// Forward tile shapes (head_dim, block rows), in [`KERNELS`]' order: each has an f16 and a
 /// bf16 kernel per walk.
-const FWD_SHAPES: [(u32, u32); 6] = [
+const FWD_SHAPES: [(u32, u32); 10] = [
     (64, 128),
     (64, 64),
     (96, 64),
     (128, 64),
     (256, 64),
     (512, 64),
+    (64, 16),
+    (96, 16),
+    (128, 16),
+    (256, 16),
 ];
 
 /// Where the summarize kernels start in [`KERNELS`]: after the append kernel.
@@ -343,6 +379,10 @@ pub enum FwdPhase {
     Prefill,
     /// A few query rows per (sequence, head), or GQA packing.
     Decode,
+    /// A decode step of at most [`ffi::SA_FWD_BLOCK_M_STEP`] (16) rows per block: a token's
+    /// packed query heads (groups up to 16), or up to 16 tokens of one head. Bound by K/V
+    /// bandwidth: one-warp blocks keep more K/V tiles in flight per SM.
+    Step,
 }
 
 /// Tile configuration of the forward kernel: the launch constants of
@@ -351,7 +391,8 @@ pub enum FwdPhase {
 pub struct FwdTiles {
     /// The head dimension the tiles are for.
     pub head_dim: u32,
-    /// Query rows per block: 128 (4 warps x 32 rows) or 64 (4 warps x 16 rows).
+    /// Query rows per block: 128 (4 warps x 32 rows), 64 (4 warps x 16 rows) or 16 (one warp:
+    /// the step shape).
     pub block_m: u32,
     /// Keys per kv tile.
     pub block_n: u32,
@@ -378,6 +419,12 @@ pub struct FwdTiles {
 ///   already holds a 128-register O, with Q re-read from shared memory (96 KB per block:
 ///   2 CTAs per SM on sm_90, 1 on sm_80). head_dim 96 (Phi-3) is the 128 tile with 6 k16
 ///   steps and 12 n8 output tiles, its shared rows padded to 128 elements ([`smem_pitch`]).
+/// - Step (decode steps of at most 16 rows per block, head_dim up to 256): one warp of 16 rows,
+///   32 threads. A decode step reads every K/V byte once per kv group and computes little, so
+///   its speed is the K/V bytes in flight per SM: the 4-warp decode block is held to 2 CTAs per
+///   SM by its 255 registers per thread (one 16 KB K or V tile in flight each at head_dim 128),
+///   while 36 KB one-warp blocks fit 4 per SM on sm_80 and 6 on sm_90. head_dim 512 keeps the
+///   decode shape (its column split already halves each block's work).
 /// - head_dim 512 (Gemma 4 global layers): a 16-row warp tile of O would need 256 f32
 ///   registers per lane, so two blocks share each query tile, each computing the whole
 ///   S = Q.K^T and the output for its half of V's columns (a head_dim-256-sized O); 160 KB of
@@ -386,9 +433,22 @@ pub struct FwdTiles {
 ///   `Error::Unsupported` (the CUDA backend checks the device's opt-in limit).
 pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
     let d = head_dim.get();
-    let (block_m, rows) = match (phase, d) {
-        (FwdPhase::Prefill, 64) => (ffi::SA_FWD_BLOCK_M_PREFILL, ffi::SA_FWD_SMEM_ROWS_PREFILL),
-        _ => (ffi::SA_FWD_BLOCK_M_DECODE, ffi::SA_FWD_SMEM_ROWS_DECODE),
+    let (block_m, rows, threads) = match (phase, d) {
+        (FwdPhase::Prefill, 64) => (
+            ffi::SA_FWD_BLOCK_M_PREFILL,
+            ffi::SA_FWD_SMEM_ROWS_PREFILL,
+            ffi::SA_FWD_THREADS,
+        ),
+        (FwdPhase::Step, ..=256) => (
+            ffi::SA_FWD_BLOCK_M_STEP,
+            ffi::SA_FWD_SMEM_ROWS_STEP,
+            ffi::SA_FWD_THREADS_STEP,
+        ),
+        _ => (
+            ffi::SA_FWD_BLOCK_M_DECODE,
+            ffi::SA_FWD_SMEM_ROWS_DECODE,
+            ffi::SA_FWD_THREADS,
+        ),
     };
     let block_n = ffi::SA_FWD_BLOCK_N;
     let col_splits = if d > 256 { 2 } else { 1 };
@@ -396,7 +456,7 @@ pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
         head_dim: d,
         block_m,
         block_n,
-        threads: ffi::SA_FWD_THREADS,
+        threads,
         col_splits,
         smem_bytes: (rows - block_n) * smem_pitch(d) * 2 + block_n * smem_pitch(d / col_splits) * 2,
     }
@@ -469,6 +529,26 @@ pub mod test_kernels {
         sa_test_attn_fwd_alibi_top_left_f16_hd64_m64,
         "attention_canary"
     );
+    test_kernel!(
+        CANARY_SWAP_M16,
+        sa_test_attn_fwd_canary_f16_hd64_m16,
+        "attention_canary"
+    );
+    test_kernel!(
+        CANARY_SKIP_M16,
+        sa_test_attn_fwd_skip_empty_rows_f16_hd64_m16,
+        "attention_canary"
+    );
+    test_kernel!(
+        CANARY_RESCALE_M16,
+        sa_test_attn_fwd_skip_rescale_f16_hd64_m16,
+        "attention_canary"
+    );
+    test_kernel!(
+        CANARY_ALIBI_M16,
+        sa_test_attn_fwd_alibi_top_left_f16_hd64_m16,
+        "attention_canary"
+    );
 
     test_kernel!(
         SCORE_WRONG_BLOCK,
@@ -511,10 +591,10 @@ pub mod test_kernels {
     /// plan's [`FwdTiles`], head_dim 64).
     pub fn canary_swap_a2a4(tiles: &FwdTiles) -> &'static KernelDesc {
         assert_eq!(tiles.head_dim, 64, "the canaries are f16/hd64 kernels");
-        if tiles.block_m == 128 {
-            &CANARY_SWAP_M128
-        } else {
-            &CANARY_SWAP_M64
+        match tiles.block_m {
+            128 => &CANARY_SWAP_M128,
+            64 => &CANARY_SWAP_M64,
+            _ => &CANARY_SWAP_M16,
         }
     }
 
@@ -522,10 +602,10 @@ pub mod test_kernels {
     /// moves, in the shape of `tiles` (head_dim 64).
     pub fn canary_skip_rescale(tiles: &FwdTiles) -> &'static KernelDesc {
         assert_eq!(tiles.head_dim, 64, "the canaries are f16/hd64 kernels");
-        if tiles.block_m == 128 {
-            &CANARY_RESCALE_M128
-        } else {
-            &CANARY_RESCALE_M64
+        match tiles.block_m {
+            128 => &CANARY_RESCALE_M128,
+            64 => &CANARY_RESCALE_M64,
+            _ => &CANARY_RESCALE_M16,
         }
     }
 
@@ -534,10 +614,10 @@ pub mod test_kernels {
     /// `tiles` (head_dim 64).
     pub fn canary_alibi_top_left(tiles: &FwdTiles) -> &'static KernelDesc {
         assert_eq!(tiles.head_dim, 64, "the canaries are f16/hd64 kernels");
-        if tiles.block_m == 128 {
-            &CANARY_ALIBI_M128
-        } else {
-            &CANARY_ALIBI_M64
+        match tiles.block_m {
+            128 => &CANARY_ALIBI_M128,
+            64 => &CANARY_ALIBI_M64,
+            _ => &CANARY_ALIBI_M16,
         }
     }
 
@@ -545,10 +625,10 @@ pub mod test_kernels {
     /// of `tiles` (head_dim 64).
     pub fn canary_skip_empty_rows(tiles: &FwdTiles) -> &'static KernelDesc {
         assert_eq!(tiles.head_dim, 64, "the canaries are f16/hd64 kernels");
-        if tiles.block_m == 128 {
-            &CANARY_SKIP_M128
-        } else {
-            &CANARY_SKIP_M64
+        match tiles.block_m {
+            128 => &CANARY_SKIP_M128,
+            64 => &CANARY_SKIP_M64,
+            _ => &CANARY_SKIP_M16,
         }
     }
 }
@@ -561,10 +641,15 @@ mod tests {
     fn tiles_are_a_pure_function_of_head_dim_and_phase() {
         for d in HeadDim::SUPPORTED {
             let hd = HeadDim::new(d).unwrap();
-            for phase in [FwdPhase::Prefill, FwdPhase::Decode] {
+            for phase in [FwdPhase::Prefill, FwdPhase::Decode, FwdPhase::Step] {
                 let t = fwd_tiles(hd, phase);
                 assert_eq!(t, fwd_tiles(hd, phase));
-                assert_eq!((t.head_dim, t.block_n, t.threads), (d, 64, 128));
+                let threads = if t.block_m == 16 { 32 } else { 128 };
+                assert_eq!((t.head_dim, t.block_n, t.threads), (d, 64, threads));
+                assert_eq!(
+                    t.block_m,
+                    t.threads / 32 * if t.block_m == 128 { 32 } else { 16 }
+                );
                 // Q tile + one K and one V tile of 16-bit elements.
                 let v_cols = d / t.col_splits;
                 assert_eq!(
@@ -586,11 +671,20 @@ mod tests {
         let hd64 = HeadDim::new(64).unwrap();
         assert_eq!(fwd_tiles(hd64, FwdPhase::Prefill).block_m, 128);
         assert_eq!(fwd_tiles(hd64, FwdPhase::Decode).block_m, 64);
+        for d in [64, 96, 128, 256] {
+            let t = fwd_tiles(HeadDim::new(d).unwrap(), FwdPhase::Step);
+            assert_eq!((t.block_m, t.threads), (16, 32), "hd{d}");
+        }
+        let hd512 = HeadDim::new(512).unwrap();
+        assert_eq!(
+            fwd_tiles(hd512, FwdPhase::Step),
+            fwd_tiles(hd512, FwdPhase::Decode)
+        );
         // Every tile up to head_dim 256 fits the smallest per-block shared memory of the
         // targets (99 KB, sm_86/sm_89); head_dim 512 fits sm_80's 163 KB.
         for d in HeadDim::SUPPORTED {
             let hd = HeadDim::new(d).unwrap();
-            for phase in [FwdPhase::Prefill, FwdPhase::Decode] {
+            for phase in [FwdPhase::Prefill, FwdPhase::Decode, FwdPhase::Step] {
                 let limit = if d <= 256 { 99 } else { 163 };
                 assert!(
                     fwd_tiles(hd, phase).smem_bytes <= limit * 1024,

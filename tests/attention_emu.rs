@@ -287,8 +287,9 @@ fn work_accounting_matches_the_ideal_tile_count() {
 fn a2_a4_fragment_swap_canary_fails_end_to_end() {
     use sparse_attn::kernels::test_kernels::canary_swap_a2a4;
     let seed = base_seed();
-    // q_len 64 runs the 64-row (decode) tile, 200 the 128-row (prefill) tile: both canaries.
-    for q_len in [64, 200] {
+    // q_len 16 runs the 16-row (step) tile, 64 the 64-row (decode) tile, 200 the 128-row
+    // (prefill) tile: every shape's canary.
+    for q_len in [16, 64, 200] {
         let problem = AttnProblem::new(
             SeqLens::Uniform {
                 batch: 1,
@@ -335,7 +336,8 @@ fn maxima_growing_along_the_keys_rescale_mid_row() {
     // passes: the slack keeps it silent there.
     use sparse_attn::kernels::test_kernels::canary_skip_rescale;
     let seed = base_seed();
-    for q_len in [64, 200] {
+    // Every tile shape: 16 rows (step), 64 (decode), 200 (prefill).
+    for q_len in [16, 64, 200] {
         let kv_len = 256;
         let problem = AttnProblem::new(
             SeqLens::Uniform {

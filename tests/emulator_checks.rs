@@ -96,6 +96,19 @@ fn unwritten_outputs_are_poisoned_not_zero() {
     assert!(out[..32 * 2 * 64].iter().all(|x| x.is_nan()));
     assert!(out[32 * 2 * 64..].iter().all(|x| !x.is_nan()));
     assert!(lse[..32].iter().all(|&l| l == f32::NEG_INFINITY));
+    // The step tile's canary: 12 rows before the first of 4 keys, 16 rows (one step block).
+    let (plan, q, k, v) = causal_case((16, 4), (1, 1), 64, 1.0);
+    assert_eq!(plan.tiles().block_m, 16);
+    let (out, lse) = plan.run_emulated(&q, &k, &v, &run).unwrap();
+    check_causal(&plan, &q, &k, &v, &out, &lse);
+    // SAFETY: as above, in the step shape.
+    let canary = unsafe {
+        plan.clone()
+            .with_kernel(canary_skip_empty_rows(plan.tiles()))
+    };
+    let (out, _) = canary.run_emulated(&q, &k, &v, &run).unwrap();
+    assert!(out[..12 * 64].iter().all(|x| x.is_nan()));
+    assert!(out[12 * 64..].iter().all(|x| !x.is_nan()));
 }
 
 // ---- plain shared-memory races, uninitialised and misaligned accesses ---------------------

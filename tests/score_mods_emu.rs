@@ -540,8 +540,9 @@ fn every_schedule_gives_identical_bits() {
 fn top_left_alibi_canary_fails_only_when_q_len_differs_from_kv_len() {
     use sparse_attn::kernels::test_kernels::canary_alibi_top_left;
     let seed = base_seed();
-    // 64 query rows run the 64-row tile, 200 the 128-row tile: both canaries.
-    for q_len in [64, 200] {
+    // 8 query tokens of 2 packed heads run the 16-row step tile, 64 the 64-row tile, 200 the
+    // 128-row tile: every shape's canary.
+    for q_len in [8, 64, 200] {
         for (kv_len, should_fail) in [(q_len, false), (q_len + 70, true)] {
             let p = plan(
                 uniform(1, q_len, kv_len),

@@ -214,7 +214,7 @@ impl AttnPlan {
         let problem = maxima(problem)?;
         let tiles = kernels::fwd_tiles(problem.head_dim(), fwd_phase(&problem, 1));
         let meta = meta(&tiles)?;
-        let num_splits = default_num_splits(&problem, 1, &meta, tiles.col_splits);
+        let num_splits = default_num_splits(&problem, 1, &meta, &tiles);
         let plan = AttnPlan {
             kernel: kernels::attn_fwd_walk(problem.dtype(), &tiles, FwdWalk::Device),
             problem,
@@ -255,7 +255,7 @@ impl AttnPlan {
                 ))
             }
         };
-        let num_splits = default_num_splits(&problem, gqa_pack, &meta, tiles.col_splits);
+        let num_splits = default_num_splits(&problem, gqa_pack, &meta, &tiles);
         let plan = AttnPlan {
             kernel: kernels::attn_fwd_walk(problem.dtype(), &tiles, walk),
             problem,
@@ -628,25 +628,27 @@ fn check_grid(kernel: &str, grid: [u64; 3]) -> Result<()> {
 /// these register counts); split-KV is worth its combine pass only below that.
 const TARGET_BLOCKS: usize = 132;
 
-/// The default split-KV factor: none when the unsplit grid already has `TARGET_BLOCKS`
-/// blocks; otherwise enough parts to reach about two waves, keeping at least two kv tiles
-/// per part. A heuristic (FlashAttention-2 uses a similar occupancy rule); not yet tuned by
-/// measurement. `col_splits` blocks share each query tile (head_dim 512).
+/// The default split-KV factor: none when the unsplit grid already has the blocks that fill
+/// the GPU (`TARGET_BLOCKS` 4-warp blocks, four times as many one-warp step blocks: the SM
+/// holds 4-8 of those); otherwise enough parts to reach about two waves, keeping at least two
+/// kv tiles per part. A heuristic (FlashAttention-2 uses a similar occupancy rule); not yet
+/// tuned by measurement. `col_splits` blocks share each query tile (head_dim 512).
 fn default_num_splits(
     problem: &AttnProblem,
     gqa_pack: u32,
     meta: &PlanMeta,
-    col_splits: u32,
+    tiles: &FwdTiles,
 ) -> u32 {
     let max_row_tiles = meta.max_row_tiles();
     let blocks = meta.max_tiles().max(1)
         * (problem.num_heads() / gqa_pack.max(1) as usize)
         * problem.seqs().batch()
-        * col_splits as usize;
-    if blocks >= TARGET_BLOCKS || max_row_tiles < 4 {
+        * tiles.col_splits as usize;
+    let target = TARGET_BLOCKS * (crate::ffi::SA_FWD_THREADS / tiles.threads) as usize;
+    if blocks >= target || max_row_tiles < 4 {
         return 1;
     }
-    let want = (2 * TARGET_BLOCKS).div_ceil(blocks);
+    let want = (2 * target).div_ceil(blocks);
     want.min(max_row_tiles / 2).min(MAX_SPLITS as usize).max(1) as u32
 }
 
@@ -668,11 +670,17 @@ fn maxima(problem: &AttnProblem) -> Result<AttnProblem> {
     )
 }
 
-/// The tile shape's phase: decode blocks (64 rows) for GQA packing and for queries of at most
-/// 64 rows, where 128-row blocks would be half padding; prefill blocks otherwise.
+/// The tile shape's phase: step blocks (one warp, 16 rows) when a query tile's rows -- the
+/// longest query's tokens times the packed heads -- fit 16 (decode steps: bound by K/V
+/// bandwidth, see [`kernels::fwd_tiles`]); decode blocks (64 rows) for other GQA packing and
+/// for queries of at most 64 rows, where 128-row blocks would be half padding; prefill blocks
+/// otherwise.
 fn fwd_phase(problem: &AttnProblem, gqa_pack: u32) -> kernels::FwdPhase {
     let (max_q, _) = problem.seqs().max_lens();
-    if gqa_pack > 1 || max_q <= crate::ffi::SA_FWD_BLOCK_M_DECODE as usize {
+    let rows = max_q.saturating_mul(gqa_pack.max(1) as usize);
+    if rows <= crate::ffi::SA_FWD_BLOCK_M_STEP as usize {
+        kernels::FwdPhase::Step
+    } else if gqa_pack > 1 || max_q <= crate::ffi::SA_FWD_BLOCK_M_DECODE as usize {
         kernels::FwdPhase::Decode
     } else {
         kernels::FwdPhase::Prefill

@@ -429,7 +429,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
                             VCopy::kRowStep * v_pitch <= int64_t(0x7fffffff));
   auto produce_k_rows = [&](int tile) {
     const void* idle = paged ? params.paged.k_pages : params.k;
-    load_tile_async<Tr::kBlockN, D, Tr::kThreads, Tr::kLeanLoader, T>(
+    load_tile_async<Tr::kBlockN, D, Tr::kThreads, Tr::kRolledRows, T>(
         sK,
         [&](int r) {
           return kv.template row<Walk::kRuntime>(params, kv.k, row_stride(k_stride),
@@ -439,7 +439,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   };
   auto produce_v_rows = [&](int tile) {
     const void* idle = paged ? params.paged.v_pages : params.v;
-    load_tile_async<Tr::kBlockN, Tr::kOCols, Tr::kThreads, Tr::kLeanLoader, T>(
+    load_tile_async<Tr::kBlockN, Tr::kOCols, Tr::kThreads, Tr::kRolledRows, T>(
         sV,
         [&](int r) {
           return kv.template row<Walk::kRuntime>(params, v_base, row_stride(v_stride),

@@ -9,28 +9,39 @@
 
 namespace sa {
 
-// One forward instantiation: element type T (f16 / bf16), head dimension D, and the query
-// rows each of the 4 warps owns, WARP_ROWS = 16 (decode shape, 64-row blocks) or 32 (prefill
-// shape, 128-row blocks, FlashAttention-2's geometry).
+// One forward instantiation: element type T (f16 / bf16), head dimension D, the query rows
+// each warp owns, WARP_ROWS = 16 or 32, and the warps per block, WARPS = 4 or 1: the prefill
+// shape (4 x 32 rows, 128-row blocks, FlashAttention-2's geometry), the decode shape (4 x 16,
+// 64-row blocks) and the step shape (1 x 16: a decode step's packed query heads, where the
+// launch is bound by K/V bandwidth and small blocks keep more tiles in flight per SM).
 //
 // A warp's rows are WARP_ROWS / 16 m16 MMA tiles, so softmax statistics never leave the warp,
 // and with two of them every K and V fragment loaded from shared memory feeds two MMAs (the
 // shared-memory traffic per MMA drops from 320 to ~190 bytes at head_dim 128). K/V stream
 // through shared memory in BLOCK_N = 64-key tiles, one buffer each: V's load overlaps Q.K^T
 // and the next K's load overlaps P.V.
-template <typename T, int D, int WARP_ROWS>
+template <typename T, int D, int WARP_ROWS, int WARPS = 4>
 struct FwdTraits {
   using Elem = T;
   static constexpr int kHeadDim = D;
-  static constexpr int kThreads = SA_FWD_THREADS;
-  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kWarps = WARPS;
+  static constexpr int kThreads = 32 * WARPS;
+  static_assert(kThreads == (WARPS == 1 ? SA_FWD_THREADS_STEP : SA_FWD_THREADS),
+                "block threads as params.h says");
   static constexpr int kWarpRows = WARP_ROWS;
   static constexpr int kMTiles = WARP_ROWS / 16;  // m16 tiles per warp
   static constexpr int kBlockM = kWarps * WARP_ROWS;
   static constexpr int kBlockN = SA_FWD_BLOCK_N;
   static_assert(WARP_ROWS == 16 || WARP_ROWS == 32, "one or two m16 tiles per warp");
-  static_assert(kBlockM == (kMTiles == 2 ? SA_FWD_BLOCK_M_PREFILL : SA_FWD_BLOCK_M_DECODE),
-                "block rows as params.h says");
+  // Which of params.h's shapes this is (the step shape: one warp).
+  static constexpr int kShapeRows = WARPS == 1      ? SA_FWD_BLOCK_M_STEP
+                                    : kMTiles == 2 ? SA_FWD_BLOCK_M_PREFILL
+                                                   : SA_FWD_BLOCK_M_DECODE;
+  static constexpr int kShapeSmemRows = WARPS == 1      ? SA_FWD_SMEM_ROWS_STEP
+                                        : kMTiles == 2 ? SA_FWD_SMEM_ROWS_PREFILL
+                                                       : SA_FWD_SMEM_ROWS_DECODE;
+  static_assert(WARPS == 4 || (WARPS == 1 && WARP_ROWS == 16), "shapes of params.h");
+  static_assert(kBlockM == kShapeRows, "block rows as params.h says");
   static_assert(D % 32 == 0, "head_dim a multiple of 32 (rows padded to the 64-element swizzle)");
   static_assert(sizeof(T) == 2, "16-bit elements");
 
@@ -70,6 +81,10 @@ struct FwdTraits {
   // row strides are num_kv_heads x head_dim or head_dim, below 2^31); the kv tiles are
   // counted before the mainloop rather than after it.
   static constexpr bool kLeanLoader = kColSplits > 1;
+  // Whether the K/V loader's row-by-row path copies one row at a time (rolled): the lean
+  // loader, and the step shape, whose 32 threads copy 4x the rows each (unrolled, head_dim
+  // 256's 64 row lookups per thread spill 100-136 bytes).
+  static constexpr bool kRolledRows = kLeanLoader || WARPS == 1;
 
   // Shared memory: Q [BLOCK_M, D], K [BLOCK_N, D], V [BLOCK_N, D], 16-bit, swizzled, rows at
   // smem_pitch<D>() elements (head_dim 96: 128, see tile_io.cuh).
@@ -83,9 +98,7 @@ struct FwdTraits {
   static constexpr int kVOffset = kKOffset + kKvTileBytes;
   static constexpr int kSmemBytes = kVOffset + kVTileBytes;
   // The Rust planner sizes the launch from the same params.h rows (src/kernels.rs).
-  static_assert(kSmemBytes ==
-                    ((kMTiles == 2 ? SA_FWD_SMEM_ROWS_PREFILL : SA_FWD_SMEM_ROWS_DECODE) -
-                     kBlockN) * kRowBytes + kBlockN * kVRowBytes,
+  static_assert(kSmemBytes == (kShapeSmemRows - kBlockN) * kRowBytes + kBlockN * kVRowBytes,
                 "shared-memory layout (src/kernels.rs: smem_pitch, fwd_tiles)");
 };
 

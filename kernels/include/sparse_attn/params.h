@@ -15,12 +15,15 @@ extern "C" {
 
 /* Launch constants shared by the kernels and the Rust planner (the one definition of each).
  * Forward: a block of SA_FWD_THREADS threads (4 warps) owns the query rows of one tile and
- * streams kv tiles of SA_FWD_BLOCK_N keys. Two tile shapes (src/kernels.rs: fwd_tiles):
+ * streams kv tiles of SA_FWD_BLOCK_N keys. Three tile shapes (src/kernels.rs: fwd_tiles):
  * prefill blocks hold SA_FWD_BLOCK_M_PREFILL rows (32 per warp, so each K/V fragment feeds two
  * MMAs), decode blocks SA_FWD_BLOCK_M_DECODE rows (16 per warp: short queries and GQA-packed
- * decode waste no rows). Dynamic shared memory is SA_FWD_SMEM_ROWS_* rows of head_dim 16-bit
- * elements: the Q tile, one K tile and one V tile (K and V loads interleave with the two
- * GEMMs, as in FlashAttention-2).
+ * decode waste no rows), and step blocks (decode steps of at most 16 rows: a token's packed
+ * query heads) one warp of SA_FWD_BLOCK_M_STEP rows in SA_FWD_THREADS_STEP threads, so a
+ * memory-bound step keeps 3-8 blocks' K/V tiles in flight per SM instead of 1-2.
+ * Dynamic shared memory is SA_FWD_SMEM_ROWS_* rows of head_dim 16-bit elements: the Q tile,
+ * one K tile and one V tile (K and V loads interleave with the two GEMMs, as in
+ * FlashAttention-2).
  * Combine: SA_COMBINE_THREADS threads per block, one warp per (query row, head). */
 /** The launch constants of the forward and combine kernels. */
 typedef enum SaLaunchConsts {
@@ -36,6 +39,12 @@ typedef enum SaLaunchConsts {
   SA_FWD_SMEM_ROWS_PREFILL = SA_FWD_BLOCK_M_PREFILL + 2 * SA_FWD_BLOCK_N,
   /** Dynamic shared memory of a decode block, in rows of head_dim 16-bit elements. */
   SA_FWD_SMEM_ROWS_DECODE = SA_FWD_BLOCK_M_DECODE + 2 * SA_FWD_BLOCK_N,
+  /** Query rows per step block (one warp of 16 rows). */
+  SA_FWD_BLOCK_M_STEP = 16,
+  /** Threads per step block (one warp). */
+  SA_FWD_THREADS_STEP = 32,
+  /** Dynamic shared memory of a step block, in rows of head_dim 16-bit elements. */
+  SA_FWD_SMEM_ROWS_STEP = SA_FWD_BLOCK_M_STEP + 2 * SA_FWD_BLOCK_N,
   /** Threads per combine block (one warp per (query row, head)). */
   SA_COMBINE_THREADS = 128
 } SaLaunchConsts;

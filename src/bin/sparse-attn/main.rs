@@ -780,12 +780,13 @@ fn cmd_kernels(a: &KernelsArgs) -> Result<(), CliError> {
         .filter_map(|&d| sparse_attn::HeadDim::new(d).ok())
         .flat_map(|d| {
             use sparse_attn::kernels::{fwd_tiles, FwdPhase};
-            [FwdPhase::Prefill, FwdPhase::Decode].map(|phase| {
+            [FwdPhase::Prefill, FwdPhase::Decode, FwdPhase::Step].map(|phase| {
                 let t = fwd_tiles(d, phase);
                 format!(
-                    "head_dim {} {phase:?}: {}-row blocks, {} bytes",
+                    "head_dim {} {phase:?}: {}-row blocks of {} threads, {} bytes",
                     d.get(),
                     t.block_m,
+                    t.threads,
                     t.smem_bytes
                 )
             })

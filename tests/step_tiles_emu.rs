@@ -1,0 +1,200 @@
+//! The step tile shape (one warp of 16 rows, kernels `_m16`): decode steps whose blocks hold
+//! at most 16 rows (a token's packed query heads) run it at head_dim 64, 96, 128 and 256, on
+//! the CPU emulator against the f64 reference: every mask path of the kernel (interval masks,
+//! table-driven kinds on regular tiles, gathered tiles), split-KV, sink logits, both walks;
+//! and the K/V a packed step reads: each kv tile once per kv group, splits included.
+
+mod common;
+
+use std::cell::Cell;
+
+use common::{assert_matches, base_seed, emu_run, random_qkv, reference_for, tol, Rng};
+use half::{bf16, f16};
+use sparse_attn::pattern::HeadPatterns;
+use sparse_attn::{AttnOptions, AttnPlan, AttnProblem, DType, Element, EmuRun, SeqLens};
+
+const CAUSAL: &str = r#"{"causal": true, "components": []}"#;
+/// Sinks straddling a tile edge beside a window: the interval mask with two intervals.
+const STREAMING: &str = r#"{"causal": true, "components": [{"sinks": {"count": 70}}, {"sliding_window": {"size": 40}}]}"#;
+/// Global key columns and a dilated view: gathered kv tiles (the global keys) and strided
+/// regular tiles through the table path.
+const GATHERED: &str = r#"{"causal": true, "components": [{"dilated": {"stride": 3}}, {"global": {"tokens": [5, 40, 63]}}]}"#;
+/// A block mask beside a window: the table-driven kinds on regular tiles.
+const BLOCK_MASK: &str = r#"{"causal": false, "components": [{"block_mask": {"block_q": 64, "block_k": 32, "mask": [[1,0,0,1,0,1,0,0,1,0]]}}, {"sliding_window": {"size": 17}}]}"#;
+
+/// Decode rows against caches of different lengths: one token per sequence (two for the
+/// last), so 8 query heads over 2 kv heads pack 4 (or 8) rows into a block.
+fn decode_lens() -> SeqLens {
+    SeqLens::varlen_from_lens(&[(1, 300), (1, 65), (2, 129)]).unwrap()
+}
+
+/// Runs `pattern` on the plan `make` builds and checks it against the reference; returns the
+/// kv tiles the kernel visited.
+fn check<T: Element>(
+    d: u32,
+    pattern: &str,
+    opts: &AttnOptions,
+    splits: Option<u32>,
+    runtime_walk: bool,
+    seed: u64,
+) -> u64 {
+    let problem = AttnProblem::new(decode_lens(), 8, 2, d, T::DTYPE).unwrap();
+    let set = HeadPatterns::from_json(pattern).unwrap();
+    // The compiled plan of these lengths (and the reference's layout and pattern), or one
+    // plan for every length up to their maxima run at these lengths.
+    let lists = AttnPlan::with_patterns(&problem, &set, opts).unwrap();
+    let mut plan = if runtime_walk {
+        AttnPlan::for_max_lengths(&problem, &set, opts).unwrap()
+    } else {
+        lists.clone()
+    };
+    if let Some(s) = splits {
+        plan = plan.with_num_splits(s).unwrap();
+    }
+    let t = plan.tiles();
+    assert_eq!((t.block_m, t.threads, t.head_dim), (16, 32, d), "{pattern}");
+    assert_eq!(plan.gqa_pack(), 4);
+    assert!(
+        plan.kernel().name.contains("_m16"),
+        "{}",
+        plan.kernel().name
+    );
+    let mut rng = Rng::new(seed);
+    let (q, k, v) = random_qkv::<T>(&mut rng, &problem, 1.0, 1.0);
+    let visited = Cell::new(0);
+    let run = EmuRun {
+        tiles_visited: Some(&visited),
+        ..emu_run()
+    };
+    let (out, lse) = if runtime_walk {
+        plan.run_emulated_step(&decode_lens(), &q, &k, &v, &run)
+    } else {
+        plan.run_emulated(&q, &k, &v, &run)
+    }
+    .unwrap();
+    let want = reference_for(&lists, &q, &k, &v, |b, h, i, j| lists.allowed(b, h, i, j));
+    let what = format!(
+        "{} hd{d} {pattern} splits {} runtime {runtime_walk} seed {seed}",
+        T::DTYPE.name(),
+        plan.num_splits()
+    );
+    assert_matches(&what, &problem, &out, &lse, &want, tol(T::DTYPE));
+    visited.get()
+}
+
+/// Every mask path, split-KV on and off, both walks and both dtypes at head_dim `d`.
+fn every_path(d: u32) {
+    let seed = base_seed() + 7000 + u64::from(d);
+    let none = AttnOptions::default();
+    let sinks = AttnOptions {
+        sink_logits: Some((0..8).map(|h| 0.5 * h as f32 - 1.0).collect()),
+        ..Default::default()
+    };
+    for (i, pattern) in [CAUSAL, STREAMING, GATHERED, BLOCK_MASK]
+        .into_iter()
+        .enumerate()
+    {
+        let s = seed + 10 * i as u64;
+        check::<f16>(d, pattern, &none, Some(1), false, s);
+        check::<bf16>(d, pattern, &sinks, Some(3), false, s + 1);
+    }
+    // The run-time walk (one plan for every length up to its maxima): interval patterns.
+    check::<bf16>(d, STREAMING, &none, Some(1), true, seed + 100);
+    check::<f16>(d, CAUSAL, &sinks, Some(2), true, seed + 101);
+}
+
+#[test]
+fn step_tiles_hd64() {
+    every_path(64);
+}
+
+#[test]
+fn step_tiles_hd96() {
+    every_path(96);
+}
+
+#[test]
+fn step_tiles_hd128() {
+    every_path(128);
+}
+
+#[test]
+fn step_tiles_hd256() {
+    every_path(256);
+}
+
+/// A packed decode step reads each kv tile once per kv group, however the walk is split: the
+/// K/V bytes of a step are those of the cache read once (to the tile: whole 64-key tiles),
+/// where unpacked blocks read them once per query head.
+#[test]
+fn packed_steps_read_each_kv_tile_once_per_group() {
+    let seed = base_seed() + 7500;
+    let none = AttnOptions::default();
+    let kv_heads = 2u64;
+    // Dense causal: every key of the cache is visible to the decode rows.
+    let once: u64 = [300u64, 65, 129]
+        .iter()
+        .map(|kv| kv.div_ceil(64))
+        .sum::<u64>()
+        * kv_heads;
+    for splits in [1, 2, 5] {
+        let visited = check::<f16>(
+            128,
+            CAUSAL,
+            &none,
+            Some(splits),
+            false,
+            seed + splits as u64,
+        );
+        assert_eq!(visited, once, "splits {splits}");
+        let visited = check::<f16>(128, CAUSAL, &none, Some(splits), true, seed + splits as u64);
+        assert_eq!(visited, once, "run-time walk, splits {splits}");
+    }
+    // Unpacked, the same rows cost a read per query head (group 4).
+    let problem = AttnProblem::new(decode_lens(), 8, 2, 128, DType::F16).unwrap();
+    let set = HeadPatterns::from_json(CAUSAL).unwrap();
+    let plan = AttnPlan::with_patterns(&problem, &set, &none)
+        .unwrap()
+        .with_gqa_packing(false)
+        .unwrap()
+        .with_num_splits(1)
+        .unwrap();
+    assert_eq!((plan.tiles().block_m, plan.gqa_pack()), (16, 1));
+    let mut rng = Rng::new(seed);
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    let visited = Cell::new(0);
+    let run = EmuRun {
+        tiles_visited: Some(&visited),
+        ..emu_run()
+    };
+    plan.run_emulated(&q, &k, &v, &run).unwrap();
+    assert_eq!(visited.get(), 4 * once);
+}
+
+/// Which blocks a plan picks: the step shape while a block's rows (tokens x packed heads) fit
+/// 16, the 64-row decode shape above that and at head_dim 512, the 128-row prefill shape for
+/// long queries at head_dim 64.
+#[test]
+fn the_step_shape_serves_blocks_of_at_most_16_rows() {
+    let none = AttnOptions::default();
+    let causal = HeadPatterns::from_json(CAUSAL).unwrap();
+    let shape = |q_len: usize, heads: usize, kv_heads: usize, d: u32| {
+        let seqs = SeqLens::Uniform {
+            batch: 2,
+            q_len,
+            kv_len: 200,
+        };
+        let problem = AttnProblem::new(seqs, heads, kv_heads, d, DType::BF16).unwrap();
+        let plan = AttnPlan::with_patterns(&problem, &causal, &none).unwrap();
+        (plan.tiles().block_m, plan.gqa_pack())
+    };
+    assert_eq!(shape(1, 32, 8, 128), (16, 4)); // Llama 3 8B decode
+    assert_eq!(shape(2, 64, 8, 128), (16, 8)); // 70B, two tokens (speculative)
+    assert_eq!(shape(3, 64, 8, 128), (64, 8)); // 24 rows
+    assert_eq!(shape(1, 32, 1, 128), (64, 32)); // MQA: a group of 32
+    assert_eq!(shape(16, 4, 4, 64), (16, 1)); // MHA, 16 tokens
+    assert_eq!(shape(17, 4, 4, 64), (64, 1));
+    assert_eq!(shape(1, 8, 2, 512), (64, 4)); // head_dim 512 keeps the decode shape
+    assert_eq!(shape(1, 8, 2, 256), (16, 4));
+    assert_eq!(shape(100, 4, 4, 64), (128, 1));
+}
