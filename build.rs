@@ -5,7 +5,10 @@
 //! 2. GPU: every `kernels/*.cu` with nvcc into a fatbin per file
 //!    (SASS for sm_80 and sm_90 plus compute_90 PTX; `SPARSE_ATTN_CUDA_ARCHS` overrides),
 //!    embedded through the generated `OUT_DIR/fatbins.rs`. ptxas's resource report goes to
-//!    `OUT_DIR/ptxas-report.txt`. Without nvcc the crate still builds (no fatbins; the CUDA
+//!    `OUT_DIR/ptxas-report.txt`. Fatbins are cached by a hash of their source, the headers,
+//!    nvcc's version and flags in `<target>/sparse-attn-kernel-cache/` (see
+//!    `kernel_cache_dir`), so the other profiles and feature sets of one target folder (check,
+//!    doc, test, release) do not run nvcc again. Without nvcc the crate still builds (no fatbins; the CUDA
 //!    backend returns `Error::KernelsNotBuilt`) unless `SPARSE_ATTN_REQUIRE_CUDA=1`.
 //!
 //! `kernels/tests/*.cu` (the emulator's self-test and canary kernels) join both stages only
@@ -68,12 +71,13 @@ fn build_emulator(root: &Path) {
 // ---- GPU stage -------------------------------------------------------------------------------
 
 /// Environment variables the build reads (each one re-runs the build script when it changes).
-const ENV_VARS: [&str; 5] = [
+const ENV_VARS: [&str; 6] = [
     "NVCC",
     "CUDA_HOME",
     "CUDA_PATH",
     "SPARSE_ATTN_CUDA_ARCHS",
     "SPARSE_ATTN_REQUIRE_CUDA",
+    "SPARSE_ATTN_KERNEL_CACHE",
 ];
 
 /// Where scripts/install-cuda.sh puts the pinned PyPI nvcc, relative to the crate root.
@@ -200,8 +204,88 @@ struct Compiled {
     report: String,
 }
 
+/// FNV-1a, 64 bits: the content hash that names cached fatbins. Not cryptographic; a cache
+/// key only has to change when its inputs do.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, data: &[u8]) {
+        // The length first, so that consecutive fields cannot run into each other.
+        for b in (data.len() as u64).to_le_bytes().iter().chain(data) {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Every file under `dir`, recursively, sorted (the headers a kernel file may include).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Where compiled fatbins are kept across build profiles and feature sets: each of
+/// `cargo check`, `doc`, `build`, `test --release` runs this script in its own `OUT_DIR`, and
+/// without a shared cache each would run nvcc on the same sources again (minutes for
+/// attention_fwd.cu). `SPARSE_ATTN_KERNEL_CACHE` names another folder, or `off` disables
+/// it; by default it is `sparse-attn-kernel-cache/` in the target folder (the parent of the
+/// profile folder `OUT_DIR` lies in), so `cargo clean` empties it.
+fn kernel_cache_dir(out_dir: &Path) -> Option<PathBuf> {
+    match std::env::var_os("SPARSE_ATTN_KERNEL_CACHE") {
+        Some(v) if v == "off" || v == "0" => None,
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => {
+            // OUT_DIR = <target>[/<triple>]/<profile>/build/<package>-<hash>/out
+            let build = out_dir
+                .ancestors()
+                .find(|a| a.file_name() == Some("build".as_ref()))?;
+            Some(build.parent()?.parent()?.join("sparse-attn-kernel-cache"))
+        }
+    }
+}
+
+/// The cache key of one kernel file: its bytes, every header under `kernels/include`, the
+/// compiler's version and the arguments it gets.
+fn cache_key(root: &Path, nvcc: &Nvcc, args: &[String], src: &Path) -> Result<String, String> {
+    let mut h = Fnv::new();
+    h.bytes(nvcc.version.as_bytes());
+    for a in args {
+        h.bytes(a.as_bytes());
+    }
+    let include = root.join("kernels").join("include");
+    for f in std::iter::once(src.to_path_buf()).chain(files_under(&include)) {
+        let rel = f.strip_prefix(root).unwrap_or(&f);
+        h.bytes(rel.to_string_lossy().as_bytes());
+        h.bytes(&std::fs::read(&f).map_err(|e| format!("read {}: {e}", f.display()))?);
+    }
+    Ok(format!("{:016x}", h.0))
+}
+
+/// Copies `from` to `to` through a temporary name, so that a concurrent build never reads a
+/// half-written file.
+fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
+    let tmp = to.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::copy(from, &tmp)?;
+    std::fs::rename(&tmp, to)
+}
+
 fn compile_one(
-    nvcc: &Path,
+    nvcc: &Nvcc,
     root: &Path,
     gencode: &[String],
     src: &Path,
@@ -213,20 +297,52 @@ fn compile_one(
         .ok_or_else(|| format!("{}: file name is not UTF-8", src.display()))?
         .to_string();
     let fatbin = out_dir.join(format!("{stem}.fatbin"));
-    let mut cmd = Command::new(nvcc);
-    cmd.args(["-std=c++17", "-O3", "--fatbin"])
+    let report_file = out_dir.join(format!("{stem}.ptxas.txt"));
+    let mut args: Vec<String> = ["-std=c++17", "-O3", "--fatbin"].map(String::from).to_vec();
+    args.extend(gencode.iter().cloned());
+    // The targets of one file compile in parallel (sm_80, sm_90 and the PTX are independent).
+    args.extend(["--threads", "0"].map(String::from));
+    // Register spills are build errors: a kernel that spills is a kernel to fix.
+    args.extend(
+        ["-Xptxas", "-v", "-Xptxas", "--warn-on-spills"]
+            .into_iter()
+            .chain(["-Xptxas", "--warning-as-error", "-Werror", "all-warnings"])
+            .map(String::from),
+    );
+    let source = src.strip_prefix(root).unwrap_or(src).to_path_buf();
+    let cached = match kernel_cache_dir(out_dir) {
+        Some(dir) => {
+            let key = cache_key(root, nvcc, &args, src)?;
+            Some((
+                dir.join(format!("{stem}-{key}.fatbin")),
+                dir.join(format!("{stem}-{key}.ptxas.txt")),
+            ))
+        }
+        None => None,
+    };
+    if let Some((bin, rep)) = &cached {
+        if bin.is_file() && rep.is_file() {
+            let copied = copy_atomic(bin, &fatbin).and_then(|_| std::fs::read_to_string(rep));
+            if let Ok(report) = copied {
+                return Ok(Compiled {
+                    stem,
+                    source,
+                    fatbin,
+                    report,
+                });
+            }
+        }
+    }
+    let mut cmd = Command::new(&nvcc.path);
+    cmd.args(&args)
         .arg("-I")
         .arg(root.join("kernels").join("include"))
-        .args(gencode)
-        // Register spills are build errors: a kernel that spills is a kernel to fix.
-        .args(["-Xptxas", "-v", "-Xptxas", "--warn-on-spills"])
-        .args(["-Xptxas", "--warning-as-error", "-Werror", "all-warnings"])
         .arg("-o")
         .arg(&fatbin)
         .arg(src);
     let out = cmd
         .output()
-        .map_err(|e| format!("could not run {}: {e}", nvcc.display()))?;
+        .map_err(|e| format!("could not run {}: {e}", nvcc.path.display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
@@ -236,15 +352,25 @@ fn compile_one(
             out.status
         ));
     }
-    let report = stderr
+    let report: String = stderr
         .lines()
         .chain(stdout.lines())
         .filter(|l| !l.trim().is_empty())
         .map(|l| format!("{l}\n"))
         .collect();
+    std::fs::write(&report_file, &report)
+        .map_err(|e| format!("write {}: {e}", report_file.display()))?;
+    // A cache that cannot be written only costs the next build its time.
+    if let Some((bin, rep)) = &cached {
+        if let Some(dir) = bin.parent() {
+            let _ = std::fs::create_dir_all(dir)
+                .and_then(|_| copy_atomic(&report_file, rep))
+                .and_then(|_| copy_atomic(&fatbin, bin));
+        }
+    }
     Ok(Compiled {
         stem,
-        source: src.strip_prefix(root).unwrap_or(src).to_path_buf(),
+        source,
         fatbin,
         report,
     })
@@ -265,15 +391,20 @@ fn compile_all(
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(2)
         .clamp(1, files.len().max(1));
+    // The largest file first, so that the small ones compile beside it rather than after.
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    let size = |i: usize| std::fs::metadata(&files[i]).map(|m| m.len()).unwrap_or(0);
+    order.sort_by_key(|&i| std::cmp::Reverse(size(i)));
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Result<Compiled, String>)>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..jobs {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(src) = files.get(i) else { break };
-                let r = compile_one(&nvcc.path, root, gencode, src, out_dir);
-                results.lock().unwrap().push((i, r));
+            s.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let src = &files[i];
+                    let r = compile_one(nvcc, root, gencode, src, out_dir);
+                    results.lock().unwrap().push((i, r));
+                }
             });
         }
     });
