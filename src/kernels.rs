@@ -704,7 +704,6 @@ mod tests {
             );
         }
         assert_eq!(kv_append().name, "sa_kv_append");
-        let hd512 = fwd_tiles(HeadDim::new(512).unwrap(), FwdPhase::Prefill);
-        assert_eq!(hd512.smem_bytes, 160 * 1024);
+        assert_eq!(fwd_tiles(hd512, FwdPhase::Prefill).smem_bytes, 160 * 1024);
     }
 }

@@ -498,6 +498,75 @@ fn text_report() {
     );
 }
 
+/// step.sass: tiny.sass's sm_90 hd128 mainloop (2 LDGSTS, 34 instructions per iteration)
+/// under two names. `_m16` declares a launch bound of 32 threads (EIATTR_MAX_THREADS 0x20),
+/// so its block is one warp: 168 registers = 5376 per warp, 12 warps by registers; shared
+/// memory SA_FWD_SMEM_ROWS_STEP = 16 + 2 x 64 = 144 rows x 128 x 2 B = 36864 B, + 1 KB
+/// reserved: 233472 / 37888 = 6 CTAs (limited by shared memory). A block streams 2 x 16 B x
+/// 32 threads = 1024 K/V bytes per iteration and keeps half of it in flight: 6 x 512 = 3072
+/// B per SM; 34 / (2 x 512) = 0.0332 instructions per K/V byte. `_m64` declares no bound and
+/// takes SA_FWD_THREADS = 128: 3 CTAs by registers (12 warps / 4), 49152 B of shared memory,
+/// 4096 B per iteration, 3 x 2048 = 6144 B in flight. `--threads` overrides both.
+#[test]
+fn step_shape_threads_from_the_launch_bound_and_the_decode_gauge() {
+    if !have_python("step_shape_threads_from_the_launch_bound_and_the_decode_gauge") {
+        return;
+    }
+    let (sass, params) = (fixture("step.sass"), fixture("params-step.h"));
+    let r = json(&["--sass", &sass, "--params", &params], 0);
+    let step = kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128_m16");
+    assert_eq!(step["max_threads"], 32);
+    assert_eq!(step["threads"], 32);
+    assert_eq!(step["smem_rows_from"], "SA_FWD_SMEM_ROWS_STEP");
+    assert_eq!(step["dynamic_smem"], 36864);
+    assert_eq!(step["occupancy"]["by"]["registers"], 12);
+    assert_eq!(step["occupancy"]["ctas_per_sm"], 6);
+    assert_eq!(step["occupancy"]["limited_by"], "shared memory");
+    assert_eq!(step["dense"]["kv_bytes_per_iteration"], 1024);
+    assert_eq!(step["dense"]["kv_bytes_in_flight_per_sm"], 3072);
+    assert_eq!(step["dense"]["instr_per_kv_byte"], 0.0332);
+    let decode = kernel(&r, "sm_90", "sa_attn_fwd_f16_hd128_m64");
+    assert_eq!(decode["max_threads"], Value::Null);
+    assert_eq!(decode["threads"], 128);
+    assert_eq!(decode["smem_rows_from"], "SA_FWD_SMEM_ROWS_DECODE");
+    assert_eq!(decode["occupancy"]["ctas_per_sm"], 3);
+    assert_eq!(decode["occupancy"]["limited_by"], "registers");
+    assert_eq!(decode["dense"]["kv_bytes_per_iteration"], 4096);
+    assert_eq!(decode["dense"]["kv_bytes_in_flight_per_sm"], 6144);
+
+    let forced = json(
+        &["--sass", &sass, "--params", &params, "--threads", "64"],
+        0,
+    );
+    for name in ["sa_attn_fwd_f16_hd128_m16", "sa_attn_fwd_f16_hd128_m64"] {
+        let k = kernel(&forced, "sm_90", name);
+        assert_eq!(k["threads"], 64, "{name}");
+        assert_eq!(k["dense"]["kv_bytes_per_iteration"], 2048, "{name}");
+    }
+
+    let out = run(&["--sass", &sass, "--params", &params]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    let gauge = s
+        .split("decode gauge")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no decode gauge section: {s}"));
+    let line = |name: &str| {
+        gauge
+            .lines()
+            .find(|l| l.contains(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from the gauge: {gauge}"))
+            .to_string()
+    };
+    let m16 = line("sa_attn_fwd_f16_hd128_m16");
+    assert!(m16.contains(" 6 CTAs x  32 threads"), "{m16}");
+    assert!(m16.contains("3.0K in flight"), "{m16}");
+    assert!(m16.contains("0.0332 instr/B"), "{m16}");
+    let m64 = line("sa_attn_fwd_f16_hd128_m64");
+    assert!(m64.contains(" 3 CTAs x 128 threads"), "{m64}");
+    assert!(m64.contains("6.0K in flight"), "{m64}");
+}
+
 /// `--check` exits 1 unless every target holds: tiny.sass misses three; targets-met.sass's
 /// sa_attn_fwd_f16_hd128_m128 meets them (22 instructions per 8 HMMA: 1.75; a 2-FSEL tail
 /// mask: 24 / 22 = 1.09) and its _m64 sibling (7 per HMMA) is a smaller shape, reported but
