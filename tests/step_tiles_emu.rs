@@ -28,16 +28,32 @@ fn decode_lens() -> SeqLens {
     SeqLens::varlen_from_lens(&[(1, 300), (1, 65), (2, 129)]).unwrap()
 }
 
-/// Runs `pattern` on the plan `make` builds and checks it against the reference; returns the
-/// kv tiles the kernel visited.
-fn check<T: Element>(
-    d: u32,
-    pattern: &str,
-    opts: &AttnOptions,
+/// How a plan of `check` is built beside its pattern and options.
+#[derive(Clone, Copy)]
+struct Build {
     splits: Option<u32>,
+    /// The run-time walk (one plan for every length up to the maxima) instead of the lists.
     runtime_walk: bool,
-    seed: u64,
-) -> u64 {
+    /// GQA packing (the default); off, each block holds one query head's rows.
+    packed: bool,
+}
+
+const fn build(splits: u32, runtime_walk: bool) -> Build {
+    Build {
+        splits: Some(splits),
+        runtime_walk,
+        packed: true,
+    }
+}
+
+/// Runs `pattern` on the plan `how` describes and checks it against the reference; returns
+/// the kv tiles the kernel visited.
+fn check<T: Element>(d: u32, pattern: &str, opts: &AttnOptions, how: Build, seed: u64) -> u64 {
+    let Build {
+        splits,
+        runtime_walk,
+        packed,
+    } = how;
     let problem = AttnProblem::new(decode_lens(), 8, 2, d, T::DTYPE).unwrap();
     let set = HeadPatterns::from_json(pattern).unwrap();
     // The compiled plan of these lengths (and the reference's layout and pattern), or one
@@ -48,12 +64,15 @@ fn check<T: Element>(
     } else {
         lists.clone()
     };
+    if !packed {
+        plan = plan.with_gqa_packing(false).unwrap();
+    }
     if let Some(s) = splits {
         plan = plan.with_num_splits(s).unwrap();
     }
     let t = plan.tiles();
     assert_eq!((t.block_m, t.threads, t.head_dim), (16, 32, d), "{pattern}");
-    assert_eq!(plan.gqa_pack(), 4);
+    assert_eq!(plan.gqa_pack(), if packed { 4 } else { 1 });
     assert!(
         plan.kernel().name.contains("_m16"),
         "{}",
@@ -74,7 +93,7 @@ fn check<T: Element>(
     .unwrap();
     let want = reference_for(&lists, &q, &k, &v, |b, h, i, j| lists.allowed(b, h, i, j));
     let what = format!(
-        "{} hd{d} {pattern} splits {} runtime {runtime_walk} seed {seed}",
+        "{} hd{d} {pattern} splits {} runtime {runtime_walk} packed {packed} seed {seed}",
         T::DTYPE.name(),
         plan.num_splits()
     );
@@ -95,12 +114,12 @@ fn every_path(d: u32) {
         .enumerate()
     {
         let s = seed + 10 * i as u64;
-        check::<f16>(d, pattern, &none, Some(1), false, s);
-        check::<bf16>(d, pattern, &sinks, Some(3), false, s + 1);
+        check::<f16>(d, pattern, &none, build(1, false), s);
+        check::<bf16>(d, pattern, &sinks, build(3, false), s + 1);
     }
     // The run-time walk (one plan for every length up to its maxima): interval patterns.
-    check::<bf16>(d, STREAMING, &none, Some(1), true, seed + 100);
-    check::<f16>(d, CAUSAL, &sinks, Some(2), true, seed + 101);
+    check::<bf16>(d, STREAMING, &none, build(1, true), seed + 100);
+    check::<f16>(d, CAUSAL, &sinks, build(2, true), seed + 101);
 }
 
 #[test]
@@ -138,37 +157,18 @@ fn packed_steps_read_each_kv_tile_once_per_group() {
         .sum::<u64>()
         * kv_heads;
     for splits in [1, 2, 5] {
-        let visited = check::<f16>(
-            128,
-            CAUSAL,
-            &none,
-            Some(splits),
-            false,
-            seed + splits as u64,
-        );
+        let s = seed + u64::from(splits);
+        let visited = check::<f16>(128, CAUSAL, &none, build(splits, false), s);
         assert_eq!(visited, once, "splits {splits}");
-        let visited = check::<f16>(128, CAUSAL, &none, Some(splits), true, seed + splits as u64);
+        let visited = check::<f16>(128, CAUSAL, &none, build(splits, true), s);
         assert_eq!(visited, once, "run-time walk, splits {splits}");
     }
     // Unpacked, the same rows cost a read per query head (group 4).
-    let problem = AttnProblem::new(decode_lens(), 8, 2, 128, DType::F16).unwrap();
-    let set = HeadPatterns::from_json(CAUSAL).unwrap();
-    let plan = AttnPlan::with_patterns(&problem, &set, &none)
-        .unwrap()
-        .with_gqa_packing(false)
-        .unwrap()
-        .with_num_splits(1)
-        .unwrap();
-    assert_eq!((plan.tiles().block_m, plan.gqa_pack()), (16, 1));
-    let mut rng = Rng::new(seed);
-    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
-    let visited = Cell::new(0);
-    let run = EmuRun {
-        tiles_visited: Some(&visited),
-        ..emu_run()
+    let unpacked = Build {
+        packed: false,
+        ..build(1, false)
     };
-    plan.run_emulated(&q, &k, &v, &run).unwrap();
-    assert_eq!(visited.get(), 4 * once);
+    assert_eq!(check::<f16>(128, CAUSAL, &none, unpacked, seed), 4 * once);
 }
 
 /// Which blocks a plan picks: the step shape while a block's rows (tokens x packed heads) fit
@@ -197,4 +197,133 @@ fn the_step_shape_serves_blocks_of_at_most_16_rows() {
     assert_eq!(shape(1, 8, 2, 512), (64, 4)); // head_dim 512 keeps the decode shape
     assert_eq!(shape(1, 8, 2, 256), (16, 4));
     assert_eq!(shape(100, 4, 4, 64), (128, 1));
+}
+
+/// One run-time plan for chunked prefill and decode (max q_len 32, group 4: 64-row decode
+/// blocks) keeps a step plan of the step tile and runs every step whose rows fit 16 (at most
+/// 4 tokens per sequence) with it, the longer ones with its own kernel; both against the f64
+/// reference, LSE in the plan's capacity layout, split-KV forced on both.
+#[test]
+fn a_runtime_plan_runs_decode_steps_at_the_step_shape() {
+    let seed = base_seed() + 7700;
+    let max = SeqLens::Uniform {
+        batch: 3,
+        q_len: 32,
+        kv_len: 300,
+    };
+    let problem = AttnProblem::new(max, 8, 2, 128, DType::BF16).unwrap();
+    let set = HeadPatterns::from_json(STREAMING).unwrap();
+    for splits in [None, Some(3)] {
+        let mut plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default()).unwrap();
+        if let Some(s) = splits {
+            plan = plan.with_num_splits(s).unwrap();
+        }
+        assert_eq!((plan.tiles().block_m, plan.gqa_pack()), (64, 4));
+        let step = plan
+            .step_plan()
+            .expect("a step plan beside the 64-row kernel");
+        assert_eq!((step.tiles().block_m, step.gqa_pack()), (16, 4));
+        assert_eq!(step.problem().seqs().max_lens(), (4, 300));
+        if let Some(s) = splits {
+            assert_eq!(step.num_splits(), s);
+        }
+        for (i, lens) in [
+            vec![(1, 300), (1, 65), (1, 129)], // decode
+            vec![(4, 200), (2, 9), (3, 77)],   // speculative: 16 rows at most
+            vec![(5, 200), (1, 9), (3, 77)],   // 20 rows: the plan's own kernel
+            vec![(32, 300), (17, 17), (0, 0)], // prefill chunks and an idle slot
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seqs = SeqLens::varlen_from_lens(&lens).unwrap();
+            let want_step = lens.iter().all(|&(q, _)| q <= 4);
+            let chosen = plan.plan_for_step(&seqs);
+            assert_eq!(std::ptr::eq(chosen, step), want_step, "{lens:?}");
+            let one_shot = AttnProblem::new(seqs.clone(), 8, 2, 128, DType::BF16).unwrap();
+            let lists = AttnPlan::with_patterns(&one_shot, &set, &AttnOptions::default()).unwrap();
+            let mut rng = Rng::new(seed + i as u64);
+            let (q, k, v) = random_qkv::<bf16>(&mut rng, &one_shot, 1.0, 1.0);
+            let kernel = Cell::new("");
+            let run = EmuRun {
+                kernel: Some(&kernel),
+                ..emu_run()
+            };
+            let (out, lse) = plan.run_emulated_step(&seqs, &q, &k, &v, &run).unwrap();
+            let shape = if want_step { "_m16_rt" } else { "_m64_rt" };
+            assert!(
+                kernel.get().ends_with(shape),
+                "{lens:?}: ran {}",
+                kernel.get()
+            );
+            let want = reference_for(&lists, &q, &k, &v, |b, h, i, j| lists.allowed(b, h, i, j));
+            let what = format!("{lens:?} splits {splits:?}");
+            assert_matches(&what, &one_shot, &out, &lse, &want, tol(DType::BF16));
+        }
+    }
+    // No step plan where the step tile does not apply, nor beside a plan of that shape.
+    let plan_of = |q_len: usize, heads: usize, kv_heads: usize, d: u32| {
+        let seqs = SeqLens::Uniform {
+            batch: 2,
+            q_len,
+            kv_len: 100,
+        };
+        let p = AttnProblem::new(seqs, heads, kv_heads, d, DType::F16).unwrap();
+        AttnPlan::for_max_lengths(&p, &set, &AttnOptions::default()).unwrap()
+    };
+    assert!(plan_of(32, 8, 2, 512).step_plan().is_none()); // head_dim 512
+    assert!(plan_of(32, 32, 1, 128).step_plan().is_none()); // a group of 32
+    assert!(plan_of(2, 8, 2, 128).step_plan().is_none()); // already the step shape
+    let mha = plan_of(200, 4, 4, 64); // 128-row prefill blocks, unpacked: 16-token steps
+    assert_eq!(
+        mha.step_plan().unwrap().problem().seqs().max_lens(),
+        (16, 100)
+    );
+    // Plans with compiled lists have none either.
+    let p = AttnProblem::new(decode_lens(), 8, 2, 128, DType::F16).unwrap();
+    let lists = AttnPlan::with_patterns(&p, &set, &AttnOptions::default()).unwrap();
+    assert!(lists.step_plan().is_none());
+}
+
+/// The paged decode driver plans once for prefill chunks of 24 tokens and decode steps: the
+/// chunks run the 64-row kernel, every decode step the step tile, through the cache's block
+/// table; the whole sequence matches the f64 reference.
+#[test]
+fn the_decode_driver_runs_decode_steps_at_the_step_shape() {
+    use sparse_attn::kv_cache::{decode_emulated, DecodeConfig};
+    let t = 60;
+    let seqs = SeqLens::Uniform {
+        batch: 2,
+        q_len: t,
+        kv_len: t,
+    };
+    let problem = AttnProblem::new(seqs, 8, 2, 64, DType::F16).unwrap();
+    let set = HeadPatterns::from_json(STREAMING).unwrap();
+    let config = DecodeConfig {
+        page_size: 16,
+        prefill: 48,
+        chunk: Some(24),
+        ..Default::default()
+    };
+    let mut rng = Rng::new(base_seed() + 7800);
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    let kernel = Cell::new("");
+    let run = EmuRun {
+        kernel: Some(&kernel),
+        ..emu_run()
+    };
+    let got = decode_emulated(&problem, &set, &config, &q, &k, &v, &run).unwrap();
+    assert_eq!((got.steps, got.plans_built), (2 + 12, 1));
+    // The last launch was a decode step.
+    assert_eq!(kernel.get(), "sa_attn_fwd_f16_hd64_m16_rt");
+    let plan = AttnPlan::with_patterns(&problem, &set, &AttnOptions::default()).unwrap();
+    let want = reference_for(&plan, &q, &k, &v, |b, h, i, j| plan.allowed(b, h, i, j));
+    assert_matches(
+        "decode driver",
+        &problem,
+        &got.out,
+        &got.lse,
+        &want,
+        tol(DType::F16),
+    );
 }

@@ -61,7 +61,9 @@ impl AttnPlan {
     /// maxima), q and k/v packed as varlen tensors of those lengths (`[total_q, num_heads,
     /// head_dim]`, `[total_k, num_kv_heads, head_dim]`). Returns `(out, lse)` laid out as
     /// varlen (`[total_q, num_heads, head_dim]`, `[num_heads, total_q]`). The plan and its
-    /// metadata are the same for every step; only the lengths change.
+    /// metadata are the same for every step; only the lengths change. A step whose sequences
+    /// fit the plan's step plan ([`AttnPlan::step_plan`]) runs the step tile's kernel, as
+    /// every host-length step call does (the paged and strided ones too).
     pub fn run_emulated_step<T: Element>(
         &self,
         seqs: &SeqLens,
@@ -296,7 +298,7 @@ impl AttnPlan {
         // A run-time plan's LSE rows are laid out for its capacity (batch x max q_len) and
         // compacted to the step's rows below.
         let (total_q, _) = seqs.totals();
-        let capacity = p.seqs().totals().0;
+        let capacity = self.capacity_rows;
         let out_elems = total_q * p.num_heads() * p.head_dim().get() as usize;
         let lse_elems = if runtime {
             capacity * p.num_heads()
@@ -340,6 +342,12 @@ impl AttnPlan {
         run: &EmuRun,
         prepare: Option<&Prepare<'_>>,
     ) -> Result<()> {
+        // A step whose rows fit the step tile runs the step plan (its own metadata, the same
+        // capacity layout); its checks were this plan's.
+        let plan = self.plan_for_step(seqs);
+        if !std::ptr::eq(plan, self) {
+            return plan.emulate_into(seqs, q, kv, layout, ob, lb, run, prepare);
+        }
         let p = &self.problem;
         let runtime = self.walk().runtime_lengths();
         let qb = GuardedBuffer::from_slice(q, "q")?;
@@ -433,8 +441,11 @@ impl AttnPlan {
         // split the plan's workspace, the per-head vectors num_heads values; the kernels match
         // the params type.
         unsafe {
-            self.launch_with_layout(&addrs, layout)
-                .run_emulated(&run.options())?;
+            let launch = self.launch_with_layout(&addrs, layout);
+            if let Some(slot) = run.kernel {
+                slot.set(launch.kernel.name);
+            }
+            launch.run_emulated(&run.options())?;
             if let Some(combine) = self.combine_launch_with_layout(&addrs, layout) {
                 combine.run_emulated(&run.options())?;
             }
@@ -499,6 +510,8 @@ pub struct EmuRun<'a> {
     pub numerics: emu::Numerics,
     /// Receives the number of kv tiles the kernel visited.
     pub tiles_visited: Option<&'a std::cell::Cell<u64>>,
+    /// Receives the name of the forward kernel the call launched (which tile shape ran).
+    pub kernel: Option<&'a std::cell::Cell<&'static str>>,
 }
 
 impl EmuRun<'_> {

@@ -138,6 +138,12 @@ pub struct AttnPlan {
     num_splits: u32,
     gqa_pack: u32,
     walk: FwdWalk,
+    /// Query rows per head of the plan's capacity layout (LSE rows per head, batch x max
+    /// q_len): the problem's, or for a step plan its parent's.
+    capacity_rows: usize,
+    /// A run-time plan whose blocks are larger than the step tile keeps a second plan of the
+    /// step shape for steps whose rows fit it ([`AttnPlan::step_plan`]).
+    step: Option<Box<AttnPlan>>,
 }
 
 impl AttnPlan {
@@ -215,6 +221,7 @@ impl AttnPlan {
         let tiles = kernels::fwd_tiles(problem.head_dim(), fwd_phase(&problem, 1));
         let meta = meta(&tiles)?;
         let num_splits = default_num_splits(&problem, 1, &meta, &tiles);
+        let capacity_rows = problem.seqs().totals().0;
         let plan = AttnPlan {
             kernel: kernels::attn_fwd_walk(problem.dtype(), &tiles, FwdWalk::Device),
             problem,
@@ -225,6 +232,8 @@ impl AttnPlan {
             num_splits,
             gqa_pack: 1,
             walk: FwdWalk::Device,
+            capacity_rows,
+            step: None,
         };
         plan.check_grids()?;
         Ok(plan)
@@ -256,7 +265,14 @@ impl AttnPlan {
             }
         };
         let num_splits = default_num_splits(&problem, gqa_pack, &meta, &tiles);
-        let plan = AttnPlan {
+        let step = match walk {
+            FwdWalk::Runtime if tiles.block_m != crate::ffi::SA_FWD_BLOCK_M_STEP => {
+                Self::build_step(&problem, &patterns, &scores, gqa_pack)?
+            }
+            _ => None,
+        };
+        let capacity_rows = problem.seqs().totals().0;
+        let mut plan = AttnPlan {
             kernel: kernels::attn_fwd_walk(problem.dtype(), &tiles, walk),
             problem,
             scores,
@@ -266,9 +282,78 @@ impl AttnPlan {
             num_splits,
             gqa_pack,
             walk,
+            capacity_rows,
+            step: None,
         };
         plan.check_grids()?;
+        plan.step = step.map(|mut s| {
+            s.capacity_rows = capacity_rows;
+            Box::new(s)
+        });
         Ok(plan)
+    }
+
+    /// The step plan of a run-time plan (see [`AttnPlan::step_plan`]): the same patterns,
+    /// score settings and packing for at most `16 / gqa_pack` query tokens per sequence, when
+    /// that is the step tile shape (not at head_dim 512, nor for groups above 16).
+    fn build_step(
+        problem: &AttnProblem,
+        patterns: &HeadPatterns,
+        scores: &ScoreMods,
+        gqa_pack: u32,
+    ) -> Result<Option<AttnPlan>> {
+        let rows = (crate::ffi::SA_FWD_BLOCK_M_STEP / gqa_pack.max(1)) as usize;
+        if rows == 0 {
+            return Ok(None);
+        }
+        let (max_q, max_kv) = problem.seqs().max_lens();
+        let small = AttnProblem::new(
+            SeqLens::Uniform {
+                batch: problem.seqs().batch(),
+                q_len: rows.min(max_q),
+                kv_len: max_kv,
+            },
+            problem.num_heads(),
+            problem.num_kv_heads(),
+            problem.head_dim().get(),
+            problem.dtype(),
+        )?;
+        let tiles = kernels::fwd_tiles(small.head_dim(), fwd_phase(&small, gqa_pack));
+        if tiles.block_m != crate::ffi::SA_FWD_BLOCK_M_STEP {
+            return Ok(None);
+        }
+        Self::build(
+            small,
+            patterns.clone(),
+            scores.clone(),
+            gqa_pack,
+            FwdWalk::Runtime,
+        )
+        .map(Some)
+    }
+
+    /// The plan of the step tile (one warp of 16 rows, `_m16` kernels) that a run-time plan
+    /// ([`AttnPlan::for_max_lengths`]) with larger blocks keeps beside its own kernel: calls
+    /// whose lengths the host passes (the emulated steps, `GpuPlan::run_paged_step` and
+    /// `GpuPlan::run_step_strided`) run it when every sequence of the step has at most its
+    /// maximum q_len (`16 / gqa_pack` tokens: decode steps), so one plan serves chunked
+    /// prefill at the prefill or decode shape and decode at the bandwidth shape. Its LSE rows
+    /// are laid out for this plan's capacity. `None` for other plans, for plans already of
+    /// the step shape, and where the step shape does not apply (head_dim 512, groups of more
+    /// than 16 packed heads). Launches over device lengths (`GpuPlan::launch_step`,
+    /// `launch_step_strided`, `launch_contiguous_step`) always run this plan's own kernel:
+    /// the host does not know their lengths.
+    pub fn step_plan(&self) -> Option<&AttnPlan> {
+        self.step.as_deref()
+    }
+
+    /// The plan a step of lengths `seqs` runs with: [`AttnPlan::step_plan`] when it has one
+    /// and every sequence's q_len fits it, else this plan.
+    pub fn plan_for_step(&self, seqs: &SeqLens) -> &AttnPlan {
+        match &self.step {
+            Some(s) if seqs.max_lens().0 <= s.problem.seqs().max_lens().0 => s,
+            _ => self,
+        }
     }
 
     /// Rejects a plan whose forward launch (or split-KV combine launch) would exceed the CUDA
@@ -337,6 +422,9 @@ impl AttnPlan {
         }
         self.num_splits = num_splits;
         self.check_grids()?;
+        if let Some(s) = self.step.take() {
+            self.step = Some(Box::new(s.with_num_splits(num_splits)?));
+        }
         Ok(self)
     }
 
@@ -351,8 +439,10 @@ impl AttnPlan {
         if self.num_splits <= 1 {
             return (0, 0);
         }
+        // For the capacity rows: a step plan's partials are laid out by the rows of the step
+        // (`cu_seqlens_q[batch]`), which device lengths may take up to its parent's capacity.
         let p = &self.problem;
-        let rows = self.num_splits as usize * p.seqs().totals().0 * p.num_heads();
+        let rows = self.num_splits as usize * self.capacity_rows * p.num_heads();
         (rows * p.head_dim().get() as usize, rows)
     }
 
@@ -482,7 +572,6 @@ impl AttnPlan {
         let d = p.head_dim().get() as i64;
         let (h, hk) = (p.num_heads() as i64, p.num_kv_heads() as i64);
         let (max_q, max_k) = p.seqs().max_lens();
-        let (total_q, _) = p.seqs().totals();
         let (q_len, kv_len) = match &p.seqs() {
             SeqLens::Uniform { q_len, kv_len, .. } => (*q_len, *kv_len),
             SeqLens::Varlen { .. } => (max_q, max_k),
@@ -497,7 +586,7 @@ impl AttnPlan {
         // The LSE's (batch, head, row) strides: the plan's head-major layout, or the caller's
         // (token, head) strides, sequence b's tokens b * q_len rows in for uniform batches.
         let (lse_batch_stride, lse_head_stride, lse_row_stride) = match layout.lse {
-            LseLayout::Plan if varlen => (0, total_q as i64, 1),
+            LseLayout::Plan if varlen => (0, self.capacity_rows as i64, 1),
             LseLayout::Plan => (h * q_len as i64, q_len as i64, 1),
             LseLayout::Strided(s) => {
                 let (row, head) = (s.row as i64, s.head as i64);

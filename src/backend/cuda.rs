@@ -482,6 +482,8 @@ pub struct GpuPlan<'p> {
     workspace: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
     /// The plan's sink logits and ALiBi slopes ([`AttnPlan::head_vectors`]), when it has them.
     head_vectors: [Option<CudaSlice<f32>>; 2],
+    /// The plan's step plan ([`AttnPlan::step_plan`]), uploaded beside it.
+    step: Option<Box<GpuPlan<'static>>>,
 }
 
 impl<'p> GpuPlan<'p> {
@@ -521,6 +523,10 @@ impl<'p> GpuPlan<'p> {
         } else {
             None
         };
+        let step = match this.step_plan() {
+            Some(s) => Some(Box::new(GpuPlan::new(Cow::Owned(s.clone()), gpu)?)),
+            None => None,
+        };
         Ok(GpuPlan {
             plan,
             gpu: gpu.clone(),
@@ -528,6 +534,7 @@ impl<'p> GpuPlan<'p> {
             cu,
             workspace,
             head_vectors,
+            step,
         })
     }
 }
@@ -541,6 +548,15 @@ impl GpuPlan<'_> {
     /// The GPU the plan lives on.
     pub(crate) fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// The uploaded plan a step of host-known lengths `seqs` launches
+    /// ([`AttnPlan::plan_for_step`]): the step plan when every sequence fits it, else this.
+    fn for_step(&self, seqs: &SeqLens) -> &GpuPlan<'_> {
+        match &self.step {
+            Some(s) if !std::ptr::eq(self.plan.plan_for_step(seqs), self.plan()) => s,
+            _ => self,
+        }
     }
 
     /// Device addresses of the uploaded metadata arrays ([`crate::attention::PlanMeta::arrays`]
@@ -625,7 +641,8 @@ impl GpuPlan<'_> {
     /// lse `[num_heads, batch x max q_len]` (the plan's capacity; the step's rows first in
     /// each head's row). The step's `cu_seqlens` are uploaded for the launch (the plan and its
     /// metadata are not: they serve every step); lengths, the layout and every block-table
-    /// entry the step can read are checked on the host first.
+    /// entry the step can read are checked on the host first. A step whose sequences fit the
+    /// plan's step plan ([`AttnPlan::step_plan`]: decode steps) runs the step tile's kernel.
     pub fn run_paged_step<T: Element + DeviceRepr>(
         &self,
         seqs: &SeqLens,
@@ -653,7 +670,7 @@ impl GpuPlan<'_> {
         let q_elems = seqs.totals().0 * p.num_heads() * p.head_dim().get() as usize;
         let lse_elems = p.seqs().totals().0 * p.num_heads();
         self.check_packed(q, out, lse, (q_elems, lse_elems))?;
-        self.launch_with(
+        self.for_step(seqs).launch_with(
             q,
             KvSlices::Paged {
                 k: kv.k_pages,
@@ -677,7 +694,10 @@ impl GpuPlan<'_> {
     /// [`LseLayout::Plan`] is `[num_heads, batch x max q_len]` (the plan's capacity),
     /// [`LseLayout::Strided`] the step's `total_q` tokens at the caller's strides; `None`
     /// skips the LSE store. Lengths, layouts (`Error::Layout`) and contexts are checked
-    /// first. The emulator twin is [`AttnPlan::run_emulated_step_into`].
+    /// first. The emulator twin is [`AttnPlan::run_emulated_step_into`]. Like
+    /// [`GpuPlan::run_paged_step`], a step that fits the plan's step plan runs its kernel
+    /// (so its bits match [`GpuPlan::launch_contiguous_step`] only where the plan has no
+    /// step plan).
     ///
     /// A convenience, **not CUDA-graph-capture-safe**: the step's `cu_seqlens` are built on
     /// the host and uploaded (two small allocations and host-to-device copies per call). An
@@ -707,7 +727,8 @@ impl GpuPlan<'_> {
         let stream = self.gpu.stream();
         let (cq, ck) = seqs.cu_seqlens();
         let lens = (stream.clone_htod(&cq)?, stream.clone_htod(&ck)?);
-        self.launch_contiguous(q, k, v, out, lse, (&lens.0, &lens.1), layout)
+        self.for_step(seqs)
+            .launch_contiguous(q, k, v, out, lse, (&lens.0, &lens.1), layout)
     }
 
     /// [`GpuPlan::run_step_strided`] in the capture-safe form: the step's lengths are the
@@ -871,7 +892,8 @@ impl GpuPlan<'_> {
     /// what the host knows: buffer sizes and contexts, the layout against the plan's pool.
     /// Device data is the engine's: a sequence longer than the plan's maxima is not read and a
     /// block-table entry outside the pool reads nothing (the kernels' checked no-read path;
-    /// the affected rows are unspecified, the cache is never written).
+    /// the affected rows are unspecified, the cache is never written). It queues the plan's
+    /// own kernel; [`GpuPlan::launch_step_rows`] takes the step tile for decode steps.
     pub fn launch_step<T: Element + DeviceRepr>(
         &self,
         step: &DeviceStep<'_, T>,
@@ -888,6 +910,39 @@ impl GpuPlan<'_> {
         );
         self.check_packed(q, out, lse, elems)?;
         self.launch_device_step(step, q, out, Some(lse), &self.plan.packed_layout())
+    }
+
+    /// [`GpuPlan::launch_step`] for an engine that knows on the host that no sequence of the
+    /// step has more than `max_q_len` query tokens (say 1: a decode step), while the lengths
+    /// themselves stay device data: when `max_q_len` fits the plan's step plan
+    /// ([`AttnPlan::step_plan`]) the step tile's kernel is queued, else the plan's own, over
+    /// the same buffers (the plan's capacity) and with the same guarantees. A sequence that
+    /// breaks the promise is not read and its rows are unspecified, as for lengths above the
+    /// plan's maxima. Capture-safe like `launch_step`: a graph captured with `max_q_len` 1
+    /// replays the step kernel.
+    pub fn launch_step_rows<T: Element + DeviceRepr>(
+        &self,
+        max_q_len: usize,
+        step: &DeviceStep<'_, T>,
+        q: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.check_device_step(step)?;
+        let p = self.plan.problem();
+        let capacity = p.seqs().totals().0;
+        let elems = (
+            capacity * p.num_heads() * p.head_dim().get() as usize,
+            capacity * p.num_heads(),
+        );
+        self.check_packed(q, out, lse, elems)?;
+        let rows = SeqLens::Uniform {
+            batch: p.seqs().batch(),
+            q_len: max_q_len,
+            kv_len: 0,
+        };
+        self.for_step(&rows)
+            .launch_device_step(step, q, out, Some(lse), &self.plan.packed_layout())
     }
 
     /// [`GpuPlan::launch_step`] with q and out at explicit strides and the LSE optional: q and

@@ -386,7 +386,9 @@ impl<T: Element + DeviceRepr + ValidAsZeroBits> Backend<T> for CudaBackend<'_, T
             block_table: table_d,
             layout: kv.layout,
         };
-        self.plans[index].launch_step(&step, &self.q, &mut self.out, &mut self.lse)?;
+        // The host knows the step's longest query: decode-only steps run the step tile.
+        let max_q = seqs.max_lens().0;
+        self.plans[index].launch_step_rows(max_q, &step, &self.q, &mut self.out, &mut self.lse)?;
         let mut out = vec![T::default(); q.len()];
         if !out.is_empty() {
             stream.memcpy_dtoh(&self.out.slice(..q.len()), &mut out)?;

@@ -86,7 +86,9 @@ pub fn check_causal(set: &HeadPatterns) -> Result<()> {
 /// Each step appends the step's K/V rows for every sequence, then runs its queries against
 /// the cache through one run-time plan ([`AttnPlan::for_max_lengths`], compiled once for the
 /// longest step over all `T` keys) at the step's lengths (`q_len = step tokens`, `kv_len =
-/// tokens so far`): no plan is built per step.
+/// tokens so far`): no plan is built per step. The decode steps (one token) run the plan's
+/// step plan ([`AttnPlan::step_plan`]: one-warp blocks of 16 rows) where the step tile
+/// applies, the prefill chunks its own kernel.
 ///
 /// Errors: a pattern that is not causal on every head, or does not fit the shapes
 /// (`Error::Pattern`); a non-uniform problem, `q_len != kv_len`, `T == 0`, `prefill > T`,
