@@ -661,3 +661,110 @@ fn mixed_rows_through_launches_built_once() {
         );
     }
 }
+
+/// A step plan launched over device lengths ([`AttnPlan::step_plan`]; on a GPU
+/// `GpuPlan::launch_step_rows`) on the parent plan's buffers: a decode step gives the
+/// reference's rows and LSE in the parent's capacity layout, and lengths that break the
+/// step's promise (two 10-token sequences before a decode row: 21 rows against the step
+/// plan's 3 x 4) touch nothing outside the buffers -- the split-KV partials of rows past the
+/// step plan's capacity are dropped by the kernels (split_kv.cuh), where they would land past
+/// its workspace, which the emulator faults on.
+#[test]
+fn a_step_plan_over_device_lengths_stays_in_its_workspace() {
+    use sparse_attn::attention::TensorAddrs;
+    use sparse_attn::emu::GuardedBuffer;
+    let (batch, heads, kv_heads, d, max_q, max_kv) = (3usize, 8, 2, 64usize, 32usize, 300usize);
+    let set = HeadPatterns::from_json(STREAMING).unwrap();
+    let max = SeqLens::Uniform {
+        batch,
+        q_len: max_q,
+        kv_len: max_kv,
+    };
+    let problem = AttnProblem::new(max, heads, kv_heads, d as u32, f16::DTYPE).unwrap();
+    let plan = AttnPlan::for_max_lengths(&problem, &set, &AttnOptions::default())
+        .unwrap()
+        .with_num_splits(3)
+        .unwrap();
+    let step = plan.step_plan().expect("a step plan");
+    assert_eq!(
+        (step.problem().seqs().max_lens().0, step.num_splits()),
+        (4, 3)
+    );
+    // Buffers of the parent's capacity; the step plan's own workspace and metadata.
+    let (rows, keys) = (batch * max_q, batch * max_kv);
+    let mut qb = GuardedBuffer::<f16>::zeroed(rows * heads * d, "q").unwrap();
+    let ob =
+        GuardedBuffer::<f16>::filled(rows * heads * d, f16::from_f32(f32::NAN), "out").unwrap();
+    let lb = GuardedBuffer::<f32>::filled(rows * heads, f32::NAN, "lse").unwrap();
+    let mut kb = GuardedBuffer::<f16>::zeroed(keys * kv_heads * d, "k").unwrap();
+    let mut vb = GuardedBuffer::<f16>::zeroed(keys * kv_heads * d, "v").unwrap();
+    let mut cu_q = GuardedBuffer::<i32>::zeroed(batch + 1, "cu_seqlens_q").unwrap();
+    let mut cu_k = GuardedBuffer::<i32>::zeroed(batch + 1, "cu_seqlens_k").unwrap();
+    let (o_ws, l_ws) = step.split_workspace();
+    assert_eq!(l_ws, 3 * batch * 4 * heads, "the step plan's own capacity");
+    let ow = GuardedBuffer::<f32>::zeroed(o_ws, "o_partial").unwrap();
+    let lw = GuardedBuffer::<f32>::zeroed(l_ws, "lse_partial").unwrap();
+    let meta = step.meta().upload_emulated().unwrap();
+    let addrs = TensorAddrs {
+        meta: meta.addrs(),
+        q: qb.as_ptr() as u64,
+        k: kb.as_ptr() as u64,
+        v: vb.as_ptr() as u64,
+        out: ob.as_ptr() as u64,
+        lse: lb.as_ptr() as u64,
+        cu_q: cu_q.as_ptr() as u64,
+        cu_k: cu_k.as_ptr() as u64,
+        o_partial: ow.as_ptr() as u64,
+        lse_partial: lw.as_ptr() as u64,
+        ..Default::default()
+    };
+    let fwd = step.launch(&addrs);
+    assert!(fwd.kernel.name.ends_with("_m16_rt"), "{}", fwd.kernel.name);
+    let combine = step.combine_launch(&addrs).expect("a split plan combines");
+    let opts = common::emu_run().options();
+
+    // A decode step within the promise.
+    let lens = [(1, 300), (1, 65), (1, 129)];
+    let seqs = varlen(&lens);
+    let one_shot = AttnProblem::new(seqs.clone(), heads, kv_heads, d as u32, f16::DTYPE).unwrap();
+    let mut rng = Rng::new(base_seed() + 900);
+    let q: Vec<f16> = random_tensor(&mut rng, 3 * heads * d, 1.0);
+    let k: Vec<f16> = random_tensor(&mut rng, 494 * kv_heads * d, 1.0);
+    let v: Vec<f16> = random_tensor(&mut rng, 494 * kv_heads * d, 1.0);
+    let (cq, ck) = seqs.cu_seqlens();
+    cu_q.as_mut_slice().copy_from_slice(&cq);
+    cu_k.as_mut_slice().copy_from_slice(&ck);
+    qb.as_mut_slice()[..q.len()].copy_from_slice(&q);
+    kb.as_mut_slice()[..k.len()].copy_from_slice(&k);
+    vb.as_mut_slice()[..v.len()].copy_from_slice(&v);
+    // SAFETY: every address points at a live guarded buffer of the parent plan's capacity
+    // (q, out, lse, k, v), the step plan's workspace and uploaded metadata, and the lengths.
+    unsafe {
+        fwd.run_emulated(&opts).unwrap();
+        combine.run_emulated(&opts).unwrap();
+    }
+    // LSE rows in the parent's layout: [heads, batch x max q], the step's 3 rows first.
+    let lse_all = lb.to_vec();
+    let lse: Vec<f32> = lse_all.chunks(rows).flat_map(|r| r[..3].to_vec()).collect();
+    let lists = AttnPlan::with_patterns(&one_shot, &set, &AttnOptions::default()).unwrap();
+    let want = reference_for(&lists, &q, &k, &v, |b, h, i, j| lists.allowed(b, h, i, j));
+    let out = ob.to_vec()[..q.len()].to_vec();
+    assert_matches(
+        "step plan, device lengths",
+        &one_shot,
+        &out,
+        &lse,
+        &want,
+        tol(f16::DTYPE),
+    );
+
+    // A broken promise: 21 rows, the decode row 20 rows in.
+    cu_q.as_mut_slice().copy_from_slice(&[0, 10, 20, 21]);
+    cu_k.as_mut_slice().copy_from_slice(&[0, 100, 200, 300]);
+    // SAFETY: as above; the lengths break the step plan's maxima, which the kernels check.
+    let ran = unsafe {
+        fwd.run_emulated(&opts)
+            .and_then(|_| combine.run_emulated(&opts))
+    };
+    assert!(ran.is_ok(), "{ran:?}");
+}

@@ -69,7 +69,8 @@ impl Element for half::bf16 {
 }
 
 /// Device addresses of one call's tensors (raw: the backends fill them from buffers they own).
-#[derive(Clone, Copy, Debug)]
+/// The default is every address 0 (null).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct TensorAddrs {
     /// Queries.
     pub q: u64,
@@ -341,8 +342,9 @@ impl AttnPlan {
     /// are laid out for this plan's capacity. `None` for other plans, for plans already of
     /// the step shape, and where the step shape does not apply (head_dim 512, groups of more
     /// than 16 packed heads). Launches over device lengths (`GpuPlan::launch_step`,
-    /// `launch_step_strided`, `launch_contiguous_step`) always run this plan's own kernel:
-    /// the host does not know their lengths.
+    /// `launch_step_strided`, `launch_contiguous_step`) run this plan's own kernel, since the
+    /// host does not know their lengths, unless the engine states the step's longest query
+    /// (`GpuPlan::launch_step_rows`).
     pub fn step_plan(&self) -> Option<&AttnPlan> {
         self.step.as_deref()
     }
@@ -439,10 +441,10 @@ impl AttnPlan {
         if self.num_splits <= 1 {
             return (0, 0);
         }
-        // For the capacity rows: a step plan's partials are laid out by the rows of the step
-        // (`cu_seqlens_q[batch]`), which device lengths may take up to its parent's capacity.
+        // A step plan's own capacity (its maxima), not its parent's: the partials are laid out
+        // by the step's rows, which fit it whenever the step fits the step plan.
         let p = &self.problem;
-        let rows = self.num_splits as usize * self.capacity_rows * p.num_heads();
+        let rows = self.num_splits as usize * p.seqs().totals().0 * p.num_heads();
         (rows * p.head_dim().get() as usize, rows)
     }
 

@@ -916,10 +916,12 @@ impl GpuPlan<'_> {
     /// step has more than `max_q_len` query tokens (say 1: a decode step), while the lengths
     /// themselves stay device data: when `max_q_len` fits the plan's step plan
     /// ([`AttnPlan::step_plan`]) the step tile's kernel is queued, else the plan's own, over
-    /// the same buffers (the plan's capacity) and with the same guarantees. A sequence that
-    /// breaks the promise is not read and its rows are unspecified, as for lengths above the
-    /// plan's maxima. Capture-safe like `launch_step`: a graph captured with `max_q_len` 1
-    /// replays the step kernel.
+    /// the same buffers (the plan's capacity). A step that breaks the promise reads and
+    /// writes nothing out of bounds: a sequence longer than the step plan's maximum is not
+    /// read, and split-KV partials of rows past the step plan's capacity (`batch x` its
+    /// maximum q_len: what its workspace holds) are dropped by the kernels (`split_rows`,
+    /// kernels/include/sparse_attn/split_kv.cuh); those rows are unspecified. Capture-safe
+    /// like `launch_step`: a graph captured with `max_q_len` 1 replays the step kernel.
     pub fn launch_step_rows<T: Element + DeviceRepr>(
         &self,
         max_q_len: usize,

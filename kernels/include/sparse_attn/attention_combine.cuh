@@ -10,6 +10,7 @@
 #include "sparse_attn/arch.cuh"
 #include "sparse_attn/online_softmax.cuh"
 #include "sparse_attn/params.h"
+#include "sparse_attn/split_kv.cuh"
 
 namespace sa {
 
@@ -20,7 +21,7 @@ SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
   static_assert(D % 32 == 0, "each lane owns D / 32 columns");
   const int warp = threadIdx.x / 32, lane = static_cast<int>(arch::lane_id());
   const bool varlen = p.cu_seqlens_q != nullptr;
-  const int64_t total_rows = varlen ? p.cu_seqlens_q[p.batch] : int64_t(p.batch) * p.q_len;
+  const int64_t total_rows = split_rows(p);
   const int64_t pair = int64_t(blockIdx.x) * (kCombineThreads / 32) + warp;
   if (pair >= total_rows * p.num_heads) return;
   const int64_t row = pair / p.num_heads;
@@ -33,7 +34,7 @@ SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
   SA_UNROLL
   for (int c = 0; c < D / 32; ++c) acc[c] = 0.f;
   for (int s = 0; s < p.num_splits; ++s) {
-    const int64_t slot = (s * total_rows + row) * p.num_heads + h;
+    const int64_t slot = split_slot(p, total_rows, s, row, h);
     const float lse_s[1] = {p.lse_partial[slot]};
     float keep[1], add[1];
     state.merge(SoftmaxRows<1>::from_lse(lse_s), keep, add);

@@ -13,6 +13,7 @@
 #include "sparse_attn/online_softmax.cuh"
 #include "sparse_attn/paged_kv.cuh"
 #include "sparse_attn/params.h"
+#include "sparse_attn/split_kv.cuh"
 #include "sparse_attn/params_layout.h"  // layout asserted against the Rust mirror
 #include "sparse_attn/tile_io.cuh"
 #include "sparse_attn/tile_mma.cuh"
@@ -294,15 +295,16 @@ SA_DEVICE void write_partial(const SaAttnFwdParams& p, const SeqSlice<T>& seq, c
   float inv_l[2 * MT], lse[2 * MT];
   state.finalize(inv_l, lse);
   const int t = lane & 3;
-  const int64_t total_rows = p.cu_seqlens_q != nullptr ? p.cu_seqlens_q[p.batch]
-                                                       : int64_t(p.batch) * p.q_len;
+  const int64_t total_rows = split_rows(p);
+  // A sequence past the layout's rows (device lengths above the capacity) has no slots.
+  if (seq.row0 + seq.q_len > total_rows) return;
   SA_UNROLL
   for (int r = 0; r < 2 * MT; ++r) {
     const int local = fragment_row(warp_row0, r, lane);
     const int token = rows.token(local);
     if (token < 0) continue;
     const int64_t slot =
-        (split * total_rows + seq.row0 + token) * p.num_heads + h + rows.head_offset(local);
+        split_slot(p, total_rows, split, seq.row0 + token, h + rows.head_offset(local));
     float2* dst = reinterpret_cast<float2*>(p.o_partial + slot * D + col0 + 2 * t);
     const float(&acc)[DO / 8][4] = o[r / 2];
     const int c = 2 * (r % 2);
