@@ -901,15 +901,7 @@ impl GpuPlan<'_> {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.check_device_step(step)?;
-        let p = self.plan.problem();
-        let capacity = p.seqs().totals().0;
-        let elems = (
-            capacity * p.num_heads() * p.head_dim().get() as usize,
-            capacity * p.num_heads(),
-        );
-        self.check_packed(q, out, lse, elems)?;
-        self.launch_device_step(step, q, out, Some(lse), &self.plan.packed_layout())
+        self.launch_packed_step(None, step, q, out, lse)
     }
 
     /// [`GpuPlan::launch_step`] for an engine that knows on the host that no sequence of the
@@ -930,6 +922,18 @@ impl GpuPlan<'_> {
         out: &mut CudaSlice<T>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        self.launch_packed_step(Some(max_q_len), step, q, out, lse)
+    }
+
+    /// `launch_step` (`max_q_len` None: the plan's own kernel) and `launch_step_rows`.
+    fn launch_packed_step<T: Element + DeviceRepr>(
+        &self,
+        max_q_len: Option<usize>,
+        step: &DeviceStep<'_, T>,
+        q: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         self.check_device_step(step)?;
         let p = self.plan.problem();
         let capacity = p.seqs().totals().0;
@@ -938,13 +942,15 @@ impl GpuPlan<'_> {
             capacity * p.num_heads(),
         );
         self.check_packed(q, out, lse, elems)?;
-        let rows = SeqLens::Uniform {
-            batch: p.seqs().batch(),
-            q_len: max_q_len,
-            kv_len: 0,
+        let target = match max_q_len {
+            Some(q_len) => self.for_step(&SeqLens::Uniform {
+                batch: p.seqs().batch(),
+                q_len,
+                kv_len: 0,
+            }),
+            None => self,
         };
-        self.for_step(&rows)
-            .launch_device_step(step, q, out, Some(lse), &self.plan.packed_layout())
+        target.launch_device_step(step, q, out, Some(lse), &self.plan.packed_layout())
     }
 
     /// [`GpuPlan::launch_step`] with q and out at explicit strides and the LSE optional: q and
