@@ -352,8 +352,13 @@ impl AttnPlan {
     /// The plan a step of lengths `seqs` runs with: [`AttnPlan::step_plan`] when it has one
     /// and every sequence's q_len fits it, else this plan.
     pub fn plan_for_step(&self, seqs: &SeqLens) -> &AttnPlan {
+        self.plan_for_rows(seqs.max_lens().0)
+    }
+
+    /// [`AttnPlan::plan_for_step`] of a step whose longest query has `max_q_len` tokens.
+    pub fn plan_for_rows(&self, max_q_len: usize) -> &AttnPlan {
         match &self.step {
-            Some(s) if seqs.max_lens().0 <= s.problem.seqs().max_lens().0 => s,
+            Some(s) if max_q_len <= s.problem.seqs().max_lens().0 => s,
             _ => self,
         }
     }

@@ -550,11 +550,11 @@ impl GpuPlan<'_> {
         &self.gpu
     }
 
-    /// The uploaded plan a step of host-known lengths `seqs` launches
-    /// ([`AttnPlan::plan_for_step`]): the step plan when every sequence fits it, else this.
-    fn for_step(&self, seqs: &SeqLens) -> &GpuPlan<'_> {
+    /// The uploaded plan a step whose longest query has `max_q_len` tokens launches
+    /// ([`AttnPlan::plan_for_rows`]): the step plan when it fits, else this.
+    fn for_rows(&self, max_q_len: usize) -> &GpuPlan<'_> {
         match &self.step {
-            Some(s) if !std::ptr::eq(self.plan.plan_for_step(seqs), self.plan()) => s,
+            Some(s) if !std::ptr::eq(self.plan.plan_for_rows(max_q_len), self.plan()) => s,
             _ => self,
         }
     }
@@ -670,7 +670,7 @@ impl GpuPlan<'_> {
         let q_elems = seqs.totals().0 * p.num_heads() * p.head_dim().get() as usize;
         let lse_elems = p.seqs().totals().0 * p.num_heads();
         self.check_packed(q, out, lse, (q_elems, lse_elems))?;
-        self.for_step(seqs).launch_with(
+        self.for_rows(seqs.max_lens().0).launch_with(
             q,
             KvSlices::Paged {
                 k: kv.k_pages,
@@ -727,8 +727,15 @@ impl GpuPlan<'_> {
         let stream = self.gpu.stream();
         let (cq, ck) = seqs.cu_seqlens();
         let lens = (stream.clone_htod(&cq)?, stream.clone_htod(&ck)?);
-        self.for_step(seqs)
-            .launch_contiguous(q, k, v, out, lse, (&lens.0, &lens.1), layout)
+        self.for_rows(seqs.max_lens().0).launch_contiguous(
+            q,
+            k,
+            v,
+            out,
+            lse,
+            (&lens.0, &lens.1),
+            layout,
+        )
     }
 
     /// [`GpuPlan::run_step_strided`] in the capture-safe form: the step's lengths are the
@@ -942,14 +949,7 @@ impl GpuPlan<'_> {
             capacity * p.num_heads(),
         );
         self.check_packed(q, out, lse, elems)?;
-        let target = match max_q_len {
-            Some(q_len) => self.for_step(&SeqLens::Uniform {
-                batch: p.seqs().batch(),
-                q_len,
-                kv_len: 0,
-            }),
-            None => self,
-        };
+        let target = max_q_len.map_or(self, |rows| self.for_rows(rows));
         target.launch_device_step(step, q, out, Some(lse), &self.plan.packed_layout())
     }
 
