@@ -7,7 +7,8 @@
 #
 #   bash scripts/check-sass.sh [FATBIN...]
 #
-# Without arguments it checks the newest target/*/build/sparse-attn-*/out/attention_fwd.fatbin.
+# Without arguments it checks the forward kernels' fatbins (attention_fwd_hd*.fatbin, one per
+# head_dim file) of the newest target/*/build/sparse-attn-*/out/.
 # KERNEL_REGEX (default ^sa_attn_fwd_) selects the entry points that are checked.
 # Needs cuobjdump + nvdisasm: bash scripts/install-cuda.sh --with-cuobjdump.
 # How fast the mainloop is (instruction mix, occupancy, partial tiles) is scripts/sass-report.py
@@ -28,12 +29,12 @@ fi
 
 fatbins=("$@")
 if [ ${#fatbins[@]} -eq 0 ]; then
-  newest="$(ls -t "$root"/target/*/build/sparse-attn-*/out/attention_fwd.fatbin 2>/dev/null | head -n 1 || true)"
+  newest="$(ls -t "$root"/target/*/build/sparse-attn-*/out/attention_fwd_hd64.fatbin 2>/dev/null | head -n 1 || true)"
   if [ -z "$newest" ]; then
-    echo "check-sass.sh: no attention_fwd.fatbin under target/; build with nvcc first" >&2
+    echo "check-sass.sh: no attention_fwd_hd*.fatbin under target/; build with nvcc first" >&2
     exit 2
   fi
-  fatbins=("$newest")
+  fatbins=("$(dirname "$newest")"/attention_fwd_hd*.fatbin)
 fi
 
 status=0

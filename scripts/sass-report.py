@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """Static SASS report of the attention forward kernels: the speed gauge while no GPU is lent.
 
-For every sa_attn_fwd_* kernel and architecture in the fatbin it reads the SASS that nvcc
-produced and reports resources (registers, shared memory, spills, occupancy), the instruction
-mix of one dense steady-state iteration of the mainloop, and the extra cost of a partial
-(masked) tile. The method -- how the loop and the paths are chosen, what each column means --
-is docs/sass-report.md; it automates the hand reading issue 11's figures came from.
+For every sa_attn_fwd_* kernel and architecture in the fatbins (one per head_dim file,
+kernels/attention_fwd_hd<D>.cu) it reads the SASS that nvcc produced and reports resources
+(registers, shared memory, spills, occupancy), the instruction mix of one dense steady-state
+iteration of the mainloop, and the extra cost of a partial (masked) tile. The method -- how the
+loop and the paths are chosen, what each column means -- is docs/sass-report.md; it automates
+the hand reading issue 11's figures came from.
 
-    python3 scripts/sass-report.py [--fatbin PATH] [--cuobjdump PATH] [--json] [--check]
+    python3 scripts/sass-report.py [--fatbin PATH...] [--cuobjdump PATH] [--json] [--check]
     python3 scripts/sass-report.py --sass DUMP.txt ...     # saved text, no CUDA toolchain
 
 --sass takes saved `cuobjdump -sass` text; resource usage and indirect-branch targets are
-read from the same file when present (save with `--save FILE`, or
-`cuobjdump -res-usage -elf -sass FATBIN > FILE`). Exit status: 0 report printed, 1 --check
-found a target missed (or a kernel that could not be analysed), 2 bad input.
+read from the same file when present (save with `--save FILE`, or concatenate
+`cuobjdump -res-usage -elf -sass FATBIN` of each fatbin into FILE). Exit status: 0 report
+printed, 1 --check found a target missed (or a kernel that could not be analysed), 2 bad input.
 
 Standard library only (python3 >= 3.8).
 """
@@ -1839,13 +1840,20 @@ def find_cuobjdump(explicit):
     return shutil.which("cuobjdump")
 
 
-def newest_fatbin():
-    pats = [os.path.join(ROOT, "target", "release", "build", "sparse-attn-*", "out", "attention_fwd.fatbin")]
+FWD_FATBINS = "attention_fwd_hd*.fatbin"
+
+
+def newest_fatbins():
+    """The forward kernels' fatbins (one per head_dim file) of the newest release build."""
+    pats = [os.path.join(ROOT, "target", "release", "build", "sparse-attn-*", "out")]
     if os.environ.get("CARGO_TARGET_DIR"):
         pats.append(os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "build", "sparse-attn-*",
-                                 "out", "attention_fwd.fatbin"))
-    found = [p for pat in pats for p in glob.glob(pat)]
-    return max(found, key=os.path.getmtime) if found else None
+                                 "out"))
+    outs = [d for pat in pats for d in glob.glob(pat) if glob.glob(os.path.join(d, FWD_FATBINS))]
+    if not outs:
+        return []
+    newest = max(outs, key=lambda d: max(os.path.getmtime(f) for f in glob.glob(os.path.join(d, FWD_FATBINS))))
+    return sorted(glob.glob(os.path.join(newest, FWD_FATBINS)))
 
 
 def dump_fatbin(fatbin, cuobjdump):
@@ -1880,7 +1888,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
-    src.add_argument("--fatbin", help="attention_fwd.fatbin (default: the newest under target/release)")
+    src.add_argument("--fatbin", nargs="+",
+                     help="the forward kernels' fatbins, attention_fwd_hd*.fatbin (default: those of "
+                          "the newest build under target/release)")
     src.add_argument("--sass", help="saved cuobjdump text instead of a fatbin (-sass; -res-usage, -elf optional)")
     ap.add_argument("--cuobjdump", help="cuobjdump binary (default: .toolchain/cuobjdump, then PATH)")
     ap.add_argument("--ptxas-report", help="ptxas -v output (default: ptxas-report.txt beside the fatbin)")
@@ -1908,10 +1918,11 @@ def main(argv=None):
             return 2
         source = a.sass
     else:
-        fatbin = a.fatbin or newest_fatbin()
-        if not fatbin or not os.path.exists(fatbin):
-            print("sass-report: no attention_fwd.fatbin (build with nvcc: cargo build --release, "
-                  "or pass --fatbin / --sass)", file=sys.stderr)
+        fatbins = a.fatbin or newest_fatbins()
+        missing = [f for f in fatbins if not os.path.exists(f)]
+        if not fatbins or missing:
+            print(f"sass-report: no {' '.join(missing) or FWD_FATBINS} (build with nvcc: cargo build "
+                  "--release, or pass --fatbin / --sass)", file=sys.stderr)
             return 2
         tool = find_cuobjdump(a.cuobjdump)
         if not tool:
@@ -1919,15 +1930,17 @@ def main(argv=None):
                   "or pass --cuobjdump", file=sys.stderr)
             return 2
         try:
-            text = dump_fatbin(fatbin, tool)
+            text = "\n".join(dump_fatbin(f, tool) for f in fatbins)
         except (RuntimeError, OSError) as e:
             print(f"sass-report: {e}", file=sys.stderr)
             return 2
         if a.save:
             with open(a.save, "w", encoding="utf-8") as f:
                 f.write(text)
-        source = fatbin
-        beside = os.path.join(os.path.dirname(fatbin), "ptxas-report.txt")
+        dirs = sorted({os.path.dirname(os.path.abspath(f)) for f in fatbins})
+        source = fatbins[0] if len(fatbins) == 1 else (
+            os.path.join(dirs[0], FWD_FATBINS) if len(dirs) == 1 else " ".join(fatbins))
+        beside = os.path.join(dirs[0], "ptxas-report.txt")
         if not a.ptxas_report and os.path.exists(beside):
             a.ptxas_report = beside
     if a.ptxas_report:

@@ -13,8 +13,9 @@ use crate::shape::{DType, HeadDim};
 /// Which `kernels/*.cu` file (and so which embedded fatbin) a kernel lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Module {
-    /// `kernels/attention_fwd.cu`
-    AttnFwd,
+    /// `kernels/attention_fwd_hd<D>.cu`: the forward kernels of one head dimension (a file
+    /// each, so nvcc compiles them side by side).
+    AttnFwd(FwdFile),
     /// `kernels/attention_combine.cu`
     AttnCombine,
     /// `kernels/kv_append.cu`
@@ -37,7 +38,7 @@ impl Module {
     /// File stem of the `.cu` source and of its fatbin.
     pub fn stem(self) -> &'static str {
         match self {
-            Module::AttnFwd => "attention_fwd",
+            Module::AttnFwd(f) => f.stem(),
             Module::AttnCombine => "attention_combine",
             Module::KvAppend => "kv_append",
             Module::RefSoftmax => "ref_softmax",
@@ -46,6 +47,54 @@ impl Module {
             Module::AdaptiveSelect => "adaptive_select",
             Module::AdaptLists => "adaptive_lists",
             Module::Test(stem) => stem,
+        }
+    }
+}
+
+/// The file of a head dimension's forward kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FwdFile {
+    /// `kernels/attention_fwd_hd64.cu`
+    Hd64,
+    /// `kernels/attention_fwd_hd96.cu`
+    Hd96,
+    /// `kernels/attention_fwd_hd128.cu`
+    Hd128,
+    /// `kernels/attention_fwd_hd256.cu`
+    Hd256,
+    /// `kernels/attention_fwd_hd512.cu`
+    Hd512,
+}
+
+impl FwdFile {
+    /// Every file, in head-dimension order.
+    pub const ALL: [FwdFile; 5] = [
+        FwdFile::Hd64,
+        FwdFile::Hd96,
+        FwdFile::Hd128,
+        FwdFile::Hd256,
+        FwdFile::Hd512,
+    ];
+
+    /// The file of head dimension `d`.
+    pub fn of(d: HeadDim) -> FwdFile {
+        match d.get() {
+            64 => FwdFile::Hd64,
+            96 => FwdFile::Hd96,
+            128 => FwdFile::Hd128,
+            256 => FwdFile::Hd256,
+            _ => FwdFile::Hd512,
+        }
+    }
+
+    /// File stem of the `.cu` source and of its fatbin.
+    pub fn stem(self) -> &'static str {
+        match self {
+            FwdFile::Hd64 => "attention_fwd_hd64",
+            FwdFile::Hd96 => "attention_fwd_hd96",
+            FwdFile::Hd128 => "attention_fwd_hd128",
+            FwdFile::Hd256 => "attention_fwd_hd256",
+            FwdFile::Hd512 => "attention_fwd_hd512",
         }
     }
 }
@@ -168,46 +217,79 @@ macro_rules! kernel {
 /// summaries per dtype, the adaptive block scores per (dtype, rows per step), the adaptive
 /// block selection and the adaptive-list compaction.
 pub static KERNELS: [KernelDesc; 59] = [
-    kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd64_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd96_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd96_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd128_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd128_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd256_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd256_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd512_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd512_m64, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd64_m16, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd64_m16, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd96_m16, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd96_m16, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd128_m16, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd128_m16, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd256_m16, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd256_m16, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd64_m128_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd64_m128_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd64_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd64_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd96_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd96_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd128_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd128_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd256_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd256_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd512_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd512_m64_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd64_m16_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd64_m16_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd96_m16_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd96_m16_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd128_m16_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd128_m16_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_f16_hd256_m16_rt, Module::AttnFwd),
-    kernel!(sa_attn_fwd_bf16_hd256_m16_rt, Module::AttnFwd),
+    kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_bf16_hd64_m64, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_f16_hd96_m64, Module::AttnFwd(FwdFile::Hd96)),
+    kernel!(sa_attn_fwd_bf16_hd96_m64, Module::AttnFwd(FwdFile::Hd96)),
+    kernel!(sa_attn_fwd_f16_hd128_m64, Module::AttnFwd(FwdFile::Hd128)),
+    kernel!(sa_attn_fwd_bf16_hd128_m64, Module::AttnFwd(FwdFile::Hd128)),
+    kernel!(sa_attn_fwd_f16_hd256_m64, Module::AttnFwd(FwdFile::Hd256)),
+    kernel!(sa_attn_fwd_bf16_hd256_m64, Module::AttnFwd(FwdFile::Hd256)),
+    kernel!(sa_attn_fwd_f16_hd512_m64, Module::AttnFwd(FwdFile::Hd512)),
+    kernel!(sa_attn_fwd_bf16_hd512_m64, Module::AttnFwd(FwdFile::Hd512)),
+    kernel!(sa_attn_fwd_f16_hd64_m16, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_bf16_hd64_m16, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_f16_hd96_m16, Module::AttnFwd(FwdFile::Hd96)),
+    kernel!(sa_attn_fwd_bf16_hd96_m16, Module::AttnFwd(FwdFile::Hd96)),
+    kernel!(sa_attn_fwd_f16_hd128_m16, Module::AttnFwd(FwdFile::Hd128)),
+    kernel!(sa_attn_fwd_bf16_hd128_m16, Module::AttnFwd(FwdFile::Hd128)),
+    kernel!(sa_attn_fwd_f16_hd256_m16, Module::AttnFwd(FwdFile::Hd256)),
+    kernel!(sa_attn_fwd_bf16_hd256_m16, Module::AttnFwd(FwdFile::Hd256)),
+    kernel!(sa_attn_fwd_f16_hd64_m128_rt, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(
+        sa_attn_fwd_bf16_hd64_m128_rt,
+        Module::AttnFwd(FwdFile::Hd64)
+    ),
+    kernel!(sa_attn_fwd_f16_hd64_m64_rt, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_bf16_hd64_m64_rt, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_f16_hd96_m64_rt, Module::AttnFwd(FwdFile::Hd96)),
+    kernel!(sa_attn_fwd_bf16_hd96_m64_rt, Module::AttnFwd(FwdFile::Hd96)),
+    kernel!(
+        sa_attn_fwd_f16_hd128_m64_rt,
+        Module::AttnFwd(FwdFile::Hd128)
+    ),
+    kernel!(
+        sa_attn_fwd_bf16_hd128_m64_rt,
+        Module::AttnFwd(FwdFile::Hd128)
+    ),
+    kernel!(
+        sa_attn_fwd_f16_hd256_m64_rt,
+        Module::AttnFwd(FwdFile::Hd256)
+    ),
+    kernel!(
+        sa_attn_fwd_bf16_hd256_m64_rt,
+        Module::AttnFwd(FwdFile::Hd256)
+    ),
+    kernel!(
+        sa_attn_fwd_f16_hd512_m64_rt,
+        Module::AttnFwd(FwdFile::Hd512)
+    ),
+    kernel!(
+        sa_attn_fwd_bf16_hd512_m64_rt,
+        Module::AttnFwd(FwdFile::Hd512)
+    ),
+    kernel!(sa_attn_fwd_f16_hd64_m16_rt, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_bf16_hd64_m16_rt, Module::AttnFwd(FwdFile::Hd64)),
+    kernel!(sa_attn_fwd_f16_hd96_m16_rt, Module::AttnFwd(FwdFile::Hd96)),
+    kernel!(sa_attn_fwd_bf16_hd96_m16_rt, Module::AttnFwd(FwdFile::Hd96)),
+    kernel!(
+        sa_attn_fwd_f16_hd128_m16_rt,
+        Module::AttnFwd(FwdFile::Hd128)
+    ),
+    kernel!(
+        sa_attn_fwd_bf16_hd128_m16_rt,
+        Module::AttnFwd(FwdFile::Hd128)
+    ),
+    kernel!(
+        sa_attn_fwd_f16_hd256_m16_rt,
+        Module::AttnFwd(FwdFile::Hd256)
+    ),
+    kernel!(
+        sa_attn_fwd_bf16_hd256_m16_rt,
+        Module::AttnFwd(FwdFile::Hd256)
+    ),
     kernel!(sa_attn_combine_f16_hd64, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd96, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
@@ -665,6 +747,22 @@ mod tests {
                     assert!(std::ptr::eq(k, attn_fwd_walk(dtype, &t, FwdWalk::Lists)));
                     let rt = attn_fwd_walk(dtype, &t, FwdWalk::Runtime);
                     assert_eq!(rt.name, format!("{}_rt", k.name));
+                    // Both walks live in the head dimension's file, which defines the pair
+                    // with one entry line.
+                    let file = Module::AttnFwd(FwdFile::of(hd));
+                    assert_eq!((k.module, rt.module), (file, file), "{}", k.name);
+                    let src = std::fs::read_to_string(format!(
+                        "{}/kernels/{}.cu",
+                        env!("CARGO_MANIFEST_DIR"),
+                        file.stem()
+                    ))
+                    .unwrap();
+                    assert_eq!(
+                        src.matches(&format!("({},", k.name)).count(),
+                        1,
+                        "{}",
+                        k.name
+                    );
                 }
             }
         }

@@ -653,17 +653,30 @@ fn selection_and_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
-/// This build's attention_fwd.fatbin (target/<profile>/build/sparse-attn-*/out/), newest.
-fn built_fatbin() -> Option<PathBuf> {
+/// This build's forward-kernel fatbins, one per head_dim file
+/// (target/<profile>/build/sparse-attn-*/out/attention_fwd_hd<D>.fatbin), of the newest build.
+fn built_fatbins() -> Option<Vec<PathBuf>> {
+    const HEAD_DIMS: [u32; 5] = [64, 96, 128, 256, 512];
     let exe = std::env::current_exe().ok()?;
     let profile = exe.parent()?.parent()?; // target/<profile>/deps/<test> -> target/<profile>
-    std::fs::read_dir(profile.join("build"))
+    let out = std::fs::read_dir(profile.join("build"))
         .ok()?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("sparse-attn-"))
-        .map(|e| e.path().join("out/attention_fwd.fatbin"))
-        .filter(|p| p.exists())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path().join("out"))
+        .filter(|o| o.join("attention_fwd_hd64.fatbin").exists())
+        .max_by_key(|o| {
+            o.join("attention_fwd_hd64.fatbin")
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+        })?;
+    Some(
+        HEAD_DIMS
+            .iter()
+            .map(|d| out.join(format!("attention_fwd_hd{d}.fatbin")))
+            .collect(),
+    )
 }
 
 fn have_cuobjdump() -> bool {
@@ -685,17 +698,30 @@ fn real_fatbin_every_forward_kernel_has_a_mainloop() {
     if !have_python(test) {
         return;
     }
-    let Some(fatbin) = built_fatbin() else {
-        eprintln!("{test}: skipped, no attention_fwd.fatbin in this build (nvcc missing)");
+    let Some(fatbins) = built_fatbins() else {
+        eprintln!("{test}: skipped, no attention_fwd_hd*.fatbin in this build (nvcc missing)");
         return;
     };
     if !have_cuobjdump() {
         eprintln!("{test}: skipped, no cuobjdump (scripts/install-cuda.sh --with-cuobjdump)");
         return;
     }
-    let r = json(&["--fatbin", fatbin.to_str().unwrap()], 0);
+    let mut args = vec!["--fatbin"];
+    args.extend(fatbins.iter().map(|f| f.to_str().unwrap()));
+    let r = json(&args, 0);
     let kernels = r["kernels"].as_array().unwrap();
-    assert!(!kernels.is_empty(), "{r}");
+    // Every entry point of every file: 40 forward kernels per architecture built.
+    let mut archs: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["arch"].as_str().unwrap())
+        .collect();
+    archs.sort_unstable();
+    archs.dedup();
+    assert!(!archs.is_empty(), "{r}");
+    for arch in archs {
+        let n = kernels.iter().filter(|k| k["arch"] == arch).count();
+        assert_eq!(n, 40, "{arch}: {n} forward kernels in {fatbins:?}");
+    }
     for k in kernels {
         let tag = format!("{} {}", k["arch"], k["kernel"]);
         assert!(

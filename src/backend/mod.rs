@@ -172,7 +172,7 @@ mod tests {
     const SAMPLE: &str = "\
 # ptxas resource report (Cuda compilation tools, release 13.0, V13.0.88; targets sm_80)
 
-## kernels/attention_fwd.cu
+## kernels/attention_fwd_hd64.cu
 ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function 'sa_attn_fwd_f16_hd64' for 'sm_80'
 ptxas info    : Function properties for sa_attn_fwd_f16_hd64
@@ -194,7 +194,7 @@ ptxas info    : Used 32 registers, 1024 bytes smem, used 1 barriers, 8 bytes cum
         assert_eq!(
             r[0],
             KernelResources {
-                source: "kernels/attention_fwd.cu".into(),
+                source: "kernels/attention_fwd_hd64.cu".into(),
                 kernel: "sa_attn_fwd_f16_hd64".into(),
                 arch: "sm_80".into(),
                 registers: 168,
@@ -215,7 +215,9 @@ ptxas info    : Used 32 registers, 1024 bytes smem, used 1 barriers, 8 bytes cum
         let b = cuda_build();
         if b.built {
             assert!(b.skip_reason.is_empty());
-            assert!(fatbin("attention_fwd").is_some());
+            for f in crate::kernels::FwdFile::ALL {
+                assert!(fatbin(f.stem()).is_some(), "{}", f.stem());
+            }
             assert!(fatbin("ref_softmax").is_some());
             let report = parse_ptxas_report(ptxas_report().unwrap());
             assert!(report
@@ -224,7 +226,7 @@ ptxas info    : Used 32 registers, 1024 bytes smem, used 1 barriers, 8 bytes cum
             assert!(report.iter().all(|k| k.spill_store_bytes == 0));
         } else {
             assert!(b.modules.is_empty() && ptxas_report().is_none());
-            assert!(fatbin("attention_fwd").is_none());
+            assert!(fatbin(crate::kernels::FwdFile::Hd64.stem()).is_none());
             assert!(!b.skip_reason.is_empty());
         }
     }

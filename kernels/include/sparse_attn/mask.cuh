@@ -496,12 +496,17 @@ struct TokenMask {
       const int p = row + (kv_len - q_len);
       int n = valid;
       if (causal) {
-        n = 0;  // the count of the tile's keys <= p: grown by halving steps over 63 entries,
-        SA_UNROLL  // then the 64th
+        // The count of the tile's keys <= p: grown by halving steps over 63 entries, then the
+        // 64th. Unsigned and added to the pointer before the step, so each probe's `step - 1`
+        // is the load's constant offset (a signed `c + step - 1` is added, then sign-extended:
+        // 9 instructions per step instead of 8 on sm_90 hd64 m128).
+        uint32_t c = 0u;
+        SA_UNROLL
         for (int step = SA_FWD_BLOCK_N / 2; step > 0; step >>= 1) {
-          if (list[n + step - 1] <= p) n += step;
+          if ((list + c)[step - 1] <= p) c += step;
         }
-        if (list[n] <= p) ++n;
+        if (list[c] <= p) ++c;
+        n = static_cast<int>(c);
       }
       if (row < 0) n = 0;
       // The row bits of columns 0 .. n - 1 (lane_cols with its lower bound folded away).
