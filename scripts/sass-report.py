@@ -1412,6 +1412,16 @@ def smem_rows_for(kernel, consts):
     return None, None
 
 
+def kv_stages_for(kernel, head_dim, consts):
+    """K/V tile buffers of a kernel (kernel_traits.cuh: kStages): SA_FWD_KV_STAGES_STEP in the
+    step shape (SA_FWD_BLOCK_M_STEP rows) up to head_dim SA_FWD_STAGED_MAX_D, else 1."""
+    staged = consts.get("SA_FWD_KV_STAGES_STEP")
+    if (staged and head_dim and block_m_of(kernel) == consts.get("SA_FWD_BLOCK_M_STEP")
+            and head_dim <= consts.get("SA_FWD_STAGED_MAX_D", 0)):
+        return staged
+    return 1
+
+
 def analyse(dump, ptxas, consts, kernel_re, opts):
     """One report row (a dict, the JSON's `kernels[]`) per selected kernel and architecture."""
     rows = []
@@ -1445,7 +1455,11 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
         row["max_threads"] = mt[0] * mt[1] * mt[2] if mt else None
         threads = opts.threads or row["max_threads"] or consts.get("SA_FWD_THREADS")
         row["threads"] = threads
+        stages = kv_stages_for(name, head_dim, consts)
+        row["kv_stages"] = stages
         rows_name, smem_rows = ("--smem-rows", opts.smem_rows) if opts.smem_rows else smem_rows_for(name, consts)
+        if stages > 1 and not opts.smem_rows and "SA_FWD_SMEM_ROWS_STEP_STAGED" in consts:
+            rows_name, smem_rows = "SA_FWD_SMEM_ROWS_STEP_STAGED", consts["SA_FWD_SMEM_ROWS_STEP_STAGED"]
         row["smem_rows_from"] = rows_name
         # params.h: dynamic shared memory is SA_FWD_SMEM_ROWS* rows of head_dim 16-bit elements,
         # rows padded to the 64-element swizzle span (tile_io.cuh: smem_pitch; 96 -> 128);
@@ -1487,12 +1501,14 @@ def analyse(dump, ptxas, consts, kernel_re, opts):
         row["dense"]["instr_per_kv_byte"] = round(d["n"] / (d["ldgsts"] * 512), 4) if d["ldgsts"] else None
         # K/V bytes in flight per SM, the bandwidth gauge of a memory-bound (decode) launch: each
         # resident block keeps one of its tile loads in flight (K_i+1 during P.V_i, V_i during
-        # Q.K_i^T: half an iteration's K/V), times the blocks per SM. By Little's law an SM
+        # Q.K_i^T: half an iteration's K/V), or with S stages 2 S - 1 (staged step blocks: V_i,
+        # K_i+1 and V_i+1 during Q.K_i^T), times the blocks per SM. By Little's law an SM
         # streams at most this / the DRAM latency (H100/H200: ~36 B/ns per SM at full bandwidth,
         # so ~30 KB at ~0.8 us).
         occ = row["occupancy"]
         kvb = row["dense"]["kv_bytes_per_iteration"]
-        row["dense"]["kv_bytes_in_flight_per_sm"] = (occ["ctas_per_sm"] * kvb // 2
+        row["dense"]["kv_tile_loads_in_flight"] = 2 * stages - 1
+        row["dense"]["kv_bytes_in_flight_per_sm"] = (occ["ctas_per_sm"] * (2 * stages - 1) * kvb // 2
                                                      if occ and kvb else None)
         row["dense"]["path"] = [hex(cfg.addr(k)) for k in dense]
         row["dense"]["loops"] = dense_loops
@@ -1664,10 +1680,12 @@ def print_decode_gauge(rows, out):
     if not sel:
         return
     print("\ndecode gauge (K/V bandwidth): per SM, the K/V bytes the resident blocks keep in flight "
-          "(one tile load each) and the instructions per K/V byte (per warp)", file=out)
+          "(one tile load each, 3 in staged step blocks) and the instructions per K/V byte (per warp)",
+          file=out)
     for r in sel:
         d, occ = r["dense"], r["occupancy"]
         print(f"  {r['arch']}  {r['kernel']:<30} {occ['ctas_per_sm']:>2} CTAs x {r['threads']:>3} threads  "
+              f"x {d.get('kv_tile_loads_in_flight', 1)} loads  "
               f"{fmt_kb(d['kv_bytes_in_flight_per_sm']):>7} in flight  {d['instr_per_kv_byte']:.4f} instr/B", file=out)
 
 
@@ -1724,8 +1742,9 @@ def print_table(rows, detail, out):
         print(f"  K/V streamed: {per_block}{d['instr_per_kv_byte']:.4f} instructions per K/V byte "
               f"(per warp: instr / (LDGSTS x 512 B))", file=out)
         if d.get("kv_bytes_in_flight_per_sm"):
-            print(f"  K/V in flight per SM: {fmt_kb(d['kv_bytes_in_flight_per_sm'])} (one tile load per "
-                  f"resident block)", file=out)
+            loads = d.get("kv_tile_loads_in_flight", 1)
+            print(f"  K/V in flight per SM: {fmt_kb(d['kv_bytes_in_flight_per_sm'])} "
+                  f"({'one tile load' if loads == 1 else f'{loads} tile loads'} per resident block)", file=out)
     occ = r["occupancy"]
     if occ:
         print(f"  occupancy: {occ['ctas_per_sm']} CTAs, {occ['warps_per_sm']} warps per SM "

@@ -484,9 +484,13 @@ pub struct FwdTiles {
     /// (`FwdTraits::kColSplits`): 2 at head_dim 512, else 1. They are neighbours in the
     /// grid's x dimension, which this multiplies.
     pub col_splits: u32,
-    /// Dynamic shared memory: the Q tile and one K tile of `head_dim` columns and one V tile
-    /// of `head_dim / col_splits` columns, 16-bit elements, rows of [`smem_pitch`] elements
-    /// (`SA_FWD_SMEM_ROWS_*` rows when `col_splits` is 1).
+    /// K and V tile buffers (`FwdTraits::kStages`): 2 in the step shape up to head_dim
+    /// `SA_FWD_STAGED_MAX_D` (128), whose loads then run two tiles ahead (3 K/V tile loads in
+    /// flight while a tile is computed instead of 1), else 1.
+    pub kv_stages: u32,
+    /// Dynamic shared memory: the Q tile, `kv_stages` K tiles of `head_dim` columns and as
+    /// many V tiles of `head_dim / col_splits` columns, 16-bit elements, rows of
+    /// [`smem_pitch`] elements (`SA_FWD_SMEM_ROWS_*` rows when `col_splits` is 1).
     pub smem_bytes: u32,
 }
 
@@ -505,8 +509,12 @@ pub struct FwdTiles {
 ///   32 threads. A decode step reads every K/V byte once per kv group and computes little, so
 ///   its speed is the K/V bytes in flight per SM: the 4-warp decode block is held to 2 CTAs per
 ///   SM by its 255 registers per thread (one 16 KB K or V tile in flight each at head_dim 128),
-///   while 36 KB one-warp blocks fit 4 per SM on sm_80 and 6 on sm_90. head_dim 512 keeps the
-///   decode shape (its column split already halves each block's work).
+///   while one-warp blocks fit 2-8 per SM. Up to head_dim 128 they are staged
+///   (`kv_stages` 2: two K and two V buffers, loads two tiles ahead, so 3 tile loads are in
+///   flight while a tile is computed instead of 1): 68 KB at head_dim 128, 3 blocks per SM on
+///   sm_90 with 3 loads each against 6 with 1 before. head_dim 256 keeps one stage (two would
+///   take 136 KB). head_dim 512 keeps the decode shape (its column split already halves each
+///   block's work).
 /// - head_dim 512 (Gemma 4 global layers): a 16-row warp tile of O would need 256 f32
 ///   registers per lane, so two blocks share each query tile, each computing the whole
 ///   S = Q.K^T and the output for its half of V's columns (a head_dim-256-sized O); 160 KB of
@@ -521,6 +529,11 @@ pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
             ffi::SA_FWD_SMEM_ROWS_PREFILL,
             ffi::SA_FWD_THREADS,
         ),
+        (FwdPhase::Step, ..=ffi::SA_FWD_STAGED_MAX_D) => (
+            ffi::SA_FWD_BLOCK_M_STEP,
+            ffi::SA_FWD_SMEM_ROWS_STEP_STAGED,
+            ffi::SA_FWD_THREADS_STEP,
+        ),
         (FwdPhase::Step, ..=256) => (
             ffi::SA_FWD_BLOCK_M_STEP,
             ffi::SA_FWD_SMEM_ROWS_STEP,
@@ -534,13 +547,20 @@ pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
     };
     let block_n = ffi::SA_FWD_BLOCK_N;
     let col_splits = if d > 256 { 2 } else { 1 };
+    let kv_stages = if rows == ffi::SA_FWD_SMEM_ROWS_STEP_STAGED {
+        ffi::SA_FWD_KV_STAGES_STEP
+    } else {
+        1
+    };
+    let kv_rows = kv_stages * block_n;
     FwdTiles {
         head_dim: d,
         block_m,
         block_n,
         threads,
         col_splits,
-        smem_bytes: (rows - block_n) * smem_pitch(d) * 2 + block_n * smem_pitch(d / col_splits) * 2,
+        kv_stages,
+        smem_bytes: (rows - kv_rows) * smem_pitch(d) * 2 + kv_rows * smem_pitch(d / col_splits) * 2,
     }
 }
 
@@ -631,6 +651,11 @@ pub mod test_kernels {
         sa_test_attn_fwd_alibi_top_left_f16_hd64_m16,
         "attention_canary"
     );
+    test_kernel!(
+        CANARY_EARLY_WAIT_M16,
+        sa_test_attn_fwd_early_wait_f16_hd64_m16,
+        "attention_canary"
+    );
 
     test_kernel!(
         SCORE_WRONG_BLOCK,
@@ -691,6 +716,18 @@ pub mod test_kernels {
         }
     }
 
+    /// The f16/hd64 staged step kernel whose mainloop waits leave one K/V load too many in
+    /// flight (a tile read before its copy landed); `tiles` must be the staged step shape
+    /// (head_dim 64, 16 rows, two stages).
+    pub fn canary_early_wait(tiles: &FwdTiles) -> &'static KernelDesc {
+        assert_eq!(
+            (tiles.head_dim, tiles.block_m, tiles.kv_stages),
+            (64, 16, 2),
+            "the early-wait canary is the f16/hd64 staged step kernel"
+        );
+        &CANARY_EARLY_WAIT_M16
+    }
+
     /// The f16/hd64 forward kernel whose ALiBi distances use top-left aligned query
     /// positions (the row index) instead of bottom-right aligned ones, in the shape of
     /// `tiles` (head_dim 64).
@@ -732,12 +769,15 @@ mod tests {
                     t.block_m,
                     t.threads / 32 * if t.block_m == 128 { 32 } else { 16 }
                 );
-                // Q tile + one K and one V tile of 16-bit elements.
+                // Q tile + kv_stages K and V tiles of 16-bit elements: two in the step shape
+                // up to head_dim 128.
                 let v_cols = d / t.col_splits;
+                let staged = phase == FwdPhase::Step && d <= 128;
+                assert_eq!(t.kv_stages, if staged { 2 } else { 1 }, "hd{d} {phase:?}");
+                let kv_rows = t.kv_stages * t.block_n;
                 assert_eq!(
                     t.smem_bytes,
-                    (t.block_m + t.block_n) * smem_pitch(d) * 2
-                        + t.block_n * smem_pitch(v_cols) * 2
+                    (t.block_m + kv_rows) * smem_pitch(d) * 2 + kv_rows * smem_pitch(v_cols) * 2
                 );
                 assert_eq!(t.col_splits, if d == 512 { 2 } else { 1 });
                 for dtype in [DType::F16, DType::BF16] {

@@ -327,3 +327,38 @@ fn the_decode_driver_runs_decode_steps_at_the_step_shape() {
         tol(DType::F16),
     );
 }
+
+/// The staged step block (two K/V stages, head_dim up to 128) with its waits one load short:
+/// the K or V tile is read while its cp.async may still be landing. The emulator lands a copy
+/// only at a wait that covers it, so the read must fault; the production kernel on the same
+/// data matches the reference.
+#[test]
+fn the_staged_pipeline_waiting_one_load_short_is_caught() {
+    use sparse_attn::kernels::test_kernels::canary_early_wait;
+    let problem = AttnProblem::new(
+        SeqLens::Uniform {
+            batch: 1,
+            q_len: 1,
+            kv_len: 300,
+        },
+        4,
+        1,
+        64,
+        DType::F16,
+    )
+    .unwrap();
+    let plan = AttnPlan::new(&problem, &AttnOptions::default()).unwrap();
+    assert_eq!((plan.tiles().block_m, plan.tiles().kv_stages), (16, 2));
+    let mut rng = Rng::new(base_seed());
+    let (q, k, v) = random_qkv::<f16>(&mut rng, &problem, 1.0, 1.0);
+    // SAFETY: the canary is this plan's f16/hd64 staged step kernel with its waits changed:
+    // same params and launch geometry.
+    let canary = unsafe { plan.clone().with_kernel(canary_early_wait(plan.tiles())) };
+    let err = canary
+        .run_emulated(&q, &k, &v, &emu_run())
+        .expect_err("a tile read before its cp.async landed went unnoticed");
+    assert!(err.to_string().contains("in flight"), "{err}");
+    let (out, lse) = plan.run_emulated(&q, &k, &v, &emu_run()).unwrap();
+    let want = reference_for(&plan, &q, &k, &v, |_, _, _, _| true);
+    assert_matches("staged step", &problem, &out, &lse, &want, tol(DType::F16));
+}

@@ -4,7 +4,9 @@
 // - empty rows left unwritten: the poisoned outputs of an emulated launch expose them;
 // - the output not rescaled when a row's max moves: logits that grow along the keys expose it;
 // - ALiBi distances from top-left aligned query positions: decode rows (q_len < kv_len)
-//   expose it.
+//   expose it;
+// - the staged step block's waits one K/V load short (step shape only, the one with stages):
+//   the emulator's adversarial cp.async exposes the tile read before it landed.
 // f16, head_dim 64, in every tile shape (128-row prefill blocks, 64-row decode blocks, 16-row
 // one-warp step blocks).
 #include "sparse_attn/attention_fwd.cuh"
@@ -28,3 +30,4 @@ SA_CANARY_STEP(sa_test_attn_fwd_canary_f16_hd64_m16, SwapA2A4)
 SA_CANARY_STEP(sa_test_attn_fwd_skip_empty_rows_f16_hd64_m16, SkipEmptyRowStore)
 SA_CANARY_STEP(sa_test_attn_fwd_skip_rescale_f16_hd64_m16, SkipRescale)
 SA_CANARY_STEP(sa_test_attn_fwd_alibi_top_left_f16_hd64_m16, AlibiTopLeft)
+SA_CANARY_STEP(sa_test_attn_fwd_early_wait_f16_hd64_m16, EarlyWait)

@@ -31,6 +31,7 @@ extern "C" {
     pub fn sa_test_attn_fwd_skip_empty_rows_f16_hd64_m16(p: *const c_void);
     pub fn sa_test_attn_fwd_skip_rescale_f16_hd64_m16(p: *const c_void);
     pub fn sa_test_attn_fwd_alibi_top_left_f16_hd64_m16(p: *const c_void);
+    pub fn sa_test_attn_fwd_early_wait_f16_hd64_m16(p: *const c_void);
     pub fn sa_test_adaptive_score_wrong_block_f16_r1(p: *const c_void);
     pub fn sa_test_adaptive_score_max_as_min_f16_r1(p: *const c_void);
 }

@@ -37,6 +37,11 @@ enum class Canary {
   // ALiBi distances from top-left aligned query positions (p = i, the row index, instead of
   // i + kv_len - q_len): passes while q_len == kv_len, fails for decode and chunked prefill.
   AlibiTopLeft,
+  // The staged mainloop's waits leave one K/V load more in flight than the tile they read
+  // allows: K_i or V_i is read while its cp.async may still be landing. Passes wherever copies
+  // land at once; the emulator's adversarial cp.async (data lands only at a wait that covers
+  // it) must catch it.
+  EarlyWait,
 };
 
 // Where one (batch, head) lives in the q/out/lse tensors (uniform or varlen) and where its
@@ -376,8 +381,13 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
 
   const Smem smem = dynamic_smem();
   const Smem sQ = smem + Tr::kQOffset;
-  const Smem sK = smem + Tr::kKOffset;
-  const Smem sV = smem + Tr::kVOffset;
+  // K and V of the walk's j-th tile live in stage j % kStages (one stage: always the same).
+  auto sK = [&](int j) {
+    return smem + (Tr::kKOffset + (Tr::kStages > 1 ? j % Tr::kStages : 0) * Tr::kKvTileBytes);
+  };
+  auto sV = [&](int j) {
+    return smem + (Tr::kVOffset + (Tr::kStages > 1 ? j % Tr::kStages : 0) * Tr::kVTileBytes);
+  };
 
   // This block's share of the walk: split `split` of `num_splits` contiguous parts.
   const int i_begin = static_cast<int>(int64_t(tiles.count()) * split / num_splits);
@@ -429,20 +439,20 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const bool offsets_fit = !Tr::kLeanLoader ||
                            (Copy::kRowStep * k_pitch <= int64_t(0x7fffffff) &&
                             VCopy::kRowStep * v_pitch <= int64_t(0x7fffffff));
-  auto produce_k_rows = [&](int tile) {
+  auto produce_k_rows = [&](int tile, Smem dst) {
     const void* idle = paged ? params.paged.k_pages : params.k;
     load_tile_async<Tr::kBlockN, D, Tr::kThreads, Tr::kRolledRows, T>(
-        sK,
+        dst,
         [&](int r) {
           return kv.template row<Walk::kRuntime>(params, kv.k, row_stride(k_stride),
                                                  keys.key(tile, r));
         },
         static_cast<const T*>(idle), tid);
   };
-  auto produce_v_rows = [&](int tile) {
+  auto produce_v_rows = [&](int tile, Smem dst) {
     const void* idle = paged ? params.paged.v_pages : params.v;
     load_tile_async<Tr::kBlockN, Tr::kOCols, Tr::kThreads, Tr::kRolledRows, T>(
-        sV,
+        dst,
         [&](int r) {
           return kv.template row<Walk::kRuntime>(params, v_base, row_stride(v_stride),
                                                  keys.key(tile, r));
@@ -453,33 +463,51 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   const int run_tiles =
       offsets_fit ? kv.run_tiles(params, keys.first, keys.step, keys.count, Tr::kBlockN) : 0;
   const int k_row = static_cast<int>(k_stride), v_row = static_cast<int>(v_stride);
-  // This thread's first V source of the tile whose K was produced last (nullptr: row by row).
+  // This thread's first V source of the tile whose K was produced last (nullptr: row by row):
+  // loads alternate K_j, V_j, K_j+1, ..., so V always follows its own tile's K.
   const T* v_run = nullptr;
-  auto produce_k = [&](int tile) {
+  // K of the walk's j-th tile (kv tile `tile`) into its stage.
+  auto produce_k = [&](int tile, int j) {
+    const Smem dst = sK(j);
     int64_t k_off = 0, v_off = 0;
     const bool run = static_cast<unsigned>(tile) < static_cast<unsigned>(run_tiles) &&
                      kv.template run_offsets<Walk::kRuntime>(params, k_row, v_row, keys.first + tile * Tr::kBlockN * keys.step,
                                     k_off, v_off);
     v_run = run ? v_base + (v_off + v_thread) : nullptr;
     if (run) {
-      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(sK, kv.k + (k_off + k_thread),
+      load_tile_strided<Tr::kBlockN, D, Tr::kThreads, T>(dst, kv.k + (k_off + k_thread),
                                                          Copy::kRowStep * k_pitch, tid);
     } else {
-      produce_k_rows(tile);
+      produce_k_rows(tile, dst);
     }
   };
-  auto produce_v = [&](int tile) {
+  // V of the walk's j-th tile (the one whose K was produced last).
+  auto produce_v = [&](int tile, int j) {
+    const Smem dst = sV(j);
     if (v_run != nullptr) {
       load_tile_strided<Tr::kBlockN, Tr::kOCols, Tr::kThreads, T>(
-          sV, v_run, VCopy::kRowStep * v_pitch, tid);
+          dst, v_run, VCopy::kRowStep * v_pitch, tid);
     } else {
-      produce_v_rows(tile);
+      produce_v_rows(tile, dst);
     }
   };
-  // Each tile index is read once: the prefetch reads the next one, the iteration reuses it.
+  // Each tile index is read once: the prefetch reads it, the iterations reuse it. `tile` is
+  // the current tile's; staged, `ahead` is the next one's (its K is in flight).
   int tile = i_begin < i_end ? tiles.tile(i_begin) : 0;
-  if (i_begin < i_end) produce_k(tile);
+  if (i_begin < i_end) produce_k(tile, i_begin);
   arch::cp_async_commit();
+  [[maybe_unused]] int ahead = 0;
+  if constexpr (Tr::kStages > 1) {
+    // Staged: V_0 and K_1 too, so every wait below leaves 2 kStages - 2 = 2 loads in flight.
+    if (i_begin < i_end) produce_v(tile, i_begin);
+    arch::cp_async_commit();
+    ahead = i_begin + 1 < i_end ? tiles.tile(i_begin + 1) : 0;
+    if (i_begin + 1 < i_end) produce_k(ahead, i_begin + 1);
+    arch::cp_async_commit();
+  }
+  // Loads in flight after each wait of the mainloop: the ones issued after the tile it waits
+  // for (one stage: none).
+  constexpr int kInFlight = 2 * Tr::kStages - 2 + (kCanary == Canary::EarlyWait ? 1 : 0);
 
   float o[MT][Tr::kOTiles][4];  // [MT x 16, kOCols] output accumulator of this warp
   SA_UNROLL
@@ -524,7 +552,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   // per k step): Q is its own cp.async group, so this waits for Q only, not for K_0.
   uint32_t qf[Tr::kQInRegs ? MT : 1][Tr::kQInRegs ? Tr::kKSteps : 1][4];
   if constexpr (Tr::kQInRegs) {
-    arch::cp_async_wait<1>();
+    arch::cp_async_wait<kInFlight + 1>();  // Q landed; K_0 (and staged, V_0, K_1) may not
     __syncthreads();
     load_q_frags<D, MT>(qf, sQ, warp_row0, lane);
   }
@@ -555,10 +583,15 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
   }
 
   for (int i = i_begin; i < i_end; ++i) {
-    // Phase: K_i (and, first, Q) landed; the barrier publishes it and frees V's buffer.
-    arch::cp_async_wait<0>();
+    // Phase: K_i (and, first, Q) landed; the barrier publishes it and frees the V buffer of
+    // tile i - 1 (P.V done). Into it: V_i (one stage), or staged V_i+1.
+    arch::cp_async_wait<kInFlight>();
     __syncthreads();
-    produce_v(tile);
+    if constexpr (Tr::kStages > 1) {
+      if (i + 1 < i_end) produce_v(ahead, i + 1);
+    } else {
+      produce_v(tile, i);
+    }
     arch::cp_async_commit();
 
     // A partial tile's mask, as bits computed before its scores exist (S is not live yet).
@@ -596,7 +629,7 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
 
     // Phase: S = Q . K^T  [MT x 16, BLOCK_N] per warp, masked on partial tiles.
     float s[MT][Tr::kSTiles][4];
-    qk_gemm<T, D, Tr::kBlockN, MT, Tr::kQInRegs>(s, qf, sQ, warp_row0, sK, lane);
+    qk_gemm<T, D, Tr::kBlockN, MT, Tr::kQInRegs>(s, qf, sQ, warp_row0, sK(i), lane);
     if (!fold_scale) {
       scale_scores(s, params.scale, params.softcap);
       if (params.alibi_slopes != nullptr) {
@@ -628,16 +661,23 @@ SA_DEVICE void attn_fwd(const SaAttnFwdParams& params) {
     uint32_t pf[MT][Tr::kPvKSteps][4];
     p_to_a_frags<T, Tr::kBlockN, MT, kCanary == Canary::SwapA2A4>(pf, s);
 
-    // Phase: V_i landed; the barrier publishes it and frees K's buffer for tile i + 1.
-    arch::cp_async_wait<0>();
+    // Phase: V_i landed; the barrier publishes it and frees K_i's buffer for tile
+    // i + kStages.
+    arch::cp_async_wait<kInFlight>();
     __syncthreads();
-    const int next = i + 1 < i_end ? tiles.tile(i + 1) : 0;
-    if (i + 1 < i_end) produce_k(next);
+    const int j = i + Tr::kStages;
+    const int next = j < i_end ? tiles.tile(j) : 0;
+    if (j < i_end) produce_k(next, j);
     arch::cp_async_commit();
 
     // Phase: O += P . V with P reused from registers.
-    pv_gemm<T, Tr::kOCols, Tr::kBlockN, MT>(o, pf, sV, lane);
-    tile = next;
+    pv_gemm<T, Tr::kOCols, Tr::kBlockN, MT>(o, pf, sV(i), lane);
+    if constexpr (Tr::kStages > 1) {
+      tile = ahead;
+      ahead = next;
+    } else {
+      tile = next;
+    }
   }
   arch::cp_async_wait<0>();  // nothing may be in flight at exit (only empty groups remain)
 

@@ -18,8 +18,8 @@ namespace sa {
 // A warp's rows are WARP_ROWS / 16 m16 MMA tiles, so softmax statistics never leave the warp,
 // and with two of them every K and V fragment loaded from shared memory feeds two MMAs (the
 // shared-memory traffic per MMA drops from 320 to ~190 bytes at head_dim 128). K/V stream
-// through shared memory in BLOCK_N = 64-key tiles, one buffer each: V's load overlaps Q.K^T
-// and the next K's load overlaps P.V.
+// through shared memory in BLOCK_N = 64-key tiles, one buffer each (the staged step shape:
+// two, below): V's load overlaps Q.K^T and the next K's load overlaps P.V.
 template <typename T, int D, int WARP_ROWS, int WARPS = 4>
 struct FwdTraits {
   using Elem = T;
@@ -37,7 +37,16 @@ struct FwdTraits {
   static constexpr int kShapeRows = WARPS == 1      ? SA_FWD_BLOCK_M_STEP
                                     : kMTiles == 2 ? SA_FWD_BLOCK_M_PREFILL
                                                    : SA_FWD_BLOCK_M_DECODE;
-  static constexpr int kShapeSmemRows = WARPS == 1      ? SA_FWD_SMEM_ROWS_STEP
+  // K/V buffers: one of each (V's load overlaps Q.K^T, the next K's P.V), or in the staged
+  // step shape (up to head_dim SA_FWD_STAGED_MAX_D) kStages of each, loads running kStages
+  // tiles ahead: 2 kStages - 1 tile loads in flight while a tile is computed. A decode step is
+  // bound by those bytes; the other shapes keep one stage (their shared memory and registers
+  // set their occupancy, and they compute enough per tile to hide one load).
+  static constexpr int kStages =
+      WARPS == 1 && D <= SA_FWD_STAGED_MAX_D ? SA_FWD_KV_STAGES_STEP : 1;
+  static_assert(kStages == 1 || kStages == 2, "the mainloop's tile ring holds two indices");
+  static constexpr int kShapeSmemRows = WARPS == 1      ? (kStages > 1 ? SA_FWD_SMEM_ROWS_STEP_STAGED
+                                                                      : SA_FWD_SMEM_ROWS_STEP)
                                         : kMTiles == 2 ? SA_FWD_SMEM_ROWS_PREFILL
                                                        : SA_FWD_SMEM_ROWS_DECODE;
   static_assert(WARPS == 4 || (WARPS == 1 && WARP_ROWS == 16), "shapes of params.h");
@@ -86,8 +95,8 @@ struct FwdTraits {
   // 256's 64 row lookups per thread spill 100-136 bytes).
   static constexpr bool kRolledRows = kLeanLoader || WARPS == 1;
 
-  // Shared memory: Q [BLOCK_M, D], K [BLOCK_N, D], V [BLOCK_N, D], 16-bit, swizzled, rows at
-  // smem_pitch<D>() elements (head_dim 96: 128, see tile_io.cuh).
+  // Shared memory: Q [BLOCK_M, D], kStages x K [BLOCK_N, D], kStages x V [BLOCK_N, D],
+  // 16-bit, swizzled, rows at smem_pitch<D>() elements (head_dim 96: 128, see tile_io.cuh).
   static constexpr int kRowBytes = smem_pitch<D>() * 2;
   static constexpr int kQBytes = kBlockM * kRowBytes;
   static constexpr int kKvTileBytes = kBlockN * kRowBytes;
@@ -95,10 +104,11 @@ struct FwdTraits {
   static constexpr int kVTileBytes = kBlockN * kVRowBytes;
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQOffset + kQBytes;
-  static constexpr int kVOffset = kKOffset + kKvTileBytes;
-  static constexpr int kSmemBytes = kVOffset + kVTileBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKvTileBytes;
+  static constexpr int kSmemBytes = kVOffset + kStages * kVTileBytes;
   // The Rust planner sizes the launch from the same params.h rows (src/kernels.rs).
-  static_assert(kSmemBytes == (kShapeSmemRows - kBlockN) * kRowBytes + kBlockN * kVRowBytes,
+  static_assert(kSmemBytes == (kShapeSmemRows - kStages * kBlockN) * kRowBytes +
+                                  kStages * kBlockN * kVRowBytes,
                 "shared-memory layout (src/kernels.rs: smem_pitch, fwd_tiles)");
 };
 

@@ -23,7 +23,9 @@ extern "C" {
  * memory-bound step keeps 3-8 blocks' K/V tiles in flight per SM instead of 1-2.
  * Dynamic shared memory is SA_FWD_SMEM_ROWS_* rows of head_dim 16-bit elements: the Q tile,
  * one K tile and one V tile (K and V loads interleave with the two GEMMs, as in
- * FlashAttention-2).
+ * FlashAttention-2); step blocks up to head_dim SA_FWD_STAGED_MAX_D hold SA_FWD_KV_STAGES_STEP
+ * of each (SA_FWD_SMEM_ROWS_STEP_STAGED), so 2 x stages - 1 K/V tile loads are in flight while
+ * a tile is computed instead of one.
  * Combine: SA_COMBINE_THREADS threads per block, one warp per (query row, head). */
 /** The launch constants of the forward and combine kernels. */
 typedef enum SaLaunchConsts {
@@ -45,6 +47,13 @@ typedef enum SaLaunchConsts {
   SA_FWD_THREADS_STEP = 32,
   /** Dynamic shared memory of a step block, in rows of head_dim 16-bit elements. */
   SA_FWD_SMEM_ROWS_STEP = SA_FWD_BLOCK_M_STEP + 2 * SA_FWD_BLOCK_N,
+  /** K and V tile buffers of a staged step block. */
+  SA_FWD_KV_STAGES_STEP = 2,
+  /** The largest head_dim whose step blocks are staged (head_dim 256's two stages would take
+   * 136 KB: above the 99 KB of sm_86/sm_89, and one block per SM). */
+  SA_FWD_STAGED_MAX_D = 128,
+  /** Dynamic shared memory of a staged step block, in rows of head_dim 16-bit elements. */
+  SA_FWD_SMEM_ROWS_STEP_STAGED = SA_FWD_BLOCK_M_STEP + 2 * SA_FWD_KV_STAGES_STEP * SA_FWD_BLOCK_N,
   /** Threads per combine block (one warp per (query row, head)). */
   SA_COMBINE_THREADS = 128
 } SaLaunchConsts;
