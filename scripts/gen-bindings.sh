@@ -9,7 +9,19 @@
 # Tools (installed on first use into .toolchain/, pinned so the output is reproducible):
 #   bindgen-cli 0.73.2 (cargo install), libclang 18.1.1 (PyPI wheel; no root needed).
 # Overrides: BINDGEN=/path/to/bindgen, LIBCLANG_PATH=/dir/with/libclang.so.
+# `--tools-only` installs the tools and stops (.ci/run builds bindgen-cli while the CUDA wheels
+# download).
 set -euo pipefail
+
+tools_only=0
+case "${1:-}" in
+  "") ;;
+  --tools-only) tools_only=1 ;;
+  *)
+    echo "usage: scripts/gen-bindings.sh [--tools-only]" >&2
+    exit 2
+    ;;
+esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -39,6 +51,11 @@ if [ -z "${LIBCLANG_PATH:-}" ]; then
       --no-deps --no-compile --target "$libclang_dir" "libclang==$libclang_version"
   fi
   export LIBCLANG_PATH="$libclang_dir/clang/native"
+fi
+
+if [ "$tools_only" = 1 ]; then
+  echo "gen-bindings.sh: bindgen $bindgen_version and libclang $libclang_version in place"
+  exit 0
 fi
 
 tmp="$(mktemp -d)"

@@ -24,11 +24,13 @@ import ast
 import glob
 import heapq
 import json
+import multiprocessing as mp
 import os
 import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_RE_DEFAULT = r"^sa_attn_fwd_"
@@ -1422,179 +1424,213 @@ def kv_stages_for(kernel, head_dim, consts):
     return 1
 
 
+# What the workers of `analyse` read: set before the pool forks, so they inherit it unpickled.
+_WORK = None
+
+
+def _analyse_at(i):
+    """Worker: the row of the i-th selected kernel, without its trace (cfg objects stay here)."""
+    dump, ptxas, consts, opts, keys = _WORK
+    row = analyse_one(keys[i], dump, ptxas, consts, opts)
+    row.pop("_trace", None)
+    return row
+
+
 def analyse(dump, ptxas, consts, kernel_re, opts):
-    """One report row (a dict, the JSON's `kernels[]`) per selected kernel and architecture."""
-    rows = []
-    for (arch, name), ins in sorted(dump["funcs"].items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        if not re.search(kernel_re, name):
-            continue
-        row = {"arch": arch, "kernel": name}
-        m = re.search(r"_(f16|bf16)_hd(\d+)", name)
-        head_dim = int(m.group(2)) if m else None
-        row["dtype"], row["head_dim"] = (m.group(1), head_dim) if m else (None, None)
-        # Resources.
-        res = dump["res"].get((arch, name), {})
-        px = ptxas.get((arch, name), {})
-        row["registers"] = res.get("REG", px.get("regs"))
-        row["stack"] = res.get("STACK", px.get("stack"))
-        row["local"] = res.get("LOCAL")
-        row["spill_stores"] = px.get("spill_stores")
-        row["spill_loads"] = px.get("spill_loads")
-        row["ldl_stl"] = sum(1 for x in ins if x.base in ("LDL", "STL") and not x.never)
-        # cuobjdump counts the driver's 1 KB per-block reservation as static shared memory on
-        # sm_90 and newer (a kernel without __shared__ shows SHARED:1024 there, 0 on sm_80);
-        # the occupancy formula adds the reservation itself, so it is taken out here.
-        shared = res.get("SHARED")
-        if shared is not None and arch_cc(arch) >= 90 and shared >= SMEM_RESERVED_PER_BLOCK:
-            shared -= SMEM_RESERVED_PER_BLOCK
-        row["static_smem"] = shared
-        # Threads per block: --threads, else the kernel's launch bound (every forward entry
-        # declares its block size there: 128, or 32 for the one-warp step shape), else
-        # params.h's SA_FWD_THREADS.
-        mt = dump["max_threads"].get((arch, name))
-        row["max_threads"] = mt[0] * mt[1] * mt[2] if mt else None
-        threads = opts.threads or row["max_threads"] or consts.get("SA_FWD_THREADS")
-        row["threads"] = threads
-        stages = kv_stages_for(name, head_dim, consts)
-        row["kv_stages"] = stages
-        rows_name, smem_rows = ("--smem-rows", opts.smem_rows) if opts.smem_rows else smem_rows_for(name, consts)
-        if stages > 1 and not opts.smem_rows and "SA_FWD_SMEM_ROWS_STEP_STAGED" in consts:
-            rows_name, smem_rows = "SA_FWD_SMEM_ROWS_STEP_STAGED", consts["SA_FWD_SMEM_ROWS_STEP_STAGED"]
-        row["smem_rows_from"] = rows_name
-        # params.h: dynamic shared memory is SA_FWD_SMEM_ROWS* rows of head_dim 16-bit elements,
-        # rows padded to the 64-element swizzle span (tile_io.cuh: smem_pitch; 96 -> 128);
-        # above head_dim 256 the V tile holds the block's half of the columns
-        # (kernel_traits.cuh: kOCols).
-        dyn = None
-        if smem_rows and head_dim and name.startswith("sa_attn_fwd"):
-            dyn = smem_rows * smem_pitch(head_dim) * 2
-            block_n = consts.get("SA_FWD_BLOCK_N")
-            if head_dim > 256 and block_n:
-                dyn -= block_n * (smem_pitch(head_dim) - smem_pitch(head_dim // 2)) * 2
-        row["dynamic_smem"] = dyn
-        block_smem = dyn + (shared or 0) if dyn is not None else None
-        row["smem_per_block"] = block_smem
-        row["occupancy"] = occupancy(arch, row["registers"], threads, block_smem)
-        # Mainloop.
-        try:
-            cfg, head, dense, d, dense_loops, loader, detours, partial, shortcuts, mask = analyse_function(
-                ins, dump["brx"].get((arch, name), {}), opts.mask_trip,
-                all_detours=(arch, name) == opts.detail_key)
-        except AnalysisError as e:
-            row["error"] = str(e)
-            rows.append(row)
-            continue
-        row["unresolved_indirect_branches"] = [hex(a) for a in cfg.unresolved]
-        row["mainloop"] = {"head": hex(cfg.addr(head)), "blocks": len(cfg.loops[head]),
-                           "back_edges": [hex(cfg.ins[cfg.blocks[u][1]].addr) for u in sorted(cfg.latches[head])]}
-        hm = d["hmma"]
-        row["dense"] = {k: d[k] for k in CLASSES + ["n", "never"]}
-        row["dense"]["ops"] = dict(sorted(d["ops"].items(), key=lambda kv: -kv[1]))
-        row["dense"]["non_hmma_per_hmma"] = round((d["n"] - hm) / hm, 3) if hm else None
-        row["dense"]["smem_bytes_per_hmma"] = round(d["smem_bytes"] / hm, 1) if hm else None
-        row["dense"]["loader"] = loader
-        row["dense"]["loader_per_ldgsts"] = round(loader / d["ldgsts"], 1) if d["ldgsts"] else None
-        # K/V bytes a block streams per iteration (each LDGSTS.128 copies 16 bytes per thread)
-        # and instructions per K/V byte (every warp runs the same path: n over its 32 x 16 B per
-        # LDGSTS): the decode kernels' bandwidth gauge -- a memory-bound launch wants few.
-        row["dense"]["kv_bytes_per_iteration"] = d["ldgsts"] * 16 * threads if threads else None
-        row["dense"]["instr_per_kv_byte"] = round(d["n"] / (d["ldgsts"] * 512), 4) if d["ldgsts"] else None
-        # K/V bytes in flight per SM, the bandwidth gauge of a memory-bound (decode) launch: each
-        # resident block keeps one of its tile loads in flight (K_i+1 during P.V_i, V_i during
-        # Q.K_i^T: half an iteration's K/V), or with S stages 2 S - 1 (staged step blocks: V_i,
-        # K_i+1 and V_i+1 during Q.K_i^T), times the blocks per SM. By Little's law an SM
-        # streams at most this / the DRAM latency (H100/H200: ~36 B/ns per SM at full bandwidth,
-        # so ~30 KB at ~0.8 us).
-        occ = row["occupancy"]
-        kvb = row["dense"]["kv_bytes_per_iteration"]
-        row["dense"]["kv_tile_loads_in_flight"] = 2 * stages - 1
-        row["dense"]["kv_bytes_in_flight_per_sm"] = (occ["ctas_per_sm"] * (2 * stages - 1) * kvb // 2
-                                                     if occ and kvb else None)
-        row["dense"]["path"] = [hex(cfg.addr(k)) for k in dense]
-        row["dense"]["loops"] = dense_loops
-        row["detours"] = []
-        for det in detours:
-            row["detours"].append({
-                "entry": hex(cfg.addr(det["entry"])), "blocks": len(det["region"]),
-                "writes_neg_inf": det["masks"], "tanh": det["tanh"],
-                "iteration": det.get("total"), "iteration_min": det.get("total_min"),
-                "extra": det["total"] - d["n"] if det.get("total") is not None else None,
-            })
-        # The interpreted mask is the partial tile of old (a mask detour without a dispatch
-        # keeps that meaning: its costliest path, `mask_path` None).
-        interp = (mask["interpreted"] if mask and mask["interpreted"] and "total" in mask["interpreted"]
-                  else None)
-        if interp is not None:
-            partial = dict(interp, entry=mask["detour"])
-        elif mask is not None and mask["interpreted"] is None:
-            partial = None          # no gathered tile to mask: the interval and table paths say all
-        if partial:
-            row["partial"] = {
-                "entry": hex(cfg.addr(partial["entry"])),
-                "mask_path": (("gathered" if interp.get("gathered") else "interpreted")
-                              if interp is not None else None),
-                "via": hex(cfg.addr(interp["entry"])) if interp is not None else None,
-                "path_once": partial["path_once"],
-                "iteration": partial["total"],
-                "iteration_min": partial["total_min"],
-                "ratio": round(partial["total"] / d["n"], 3),
-                "ratio_min": round(partial["total_min"] / d["n"], 3),
-                "loops": partial["loops"],
-                "path": [hex(cfg.addr(k)) for k in partial["path"]],
-            }
-        else:
-            row["partial"] = None
-        row["mask"] = None
-        if mask:
-            def branch(k):
-                if k is None:
-                    return None
-                last = cfg.block_ins(k)[-1]
-                return {"at": hex(last.addr), "test": last.text}
-            def selecting(m):
-                """Instructions of the path's own blocks (off the dense path) that select -inf."""
-                own = [k for k in m.get("path", []) if k not in on_dense]
-                return sum(cfg.count[k]["n"] for k in own
-                           if any(writes_neg_inf(x) for x in cfg.block_ins(k) if not x.never))
-            on_dense = set(dense)
-            split = branch(mask["split"])
-            if split:
-                split.update(compare=mask["split_compare"], compare_agrees=mask["split_agrees"])
-            row["mask"] = {
-                "detour": hex(cfg.addr(mask["detour"])),
-                "dispatch": branch(mask["dispatch"]),
-                "split": split,
-                "interval": [{
-                    "intervals": m["intervals"],
-                    "entry": hex(cfg.addr(m["entry"])),
-                    "isetp_per_neg_inf": m["isetp_per_neg_inf"],
-                    "instr_per_neg_inf": m["instr_per_neg_inf"],
-                    "iteration": m.get("total"),
-                    "extra": m["total"] - d["n"] if "total" in m else None,
-                    "ratio": round(m["total"] / d["n"], 3) if "total" in m else None,
-                    "selecting": selecting(m) if "total" in m else None,
-                    "loops": m.get("loops", []),
-                    "path": [hex(cfg.addr(k)) for k in m.get("path", [])],
-                } for m in mask["interval"]],
-                "interpreted": ({"entry": hex(cfg.addr(mask["interpreted"]["entry"])),
-                                 "gathered": bool(mask["interpreted"].get("gathered"))}
-                                if mask["interpreted"] else None),
-                "form": mask["form"],
-                "select": ({"entry": hex(cfg.addr(mask["select"]["entry"])),
-                            "extra": mask["select"]["extra"]} if mask.get("select") else None),
-                "table": ({
-                    "entry": hex(cfg.addr(mask["table"]["entry"])),
-                    "rows": mask["table"]["trip"],
-                    "iteration": mask["table"].get("total"),
-                    "ratio": (round(mask["table"]["total"] / d["n"], 3)
-                              if "total" in mask["table"] else None),
-                    "loops": mask["table"].get("loops", []),
-                    "path": [hex(cfg.addr(k)) for k in mask["table"].get("path", [])],
-                } if mask.get("table") else None),
-            }
-        row["_trace"] = (cfg, dense, shortcuts, partial, mask)
-        rows.append(row)
+    """One report row (a dict, the JSON's `kernels[]`) per selected kernel and architecture, in
+    (arch, kernel) order. Kernels are analysed independently: with --jobs above 1 (default: the
+    CPUs) by forked workers, which return their rows without the trace; --trace analyses the
+    detail kernel once more here for it."""
+    global _WORK
+    keys = sorted(k for k in dump["funcs"] if re.search(kernel_re, k[1]))
+    jobs = min(opts.jobs or os.cpu_count() or 1, len(keys))
+    pool = None
+    if jobs > 1 and "fork" in mp.get_all_start_methods():
+        _WORK = (dump, ptxas, consts, opts, keys)
+        pool = mp.get_context("fork").Pool(jobs)
+    if pool is None:
+        return [analyse_one(k, dump, ptxas, consts, opts) for k in keys]
+    try:
+        # Small chunks: kernels differ several-fold in analysis time (head_dim 256 and 512).
+        rows = pool.map(_analyse_at, range(len(keys)), chunksize=1)
+    finally:
+        pool.close()
+        pool.join()
+        _WORK = None
+    if opts.trace and opts.detail_key in keys:
+        rows[keys.index(opts.detail_key)] = analyse_one(opts.detail_key, dump, ptxas, consts, opts)
     return rows
+
+
+def analyse_one(key, dump, ptxas, consts, opts):
+    """The report row of one (arch, kernel) of the dump."""
+    arch, name = key
+    ins = dump["funcs"][key]
+    row = {"arch": arch, "kernel": name}
+    m = re.search(r"_(f16|bf16)_hd(\d+)", name)
+    head_dim = int(m.group(2)) if m else None
+    row["dtype"], row["head_dim"] = (m.group(1), head_dim) if m else (None, None)
+    # Resources.
+    res = dump["res"].get((arch, name), {})
+    px = ptxas.get((arch, name), {})
+    row["registers"] = res.get("REG", px.get("regs"))
+    row["stack"] = res.get("STACK", px.get("stack"))
+    row["local"] = res.get("LOCAL")
+    row["spill_stores"] = px.get("spill_stores")
+    row["spill_loads"] = px.get("spill_loads")
+    row["ldl_stl"] = sum(1 for x in ins if x.base in ("LDL", "STL") and not x.never)
+    # cuobjdump counts the driver's 1 KB per-block reservation as static shared memory on
+    # sm_90 and newer (a kernel without __shared__ shows SHARED:1024 there, 0 on sm_80);
+    # the occupancy formula adds the reservation itself, so it is taken out here.
+    shared = res.get("SHARED")
+    if shared is not None and arch_cc(arch) >= 90 and shared >= SMEM_RESERVED_PER_BLOCK:
+        shared -= SMEM_RESERVED_PER_BLOCK
+    row["static_smem"] = shared
+    # Threads per block: --threads, else the kernel's launch bound (every forward entry
+    # declares its block size there: 128, or 32 for the one-warp step shape), else
+    # params.h's SA_FWD_THREADS.
+    mt = dump["max_threads"].get((arch, name))
+    row["max_threads"] = mt[0] * mt[1] * mt[2] if mt else None
+    threads = opts.threads or row["max_threads"] or consts.get("SA_FWD_THREADS")
+    row["threads"] = threads
+    stages = kv_stages_for(name, head_dim, consts)
+    row["kv_stages"] = stages
+    rows_name, smem_rows = ("--smem-rows", opts.smem_rows) if opts.smem_rows else smem_rows_for(name, consts)
+    if stages > 1 and not opts.smem_rows and "SA_FWD_SMEM_ROWS_STEP_STAGED" in consts:
+        rows_name, smem_rows = "SA_FWD_SMEM_ROWS_STEP_STAGED", consts["SA_FWD_SMEM_ROWS_STEP_STAGED"]
+    row["smem_rows_from"] = rows_name
+    # params.h: dynamic shared memory is SA_FWD_SMEM_ROWS* rows of head_dim 16-bit elements,
+    # rows padded to the 64-element swizzle span (tile_io.cuh: smem_pitch; 96 -> 128);
+    # above head_dim 256 the V tile holds the block's half of the columns
+    # (kernel_traits.cuh: kOCols).
+    dyn = None
+    if smem_rows and head_dim and name.startswith("sa_attn_fwd"):
+        dyn = smem_rows * smem_pitch(head_dim) * 2
+        block_n = consts.get("SA_FWD_BLOCK_N")
+        if head_dim > 256 and block_n:
+            dyn -= block_n * (smem_pitch(head_dim) - smem_pitch(head_dim // 2)) * 2
+    row["dynamic_smem"] = dyn
+    block_smem = dyn + (shared or 0) if dyn is not None else None
+    row["smem_per_block"] = block_smem
+    row["occupancy"] = occupancy(arch, row["registers"], threads, block_smem)
+    # Mainloop.
+    try:
+        cfg, head, dense, d, dense_loops, loader, detours, partial, shortcuts, mask = analyse_function(
+            ins, dump["brx"].get((arch, name), {}), opts.mask_trip,
+            all_detours=(arch, name) == opts.detail_key)
+    except AnalysisError as e:
+        row["error"] = str(e)
+        return row
+    row["unresolved_indirect_branches"] = [hex(a) for a in cfg.unresolved]
+    row["mainloop"] = {"head": hex(cfg.addr(head)), "blocks": len(cfg.loops[head]),
+                       "back_edges": [hex(cfg.ins[cfg.blocks[u][1]].addr) for u in sorted(cfg.latches[head])]}
+    hm = d["hmma"]
+    row["dense"] = {k: d[k] for k in CLASSES + ["n", "never"]}
+    row["dense"]["ops"] = dict(sorted(d["ops"].items(), key=lambda kv: -kv[1]))
+    row["dense"]["non_hmma_per_hmma"] = round((d["n"] - hm) / hm, 3) if hm else None
+    row["dense"]["smem_bytes_per_hmma"] = round(d["smem_bytes"] / hm, 1) if hm else None
+    row["dense"]["loader"] = loader
+    row["dense"]["loader_per_ldgsts"] = round(loader / d["ldgsts"], 1) if d["ldgsts"] else None
+    # K/V bytes a block streams per iteration (each LDGSTS.128 copies 16 bytes per thread)
+    # and instructions per K/V byte (every warp runs the same path: n over its 32 x 16 B per
+    # LDGSTS): the decode kernels' bandwidth gauge -- a memory-bound launch wants few.
+    row["dense"]["kv_bytes_per_iteration"] = d["ldgsts"] * 16 * threads if threads else None
+    row["dense"]["instr_per_kv_byte"] = round(d["n"] / (d["ldgsts"] * 512), 4) if d["ldgsts"] else None
+    # K/V bytes in flight per SM, the bandwidth gauge of a memory-bound (decode) launch: each
+    # resident block keeps one of its tile loads in flight (K_i+1 during P.V_i, V_i during
+    # Q.K_i^T: half an iteration's K/V), or with S stages 2 S - 1 (staged step blocks: V_i,
+    # K_i+1 and V_i+1 during Q.K_i^T), times the blocks per SM. By Little's law an SM
+    # streams at most this / the DRAM latency (H100/H200: ~36 B/ns per SM at full bandwidth,
+    # so ~30 KB at ~0.8 us).
+    occ = row["occupancy"]
+    kvb = row["dense"]["kv_bytes_per_iteration"]
+    row["dense"]["kv_tile_loads_in_flight"] = 2 * stages - 1
+    row["dense"]["kv_bytes_in_flight_per_sm"] = (occ["ctas_per_sm"] * (2 * stages - 1) * kvb // 2
+                                                 if occ and kvb else None)
+    row["dense"]["path"] = [hex(cfg.addr(k)) for k in dense]
+    row["dense"]["loops"] = dense_loops
+    row["detours"] = []
+    for det in detours:
+        row["detours"].append({
+            "entry": hex(cfg.addr(det["entry"])), "blocks": len(det["region"]),
+            "writes_neg_inf": det["masks"], "tanh": det["tanh"],
+            "iteration": det.get("total"), "iteration_min": det.get("total_min"),
+            "extra": det["total"] - d["n"] if det.get("total") is not None else None,
+        })
+    # The interpreted mask is the partial tile of old (a mask detour without a dispatch
+    # keeps that meaning: its costliest path, `mask_path` None).
+    interp = (mask["interpreted"] if mask and mask["interpreted"] and "total" in mask["interpreted"]
+              else None)
+    if interp is not None:
+        partial = dict(interp, entry=mask["detour"])
+    elif mask is not None and mask["interpreted"] is None:
+        partial = None          # no gathered tile to mask: the interval and table paths say all
+    if partial:
+        row["partial"] = {
+            "entry": hex(cfg.addr(partial["entry"])),
+            "mask_path": (("gathered" if interp.get("gathered") else "interpreted")
+                          if interp is not None else None),
+            "via": hex(cfg.addr(interp["entry"])) if interp is not None else None,
+            "path_once": partial["path_once"],
+            "iteration": partial["total"],
+            "iteration_min": partial["total_min"],
+            "ratio": round(partial["total"] / d["n"], 3),
+            "ratio_min": round(partial["total_min"] / d["n"], 3),
+            "loops": partial["loops"],
+            "path": [hex(cfg.addr(k)) for k in partial["path"]],
+        }
+    else:
+        row["partial"] = None
+    row["mask"] = None
+    if mask:
+        def branch(k):
+            if k is None:
+                return None
+            last = cfg.block_ins(k)[-1]
+            return {"at": hex(last.addr), "test": last.text}
+        def selecting(m):
+            """Instructions of the path's own blocks (off the dense path) that select -inf."""
+            own = [k for k in m.get("path", []) if k not in on_dense]
+            return sum(cfg.count[k]["n"] for k in own
+                       if any(writes_neg_inf(x) for x in cfg.block_ins(k) if not x.never))
+        on_dense = set(dense)
+        split = branch(mask["split"])
+        if split:
+            split.update(compare=mask["split_compare"], compare_agrees=mask["split_agrees"])
+        row["mask"] = {
+            "detour": hex(cfg.addr(mask["detour"])),
+            "dispatch": branch(mask["dispatch"]),
+            "split": split,
+            "interval": [{
+                "intervals": m["intervals"],
+                "entry": hex(cfg.addr(m["entry"])),
+                "isetp_per_neg_inf": m["isetp_per_neg_inf"],
+                "instr_per_neg_inf": m["instr_per_neg_inf"],
+                "iteration": m.get("total"),
+                "extra": m["total"] - d["n"] if "total" in m else None,
+                "ratio": round(m["total"] / d["n"], 3) if "total" in m else None,
+                "selecting": selecting(m) if "total" in m else None,
+                "loops": m.get("loops", []),
+                "path": [hex(cfg.addr(k)) for k in m.get("path", [])],
+            } for m in mask["interval"]],
+            "interpreted": ({"entry": hex(cfg.addr(mask["interpreted"]["entry"])),
+                             "gathered": bool(mask["interpreted"].get("gathered"))}
+                            if mask["interpreted"] else None),
+            "form": mask["form"],
+            "select": ({"entry": hex(cfg.addr(mask["select"]["entry"])),
+                        "extra": mask["select"]["extra"]} if mask.get("select") else None),
+            "table": ({
+                "entry": hex(cfg.addr(mask["table"]["entry"])),
+                "rows": mask["table"]["trip"],
+                "iteration": mask["table"].get("total"),
+                "ratio": (round(mask["table"]["total"] / d["n"], 3)
+                          if "total" in mask["table"] else None),
+                "loops": mask["table"].get("loops", []),
+                "path": [hex(cfg.addr(k)) for k in mask["table"].get("path", [])],
+            } if mask.get("table") else None),
+        }
+    row["_trace"] = (cfg, dense, shortcuts, partial, mask)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1926,6 +1962,8 @@ def main(argv=None):
     ap.add_argument("--save", help="also write the cuobjdump text read from the fatbin to this file")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.add_argument("--check", action="store_true", help="exit 1 unless issue 11's targets hold")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="processes analysing kernels and cuobjdump runs at once (default: the CPUs; 1: none)")
     a = ap.parse_args(argv)
 
     ptxas_text = None
@@ -1949,7 +1987,9 @@ def main(argv=None):
                   "or pass --cuobjdump", file=sys.stderr)
             return 2
         try:
-            text = "\n".join(dump_fatbin(f, tool) for f in fatbins)
+            # cuobjdump runs are separate processes: up to --jobs of them at once.
+            with ThreadPoolExecutor(max_workers=max(1, a.jobs or os.cpu_count() or 1)) as ex:
+                text = "\n".join(ex.map(lambda f: dump_fatbin(f, tool), fatbins))
         except (RuntimeError, OSError) as e:
             print(f"sass-report: {e}", file=sys.stderr)
             return 2
