@@ -27,20 +27,43 @@ SA_DEVICE void attn_combine(const SaAttnFwdParams& p) {
   const int64_t row = pair / p.num_heads;
   const int h = static_cast<int>(pair % p.num_heads);
 
-  // Fold the splits' (output, LSE) pairs into one state, as the forward kernel folds tiles.
+  // The row's whole state first: lane i folds the LSEs of splits i, i + 32, ... and a
+  // butterfly of merges gives every lane the sum (ceil(num_splits / 32) loads in a chain
+  // instead of num_splits). Then out = sum_s w_s O_s with w_s the weight merge gives split s
+  // against that state, kSplitsInFlight splits per step with all their loads issued before
+  // any is used (guarded: a step past the last split loads nothing and weighs 0).
   SoftmaxRows<1> state;
   state.init();
+  SA_NO_UNROLL
+  for (int s = lane; s < p.num_splits; s += 32) {
+    const float lse_s[1] = {p.lse_partial[split_slot(p, total_rows, s, row, h)]};
+    float keep[1], add[1];
+    state.merge(SoftmaxRows<1>::from_lse(lse_s), keep, add);
+  }
+  state.reduce_warp();
+  constexpr int kSplitsInFlight = D <= 128 ? 8 : 4;  // D / 32 loads each: up to 32 per lane
   float acc[D / 32];
   SA_UNROLL
   for (int c = 0; c < D / 32; ++c) acc[c] = 0.f;
-  for (int s = 0; s < p.num_splits; ++s) {
-    const int64_t slot = split_slot(p, total_rows, s, row, h);
-    const float lse_s[1] = {p.lse_partial[slot]};
-    float keep[1], add[1];
-    state.merge(SoftmaxRows<1>::from_lse(lse_s), keep, add);
-    const float* o = p.o_partial + slot * D;
+  SA_NO_UNROLL
+  for (int s0 = 0; s0 < p.num_splits; s0 += kSplitsInFlight) {
+    float lse_s[kSplitsInFlight][1], part[kSplitsInFlight][D / 32];
     SA_UNROLL
-    for (int c = 0; c < D / 32; ++c) acc[c] = acc[c] * keep[0] + add[0] * o[lane + 32 * c];
+    for (int k = 0; k < kSplitsInFlight; ++k) {
+      const bool live = s0 + k < p.num_splits;
+      const int64_t slot = split_slot(p, total_rows, s0 + k, row, h);
+      lse_s[k][0] = live ? p.lse_partial[slot] : kNegInf;
+      const float* o = p.o_partial + slot * D;
+      SA_UNROLL
+      for (int c = 0; c < D / 32; ++c) part[k][c] = live ? o[lane + 32 * c] : 0.f;
+    }
+    SA_UNROLL
+    for (int k = 0; k < kSplitsInFlight; ++k) {
+      float w[1];
+      state.scales_of(SoftmaxRows<1>::from_lse(lse_s[k]), w);
+      SA_UNROLL
+      for (int c = 0; c < D / 32; ++c) acc[c] = fmaf(w[0], part[k][c], acc[c]);
+    }
   }
   // Learnable sink logits enter here, once per row (the partials exclude them).
   float inv_l[1], lse[1];

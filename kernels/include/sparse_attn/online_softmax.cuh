@@ -115,6 +115,33 @@ struct SoftmaxRows {
     }
   }
 
+  // The factor by which a part's output enters the output of this state when this state
+  // already holds the part (a completed merge): merge's `other_scale` against this max, 0 for
+  // an empty part.
+  SA_HOST_DEVICE void scales_of(const SoftmaxRows& part, float (&scale)[kRows]) const {
+    SA_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const float base = m[r] == kNegInf ? 0.f : m[r];
+      scale[r] = arch::fast_exp2(part.m[r] - base);
+    }
+  }
+
+  // Merges the states of all 32 lanes (a butterfly of merges: every lane ends with the
+  // warp's whole state). The split-KV combine: lane i holds the splits i, i + 32, ...
+  SA_DEVICE void reduce_warp() {
+    SA_UNROLL
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      SoftmaxRows other;
+      SA_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        other.m[r] = arch::shfl_xor(arch::kFullMask, m[r], offset);
+        other.l[r] = arch::shfl_xor(arch::kFullMask, l[r], offset);
+      }
+      float self_scale[kRows], other_scale[kRows];
+      merge(other, self_scale, other_scale);
+    }
+  }
+
   // Per row, the factor that normalises the output (0 for an empty row, so its output is
   // exactly 0) and the natural-log LSE (-inf for an empty row). `l` must be complete.
   SA_HOST_DEVICE void normalizers(float (&inv_l)[kRows], float (&lse)[kRows]) const {
