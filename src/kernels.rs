@@ -212,84 +212,58 @@ macro_rules! kernel {
     };
 }
 
+/// A forward entry point of `kernels/attention_fwd_hd<D>.cu` (`FwdFile::$file`).
+macro_rules! fwd {
+    ($name:ident, $file:ident) => {
+        kernel!($name, Module::AttnFwd(FwdFile::$file))
+    };
+}
+
 /// Every kernel instantiation: the forward pass per (dtype, head_dim, tile shape) — see
 /// [`fwd_tiles`] — the split-KV combine per (dtype, head_dim), the K/V append, the block
 /// summaries per dtype, the adaptive block scores per (dtype, rows per step), the adaptive
 /// block selection and the adaptive-list compaction.
 pub static KERNELS: [KernelDesc; 59] = [
-    kernel!(sa_attn_fwd_f16_hd64_m128, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_bf16_hd64_m128, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_f16_hd64_m64, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_bf16_hd64_m64, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_f16_hd96_m64, Module::AttnFwd(FwdFile::Hd96)),
-    kernel!(sa_attn_fwd_bf16_hd96_m64, Module::AttnFwd(FwdFile::Hd96)),
-    kernel!(sa_attn_fwd_f16_hd128_m64, Module::AttnFwd(FwdFile::Hd128)),
-    kernel!(sa_attn_fwd_bf16_hd128_m64, Module::AttnFwd(FwdFile::Hd128)),
-    kernel!(sa_attn_fwd_f16_hd256_m64, Module::AttnFwd(FwdFile::Hd256)),
-    kernel!(sa_attn_fwd_bf16_hd256_m64, Module::AttnFwd(FwdFile::Hd256)),
-    kernel!(sa_attn_fwd_f16_hd512_m64, Module::AttnFwd(FwdFile::Hd512)),
-    kernel!(sa_attn_fwd_bf16_hd512_m64, Module::AttnFwd(FwdFile::Hd512)),
-    kernel!(sa_attn_fwd_f16_hd64_m16, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_bf16_hd64_m16, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_f16_hd96_m16, Module::AttnFwd(FwdFile::Hd96)),
-    kernel!(sa_attn_fwd_bf16_hd96_m16, Module::AttnFwd(FwdFile::Hd96)),
-    kernel!(sa_attn_fwd_f16_hd128_m16, Module::AttnFwd(FwdFile::Hd128)),
-    kernel!(sa_attn_fwd_bf16_hd128_m16, Module::AttnFwd(FwdFile::Hd128)),
-    kernel!(sa_attn_fwd_f16_hd256_m16, Module::AttnFwd(FwdFile::Hd256)),
-    kernel!(sa_attn_fwd_bf16_hd256_m16, Module::AttnFwd(FwdFile::Hd256)),
-    kernel!(sa_attn_fwd_f16_hd64_m128_rt, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(
-        sa_attn_fwd_bf16_hd64_m128_rt,
-        Module::AttnFwd(FwdFile::Hd64)
-    ),
-    kernel!(sa_attn_fwd_f16_hd64_m64_rt, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_bf16_hd64_m64_rt, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_f16_hd96_m64_rt, Module::AttnFwd(FwdFile::Hd96)),
-    kernel!(sa_attn_fwd_bf16_hd96_m64_rt, Module::AttnFwd(FwdFile::Hd96)),
-    kernel!(
-        sa_attn_fwd_f16_hd128_m64_rt,
-        Module::AttnFwd(FwdFile::Hd128)
-    ),
-    kernel!(
-        sa_attn_fwd_bf16_hd128_m64_rt,
-        Module::AttnFwd(FwdFile::Hd128)
-    ),
-    kernel!(
-        sa_attn_fwd_f16_hd256_m64_rt,
-        Module::AttnFwd(FwdFile::Hd256)
-    ),
-    kernel!(
-        sa_attn_fwd_bf16_hd256_m64_rt,
-        Module::AttnFwd(FwdFile::Hd256)
-    ),
-    kernel!(
-        sa_attn_fwd_f16_hd512_m64_rt,
-        Module::AttnFwd(FwdFile::Hd512)
-    ),
-    kernel!(
-        sa_attn_fwd_bf16_hd512_m64_rt,
-        Module::AttnFwd(FwdFile::Hd512)
-    ),
-    kernel!(sa_attn_fwd_f16_hd64_m16_rt, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_bf16_hd64_m16_rt, Module::AttnFwd(FwdFile::Hd64)),
-    kernel!(sa_attn_fwd_f16_hd96_m16_rt, Module::AttnFwd(FwdFile::Hd96)),
-    kernel!(sa_attn_fwd_bf16_hd96_m16_rt, Module::AttnFwd(FwdFile::Hd96)),
-    kernel!(
-        sa_attn_fwd_f16_hd128_m16_rt,
-        Module::AttnFwd(FwdFile::Hd128)
-    ),
-    kernel!(
-        sa_attn_fwd_bf16_hd128_m16_rt,
-        Module::AttnFwd(FwdFile::Hd128)
-    ),
-    kernel!(
-        sa_attn_fwd_f16_hd256_m16_rt,
-        Module::AttnFwd(FwdFile::Hd256)
-    ),
-    kernel!(
-        sa_attn_fwd_bf16_hd256_m16_rt,
-        Module::AttnFwd(FwdFile::Hd256)
-    ),
+    fwd!(sa_attn_fwd_f16_hd64_m128, Hd64),
+    fwd!(sa_attn_fwd_bf16_hd64_m128, Hd64),
+    fwd!(sa_attn_fwd_f16_hd64_m64, Hd64),
+    fwd!(sa_attn_fwd_bf16_hd64_m64, Hd64),
+    fwd!(sa_attn_fwd_f16_hd96_m64, Hd96),
+    fwd!(sa_attn_fwd_bf16_hd96_m64, Hd96),
+    fwd!(sa_attn_fwd_f16_hd128_m64, Hd128),
+    fwd!(sa_attn_fwd_bf16_hd128_m64, Hd128),
+    fwd!(sa_attn_fwd_f16_hd256_m64, Hd256),
+    fwd!(sa_attn_fwd_bf16_hd256_m64, Hd256),
+    fwd!(sa_attn_fwd_f16_hd512_m64, Hd512),
+    fwd!(sa_attn_fwd_bf16_hd512_m64, Hd512),
+    fwd!(sa_attn_fwd_f16_hd64_m16, Hd64),
+    fwd!(sa_attn_fwd_bf16_hd64_m16, Hd64),
+    fwd!(sa_attn_fwd_f16_hd96_m16, Hd96),
+    fwd!(sa_attn_fwd_bf16_hd96_m16, Hd96),
+    fwd!(sa_attn_fwd_f16_hd128_m16, Hd128),
+    fwd!(sa_attn_fwd_bf16_hd128_m16, Hd128),
+    fwd!(sa_attn_fwd_f16_hd256_m16, Hd256),
+    fwd!(sa_attn_fwd_bf16_hd256_m16, Hd256),
+    fwd!(sa_attn_fwd_f16_hd64_m128_rt, Hd64),
+    fwd!(sa_attn_fwd_bf16_hd64_m128_rt, Hd64),
+    fwd!(sa_attn_fwd_f16_hd64_m64_rt, Hd64),
+    fwd!(sa_attn_fwd_bf16_hd64_m64_rt, Hd64),
+    fwd!(sa_attn_fwd_f16_hd96_m64_rt, Hd96),
+    fwd!(sa_attn_fwd_bf16_hd96_m64_rt, Hd96),
+    fwd!(sa_attn_fwd_f16_hd128_m64_rt, Hd128),
+    fwd!(sa_attn_fwd_bf16_hd128_m64_rt, Hd128),
+    fwd!(sa_attn_fwd_f16_hd256_m64_rt, Hd256),
+    fwd!(sa_attn_fwd_bf16_hd256_m64_rt, Hd256),
+    fwd!(sa_attn_fwd_f16_hd512_m64_rt, Hd512),
+    fwd!(sa_attn_fwd_bf16_hd512_m64_rt, Hd512),
+    fwd!(sa_attn_fwd_f16_hd64_m16_rt, Hd64),
+    fwd!(sa_attn_fwd_bf16_hd64_m16_rt, Hd64),
+    fwd!(sa_attn_fwd_f16_hd96_m16_rt, Hd96),
+    fwd!(sa_attn_fwd_bf16_hd96_m16_rt, Hd96),
+    fwd!(sa_attn_fwd_f16_hd128_m16_rt, Hd128),
+    fwd!(sa_attn_fwd_bf16_hd128_m16_rt, Hd128),
+    fwd!(sa_attn_fwd_f16_hd256_m16_rt, Hd256),
+    fwd!(sa_attn_fwd_bf16_hd256_m16_rt, Hd256),
     kernel!(sa_attn_combine_f16_hd64, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd96, Module::AttnCombine),
     kernel!(sa_attn_combine_f16_hd128, Module::AttnCombine),
