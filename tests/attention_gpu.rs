@@ -852,7 +852,15 @@ fn contiguous_strided_step_captured_in_a_cuda_graph_replays_bit_for_bit() {
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .unwrap();
             gplan
-                .launch_contiguous_step(&lens_d, &qv, &kv, &vv, &mut out, Some(&mut lse), &layout)
+                .launch_contiguous_step(
+                    &lens_d,
+                    &qv,
+                    &kv,
+                    &vv,
+                    &mut out,
+                    Some(lse.as_view_mut()),
+                    &layout,
+                )
                 .unwrap();
             graph = Some(
                 stream
@@ -869,7 +877,7 @@ fn contiguous_strided_step_captured_in_a_cuda_graph_replays_bit_for_bit() {
                 &kv,
                 &vv,
                 &mut out_ref,
-                Some(&mut lse_ref),
+                Some(lse_ref.as_view_mut()),
                 &layout,
             )
             .unwrap();
@@ -1000,7 +1008,8 @@ fn sink_logits_and_alibi_match_the_reference() {
 /// reference, running it again without an LSE buffer gives the same bits, a paged step
 /// (`launch_step_strided`) over a sub-view of a larger q buffer writes only its rows, and the
 /// capture-safe contiguous step (`launch_contiguous_step`, device lengths, buffers of the
-/// plan's capacity) with a token-major LSE gives the bits of the first run.
+/// plan's capacity) with a token-major LSE in a view at an offset of a larger buffer gives
+/// the bits of the first run and writes nothing before the view.
 #[test]
 fn strided_steps_and_optional_lse_on_the_gpu() {
     use common::paged::build_pool;
@@ -1066,7 +1075,7 @@ fn strided_steps_and_optional_lse_on_the_gpu() {
             &fused_d.slice(k_off..),
             &fused_d.slice(v_off..),
             &mut out,
-            Some(&mut lse),
+            Some(lse.as_view_mut()),
             &layout,
         )
         .unwrap();
@@ -1169,7 +1178,11 @@ fn strided_steps_and_optional_lse_on_the_gpu() {
     let mut out_c = stream
         .clone_htod(&vec![f16::from_f32(-7.0); cap_q * pad_row])
         .unwrap();
-    let mut lse_c = stream.clone_htod(&vec![-5.0f32; cap_q * heads]).unwrap();
+    // The LSE goes into a view 37 elements into a larger buffer (an engine's LSE arena).
+    const LSE_AT: usize = 37;
+    let mut lse_c = stream
+        .clone_htod(&vec![-5.0f32; LSE_AT + cap_q * heads])
+        .unwrap();
     let token_major = TensorLayout {
         lse: LseLayout::Strided(LseStrides::token_major(heads)),
         ..layout
@@ -1185,7 +1198,7 @@ fn strided_steps_and_optional_lse_on_the_gpu() {
             &fused_cap_d.slice(k_off..),
             &fused_cap_d.slice(v_off..),
             &mut out_c,
-            Some(&mut lse_c),
+            Some(lse_c.slice_mut(LSE_AT..)),
             &token_major,
         )
         .unwrap();
@@ -1196,7 +1209,12 @@ fn strided_steps_and_optional_lse_on_the_gpu() {
         .all(|(a, b)| a.to_bits() == b.to_bits()));
     assert!(got_c[got.len()..].iter().all(|x| x.to_f32() == -7.0));
     let lse_plan = stream.clone_dtoh(&lse).unwrap();
-    let lse_tm = stream.clone_dtoh(&lse_c).unwrap();
+    let lse_all = stream.clone_dtoh(&lse_c).unwrap();
+    assert!(
+        lse_all[..LSE_AT].iter().all(|x| *x == -5.0),
+        "written before the LSE view"
+    );
+    let lse_tm = &lse_all[LSE_AT..];
     for t in 0..cap_q {
         for h in 0..heads {
             let seen = lse_tm[t * heads + h];
@@ -1230,7 +1248,7 @@ fn strided_steps_and_optional_lse_on_the_gpu() {
         &fused_cap_d.slice(k_off..),
         &fused_cap_d.slice(v_off..),
         &mut out_c,
-        Some(&mut lse_short),
+        Some(lse_short.as_view_mut()),
         &token_major,
     );
     assert!(

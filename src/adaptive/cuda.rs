@@ -183,7 +183,7 @@ impl GpuAdaptivePlan {
             &kb,
             &vb,
             &mut out,
-            Some(&mut lse),
+            Some(lse.as_view_mut()),
             &attn.packed_layout(),
         )?;
         let out_h = stream.clone_dtoh(&out)?;

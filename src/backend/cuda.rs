@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
     DevicePtrMut, DeviceRepr, DeviceSlice, DriverError, LaunchConfig, PushKernelArg,
     ValidAsZeroBits,
 };
@@ -679,7 +679,7 @@ impl GpuPlan<'_> {
                 layout: kv.layout,
             },
             out,
-            Some(lse),
+            Some(lse.as_view_mut()),
             Some((&lens.0, &lens.1)),
             &plan.packed_layout(),
         )
@@ -690,7 +690,8 @@ impl GpuPlan<'_> {
     /// one fused QKV buffer, [`TensorLayout::fused_qkv`], or a padded activation tensor)
     /// holding the step's `[total_q, num_heads, head_dim]` and `[total_k, num_kv_heads,
     /// head_dim]` at `layout`'s strides, each starting at its tensor's first element (16-byte
-    /// aligned). Only out's elements of the step are written. `lse` at `layout.lse`:
+    /// aligned). Only out's elements of the step are written. `lse` (a view: of a whole
+    /// buffer, `as_view_mut()`, or of part of one, `slice_mut(offset..)`) at `layout.lse`:
     /// [`LseLayout::Plan`] is `[num_heads, batch x max q_len]` (the plan's capacity),
     /// [`LseLayout::Strided`] the step's `total_q` tokens at the caller's strides; `None`
     /// skips the LSE store. Lengths, layouts (`Error::Layout`) and contexts are checked
@@ -711,7 +712,7 @@ impl GpuPlan<'_> {
         k: &K,
         v: &K,
         out: &mut O,
-        lse: Option<&mut CudaSlice<f32>>,
+        lse: Option<CudaViewMut<'_, f32>>,
         layout: &TensorLayout,
     ) -> Result<()>
     where
@@ -723,7 +724,7 @@ impl GpuPlan<'_> {
         let plan: &AttnPlan = &self.plan;
         plan.check_step::<T>(seqs)?;
         let (tq, tk) = seqs.totals();
-        self.check_contiguous_step((tq, tk), q, k, v, out, lse.as_deref(), layout)?;
+        self.check_contiguous_step((tq, tk), q, k, v, out, lse.as_ref(), layout)?;
         let stream = self.gpu.stream();
         let (cq, ck) = seqs.cu_seqlens();
         let lens = (stream.clone_htod(&cq)?, stream.clone_htod(&ck)?);
@@ -749,8 +750,9 @@ impl GpuPlan<'_> {
     /// The host does not know the step's lengths, so every tensor is sized for the plan's
     /// capacity: q and out hold `batch x max q_len` tokens at `layout.q` and `layout.out`, k
     /// and v `batch x max kv_len` tokens at `layout.k` and `layout.v` (the step's rows
-    /// first, `cu_seqlens` rows in; only the step's rows are read and written); `lse` at
-    /// `layout.lse` for `batch x max q_len` tokens ([`LseLayout::Plan`]: `[num_heads, batch
+    /// first, `cu_seqlens` rows in; only the step's rows are read and written); `lse` (a
+    /// view, of a whole buffer or at an offset into one) at `layout.lse` for `batch x max
+    /// q_len` tokens ([`LseLayout::Plan`]: `[num_heads, batch
     /// x max q_len]`), or `None` to skip the LSE store. Checked here: the plan's walk and
     /// element type, every extent against `layout` (`Error::Layout`), the lengths' buffers
     /// (`batch + 1` each), contexts and alignment. The lengths themselves are device data:
@@ -764,7 +766,7 @@ impl GpuPlan<'_> {
         k: &K,
         v: &K,
         out: &mut O,
-        lse: Option<&mut CudaSlice<f32>>,
+        lse: Option<CudaViewMut<'_, f32>>,
         layout: &TensorLayout,
     ) -> Result<()>
     where
@@ -776,7 +778,7 @@ impl GpuPlan<'_> {
         self.check_runtime_plan::<T>("launch_contiguous_step")?;
         self.check_lens_buffers(lens.cu_seqlens_q, lens.cu_seqlens_k)?;
         let capacity = self.plan.problem().seqs().totals();
-        self.check_contiguous_step(capacity, q, k, v, out, lse.as_deref(), layout)?;
+        self.check_contiguous_step(capacity, q, k, v, out, lse.as_ref(), layout)?;
         let lens = (lens.cu_seqlens_q, lens.cu_seqlens_k);
         self.launch_contiguous(q, k, v, out, lse, lens, layout)
     }
@@ -791,7 +793,7 @@ impl GpuPlan<'_> {
         k: &K,
         v: &K,
         out: &O,
-        lse: Option<&CudaSlice<f32>>,
+        lse: Option<&CudaViewMut<'_, f32>>,
         layout: &TensorLayout,
     ) -> Result<()>
     where
@@ -819,7 +821,7 @@ impl GpuPlan<'_> {
         k: &K,
         v: &K,
         out: &mut O,
-        lse: Option<&mut CudaSlice<f32>>,
+        lse: Option<CudaViewMut<'_, f32>>,
         lens: (&CudaSlice<i32>, &CudaSlice<i32>),
         layout: &TensorLayout,
     ) -> Result<()>
@@ -852,7 +854,7 @@ impl GpuPlan<'_> {
         &self,
         q: &Q,
         out: &O,
-        lse: Option<&CudaSlice<f32>>,
+        lse: Option<&CudaViewMut<'_, f32>>,
         layout: &TensorLayout,
         rows: usize,
     ) -> Result<()>
@@ -864,14 +866,18 @@ impl GpuPlan<'_> {
         check_context(&self.gpu, "out", out)?;
         if let Some(l) = lse {
             let p = self.plan.problem();
+            check_context(&self.gpu, "lse", l)?;
             match layout.lse {
                 LseLayout::Plan => {
-                    check_buffer(&self.gpu, "lse", l, p.seqs().totals().0 * p.num_heads())?
+                    let want = p.seqs().totals().0 * p.num_heads();
+                    if l.len() != want {
+                        return Err(Error::Shape(format!(
+                            "lse has {} elements, the problem needs {want}",
+                            l.len()
+                        )));
+                    }
                 }
-                LseLayout::Strided(s) => {
-                    check_buffer(&self.gpu, "lse", l, l.len())?;
-                    s.check(rows, p.num_heads(), l.len())?;
-                }
+                LseLayout::Strided(s) => s.check(rows, p.num_heads(), l.len())?,
             }
         }
         Ok(())
@@ -950,14 +956,21 @@ impl GpuPlan<'_> {
         );
         self.check_packed(q, out, lse, elems)?;
         let target = max_q_len.map_or(self, |rows| self.for_rows(rows));
-        target.launch_device_step(step, q, out, Some(lse), &self.plan.packed_layout())
+        target.launch_device_step(
+            step,
+            q,
+            out,
+            Some(lse.as_view_mut()),
+            &self.plan.packed_layout(),
+        )
     }
 
     /// [`GpuPlan::launch_step`] with q and out at explicit strides and the LSE optional: q and
     /// out are views (say of a fused QKV buffer and of a padded activation tensor, see
     /// [`TensorLayout`]) of the plan's capacity, `batch x max q_len` tokens at `layout.q` and
-    /// `layout.out` (the step's rows first; only the rows of the step are written); `lse` at
-    /// `layout.lse` for `batch x max q_len` tokens ([`LseLayout::Plan`]: `[num_heads, batch x
+    /// `layout.out` (the step's rows first; only the rows of the step are written); `lse` (a
+    /// view, of a whole buffer or at an offset into one) at `layout.lse` for `batch x max
+    /// q_len` tokens ([`LseLayout::Plan`]: `[num_heads, batch x
     /// max q_len]`; [`LseLayout::Strided`]: say token-major), or `None` to skip the LSE store
     /// (a null pointer in the params). K/V come from the step's pages (`layout.k` and `layout.v` are unused).
     /// Queues launches only, like `launch_step`; layouts are checked first (`Error::Layout`).
@@ -966,7 +979,7 @@ impl GpuPlan<'_> {
         step: &DeviceStep<'_, T>,
         q: &Q,
         out: &mut O,
-        lse: Option<&mut CudaSlice<f32>>,
+        lse: Option<CudaViewMut<'_, f32>>,
         layout: &TensorLayout,
     ) -> Result<()>
     where
@@ -980,7 +993,7 @@ impl GpuPlan<'_> {
         let capacity = p.seqs().totals().0;
         layout.q.check("q", capacity, h, d, q.len())?;
         layout.out.check("out", capacity, h, d, out.len())?;
-        self.check_step_outputs(q, out, lse.as_deref(), layout, capacity)?;
+        self.check_step_outputs(q, out, lse.as_ref(), layout, capacity)?;
         self.launch_device_step(step, q, out, lse, layout)
     }
 
@@ -989,7 +1002,7 @@ impl GpuPlan<'_> {
         step: &DeviceStep<'_, T>,
         q: &Q,
         out: &mut O,
-        lse: Option<&mut CudaSlice<f32>>,
+        lse: Option<CudaViewMut<'_, f32>>,
         layout: &TensorLayout,
     ) -> Result<()>
     where
@@ -1075,7 +1088,14 @@ impl GpuPlan<'_> {
     ) -> Result<()> {
         let p = self.plan.problem();
         self.check_packed(q, out, lse, (p.q_elems(), p.lse_elems()))?;
-        self.launch_with(q, kv, out, Some(lse), None, &self.plan.packed_layout())
+        self.launch_with(
+            q,
+            kv,
+            out,
+            Some(lse.as_view_mut()),
+            None,
+            &self.plan.packed_layout(),
+        )
     }
 
     /// The launches over q, K/V, out and lse (`None`: not written) at `layout`'s strides,
@@ -1088,7 +1108,7 @@ impl GpuPlan<'_> {
         q: &Q,
         kv: KvSlices<'_, T>,
         out: &mut O,
-        lse: Option<&mut CudaSlice<f32>>,
+        lse: Option<CudaViewMut<'_, f32>>,
         lens: Option<(&CudaSlice<i32>, &CudaSlice<i32>)>,
         layout: &TensorLayout,
     ) -> Result<()>
@@ -1137,7 +1157,8 @@ impl GpuPlan<'_> {
         let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
         check_aligned("q", q_ptr)?;
         check_aligned("out", out_ptr)?;
-        let lse_ptrs = lse.map(|l| l.device_ptr_mut(stream));
+        let mut lse = lse;
+        let lse_ptrs = lse.as_mut().map(|l| l.device_ptr_mut(stream));
         let lse_ptr = lse_ptrs.as_ref().map_or(0, |(p, _)| *p);
         let cu_ptrs = lens
             .or(self.cu.as_ref().map(|(q, k)| (q, k)))
