@@ -210,6 +210,13 @@ fn kernels_report_runs_with_or_without_nvcc() {
     if sparse_attn::backend::cuda_build().built {
         assert!(stdout.contains("sa_attn_fwd_f16_hd64_m128"), "{stdout}");
         assert!(stdout.contains("regs"), "{stdout}");
+        // The step tiles keep two K/V stages up to head_dim 128, one above.
+        assert!(
+            stdout.contains("head_dim 128 Step: 16-row blocks of 32 threads")
+                && stdout.contains("(2 K/V stages)")
+                && stdout.contains("(1 K/V stage)"),
+            "{stdout}"
+        );
     } else {
         assert!(stdout.contains("CUDA build was skipped"), "{stdout}");
     }

@@ -783,11 +783,13 @@ fn cmd_kernels(a: &KernelsArgs) -> Result<(), CliError> {
             [FwdPhase::Prefill, FwdPhase::Decode, FwdPhase::Step].map(|phase| {
                 let t = fwd_tiles(d, phase);
                 format!(
-                    "head_dim {} {phase:?}: {}-row blocks of {} threads, {} bytes",
+                    "head_dim {} {phase:?}: {}-row blocks of {} threads, {} bytes ({} K/V stage{})",
                     d.get(),
                     t.block_m,
                     t.threads,
-                    t.smem_bytes
+                    t.smem_bytes,
+                    t.kv_stages,
+                    if t.kv_stages == 1 { "" } else { "s" }
                 )
             })
         })
