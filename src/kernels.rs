@@ -497,35 +497,34 @@ pub struct FwdTiles {
 ///   `Error::Unsupported` (the CUDA backend checks the device's opt-in limit).
 pub fn fwd_tiles(head_dim: HeadDim, phase: FwdPhase) -> FwdTiles {
     let d = head_dim.get();
-    let (block_m, rows, threads) = match (phase, d) {
+    let (block_m, rows, threads, kv_stages) = match (phase, d) {
         (FwdPhase::Prefill, 64) => (
             ffi::SA_FWD_BLOCK_M_PREFILL,
             ffi::SA_FWD_SMEM_ROWS_PREFILL,
             ffi::SA_FWD_THREADS,
+            1,
         ),
         (FwdPhase::Step, ..=ffi::SA_FWD_STAGED_MAX_D) => (
             ffi::SA_FWD_BLOCK_M_STEP,
             ffi::SA_FWD_SMEM_ROWS_STEP_STAGED,
             ffi::SA_FWD_THREADS_STEP,
+            ffi::SA_FWD_KV_STAGES_STEP,
         ),
         (FwdPhase::Step, ..=256) => (
             ffi::SA_FWD_BLOCK_M_STEP,
             ffi::SA_FWD_SMEM_ROWS_STEP,
             ffi::SA_FWD_THREADS_STEP,
+            1,
         ),
         _ => (
             ffi::SA_FWD_BLOCK_M_DECODE,
             ffi::SA_FWD_SMEM_ROWS_DECODE,
             ffi::SA_FWD_THREADS,
+            1,
         ),
     };
     let block_n = ffi::SA_FWD_BLOCK_N;
     let col_splits = if d > 256 { 2 } else { 1 };
-    let kv_stages = if rows == ffi::SA_FWD_SMEM_ROWS_STEP_STAGED {
-        ffi::SA_FWD_KV_STAGES_STEP
-    } else {
-        1
-    };
     let kv_rows = kv_stages * block_n;
     FwdTiles {
         head_dim: d,

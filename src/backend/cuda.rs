@@ -279,14 +279,8 @@ impl Gpu {
 }
 
 /// Checks that a buffer lives on `gpu`'s context and has the expected length.
-fn check_buffer<T>(gpu: &Gpu, name: &str, buf: &CudaSlice<T>, want: usize) -> Result<()> {
-    if buf.context() != gpu.context() {
-        return Err(Error::WrongDevice(format!(
-            "{name} lives on CUDA device {} but the Gpu is device {}",
-            buf.ordinal(),
-            gpu.context().ordinal()
-        )));
-    }
+fn check_buffer<T, B: DeviceSlice<T>>(gpu: &Gpu, name: &str, buf: &B, want: usize) -> Result<()> {
+    check_context(gpu, name, buf)?;
     if buf.len() != want {
         return Err(Error::Shape(format!(
             "{name} has {} elements, the problem needs {want}",
@@ -866,18 +860,14 @@ impl GpuPlan<'_> {
         check_context(&self.gpu, "out", out)?;
         if let Some(l) = lse {
             let p = self.plan.problem();
-            check_context(&self.gpu, "lse", l)?;
             match layout.lse {
                 LseLayout::Plan => {
-                    let want = p.seqs().totals().0 * p.num_heads();
-                    if l.len() != want {
-                        return Err(Error::Shape(format!(
-                            "lse has {} elements, the problem needs {want}",
-                            l.len()
-                        )));
-                    }
+                    check_buffer(&self.gpu, "lse", l, p.seqs().totals().0 * p.num_heads())?
                 }
-                LseLayout::Strided(s) => s.check(rows, p.num_heads(), l.len())?,
+                LseLayout::Strided(s) => {
+                    check_context(&self.gpu, "lse", l)?;
+                    s.check(rows, p.num_heads(), l.len())?;
+                }
             }
         }
         Ok(())
@@ -1108,7 +1098,7 @@ impl GpuPlan<'_> {
         q: &Q,
         kv: KvSlices<'_, T>,
         out: &mut O,
-        lse: Option<CudaViewMut<'_, f32>>,
+        mut lse: Option<CudaViewMut<'_, f32>>,
         lens: Option<(&CudaSlice<i32>, &CudaSlice<i32>)>,
         layout: &TensorLayout,
     ) -> Result<()>
@@ -1157,7 +1147,6 @@ impl GpuPlan<'_> {
         let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
         check_aligned("q", q_ptr)?;
         check_aligned("out", out_ptr)?;
-        let mut lse = lse;
         let lse_ptrs = lse.as_mut().map(|l| l.device_ptr_mut(stream));
         let lse_ptr = lse_ptrs.as_ref().map_or(0, |(p, _)| *p);
         let cu_ptrs = lens
